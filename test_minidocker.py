@@ -1,0 +1,853 @@
+"""Tests for minidocker.py.
+
+Two kinds, as the README says:
+- unit tests of the pure parts (flags into a spec, capability rules, the
+  mount plan, the in-root path walk, the ELF reader); no root needed;
+- root tests that start real containers and look at what the process inside
+  sees. They are marked `root` and skipped only when not run as root (CI runs
+  as root and fails on any skip).
+"""
+
+import fcntl
+import hashlib
+import os
+import pty
+import select
+import shutil
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import minidocker as md  # noqa: E402
+
+MINIDOCKER = [sys.executable, os.path.join(HERE, "minidocker.py")]
+IS_ROOT = os.geteuid() == 0
+root = pytest.mark.skipif(not IS_ROOT, reason="needs root to start containers")
+
+DOCKER_DEFAULT_CAPS = 0x00000000A80425FB  # CapBnd of a `docker run` container
+
+
+# ---------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def state(tmp_path_factory):
+    """A MINIDOCKER_ROOT of our own, checked empty at the end."""
+    path = str(tmp_path_factory.mktemp("state"))
+    os.environ["MINIDOCKER_ROOT"] = path
+    yield path
+    del os.environ["MINIDOCKER_ROOT"]
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_path_factory, state):
+    """A busybox rootfs made by minidocker's own mkrootfs, plus test users."""
+    if shutil.which("busybox") is None:
+        pytest.fail("busybox is not installed (apt-get install busybox-static)")
+    path = str(tmp_path_factory.mktemp("images") / "busybox")
+    subprocess.run(MINIDOCKER + ["mkrootfs", path], check=True, stdout=subprocess.DEVNULL)
+    with open(os.path.join(path, "etc/passwd"), "a") as handle:
+        handle.write("alice:x:1000:1000:Alice:/home/alice:/bin/sh\n")
+    with open(os.path.join(path, "etc/group"), "a") as handle:
+        handle.write("alice:x:1000:\nstaff:x:50:alice\nwheel:x:10:root\n")
+    os.makedirs(os.path.join(path, "home/alice"))
+    os.chown(os.path.join(path, "home/alice"), 1000, 1000)
+    return path
+
+
+def run(rootfs, *command, options=(), input=None, timeout=60, check_clean=True):
+    """`minidocker run --rm OPTIONS ROOTFS COMMAND`; returns CompletedProcess."""
+    result = subprocess.run(MINIDOCKER + ["run", "--rm"] + list(options) + [rootfs] + list(command),
+                            input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
+    result.out = result.stdout.decode()
+    result.err = result.stderr.decode()
+    if check_clean:
+        assert_nothing_left()
+    return result
+
+
+def sh(rootfs, script, options=(), **kw):
+    return run(rootfs, "/bin/sh", "-c", script, options=options, **kw)
+
+
+def assert_nothing_left():
+    """No container state, and no mount of ours in the host's namespace."""
+    base = os.environ["MINIDOCKER_ROOT"]
+    for sub in ("lib/containers", "run/containers"):
+        path = os.path.join(base, sub)
+        assert not os.path.exists(path) or os.listdir(path) == [], os.listdir(path)
+    with open("/proc/self/mountinfo") as handle:
+        assert base not in handle.read()
+
+
+def status_field(text, name):
+    for line in text.splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("%s not in %r" % (name, text))
+
+
+def snapshot(path):
+    """Every entry under path: type, mode, owner, size and content hash."""
+    result = {}
+    for top, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(top, name)
+            st = os.lstat(full)
+            digest = None
+            if stat.S_ISREG(st.st_mode):
+                with open(full, "rb") as handle:
+                    digest = hashlib.sha256(handle.read()).hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                digest = os.readlink(full)
+            result[os.path.relpath(full, path)] = (st.st_mode, st.st_uid, st.st_size, digest)
+    return result
+
+
+def children_of(pid):
+    with open("/proc/%d/task/%d/children" % (pid, pid)) as handle:
+        return [int(p) for p in handle.read().split()]
+
+
+def wait_for_child(pid, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = children_of(pid)
+        if kids:
+            return kids[0]
+        time.sleep(0.02)
+    raise AssertionError("minidocker %d started no container" % pid)
+
+
+# ---------------------------------------------------------------------------
+# unit tests: the spec
+# ---------------------------------------------------------------------------
+
+def parse(*argv):
+    return md.build_spec(md.build_parser().parse_args(["run"] + list(argv)))
+
+
+def test_parse_run_into_spec(tmp_path):
+    spec = parse("--rm", "-e", "A=1", "-w", "/srv/", "-u", "alice:staff", "--hostname", "box",
+                 "-v", "/data:/mnt/data:ro", "--tmpfs", "/run:size=1m,exec", "--read-only",
+                 str(tmp_path), "ls", "-l", "--color")
+    assert spec.rootfs == str(tmp_path)
+    assert spec.command == ["ls", "-l", "--color"]
+    assert spec.env == ["A=1"] and spec.workdir == "/srv" and spec.user == "alice:staff"
+    assert spec.hostname == "box" and spec.remove and spec.read_only
+    assert repr(spec.volumes) == "[Volume('/data', '/mnt/data', True)]"
+    assert spec.tmpfs == [("/run", md.MS_NOSUID | md.MS_NODEV, "size=1m")]
+
+
+def test_combined_short_flags_and_help_is_not_hostname(tmp_path):
+    spec = parse("-it", "-h", "name", str(tmp_path), "sh")
+    assert spec.tty and spec.interactive and spec.hostname == "name"
+
+
+@pytest.mark.parametrize("text, error", [
+    ("foo", "expected HOST:CONTAINER"),
+    ("/a:/b:/c:/d", "expected HOST:CONTAINER"),
+    (":/b", "expected HOST:CONTAINER"),
+    ("rel:/b", "host path must be absolute"),
+    ("/a:rel", "container path must be absolute"),
+    ("/a:/", "container path must be absolute"),
+    ("/a:/b:rx", "unknown option"),
+])
+def test_bad_volumes(text, error):
+    with pytest.raises(md.MiniDockerError, match=error):
+        md.parse_volume(text)
+
+
+def test_tmpfs_options():
+    assert md.parse_tmpfs("/x") == ("/x", md.MS_NOSUID | md.MS_NODEV | md.MS_NOEXEC, "")
+    assert md.parse_tmpfs("/x:ro,mode=1777,suid") == (
+        "/x", md.MS_RDONLY | md.MS_NODEV | md.MS_NOEXEC, "mode=1777")
+    with pytest.raises(md.MiniDockerError, match="unknown option 'bogus'"):
+        md.parse_tmpfs("/x:bogus")
+
+
+def test_env_rules(tmp_path, monkeypatch):
+    monkeypatch.setenv("FROM_HOST", "yes")
+    monkeypatch.delenv("NOT_SET", raising=False)
+    env_file = tmp_path / "env"
+    env_file.write_text("# comment\n\nX=1\nFROM_HOST\n  Y=two words  \n")
+    assert md.expand_env(md.parse_env_file(str(env_file)) + ["NOT_SET", "Z=="]) == [
+        "X=1", "FROM_HOST=yes", "Y=two words", "Z=="]
+    with pytest.raises(md.MiniDockerError, match="invalid environment variable"):
+        md.expand_env(["=x"])
+
+
+def test_capability_rules():
+    default = md.plan_capabilities([], [], False, set(range(41)))
+    assert md.cap_mask(default) == DOCKER_DEFAULT_CAPS
+    assert md.plan_capabilities([], ["ALL"], False, set(range(41))) == set()
+    assert md.plan_capabilities(["net_admin"], ["ALL"], False, set(range(41))) == {12}
+    assert md.plan_capabilities(["CAP_SYS_ADMIN"], ["chown"], False, set(range(41))) == \
+        default - {0} | {21}
+    assert md.plan_capabilities(["ALL"], ["MKNOD"], False, set(range(41))) == set(range(41)) - {27}
+    assert md.plan_capabilities(["CHOWN"], ["CHOWN"], False, set(range(41))) == default
+    held = set(range(41)) - {24}
+    assert md.plan_capabilities([], [], True, held) == held
+    with pytest.raises(md.MiniDockerError, match="CAP_SYS_RESOURCE is not held"):
+        md.plan_capabilities(["SYS_RESOURCE"], [], False, held)
+    with pytest.raises(md.MiniDockerError, match="unknown capability: CAP_FOO"):
+        md.plan_capabilities(["CAP_FOO"], [], False, held)
+
+
+def test_capability_names_match_kernel_header():
+    with open("/usr/include/linux/capability.h") as handle:
+        header = handle.read()
+    for number, name in enumerate(md.CAP_NAMES):
+        assert "#define CAP_%s" % name in header
+        line = [l for l in header.splitlines() if l.startswith("#define CAP_%s " % name)
+                or l.startswith("#define CAP_%s\t" % name)][0]
+        assert int(line.split()[2]) == number
+
+
+def test_capset_struct_bytes():
+    assert struct.pack(md.CAP_HEADER, md._LINUX_CAPABILITY_VERSION_3, 0) == \
+        bytes.fromhex("2205082000000000")
+
+
+def test_resolve_user():
+    passwd = md.parse_passwd("root:x:0:0:root:/root:/bin/sh\n"
+                             "alice:x:1000:1000::/home/alice:/bin/sh\nbroken line\n")
+    group = md.parse_group("root:x:0:\nwheel:x:10:root,alice\nstaff:x:50:alice\nalice:x:1000:\n")
+    assert md.resolve_user(None, passwd, group) == (0, 0, [0, 10], "/root")
+    assert md.resolve_user("alice", passwd, group) == (1000, 1000, [1000, 10, 50], "/home/alice")
+    assert md.resolve_user("1000:staff", passwd, group) == (1000, 50, [50], "/home/alice")
+    assert md.resolve_user("4242", passwd, group) == (4242, 0, [0], "/")
+    assert md.resolve_user("4242:77", passwd, group, ["wheel"]) == (4242, 77, [77, 10], "/")
+    with pytest.raises(md.MiniDockerError, match="unable to find user bob"):
+        md.resolve_user("bob", passwd, group)
+    with pytest.raises(md.MiniDockerError, match="unable to find group nogrp"):
+        md.resolve_user("alice:nogrp", passwd, group)
+
+
+def test_find_executable(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "tool").write_text("")
+    (tmp_path / "b" / "tool").write_text("#!/bin/sh\n")
+    os.chmod(str(tmp_path / "b" / "tool"), 0o755)
+    path = "%s/a:%s/b" % (tmp_path, tmp_path)
+    assert md.find_executable("tool", path) == "%s/b/tool" % tmp_path
+    assert md.find_executable("./x", path) == "./x"
+    assert md.find_executable("tool", "%s/a" % tmp_path) == "%s/a/tool" % tmp_path
+    with pytest.raises(md.MiniDockerError) as err:
+        md.find_executable("nope", path)
+    assert err.value.code == 127
+
+
+def test_exit_code_convention():
+    assert md.exit_code(7 << 8) == 7
+    assert md.exit_code(signal.SIGKILL) == 137
+
+
+def test_paths_follow_minidocker_root():
+    assert md.Paths({}).lib == "/var/lib/minidocker"
+    assert md.Paths({}).run == "/run/minidocker"
+    paths = md.Paths({"MINIDOCKER_ROOT": "/tmp/x"})
+    assert (paths.lib, paths.run) == ("/tmp/x/lib", "/tmp/x/run")
+    assert paths.record("abc") == "/tmp/x/run/containers/abc.json"
+
+
+# ---------------------------------------------------------------------------
+# unit tests: the mount plan and the walk inside the rootfs
+# ---------------------------------------------------------------------------
+
+def test_mount_plan_order_and_flags(tmp_path):
+    spec = parse("-v", "/h:/data:ro", "--tmpfs", "/scratch", str(tmp_path), "sh")
+    plan = md.plan_mounts(spec)
+    targets = [(m.kind, m.target) for m in plan]
+    assert targets[:7] == [("fs", "/proc"), ("fs", "/dev"), ("devices", "/dev"),
+                           ("fs", "/dev/pts"), ("fs", "/dev/shm"), ("fs", "/dev/mqueue"),
+                           ("fs", "/sys")]
+    assert targets[7:9] == [("bind", "/data"), ("fs", "/scratch")]
+    assert [t for k, t in targets if k == "mask"] == md.MASKED_PATHS
+    assert [t for k, t in targets if k == "readonly"] == md.READONLY_PATHS
+    assert "/proc/interrupts" in md.MASKED_PATHS
+    sysfs = plan[6]
+    assert sysfs.flags & md.MS_RDONLY
+    assert plan[3].data == "newinstance,ptmxmode=0666,mode=0620,gid=5"
+    assert plan[7].flags == md.MS_BIND | md.MS_REC | md.MS_RDONLY
+    assert [m.kernel_fs for m in plan[:7]] == [True, True, False, False, False, False, True]
+
+
+def test_privileged_plan_masks_nothing(tmp_path):
+    plan = md.plan_mounts(parse("--privileged", str(tmp_path), "sh"))
+    assert not [m for m in plan if m.kind in ("mask", "readonly")]
+    assert not plan[6].flags & md.MS_RDONLY
+
+
+@pytest.fixture
+def trap_tree(tmp_path):
+    """A directory with links that point out of it in every way."""
+    top = tmp_path / "root"
+    (top / "etc").mkdir(parents=True)
+    (top / "etc" / "hosts").write_text("inside")
+    os.symlink("/etc", str(top / "abs"))               # absolute: means root/etc
+    os.symlink("../../../../../../etc", str(top / "up"))  # climbs: stops at root
+    os.symlink("/", str(top / "slash"))
+    os.symlink("loop", str(top / "loop"))
+    os.symlink("/nonexistent/deeper", str(top / "dangling"))
+    (tmp_path / "outside").mkdir()
+    return top
+
+
+def walk(top, path, **kw):
+    rootfd = os.open(str(top), os.O_PATH | os.O_DIRECTORY)
+    try:
+        fd = md.open_in_root(rootfd, path, **kw)
+        try:
+            return os.readlink("/proc/self/fd/%d" % fd)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(rootfd)
+
+
+def test_walk_keeps_symlinks_inside(trap_tree):
+    top = str(trap_tree)
+    assert walk(trap_tree, "/abs/hosts") == top + "/etc/hosts"
+    assert walk(trap_tree, "up/hosts") == top + "/etc/hosts"
+    assert walk(trap_tree, "/../../etc") == top + "/etc"
+    assert walk(trap_tree, "/slash/slash/etc") == top + "/etc"
+    assert walk(trap_tree, "/") == top
+
+
+def test_walk_creates_inside_not_outside(trap_tree):
+    top = str(trap_tree)
+    assert walk(trap_tree, "/dangling/file", create="file") == top + "/nonexistent/deeper/file"
+    assert walk(trap_tree, "/up/new/dir", create="dir") == top + "/etc/new/dir"
+    assert os.listdir(str(trap_tree.parent / "outside")) == []
+    assert not os.path.exists("/nonexistent")
+
+
+def test_walk_refuses_what_it_must(trap_tree):
+    with pytest.raises(md.MiniDockerError, match="abs is a symlink"):
+        walk(trap_tree, "/abs", follow=False)
+    with pytest.raises(OSError, match="Too many levels"):
+        walk(trap_tree, "/loop/x")
+    with pytest.raises(OSError, match="Not a directory"):
+        walk(trap_tree, "/etc/hosts/x")
+    with pytest.raises(FileNotFoundError):
+        walk(trap_tree, "/missing")
+
+
+# ---------------------------------------------------------------------------
+# unit tests: the ELF reader, against binutils' readelf
+# ---------------------------------------------------------------------------
+
+def readelf(*args):
+    return subprocess.run(["readelf", "-W"] + list(args), stdout=subprocess.PIPE,
+                          check=True, env=dict(os.environ, LC_ALL="C")).stdout.decode()
+
+
+@pytest.mark.parametrize("program", ["/usr/bin/python3", "/bin/ls", "/bin/sh"])
+def test_elf_reader_agrees_with_readelf(program):
+    info = md.read_elf_file(os.path.realpath(program))
+    dynamic = readelf("-d", os.path.realpath(program))
+    needed = [line.split("[", 1)[1].rstrip("]") for line in dynamic.splitlines()
+              if "(NEEDED)" in line]
+    assert info.needed == needed
+    headers = readelf("-l", os.path.realpath(program))
+    interp = [line.split(":", 1)[1].strip().rstrip("]") for line in headers.splitlines()
+              if "Requesting program interpreter" in line]
+    assert [info.interp] == interp
+    assert info.bits == 64
+
+
+def test_elf_reader_32bit_big_endian(tmp_path):
+    """A minimal 32-bit big-endian ELF made here, read by us and by readelf."""
+    strtab = b"\0libfoo.so.1\0/opt/lib\0"
+    interp = b"/lib/ld.so.1\0"
+    phoff, phnum = 52, 3
+    data_at = phoff + 32 * phnum
+    dyn_at = data_at + len(interp) + len(strtab)
+    dt_strsz = 10  # readelf wants it to print the strings; we do not need it
+    dynamic = struct.pack(">iIiIiIiIiI", md.DT_NEEDED, 1, md.DT_RUNPATH, 13,
+                          md.DT_STRTAB, 0x1000 + data_at + len(interp), dt_strsz, len(strtab),
+                          md.DT_NULL, 0)
+    size = dyn_at + len(dynamic)
+    header = b"\x7fELF\x01\x02\x01" + b"\0" * 9 + struct.pack(
+        ">" + md.ELF_HEADER[32], 3, 20, 1, 0, phoff, 0, 0, 52, 32, phnum, 40, 0, 0)
+    phdrs = struct.pack(">" + md.ELF_PHDR[32], md.PT_INTERP, data_at, 0x1000 + data_at, 0,
+                        len(interp), len(interp), 4, 1)
+    phdrs += struct.pack(">" + md.ELF_PHDR[32], md.PT_LOAD, 0, 0x1000, 0, size, size, 5, 0x1000)
+    phdrs += struct.pack(">" + md.ELF_PHDR[32], md.PT_DYNAMIC, dyn_at, 0x1000 + dyn_at, 0,
+                         len(dynamic), len(dynamic), 6, 4)
+    image = header + phdrs + interp + strtab + dynamic
+    path = tmp_path / "tiny"
+    path.write_bytes(image)
+    info = md.read_elf(image)
+    assert (info.bits, info.machine, info.interp) == (32, 20, "/lib/ld.so.1")
+    assert info.needed == ["libfoo.so.1"] and info.runpath == ["/opt/lib"]
+    dump = readelf("-d", "-l", str(path))
+    assert "Shared library: [libfoo.so.1]" in dump and "[/opt/lib]" in dump
+    assert "Requesting program interpreter: /lib/ld.so.1" in dump
+
+
+def test_elf_reader_says_none_for_scripts():
+    assert md.read_elf(b"#!/bin/sh\necho\n") is None
+
+
+def test_elf_closure_of_ls_includes_loader_and_libc():
+    closure = md.elf_closure(os.path.realpath("/bin/ls"))
+    names = [os.path.basename(p) for p in closure]
+    assert any(n.startswith("ld-linux") for n in names)
+    assert "libc.so.6" in names
+
+
+# ---------------------------------------------------------------------------
+# root: what the process inside sees
+# ---------------------------------------------------------------------------
+
+@root
+def test_pid_1_hostname_and_only_loopback(rootfs):
+    result = sh(rootfs, "echo $$; hostname; ls /sys/class/net; cat /sys/class/net/lo/operstate;"
+                        "echo $HOSTNAME")
+    pid, hostname, nets, operstate, env_host = result.out.split("\n")[:5]
+    assert result.returncode == 0, result.err
+    assert pid == "1" and len(hostname) == 12 and env_host == hostname
+    assert nets == "lo" and operstate == "unknown"  # lo is up (it has no carrier state)
+    named = sh(rootfs, "hostname", options=["--hostname", "web1"])
+    assert named.out == "web1\n"
+
+
+@root
+def test_loopback_is_up(rootfs):
+    result = sh(rootfs, "ping -c 1 -W 2 127.0.0.1 >/dev/null && echo up")
+    assert result.out == "up\n", result.err
+
+
+@root
+def test_own_namespaces(rootfs):
+    script = "for n in pid uts mnt ipc net cgroup; do readlink /proc/1/ns/$n; done"
+    inside = sh(rootfs, script).out.split()
+    for name, value in zip(("pid", "uts", "mnt", "ipc", "net", "cgroup"), inside):
+        assert value != os.readlink("/proc/self/ns/%s" % name), name
+    assert sh(rootfs, "cat /proc/self/cgroup").out.strip().endswith(":/")
+
+
+@root
+def test_capabilities_and_no_new_privs(rootfs):
+    status = sh(rootfs, "cat /proc/self/status").out
+    for field in ("CapEff", "CapPrm", "CapBnd"):
+        assert int(status_field(status, field), 16) == DOCKER_DEFAULT_CAPS
+    assert int(status_field(status, "CapInh"), 16) == 0
+    assert int(status_field(status, "CapAmb"), 16) == 0
+    assert status_field(status, "NoNewPrivs") == "1"
+
+
+@root
+def test_cap_add_and_drop(rootfs):
+    status = sh(rootfs, "cat /proc/self/status",
+                options=["--cap-add", "SYS_ADMIN", "--cap-drop", "chown"]).out
+    assert int(status_field(status, "CapEff"), 16) == DOCKER_DEFAULT_CAPS & ~1 | 1 << 21
+    none = sh(rootfs, "cat /proc/self/status", options=["--cap-drop", "ALL"]).out
+    assert int(status_field(none, "CapBnd"), 16) == 0
+    denied = sh(rootfs, "chown 1 /tmp", options=["--cap-drop", "ALL"])
+    assert denied.returncode != 0 and "Operation not permitted" in denied.err
+
+
+@root
+def test_privileged_gets_what_we_hold(rootfs):
+    status = sh(rootfs, "cat /proc/self/status; ls /proc/self/fd", options=["--privileged"]).out
+    held = md.cap_mask(md.held_capabilities())
+    assert int(status_field(status, "CapEff"), 16) == held
+    assert int(status_field(status, "CapBnd"), 16) == held
+
+
+@root
+def test_non_root_user_has_no_capabilities(rootfs):
+    result = sh(rootfs, "id; cat /proc/self/status", options=["-u", "alice"])
+    assert result.out.splitlines()[0] == \
+        "uid=1000(alice) gid=1000(alice) groups=50(staff),1000(alice)"
+    assert int(status_field(result.out, "CapEff"), 16) == 0
+    assert int(status_field(result.out, "CapPrm"), 16) == 0
+    assert int(status_field(result.out, "CapBnd"), 16) == DOCKER_DEFAULT_CAPS
+    assert status_field(result.out, "NoNewPrivs") == "1"
+
+
+@root
+def test_users_by_number_and_group(rootfs):
+    assert sh(rootfs, "id", options=["-u", "1000:50"]).out == \
+        "uid=1000(alice) gid=50(staff) groups=50(staff)\n"
+    assert sh(rootfs, "id", options=["-u", "4242"]).out == "uid=4242 gid=0(root) groups=0(root)\n"
+    assert sh(rootfs, "id", options=["--group-add", "staff"]).out == \
+        "uid=0(root) gid=0(root) groups=0(root),10(wheel),50(staff)\n"
+    assert sh(rootfs, "echo $HOME", options=["-u", "alice"]).out == "/home/alice\n"
+
+
+@root
+def test_environment_and_workdir(rootfs, tmp_path, monkeypatch):
+    monkeypatch.setenv("FROM_HOST", "hello")
+    env_file = tmp_path / "env"
+    env_file.write_text("# a comment\nFILE_VAR=1\nA=from-file\n")
+    result = sh(rootfs, "pwd; env | sort", options=["-e", "A=from-flag", "-e", "FROM_HOST",
+                                                    "--env-file", str(env_file), "-w", "/work/dir"])
+    lines = result.out.splitlines()
+    assert lines[0] == "/work/dir"
+    assert "A=from-flag" in lines and "FILE_VAR=1" in lines and "FROM_HOST=hello" in lines
+    assert "PATH=%s" % md.DEFAULT_PATH in lines and "HOME=/root" in lines
+
+
+@root
+def test_command_found_on_path(rootfs):
+    assert run(rootfs, "echo", "found").out == "found\n"
+    assert run(rootfs, "sh", "-c", "echo $0", "arg0").out == "arg0\n"
+
+
+@root
+def test_proc_masked_and_read_only_paths(rootfs):
+    script = ("cat /proc/interrupts | wc -c; ls /sys/firmware | wc -l; cat /proc/keys | wc -c;"
+              "echo x > /proc/sys/kernel/hostname && echo wrote; touch /sys/x && echo wrote;"
+              "grep -c ' /proc/sys ro,' /proc/self/mountinfo")
+    result = sh(rootfs, script)
+    assert result.out.split() == ["0", "0", "0", "1"]
+    assert "Read-only file system" in result.err
+    mountinfo = sh(rootfs, "cat /proc/self/mountinfo").out
+    for path in md.READONLY_PATHS + md.MASKED_PATHS:
+        if os.path.exists(path):
+            assert " %s " % path in mountinfo, path
+
+
+@root
+def test_dev_has_no_host_devices(rootfs):
+    listing = sh(rootfs, "ls -A /dev").out.split()
+    assert sorted(listing) == ["fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm",
+                               "stderr", "stdin", "stdout", "tty", "urandom", "zero"]
+    nodes = sh(rootfs, "stat -c '%n %F %t:%T %a' /dev/null /dev/urandom /dev/tty").out
+    assert nodes.splitlines() == ["/dev/null character special file 1:3 666",
+                                  "/dev/urandom character special file 1:9 666",
+                                  "/dev/tty character special file 5:0 666"]
+    assert sh(rootfs, "head -c 4 /dev/urandom | wc -c").out.strip() == "4"
+    assert sh(rootfs, "ls /dev/pts").out.split() == ["ptmx"]
+    # A node can be made (CAP_MKNOD, as docker), but /dev/sda's is of no use:
+    # the device cgroup (#3) is what refuses opening it; here we check only
+    # that no host block device was handed in.
+    assert sh(rootfs, "ls /dev | grep -c -e sd -e vd -e nvme").out.strip() == "0"
+
+
+@root
+def test_rootfs_is_never_modified(rootfs):
+    before = snapshot(rootfs)
+    result = sh(rootfs, "echo new > /etc/passwd; rm /bin/ls; mkdir /newdir; touch /bin/x;"
+                        "chmod 700 /etc; cat /etc/passwd")
+    assert result.out == "new\n"
+    assert snapshot(rootfs) == before
+
+
+@root
+def test_read_only_root_and_tmpfs(rootfs):
+    result = sh(rootfs, "touch /x; touch /scratch/ok && echo ok; grep ' /scratch ' /proc/self/mountinfo",
+                options=["--read-only", "--tmpfs", "/scratch:size=1m"])
+    assert "touch: /x: Read-only file system" in result.err
+    assert result.out.startswith("ok\n") and "nosuid,nodev,noexec" in result.out
+    assert "size=1024k" in result.out
+
+
+@root
+def test_volumes(rootfs, tmp_path):
+    host = tmp_path / "vol"
+    host.mkdir()
+    (host / "in").write_text("from host")
+    ro = sh(rootfs, "cat /data/in; echo x > /data/new", options=["-v", "%s:/data:ro" % host])
+    assert ro.out == "from host" and "Read-only file system" in ro.err
+    rw = sh(rootfs, "echo written > /deep/dir/out", options=["-v", "%s:/deep/dir" % host])
+    assert rw.returncode == 0 and (host / "out").read_text() == "written\n"
+    one_file = sh(rootfs, "cat /etc/injected", options=["-v", "%s/in:/etc/injected:ro" % host])
+    assert one_file.out == "from host"
+
+
+@root
+def test_exit_codes(rootfs):
+    assert sh(rootfs, "exit 0").returncode == 0
+    assert sh(rootfs, "exit 7").returncode == 7
+    not_exec = run(rootfs, "/etc/passwd")
+    assert not_exec.returncode == 126 and "Permission denied" in not_exec.err
+    missing = run(rootfs, "no-such-command")
+    assert missing.returncode == 127 and "executable file not found in $PATH" in missing.err
+    missing_path = run(rootfs, "/no/such")
+    assert missing_path.returncode == 127
+    assert sh(rootfs, "kill -SEGV $$; sleep 1; exit 3").returncode == 3  # pid 1 ignores it
+
+
+@root
+def test_killed_container_exits_137(rootfs):
+    proc = subprocess.Popen(MINIDOCKER + ["run", "--rm", rootfs, "sleep", "60"],
+                            stdin=subprocess.DEVNULL)
+    init = wait_for_child(proc.pid)
+    time.sleep(0.2)
+    os.kill(init, signal.SIGKILL)
+    assert proc.wait(timeout=20) == 137
+    assert_nothing_left()
+
+
+@root
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2"])
+def test_signals_are_forwarded(rootfs, name):
+    number = getattr(signal, name)
+    script = 'trap "exit %d" %s; echo ready; while :; do sleep 0.05; done' % (number, name[3:])
+    proc = subprocess.Popen(MINIDOCKER + ["run", "--rm", rootfs, "sh", "-c", script],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    assert proc.stdout.readline() == b"ready\n"
+    os.kill(proc.pid, number)
+    assert proc.wait(timeout=20) == number
+    assert_nothing_left()
+
+
+@root
+def test_stdin_with_and_without_i(rootfs):
+    streamed = subprocess.run(MINIDOCKER + ["run", "--rm", "-i", rootfs, "cat"],
+                              input=b"hello\n", stdout=subprocess.PIPE, timeout=30)
+    assert streamed.stdout == b"hello\n"
+    closed = subprocess.run(MINIDOCKER + ["run", "--rm", rootfs, "cat"],
+                            input=b"hello\n", stdout=subprocess.PIPE, timeout=30)
+    assert closed.stdout == b"" and closed.returncode == 0
+
+
+@root
+def test_rm_leaves_no_mount(rootfs):
+    with open("/proc/self/mountinfo") as handle:
+        before = handle.read()
+    assert sh(rootfs, "mount | wc -l").returncode == 0
+    with open("/proc/self/mountinfo") as handle:
+        assert handle.read() == before
+
+
+@root
+def test_without_rm_the_layer_stays_until_rm(rootfs, state):
+    result = subprocess.run(MINIDOCKER + ["run", rootfs, "sh", "-c", "echo kept > /kept"],
+                            stdin=subprocess.DEVNULL, timeout=30)
+    assert result.returncode == 0
+    records = os.listdir(os.path.join(state, "run/containers"))
+    assert len(records) == 1
+    cid = records[0][:-5]
+    assert open(os.path.join(state, "lib/containers", cid, "upper/kept")).read() == "kept\n"
+    listing = subprocess.run(MINIDOCKER + ["ps", "-a"], stdout=subprocess.PIPE).stdout.decode()
+    assert cid[:12] in listing and "exited(0)" in listing
+    removed = subprocess.run(MINIDOCKER + ["rm", cid[:8]], stdout=subprocess.PIPE)
+    assert removed.returncode == 0 and removed.stdout.decode() == cid[:12] + "\n"
+    assert_nothing_left()
+
+
+@root
+def test_kill_9_of_minidocker_is_reclaimed(rootfs):
+    proc = subprocess.Popen(MINIDOCKER + ["run", "--rm", rootfs, "sleep", "60"],
+                            stdin=subprocess.DEVNULL)
+    init = wait_for_child(proc.pid)
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while os.path.exists("/proc/%d" % init) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists("/proc/%d" % init), "the container outlived minidocker"
+    assert sh(rootfs, "true", check_clean=False).returncode == 0  # a later run reclaims
+    assert_nothing_left()
+
+
+# ---------------------------------------------------------------------------
+# root: the terminal
+# ---------------------------------------------------------------------------
+
+class Terminal:
+    """minidocker on a pty of the test's own, as a user's shell would run it."""
+
+    def __init__(self, argv, rows=40, cols=100):
+        self.master, self.slave = os.openpty()
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.saved = termios.tcgetattr(self.slave)
+        self.proc = subprocess.Popen(argv, stdin=self.slave, stdout=self.slave,
+                                     stderr=self.slave, start_new_session=True)
+        self.output = b""
+
+    def read_until(self, needle, timeout=10):
+        deadline = time.monotonic() + timeout
+        while needle.encode() not in self.output and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                try:
+                    self.output += os.read(self.master, 65536)
+                except OSError:
+                    break
+        assert needle.encode() in self.output, self.output
+        found = self.output
+        self.output = b""
+        return found.decode(errors="replace")
+
+    def send(self, text):
+        os.write(self.master, text.encode())
+
+    def close(self):
+        os.close(self.master)
+        os.close(self.slave)
+
+
+@root
+def test_terminal_interactive_shell(rootfs):
+    term = Terminal(MINIDOCKER + ["run", "--rm", rootfs, "/bin/sh"])  # -it by itself
+    try:
+        term.read_until("# ")
+        term.send("tty; stty size; echo $TERM\n")
+        out = term.read_until("xterm")
+        assert "/dev/pts/0" in out and "40 100" in out
+        assert termios.tcgetattr(term.slave)[3] & termios.ICANON == 0  # raw while running
+        fcntl.ioctl(term.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+        os.kill(term.proc.pid, signal.SIGWINCH)
+        time.sleep(0.2)
+        term.send("stty size\n")
+        assert "30 120" in term.read_until("30 120")
+        term.send("sleep 30; echo slept\n")
+        time.sleep(0.5)
+        term.send("\x03")  # ctrl-C: reaches the shell's foreground job, not minidocker
+        term.send("echo after-$((6*7))\n")
+        out = term.read_until("after-42")
+        assert "\nslept" not in out and term.proc.poll() is None  # the echo of the line aside
+        term.send("exit 3\n")
+        assert term.proc.wait(timeout=20) == 3
+        assert termios.tcgetattr(term.slave) == term.saved  # restored
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+            term.proc.wait()
+        term.close()
+    assert_nothing_left()
+
+
+@root
+def test_terminal_console_and_job_control(rootfs):
+    term = Terminal(MINIDOCKER + ["run", "--rm", "-it", rootfs, "/bin/sh"])
+    try:
+        term.send("ls -l /dev/console | cut -c1; ps -o pid,stat,comm | grep -c s\n")
+        out = term.read_until("\n", timeout=10)
+        out += term.read_until("# ")
+        assert "c" in out
+        term.send("exit\n")
+        assert term.proc.wait(timeout=20) == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+            term.proc.wait()
+        term.close()
+
+
+# ---------------------------------------------------------------------------
+# root: bad input, each a clear error, exit 125 and nothing left behind
+# ---------------------------------------------------------------------------
+
+def bad(args, message, code=125):
+    result = subprocess.run(MINIDOCKER + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, timeout=60)
+    err = result.stderr.decode()
+    assert result.returncode == code, err
+    assert err.startswith("minidocker: error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert "Traceback" not in err
+    if IS_ROOT:
+        assert_nothing_left()
+    return err
+
+
+@root
+@pytest.mark.parametrize("args, message", [
+    (["run", "/no/such/rootfs", "sh"], "rootfs /no/such/rootfs: no such directory"),
+    (["run", "/etc/passwd", "sh"], "rootfs /etc/passwd: not a directory"),
+    (["run", "--bogus", "/", "sh"], "unrecognized arguments: --bogus"),
+    (["run", "-v", "nocolon", "/", "sh"], "invalid volume 'nocolon'"),
+    (["run", "--cap-add", "CAP_NOPE", "/", "sh"], "unknown capability: CAP_NOPE"),
+    (["run", "-w", "relative", "/", "sh"], "workdir 'relative' must be an absolute path"),
+    (["run", "--env-file", "/no/such/file", "/", "sh"], "--env-file /no/such/file"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_bad_flags(args, message, state):
+    bad(args, message)
+
+
+@root
+def test_bad_input_needing_the_rootfs(rootfs, state):
+    bad(["run", rootfs], "no command given")
+    bad(["run", "-u", "bob", rootfs, "id"], "unable to find user bob")
+    bad(["run", "-u", "alice:nogroup2", rootfs, "id"], "unable to find group nogroup2")
+    bad(["rm", "abcdef"], "no such container: abcdef")
+
+
+@pytest.fixture
+def hostile(rootfs, tmp_path):
+    """A copy of the rootfs to booby-trap."""
+    path = str(tmp_path / "hostile")
+    subprocess.run(["cp", "-a", rootfs, path], check=True)
+    return path
+
+
+@root
+@pytest.mark.parametrize("where, target", [("proc", "/etc"), ("dev", "/"), ("sys", "/..")])
+def test_symlink_traps_are_refused(hostile, tmp_path, where, target):
+    shutil.rmtree(os.path.join(hostile, where))
+    os.symlink(target, os.path.join(hostile, where))
+    err = bad(["run", "--rm", hostile, "true"],
+              "/%s is a symlink (to %s): refusing to follow it" % (where, target))
+    assert "mounted only on a real directory" in err
+
+
+@root
+def test_symlinks_never_lead_out_of_the_rootfs(hostile, tmp_path):
+    escape = tmp_path / "escape"
+    escape.mkdir()
+    os.symlink("../../../../../../../../" + str(escape).lstrip("/"),
+               os.path.join(hostile, "data"))
+    os.symlink(str(escape), os.path.join(hostile, "work"))
+    host = tmp_path / "vol"
+    host.mkdir()
+    result = sh(hostile, "ls /; echo ok > /data/vol/seen",
+                options=["-v", "%s:/data/vol" % host, "-w", "/work/here", "--tmpfs", "/data/t"])
+    assert result.returncode == 0, result.err
+    assert os.listdir(str(escape)) == []  # nothing was made or mounted outside
+    assert (host / "seen").read_text() == "ok\n"
+
+
+@root
+def test_mkrootfs_from_host_tools_without_busybox(tmp_path, state):
+    path = str(tmp_path / "hosttools")
+    made = subprocess.run(MINIDOCKER + ["mkrootfs", "--no-busybox", path],
+                          stdout=subprocess.PIPE, check=True).stdout.decode()
+    assert "host tools:" in made and " ls " in made
+    assert not os.path.exists(os.path.join(path, "bin/busybox"))
+    result = sh(path, "ls /bin | wc -l; id -u; cat /etc/passwd | head -n 1; readlink /proc/1/exe")
+    assert result.returncode == 0, result.err
+    lines = result.out.splitlines()
+    assert int(lines[0]) >= 10 and lines[1] == "0" and lines[2].startswith("root:x:0:0")
+    assert lines[3] == "/bin/sh"
+    bad(["mkrootfs", path], "exists and is not an empty directory")
+
+
+def test_non_root_gets_a_clear_error(tmp_path):
+    if IS_ROOT:
+        def drop():
+            os.setgid(65534)
+            os.setuid(65534)
+        preexec = drop
+    else:
+        preexec = None
+    # The system python: pyenv's, under /root, is out of reach of nobody.
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    result = subprocess.run([python] + MINIDOCKER[1:] + ["run", str(tmp_path), "sh"],
+                            preexec_fn=preexec,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, timeout=30, cwd="/",
+                            env=dict(os.environ, MINIDOCKER_ROOT=str(tmp_path / "state")))
+    assert result.returncode == 125
+    assert result.stderr.decode() == ("minidocker: error: run needs root (CAP_SYS_ADMIN in the "
+                                      "initial user namespace): run it with sudo\n")
