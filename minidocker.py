@@ -24,6 +24,7 @@ Needs: Linux >= 4.13 (TIOCGPTPEER for the terminal), overlayfs, root
 import argparse
 import ctypes
 import fcntl
+import json
 import os
 import signal
 import stat
@@ -422,7 +423,6 @@ def process_start_time(pid):
 
 
 def write_record(paths, record):
-    import json
     os.makedirs(paths.records, mode=0o700, exist_ok=True)
     temporary = paths.record(record["id"]) + ".tmp"
     with open(temporary, "w") as handle:
@@ -431,7 +431,6 @@ def write_record(paths, record):
 
 
 def read_records(paths):
-    import json
     try:
         names = sorted(os.listdir(paths.records))
     except FileNotFoundError:
