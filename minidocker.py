@@ -1458,19 +1458,36 @@ def exit_code(status):
     return os.WEXITSTATUS(status)
 
 
-def forward_signals(pid):
-    """Send what minidocker receives to the container's init. Note that a pid
-    1 only gets signals it has a handler for (pid_namespaces(7)), exactly as
-    in docker."""
+class SignalForwarder:
+    """Send what minidocker receives to the container's init. Installed
+    before the fork: a signal that comes while the container starts is kept
+    and sent as soon as the init's pid is known, never lost and never the
+    default action (KeyboardInterrupt) in minidocker itself. A pid 1 only
+    gets signals it has a handler for (pid_namespaces(7)), exactly as in
+    docker."""
 
-    def forward(signum, _frame):
+    def __init__(self):
+        self.pid = None
+        self.pending = []
+        for name in FORWARDED_SIGNALS:
+            signal.signal(getattr(signal, name), self.receive)
+
+    def receive(self, signum, _frame):
+        if self.pid is None:
+            self.pending.append(signum)
+        else:
+            self.send(signum)
+
+    def send(self, signum):
         try:
-            os.kill(pid, signum)
+            os.kill(self.pid, signum)
         except ProcessLookupError:
             pass
 
-    for name in FORWARDED_SIGNALS:
-        signal.signal(getattr(signal, name), forward)
+    def attach(self, pid):
+        self.pid = pid
+        while self.pending:
+            self.send(self.pending.pop(0))
 
 
 def relay_terminal(master, interactive):
@@ -1531,11 +1548,12 @@ def run_container(spec, paths):
     debug(spec.debug, "container %s, layer %s" % (record["id"], layer))
     started = False
     try:
+        forwarder = SignalForwarder()
         pid, master = start_container(spec, record, layer)
         started = True
+        forwarder.attach(pid)
         record.update(status="running", pid=pid)
         write_record(paths, record)
-        forward_signals(pid)
         if master is not None:
             relay_terminal(master, spec.interactive)
         _, status = os.waitpid(pid, 0)
