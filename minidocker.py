@@ -74,6 +74,16 @@ def syscall_error(err, call, hint=None):
     return SyscallError(err, text)
 
 
+def read_text(path):
+    """A file's text, or "" when it cannot be read: for /proc and /sys files
+    that this kernel may not have."""
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
 def debug(enabled, message):
     if enabled:
         sys.stderr.write("minidocker: debug: %s\n" % message)
@@ -260,6 +270,8 @@ class Spec:
         self.interactive = False
         self.remove = False
         self.debug = False
+        self.resources = {}       # checked resource limits (chapter 8)
+        self.cgroup_parent = None
         self.__dict__.update(fields)
 
 
@@ -381,7 +393,11 @@ def build_spec(args):
         privileged=args.privileged, read_only=args.read_only,
         volumes=[parse_volume(v) for v in args.volume],
         tmpfs=[parse_tmpfs(t) for t in args.tmpfs],
-        tty=tty, interactive=interactive, remove=args.rm, debug=args.debug)
+        tty=tty, interactive=interactive, remove=args.rm, debug=args.debug,
+        resources=parse_resources(args, os.cpu_count() or 1,
+                                  read_online("/sys/devices/system/cpu/online"),
+                                  read_online("/sys/devices/system/node/online") or {0}),
+        cgroup_parent=args.cgroup_parent)
 
 
 # ============================================================================
@@ -451,11 +467,11 @@ def owner_alive(record):
     return process_start_time(record["owner"]) == record["owner_start"]
 
 
-def create_container(paths, spec):
-    """Allocate an id and the writable layer. The record is written first so
-    that a crash between the two steps is still found and reclaimed."""
-    cid = os.urandom(32).hex()
-    record = {"id": cid, "status": "created", "rootfs": spec.rootfs,
+def create_container(paths, spec, cid, cgroups):
+    """Write the record, then make the writable layer. The record comes first
+    (naming the cgroups about to be made) so that a crash at any later step
+    is still found and reclaimed."""
+    record = {"id": cid, "status": "created", "rootfs": spec.rootfs, "cgroups": cgroups,
               "command": spec.command, "remove": spec.remove, "pid": 0,
               "owner": os.getpid(), "owner_start": process_start_time(os.getpid()),
               "created": time.time()}
@@ -472,8 +488,11 @@ def create_container(paths, spec):
     return record
 
 
-def remove_container(paths, cid):
+def remove_container(paths, record):
+    """Remove what a stopped container leaves: cgroups, layer, record."""
     import shutil
+    cid = record["id"]
+    remove_cgroups(record.get("cgroups", []))
     shutil.rmtree(paths.layer(cid), ignore_errors=True)
     try:
         os.unlink(paths.record(cid))
@@ -482,14 +501,16 @@ def remove_container(paths, cid):
 
 
 def reclaim_dead(paths):
-    """Containers whose minidocker died (kill -9, power loss of /run aside)
-    are finished here: removed if started with --rm, else marked exited.
-    Their mounts died with their mount namespace."""
+    """Containers whose minidocker died (kill -9) are finished here: their
+    cgroups removed, and the rest too if started with --rm, else marked
+    exited. Their mounts died with their mount namespace, their processes
+    with their pid 1 (the parent-death signal)."""
     for record in read_records(paths):
         if record["status"] in ("created", "running") and not owner_alive(record):
             if record["remove"]:
-                remove_container(paths, record["id"])
+                remove_container(paths, record)
             else:
+                remove_cgroups(record.get("cgroups", []))
                 record["status"] = "exited"
                 write_record(paths, record)
 
@@ -1029,6 +1050,411 @@ def bring_up_loopback():
 
 
 # ============================================================================
+# 8. Cgroups: resource limits, written straight to cgroupfs
+# ============================================================================
+# A cgroup is a directory; a limit is a value written to a file in it; a
+# process is put in it by writing its pid to cgroup.procs. Two layouts exist:
+#
+#   cgroup v2 (unified)  one tree at /sys/fs/cgroup; a controller works in a
+#                        child only if the parent lists it in
+#                        cgroup.subtree_control.
+#   cgroup v1            one tree per controller (/sys/fs/cgroup/memory,
+#                        /sys/fs/cgroup/cpu, ...), each with its own files.
+#
+# Hosts mix them ("hybrid": controllers on v1 beside an empty cgroup2), so the
+# layout is detected per controller from /proc/self/mountinfo. Placement:
+# on v2 /sys/fs/cgroup/mini-docker/<id>, as the original design has it; on
+# v1 under the cgroup minidocker itself is in, in each hierarchy, as runc
+# does, so that limits set on the caller still bind the container.
+# --cgroup-parent names the parent instead.
+#
+# The parent writes the child's pid into the cgroups while the child waits
+# for "go", so the command's first instruction already runs under its
+# limits; the child unshares its cgroup namespace only after that.
+
+CPU_PERIOD_US = 100000  # the CFS period docker uses for --cpus
+# Files per controller name, v2 first then v1. A controller is wanted for a
+# limit the user asked for (its absence is an error) or only to account
+# usage (memory, cpu, pids: best effort).
+V1_NAMES = {"io": "blkio"}
+ACCOUNTING = ("memory", "cpu", "cpuacct", "pids")
+SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
+              "p": 1 << 50}
+MIN_MEMORY = 6 << 20  # docker's floor for --memory
+
+
+SIZE_PATTERN = r"(\d+(?:\.\d+)?) ?([kmgtp]?)i?b?"  # go-units' RAMInBytes
+
+
+def parse_size(text, flag):
+    """Docker's sizes: 100m, 1.5G, 512k, 2048 (bytes), 64mb, 10MiB."""
+    import re
+    match = re.fullmatch(SIZE_PATTERN, text.strip(), re.IGNORECASE)
+    if match is None:
+        raise MiniDockerError("invalid %s %r: expected a size such as 100m or 1g" % (flag, text))
+    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_cpu_list(text, online, flag):
+    """A cpuset list such as 0-2,5, every member of which must be online."""
+    members = set()
+    for part in text.split(","):
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise MiniDockerError("invalid %s %r: expected a list such as 0-2,4" % (flag, text))
+        members.update(range(int(low), int(high if dash else low) + 1))
+    missing = sorted(members - online)
+    if missing:
+        raise MiniDockerError("invalid %s %r: %s not available on this host (online: %s)"
+                              % (flag, text, ",".join(map(str, missing)),
+                                 format_cpu_list(online)))
+    return text
+
+
+def format_cpu_list(members):
+    return ",".join(str(m) for m in sorted(members))
+
+
+def read_online(path):
+    """/sys/devices/system/cpu/online and friends: "0-3,8" -> {0,1,2,3,8}."""
+    text = read_text(path).strip()
+    result = set()
+    for part in filter(None, text.split(",")):
+        low, _, high = part.partition("-")
+        result.update(range(int(low), int(high or low) + 1))
+    return result
+
+
+def parse_device_rate(text, flag):
+    """--device-read-bps /dev/sda:1mb -> ("8:0", bytes per second)."""
+    path, _, rate = text.rpartition(":")
+    if not path or not rate:
+        raise MiniDockerError("invalid %s %r: expected DEVICE:RATE" % (flag, text))
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise MiniDockerError("invalid %s %r: %s: %s" % (flag, text, path, err.strerror))
+    if not stat.S_ISBLK(st.st_mode):
+        raise MiniDockerError("invalid %s %r: %s is not a block device" % (flag, text, path))
+    return ("%d:%d" % (os.major(st.st_rdev), os.minor(st.st_rdev)),
+            parse_size(rate, flag))
+
+
+def parse_resources(args, host_cpus, online_cpus, online_mems):
+    """The resource flags -> {name: value}, checked. Pure but for the device
+    paths, which are stat()ed."""
+    res = {}
+    if args.memory is not None:
+        res["memory"] = parse_size(args.memory, "--memory")
+        if res["memory"] < MIN_MEMORY:
+            raise MiniDockerError("invalid --memory %r: the minimum is 6m" % args.memory)
+    if args.memory_swap is not None:
+        if "memory" not in res:
+            raise MiniDockerError("--memory-swap needs --memory (it is memory plus swap)")
+        swap = -1 if args.memory_swap.strip() == "-1" else parse_size(args.memory_swap,
+                                                                     "--memory-swap")
+        if swap != -1 and swap < res["memory"]:
+            raise MiniDockerError("invalid --memory-swap %r: it is memory plus swap, so it "
+                                  "cannot be below --memory" % args.memory_swap)
+        res["memory_swap"] = swap
+    if args.memory_reservation is not None:
+        res["memory_reservation"] = parse_size(args.memory_reservation, "--memory-reservation")
+    if args.cpus is not None:
+        try:
+            cpus = float(args.cpus)
+        except ValueError:
+            cpus = -1.0
+        if not 0 < cpus <= host_cpus:
+            raise MiniDockerError("invalid --cpus %r: the range is 0.01 to %d, the CPUs of "
+                                  "this host" % (args.cpus, host_cpus))
+        res["cpu_quota"] = max(1000, int(cpus * CPU_PERIOD_US))
+    if args.cpu_shares:
+        if not 2 <= args.cpu_shares <= 262144:
+            raise MiniDockerError("invalid --cpu-shares %d: the range is 2 to 262144"
+                                  % args.cpu_shares)
+        res["cpu_shares"] = args.cpu_shares
+    if args.cpuset_cpus is not None:
+        res["cpuset_cpus"] = parse_cpu_list(args.cpuset_cpus, online_cpus, "--cpuset-cpus")
+    if args.cpuset_mems is not None:
+        res["cpuset_mems"] = parse_cpu_list(args.cpuset_mems, online_mems, "--cpuset-mems")
+    if args.pids_limit is not None:
+        if args.pids_limit < -1:
+            raise MiniDockerError("invalid --pids-limit %d: use a positive number, or 0 or -1 "
+                                  "for no limit" % args.pids_limit)
+        res["pids"] = args.pids_limit if args.pids_limit > 0 else None
+    if args.blkio_weight:
+        if not 10 <= args.blkio_weight <= 1000:
+            raise MiniDockerError("invalid --blkio-weight %d: the range is 10 to 1000"
+                                  % args.blkio_weight)
+        res["io_weight"] = args.blkio_weight
+    for flag, key, values in (("--device-read-bps", "io_read", args.device_read_bps),
+                              ("--device-write-bps", "io_write", args.device_write_bps)):
+        if values:
+            res[key] = [parse_device_rate(v, flag) for v in values]
+    return res
+
+
+def cpu_weight(shares):
+    """cpu.shares (2..262144, default 1024) -> cpu.weight (1..10000, default
+    100), the linear map crun documents."""
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def controllers_needed(res):
+    """{v2 controller name: the flag that needs it}."""
+    needs = {}
+    for key, controller, flag in (
+            ("memory", "memory", "--memory"), ("memory_reservation", "memory",
+                                               "--memory-reservation"),
+            ("cpu_quota", "cpu", "--cpus"), ("cpu_shares", "cpu", "--cpu-shares"),
+            ("cpuset_cpus", "cpuset", "--cpuset-cpus"), ("cpuset_mems", "cpuset", "--cpuset-mems"),
+            ("pids", "pids", "--pids-limit"), ("io_weight", "io", "--blkio-weight"),
+            ("io_read", "io", "--device-read-bps"), ("io_write", "io", "--device-write-bps")):
+        if key in res:
+            needs.setdefault(controller, flag)
+    return needs
+
+
+def cgroup_writes(res, version):
+    """The plan: [(controller, file, value)] in the order they must be
+    written (v1's memsw limit only after the memory limit it must exceed)."""
+    writes = []
+    if version == 2:
+        if "memory" in res:
+            writes.append(("memory", "memory.max", res["memory"]))
+        if "memory_swap" in res:
+            swap = res["memory_swap"]
+            writes.append(("memory", "memory.swap.max",
+                           "max" if swap == -1 else swap - res["memory"]))
+        if "memory_reservation" in res:
+            writes.append(("memory", "memory.low", res["memory_reservation"]))
+        if "cpu_quota" in res:
+            writes.append(("cpu", "cpu.max", "%d %d" % (res["cpu_quota"], CPU_PERIOD_US)))
+        if "cpu_shares" in res:
+            writes.append(("cpu", "cpu.weight", cpu_weight(res["cpu_shares"])))
+        if "io_weight" in res:
+            writes.append(("io", "io.weight", "default %d" % res["io_weight"]))
+        for key, word in (("io_read", "rbps"), ("io_write", "wbps")):
+            for device, rate in res.get(key, []):
+                writes.append(("io", "io.max", "%s %s=%d" % (device, word, rate)))
+    else:
+        if "memory" in res:
+            writes.append(("memory", "memory.limit_in_bytes", res["memory"]))
+        if "memory_swap" in res:
+            writes.append(("memory", "memory.memsw.limit_in_bytes", res["memory_swap"]))
+        if "memory_reservation" in res:
+            writes.append(("memory", "memory.soft_limit_in_bytes", res["memory_reservation"]))
+        if "cpu_quota" in res:
+            writes.append(("cpu", "cpu.cfs_period_us", CPU_PERIOD_US))
+            writes.append(("cpu", "cpu.cfs_quota_us", res["cpu_quota"]))
+        if "cpu_shares" in res:
+            writes.append(("cpu", "cpu.shares", res["cpu_shares"]))
+        if "io_weight" in res:
+            writes.append(("io", "blkio.weight", res["io_weight"]))
+        for key, name in (("io_read", "read"), ("io_write", "write")):
+            for device, rate in res.get(key, []):
+                writes.append(("io", "blkio.throttle.%s_bps_device" % name, "%s %d" % (device, rate)))
+    if "cpuset_cpus" in res:
+        writes.append(("cpuset", "cpuset.cpus", res["cpuset_cpus"]))
+    if "cpuset_mems" in res:
+        writes.append(("cpuset", "cpuset.mems", res["cpuset_mems"]))
+    if "pids" in res:
+        writes.append(("pids", "pids.max", "max" if res["pids"] is None else res["pids"]))
+    return writes
+
+
+class CgroupLayout:
+    """Where each controller lives: v2 (one mount) or a v1 hierarchy."""
+
+    def __init__(self):
+        self.v2_mount = None        # the cgroup2 mount point
+        self.v2_own = "/"           # our own cgroup in it
+        self.v2_controllers = set()  # what cgroup.controllers offers at its root
+        self.v1 = {}                # v1 controller name -> (mount point, our own cgroup)
+
+    def version_of(self, controller):
+        """1, 2 or None. A controller bound to v1 is not available on v2."""
+        if V1_NAMES.get(controller, controller) in self.v1:
+            return 1
+        if controller in self.v2_controllers:
+            return 2
+        return None
+
+
+def detect_cgroups(mountinfo, self_cgroup, read=read_text):
+    """Parse /proc/self/mountinfo and /proc/self/cgroup into a layout."""
+    layout = CgroupLayout()
+    own = {}
+    for line in self_cgroup.splitlines():
+        number, controllers, path = line.split(":", 2)
+        for name in controllers.split(",") if controllers else [""]:
+            own[name] = path
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        separator = fields.index("-")
+        mount_point, fstype, options = fields[4], fields[separator + 1], fields[separator + 3]
+        if fstype == "cgroup2" and layout.v2_mount is None:
+            layout.v2_mount = mount_point
+            layout.v2_own = own.get("", "/")
+            layout.v2_controllers = set(read(mount_point + "/cgroup.controllers").split())
+        elif fstype == "cgroup":
+            for option in options.split(","):
+                if option in own and option not in layout.v1:
+                    layout.v1[option] = (mount_point, own[option])
+    return layout
+
+
+def plan_cgroups(res, layout, cid, parent=None):
+    """-> [(version, mount point, directory, {controllers})], one per
+    hierarchy. Fails, before anything is made, when a controller a flag
+    needs is missing."""
+    needs = controllers_needed(res)
+    for controller, flag in sorted(needs.items()):
+        if layout.version_of(controller) is None:
+            raise MiniDockerError(
+                "%s needs the %s cgroup controller, which this host has neither as cgroup v1 "
+                "nor enabled in cgroup v2 (%s/cgroup.controllers)"
+                % (flag, controller, layout.v2_mount or "/sys/fs/cgroup"))
+    dirs = {}
+    for controller in sorted(set(needs) | set(ACCOUNTING)):
+        version = layout.version_of(controller)
+        if version == 2:
+            base = parent if parent is not None else "mini-docker"
+            key, path = (2, layout.v2_mount), os.path.join(layout.v2_mount, base.strip("/"), cid)
+        elif version == 1:
+            mount_point, own = layout.v1[V1_NAMES.get(controller, controller)]
+            base = parent if parent is not None else own
+            key = (1, mount_point)
+            path = os.path.join(mount_point, base.strip("/"), "minidocker-" + cid)
+        else:
+            continue  # wanted only to account usage (cpuacct exists on v1 only)
+        dirs.setdefault(key, (path, set()))[1].add(controller)
+    return [(key[0], key[1], path, controllers)
+            for key, (path, controllers) in sorted(dirs.items())]
+
+
+def write_cgroup_file(directory, name, value):
+    try:
+        with open(os.path.join(directory, name), "w") as handle:
+            handle.write(str(value))
+    except OSError as err:
+        raise MiniDockerError("cgroup: writing %r to %s/%s: %s"
+                              % (str(value), directory, name, err.strerror))
+
+
+def create_cgroups(groups, res):
+    """mkdir each cgroup (enabling v2 controllers on the way down) and write
+    the limits. Returns the directories made, for removal."""
+    made = []
+    try:
+        for version, mount_point, path, controllers in groups:
+            if version == 2:
+                enable_v2_controllers(mount_point, os.path.dirname(path), controllers)
+            elif "cpuset" in controllers:
+                inherit_cpuset(mount_point, os.path.dirname(path))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.mkdir(path)
+            made.append(path)
+            if version == 1 and "cpuset" in controllers:
+                inherit_cpuset(mount_point, path)
+            for controller, name, value in cgroup_writes(res, version):
+                if controller in controllers:
+                    write_cgroup_file(path, name, value)
+    except BaseException:
+        remove_cgroups(made)
+        raise
+    return made
+
+
+def enable_v2_controllers(mount_point, parent, controllers):
+    """A v2 controller reaches a cgroup only if every ancestor lists it in
+    cgroup.subtree_control; write "+name" from the top down."""
+    relative = os.path.relpath(parent, mount_point)
+    steps = [] if relative == "." else relative.split("/")
+    directory = mount_point
+    for step in [None] + steps:
+        if step is not None:
+            directory = os.path.join(directory, step)
+            if not os.path.isdir(directory):
+                os.mkdir(directory)
+        enabled = read_text(os.path.join(directory, "cgroup.subtree_control")).split()
+        for controller in sorted(controllers - set(enabled)):
+            write_cgroup_file(directory, "cgroup.subtree_control", "+" + controller)
+
+
+def inherit_cpuset(mount_point, path):
+    """A new v1 cpuset has empty cpuset.cpus and cpuset.mems, and a task
+    cannot join it (ENOSPC) until they are filled: copy the parent's."""
+    if not os.path.isdir(path) or path == mount_point:
+        return
+    parent = os.path.dirname(path)
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        if not read_text(os.path.join(path, name)).strip():
+            inherit_cpuset(mount_point, parent)
+            write_cgroup_file(path, name, read_text(os.path.join(parent, name)).strip())
+
+
+def join_cgroups(paths, pid):
+    for path in paths:
+        write_cgroup_file(path, "cgroup.procs", pid)
+
+
+def remove_cgroups(paths):
+    """rmdir each cgroup once it is empty. The container's processes die
+    with its pid namespace, but the kernel may take a moment to let them go,
+    and after a crash some may remain: kill those (cgroup.procs)."""
+    for path in reversed(paths):
+        deadline = time.monotonic() + 5
+        while os.path.isdir(path):
+            try:
+                os.rmdir(path)
+            except OSError as err:
+                if err.errno != 16 or time.monotonic() > deadline:  # EBUSY: tasks left
+                    break
+                for pid in read_text(os.path.join(path, "cgroup.procs")).split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.01)
+
+
+def oom_killed(paths):
+    """Did the kernel's OOM killer act in the container's memory cgroup?
+    (memory.events on v2; memory.oom_control, Linux 4.13, on v1.)"""
+    for path in paths:
+        for name in ("memory.events", "memory.oom_control"):
+            for line in read_text(os.path.join(path, name)).splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and int(value) > 0:
+                    return True
+    return False
+
+
+def cgroup_usage(paths):
+    """What the container uses now: memory (current, peak) in bytes, CPU
+    time in seconds, tasks. None where this kernel keeps no count."""
+    def number(name):
+        for path in paths:
+            text = read_text(os.path.join(path, name)).strip()
+            if text and text.isdigit():
+                return int(text)
+        return None
+
+    cpu_ns = number("cpuacct.usage")
+    if cpu_ns is None:
+        for path in paths:
+            for line in read_text(os.path.join(path, "cpu.stat")).splitlines():
+                if line.startswith("usage_usec "):
+                    cpu_ns = int(line.split()[1]) * 1000
+    memory = number("memory.current")
+    return {"memory": memory if memory is not None else number("memory.usage_in_bytes"),
+            "memory_peak": number("memory.peak") or number("memory.max_usage_in_bytes"),
+            "cpu_seconds": None if cpu_ns is None else cpu_ns / 1e9,
+            "pids": number("pids.current")}
+
+
+# ============================================================================
 # 10. Capabilities and no_new_privs
 # ============================================================================
 # A root process has every capability. The container keeps Docker's default
@@ -1209,14 +1635,6 @@ def lookup_group(name, group):
     return match[1] if match else int(name)
 
 
-def read_text(path):
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except OSError:
-        return ""
-
-
 def container_env(spec, hostname, home):
     """The process's environment: docker's defaults first, -e on top."""
     env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": home}
@@ -1387,8 +1805,9 @@ def raise_child_error(message):
     raise MiniDockerError(text, int(code))
 
 
-def start_container(spec, record, layer):
+def start_container(spec, record, layer, on_ready):
     """Stage 0: fork the child into its namespaces and see it to its exec.
+    on_ready(pid) runs on the host side while the child waits for "go".
     Returns (pid of the container's init, pty master or None)."""
     child_read, parent_write = os.pipe2(os.O_CLOEXEC)
     parent_read, child_write = os.pipe2(os.O_CLOEXEC)
@@ -1414,7 +1833,7 @@ def start_container(spec, record, layer):
     try:
         if read_child_message(parent_read) != b"ready\n":
             raise_child_error(b"")
-        # Here the host side joins the child to its cgroup (#3) and its network (#5).
+        on_ready(pid)  # cgroups now; the network (#5) will join here too
         os.write(parent_write, b"go")
         master = receive_master(console) if console is not None else None
         message = read_child_message(parent_read)
@@ -1541,15 +1960,20 @@ def write_all(fd, data):
 
 
 def run_container(spec, paths):
-    """`run`: create, start, wait, clean up. Returns the exit code."""
+    """`run`: plan, create, start, wait, clean up. Returns the exit code."""
     reclaim_dead(paths)
-    record = create_container(paths, spec)
-    layer = paths.layer(record["id"])
-    debug(spec.debug, "container %s, layer %s" % (record["id"], layer))
-    started = False
+    cid = os.urandom(32).hex()
+    layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
+    groups = plan_cgroups(spec.resources, layout, cid, spec.cgroup_parent)
+    record = create_container(paths, spec, cid, [path for _, _, path, _ in groups])
+    layer = paths.layer(cid)
+    debug(spec.debug, "container %s, layer %s, cgroups %s" % (cid, layer, record["cgroups"]))
+    cgroups, started = [], False
     try:
         forwarder = SignalForwarder()
-        pid, master = start_container(spec, record, layer)
+        cgroups = create_cgroups(groups, spec.resources)
+        pid, master = start_container(spec, record, layer,
+                                      lambda child: join_cgroups(cgroups, child))
         started = True
         forwarder.attach(pid)
         record.update(status="running", pid=pid)
@@ -1558,9 +1982,14 @@ def run_container(spec, paths):
             relay_terminal(master, spec.interactive)
         _, status = os.waitpid(pid, 0)
         code = exit_code(status)
+        if code == 128 + signal.SIGKILL and oom_killed(cgroups):
+            sys.stderr.write("minidocker: the container hit its memory limit (--memory %s) "
+                             "and the kernel's OOM killer ended it\n"
+                             % spec.resources.get("memory", "of its parent cgroup"))
     finally:
+        remove_cgroups(cgroups)
         if spec.remove or not started:
-            remove_container(paths, record["id"])
+            remove_container(paths, record)
     if not spec.remove:
         record.update(status="exited", exit_code=code)
         write_record(paths, record)
@@ -1599,7 +2028,7 @@ def cmd_rm(args):
             deadline = time.monotonic() + 10
             while owner_alive(record) and time.monotonic() < deadline:
                 time.sleep(0.02)
-        remove_container(paths, record["id"])
+        remove_container(paths, record)
         print(record["id"][:12])
     return 0
 
@@ -1607,14 +2036,21 @@ def cmd_rm(args):
 def cmd_ps(args):
     paths = Paths()
     reclaim_dead(paths)
-    print("%-12s  %-10s  %-30s  %s" % ("CONTAINER ID", "STATUS", "COMMAND", "ROOTFS"))
+    row = "%-12s  %-10s  %9s  %8s  %-30s  %s"
+    print(row % ("CONTAINER ID", "STATUS", "MEMORY", "CPU", "COMMAND", "ROOTFS"))
     for record in read_records(paths):
         if args.all or record["status"] == "running":
-            status = record["status"]
+            status, memory, cpu = record["status"], "-", "-"
             if status == "exited":
                 status = "exited(%s)" % record.get("exit_code", "?")
-            print("%-12s  %-10s  %-30s  %s" % (record["id"][:12], status,
-                                               " ".join(record["command"])[:30], record["rootfs"]))
+            else:
+                usage = cgroup_usage(record.get("cgroups", []))
+                if usage["memory"] is not None:
+                    memory = "%.1fMiB" % (usage["memory"] / (1 << 20))
+                if usage["cpu_seconds"] is not None:
+                    cpu = "%.2fs" % usage["cpu_seconds"]
+            print(row % (record["id"][:12], status, memory, cpu,
+                         " ".join(record["command"])[:30], record["rootfs"]))
     return 0
 
 
@@ -1659,6 +2095,18 @@ def build_parser():
     run.add_argument("--cap-drop", action="append", default=[], metavar="CAP")
     run.add_argument("--privileged", action="store_true",
                      help="all capabilities, host devices, nothing masked")
+    run.add_argument("-m", "--memory", metavar="SIZE", help="memory limit, e.g. 100m")
+    run.add_argument("--memory-swap", metavar="SIZE", help="memory plus swap; -1: unlimited")
+    run.add_argument("--memory-reservation", metavar="SIZE", help="soft memory limit")
+    run.add_argument("--cpus", metavar="N", help="CPU quota, e.g. 0.5")
+    run.add_argument("-c", "--cpu-shares", type=int, metavar="N", help="relative CPU weight")
+    run.add_argument("--cpuset-cpus", metavar="LIST", help="CPUs allowed, e.g. 0-1")
+    run.add_argument("--cpuset-mems", metavar="LIST", help="memory nodes allowed")
+    run.add_argument("--pids-limit", type=int, metavar="N", help="task limit; 0 or -1: none")
+    run.add_argument("--blkio-weight", type=int, metavar="N", help="block I/O weight, 10-1000")
+    run.add_argument("--device-read-bps", action="append", default=[], metavar="DEV:RATE")
+    run.add_argument("--device-write-bps", action="append", default=[], metavar="DEV:RATE")
+    run.add_argument("--cgroup-parent", metavar="PATH", help="parent cgroup of the container's")
     run.add_argument("rootfs", metavar="ROOTFS")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
     run.set_defaults(handler=cmd_run)

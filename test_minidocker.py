@@ -88,6 +88,23 @@ def assert_nothing_left():
         assert not os.path.exists(path) or os.listdir(path) == [], os.listdir(path)
     with open("/proc/self/mountinfo") as handle:
         assert base not in handle.read()
+    assert leftover_cgroups() == []
+
+
+def leftover_cgroups():
+    """Container cgroups still present where minidocker puts them."""
+    layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                               md.read_text("/proc/self/cgroup"))
+    places = [os.path.join(mount, own.strip("/")) for mount, own in layout.v1.values()]
+    if layout.v2_mount:
+        places.append(os.path.join(layout.v2_mount, "mini-docker"))
+    found = []
+    for place in places:
+        if os.path.isdir(place):
+            found += [os.path.join(place, n) for n in os.listdir(place)
+                      if n.startswith("minidocker-") or place.endswith("mini-docker")
+                      and os.path.isdir(os.path.join(place, n))]
+    return found
 
 
 def status_field(text, name):
@@ -855,3 +872,302 @@ def test_non_root_gets_a_clear_error(tmp_path):
     assert result.returncode == 125
     assert result.stderr.decode() == ("minidocker: error: run needs root (CAP_SYS_ADMIN in the "
                                       "initial user namespace): run it with sudo\n")
+
+
+# ---------------------------------------------------------------------------
+# cgroups: unit tests of sizes, conversions and the plan of writes
+# ---------------------------------------------------------------------------
+
+def resources(*argv, cpus=2, online=frozenset({0, 1}), mems=frozenset({0})):
+    args = md.build_parser().parse_args(["run"] + list(argv) + ["/", "true"])
+    return md.parse_resources(args, cpus, set(online), set(mems))
+
+
+@pytest.mark.parametrize("text, value", [
+    ("100m", 100 << 20), ("100M", 100 << 20), ("1g", 1 << 30), ("512k", 512 << 10),
+    ("2048", 2048), ("2048b", 2048), ("64mb", 64 << 20), ("10MiB", 10 << 20),
+    ("1.5g", 3 << 29), ("7 m", 7 << 20),
+])
+def test_sizes(text, value):
+    assert md.parse_size(text, "--memory") == value
+
+
+@pytest.mark.parametrize("text", ["10x", "", "m", "-1", "1e3", "1..5m", "0x10"])
+def test_bad_sizes(text):
+    with pytest.raises(md.MiniDockerError, match="invalid --memory"):
+        md.parse_size(text, "--memory")
+
+
+def test_resource_flags_into_values():
+    res = resources("-m", "100m", "--memory-swap", "300m", "--memory-reservation", "50m",
+                    "--cpus", "0.5", "--cpu-shares", "512", "--cpuset-cpus", "0-1",
+                    "--pids-limit", "20", "--blkio-weight", "300")
+    assert res == {"memory": 100 << 20, "memory_swap": 300 << 20,
+                   "memory_reservation": 50 << 20, "cpu_quota": 50000, "cpu_shares": 512,
+                   "cpuset_cpus": "0-1", "pids": 20, "io_weight": 300}
+    assert resources("--pids-limit", "0") == {"pids": None}
+    assert resources("--pids-limit", "-1") == {"pids": None}
+    assert resources("-m", "1g", "--memory-swap", "-1")["memory_swap"] == -1
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["--memory", "10x"], "invalid --memory '10x'"),
+    (["--memory", "1m"], "the minimum is 6m"),
+    (["--memory-swap", "1g"], "--memory-swap needs --memory"),
+    (["-m", "1g", "--memory-swap", "100m"], "cannot be below --memory"),
+    (["--cpus", "-1"], "invalid --cpus '-1'"),
+    (["--cpus", "99"], "the range is 0.01 to 2"),
+    (["--cpus", "abc"], "invalid --cpus 'abc'"),
+    (["--cpu-shares", "1"], "invalid --cpu-shares 1"),
+    (["--cpuset-cpus", "64"], "64 not available on this host (online: 0,1)"),
+    (["--cpuset-cpus", "0-x"], "expected a list such as 0-2,4"),
+    (["--cpuset-mems", "1"], "1 not available on this host"),
+    (["--pids-limit", "-5"], "invalid --pids-limit -5"),
+    (["--blkio-weight", "5"], "invalid --blkio-weight 5"),
+    (["--device-read-bps", "/dev/null:1mb"], "/dev/null is not a block device"),
+    (["--device-write-bps", "nocolon"], "expected DEVICE:RATE"),
+])
+def test_bad_resource_flags(argv, error):
+    with pytest.raises(md.MiniDockerError, match=error.replace("(", r"\(").replace(")", r"\)")):
+        resources(*argv)
+
+
+def test_cpu_shares_to_weight_as_crun():
+    assert [md.cpu_weight(s) for s in (2, 1024, 262144)] == [1, 39, 10000]
+
+
+def test_writes_v2_and_v1():
+    res = {"memory": 100 << 20, "memory_swap": 300 << 20, "memory_reservation": 1 << 20,
+           "cpu_quota": 50000, "cpu_shares": 1024, "cpuset_cpus": "0", "pids": None,
+           "io_weight": 500, "io_read": [("8:0", 1048576)]}
+    assert md.cgroup_writes(res, 2) == [
+        ("memory", "memory.max", 100 << 20), ("memory", "memory.swap.max", 200 << 20),
+        ("memory", "memory.low", 1 << 20), ("cpu", "cpu.max", "50000 100000"),
+        ("cpu", "cpu.weight", 39), ("io", "io.weight", "default 500"),
+        ("io", "io.max", "8:0 rbps=1048576"), ("cpuset", "cpuset.cpus", "0"),
+        ("pids", "pids.max", "max")]
+    assert md.cgroup_writes(res, 1) == [
+        ("memory", "memory.limit_in_bytes", 100 << 20),
+        ("memory", "memory.memsw.limit_in_bytes", 300 << 20),
+        ("memory", "memory.soft_limit_in_bytes", 1 << 20),
+        ("cpu", "cpu.cfs_period_us", 100000), ("cpu", "cpu.cfs_quota_us", 50000),
+        ("cpu", "cpu.shares", 1024), ("io", "blkio.weight", 500),
+        ("io", "blkio.throttle.read_bps_device", "8:0 1048576"),
+        ("cpuset", "cpuset.cpus", "0"), ("pids", "pids.max", "max")]
+    assert md.cgroup_writes({"memory": 1, "memory_swap": -1}, 2)[1] == \
+        ("memory", "memory.swap.max", "max")
+
+
+HYBRID_MOUNTINFO = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+HYBRID_SELF = "5:pids:/user\n4:memory:/job/7\n2:cpu,cpuacct:/\n1:name=systemd:/x\n0::/x\n"
+
+
+def test_hybrid_layout_and_placement():
+    layout = md.detect_cgroups(HYBRID_MOUNTINFO, HYBRID_SELF, read=lambda path: "")
+    assert layout.v2_mount == "/sys/fs/cgroup/unified" and layout.v2_controllers == set()
+    assert layout.v1["memory"] == ("/sys/fs/cgroup/memory", "/job/7")
+    assert layout.version_of("cpu") == 1 and layout.version_of("cpuset") is None
+    groups = md.plan_cgroups({"memory": 1 << 30, "pids": 5}, layout, "ID")
+    assert groups == [
+        (1, "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct/minidocker-ID",
+         {"cpu", "cpuacct"}),
+        (1, "/sys/fs/cgroup/memory", "/sys/fs/cgroup/memory/job/7/minidocker-ID", {"memory"}),
+        (1, "/sys/fs/cgroup/pids", "/sys/fs/cgroup/pids/user/minidocker-ID", {"pids"})]
+    with pytest.raises(md.MiniDockerError, match="--cpuset-cpus needs the cpuset cgroup "
+                                                 "controller, which this host has neither"):
+        md.plan_cgroups({"cpuset_cpus": "0"}, layout, "ID")
+    parented = md.plan_cgroups({}, layout, "ID", parent="/ci")
+    assert parented[1][2] == "/sys/fs/cgroup/memory/ci/minidocker-ID"
+
+
+def test_v2_plan_applied_to_a_fake_tree(tmp_path):
+    """The whole v2 path, mkdir and writes, on a directory standing in for
+    /sys/fs/cgroup (a plain filesystem: files are created as written)."""
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (root / "cgroup.subtree_control").write_text("")
+    mountinfo = "41 31 0:38 / %s rw - cgroup2 cgroup2 rw\n" % root
+    layout = md.detect_cgroups(mountinfo, "0::/\n")
+    assert layout.version_of("memory") == 2 and layout.version_of("cpuacct") is None
+    res = {"memory": 64 << 20, "cpu_quota": 25000, "pids": 20}
+    groups = md.plan_cgroups(res, layout, "ID")
+    assert groups == [(2, str(root), str(root / "mini-docker" / "ID"), {"cpu", "memory", "pids"})]
+    made = md.create_cgroups(groups, res)
+    leaf = root / "mini-docker" / "ID"
+    assert made == [str(leaf)]
+    assert (leaf / "memory.max").read_text() == str(64 << 20)
+    assert (leaf / "cpu.max").read_text() == "25000 100000"
+    assert (leaf / "pids.max").read_text() == "20"
+    # one "+controller" per write: the last one stands in a plain file
+    assert (root / "mini-docker" / "cgroup.subtree_control").read_text() == "+pids"
+    (leaf / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    (leaf / "memory.current").write_text("1234\n")
+    (leaf / "cpu.stat").write_text("usage_usec 1500000\nuser_usec 1\n")
+    assert md.oom_killed(made)
+    assert md.cgroup_usage(made) == {"memory": 1234, "memory_peak": None, "cpu_seconds": 1.5,
+                                     "pids": None}
+
+
+# ---------------------------------------------------------------------------
+# cgroups, root: limits the process inside really meets (run on this host and
+# in the cgroup-v2 VM by .ci/run: `-k cgroup`)
+# ---------------------------------------------------------------------------
+
+def start(rootfs, *command, options=()):
+    return subprocess.Popen(MINIDOCKER + ["run", "--rm"] + list(options) + [rootfs] + list(command),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def running_record(timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in md.read_records(md.Paths()):
+            if record["status"] == "running":
+                return record
+        time.sleep(0.02)
+    raise AssertionError("no container came up")
+
+
+def cgroup_of(record, controller):
+    """The container's cgroup directory holding a controller's files."""
+    for path in record["cgroups"]:
+        if any(name.startswith(controller + ".") for name in os.listdir(path)):
+            return path
+    raise AssertionError("no %s cgroup in %s" % (controller, record["cgroups"]))
+
+
+@root
+def test_cgroup_memory_limit_oom_kills(rootfs):
+    result = run(rootfs, "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1",
+                 options=["-m", "32m"])
+    assert result.returncode == 137, result.err
+    assert "hit its memory limit (--memory 33554432)" in result.err
+    assert sh(rootfs, "echo fine", options=["-m", "32m"]).out == "fine\n"
+
+
+@root
+def test_cgroup_pids_limit_stops_a_fork_bomb(rootfs):
+    # The bomb forks until fork fails (then busybox's sh gives up and exits);
+    # the outer shell, pid 1, waits without forking again.
+    script = ('trap "exit 0" TERM; sleep 1000 & sh -c "while :; do sleep 30 & done" 2>/dev/null;'
+              'echo spawned; wait')
+    proc = start(rootfs, "sh", "-c", script, options=["--pids-limit", "20"])
+    try:
+        assert proc.stdout.readline() == b"spawned\n"
+        record = running_record()
+        pids = cgroup_of(record, "pids")
+        assert md.read_text(os.path.join(pids, "pids.max")).strip() == "20"
+        assert 15 <= int(md.read_text(os.path.join(pids, "pids.current"))) <= 20
+        events = md.read_text(os.path.join(pids, "pids.events")).split()
+        assert events[0] == "max" and int(events[1]) > 0  # forks were refused
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert_nothing_left()
+
+
+@root
+def test_cgroup_cpu_quota_half_a_cpu(rootfs):
+    proc = start(rootfs, "sh", "-c", 'trap "exit 0" TERM; echo go; while :; do :; done',
+                 options=["--cpus", "0.5"])
+    try:
+        assert proc.stdout.readline() == b"go\n"
+        record = running_record()
+        time.sleep(0.5)
+        first, t0 = md.cgroup_usage(record["cgroups"])["cpu_seconds"], time.monotonic()
+        time.sleep(2)
+        second, t1 = md.cgroup_usage(record["cgroups"])["cpu_seconds"], time.monotonic()
+        rate = (second - first) / (t1 - t0)
+        assert 0.4 <= rate <= 0.6, rate
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert_nothing_left()
+
+
+@root
+def test_cgroup_cpuset_pins(rootfs):
+    assert sh(rootfs, "grep Cpus_allowed_list /proc/self/status",
+              options=["--cpuset-cpus", "0"]).out.split() == ["Cpus_allowed_list:", "0"]
+
+
+@root
+def test_cgroup_placement_namespace_and_removal(rootfs):
+    proc = start(rootfs, "sh", "-c", 'trap "exit 0" TERM; cat /proc/self/cgroup; echo end; '
+                                     'while :; do sleep 0.05; done', options=["-m", "64m"])
+    try:
+        inside = b""
+        while not inside.endswith(b"end\n"):
+            inside += proc.stdout.readline()
+        for line in inside.decode().splitlines()[:-1]:
+            assert line.endswith(":/"), line  # the cgroup namespace: its own cgroup is the root
+        record = running_record()
+        layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                                   md.read_text("/proc/self/cgroup"))
+        memory = cgroup_of(record, "memory")
+        if layout.version_of("memory") == 1:
+            mount, own = layout.v1["memory"]
+            assert memory == os.path.join(mount, own.strip("/"), "minidocker-" + record["id"])
+            assert md.read_text(memory + "/memory.limit_in_bytes").strip() == str(64 << 20)
+        else:
+            assert memory == os.path.join(layout.v2_mount, "mini-docker", record["id"])
+            assert md.read_text(memory + "/memory.max").strip() == str(64 << 20)
+        host_view = md.read_text("/proc/%d/cgroup" % record["pid"])
+        assert record["id"] in host_view
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    for path in record["cgroups"]:
+        assert not os.path.exists(path)
+    assert_nothing_left()
+
+
+@root
+def test_cgroup_removed_after_kill_9_of_minidocker(rootfs):
+    proc = start(rootfs, "sleep", "60", options=["--pids-limit", "10"])
+    record = running_record()
+    proc.kill()
+    proc.wait()
+    assert all(os.path.isdir(path) for path in record["cgroups"])
+    assert sh(rootfs, "true", check_clean=False).returncode == 0  # reclaims
+    for path in record["cgroups"]:
+        assert not os.path.exists(path), path
+    assert_nothing_left()
+
+
+@root
+@pytest.mark.parametrize("flags, error", [
+    (["--memory", "10x"], "invalid --memory '10x'"),
+    (["--cpus", "-1"], "invalid --cpus '-1'"),
+    (["--cpus", "99"], "invalid --cpus '99'"),
+    (["--cpuset-cpus", "64"], "invalid --cpuset-cpus '64'"),
+    (["--pids-limit", "-3"], "invalid --pids-limit -3"),
+    (["--memory-swap", "1g"], "--memory-swap needs --memory"),
+])
+def test_cgroup_bad_values(rootfs, flags, error):
+    bad(["run", "--rm"] + flags + [rootfs, "true"], error)
+
+
+@root
+def test_cgroup_pids_zero_means_unlimited(rootfs):
+    result = sh(rootfs, "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null; echo ok",
+                options=["--pids-limit", "0"])
+    assert result.returncode == 0 and result.out.endswith("ok\n")
