@@ -26,6 +26,7 @@ import ctypes
 import fcntl
 import json
 import os
+import re
 import signal
 import stat
 import struct
@@ -1088,7 +1089,6 @@ SIZE_PATTERN = r"(\d+(?:\.\d+)?) ?([kmgtp]?)i?b?"  # go-units' RAMInBytes
 
 def parse_size(text, flag):
     """Docker's sizes: 100m, 1.5G, 512k, 2048 (bytes), 64mb, 10MiB."""
-    import re
     match = re.fullmatch(SIZE_PATTERN, text.strip(), re.IGNORECASE)
     if match is None:
         raise MiniDockerError("invalid %s %r: expected a size such as 100m or 1g" % (flag, text))

@@ -8,10 +8,10 @@ Two kinds, as the README says:
   as root and fails on any skip).
 """
 
+import contextlib
 import fcntl
 import hashlib
 import os
-import pty
 import select
 import shutil
 import signal
@@ -1027,6 +1027,20 @@ def start(rootfs, *command, options=()):
                             stderr=subprocess.PIPE)
 
 
+@contextlib.contextmanager
+def started(rootfs, *command, options=()):
+    """A container running in the background, killed if the test fails."""
+    proc = start(rootfs, *command, options=options)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
 def running_record(timeout=20):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -1060,8 +1074,7 @@ def test_cgroup_pids_limit_stops_a_fork_bomb(rootfs):
     # the outer shell, pid 1, waits without forking again.
     script = ('trap "exit 0" TERM; sleep 1000 & sh -c "while :; do sleep 30 & done" 2>/dev/null;'
               'echo spawned; wait')
-    proc = start(rootfs, "sh", "-c", script, options=["--pids-limit", "20"])
-    try:
+    with started(rootfs, "sh", "-c", script, options=["--pids-limit", "20"]) as proc:
         assert proc.stdout.readline() == b"spawned\n"
         record = running_record()
         pids = cgroup_of(record, "pids")
@@ -1071,18 +1084,13 @@ def test_cgroup_pids_limit_stops_a_fork_bomb(rootfs):
         assert events[0] == "max" and int(events[1]) > 0  # forks were refused
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
     assert_nothing_left()
 
 
 @root
 def test_cgroup_cpu_quota_half_a_cpu(rootfs):
-    proc = start(rootfs, "sh", "-c", 'trap "exit 0" TERM; echo go; while :; do :; done',
-                 options=["--cpus", "0.5"])
-    try:
+    with started(rootfs, "sh", "-c", 'trap "exit 0" TERM; echo go; while :; do :; done',
+                 options=["--cpus", "0.5"]) as proc:
         assert proc.stdout.readline() == b"go\n"
         record = running_record()
         time.sleep(0.5)
@@ -1093,10 +1101,6 @@ def test_cgroup_cpu_quota_half_a_cpu(rootfs):
         assert 0.4 <= rate <= 0.6, rate
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
     assert_nothing_left()
 
 
@@ -1108,9 +1112,8 @@ def test_cgroup_cpuset_pins(rootfs):
 
 @root
 def test_cgroup_placement_namespace_and_removal(rootfs):
-    proc = start(rootfs, "sh", "-c", 'trap "exit 0" TERM; cat /proc/self/cgroup; echo end; '
-                                     'while :; do sleep 0.05; done', options=["-m", "64m"])
-    try:
+    with started(rootfs, "sh", "-c", 'trap "exit 0" TERM; cat /proc/self/cgroup; echo end; '
+                                     'while :; do sleep 0.05; done', options=["-m", "64m"]) as proc:
         inside = b""
         while not inside.endswith(b"end\n"):
             inside += proc.stdout.readline()
@@ -1131,10 +1134,6 @@ def test_cgroup_placement_namespace_and_removal(rootfs):
         assert record["id"] in host_view
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
     for path in record["cgroups"]:
         assert not os.path.exists(path)
     assert_nothing_left()
@@ -1142,10 +1141,9 @@ def test_cgroup_placement_namespace_and_removal(rootfs):
 
 @root
 def test_cgroup_removed_after_kill_9_of_minidocker(rootfs):
-    proc = start(rootfs, "sleep", "60", options=["--pids-limit", "10"])
-    record = running_record()
-    proc.kill()
-    proc.wait()
+    with started(rootfs, "sleep", "60", options=["--pids-limit", "10"]) as proc:
+        record = running_record()
+        proc.kill()
     assert all(os.path.isdir(path) for path in record["cgroups"])
     assert sh(rootfs, "true", check_clean=False).returncode == 0  # reclaims
     for path in record["cgroups"]:
