@@ -7,15 +7,16 @@
 Read it top to bottom: the chapters follow a container from the command line
 to its first instruction. `grep -n '^# ===' minidocker.py` prints them:
 
-    1. errors and messages         7. namespaces
+    1. errors and messages         8. cgroups: resource limits
     2. libc bindings and constants 10. capabilities and no_new_privs
     3. configuration (the spec)    11. the process: stages, init, terminal
     4. state on disk               12. commands
     5. images: mkrootfs, ELF       13. argparse and main()
     6. filesystem: overlay, mounts, /dev, pivot_root
+    7. namespaces
 
-Chapters 8 (cgroups), 9 (networking) and the seccomp half of 10 arrive with
-issues #3, #5 and #4; the start-up sequence in chapter 11 says where they bind.
+Chapter 9 (networking) and the seccomp half of 10 arrive with issues #5 and
+#4; the start-up sequence in chapter 11 says where they bind.
 
 Needs: Linux >= 4.13 (TIOCGPTPEER for the terminal), overlayfs, root
 (CAP_SYS_ADMIN in the initial user namespace), Python >= 3.8.
@@ -1074,10 +1075,10 @@ def bring_up_loopback():
 # limits; the child unshares its cgroup namespace only after that.
 
 CPU_PERIOD_US = 100000  # the CFS period docker uses for --cpus
-# Files per controller name, v2 first then v1. A controller is wanted for a
-# limit the user asked for (its absence is an error) or only to account
-# usage (memory, cpu, pids: best effort).
+# Controllers go by their v2 names; v1 calls io "blkio".
 V1_NAMES = {"io": "blkio"}
+# A controller is wanted for a limit the user asked for (its absence is an
+# error), or only to account usage for ps (these, where the host has them).
 ACCOUNTING = ("memory", "cpu", "cpuacct", "pids")
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
               "p": 1 << 50}
