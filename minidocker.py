@@ -24,6 +24,7 @@ Needs: Linux >= 4.13 (TIOCGPTPEER for the terminal), overlayfs, root
 
 import argparse
 import ctypes
+import errno
 import fcntl
 import json
 import os
@@ -106,7 +107,7 @@ _c_long = ctypes.c_long
 
 
 def _bind(name, argtypes, restype=_c_int):
-    func = getattr(_libc, name)
+    func = _libc[name]  # a new function object: argtypes belong to one binding
     func.argtypes = argtypes
     func.restype = restype
     return func
@@ -173,9 +174,139 @@ AF_INET = 2
 SOCK_DGRAM = 2
 SOCK_CLOEXEC = 0o2000000
 
-# <asm/unistd.h>: glibc has no wrapper for pivot_root(2), so it goes
-# through syscall(2) with the number of the architecture we run on.
-SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+# <asm/unistd.h>: system call numbers. glibc has no wrapper for pivot_root(2)
+# or seccomp(2), and the seccomp compiler (chapter 10) turns names into
+# numbers, so the tables of the two architectures we run on are written out.
+# Each line starts with the number of its first name; the numbers go on by
+# one. x86_64 has its own table; aarch64 uses the generic one in
+# asm-generic/unistd.h. Both are Linux 6.1's, checked against Debian's
+# linux-libc-dev and linux-libc-dev-arm64-cross by test_syscall_tables_*.
+SYSCALL_TABLES = {
+    "x86_64": """
+    0 read write open close stat fstat lstat poll lseek mmap mprotect munmap
+    12 brk rt_sigaction rt_sigprocmask rt_sigreturn ioctl pread64 pwrite64
+    19 readv writev access pipe select sched_yield mremap msync mincore
+    28 madvise shmget shmat shmctl dup dup2 pause nanosleep getitimer alarm
+    38 setitimer getpid sendfile socket connect accept sendto recvfrom sendmsg
+    47 recvmsg shutdown bind listen getsockname getpeername socketpair
+    54 setsockopt getsockopt clone fork vfork execve exit wait4 kill uname
+    64 semget semop semctl shmdt msgget msgsnd msgrcv msgctl fcntl flock fsync
+    75 fdatasync truncate ftruncate getdents getcwd chdir fchdir rename mkdir
+    84 rmdir creat link unlink symlink readlink chmod fchmod chown fchown
+    94 lchown umask gettimeofday getrlimit getrusage sysinfo times ptrace
+    102 getuid syslog getgid setuid setgid geteuid getegid setpgid getppid
+    111 getpgrp setsid setreuid setregid getgroups setgroups setresuid
+    118 getresuid setresgid getresgid getpgid setfsuid setfsgid getsid capget
+    126 capset rt_sigpending rt_sigtimedwait rt_sigqueueinfo rt_sigsuspend
+    131 sigaltstack utime mknod uselib personality ustat statfs fstatfs sysfs
+    140 getpriority setpriority sched_setparam sched_getparam
+    144 sched_setscheduler sched_getscheduler sched_get_priority_max
+    147 sched_get_priority_min sched_rr_get_interval mlock munlock mlockall
+    152 munlockall vhangup modify_ldt pivot_root _sysctl prctl arch_prctl
+    159 adjtimex setrlimit chroot sync acct settimeofday mount umount2 swapon
+    168 swapoff reboot sethostname setdomainname iopl ioperm create_module
+    175 init_module delete_module get_kernel_syms query_module quotactl
+    180 nfsservctl getpmsg putpmsg afs_syscall tuxcall security gettid
+    187 readahead setxattr lsetxattr fsetxattr getxattr lgetxattr fgetxattr
+    194 listxattr llistxattr flistxattr removexattr lremovexattr fremovexattr
+    200 tkill time futex sched_setaffinity sched_getaffinity set_thread_area
+    206 io_setup io_destroy io_getevents io_submit io_cancel get_thread_area
+    212 lookup_dcookie epoll_create epoll_ctl_old epoll_wait_old
+    216 remap_file_pages getdents64 set_tid_address restart_syscall semtimedop
+    221 fadvise64 timer_create timer_settime timer_gettime timer_getoverrun
+    226 timer_delete clock_settime clock_gettime clock_getres clock_nanosleep
+    231 exit_group epoll_wait epoll_ctl tgkill utimes vserver mbind
+    238 set_mempolicy get_mempolicy mq_open mq_unlink mq_timedsend
+    243 mq_timedreceive mq_notify mq_getsetattr kexec_load waitid add_key
+    249 request_key keyctl ioprio_set ioprio_get inotify_init
+    254 inotify_add_watch inotify_rm_watch migrate_pages openat mkdirat
+    259 mknodat fchownat futimesat newfstatat unlinkat renameat linkat
+    266 symlinkat readlinkat fchmodat faccessat pselect6 ppoll unshare
+    273 set_robust_list get_robust_list splice tee sync_file_range vmsplice
+    279 move_pages utimensat epoll_pwait signalfd timerfd_create eventfd
+    285 fallocate timerfd_settime timerfd_gettime accept4 signalfd4 eventfd2
+    291 epoll_create1 dup3 pipe2 inotify_init1 preadv pwritev
+    297 rt_tgsigqueueinfo perf_event_open recvmmsg fanotify_init fanotify_mark
+    302 prlimit64 name_to_handle_at open_by_handle_at clock_adjtime syncfs
+    307 sendmmsg setns getcpu process_vm_readv process_vm_writev kcmp
+    313 finit_module sched_setattr sched_getattr renameat2 seccomp getrandom
+    319 memfd_create kexec_file_load bpf execveat userfaultfd membarrier
+    325 mlock2 copy_file_range preadv2 pwritev2 pkey_mprotect pkey_alloc
+    331 pkey_free statx io_pgetevents rseq
+    424 pidfd_send_signal io_uring_setup io_uring_enter io_uring_register
+    428 open_tree move_mount fsopen fsconfig fsmount fspick pidfd_open clone3
+    436 close_range openat2 pidfd_getfd faccessat2 process_madvise
+    441 epoll_pwait2 mount_setattr quotactl_fd landlock_create_ruleset
+    445 landlock_add_rule landlock_restrict_self memfd_secret process_mrelease
+    449 futex_waitv set_mempolicy_home_node
+""",
+    "aarch64": """
+    0 io_setup io_destroy io_submit io_cancel io_getevents setxattr lsetxattr
+    7 fsetxattr getxattr lgetxattr fgetxattr listxattr llistxattr flistxattr
+    14 removexattr lremovexattr fremovexattr getcwd lookup_dcookie eventfd2
+    20 epoll_create1 epoll_ctl epoll_pwait dup dup3 fcntl inotify_init1
+    27 inotify_add_watch inotify_rm_watch ioctl ioprio_set ioprio_get flock
+    33 mknodat mkdirat unlinkat symlinkat linkat renameat umount2 mount
+    41 pivot_root nfsservctl statfs fstatfs truncate ftruncate fallocate
+    48 faccessat chdir fchdir chroot fchmod fchmodat fchownat fchown openat
+    57 close vhangup pipe2 quotactl getdents64 lseek read write readv writev
+    67 pread64 pwrite64 preadv pwritev sendfile pselect6 ppoll signalfd4
+    75 vmsplice splice tee readlinkat newfstatat fstat sync fsync fdatasync
+    84 sync_file_range timerfd_create timerfd_settime timerfd_gettime
+    88 utimensat acct capget capset personality exit exit_group waitid
+    96 set_tid_address unshare futex set_robust_list get_robust_list nanosleep
+    102 getitimer setitimer kexec_load init_module delete_module timer_create
+    108 timer_gettime timer_getoverrun timer_settime timer_delete
+    112 clock_settime clock_gettime clock_getres clock_nanosleep syslog ptrace
+    118 sched_setparam sched_setscheduler sched_getscheduler sched_getparam
+    122 sched_setaffinity sched_getaffinity sched_yield sched_get_priority_max
+    126 sched_get_priority_min sched_rr_get_interval restart_syscall kill
+    130 tkill tgkill sigaltstack rt_sigsuspend rt_sigaction rt_sigprocmask
+    136 rt_sigpending rt_sigtimedwait rt_sigqueueinfo rt_sigreturn setpriority
+    141 getpriority reboot setregid setgid setreuid setuid setresuid getresuid
+    149 setresgid getresgid setfsuid setfsgid times setpgid getpgid getsid
+    157 setsid getgroups setgroups uname sethostname setdomainname getrlimit
+    164 setrlimit getrusage umask prctl getcpu gettimeofday settimeofday
+    171 adjtimex getpid getppid getuid geteuid getgid getegid gettid sysinfo
+    180 mq_open mq_unlink mq_timedsend mq_timedreceive mq_notify mq_getsetattr
+    186 msgget msgctl msgrcv msgsnd semget semctl semtimedop semop shmget
+    195 shmctl shmat shmdt socket socketpair bind listen accept connect
+    204 getsockname getpeername sendto recvfrom setsockopt getsockopt shutdown
+    211 sendmsg recvmsg readahead brk munmap mremap add_key request_key keyctl
+    220 clone execve mmap fadvise64 swapon swapoff mprotect msync mlock
+    229 munlock mlockall munlockall mincore madvise remap_file_pages mbind
+    236 get_mempolicy set_mempolicy migrate_pages move_pages rt_tgsigqueueinfo
+    241 perf_event_open accept4 recvmmsg
+    260 wait4 prlimit64 fanotify_init fanotify_mark name_to_handle_at
+    265 open_by_handle_at clock_adjtime syncfs setns sendmmsg process_vm_readv
+    271 process_vm_writev kcmp finit_module sched_setattr sched_getattr
+    276 renameat2 seccomp getrandom memfd_create bpf execveat userfaultfd
+    283 membarrier mlock2 copy_file_range preadv2 pwritev2 pkey_mprotect
+    289 pkey_alloc pkey_free statx io_pgetevents rseq kexec_file_load
+    424 pidfd_send_signal io_uring_setup io_uring_enter io_uring_register
+    428 open_tree move_mount fsopen fsconfig fsmount fspick pidfd_open clone3
+    436 close_range openat2 pidfd_getfd faccessat2 process_madvise
+    441 epoll_pwait2 mount_setattr quotactl_fd landlock_create_ruleset
+    445 landlock_add_rule landlock_restrict_self memfd_secret process_mrelease
+    449 futex_waitv set_mempolicy_home_node
+""",
+}
+
+
+def syscall_numbers(machine):
+    """{name: number} for one architecture, from SYSCALL_TABLES."""
+    numbers, number = {}, 0
+    for word in SYSCALL_TABLES[machine].split():
+        if word.isdigit():
+            number = int(word)
+        else:
+            numbers[word] = number
+            number += 1
+    return numbers
+
+
+MACHINE = os.uname().machine
+SYSCALLS = syscall_numbers(MACHINE) if MACHINE in SYSCALL_TABLES else {}
 
 _mount = _bind("mount", [_c_str, _c_str, _c_str, _c_ulong, _c_str])
 _umount2 = _bind("umount2", [_c_str, _c_int])
@@ -184,7 +315,8 @@ _sethostname = _bind("sethostname", [_c_str, ctypes.c_size_t])
 _prctl = _bind("prctl", [_c_int, _c_ulong, _c_ulong, _c_ulong, _c_ulong])
 _capset = _bind("capset", [ctypes.c_void_p, ctypes.c_void_p])
 _socket = _bind("socket", [_c_int, _c_int, _c_int])
-_syscall = _bind("syscall", [_c_long, _c_str, _c_str], _c_long)
+_syscall = _bind("syscall", [_c_long, _c_str, _c_str], _c_long)  # pivot_root
+_seccomp = _bind("syscall", [_c_long, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p], _c_long)
 
 
 def mount(source, target, fstype, flags=0, data=None, shown=None):
@@ -227,10 +359,9 @@ def prctl(option, arg2=0, what="prctl"):
 
 
 def pivot_root(new_root, put_old):
-    number = SYS_PIVOT_ROOT.get(os.uname().machine)
-    if number is None:
-        raise MiniDockerError("pivot_root: unsupported architecture %s" % os.uname().machine)
-    if _syscall(number, _b(new_root), _b(put_old)) == -1:
+    if "pivot_root" not in SYSCALLS:
+        raise MiniDockerError("pivot_root: unsupported architecture %s" % MACHINE)
+    if _syscall(SYSCALLS["pivot_root"], _b(new_root), _b(put_old)) == -1:
         raise syscall_error(ctypes.get_errno(), "pivot_root(%s)" % new_root,
                             "the host's root must not be an initramfs (rootfs); "
                             "run from a real root filesystem")
@@ -274,6 +405,8 @@ class Spec:
         self.debug = False
         self.resources = {}       # checked resource limits (chapter 8)
         self.cgroup_parent = None
+        self.seccomp = None       # the BPF filter's bytes (chapter 10); None: unconfined
+        self.notes = []           # what --debug prints about the plan
         self.__dict__.update(fields)
 
 
@@ -361,6 +494,38 @@ def expand_env(entries):
     return result
 
 
+def parse_security_opts(options):
+    """Docker's --security-opt: seccomp=PATH or seccomp=unconfined (also the
+    older seccomp:PATH), and no-new-privileges, which minidocker always sets.
+    Returns the seccomp choice: None for the default profile."""
+    choice = None
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep:
+            key, _, value = option.partition(":")
+        if key == "seccomp" and value:
+            choice = value
+        elif key == "no-new-privileges" and value in ("", "true"):
+            continue
+        elif key == "no-new-privileges":
+            raise MiniDockerError("--security-opt %s: minidocker always sets no_new_privs" % option)
+        else:
+            raise MiniDockerError("--security-opt %r: minidocker knows seccomp=PATH, "
+                                  "seccomp=unconfined and no-new-privileges" % option)
+    return choice
+
+
+def plan_security(choice, caps, privileged):
+    """The seccomp filter for the container: the built-in default profile,
+    a profile file, or none. --privileged means unconfined, as in Docker,
+    unless a profile file is named."""
+    if choice == "unconfined" or privileged and choice is None:
+        return None, ["seccomp: unconfined"]
+    if choice is None:
+        return plan_seccomp(DEFAULT_PROFILE, caps, "default")
+    return plan_seccomp(read_profile(choice), caps, choice)
+
+
 def build_spec(args):
     """argparse's namespace for `run` -> a validated Spec. Pure: touches the
     filesystem only to read the env files and to check that ROOTFS is a
@@ -382,6 +547,8 @@ def build_spec(args):
     for path in args.env_file:
         env_entries += parse_env_file(path)
     env_entries += args.env
+    caps = plan_capabilities(args.cap_add, args.cap_drop, args.privileged, held_capabilities())
+    seccomp, notes = plan_security(parse_security_opts(args.security_opt), caps, args.privileged)
     interactive, tty = args.interactive, args.tty
     if not interactive and not tty and os.isatty(0) and os.isatty(1):
         # The README's `run ./rootfs /bin/sh` on a terminal is a shell to talk to.
@@ -390,9 +557,7 @@ def build_spec(args):
         rootfs=rootfs, command=list(args.command), hostname=args.hostname,
         env=expand_env(env_entries), workdir=os.path.normpath(args.workdir),
         user=args.user, group_add=list(args.group_add),
-        caps=plan_capabilities(args.cap_add, args.cap_drop, args.privileged,
-                               held_capabilities()),
-        privileged=args.privileged, read_only=args.read_only,
+        caps=caps, seccomp=seccomp, notes=notes, privileged=args.privileged, read_only=args.read_only,
         volumes=[parse_volume(v) for v in args.volume],
         tmpfs=[parse_tmpfs(t) for t in args.tmpfs],
         tty=tty, interactive=interactive, remove=args.rm, debug=args.debug,
@@ -1456,7 +1621,7 @@ def cgroup_usage(paths):
 
 
 # ============================================================================
-# 10. Capabilities and no_new_privs
+# 10. Capabilities, no_new_privs and seccomp
 # ============================================================================
 # A root process has every capability. The container keeps Docker's default
 # fourteen, in the bounding, permitted and effective sets; inheritable and
@@ -1565,6 +1730,619 @@ def set_capabilities(effective_permitted):
         + struct.pack(CAP_DATA, mask >> 32, mask >> 32, 0))
     _check(_capset(header, data), "capset(0x%x)" % mask)
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+
+
+# ----------------------------------------------------------------------------
+# Seccomp: the last gate. The kernel runs a small classic-BPF program on
+# every system call the container makes, before the call does anything
+# (seccomp(2), Documentation/userspace-api/seccomp_filter.rst). The program
+# sees the call's number, its architecture and its six arguments, and answers
+# with an action: allow it, fail it with an errno, kill the process...
+#
+# The program is compiled here, from a profile in Docker's JSON format, by
+# plain Python and struct: no libseccomp. The work is done in three steps:
+#   resolve_profile  profile + architecture + capabilities -> per-syscall rules
+#   compile_filter   rules -> BPF instructions (the plan; tests run it)
+#   load_filter      seccomp(SECCOMP_SET_MODE_FILTER), the last call before
+#                    execve, after no_new_privs
+# A filter cannot be removed, only stacked on: every process the container
+# starts inherits it.
+
+# <linux/seccomp.h>: what the filter can answer. The low 16 bits carry data
+# (the errno for ERRNO, a message for TRACE).
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_RET_KILL_PROCESS = 0x80000000  # Linux 4.14: the whole process dies of SIGSYS
+SECCOMP_RET_KILL_THREAD = 0x00000000   # only the calling thread dies
+SECCOMP_RET_TRAP = 0x00030000          # SIGSYS, which the process may catch
+SECCOMP_RET_ERRNO = 0x00050000         # the call fails with errno = data
+SECCOMP_RET_TRACE = 0x7FF00000         # ask a ptrace(2) tracer; ENOSYS without one
+SECCOMP_RET_LOG = 0x7FFC0000           # allow, and log to the audit log
+SECCOMP_RET_ALLOW = 0x7FFF0000
+MAX_ERRNO = 4095                       # the kernel caps the errno at this
+
+SECCOMP_ACTIONS = {  # Docker's names (libseccomp's) -> the kernel's
+    "SCMP_ACT_KILL": SECCOMP_RET_KILL_THREAD,
+    "SCMP_ACT_KILL_THREAD": SECCOMP_RET_KILL_THREAD,
+    "SCMP_ACT_KILL_PROCESS": SECCOMP_RET_KILL_PROCESS,
+    "SCMP_ACT_TRAP": SECCOMP_RET_TRAP,
+    "SCMP_ACT_ERRNO": SECCOMP_RET_ERRNO,
+    "SCMP_ACT_TRACE": SECCOMP_RET_TRACE,
+    "SCMP_ACT_LOG": SECCOMP_RET_LOG,
+    "SCMP_ACT_ALLOW": SECCOMP_RET_ALLOW,
+}
+SECCOMP_COMPARISONS = ("SCMP_CMP_EQ", "SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE",
+                       "SCMP_CMP_GT", "SCMP_CMP_GE", "SCMP_CMP_MASKED_EQ")
+
+# <linux/audit.h>: seccomp_data.arch. A process can make system calls of
+# another ABI than ours (int 0x80 enters the i386 table on x86_64, and
+# x32 calls are x86_64 numbers with bit 30 set): their numbers mean other
+# calls, so a filter written for our table must not judge them. Profiles
+# name such ABIs as subArchitectures; we carry no tables for them, so the
+# filter kills those calls, as libseccomp does for an architecture it was
+# not given.
+AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+SCMP_ARCH = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
+GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # as Docker's "includes.arches" says it
+X32_SYSCALL_BIT = 0x40000000
+
+#   struct seccomp_data {              what the filter reads, 64 bytes
+#       int   nr;                      offset 0
+#       __u32 arch;                    offset 4
+#       __u64 instruction_pointer;     offset 8
+#       __u64 args[6];                 offset 16 + 8 * i
+#   };
+# Classic BPF loads 32 bits at a time, so each argument is read as two
+# halves; on our little-endian machines the low half comes first.
+SECCOMP_DATA = "=iIQ6Q"
+assert struct.calcsize(SECCOMP_DATA) == 64 and sys.byteorder == "little"
+DATA_NR, DATA_ARCH = 0, 4
+
+
+def arg_low(index):
+    return 16 + 8 * index
+
+
+def arg_high(index):
+    return 16 + 8 * index + 4
+
+
+# <linux/filter.h>, <linux/bpf_common.h>: one instruction, and the program.
+#   struct sock_filter { __u16 code; __u8 jt; __u8 jf; __u32 k; };
+#   struct sock_fprog  { unsigned short len; struct sock_filter *filter; };
+SOCK_FILTER = "=HBBI"
+SOCK_FPROG = "@HP"
+assert struct.calcsize(SOCK_FILTER) == 8
+BPF_LD_W_ABS = 0x20   # A = the 32-bit word at offset k of seccomp_data
+BPF_AND_K = 0x54      # A &= k
+BPF_JA = 0x05         # jump k instructions forward
+BPF_JEQ_K = 0x15      # jump jt forward if A == k, else jf forward
+BPF_JGT_K = 0x25      # ... if A > k (unsigned)
+BPF_JGE_K = 0x35      # ... if A >= k (unsigned)
+BPF_RET_K = 0x06      # return k: the action
+BPF_MAXINSNS = 4096   # the kernel's limit on a program's length
+BPF_MAX_JUMP = 255    # jt and jf are one byte; only BPF_JA reaches farther
+
+
+def seccomp_error(source, what):
+    return MiniDockerError("seccomp profile %s: %s" % (source, what))
+
+
+def read_profile(path):
+    """--security-opt seccomp=PATH: the JSON file, as a dict."""
+    try:
+        with open(path) as handle:
+            profile = json.load(handle)
+    except OSError as err:
+        raise seccomp_error(path, err.strerror)
+    except ValueError as err:
+        raise seccomp_error(path, "not valid JSON: %s" % err)
+    if not isinstance(profile, dict):
+        raise seccomp_error(path, "must be a JSON object")
+    return profile
+
+
+def action_value(name, errno_ret, source):
+    """Docker's action name and errnoRet -> the 32-bit SECCOMP_RET_* value.
+    As runc: ERRNO without errnoRet is EPERM; TRACE's message is errnoRet."""
+    if name == "SCMP_ACT_NOTIFY":
+        raise seccomp_error(source, "SCMP_ACT_NOTIFY needs a supervisor listening on a "
+                            "notification fd, which minidocker does not run")
+    if name not in SECCOMP_ACTIONS:
+        raise seccomp_error(source, "unknown action %r" % (name,))
+    if errno_ret is not None and (type(errno_ret) is not int or not 0 <= errno_ret <= MAX_ERRNO):
+        raise seccomp_error(source, "errnoRet %r is not an errno (0-%d)" % (errno_ret, MAX_ERRNO))
+    value = SECCOMP_ACTIONS[name]
+    if value in (SECCOMP_RET_ERRNO, SECCOMP_RET_TRACE):
+        value |= errno.EPERM if errno_ret is None else errno_ret
+    return value
+
+
+def check_condition(arg, source):
+    """One entry of a rule's "args" -> (index, op, value, valueTwo)."""
+    if not isinstance(arg, dict):
+        raise seccomp_error(source, "an argument condition must be an object, not %r" % (arg,))
+    index, op = arg.get("index"), arg.get("op")
+    value, value_two = arg.get("value", 0), arg.get("valueTwo", 0)
+    if type(index) is not int or not 0 <= index <= 5:
+        raise seccomp_error(source, "argument index %r is not 0-5" % (index,))
+    if op not in SECCOMP_COMPARISONS:
+        raise seccomp_error(source, "unknown comparison %r" % (op,))
+    for number in (value, value_two):
+        if type(number) is not int or not 0 <= number < 1 << 64:
+            raise seccomp_error(source, "argument value %r is not a 64-bit number" % (number,))
+    return (index, op, value, value_two)
+
+
+def kernel_at_least(version, release):
+    """minKernel "5.8" against os.uname().release "6.1.0-13-amd64"."""
+    def numbers(text):
+        return tuple(int(n) for n in re.findall(r"\d+", text)[:2])
+    return numbers(release) >= numbers(version)
+
+
+def rule_applies(rule, machine, cap_names, release):
+    """Docker's includes/excludes: every cap in includes.caps held, the
+    architecture in includes.arches, the kernel at least minKernel; and no
+    cap of excludes.caps held, the architecture not in excludes.arches."""
+    includes, excludes = rule.get("includes") or {}, rule.get("excludes") or {}
+    arch_names = (SCMP_ARCH.get(machine), GO_ARCH.get(machine))
+    if any(cap not in cap_names for cap in includes.get("caps") or []):
+        return False
+    if includes.get("arches") and not set(arch_names) & set(includes["arches"]):
+        return False
+    if includes.get("minKernel") and not kernel_at_least(includes["minKernel"], release):
+        return False
+    if any(cap in cap_names for cap in excludes.get("caps") or []):
+        return False
+    return not set(arch_names) & set(excludes.get("arches") or [])
+
+
+def split_conditions(conditions):
+    """runc's rule, kept so that profiles behave as under runc: conditions on
+    different arguments must all hold, but two or more conditions on the
+    same argument become separate rules, any of which may match."""
+    indexes = [c[0] for c in conditions]
+    if len(set(indexes)) == len(indexes):
+        return [conditions]
+    return [[c] for c in conditions]
+
+
+def resolve_profile(profile, machine, caps, release, source):
+    """A Docker-format profile (or an OCI config's linux.seccomp, the same
+    fields less includes/excludes) -> (default action, {nr: [(conditions,
+    action)]}, highest nr named, names unknown here).
+
+    What the rules of one call mean is what they mean to libseccomp under
+    runc, so that a profile does the same here as there:
+      - a rule whose action is the default action is dropped (libseccomp
+        refuses it, runc skips it);
+      - a rule without conditions decides for its call alone: the call's
+        rules with conditions are dropped (the first such rule wins);
+      - otherwise the rules with conditions are tried in order, the first
+        that matches decides, and the default action answers the rest."""
+    if not isinstance(profile.get("syscalls", []) or [], list):
+        raise seccomp_error(source, '"syscalls" must be a list')
+    default = action_value(profile.get("defaultAction"), profile.get("defaultErrnoRet"), source)
+    table = syscall_numbers(machine)
+    cap_names = {"CAP_" + CAP_NAMES[c] for c in caps}
+    rules, unknown, highest = {}, [], -1
+    for rule in profile.get("syscalls") or []:
+        if not isinstance(rule, dict):
+            raise seccomp_error(source, "a syscalls entry must be an object, not %r" % (rule,))
+        names = rule.get("names") or ([rule["name"]] if rule.get("name") else [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise seccomp_error(source, '"names" must be a list of strings')
+        action = action_value(rule.get("action"), rule.get("errnoRet"), source)
+        conditions = [check_condition(a, source) for a in rule.get("args") or []]
+        if not rule_applies(rule, machine, cap_names, release):
+            continue
+        for name in names:
+            if name not in table:
+                unknown.append(name)  # Docker ignores these too
+                continue
+            nr = table[name]
+            highest = max(highest, nr)
+            if action != default:
+                for alternative in split_conditions(conditions):
+                    rules.setdefault(nr, []).append((alternative, action))
+    for nr, alternatives in rules.items():
+        rules[nr] = [r for r in alternatives if not r[0]][:1] or alternatives
+    return default, rules, highest, unknown
+
+
+def syscall_intervals(default, rules, highest, machine):
+    """Cut the 2**32 possible numbers into intervals [start, next start)
+    that share one outcome: ("ret", action) or ("rules", nr). Unnamed
+    numbers get the default action, except those above the highest number
+    the profile names: these are system calls newer than the profile, and
+    answer ENOSYS so that a newer libc falls back to the older call (as
+    glibc does from clone3 to clone), as runc arranges too."""
+    above = default
+    if default not in (SECCOMP_RET_ALLOW, SECCOMP_RET_LOG):
+        above = SECCOMP_RET_ERRNO | errno.ENOSYS
+    starts = {0: ("ret", default)}
+    for nr in sorted(rules):
+        conditions, action = rules[nr][0]
+        starts[nr] = ("rules", nr) if conditions else ("ret", action)
+        starts.setdefault(nr + 1, ("ret", default))
+    if highest >= 0:
+        starts[highest + 1] = ("ret", above)
+    if machine == "x86_64":
+        starts[X32_SYSCALL_BIT] = ("ret", SECCOMP_RET_KILL_PROCESS)
+        starts[0xFFFFFFFF] = ("ret", above)  # -1: what a tracer sets to skip a call
+    intervals = []
+    for start in sorted(starts):
+        if not intervals or intervals[-1][1] != starts[start]:
+            intervals.append((start, starts[start]))
+    return intervals
+
+
+class BpfProgram:
+    """Classic BPF, written from the last instruction backwards. Every jump
+    goes forward, so when a jump is written its targets already exist and
+    their distances are known. A label is an instruction's index counted
+    from the end. A conditional jump reaches at most 255 instructions; a
+    farther target gets a BPF_JA trampoline (which reaches 2**32) written
+    just after the jump."""
+
+    def __init__(self):
+        self.backwards = []
+
+    def add(self, code, k=0, jt=0, jf=0):
+        self.backwards.append((code, jt, jf, k))
+        return len(self.backwards) - 1
+
+    def distance(self, label):
+        """Jump offset from the instruction about to be written to label."""
+        return len(self.backwards) - label - 1
+
+    def ret(self, action):
+        return self.add(BPF_RET_K, action)
+
+    def load(self, offset):
+        return self.add(BPF_LD_W_ABS, offset)
+
+    def jump(self, code, k, true, false):
+        while max(self.distance(true), self.distance(false)) > BPF_MAX_JUMP:
+            far = true if self.distance(true) > BPF_MAX_JUMP else false
+            trampoline = self.add(BPF_JA, self.distance(far))
+            true = trampoline if true == far else true
+            false = trampoline if false == far else false
+        return self.add(code, k, self.distance(true), self.distance(false))
+
+    def instructions(self):
+        return list(reversed(self.backwards))
+
+
+def compile_condition(program, condition, match, fail):
+    """Write the test of one 64-bit argument condition as 32-bit halves:
+    the high halves decide unless they are equal, then the low halves do.
+    Returns the label of its first instruction."""
+    index, op, value, value_two = condition
+    high, low = value >> 32, value & 0xFFFFFFFF
+    if op == "SCMP_CMP_MASKED_EQ":  # (arg & value) == valueTwo
+        program.jump(BPF_JEQ_K, value_two & 0xFFFFFFFF, match, fail)
+        program.add(BPF_AND_K, low)
+        entry = program.load(arg_low(index))
+        if high == 0 and value_two >> 32 == 0:
+            return entry  # the mask leaves nothing of the high half to check
+        program.jump(BPF_JEQ_K, value_two >> 32, entry, fail)
+        program.add(BPF_AND_K, high)
+        return program.load(arg_high(index))
+    if op in ("SCMP_CMP_EQ", "SCMP_CMP_NE"):
+        yes, no = (match, fail) if op == "SCMP_CMP_EQ" else (fail, match)
+        program.jump(BPF_JEQ_K, low, yes, no)
+        low_check = program.load(arg_low(index))
+        program.jump(BPF_JEQ_K, high, low_check, no)
+        return program.load(arg_high(index))
+    # Orderings: GT and GE match when high > value's high, or when the highs
+    # are equal and the low half passes; LT and LE are their opposites.
+    low_op = BPF_JGT_K if op in ("SCMP_CMP_GT", "SCMP_CMP_LE") else BPF_JGE_K
+    above, below = (match, fail) if op in ("SCMP_CMP_GT", "SCMP_CMP_GE") else (fail, match)
+    program.jump(low_op, low, above, below)
+    low_check = program.load(arg_low(index))
+    equal = program.jump(BPF_JEQ_K, high, low_check, below)
+    program.jump(BPF_JGT_K, high, above, equal)
+    return program.load(arg_high(index))
+
+
+def compile_rules(program, rules, default):
+    """One system call's rules with conditions, tried in order; when none
+    matches, the default action."""
+    next_rule = program.ret(default)
+    for conditions, action in reversed(rules):
+        entry = program.ret(action)
+        for condition in reversed(conditions):
+            entry = compile_condition(program, condition, entry, next_rule)
+        next_rule = entry
+    return next_rule
+
+
+def compile_search(program, intervals, rules, default):
+    """A balanced binary search over the intervals: any system call is
+    decided after about log2(len(intervals)) comparisons (9 for Docker's
+    profile), not after a linear chain of hundreds."""
+    if len(intervals) == 1:
+        kind, what = intervals[0][1]
+        return program.ret(what) if kind == "ret" else compile_rules(program, rules[what], default)
+    middle = len(intervals) // 2
+    upper = compile_search(program, intervals[middle:], rules, default)
+    lower = compile_search(program, intervals[:middle], rules, default)
+    return program.jump(BPF_JGE_K, intervals[middle][0], upper, lower)
+
+
+def compile_filter(default, rules, highest, machine):
+    """The whole program: a call of a foreign architecture is killed; then the
+    number is searched for, and its rules decide.
+
+        ld  [arch]
+        jeq AUDIT_ARCH_<ours>, 1, 0
+        ret KILL_PROCESS
+        ld  [nr]
+        ... binary search over number intervals, rules at the leaves
+    """
+    program = BpfProgram()
+    compile_search(program, syscall_intervals(default, rules, highest, machine), rules, default)
+    load_nr = program.load(DATA_NR)
+    kill = program.ret(SECCOMP_RET_KILL_PROCESS)
+    program.jump(BPF_JEQ_K, AUDIT_ARCH[machine], load_nr, kill)
+    program.load(DATA_ARCH)
+    instructions = program.instructions()
+    if len(instructions) > BPF_MAXINSNS:
+        raise MiniDockerError("seccomp: the profile compiles to %d BPF instructions; the "
+                              "kernel takes at most %d" % (len(instructions), BPF_MAXINSNS))
+    return instructions
+
+
+def plan_seccomp(profile, caps, source, machine=MACHINE, release=None):
+    """Profile -> (filter bytes, notes for --debug)."""
+    if machine not in AUDIT_ARCH:
+        raise MiniDockerError("seccomp: no system call table for %s; use "
+                              "--security-opt seccomp=unconfined" % machine)
+    default, rules, highest, unknown = resolve_profile(
+        profile, machine, caps, release or os.uname().release, source)
+    instructions = compile_filter(default, rules, highest, machine)
+    notes = ["seccomp: %s: %d system calls with rules, %d BPF instructions"
+             % (source, len(rules), len(instructions))]
+    if unknown:
+        notes.append("seccomp: names not in the %s table, ignored: %s"
+                     % (machine, " ".join(sorted(set(unknown)))))
+    return b"".join(struct.pack(SOCK_FILTER, *i) for i in instructions), notes
+
+
+def load_filter(program):
+    """seccomp(2). Needs no_new_privs first (or CAP_SYS_ADMIN), else
+    EACCES. Everything after this runs under the filter, so it is the last
+    call before execve(2), which the profile must allow."""
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = ctypes.create_string_buffer(
+        struct.pack(SOCK_FPROG, len(program) // 8, ctypes.addressof(code)))
+    if _seccomp(SYSCALLS["seccomp"], SECCOMP_SET_MODE_FILTER, 0, fprog) == -1:
+        raise syscall_error(ctypes.get_errno(), "seccomp(SECCOMP_SET_MODE_FILTER)",
+                            "the kernel needs CONFIG_SECCOMP_FILTER")
+
+
+# The default profile: an allowlist, Docker's approach. What a process
+# needs for its ordinary work is allowed, by theme; what a container has no
+# business doing is listed too, with the reason, and fails with EPERM (an
+# unlisted call fails the same way). Some calls are allowed only with the
+# capability that the kernel asks for them, as --cap-add gives it. The
+# same data, as JSON, is profiles/default.json (test_default_profile_file
+# keeps them equal), so that it can be read and changed with any tool and
+# given back with --security-opt seccomp=PATH.
+
+
+def _rule(action, names, comment, **fields):
+    rule = {"names": names.split(), "action": action, "comment": comment}
+    rule.update(fields)
+    return rule
+
+
+def _allow(names, comment, **fields):
+    return _rule("SCMP_ACT_ALLOW", names, comment, **fields)
+
+
+def _deny(names, comment, errno_ret=errno.EPERM, **fields):
+    return _rule("SCMP_ACT_ERRNO", names, comment, errnoRet=errno_ret, **fields)
+
+
+def _with_cap(cap, names, reason):
+    """Allowed when the container holds CAP_<cap>, denied otherwise."""
+    return [_allow(names, "with CAP_%s: %s" % (cap, reason), includes={"caps": ["CAP_" + cap]}),
+            _deny(names, "without CAP_%s: %s" % (cap, reason), excludes={"caps": ["CAP_" + cap]})]
+
+
+def _arg(index, op, value, value_two=0):
+    return {"index": index, "value": value, "valueTwo": value_two, "op": "SCMP_CMP_" + op}
+
+
+def _allow_all_but(name, index, excluded, comment):
+    """Rules that allow every value of a 32-bit argument except a few. A
+    profile cannot say "allow, but deny X" for one call (a rule without
+    conditions would win alone), nor test one argument twice in a rule; so
+    the allowed values are written as blocks that share their high bits with
+    no excluded value, the branches a binary trie of the excluded values
+    leaves empty: MASKED_EQ(bits 31..b) == prefix. Two excluded values take
+    about 34 rules."""
+    rules = []
+
+    def cover(bit, prefix, inside):
+        for branch in (0, 1):
+            block = prefix | branch << bit
+            left = [v for v in inside if v >> bit & 1 == branch]
+            if not left:
+                mask = 0xFFFFFFFF >> bit << bit
+                rules.append(_allow(name, comment if not rules else "(the same)",
+                                    args=[_arg(index, "MASKED_EQ", mask, block)]))
+            elif bit > 0:
+                cover(bit - 1, block, left)
+    cover(31, 0, excluded)
+    return rules
+
+
+# Numbers the conditions below look at. Where the kernel reads an argument as
+# a 32-bit int, only the low half may decide: the kernel drops the high half,
+# so a rule that denied 0x5412 on all 64 bits would let 0x1_0000_5412 by,
+# and that is TIOCSTI too. (musl passes an ioctl's request sign-extended,
+# so the high half of a real request may be all ones.)
+_TIOCSTI, _TIOCLINUX = 0x5412, 0x541C              # <asm-generic/ioctls.h>
+_AF_ALG, _AF_VSOCK = 38, 40                         # <linux/socket.h>
+_S_IFMT = 0o170000                                  # <linux/stat.h>
+_FILE_TYPES = (0, 0o100000, 0o010000, 0o140000)     # none (a file), S_IFREG, S_IFIFO, S_IFSOCK
+_HIGH_ZERO = 0xFFFFFFFF00000000
+_NAMESPACE_FLAGS = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC
+                    | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET)
+
+DEFAULT_PROFILE = {
+    "defaultAction": "SCMP_ACT_ERRNO",
+    "defaultErrnoRet": errno.EPERM,
+    "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": []},
+                {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": []}],
+    "syscalls": [
+        _allow("read write open openat openat2 creat close close_range lseek pread64 "
+               "pwrite64 readv writev preadv pwritev preadv2 pwritev2 sendfile splice tee "
+               "vmsplice copy_file_range readahead fadvise64 fallocate truncate ftruncate "
+               "fsync fdatasync sync syncfs sync_file_range stat fstat lstat newfstatat "
+               "statx statfs fstatfs ustat sysfs access faccessat faccessat2 getdents "
+               "getdents64 getcwd chdir fchdir mkdir mkdirat rmdir rename renameat "
+               "renameat2 link linkat unlink unlinkat symlink symlinkat readlink "
+               "readlinkat chmod fchmod fchmodat chown fchown lchown fchownat umask utime "
+               "utimes utimensat futimesat flock fcntl dup dup2 dup3 pipe pipe2 setxattr "
+               "lsetxattr fsetxattr getxattr lgetxattr fgetxattr listxattr llistxattr "
+               "flistxattr removexattr lremovexattr fremovexattr inotify_init "
+               "inotify_init1 inotify_add_watch inotify_rm_watch fanotify_mark "
+               "name_to_handle_at memfd_create memfd_secret",
+               "files: the kernel still checks users, capabilities and mounts"),
+        _allow("brk mmap munmap mremap mprotect msync madvise mincore mlock mlock2 "
+               "munlock mlockall munlockall remap_file_pages pkey_mprotect pkey_alloc "
+               "pkey_free membarrier",
+               "memory of the process itself (locking is bounded by RLIMIT_MEMLOCK)"),
+        _allow("fork vfork execve execveat exit exit_group wait4 waitid kill tkill "
+               "tgkill rt_sigaction rt_sigprocmask rt_sigreturn rt_sigpending "
+               "rt_sigtimedwait rt_sigqueueinfo rt_tgsigqueueinfo rt_sigsuspend "
+               "sigaltstack pause alarm getitimer setitimer nanosleep clock_nanosleep "
+               "restart_syscall getpid getppid gettid getpgid setpgid getpgrp getsid "
+               "setsid set_tid_address set_robust_list get_robust_list futex futex_waitv "
+               "rseq arch_prctl set_thread_area get_thread_area modify_ldt prctl "
+               "pidfd_open pidfd_send_signal pidfd_getfd process_mrelease getrlimit "
+               "setrlimit prlimit64 getrusage times uname sysinfo getcpu getrandom",
+               "processes, threads and signals, inside the container's pid namespace"),
+        _allow("seccomp landlock_create_ruleset landlock_add_rule landlock_restrict_self "
+               "capget capset",
+               "a process may narrow its own rights further, never widen them"),
+        _allow("getuid geteuid getgid getegid getresuid getresgid getgroups setuid setgid "
+               "setreuid setregid setresuid setresgid setgroups setfsuid setfsgid",
+               "user and group ids: changing them needs CAP_SETUID or CAP_SETGID"),
+        _allow("sched_yield sched_getaffinity sched_setaffinity sched_getparam "
+               "sched_setparam sched_getscheduler sched_setscheduler "
+               "sched_get_priority_max sched_get_priority_min sched_rr_get_interval "
+               "sched_getattr sched_setattr getpriority setpriority ioprio_get "
+               "ioprio_set",
+               "scheduling: raising a priority needs CAP_SYS_NICE; cpusets still bind"),
+        _allow("time gettimeofday clock_gettime clock_getres adjtimex timer_create "
+               "timer_settime timer_gettime timer_getoverrun timer_delete timerfd_create "
+               "timerfd_settime timerfd_gettime",
+               "reading clocks and timers (adjtimex sets the clock only with CAP_SYS_TIME)"),
+        _allow("select pselect6 poll ppoll epoll_create epoll_create1 epoll_ctl "
+               "epoll_wait epoll_pwait epoll_pwait2 eventfd eventfd2 signalfd signalfd4 "
+               "io_setup io_destroy io_submit io_cancel io_getevents io_pgetevents",
+               "waiting on many files, and Linux AIO"),
+        _allow("socketpair bind connect listen accept accept4 getsockname getpeername "
+               "sendto recvfrom sendmsg recvmsg sendmmsg recvmmsg setsockopt getsockopt "
+               "shutdown",
+               "sockets, in the container's network namespace"),
+        _allow("shmget shmat shmdt shmctl semget semop semtimedop semctl msgget msgsnd "
+               "msgrcv msgctl mq_open mq_unlink mq_timedsend mq_timedreceive mq_notify "
+               "mq_getsetattr",
+               "System V and POSIX IPC, in the container's ipc namespace"),
+        _deny("socket", "AF_ALG sockets reach the kernel's crypto code, a source of "
+              "privilege escalations; AF_VSOCK reaches the hypervisor, outside the "
+              "network namespace. Both fail as if the family were not built in",
+              errno.EAFNOSUPPORT, args=[_arg(0, "EQ", _AF_ALG)]),
+        _deny("socket", "(AF_VSOCK)", errno.EAFNOSUPPORT, args=[_arg(0, "EQ", _AF_VSOCK)]),
+        _allow("socket", "the other families, 0-63: the block below AF_ALG, AF_NFC (39), "
+               "then 41, 42-43, 44-47 and 48-63; the high half must be 0",
+               args=[_arg(0, "LT", _AF_ALG)]),
+    ] + [
+        _allow("socket", "(the same)", args=[_arg(0, "MASKED_EQ", _HIGH_ZERO | mask, block)])
+        for mask, block in ((0xFFFFFFFF, 39), (0xFFFFFFFF, 41), (0xFFFFFFFE, 42),
+                            (0xFFFFFFFC, 44), (0xFFFFFFF0, 48))
+    ] + _allow_all_but("ioctl", 1, [_TIOCSTI, _TIOCLINUX],
+                       "every ioctl but two, whatever its high half: TIOCSTI pushes "
+                       "characters into a terminal's input, so a container given the "
+                       "user's terminal could type commands into the shell that started "
+                       "it; TIOCLINUX pastes the console's selection as input, the same "
+                       "attack") + [
+        _allow(name, "files, FIFOs and sockets, not device nodes: the kernel would open a "
+               "node of any device, the host's disks too, and minidocker builds no "
+               "device cgroup to stop that" if not index else "(the same)",
+               args=[_arg(position, "MASKED_EQ", _S_IFMT, file_type)])
+        for name, position in (("mknod", 1), ("mknodat", 2))
+        for index, file_type in enumerate(_FILE_TYPES)
+    ] + [
+        _allow("personality", "the execution domains programs really ask for: Linux, "
+               "UNAME26, ADDR_NO_RANDOMIZE (for debuggers), and the query 0xffffffff; "
+               "other personalities change how the kernel reads addresses",
+               args=[_arg(0, "EQ", value)])
+        for value in (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
+    ] + [
+        _allow("clone", "threads and processes, but no new namespaces: see unshare",
+               args=[_arg(0, "MASKED_EQ", _NAMESPACE_FLAGS, 0)],
+               excludes={"caps": ["CAP_SYS_ADMIN"]}),
+        _allow("clone clone3", "with CAP_SYS_ADMIN: any flags",
+               includes={"caps": ["CAP_SYS_ADMIN"]}),
+        _deny("clone3", "its flags are in a struct in memory, which the filter cannot "
+              "read; ENOSYS makes glibc fall back to clone(2), whose flags it can",
+              errno.ENOSYS, excludes={"caps": ["CAP_SYS_ADMIN"]}),
+    ] + _with_cap("SYS_ADMIN", "unshare setns",
+                  "a new namespace, a user namespace above all, hands root-only kernel "
+                  "code to an unprivileged process (CVE-2022-0185 went through fsconfig "
+                  "in a fresh user namespace)"
+    ) + _with_cap("SYS_ADMIN", "mount umount2 pivot_root open_tree move_mount fsopen "
+                  "fsconfig fsmount fspick mount_setattr sethostname setdomainname",
+                  "mounts could uncover what the masked and read-only paths of /proc and "
+                  "/sys hide"
+    ) + _with_cap("SYS_ADMIN", "bpf perf_event_open fanotify_init lookup_dcookie quotactl "
+                  "quotactl_fd",
+                  "the eBPF verifier is a large attack surface; perf, fanotify and quotas "
+                  "see the whole host"
+    ) + _with_cap("SYS_PTRACE", "ptrace process_vm_readv process_vm_writev kcmp "
+                  "process_madvise userfaultfd",
+                  "reading and changing other processes; userfaultfd lets an exploit "
+                  "pause the kernel in the middle of a copy from user memory"
+    ) + _with_cap("SYS_MODULE", "init_module finit_module delete_module",
+                  "kernel modules are code in the host's kernel"
+    ) + _with_cap("SYS_BOOT", "reboot",
+                  "in a pid namespace it only ends the container, but the kernel asks "
+                  "for CAP_SYS_BOOT"
+    ) + _with_cap("SYS_TIME", "settimeofday clock_settime clock_adjtime",
+                  "the clock is the host's"
+    ) + _with_cap("SYS_CHROOT", "chroot", "the kernel asks for CAP_SYS_CHROOT; "
+                  "Docker's default capabilities include it"
+    ) + _with_cap("SYS_PACCT", "acct", "process accounting is the host's"
+    ) + _with_cap("SYS_RAWIO", "iopl ioperm", "raw I/O ports of the host's hardware"
+    ) + _with_cap("SYS_TTY_CONFIG", "vhangup", "hangs up the terminal, for every process on it"
+    ) + _with_cap("SYSLOG", "syslog", "the kernel log is the host's, with its addresses"
+    ) + _with_cap("DAC_READ_SEARCH", "open_by_handle_at",
+                  "opens any file of a filesystem by its handle, outside the container's "
+                  "root: the 2014 'shocker' escape from Docker"
+    ) + _with_cap("SYS_NICE", "mbind migrate_pages move_pages get_mempolicy set_mempolicy "
+                  "set_mempolicy_home_node",
+                  "NUMA placement moves memory on the host's nodes"
+    ) + [
+        _deny("keyctl add_key request_key", "the kernel keyring is not namespaced: "
+              "keys of the host and of other containers"),
+        _deny("kexec_load kexec_file_load", "replaces the host's running kernel"),
+        _deny("swapon swapoff", "swap is the host's"),
+        _deny("io_uring_setup io_uring_enter io_uring_register",
+              "the operations io_uring carries out are never seen by this filter, and it "
+              "has been a steady source of kernel privilege escalations"),
+        _deny("_sysctl uselib create_module get_kernel_syms query_module nfsservctl "
+              "getpmsg putpmsg afs_syscall tuxcall security vserver epoll_ctl_old "
+              "epoll_wait_old", "removed from Linux or never implemented: ENOSYS, "
+              "the kernel's own answer", errno.ENOSYS),
+    ],
+}
 
 
 # ============================================================================
@@ -1763,7 +2541,8 @@ def attach_terminal(rootfd, console):
 
 
 def exec_command(spec, hostname):
-    """Stage 2: identity, environment, privileges, then execve(2)."""
+    """Stage 2: identity, environment, privileges, the seccomp filter, then
+    execve(2)."""
     passwd, group = parse_passwd(read_text("/etc/passwd")), parse_group(read_text("/etc/group"))
     uid, gid, groups, home = resolve_user(spec.user, passwd, group, spec.group_add)
     env = container_env(spec, hostname, home)
@@ -1781,6 +2560,8 @@ def exec_command(spec, hostname):
         signal.signal(getattr(signal, name), signal.SIG_DFL)
     if spec.debug:
         debug(True, "own work %.2f ms (main() to execve)" % ((time.perf_counter() - START) * 1000))
+    if spec.seccomp is not None:
+        load_filter(spec.seccomp)
     try:
         os.execve(program, spec.command, env)
     except OSError as err:
@@ -1969,6 +2750,8 @@ def run_container(spec, paths):
     record = create_container(paths, spec, cid, [path for _, _, path, _ in groups])
     layer = paths.layer(cid)
     debug(spec.debug, "container %s, layer %s, cgroups %s" % (cid, layer, record["cgroups"]))
+    for note in spec.notes:
+        debug(spec.debug, note)
     cgroups, started = [], False
     try:
         forwarder = SignalForwarder()
@@ -2095,7 +2878,9 @@ def build_parser():
     run.add_argument("--cap-add", action="append", default=[], metavar="CAP")
     run.add_argument("--cap-drop", action="append", default=[], metavar="CAP")
     run.add_argument("--privileged", action="store_true",
-                     help="all capabilities, host devices, nothing masked")
+                     help="all capabilities, host devices, nothing masked, no seccomp")
+    run.add_argument("--security-opt", action="append", default=[], metavar="OPT",
+                     help="seccomp=PROFILE.json, seccomp=unconfined, no-new-privileges")
     run.add_argument("-m", "--memory", metavar="SIZE", help="memory limit, e.g. 100m")
     run.add_argument("--memory-swap", metavar="SIZE", help="memory plus swap; -1: unlimited")
     run.add_argument("--memory-reservation", metavar="SIZE", help="soft memory limit")

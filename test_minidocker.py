@@ -11,7 +11,9 @@ Two kinds, as the README says:
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -1167,3 +1169,740 @@ def test_cgroup_pids_zero_means_unlimited(rootfs):
     result = sh(rootfs, "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null; echo ok",
                 options=["--pids-limit", "0"])
     assert result.returncode == 0 and result.out.endswith("ok\n")
+
+
+# ---------------------------------------------------------------------------
+# seccomp, unit: the syscall tables, a BPF interpreter, the compiler
+# ---------------------------------------------------------------------------
+
+def header_syscalls(*cpp_args):
+    """{name: number} from <asm/unistd.h>, through the C preprocessor, so that
+    the kernel's own conditionals (__ARCH_WANT_*) decide what is in it."""
+    text = subprocess.run(["cpp", "-dM", "-nostdinc"] + list(cpp_args) + ["-"],
+                          input="#include <asm/unistd.h>\n", capture_output=True,
+                          text=True, check=True).stdout
+    macros = dict(line.split(None, 2)[1:] for line in text.splitlines()
+                  if len(line.split(None, 2)) == 3)
+
+    def value(expr):
+        expr = expr.strip().strip("()")
+        if expr.isdigit():
+            return int(expr)
+        name, _, offset = expr.partition("+")
+        return value(macros[name.strip()]) + (int(offset) if offset else 0)
+    return {name[5:]: value(expr) for name, expr in macros.items()
+            if name.startswith("__NR_") and name not in ("__NR_syscalls",
+                                                         "__NR_arch_specific_syscall")}
+
+
+def test_syscall_tables_x86_64_match_linux_libc_dev():
+    header = header_syscalls("-I/usr/include/x86_64-linux-gnu", "-I/usr/include", "-D__x86_64__")
+    assert md.syscall_numbers("x86_64") == header
+
+
+def test_syscall_tables_aarch64_match_linux_libc_dev_arm64_cross():
+    include = "/usr/aarch64-linux-gnu/include"
+    assert os.path.exists(include + "/asm/unistd.h"), "apt-get install linux-libc-dev-arm64-cross"
+    header = header_syscalls("-I" + include, "-D__BITS_PER_LONG=64")
+    assert md.syscall_numbers("aarch64") == header
+
+
+BPF_NAMES = {md.BPF_LD_W_ABS: "ld", md.BPF_AND_K: "and", md.BPF_JA: "ja", md.BPF_JEQ_K: "jeq",
+             md.BPF_JGT_K: "jgt", md.BPF_JGE_K: "jge", md.BPF_RET_K: "ret"}
+
+
+def run_bpf(code, nr, arch="x86_64", args=(0,) * 6):
+    """Classic BPF, as the kernel runs a seccomp filter, for the instructions
+    minidocker emits. Checks what the kernel's checker would refuse: a load
+    outside seccomp_data or unaligned, a jump out of the program. Returns
+    (action, instructions executed)."""
+    program = [struct.unpack_from(md.SOCK_FILTER, code, i) for i in range(0, len(code), 8)]
+    nr = nr - (1 << 32) if nr >= 1 << 31 else nr  # seccomp_data.nr is an int
+    data = struct.pack(md.SECCOMP_DATA, nr, md.AUDIT_ARCH.get(arch, arch), 0, *args)
+    pc = a = steps = 0
+    while True:
+        assert 0 <= pc < len(program), "jumped out of the program"
+        op, jt, jf, k = program[pc]
+        steps += 1
+        pc += 1
+        if op == md.BPF_LD_W_ABS:
+            assert k % 4 == 0 and k + 4 <= 64
+            a = struct.unpack_from("=I", data, k)[0]
+        elif op == md.BPF_AND_K:
+            a &= k
+        elif op == md.BPF_JA:
+            pc += k
+        elif op in (md.BPF_JEQ_K, md.BPF_JGT_K, md.BPF_JGE_K):
+            taken = {md.BPF_JEQ_K: a == k, md.BPF_JGT_K: a > k, md.BPF_JGE_K: a >= k}[op]
+            pc += jt if taken else jf
+        elif op == md.BPF_RET_K:
+            return k, steps
+        else:
+            raise AssertionError("unknown BPF instruction 0x%x" % op)
+
+
+def model(profile, nr, args=(0,) * 6, caps=frozenset(), arch="x86_64"):
+    """What the profile means, written directly from Docker's and libseccomp's
+    rules and not compiled: the reference the BPF program is checked against."""
+    table = md.syscall_numbers(arch)
+    default = md.action_value(profile.get("defaultAction"), profile.get("defaultErrnoRet"), "")
+    cap_names = {"CAP_" + md.CAP_NAMES[c] for c in caps}
+    named, unconditional, conditional = set(), [], []
+    nr &= 0xFFFFFFFF
+    for rule in profile.get("syscalls") or []:
+        if not md.rule_applies(rule, arch, cap_names, "6.1.0"):
+            continue
+        numbers = {table[name] for name in rule["names"] if name in table}
+        named |= numbers
+        action = md.action_value(rule["action"], rule.get("errnoRet"), "")
+        if nr not in numbers or action == default:
+            continue  # libseccomp refuses a rule with the default action
+        conditions = rule.get("args") or []
+        indexes = [c["index"] for c in conditions]
+        if not conditions:
+            unconditional.append(action)
+        elif len(set(indexes)) == len(indexes):
+            conditional.append((conditions, action))
+        else:  # runc: one rule per condition
+            conditional += [([c], action) for c in conditions]
+    if arch == "x86_64" and md.X32_SYSCALL_BIT <= nr < 0xFFFFFFFF:
+        return md.SECCOMP_RET_KILL_PROCESS
+    if unconditional:
+        return unconditional[0]
+    for conditions, action in conditional:
+        if all(holds(args[c["index"]], c["op"], c.get("value", 0), c.get("valueTwo", 0))
+               for c in conditions):
+            return action
+    if named and nr > max(named) and default not in (md.SECCOMP_RET_ALLOW, md.SECCOMP_RET_LOG):
+        return md.SECCOMP_RET_ERRNO | 38
+    return default
+
+
+def holds(arg, op, value, value_two):
+    return {"SCMP_CMP_EQ": arg == value, "SCMP_CMP_NE": arg != value,
+            "SCMP_CMP_LT": arg < value, "SCMP_CMP_LE": arg <= value,
+            "SCMP_CMP_GT": arg > value, "SCMP_CMP_GE": arg >= value,
+            "SCMP_CMP_MASKED_EQ": arg & value == value_two}[op]
+
+
+def compiled(profile, caps=frozenset(), arch="x86_64"):
+    return md.plan_seccomp(profile, caps, "test", machine=arch, release="6.1.0")[0]
+
+
+def errno_of(name):
+    return md.SECCOMP_RET_ERRNO | getattr(__import__("errno"), name)
+
+
+ALLOW, EPERM = md.SECCOMP_RET_ALLOW, md.SECCOMP_RET_ERRNO | 1
+DEFAULT_CAPS = frozenset(md.CAP_NAMES.index(n) for n in md.DOCKER_DEFAULT_CAPS)
+
+
+def test_bpf_golden_program():
+    """One allowed call, laid out by hand: arch check, then the search."""
+    profile = {"defaultAction": "SCMP_ACT_ERRNO",
+               "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_ALLOW"}]}
+    code = compiled(profile)
+    enosys, kill = md.SECCOMP_RET_ERRNO | 38, md.SECCOMP_RET_KILL_PROCESS
+    expected = [
+        (0x20, 0, 0, 4),             # ld [arch]
+        (0x15, 1, 0, 0xC000003E),    # jeq AUDIT_ARCH_X86_64
+        (0x06, 0, 0, kill),          # ret KILL_PROCESS
+        (0x20, 0, 0, 0),             # ld [nr]
+        (0x35, 3, 0, 40),            # jge 40 (above getpid)
+        (0x35, 1, 0, 39),            # jge 39 (getpid)
+        (0x06, 0, 0, EPERM),         # ret ERRNO(EPERM): 0-38
+        (0x06, 0, 0, ALLOW),         # ret ALLOW: 39
+        (0x35, 1, 0, 0x40000000),    # jge X32_SYSCALL_BIT
+        (0x06, 0, 0, enosys),        # ret ERRNO(ENOSYS): 40 up to x32
+        (0x35, 1, 0, 0xFFFFFFFF),    # jge -1
+        (0x06, 0, 0, kill),          # x32
+        (0x06, 0, 0, enosys),        # -1
+    ]
+    assert code == b"".join(struct.pack("=HBBI", *i) for i in expected)
+    assert code[:8] == bytes.fromhex("2000000004000000")
+
+
+def test_default_profile_file_is_the_built_in_one():
+    with open(os.path.join(HERE, "profiles", "default.json")) as handle:
+        assert json.load(handle) == md.DEFAULT_PROFILE, (
+            "regenerate: python3 -c 'import json, minidocker as m; "
+            "print(json.dumps(m.DEFAULT_PROFILE, indent=2))' > profiles/default.json")
+
+
+def test_default_profile_classifies_every_syscall():
+    """Every system call of both tables is named by the default profile on
+    purpose, allowed or denied with a reason: none falls to the default."""
+    named = {name for rule in md.DEFAULT_PROFILE["syscalls"] for name in rule["names"]}
+    for arch in md.SYSCALL_TABLES:
+        assert set(md.syscall_numbers(arch)) - named == set(), arch
+    assert all(rule["comment"] for rule in md.DEFAULT_PROFILE["syscalls"])
+
+
+@pytest.mark.parametrize("arch", sorted(md.SYSCALL_TABLES))
+def test_default_profile_decisions(arch):
+    """Every number of the table, and a few beyond, as the model says, for
+    default caps and with CAP_SYS_ADMIN and CAP_SYS_PTRACE."""
+    numbers = md.syscall_numbers(arch)
+    for caps in (DEFAULT_CAPS, DEFAULT_CAPS | {md.cap_number("SYS_ADMIN"),
+                                              md.cap_number("SYS_PTRACE")}):
+        code = compiled(md.DEFAULT_PROFILE, caps, arch)
+        for nr in list(range(0, 500)) + [1000, 0x3FFFFFFF, 0x40000000 + 39, 0xFFFFFFFF]:
+            assert run_bpf(code, nr, arch)[0] == model(md.DEFAULT_PROFILE, nr, caps=caps,
+                                                       arch=arch), nr
+    code = compiled(md.DEFAULT_PROFILE, DEFAULT_CAPS, arch)
+    decide = lambda name, *args: run_bpf(code, numbers[name], arch, args + (0,) * (6 - len(args)))[0]  # noqa: E731
+    for name in ("read", "write", "openat", "execve", "mmap", "futex", "getpid", "socket",
+                 "ioctl", "clone", "personality", "mknodat", "setuid", "epoll_pwait"):
+        assert decide(name) == ALLOW, name
+    for name in ("mount", "umount2", "unshare", "setns", "keyctl", "add_key", "request_key",
+                 "bpf", "perf_event_open", "userfaultfd", "kexec_load", "init_module",
+                 "finit_module", "reboot", "swapon", "swapoff", "settimeofday",
+                 "clock_settime", "ptrace", "io_uring_setup", "open_by_handle_at"):
+        assert decide(name) == EPERM, name
+    assert decide("clone3") == errno_of("ENOSYS")
+    assert decide("clone", md.CLONE_NEWUSER | 17) == EPERM
+    assert decide("clone", 0x3D0F00 | 17) == ALLOW  # what fork() and pthreads pass
+    assert decide("socket", 38) == decide("socket", 40) == errno_of("EAFNOSUPPORT")
+    assert decide("socket", 38 | 1 << 32) == decide("socket", 64) == EPERM  # not a family
+    assert decide("socket", 39) == decide("socket", 47) == decide("socket", 63) == ALLOW
+    assert decide("socket", 2) == decide("socket", 1) == ALLOW
+    assert decide("ioctl", 0, 0x5412) == decide("ioctl", 0, 0x541C) == EPERM
+    assert decide("ioctl", 0, 0x5412 | 1 << 32) == EPERM  # the kernel reads 0x5412
+    assert decide("ioctl", 0, 0x5413) == decide("ioctl", 0, 0x5411) == ALLOW
+    assert decide("ioctl", 0, 0xFFFFFFFF80045430) == ALLOW  # TIOCGPTN from musl
+    for request in (0, 0x541B, 0x541D, 0x15412, 0xC0305412, 0xFFFFFFFF):
+        assert decide("ioctl", 0, request) == ALLOW, hex(request)
+    assert decide("personality", 0xFFFFFFFF) == decide("personality", 8) == ALLOW
+    assert decide("personality", 0x0400000) == EPERM  # READ_IMPLIES_EXEC
+    assert decide("mknodat", 0, 0, 0o020644) == decide("mknodat", 0, 0, 0o060644) == EPERM
+    assert decide("mknodat", 0, 0, 0o010644) == decide("mknodat", 0, 0, 0o140755) == ALLOW
+    if "mknod" in numbers:  # x86_64 only; aarch64 has just mknodat
+        assert decide("mknod", 0, 0o020644 | 1 << 40) == EPERM
+        assert decide("mknod", 0, 0o100644) == ALLOW
+    with_admin = compiled(md.DEFAULT_PROFILE, DEFAULT_CAPS | {md.cap_number("SYS_ADMIN")}, arch)
+    assert run_bpf(with_admin, numbers["mount"], arch)[0] == ALLOW
+    assert run_bpf(with_admin, numbers["clone"], arch, (md.CLONE_NEWUSER,) + (0,) * 5)[0] == ALLOW
+
+
+def test_foreign_architectures_and_x32_are_killed():
+    code = compiled(md.DEFAULT_PROFILE, DEFAULT_CAPS)
+    assert run_bpf(code, 20, arch=0x40000003)[0] == md.SECCOMP_RET_KILL_PROCESS  # i386
+    assert run_bpf(code, 39, arch="aarch64")[0] == md.SECCOMP_RET_KILL_PROCESS
+    assert run_bpf(code, 0x40000000 | 39)[0] == md.SECCOMP_RET_KILL_PROCESS  # x32 getpid
+    arm = compiled(md.DEFAULT_PROFILE, DEFAULT_CAPS, "aarch64")
+    assert run_bpf(arm, 172, arch=0x40000028)[0] == md.SECCOMP_RET_KILL_PROCESS  # 32-bit arm
+    assert run_bpf(arm, 0x40000000 | 172, arch="aarch64")[0] == errno_of("ENOSYS")
+
+
+def test_enosys_above_the_highest_named_call():
+    profile = {"defaultAction": "SCMP_ACT_ERRNO",
+               "syscalls": [{"names": ["read", "clone"], "action": "SCMP_ACT_ALLOW"}]}
+    code = compiled(profile)
+    assert run_bpf(code, 0)[0] == ALLOW
+    assert run_bpf(code, 1)[0] == EPERM        # write: below clone (56), not named
+    assert run_bpf(code, 435)[0] == errno_of("ENOSYS")  # clone3: glibc falls back
+    allow_all = {"defaultAction": "SCMP_ACT_ALLOW",
+                 "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_ERRNO"}]}
+    assert run_bpf(compiled(allow_all), 435)[0] == ALLOW
+    nothing = {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 13}
+    assert run_bpf(compiled(nothing), 435)[0] == errno_of("EACCES")
+
+
+# Values on both sides of each 32-bit half's edges.
+EDGES = [0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF, 1 << 32, (1 << 32) + 1,
+         (5 << 32) | 7, (5 << 32) | 0xFFFFFFFF, (6 << 32), 0xFFFFFFFF00000000, (1 << 64) - 1]
+
+
+@pytest.mark.parametrize("op", md.SECCOMP_COMPARISONS)
+def test_conditions_compare_both_halves(op):
+    for value in EDGES:
+        profile = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+            {"names": ["read"], "action": "SCMP_ACT_ALLOW",
+             "args": [{"index": 3, "value": value, "valueTwo": value & 0xFF0000000000FF00,
+                       "op": op}]}]}
+        code = compiled(profile)
+        for arg in EDGES + [value - 1 & (1 << 64) - 1, value + 1 & (1 << 64) - 1]:
+            args = (0, 0, 0, arg, 0, 0)
+            assert run_bpf(code, 0, args=args)[0] == model(profile, 0, args), (op, value, arg)
+
+
+def test_same_argument_twice_means_either_as_in_runc():
+    profile = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+         "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"},
+                  {"index": 0, "value": 0, "op": "SCMP_CMP_EQ"}]},
+        {"names": ["socket"], "action": "SCMP_ACT_ALLOW",
+         "args": [{"index": 0, "value": 2, "op": "SCMP_CMP_EQ"},
+                  {"index": 1, "value": 1, "op": "SCMP_CMP_EQ"}]}]}
+    code = compiled(profile)
+    assert run_bpf(code, 135, args=(8, 0, 0, 0, 0, 0))[0] == ALLOW
+    assert run_bpf(code, 135, args=(0, 0, 0, 0, 0, 0))[0] == ALLOW
+    assert run_bpf(code, 135, args=(1, 0, 0, 0, 0, 0))[0] == EPERM
+    assert run_bpf(code, 41, args=(2, 1, 0, 0, 0, 0))[0] == ALLOW   # both hold
+    assert run_bpf(code, 41, args=(2, 2, 0, 0, 0, 0))[0] == EPERM   # only one
+
+
+def random_profile(rng, calls, max_conditions):
+    names = sorted(md.syscall_numbers("x86_64"))
+    actions = ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_TRAP",
+               "SCMP_ACT_LOG", "SCMP_ACT_TRACE", "SCMP_ACT_KILL"]
+    rules = []
+    for _ in range(calls):
+        args = [{"index": rng.randrange(6), "value": rng.choice(EDGES),
+                 "valueTwo": rng.choice(EDGES), "op": rng.choice(md.SECCOMP_COMPARISONS)}
+                for _ in range(rng.randrange(max_conditions + 1))]
+        rules.append({"names": rng.sample(names, rng.randrange(1, 4)),
+                      "action": rng.choice(actions), "errnoRet": rng.randrange(1, 200),
+                      "args": args})
+    return {"defaultAction": rng.choice(["SCMP_ACT_ERRNO", "SCMP_ACT_ALLOW"]),
+            "defaultErrnoRet": rng.randrange(1, 100), "syscalls": rules}
+
+
+def test_compiler_agrees_with_the_model_on_random_profiles():
+    import random
+    rng = random.Random(4)
+    for _ in range(40):
+        profile = random_profile(rng, rng.randrange(1, 40), 3)
+        code = compiled(profile)
+        named = sorted({md.syscall_numbers("x86_64")[n] for r in profile["syscalls"]
+                        for n in r["names"]})
+        for _ in range(150):
+            nr = rng.choice(named + [rng.randrange(600), 0x40000001, 0xFFFFFFFF])
+            args = tuple(rng.choice(EDGES) for _ in range(6))
+            assert run_bpf(code, nr, args=args)[0] == model(profile, nr, args)
+
+
+def test_long_programs_jump_past_255_instructions():
+    """Hundreds of calls with conditions: far targets need BPF_JA trampolines,
+    and every call still costs only a handful of instructions to decide."""
+    import random
+    rng = random.Random(7)
+    profile = random_profile(rng, 150, 3)
+    code = compiled(profile)
+    ops = [struct.unpack_from(md.SOCK_FILTER, code, i)[0] for i in range(0, len(code), 8)]
+    assert len(ops) > 1000 and md.BPF_JA in ops
+    for nr in range(0, 460):
+        for _ in range(5):
+            args = tuple(rng.choice(EDGES) for _ in range(6))
+            assert run_bpf(code, nr, args=args)[0] == model(profile, nr, args)
+    simple = compiled(md.DEFAULT_PROFILE, DEFAULT_CAPS)
+    assert max(run_bpf(simple, nr)[1] for nr in (0, 39, 231, 450, 1000)) <= 16
+
+
+def test_profile_includes_and_excludes():
+    profile = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["ptrace"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_PTRACE"]}},
+        {"names": ["read"], "action": "SCMP_ACT_ALLOW", "includes": {"arches": ["arm64"]}},
+        {"names": ["write"], "action": "SCMP_ACT_ALLOW", "excludes": {"arches": ["amd64"]}},
+        {"names": ["getpid"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "6.2"}},
+        {"names": ["gettid"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "5.10"}},
+        {"names": ["close"], "action": "SCMP_ACT_ALLOW", "excludes": {"caps": ["CAP_KILL"]}}]}
+    decide = lambda nr, caps=frozenset(): run_bpf(compiled(profile, caps), nr)[0]  # noqa: E731
+    assert decide(101) == EPERM and decide(101, {md.cap_number("SYS_PTRACE")}) == ALLOW
+    assert decide(0) == EPERM and decide(1) == EPERM  # arm64 only; not amd64
+    assert decide(39) == EPERM and decide(186) == ALLOW  # kernel "6.1.0"
+    assert decide(3) == ALLOW and decide(3, {md.cap_number("KILL")}) == EPERM
+
+
+def test_oci_linux_seccomp_form_is_accepted():
+    """An OCI config's linux.seccomp: the same fields, architectures as a list."""
+    oci = {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 38,
+           "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+           "syscalls": [{"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"},
+                        {"names": ["kill"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}
+    code = compiled(oci)
+    assert run_bpf(code, 1)[0] == ALLOW and run_bpf(code, 62)[0] == EPERM
+    assert run_bpf(code, 2)[0] == errno_of("ENOSYS")
+
+
+def test_podman_profile_compiles():
+    path = "/usr/share/containers/seccomp.json"
+    assert os.path.exists(path), "apt-get install golang-github-containers-common"
+    with open(path) as handle:
+        profile = json.load(handle)
+    code, notes = md.plan_seccomp(profile, DEFAULT_CAPS, path, machine="x86_64", release="6.1")
+    assert "names not in the x86_64 table, ignored: _llseek" in notes[1]
+    for nr in range(0, 460):
+        assert run_bpf(code, nr)[0] == model(profile, nr, caps=DEFAULT_CAPS), nr
+
+
+@pytest.mark.parametrize("profile, error", [
+    ({"defaultAction": "SCMP_ACT_FROB"}, "unknown action 'SCMP_ACT_FROB'"),
+    ({}, "unknown action None"),
+    ({"defaultAction": "SCMP_ACT_NOTIFY"}, "SCMP_ACT_NOTIFY needs a supervisor"),
+    ({"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 5000}, "errnoRet 5000 is not an errno"),
+    ({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": {"names": []}}, '"syscalls" must be a list'),
+    ({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": ["read"]}, "a syscalls entry must be an object"),
+    ({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": "read",
+                                                       "action": "SCMP_ACT_ALLOW"}]},
+     '"names" must be a list of strings'),
+    ({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["read"], "action": "SCMP_ACT_ALLOW",
+         "args": [{"index": 6, "value": 1, "op": "SCMP_CMP_EQ"}]}]}, "argument index 6 is not 0-5"),
+    ({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["read"], "action": "SCMP_ACT_ALLOW",
+         "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_ROUGHLY"}]}]},
+     "unknown comparison 'SCMP_CMP_ROUGHLY'"),
+    ({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["read"], "action": "SCMP_ACT_ALLOW",
+         "args": [{"index": 0, "value": -1, "op": "SCMP_CMP_EQ"}]}]},
+     "argument value -1 is not a 64-bit number"),
+])
+def test_bad_profiles(profile, error):
+    with pytest.raises(md.MiniDockerError) as caught:
+        md.plan_seccomp(profile, DEFAULT_CAPS, "p.json", machine="x86_64", release="6.1")
+    assert str(caught.value).startswith("seccomp profile p.json: ") and error in str(caught.value)
+
+
+def test_security_opt_parsing():
+    assert md.parse_security_opts([]) is None
+    assert md.parse_security_opts(["seccomp=unconfined"]) == "unconfined"
+    assert md.parse_security_opts(["seccomp:/p.json", "no-new-privileges"]) == "/p.json"
+    assert md.parse_security_opts(["no-new-privileges:true"]) is None
+    for wrong in (["apparmor=unconfined"], ["seccomp="], ["no-new-privileges=false"]):
+        with pytest.raises(md.MiniDockerError):
+            md.parse_security_opts(wrong)
+    assert md.plan_security("unconfined", DEFAULT_CAPS, False)[0] is None
+    assert md.plan_security(None, DEFAULT_CAPS, True)[0] is None  # --privileged
+
+
+def test_strict_profile_is_small_and_loads():
+    with open(os.path.join(HERE, "profiles", "strict.json")) as handle:
+        strict = json.load(handle)
+    code, _ = md.plan_seccomp(strict, DEFAULT_CAPS, "strict", machine="x86_64", release="6.1")
+    numbers = md.syscall_numbers("x86_64")
+    allowed = [n for n in numbers if run_bpf(code, numbers[n])[0] == ALLOW]
+    assert 60 <= len(allowed) <= 110 and "mount" not in allowed and "execve" in allowed
+
+
+# ---------------------------------------------------------------------------
+# seccomp, root: real containers, real system calls
+# ---------------------------------------------------------------------------
+
+PROBE_C = r"""
+/* probe: make one system call and print what came back, for the seccomp tests
+ * and .ci/bench. Static, so it runs in any rootfs.
+ *   probe NR [ARG...]    syscall(NR, ARG...)          -> "ret R errno E"
+ *   probe tiocsti REQ    ioctl(0, REQ, "x")           -> "ret R errno E"
+ *   probe int80 NR       the i386 entry (x86_64 only)  -> "ret R"
+ *   probe loop N         getpid() N times              -> "T ns"            */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "loop") == 0) {
+        long n = strtol(argv[2], NULL, 0);
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        for (long i = 0; i < n; i++)
+            syscall(SYS_getpid);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        printf("%.1f ns\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n);
+        return 0;
+    }
+#ifdef __x86_64__
+    if (argc == 3 && strcmp(argv[1], "int80") == 0) {
+        long ret, nr = strtol(argv[2], NULL, 0);
+        __asm__ volatile ("int $0x80" : "=a"(ret) : "a"(nr) : "memory");
+        printf("ret %ld\n", ret);
+        return 0;
+    }
+#endif
+    if (argc == 3 && strcmp(argv[1], "tiocsti") == 0) {
+        char c = 'x';
+        long r = syscall(SYS_ioctl, 0, strtoul(argv[2], NULL, 0), &c);
+        printf("ret %ld errno %d\n", r, r == -1 ? errno : 0);
+        return 0;
+    }
+    unsigned long a[6] = {0};
+    for (int i = 2; i < argc && i < 8; i++)
+        a[i - 2] = strtoul(argv[i], NULL, 0);
+    long r = syscall(strtol(argv[1], NULL, 0), a[0], a[1], a[2], a[3], a[4], a[5]);
+    printf("ret %ld errno %d\n", r, r == -1 ? errno : 0);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def probe(tmp_path_factory):
+    """The probe, built static; returns the -v flags that put it at /probe."""
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is not installed (apt-get install gcc libc6-dev)")
+    directory = tmp_path_factory.mktemp("probe")
+    (directory / "probe.c").write_text(PROBE_C)
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(directory / "probe"),
+                    str(directory / "probe.c")], check=True)
+    return ["-v", "%s:/probe:ro" % directory]
+
+
+# (what, syscall, arguments, errno under the default profile). Pointers are
+# 0: a call that passes the filter fails later with EFAULT, or succeeds.
+DENIALS = [
+    ("unshare(CLONE_NEWUSER)", "unshare", [md.CLONE_NEWUSER], 1),
+    ("mount", "mount", [0, 0, 0, 0, 0], 1),
+    ("keyctl", "keyctl", [0, 0], 1),
+    ("add_key", "add_key", [0, 0, 0, 0, 0], 1),
+    ("socket(AF_ALG)", "socket", [38, 5, 0], 97),
+    ("socket(AF_VSOCK)", "socket", [40, 1, 0], 97),
+    ("clone(CLONE_NEWUSER)", "clone", [md.CLONE_NEWUSER | 17, 0, 0, 0, 0], 1),
+    ("clone3", "clone3", [0, 0], 38),
+    ("bpf", "bpf", [0, 0, 0], 1),
+    ("perf_event_open", "perf_event_open", [0, 0, 0, 0, 0], 1),
+    ("io_uring_setup", "io_uring_setup", [1, 0], 1),
+    ("ptrace(PTRACE_TRACEME)", "ptrace", [0, 0, 0, 0], 1),
+    ("personality(READ_IMPLIES_EXEC)", "personality", [0x400000], 1),
+    ("mknodat(S_IFCHR)", "mknodat", [(1 << 64) - 100, 0, 0o020644, 0x103], 1),
+    ("ioctl(TIOCSTI)", "ioctl", [0, 0x5412, 0], 1),
+    ("syscall 1000", 1000, [], 38),
+]
+ALLOWED = [
+    ("getppid", "getppid", [], 0),
+    ("socket(AF_INET)", "socket", [2, 1, 0], 0),
+    ("socket(AF_UNIX)", "socket", [1, 1, 0], 0),
+    ("mknodat(S_IFIFO)", "mknodat", [(1 << 64) - 100, 0, 0o010644, 0], 14),  # EFAULT: passed
+    ("personality(query)", "personality", [0xFFFFFFFF], 0),
+    ("ioctl(TIOCGWINSZ)", "ioctl", [0, 0x5413, 0], 25),  # ENOTTY: passed
+]
+
+
+def probe_script(calls):
+    """One shell line that runs the probe for each call, one result a line."""
+    lines = []
+    for _, name, args, _ in calls:
+        number = md.SYSCALLS[name] if isinstance(name, str) else name
+        lines.append("/probe/probe %s" % " ".join(str(n) for n in [number] + args))
+    return "; ".join(lines)
+
+
+def probe_errnos(output):
+    return [int(line.split()[-1]) for line in output.splitlines() if line.startswith("ret ")]
+
+
+@root
+def test_seccomp_filter_is_on_and_denies(rootfs, probe):
+    result = sh(rootfs, "grep Seccomp /proc/self/status; " + probe_script(DENIALS + ALLOWED),
+                options=probe)
+    assert result.returncode == 0, result.err
+    assert status_field(result.out, "Seccomp") == "2"
+    assert status_field(result.out, "Seccomp_filters") == "1"
+    got = probe_errnos(result.out)
+    for (what, _, _, expected), errno_seen in zip(DENIALS + ALLOWED, got):
+        assert errno_seen == expected, what
+    assert len(got) == len(DENIALS + ALLOWED)
+
+
+@root
+def test_unconfined_and_privileged_have_no_filter(rootfs, probe):
+    # Without the filter the kernel answers each call itself, otherwise. Left
+    # out: clone (it would fork), AF_ALG (a kernel without it says the same)
+    # and 1000 (ENOSYS either way).
+    calls = [c for c in DENIALS if c[0] not in ("clone(CLONE_NEWUSER)", "socket(AF_ALG)",
+                                                "syscall 1000")]
+    for options in (["--security-opt", "seccomp=unconfined"], ["--privileged"]):
+        result = sh(rootfs, "grep Seccomp: /proc/self/status; " + probe_script(calls),
+                    options=probe + options)
+        assert status_field(result.out, "Seccomp") == "0"
+        for (what, _, _, filtered), errno_seen in zip(calls, probe_errnos(result.out)):
+            assert errno_seen != filtered, (options, what)
+
+
+@root
+def test_capabilities_open_their_system_calls(rootfs, probe):
+    result = sh(rootfs, "mkdir -p /mnt && mount -t tmpfs none /mnt && grep -c ' /mnt ' /proc/self/mountinfo",
+                options=["--cap-add", "SYS_ADMIN"])
+    assert result.returncode == 0 and result.out == "1\n", result.err
+    result = sh(rootfs, "mkdir -p /mnt && mount -t tmpfs none /mnt")
+    assert result.returncode != 0  # without it: EPERM from the filter
+    result = run(rootfs, "/probe/probe", str(md.SYSCALLS["ptrace"]), "0",
+                 options=probe + ["--cap-add", "SYS_PTRACE"])
+    assert result.out == "ret 0 errno 0\n"  # PTRACE_TRACEME
+
+
+@root
+@pytest.mark.skipif(md.MACHINE != "x86_64", reason="i386 and x32 entries exist on x86_64 only")
+def test_foreign_abis_are_killed(rootfs, probe):
+    unconfined = ["--security-opt", "seccomp=unconfined"]
+    assert run(rootfs, "/probe/probe", "int80", "20", options=probe + unconfined).out.startswith(
+        "ret ")  # the i386 getpid works without the filter
+    assert run(rootfs, "/probe/probe", "int80", "20", options=probe).returncode == 128 + 31
+    assert run(rootfs, "/probe/probe", str(0x40000000 | 39), options=probe).returncode == 128 + 31
+
+
+@root
+def test_tiocsti_denied_on_the_containers_terminal(rootfs, probe):
+    for options, expected in (([], "errno 1"), (["--security-opt", "seccomp=unconfined"], None)):
+        term = Terminal(MINIDOCKER + ["run", "--rm", "-t"] + probe + options + [
+            rootfs, "/bin/sh", "-c", "/probe/probe tiocsti 0x5412; "
+            "/probe/probe tiocsti 0x100005412; sleep 0.2"])
+        try:
+            out = term.read_until("errno", timeout=20) + term.read_until("errno", timeout=20)
+            assert term.proc.wait(timeout=20) == 0
+        finally:
+            if term.proc.poll() is None:
+                term.proc.kill()
+                term.proc.wait()
+            term.close()
+        results = re.findall(r"ret -?\d+ errno \d+", out)
+        if expected:
+            assert results == ["ret -1 " + expected] * 2, out
+        else:
+            assert "ret -1 errno 1" not in results, out  # the kernel's own answer
+    assert_nothing_left()
+
+
+@root
+def test_strict_profile_runs_busybox(rootfs, probe):
+    strict = ["--security-opt", "seccomp=" + os.path.join(HERE, "profiles", "strict.json")]
+    result = sh(rootfs, "ls / | wc -l; echo hi > /tmp/f; cat /tmp/f; rm /tmp/f; mkdir /tmp/d; "
+                "rmdir /tmp/d; sort /etc/passwd | head -1; ps | wc -l; sleep 0.01; "
+                "trap 'echo trapped' USR1; kill -USR1 $$; id -u; hostname x || echo denied",
+                options=strict)
+    assert result.returncode == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[1:4] == ["hi", "alice:x:1000:1000:Alice:/home/alice:/bin/sh", lines[3]]
+    assert "trapped" in lines and lines[-2:] == ["0", "denied"]
+    result = run(rootfs, "/probe/probe", str(md.SYSCALLS["socket"]), "16", "3", "0",
+                 options=probe + strict)  # AF_NETLINK is not in the list
+    assert result.out == "ret -1 errno 1\n"
+
+
+@pytest.fixture(scope="session")
+def debian(tmp_path_factory):
+    """A real Debian userland: the host's own /usr, bound read-only, below a
+    root of usr-merge symlinks and a copy of the /etc files it needs. Returns
+    (rootfs, options)."""
+    path = str(tmp_path_factory.mktemp("images") / "debian")
+    for directory in ("usr", "proc", "sys", "dev", "tmp", "root", "run", "etc",
+                      "var/lib/dpkg", "var/lib/apt", "var/cache/apt", "var/log"):
+        os.makedirs(os.path.join(path, directory))
+    os.chmod(os.path.join(path, "tmp"), 0o1777)
+    for link in ("bin", "sbin", "lib", "lib64"):
+        os.symlink("usr/" + link, os.path.join(path, link))
+    for name in ("passwd", "group", "nsswitch.conf", "ld.so.cache", "ld.so.conf",
+                 "debian_version"):
+        shutil.copy2("/etc/" + name, os.path.join(path, "etc"))
+    for name in ("apt", "dpkg", "ld.so.conf.d"):
+        shutil.copytree("/etc/" + name, os.path.join(path, "etc", name), symlinks=True)
+    options = []
+    for directory in ("/usr", "/var/lib/dpkg", "/var/lib/apt", "/var/cache/apt"):
+        options += ["-v", "%s:%s:ro" % (directory, directory)]
+    return path, options
+
+
+WEB_CHECK = """
+import http.server, threading, urllib.request, json, sqlite3, ctypes
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+page = urllib.request.urlopen("http://127.0.0.1:%d/etc/debian_version" % server.server_port)
+db = sqlite3.connect(":memory:")
+print("web", page.status, page.read().decode().strip() == open("/etc/debian_version").read().strip(),
+      db.execute("select 6 * 7").fetchone()[0], ctypes.CDLL(None).getpid() > 0)
+"""
+
+
+@root
+def test_debian_userland_under_the_default_profile(debian):
+    rootfs, options = debian
+    result = sh(rootfs, "grep Seccomp: /proc/self/status; cd / && python3 -c '%s'; "
+                "apt-get check >/dev/null && echo apt-check-ok; "
+                "apt-get install -s busybox-static | tail -1; dpkg -s busybox-static | head -2"
+                % WEB_CHECK.replace("'", "\\'"), options=options, timeout=180)
+    assert result.returncode == 0, result.err
+    assert status_field(result.out, "Seccomp") == "2"
+    assert "web 200 True 42 True" in result.out
+    assert "apt-check-ok" in result.out and "0 newly installed" in result.out
+    assert "Status: install ok installed" in result.out
+
+
+@root
+def test_profile_from_podman_loads_and_runs(rootfs, debian, probe):
+    """containers-common's seccomp.json, unchanged: its default is ENOSYS."""
+    podman = ["--security-opt", "seccomp=/usr/share/containers/seccomp.json"]
+    result = sh(rootfs, "grep Seccomp: /proc/self/status; ls /bin | wc -l; " + probe_script(
+        [("add_key", "add_key", [0, 0, 0, 0, 0], 38),
+         ("open_by_handle_at", "open_by_handle_at", [0, 0, 0], 1)]), options=probe + podman)
+    assert result.returncode == 0, result.err
+    assert status_field(result.out, "Seccomp") == "2"
+    assert probe_errnos(result.out) == [38, 1]
+    rootfs, options = debian
+    result = run(rootfs, "python3", "-c", WEB_CHECK, options=options + podman, timeout=120)
+    assert "web 200 True 42 True" in result.out, result.err
+
+
+@root
+def test_unknown_names_are_ignored_and_said_with_debug(rootfs, tmp_path):
+    profile = tmp_path / "p.json"
+    profile.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["no_such_call", "socketcall"], "action": "SCMP_ACT_ERRNO"}]}))
+    result = subprocess.run(MINIDOCKER + ["--debug", "run", "--rm", "--security-opt",
+                                          "seccomp=%s" % profile, rootfs, "true"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "names not in the %s table, ignored: no_such_call socketcall" % md.MACHINE in result.stderr
+
+
+@root
+def test_bad_seccomp_profiles_from_the_command_line(rootfs, tmp_path):
+    cases = [("{not json", "not valid JSON"),
+             ('{"defaultAction": "SCMP_ACT_NOPE"}', "unknown action 'SCMP_ACT_NOPE'"),
+             ('{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], '
+              '"action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "op": "SCMP_CMP_SORTOF"}]}]}',
+              "unknown comparison 'SCMP_CMP_SORTOF'"),
+             ("[]", "must be a JSON object")]
+    for text, message in cases:
+        profile = tmp_path / "bad.json"
+        profile.write_text(text)
+        err = bad(["run", "--rm", "--security-opt", "seccomp=%s" % profile, rootfs, "true"],
+                  message)
+        assert str(profile) in err
+    bad(["run", "--security-opt", "seccomp=/no/such.json", rootfs, "true"],
+        "seccomp profile /no/such.json: No such file or directory")
+    bad(["run", "--security-opt", "apparmor=unconfined", rootfs, "true"],
+        "--security-opt 'apparmor=unconfined'")
+
+
+def oci_seccomp(profile, caps):
+    """A Docker profile as an OCI config's linux.seccomp, its includes and
+    excludes decided for caps: what Docker hands runc."""
+    names = {"CAP_" + md.CAP_NAMES[c] for c in caps}
+    rules = [{key: rule[key] for key in ("names", "action", "errnoRet", "args") if key in rule}
+             for rule in profile["syscalls"]
+             if md.rule_applies(rule, md.MACHINE, names, os.uname().release)]
+    return {"defaultAction": profile["defaultAction"],
+            "defaultErrnoRet": profile["defaultErrnoRet"],
+            "architectures": [md.SCMP_ARCH[md.MACHINE]], "syscalls": rules}
+
+
+@root
+def test_same_answers_as_runc_with_libseccomp(rootfs, probe, tmp_path):
+    """The default profile compiled by libseccomp under runc gives every
+    probe the errno it gets here."""
+    if shutil.which("runc") is None:
+        pytest.fail("runc is not installed (apt-get install runc)")
+    bundle = str(tmp_path / "bundle")
+    os.makedirs(bundle)
+    subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+    with open(os.path.join(bundle, "config.json")) as handle:
+        config = json.load(handle)
+    caps = ["CAP_" + name for name in md.DOCKER_DEFAULT_CAPS]
+    config["process"].update(terminal=False, args=["/bin/sh", "-c", probe_script(DENIALS + ALLOWED)])
+    config["process"]["capabilities"] = {"bounding": caps, "effective": caps, "permitted": caps}
+    config["root"] = {"path": rootfs, "readonly": True}
+    config["mounts"].append({"destination": "/probe", "type": "bind", "source": probe[1].split(":")[0],
+                             "options": ["rbind", "ro"]})
+    config["linux"]["seccomp"] = oci_seccomp(md.DEFAULT_PROFILE, DEFAULT_CAPS)
+    with open(os.path.join(bundle, "config.json"), "w") as handle:
+        json.dump(config, handle)
+    theirs = subprocess.run(["runc", "run", "--bundle", bundle, "md-test-%d" % os.getpid()],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert theirs.returncode == 0, theirs.stderr
+    ours = sh(rootfs, probe_script(DENIALS + ALLOWED), options=probe)
+    assert probe_errnos(ours.out) == probe_errnos(theirs.stdout)
+    assert len(probe_errnos(ours.out)) == len(DENIALS + ALLOWED)
