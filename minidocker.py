@@ -8,18 +8,18 @@ Read it top to bottom: the chapters follow a container from the command line
 to its first instruction. `grep -n '^# ===' minidocker.py` prints them:
 
     1. errors and messages         8. cgroups: resource limits
-    2. libc bindings and constants 10. capabilities and no_new_privs
+    2. libc bindings and constants 10. capabilities, no_new_privs, seccomp
     3. configuration (the spec)    11. the process: stages, init, terminal
     4. state on disk               12. commands
     5. images: mkrootfs, ELF       13. argparse and main()
     6. filesystem: overlay, mounts, /dev, pivot_root
     7. namespaces
 
-Chapter 9 (networking) and the seccomp half of 10 arrive with issues #5 and
-#4; the start-up sequence in chapter 11 says where they bind.
+Chapter 9 (networking) arrives with issue #5; the start-up sequence in
+chapter 11 says where it binds.
 
-Needs: Linux >= 4.13 (TIOCGPTPEER for the terminal), overlayfs, root
-(CAP_SYS_ADMIN in the initial user namespace), Python >= 3.8.
+Needs: Linux >= 4.14 (TIOCGPTPEER for the terminal, SECCOMP_RET_KILL_PROCESS),
+overlayfs, root (CAP_SYS_ADMIN in the initial user namespace), Python >= 3.8.
 """
 
 import argparse
@@ -316,7 +316,8 @@ _prctl = _bind("prctl", [_c_int, _c_ulong, _c_ulong, _c_ulong, _c_ulong])
 _capset = _bind("capset", [ctypes.c_void_p, ctypes.c_void_p])
 _socket = _bind("socket", [_c_int, _c_int, _c_int])
 _syscall = _bind("syscall", [_c_long, _c_str, _c_str], _c_long)  # pivot_root
-_seccomp = _bind("syscall", [_c_long, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p], _c_long)
+_seccomp = _bind("syscall", [_c_long, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p],
+                 _c_long)
 
 
 def mount(source, target, fstype, flags=0, data=None, shown=None):
@@ -2356,7 +2357,9 @@ DEFAULT_PROFILE = {
 #   md:[1:CHILD]   pid 1 of the new pid namespace. Unshares the other
 #                  namespaces, builds the root filesystem, pivots into it.
 #   md:[2:INIT]    the same process once inside: becomes the user, drops
-#                  capabilities, sets no_new_privs, and execs the command.
+#                  capabilities, sets no_new_privs, loads the seccomp
+#                  filter (compiled by the parent, from the spec), and
+#                  execs the command.
 #
 # runc needs a third process because it can enter a user namespace and a pid
 # namespace in one start-up; without user namespaces two are enough.
