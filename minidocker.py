@@ -1874,6 +1874,22 @@ def check_condition(arg, source):
     return (index, op, value, value_two)
 
 
+def check_filters(rule, source):
+    """A rule's "includes" and "excludes": objects with lists of strings for
+    caps and arches, and a minKernel like "5.8"."""
+    for key in ("includes", "excludes"):
+        filters = rule.get(key) or {}
+        if not isinstance(filters, dict):
+            raise seccomp_error(source, '"%s" must be an object' % key)
+        for field in ("caps", "arches"):
+            values = filters.get(field) or []
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise seccomp_error(source, '"%s.%s" must be a list of strings' % (key, field))
+        minimum = filters.get("minKernel")
+        if minimum is not None and not re.match(r"\d+\.\d+", str(minimum)):
+            raise seccomp_error(source, "minKernel %r is not a kernel version" % (minimum,))
+
+
 def kernel_at_least(version, release):
     """minKernel "5.8" against os.uname().release "6.1.0-13-amd64"."""
     def numbers(text):
@@ -1935,6 +1951,7 @@ def resolve_profile(profile, machine, caps, release, source):
             raise seccomp_error(source, '"names" must be a list of strings')
         action = action_value(rule.get("action"), rule.get("errnoRet"), source)
         conditions = [check_condition(a, source) for a in rule.get("args") or []]
+        check_filters(rule, source)
         if not rule_applies(rule, machine, cap_names, release):
             continue
         for name in names:

@@ -1547,6 +1547,12 @@ def test_podman_profile_compiles():
         {"names": ["read"], "action": "SCMP_ACT_ALLOW",
          "args": [{"index": 0, "value": -1, "op": "SCMP_CMP_EQ"}]}]},
      "argument value -1 is not a 64-bit number"),
+    ({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["read"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "new"}}]},
+     "minKernel 'new' is not a kernel version"),
+    ({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["read"], "action": "SCMP_ACT_ALLOW", "excludes": {"caps": "CAP_KILL"}}]},
+     '"excludes.caps" must be a list of strings'),
 ])
 def test_bad_profiles(profile, error):
     with pytest.raises(md.MiniDockerError) as caught:
@@ -1775,7 +1781,7 @@ def test_strict_profile_runs_busybox(rootfs, probe):
 
 
 @pytest.fixture(scope="session")
-def debian(tmp_path_factory):
+def debian(tmp_path_factory, state):
     """A real Debian userland: the host's own /usr, bound read-only, below a
     root of usr-merge symlinks and a copy of the /etc files it needs. Returns
     (rootfs, options)."""
