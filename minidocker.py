@@ -1792,19 +1792,21 @@ X32_SYSCALL_BIT = 0x40000000
 #       __u64 instruction_pointer;     offset 8
 #       __u64 args[6];                 offset 16 + 8 * i
 #   };
-# Classic BPF loads 32 bits at a time, so each argument is read as two
-# halves; on our little-endian machines the low half comes first.
+# Classic BPF loads 32 bits at a time, in the machine's byte order, so each
+# argument is read as two halves; on a little-endian machine (x86_64,
+# aarch64) the low half comes first.
 SECCOMP_DATA = "=iIQ6Q"
-assert struct.calcsize(SECCOMP_DATA) == 64 and sys.byteorder == "little"
+assert struct.calcsize(SECCOMP_DATA) == 64
 DATA_NR, DATA_ARCH = 0, 4
+_LOW_FIRST = sys.byteorder == "little"
 
 
 def arg_low(index):
-    return 16 + 8 * index
+    return 16 + 8 * index + (0 if _LOW_FIRST else 4)
 
 
 def arg_high(index):
-    return 16 + 8 * index + 4
+    return 16 + 8 * index + (4 if _LOW_FIRST else 0)
 
 
 # <linux/filter.h>, <linux/bpf_common.h>: one instruction, and the program.
