@@ -2563,6 +2563,20 @@ def attach_terminal(rootfd, console):
     os.close(slave)
 
 
+def reset_signals():
+    """Every signal back to its default action, and none blocked. As pid 1
+    of its namespace the process ignores default-action signals until
+    execve, so nothing can kill it in between."""
+    for number in signal.valid_signals():
+        if number in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(number, signal.SIG_DFL)
+        except (OSError, ValueError):  # glibc's own real-time signals
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def exec_command(spec, hostname):
     """Stage 2: identity, environment, privileges, the seccomp filter, then
     execve(2)."""
@@ -2577,10 +2591,13 @@ def exec_command(spec, hostname):
     except OSError as err:
         raise MiniDockerError("workdir %s: %s" % (spec.workdir, err.strerror))
     program = find_executable(spec.command[0], env.get("PATH", DEFAULT_PATH))
-    # Python ignores SIGPIPE and SIGXFSZ for itself; an ignored signal stays
-    # ignored across execve, so give the command the defaults back.
-    for name in ("SIGPIPE", "SIGXFSZ"):
-        signal.signal(getattr(signal, name), signal.SIG_DFL)
+    # An ignored signal stays ignored across execve, and the blocked mask is
+    # kept as it is. Python ignores SIGPIPE and SIGXFSZ for itself, and
+    # whoever started minidocker may have ignored or blocked more (a
+    # background job of a non-interactive shell ignores SIGINT and SIGQUIT,
+    # and a shell's trap cannot undo that). The command starts as from a
+    # fresh init: every disposition the default, nothing blocked.
+    reset_signals()
     if spec.debug:
         debug(True, "own work %.2f ms (main() to execve)" % ((time.perf_counter() - START) * 1000))
     if spec.seccomp is not None:
@@ -2693,8 +2710,12 @@ class SignalForwarder:
     def __init__(self):
         self.pid = None
         self.pending = []
-        for name in FORWARDED_SIGNALS:
-            signal.signal(getattr(signal, name), self.receive)
+        numbers = [getattr(signal, name) for name in FORWARDED_SIGNALS]
+        for number in numbers:
+            signal.signal(number, self.receive)
+        # Whoever started us may have blocked some of them; a blocked signal
+        # would wait forever instead of reaching the container.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, numbers)
 
     def receive(self, signum, _frame):
         if self.pid is None:

@@ -648,6 +648,35 @@ def test_signals_are_forwarded(rootfs, name):
     assert_nothing_left()
 
 
+def as_a_background_job():
+    """What a non-interactive shell's `cmd &` does to its child (SIGINT and
+    SIGQUIT ignored), plus signals blocked, as a launcher may leave them."""
+    for number in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(number, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT, signal.SIGQUIT, signal.SIGTERM])
+
+
+@root
+def test_command_starts_with_default_signals_whoever_started_us(rootfs):
+    probe = MINIDOCKER + ["run", "--rm", rootfs, "cat", "/proc/self/status"]
+    status = subprocess.run(probe, stdout=subprocess.PIPE, timeout=60,
+                            preexec_fn=as_a_background_job).stdout.decode()
+    # Python ignores SIGPIPE and SIGXFSZ in minidocker itself: not inherited.
+    assert status_field(status, "SigBlk") == "0000000000000000"
+    assert status_field(status, "SigIgn") == "0000000000000000"
+    script = 'trap "exit 2" INT; echo ready; while :; do :; done'
+    command = MINIDOCKER + ["run", "--rm", rootfs, "sh", "-c", script]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, preexec_fn=as_a_background_job) as proc:
+        try:
+            assert proc.stdout.readline() == b"ready\n"
+            os.kill(proc.pid, signal.SIGINT)
+            assert proc.wait(timeout=60) == signal.SIGINT
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert_nothing_left()
+
+
 @root
 def test_stdin_with_and_without_i(rootfs):
     streamed = subprocess.run(MINIDOCKER + ["run", "--rm", "-i", rootfs, "cat"],
