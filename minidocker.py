@@ -29,6 +29,7 @@ import fcntl
 import json
 import os
 import re
+import select
 import signal
 import stat
 import struct
@@ -2391,6 +2392,7 @@ DEFAULT_PROFILE = {
 # with no error means the exec succeeded: the kernel closed the pipe in it.
 
 FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+FORWARDED_NUMBERS = frozenset(getattr(signal, name) for name in FORWARDED_SIGNALS)
 
 
 def parse_passwd(text):
@@ -2640,6 +2642,7 @@ def start_container(spec, record, layer, on_ready):
     unshare(CLONE_NEWPID)  # for the child we are about to fork
     pid = os.fork()
     if pid == 0:
+        signal.set_wakeup_fd(-1)  # the parent's signals are not ours to note
         os.close(parent_read)
         os.close(parent_write)
         if console is not None:
@@ -2699,85 +2702,116 @@ def exit_code(status):
     return os.WEXITSTATUS(status)
 
 
-class SignalForwarder:
-    """Send what minidocker receives to the container's init. Installed
-    before the fork: a signal that comes while the container starts is kept
-    and sent as soon as the init's pid is known, never lost and never the
-    default action (KeyboardInterrupt) in minidocker itself. A pid 1 only
-    gets signals it has a handler for (pid_namespaces(7)), exactly as in
-    docker."""
+class SignalPipe:
+    """Signals as bytes in a pipe, so that one select() loop can wait for
+    the container's end, its terminal and the user's signals at once.
+
+    Why not plain Python handlers? Python runs a handler between two
+    bytecodes of the main thread. A signal that lands after the last such
+    point but before os.waitpid() enters the kernel is noted, and then
+    nobody looks: waitpid sleeps until the container exits, and the signal
+    meant to end it never goes out. (Under load it happened about once in a
+    hundred runs.) signal.set_wakeup_fd() closes that gap: Python's C-level
+    handler writes the signal's number into our pipe at the moment it
+    arrives, and select() on the pipe cannot miss it.
+
+    Installed before the fork, so a signal that comes while the container
+    starts waits in the pipe until the init's pid is known: never lost and
+    never the default action (KeyboardInterrupt) in minidocker itself."""
 
     def __init__(self):
-        self.pid = None
-        self.pending = []
+        self.read_end, self.write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         numbers = [getattr(signal, name) for name in FORWARDED_SIGNALS]
+        numbers += [signal.SIGCHLD, signal.SIGWINCH]
         for number in numbers:
-            signal.signal(number, self.receive)
+            signal.signal(number, self.noted)
+        signal.set_wakeup_fd(self.write_end, warn_on_full_buffer=False)
         # Whoever started us may have blocked some of them; a blocked signal
         # would wait forever instead of reaching the container.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, numbers)
 
-    def receive(self, signum, _frame):
-        if self.pid is None:
-            self.pending.append(signum)
-        else:
-            self.send(signum)
+    @staticmethod
+    def noted(_signum, _frame):
+        """Nothing to do here: the number is already in the pipe."""
 
-    def send(self, signum):
+    def received(self):
         try:
-            os.kill(self.pid, signum)
-        except ProcessLookupError:
-            pass
+            return list(os.read(self.read_end, 512))
+        except BlockingIOError:
+            return []
 
-    def attach(self, pid):
-        self.pid = pid
-        while self.pending:
-            self.send(self.pending.pop(0))
+    def close(self):
+        signal.set_wakeup_fd(-1)
+        os.close(self.read_end)
+        os.close(self.write_end)
 
 
-def relay_terminal(master, interactive):
-    """Copy the user's keys to the container's pty and its output back, with
-    the user's terminal raw (so ctrl-C is a byte for the container's line
-    discipline, not a signal for us) and the window size kept in step."""
+def wait_for_container(pid, signals, master, interactive):
+    """Forward the user's signals to the container's init until it exits,
+    relaying its terminal if it has one. Returns the wait status.
+
+    A pid 1 only gets the signals it has a handler for (pid_namespaces(7)),
+    exactly as in docker: `docker stop` needs a SIGKILL after the SIGTERM
+    for a shell that set no trap."""
     import termios
     import tty
-    local = os.isatty(0)
+    local = master is not None and os.isatty(0)
     saved = termios.tcgetattr(0) if local else None
 
-    def resize(_signum=None, _frame=None):
+    def resize():
         fcntl.ioctl(master, TIOCSWINSZ, fcntl.ioctl(0, TIOCGWINSZ, b"\0" * 8))
 
     try:
         if local:
-            tty.setraw(0, termios.TCSADRAIN)  # not TCSAFLUSH: keep what was typed ahead
-            signal.signal(signal.SIGWINCH, resize)
+            # Raw, so that ctrl-C is a byte for the container's line
+            # discipline and not a signal for us; TCSADRAIN, not TCSAFLUSH,
+            # keeps what was typed ahead.
+            tty.setraw(0, termios.TCSADRAIN)
             resize()
-        pump(master, interactive)
+        sources = [signals.read_end]
+        if master is not None:
+            sources += [master, 0] if interactive else [master]
+        status = None
+        # The output is complete only when the pty says so (EIO), which may
+        # be a moment after the init's exit: wait for both.
+        while status is None or master in sources:
+            readable = select.select(sources, [], [])[0]
+            for number in signals.received() if signals.read_end in readable else []:
+                if number == signal.SIGCHLD and status is None:
+                    reaped, code = os.waitpid(pid, os.WNOHANG)
+                    status = code if reaped else None
+                elif number == signal.SIGWINCH and local:
+                    resize()
+                elif number in FORWARDED_NUMBERS and status is None:
+                    os.kill(pid, number)  # still ours: not reaped yet
+            if master in readable:
+                data = read_or_eio(master)
+                if data:
+                    write_all(1, data)
+                else:  # every slave is closed: the container is gone
+                    sources = [source for source in sources if source != master]
+            if 0 in readable:
+                data = os.read(0, 65536)
+                if data:
+                    write_all(master, data)
+                else:
+                    sources.remove(0)
+        return status
     finally:
         if local:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
-        os.close(master)
+        if master is not None:
+            os.close(master)
 
 
-def pump(master, interactive):
-    import select
-    sources = [master, 0] if interactive else [master]
-    while True:
-        readable, _, _ = select.select(sources, [], [])
-        if master in readable:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: every slave is closed, the container is gone
-                return
-            if not data:
-                return
-            write_all(1, data)
-        if 0 in readable:
-            data = os.read(0, 65536)
-            if not data:
-                sources.remove(0)
-                continue
-            write_all(master, data)
+def read_or_eio(fd):
+    """Read a pty master: b'' once no slave is left (EIO)."""
+    try:
+        return os.read(fd, 65536)
+    except OSError as err:
+        if err.errno != errno.EIO:
+            raise
+        return b""
 
 
 def write_all(fd, data):
@@ -2797,24 +2831,21 @@ def run_container(spec, paths):
     for note in spec.notes:
         debug(spec.debug, note)
     cgroups, started = [], False
+    signals = SignalPipe()
     try:
-        forwarder = SignalForwarder()
         cgroups = create_cgroups(groups, spec.resources)
         pid, master = start_container(spec, record, layer,
                                       lambda child: join_cgroups(cgroups, child))
         started = True
-        forwarder.attach(pid)
         record.update(status="running", pid=pid)
         write_record(paths, record)
-        if master is not None:
-            relay_terminal(master, spec.interactive)
-        _, status = os.waitpid(pid, 0)
-        code = exit_code(status)
+        code = exit_code(wait_for_container(pid, signals, master, spec.interactive))
         if code == 128 + signal.SIGKILL and oom_killed(cgroups):
             sys.stderr.write("minidocker: the container hit its memory limit (--memory %s) "
                              "and the kernel's OOM killer ended it\n"
                              % spec.resources.get("memory", "of its parent cgroup"))
     finally:
+        signals.close()
         remove_cgroups(cgroups)
         if spec.remove or not started:
             remove_container(paths, record)
