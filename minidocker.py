@@ -23,6 +23,7 @@ overlayfs, root (CAP_SYS_ADMIN in the initial user namespace), Python >= 3.8.
 """
 
 import argparse
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -31,6 +32,7 @@ import os
 import re
 import select
 import signal
+import socket
 import stat
 import struct
 import sys
@@ -409,6 +411,8 @@ class Spec:
         self.cgroup_parent = None
         self.seccomp = None       # the BPF filter's bytes (chapter 10); None: unconfined
         self.notes = []           # what --debug prints about the plan
+        self.network = plan_network("none", None, None, [], [], [])  # plan_network's dict
+        self.etc_files = []       # (state file, /etc/...) bound over the image's
         self.__dict__.update(fields)
 
 
@@ -517,6 +521,80 @@ def parse_security_opts(options):
     return choice
 
 
+NETWORK_MODES = ("bridge", "none", "host")
+DEFAULT_BRIDGE = "mini-br0"
+DEFAULT_SUBNET = "10.0.0.0/24"
+
+
+def parse_port(text, spec):
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise MiniDockerError("invalid --publish %r: port %r is not a number from 1 to 65535"
+                              % (spec, text))
+    return int(text)
+
+
+def parse_publish(text):
+    """`-p [IP:]HOSTPORT:CTRPORT[/tcp|/udp]` -> [ip, host port, proto, port]."""
+    import ipaddress
+    rest, _, proto = text.partition("/")
+    parts = rest.split(":")
+    if len(parts) not in (2, 3) or proto not in ("", "tcp", "udp"):
+        raise MiniDockerError("invalid --publish %r: expected [IP:]HOSTPORT:CTRPORT[/tcp|/udp]" % text)
+    host_ip = parts[0] if len(parts) == 3 else "0.0.0.0"
+    try:
+        host_ip = str(ipaddress.IPv4Address(host_ip))
+    except ValueError:
+        raise MiniDockerError("invalid --publish %r: %r is not an IPv4 address" % (text, host_ip))
+    return [host_ip, parse_port(parts[-2], text), proto or "tcp", parse_port(parts[-1], text)]
+
+
+def parse_add_host(text):
+    """`--add-host NAME:IP`; IP may be host-gateway (the bridge's address)."""
+    import ipaddress
+    name, sep, ip = text.partition(":")
+    if not sep or not name or not ip:
+        raise MiniDockerError("invalid --add-host %r: expected NAME:IP" % text)
+    if ip != "host-gateway":
+        try:
+            ip = str(ipaddress.ip_address(ip))
+        except ValueError:
+            raise MiniDockerError("invalid --add-host %r: %r is not an IP address" % (text, ip))
+    return (name, ip)
+
+
+def plan_network(mode, subnet, bridge, publish, dns, add_hosts):
+    """--network and friends -> the network plan (chapter 9 carries it out)."""
+    import ipaddress
+    if mode not in NETWORK_MODES:
+        raise MiniDockerError("unknown --network %r: minidocker knows bridge, none and host" % mode)
+    if mode != "bridge" and (subnet or bridge or publish):
+        raise MiniDockerError("--subnet, --bridge and --publish need --network bridge, not %s" % mode)
+    try:
+        network = ipaddress.IPv4Network(subnet or DEFAULT_SUBNET)
+    except ValueError as err:
+        raise MiniDockerError("invalid --subnet %r: %s" % (subnet, err))
+    if network.prefixlen > 30:
+        raise MiniDockerError("invalid --subnet %r: a /%d has no room for a gateway and a container"
+                              % (subnet, network.prefixlen))
+    check_ifname(bridge or DEFAULT_BRIDGE, "--bridge")
+    ports = [parse_publish(text) for text in publish]
+    seen = set()
+    for host_ip, host_port, proto, _ in ports:
+        if (host_ip, host_port, proto) in seen:
+            raise MiniDockerError("--publish %s:%d/%s is given twice" % (host_ip, host_port, proto))
+        seen.add((host_ip, host_port, proto))
+    for server in dns:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise MiniDockerError("invalid --dns %r: not an IP address" % server)
+    hosts = [parse_add_host(text) for text in add_hosts]
+    if mode != "bridge" and any(ip == "host-gateway" for _, ip in hosts):
+        raise MiniDockerError("--add-host NAME:host-gateway needs --network bridge")
+    return {"mode": mode, "bridge": bridge or DEFAULT_BRIDGE, "subnet": str(network),
+            "ports": ports, "dns": list(dns), "add_hosts": hosts}
+
+
 def plan_security(choice, caps, privileged):
     """The seccomp filter for the container: the built-in default profile,
     a profile file, or none. --privileged means unconfined, as in Docker,
@@ -556,7 +634,8 @@ def build_spec(args):
         # The README's `run ./rootfs /bin/sh` on a terminal is a shell to talk to.
         interactive = tty = True
     return Spec(
-        rootfs=rootfs, command=list(args.command), hostname=args.hostname,
+        rootfs=rootfs, command=list(args.command),
+        hostname=args.hostname or (socket.gethostname() if args.network == "host" else None),
         env=expand_env(env_entries), workdir=os.path.normpath(args.workdir),
         user=args.user, group_add=list(args.group_add),
         caps=caps, seccomp=seccomp, notes=notes, privileged=args.privileged, read_only=args.read_only,
@@ -566,7 +645,9 @@ def build_spec(args):
         resources=parse_resources(args, os.cpu_count() or 1,
                                   read_online("/sys/devices/system/cpu/online"),
                                   read_online("/sys/devices/system/node/online") or {0}),
-        cgroup_parent=args.cgroup_parent)
+        cgroup_parent=args.cgroup_parent,
+        network=plan_network(args.network, args.subnet, args.bridge, args.publish, args.dns,
+                             args.add_host))
 
 
 # ============================================================================
@@ -671,17 +752,22 @@ def remove_container(paths, record):
 
 def reclaim_dead(paths):
     """Containers whose minidocker died (kill -9) are finished here: their
-    cgroups removed, and the rest too if started with --rm, else marked
-    exited. Their mounts died with their mount namespace, their processes
-    with their pid 1 (the parent-death signal)."""
-    for record in read_records(paths):
-        if record["status"] in ("created", "running") and not owner_alive(record):
-            if record["remove"]:
-                remove_container(paths, record)
-            else:
-                remove_cgroups(record.get("cgroups", []))
-                record["status"] = "exited"
-                write_record(paths, record)
+    cgroups removed, their veths deleted and the NAT rules rebuilt without
+    them, and the rest too if started with --rm, else marked exited. Their
+    mounts died with their mount namespace, their processes with their pid 1
+    (the parent-death signal)."""
+    dead = [record for record in read_records(paths)
+            if record["status"] in ("created", "running") and not owner_alive(record)]
+    for record in dead:
+        if record["remove"]:
+            remove_container(paths, record)
+        else:
+            remove_cgroups(record.get("cgroups", []))
+            record["status"] = "exited"
+            write_record(paths, record)
+    networked = [record for record in dead if "network" in record]
+    if networked:
+        release_networks(paths, networked)
 
 
 def find_container(paths, prefix):
@@ -1004,6 +1090,8 @@ def plan_mounts(spec):
         Mount("fs", "/dev/mqueue", "mqueue", "mqueue", MS_NOSUID | MS_NOEXEC | MS_NODEV),
         Mount("fs", "/sys", "sysfs", "sysfs", sys_flags, kernel_fs=True),
     ]
+    for source, target in spec.etc_files:
+        plan.append(Mount("bind", target, source, flags=MS_BIND))
     for volume in spec.volumes:
         plan.append(Mount("bind", volume.target, volume.source,
                           flags=MS_BIND | MS_REC | (MS_RDONLY if volume.read_only else 0)))
@@ -1620,6 +1708,745 @@ def cgroup_usage(paths):
             "memory_peak": number("memory.peak") or number("memory.max_usage_in_bytes"),
             "cpu_seconds": None if cpu_ns is None else cpu_ns / 1e9,
             "pids": number("pids.current")}
+
+
+# ============================================================================
+# 9. Networking: netlink spoken by hand, then bridge, veth, NAT
+# ============================================================================
+# `ip` and `nft` are thin clients of netlink(7): a datagram socket to the
+# kernel that carries requests and answers in one binary format. minidocker
+# builds those messages itself, so it needs neither binary:
+#   rtnetlink (NETLINK_ROUTE)       links, addresses, routes   rtnetlink(7)
+#   nf_tables (NETLINK_NETFILTER)   the NAT table              <linux/netfilter/nf_tables.h>
+#
+# A message is a header and a body; a body is a fixed struct and a list of
+# attributes; an attribute may hold more attributes (nested). Everything is
+# padded to 4 bytes (NLMSG_ALIGN, NLA_ALIGN).
+#
+#   struct nlmsghdr (16 bytes)               struct nlattr (4 bytes + payload)
+#   0        4       6       8        12     0       2       4
+#   +--------+-------+-------+--------+      +-------+-------+-----------+---+
+#   | len    | type  | flags | seq    |      | len   | type  | payload   |pad|
+#   +--------+-------+-------+--------+      +-------+-------+-----------+---+
+#   | pid (0: from the kernel)        |      len counts header + payload, not the pad
+#   +---------------------------------+
+#
+# The kernel answers a request flagged NLM_F_ACK with an NLMSG_ERROR message
+# whose error field is 0 (success) or -errno; a dump (NLM_F_DUMP) answers with
+# NLM_F_MULTI messages closed by NLMSG_DONE.
+#
+# The plan (pure functions, unit-tested with golden bytes) comes first, the
+# socket after it, then what minidocker does with them:
+#   - per network, a bridge (mini-br0, 10.0.0.1/24) made on first use and kept,
+#     as docker0 is;
+#   - per container, a veth pair: the host end on the bridge, the other end
+#     born in the container's namespace as eth0 (IFLA_NET_NS_PID), then
+#     configured from inside by the container's own stage 1;
+#   - addresses leased in the container records under a lock file;
+#   - one nf_tables table, `ip minidocker`, rebuilt whole in one atomic batch
+#     from the live records each time a container comes or goes.
+
+NETLINK_ROUTE = 0               # <linux/netlink.h>
+NETLINK_NETFILTER = 12
+NLM_F_REQUEST = 0x01
+NLM_F_MULTI = 0x02
+NLM_F_ACK = 0x04
+NLM_F_DUMP = 0x300              # NLM_F_ROOT | NLM_F_MATCH
+NLM_F_EXCL = 0x200              # for NEW requests: fail if it exists
+NLM_F_CREATE = 0x400
+NLM_F_APPEND = 0x800
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLA_F_NESTED = 0x8000           # libnftnl marks nests; iproute2 does not
+NLA_TYPE_MASK = 0x3FFF
+
+NLMSG_HDR = "=IHHII"  # struct nlmsghdr: len, type, flags, seq, pid
+NLA_HDR = "=HH"       # struct nlattr: len, type
+assert struct.calcsize(NLMSG_HDR) == 16 and struct.calcsize(NLA_HDR) == 4
+
+# <linux/rtnetlink.h>: message types and the struct of each body.
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_GETADDR = 20, 22
+RTM_NEWROUTE = 24
+IFINFOMSG = "=BxHiII"   # struct ifinfomsg: family, pad, type, index, flags, change
+IFADDRMSG = "=BBBBi"    # struct ifaddrmsg: family, prefixlen, flags, scope, index
+RTMSG = "=BBBBBBBBI"    # struct rtmsg: family, dst_len, src_len, tos, table,
+                        #               protocol, scope, type, flags
+assert (struct.calcsize(IFINFOMSG), struct.calcsize(IFADDRMSG), struct.calcsize(RTMSG)) == (16, 8, 12)
+IFLA_IFNAME = 3         # <linux/if_link.h>
+IFLA_MASTER = 10
+IFLA_LINKINFO = 18
+IFLA_NET_NS_PID = 19
+IFLA_INFO_KIND = 1
+IFLA_INFO_DATA = 2
+VETH_INFO_PEER = 1      # <linux/veth.h>: the peer's ifinfomsg and attributes
+IFA_ADDRESS = 1         # <linux/if_addr.h>
+IFA_LOCAL = 2
+RTA_GATEWAY = 5
+RT_TABLE_MAIN = 254
+RTPROT_BOOT = 3         # "installed by the administrator", as `ip route add` says
+RT_SCOPE_UNIVERSE = 0
+RTN_UNICAST = 1
+RTN_LOCAL = 2
+IFNAMSIZ = 16
+
+MESSAGE_NAMES = {RTM_NEWLINK: "RTM_NEWLINK", RTM_DELLINK: "RTM_DELLINK",
+                 RTM_GETLINK: "RTM_GETLINK", RTM_NEWADDR: "RTM_NEWADDR",
+                 RTM_GETADDR: "RTM_GETADDR", RTM_NEWROUTE: "RTM_NEWROUTE"}
+
+
+def nl_attr(kind, payload):
+    """One attribute, padded to 4 bytes."""
+    return struct.pack(NLA_HDR, 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
+
+
+def nl_nest(kind, *attrs, flag=0):
+    return nl_attr(kind | flag, b"".join(attrs))
+
+
+def nl_string(kind, text):
+    return nl_attr(kind, text.encode() + b"\0")
+
+
+def nl_u32(kind, value):
+    return nl_attr(kind, struct.pack("=I", value))
+
+
+def nl_message(kind, flags, seq, body):
+    return struct.pack(NLMSG_HDR, 16 + len(body), kind, flags, seq, 0) + body
+
+
+def parse_messages(data):
+    """A datagram from the kernel -> [(type, flags, seq, body)]."""
+    messages, offset = [], 0
+    while offset + 16 <= len(data):
+        length, kind, flags, seq, _ = struct.unpack_from(NLMSG_HDR, data, offset)
+        if length < 16:
+            raise MiniDockerError("netlink: malformed message of %d bytes" % length)
+        messages.append((kind, flags, seq, data[offset + 16:offset + length]))
+        offset += (length + 3) & ~3
+    return messages
+
+
+def parse_attrs(data):
+    """Attributes -> {type: payload}, flags (NLA_F_NESTED) masked off."""
+    attrs, offset = {}, 0
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from(NLA_HDR, data, offset)
+        if length < 4:
+            break
+        attrs[kind & NLA_TYPE_MASK] = data[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+    return attrs
+
+
+def error_of(body):
+    """The errno an NLMSG_ERROR carries (0: an acknowledgement)."""
+    return -struct.unpack_from("=i", body)[0]
+
+
+def link_name(payload):
+    return payload.rstrip(b"\0").decode()
+
+
+def check_ifname(name, what):
+    """Interface names: 1-15 bytes, no '/', ':' or whitespace (dev_valid_name)."""
+    if not 0 < len(name.encode()) < IFNAMSIZ or name in (".", "..") or \
+            any(c in name for c in "/: \t\n"):
+        raise MiniDockerError("invalid %s %r: an interface name has 1-15 characters, "
+                              "without '/', ':' or spaces" % (what, name))
+
+
+# Each request below returns (type, flags, body, what): `what` names it in
+# errors, as "RTM_NEWLINK veth a1b2c3 failed: File exists".
+
+def request_new_bridge(name):
+    """ip link add NAME type bridge"""
+    body = struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, 0, 0, 0) + nl_string(IFLA_IFNAME, name) \
+        + nl_nest(IFLA_LINKINFO, nl_string(IFLA_INFO_KIND, "bridge"))
+    return RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, "bridge " + name
+
+
+def request_new_veth(name, peer, pid):
+    """ip link add NAME type veth peer name PEER netns PID: the peer is born
+    in the namespace of process PID, so it never appears on the host."""
+    peer_info = struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, 0, 0, 0) \
+        + nl_string(IFLA_IFNAME, peer) + nl_u32(IFLA_NET_NS_PID, pid)
+    body = struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, 0, 0, 0) + nl_string(IFLA_IFNAME, name) \
+        + nl_nest(IFLA_LINKINFO, nl_string(IFLA_INFO_KIND, "veth"),
+                  nl_nest(IFLA_INFO_DATA, nl_attr(VETH_INFO_PEER, peer_info)))
+    return RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, "veth " + name
+
+
+def request_link_up(index, name, master=None):
+    """ip link set NAME [master BRIDGE] up"""
+    body = struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP)
+    if master is not None:
+        body += nl_u32(IFLA_MASTER, master)
+    return RTM_NEWLINK, 0, body, "up " + name
+
+
+def request_get_link(name):
+    """ip link show NAME: answered by one RTM_NEWLINK, or ENODEV."""
+    body = struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, 0, 0, 0) + nl_string(IFLA_IFNAME, name)
+    return RTM_GETLINK, 0, body, name
+
+
+def request_delete_link(name):
+    """ip link del NAME (a veth takes its peer with it)."""
+    body = struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, 0, 0, 0) + nl_string(IFLA_IFNAME, name)
+    return RTM_DELLINK, 0, body, name
+
+
+def request_new_address(index, name, interface):
+    """ip addr add ADDRESS/PREFIX dev NAME (IFA_LOCAL is the address itself;
+    IFA_ADDRESS the peer's, the same on a broadcast link)."""
+    raw = interface.ip.packed
+    body = struct.pack(IFADDRMSG, socket.AF_INET, interface.network.prefixlen, 0,
+                       RT_SCOPE_UNIVERSE, index) + nl_attr(IFA_LOCAL, raw) + nl_attr(IFA_ADDRESS, raw)
+    return RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, "%s %s" % (name, interface)
+
+
+def request_get_addresses():
+    """ip -4 addr show: a dump of every IPv4 address."""
+    return RTM_GETADDR, NLM_F_DUMP, struct.pack(IFADDRMSG, socket.AF_INET, 0, 0, 0, 0), "addresses"
+
+
+def request_default_route(gateway):
+    """ip route add default via GATEWAY"""
+    body = struct.pack(RTMSG, socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
+                       RT_SCOPE_UNIVERSE, RTN_UNICAST, 0) + nl_attr(RTA_GATEWAY, gateway.packed)
+    return RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body, "default via %s" % gateway
+
+
+def parse_addresses(messages):
+    """A dump's RTM_NEWADDR messages -> [(interface index, IPv4Interface)]."""
+    import ipaddress
+    found = []
+    for kind, _, _, body in messages:
+        if kind != RTM_NEWADDR:
+            continue
+        _, prefix, _, _, index = struct.unpack_from(IFADDRMSG, body)
+        attrs = parse_attrs(body[8:])
+        raw = attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS))
+        if raw:
+            found.append((index, ipaddress.ip_interface("%s/%d" % (ipaddress.ip_address(raw), prefix))))
+    return found
+
+
+# nf_tables (<linux/netfilter/nf_tables.h>, <linux/netfilter/nfnetlink.h>).
+# Changes go in a batch: BATCH_BEGIN, the requests, BATCH_END, sent as one
+# datagram and applied all or nothing. A request's type is the subsystem
+# (10) shifted left by 8, plus the operation. Its body opens with
+#
+#   struct nfgenmsg (4 bytes)
+#   +--------+---------+-------------------+
+#   | family | version | res_id (big end.) |
+#   +--------+---------+-------------------+
+#
+# and every integer attribute of nf_tables is big-endian. A rule is a list
+# of expressions run in order over registers, as a tiny virtual machine:
+# load a field into a register (meta, payload, fib), compare it (cmp), and
+# act (masq, nat). `nft --debug=netlink list ruleset` prints them.
+NFNL_SUBSYS_NFTABLES = 10
+NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
+NFT_MSG_NEWTABLE, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE = 0, 2, 3, 6
+NFGENMSG = "=BBH"      # family, version, res_id (packed big-endian by hand)
+assert struct.calcsize(NFGENMSG) == 4
+NFPROTO_IPV4 = 2       # <linux/netfilter.h>: the `ip` family of nft
+NF_INET_PRE_ROUTING, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING = 0, 3, 4
+NF_IP_PRI_RAW, NF_IP_PRI_NAT_DST, NF_IP_PRI_NAT_SRC = -300, -100, 100  # nft's raw, dstnat, srcnat
+NFTA_TABLE_NAME = 1
+NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_TYPE = 1, 3, 4, 7
+NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY = 1, 2
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 1, 2, 4
+NFTA_LIST_ELEM, NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 1, 2
+NFTA_DATA_VALUE = 1
+NFT_REG_VERDICT, NFT_REG_1, NFT_REG_2 = 0, 1, 2    # 16-byte registers
+NF_DROP = 0                                         # <linux/netfilter.h>
+NFT_META_IIFNAME = 6
+NFT_META_OIFNAME, NFT_META_L4PROTO = 7, 16
+NFT_CMP_EQ, NFT_CMP_NEQ = 0, 1
+NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER = 1, 2
+NFT_NAT_DNAT = 1
+NFT_FIB_RESULT_ADDRTYPE, NFTA_FIB_F_DADDR = 3, 2
+NAT_TABLE = "minidocker"
+IPPROTO = {"tcp": 6, "udp": 17}
+
+
+def nft_be32(kind, value):
+    return nl_attr(kind, struct.pack(">i" if value < 0 else ">I", value))
+
+
+def nft_message(operation, flags, seq, family, attrs):
+    body = struct.pack(NFGENMSG, family, 0, 0) + b"".join(attrs)
+    return nl_message((NFNL_SUBSYS_NFTABLES << 8) | operation, NLM_F_REQUEST | flags, seq, body)
+
+
+def nft_batch_edge(kind, seq):
+    """BATCH_BEGIN or BATCH_END: res_id names the subsystem the batch is for."""
+    body = struct.pack("=BB", socket.AF_UNSPEC, 0) + struct.pack(">H", NFNL_SUBSYS_NFTABLES)
+    return nl_message(kind, NLM_F_REQUEST, seq, body)
+
+
+def nft_expr(name, *attrs):
+    return nl_nest(NFTA_LIST_ELEM, nl_string(NFTA_EXPR_NAME, name),
+                   nl_nest(NFTA_EXPR_DATA, *attrs, flag=NLA_F_NESTED), flag=NLA_F_NESTED)
+
+
+def nft_data(kind, raw):
+    return nl_nest(kind, nl_attr(NFTA_DATA_VALUE, raw), flag=NLA_F_NESTED)
+
+
+def expr_meta(key, register=NFT_REG_1):
+    """meta KEY -> register (META_DREG=1, META_KEY=2)"""
+    return nft_expr("meta", nft_be32(1, register), nft_be32(2, key))
+
+
+def expr_cmp(op, raw, register=NFT_REG_1):
+    """register OP raw ? go on : next rule (CMP_SREG=1, CMP_OP=2, CMP_DATA=3)"""
+    return nft_expr("cmp", nft_be32(1, register), nft_be32(2, op), nft_data(3, raw))
+
+
+def expr_payload(base, offset, length, register=NFT_REG_1):
+    """LENGTH bytes of the packet at BASE+OFFSET -> register
+    (PAYLOAD_DREG=1, BASE=2, OFFSET=3, LEN=4)"""
+    return nft_expr("payload", nft_be32(1, register), nft_be32(2, base),
+                    nft_be32(3, offset), nft_be32(4, length))
+
+
+def expr_bitwise(mask, register=NFT_REG_1):
+    """register = (register & mask) ^ 0 (SREG=1, DREG=2, LEN=3, MASK=4, XOR=5)"""
+    return nft_expr("bitwise", nft_be32(1, register), nft_be32(2, register),
+                    nft_be32(3, len(mask)), nft_data(4, mask), nft_data(5, bytes(len(mask))))
+
+
+def expr_immediate(raw, register):
+    """raw -> register (IMMEDIATE_DREG=1, IMMEDIATE_DATA=2)"""
+    return nft_expr("immediate", nft_be32(1, register), nft_data(2, raw))
+
+
+def match_ifname(key, name, op):
+    """iifname/oifname [!=] NAME: names compare as 16 zero-padded bytes."""
+    return [expr_meta(key), expr_cmp(op, name.encode().ljust(IFNAMSIZ, b"\0"))]
+
+
+def match_saddr(network, offset=12):
+    """ip saddr NETWORK: bytes 12-15 of the IPv4 header, masked."""
+    return [expr_payload(NFT_PAYLOAD_NETWORK_HEADER, offset, 4),
+            expr_bitwise(network.netmask.packed), expr_cmp(NFT_CMP_EQ, network.network_address.packed)]
+
+
+def match_daddr_network(network):
+    """ip daddr NETWORK: bytes 16-19, masked."""
+    return match_saddr(network, offset=16)
+
+
+def match_daddr(address):
+    """ip daddr ADDRESS: bytes 16-19 of the IPv4 header"""
+    return [expr_payload(NFT_PAYLOAD_NETWORK_HEADER, 16, 4), expr_cmp(NFT_CMP_EQ, address.packed)]
+
+
+def match_local_daddr():
+    """fib daddr type local: the packet is for one of this namespace's own
+    addresses, 127.0.0.1 included (FIB_DREG=1, RESULT=2, FLAGS=3)."""
+    return [nft_expr("fib", nft_be32(1, NFT_REG_1), nft_be32(2, NFT_FIB_RESULT_ADDRTYPE),
+                     nft_be32(3, NFTA_FIB_F_DADDR)),
+            expr_cmp(NFT_CMP_EQ, struct.pack("=I", RTN_LOCAL))]
+
+
+def match_dport(proto, port):
+    """meta l4proto PROTO th dport PORT: bytes 2-3 of the TCP or UDP header"""
+    return [expr_meta(NFT_META_L4PROTO), expr_cmp(NFT_CMP_EQ, bytes([IPPROTO[proto]])),
+            expr_payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2), expr_cmp(NFT_CMP_EQ, struct.pack(">H", port))]
+
+
+def action_drop():
+    """the verdict register (0) := NF_DROP (IMMEDIATE_DATA > DATA_VERDICT=2 >
+    VERDICT_CODE=1)"""
+    verdict = nl_nest(2, nft_be32(1, NF_DROP), flag=NLA_F_NESTED)
+    return [nft_expr("immediate", nft_be32(1, NFT_REG_VERDICT), nl_nest(2, verdict, flag=NLA_F_NESTED))]
+
+
+def action_masquerade():
+    return [nft_expr("masq")]
+
+
+def action_dnat(address, port):
+    """dnat to ADDRESS:PORT (NAT_TYPE=1, FAMILY=2, REG_ADDR_MIN=3, REG_PROTO_MIN=5)"""
+    return [expr_immediate(address.packed, NFT_REG_1),
+            expr_immediate(struct.pack(">H", port), NFT_REG_2),
+            nft_expr("nat", nft_be32(1, NFT_NAT_DNAT), nft_be32(2, NFPROTO_IPV4),
+                     nft_be32(3, NFT_REG_1), nft_be32(5, NFT_REG_2))]
+
+
+def nat_rules(networks):
+    """The table's rules for the live containers: [(chain, [expressions])].
+    networks: the records' "network" entries of containers still running.
+
+    - postrouting: the subnet's traffic leaving by another interface is
+      masqueraded (takes the outgoing interface's address), so containers
+      reach past the host.
+    - prerouting (from outside) and output (from the host's own processes):
+      a published port on a local address is DNATed to the container.
+    - postrouting again: a published port reached through 127.0.0.1 leaves
+      for the bridge with source 127.0.0.1, which the container could not
+      answer; it is masqueraded to the gateway. The kernel would not even
+      route it there without route_localnet=1 on the bridge (set with it):
+      127.0.0.0/8 is otherwise a martian outside `lo`."""
+    import ipaddress
+    rules, seen = [], set()
+    for net in networks:
+        subnet = ipaddress.ip_network(net["subnet"])
+        if (net["bridge"], subnet) not in seen:
+            seen.add((net["bridge"], subnet))
+            rules.append(("postrouting", match_saddr(subnet) + match_ifname(NFT_META_OIFNAME, net["bridge"], NFT_CMP_NEQ)
+                          + action_masquerade()))
+        for host_ip, host_port, proto, port in net["ports"]:
+            where = match_local_daddr() if host_ip == "0.0.0.0" else match_daddr(ipaddress.ip_address(host_ip))
+            rule = where + match_dport(proto, host_port) + action_dnat(ipaddress.ip_address(net["address"]), port)
+            rules += [("prerouting", rule), ("output", rule)]
+    loopback = ipaddress.ip_network("127.0.0.0/8")
+    for bridge in sorted({net["bridge"] for net in networks}):
+        rules.append(("postrouting", match_saddr(loopback)
+                      + match_ifname(NFT_META_OIFNAME, bridge, NFT_CMP_EQ) + action_masquerade()))
+        # route_localnet's other side (CVE-2020-8558): a container could
+        # send to 127.0.0.1 through the bridge and reach the host's
+        # loopback-only services. Such packets are dropped first.
+        rules.append(("guard", match_ifname(NFT_META_IIFNAME, bridge, NFT_CMP_EQ)
+                      + match_daddr_network(loopback) + action_drop()))
+    return rules
+
+
+NAT_CHAINS = (("guard", "filter", NF_INET_PRE_ROUTING, NF_IP_PRI_RAW),
+              ("prerouting", "nat", NF_INET_PRE_ROUTING, NF_IP_PRI_NAT_DST),
+              ("output", "nat", NF_INET_LOCAL_OUT, NF_IP_PRI_NAT_DST),
+              ("postrouting", "nat", NF_INET_POST_ROUTING, NF_IP_PRI_NAT_SRC))
+
+
+def nat_batch(rules, seq=1):
+    """The table rebuilt whole, as one transaction: create it (a no-op if it
+    exists), delete it, and, if any rule is left, create it again with its
+    chains and rules. Returns (datagram, {seq: what}) for the error report."""
+    table = nl_string(NFTA_TABLE_NAME, NAT_TABLE)
+    steps = [(NFT_MSG_NEWTABLE, NLM_F_CREATE, [table], "NFT_MSG_NEWTABLE " + NAT_TABLE),
+             (NFT_MSG_DELTABLE, 0, [table], "NFT_MSG_DELTABLE " + NAT_TABLE)]
+    if rules:
+        steps.append((NFT_MSG_NEWTABLE, NLM_F_CREATE, [table], "NFT_MSG_NEWTABLE " + NAT_TABLE))
+        for name, kind, hook, priority in NAT_CHAINS:
+            steps.append((NFT_MSG_NEWCHAIN, NLM_F_CREATE, [
+                nl_string(NFTA_CHAIN_TABLE, NAT_TABLE), nl_string(NFTA_CHAIN_NAME, name),
+                nl_nest(NFTA_CHAIN_HOOK, nft_be32(NFTA_HOOK_HOOKNUM, hook),
+                        nft_be32(NFTA_HOOK_PRIORITY, priority), flag=NLA_F_NESTED),
+                nl_string(NFTA_CHAIN_TYPE, kind)], "NFT_MSG_NEWCHAIN " + name))
+        for chain, expressions in rules:
+            steps.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, [
+                nl_string(NFTA_RULE_TABLE, NAT_TABLE), nl_string(NFTA_RULE_CHAIN, chain),
+                nl_nest(NFTA_RULE_EXPRESSIONS, *expressions, flag=NLA_F_NESTED)],
+                "NFT_MSG_NEWRULE " + chain))
+    datagram, names = [nft_batch_edge(NFNL_MSG_BATCH_BEGIN, seq)], {}
+    for offset, (operation, flags, attrs, what) in enumerate(steps, 1):
+        datagram.append(nft_message(operation, flags | NLM_F_ACK, seq + offset, NFPROTO_IPV4, attrs))
+        names[seq + offset] = what
+    datagram.append(nft_batch_edge(NFNL_MSG_BATCH_END, seq + len(steps) + 1))
+    return b"".join(datagram), names
+
+
+class NetlinkError(MiniDockerError):
+    """A request the kernel refused; .errno says why."""
+
+    def __init__(self, err, what):
+        super().__init__("%s failed: %s" % (what, os.strerror(err)))
+        self.errno = err
+
+
+class Netlink:
+    """A netlink socket. It speaks for the network namespace it was opened
+    in, whatever namespace its user moves to later (netlink(7))."""
+
+    def __init__(self, protocol=NETLINK_ROUTE):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+        self.sock.bind((0, 0))  # port 0: the kernel picks ours
+        self.seq = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.sock.close()
+
+    def call(self, request):
+        """Send one rtnetlink request and return the kernel's answers (a
+        dump's messages, or GETLINK's one); raise on NLMSG_ERROR."""
+        kind, flags, body, what = request
+        self.seq += 1
+        # Not `flags & NLM_F_DUMP`: on a NEW request the same bits mean
+        # NLM_F_EXCL and NLM_F_REPLACE. A dump ends with NLMSG_DONE instead.
+        if flags != NLM_F_DUMP:
+            flags |= NLM_F_ACK
+        self.sock.send(nl_message(kind, NLM_F_REQUEST | flags, self.seq, body))
+        answers = []
+        while True:
+            for answer in parse_messages(self.sock.recv(1 << 17)):
+                if answer[2] != self.seq:
+                    continue  # a late answer to an earlier request
+                if answer[0] == NLMSG_ERROR:
+                    if error_of(answer[3]):
+                        raise NetlinkError(error_of(answer[3]), "%s %s" % (MESSAGE_NAMES[kind], what))
+                    return answers
+                if answer[0] == NLMSG_DONE:
+                    return answers
+                answers.append(answer)
+
+    def batch(self, datagram, names):
+        """Send an nf_tables batch; every request in it was flagged NLM_F_ACK,
+        so each gets an answer, and a refused one aborts the whole batch."""
+        self.sock.send(datagram)
+        pending = set(names)
+        while pending:
+            for kind, _, seq, body in parse_messages(self.sock.recv(1 << 17)):
+                if kind == NLMSG_ERROR and seq in pending:
+                    if error_of(body):
+                        raise NetlinkError(error_of(body), names[seq])
+                    pending.discard(seq)
+
+
+def link_index(nl, name):
+    """The interface's index, or None if there is no such interface."""
+    try:
+        answers = nl.call(request_get_link(name))
+    except NetlinkError as err:
+        if err.errno == errno.ENODEV:
+            return None
+        raise
+    return struct.unpack_from(IFINFOMSG, answers[0][3])[2]
+
+
+def delete_link(nl, name):
+    """ENODEV tolerated: the kernel removes a veth by itself when the
+    namespace of its other end goes away."""
+    try:
+        nl.call(request_delete_link(name))
+    except NetlinkError as err:
+        if err.errno != errno.ENODEV:
+            raise
+
+
+def write_sysctl(name, value):
+    """/proc/sys/net is the network namespace of the process that opens it."""
+    with open("/proc/sys/" + name, "w") as handle:
+        handle.write(value)
+
+
+def ensure_bridge(nl, name, gateway):
+    """The network's bridge with the gateway address, up; made on first use
+    and then kept, as docker0 is. Returns its index."""
+    index = link_index(nl, name)
+    if index is None:
+        nl.call(request_new_bridge(name))
+        index = link_index(nl, name)
+    present = [found for where, found in parse_addresses(nl.call(request_get_addresses()))
+               if where == index]
+    if gateway not in present:
+        if present:
+            raise MiniDockerError("bridge %s has address %s, not %s: use --subnet %s or another --bridge"
+                                  % (name, present[0], gateway, present[0].network))
+        nl.call(request_new_address(index, name, gateway))
+    nl.call(request_link_up(index, name))
+    write_sysctl("net/ipv4/ip_forward", "1")  # containers' packets pass through the host
+    write_sysctl("net/ipv4/conf/%s/route_localnet" % name, "1")  # see nat_rules
+    return index
+
+
+def attach_veth(network, pid):
+    """Host side of stage 0: the veth pair, eth0 born in the child's
+    namespace, the host end enslaved to the bridge and up."""
+    with Netlink() as nl:
+        bridge = link_index(nl, network["bridge"])
+        nl.call(request_new_veth(network["veth"], "eth0", pid))
+        nl.call(request_link_up(link_index(nl, network["veth"]), network["veth"], master=bridge))
+
+
+def configure_eth0(network):
+    """Container side, in stage 1: a socket opened here speaks for the
+    container's namespace. Address, link up, then the default route, which
+    needs the link up (a gateway must be reachable)."""
+    import ipaddress
+    interface = ipaddress.ip_interface("%s/%d" % (network["address"],
+                                                  ipaddress.ip_network(network["subnet"]).prefixlen))
+    with Netlink() as nl:
+        index = link_index(nl, "eth0")
+        nl.call(request_new_address(index, "eth0", interface))
+        nl.call(request_link_up(index, "eth0"))
+        nl.call(request_default_route(ipaddress.ip_address(network["gateway"])))
+
+
+def apply_nat(networks):
+    with Netlink(NETLINK_NETFILTER) as nl:
+        nl.batch(*nat_batch(nat_rules(networks)))
+
+
+# Leases. A container's network lives in its record (chapter 4) as
+# {"mode", "bridge", "subnet", "gateway", "address", "veth", "ports"}. Under
+# an exclusive flock(2) on run/network.lock, a run reads the records of live
+# containers, takes the first free address, checks its ports, writes its
+# record and rebuilds the NAT table; the end of a run (or the reclaim after
+# a kill -9) deletes the veth and rebuilds the table without it. A dead
+# container's lease needs no cleaning: its record no longer counts as live.
+
+@contextlib.contextmanager
+def network_lock(paths):
+    os.makedirs(paths.run, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(paths.run, "network.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # and with it the lock
+
+
+def live_networks(paths, excluded=()):
+    """The network entries of bridge containers whose minidocker still runs."""
+    return [record["network"] for record in read_records(paths)
+            if record.get("network", {}).get("mode") == "bridge" and record["id"] not in excluded
+            and record["status"] in ("created", "running") and owner_alive(record)]
+
+
+def allocate_address(subnet, used):
+    """The first host address after the gateway that no live container
+    holds. hosts() already leaves out the network and broadcast addresses."""
+    hosts = subnet.hosts()
+    next(hosts, None)  # the gateway's
+    for candidate in hosts:
+        if str(candidate) not in used:
+            return candidate
+    raise MiniDockerError("subnet %s is full: all %d container addresses are in use"
+                          % (subnet, len(used)))
+
+
+def check_lease(plan, others):
+    """One subnet per bridge, subnets apart, and each host port once."""
+    import ipaddress
+    subnet = ipaddress.ip_network(plan["subnet"])
+    for other in others:
+        theirs = ipaddress.ip_network(other["subnet"])
+        if other["bridge"] == plan["bridge"] and theirs != subnet:
+            raise MiniDockerError("bridge %s already serves %s, not %s"
+                                  % (plan["bridge"], theirs, subnet))
+        if other["bridge"] != plan["bridge"] and theirs.overlaps(subnet):
+            raise MiniDockerError("subnet %s overlaps %s of bridge %s"
+                                  % (subnet, theirs, other["bridge"]))
+        for host_ip, host_port, proto, _ in plan["ports"]:
+            for their_ip, their_port, their_proto, _ in other["ports"]:
+                same_address = "0.0.0.0" in (host_ip, their_ip) or host_ip == their_ip
+                if (host_port, proto) == (their_port, their_proto) and same_address:
+                    raise MiniDockerError("port %s:%d/%s is already published by container %s"
+                                          % (host_ip, host_port, proto, other["container"]))
+
+
+def lease_network(paths, record, plan):
+    """Stage 0, before the fork: an address, the bridge, the NAT rules.
+    Returns the record's network entry."""
+    import ipaddress
+    subnet = ipaddress.ip_network(plan["subnet"])
+    gateway = next(subnet.hosts())
+    with network_lock(paths):
+        others = live_networks(paths, excluded=[record["id"]])
+        check_lease(plan, others)
+        used = {other["address"] for other in others if other["bridge"] == plan["bridge"]}
+        entry = {"mode": "bridge", "bridge": plan["bridge"], "subnet": str(subnet),
+                 "gateway": str(gateway), "address": str(allocate_address(subnet, used)),
+                 "veth": "veth" + record["id"][:8], "ports": plan["ports"],
+                 "container": record["id"][:12]}
+        record["network"] = entry
+        write_record(paths, record)
+        with Netlink() as nl:
+            ensure_bridge(nl, plan["bridge"], ipaddress.ip_interface("%s/%d" % (gateway, subnet.prefixlen)))
+        apply_nat(others + [entry])
+    return entry
+
+
+def release_networks(paths, records):
+    """The veths of these containers deleted, and the NAT table rebuilt
+    from the containers still running (removed when none is left)."""
+    excluded = [record["id"] for record in records]
+    with network_lock(paths):
+        with Netlink() as nl:
+            for record in records:
+                delete_link(nl, record["network"]["veth"])
+        apply_nat(live_networks(paths, excluded))
+
+
+# /etc/hostname, /etc/hosts and /etc/resolv.conf are written to the
+# container's state directory and bind-mounted over the image's own, which
+# stay untouched (as Docker does).
+
+LOCALHOST_LINES = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                   "fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\n"
+                   "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n")
+DOCKER_FALLBACK_DNS = ["8.8.8.8", "8.8.4.4"]
+
+
+def hosts_file(hostname, address, add_hosts, host_text=None):
+    """Docker's /etc/hosts: the host's own with --network host, otherwise
+    localhost, the container's name on its address, then --add-host."""
+    text = host_text if host_text is not None else LOCALHOST_LINES
+    if address:
+        text += "%s\t%s\n" % (address, hostname)
+    for name, ip in add_hosts:
+        text += "%s\t%s\n" % (ip, name)
+    return text
+
+
+def resolv_conf(host_text, upstream_text, dns, keep_loopback):
+    """The host's resolv.conf for the container. A loopback nameserver (as
+    systemd-resolved's 127.0.0.53) means nothing in the container's own
+    namespace: it is replaced by the upstream servers resolved knows
+    (/run/systemd/resolve/resolv.conf), or by Docker's fallback 8.8.8.8 and
+    8.8.4.4 when none is left. --dns replaces the nameservers."""
+    import ipaddress
+
+    def nameservers(text):
+        return [line.split()[1] for line in text.splitlines()
+                if line.split()[:1] == ["nameserver"] and len(line.split()) > 1]
+
+    def usable(server):
+        try:
+            return keep_loopback or not ipaddress.ip_address(server.split("%")[0]).is_loopback
+        except ValueError:
+            return False
+
+    others = [line for line in host_text.splitlines()
+              if line.split()[:1] != ["nameserver"] and line.strip() and not line.startswith(("#", ";"))]
+    servers = list(dns) or [s for s in nameservers(host_text) if usable(s)]
+    if not servers and not dns:
+        servers = [s for s in nameservers(upstream_text) if usable(s)] or DOCKER_FALLBACK_DNS
+    return "".join("nameserver %s\n" % server for server in servers) + \
+        "".join(line + "\n" for line in others)
+
+
+def write_etc_files(layer, hostname, plan, entry):
+    """Write the three files into the state directory; returns the
+    (source, target) pairs to bind."""
+    host = plan["mode"] == "host"
+    address = entry["address"] if entry else None
+    add_hosts = [(name, entry["gateway"] if ip == "host-gateway" else ip)
+                 for name, ip in plan["add_hosts"]]
+    contents = {
+        "hostname": hostname + "\n",
+        "hosts": hosts_file(hostname, address, add_hosts, read_text("/etc/hosts") if host else None),
+        "resolv.conf": resolv_conf(read_text("/etc/resolv.conf"),
+                                   read_text("/run/systemd/resolve/resolv.conf"),
+                                   plan["dns"], keep_loopback=host),
+    }
+    pairs = []
+    for name, text in contents.items():
+        source = os.path.join(layer, name)
+        with open(source, "w") as handle:
+            handle.write(text)
+        os.chmod(source, 0o644)
+        pairs.append((source, "/etc/" + name))
+    return pairs
 
 
 # ============================================================================
@@ -2486,7 +3313,8 @@ def child_stage(spec, record, layer, to_parent, from_parent, console):
     try:
         set_stage_name("md:[1:CHILD]")
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
-        unshare(CHILD_NAMESPACES)
+        host_network = spec.network["mode"] == "host"
+        unshare(CHILD_NAMESPACES & ~CLONE_NEWNET if host_network else CHILD_NAMESPACES)
         os.write(to_parent, b"ready\n")
         if os.read(from_parent, 2) != b"go":
             os._exit(EXIT_RUNTIME)  # the parent is gone
@@ -2495,7 +3323,10 @@ def child_stage(spec, record, layer, to_parent, from_parent, console):
         build_root(spec, layer, console)
         set_stage_name("md:[2:INIT]")
         sethostname(hostname)
-        bring_up_loopback()
+        if not host_network:
+            bring_up_loopback()
+        if "network" in record:  # the host made eth0 for us before "go"
+            configure_eth0(record["network"])
         exec_command(spec, hostname)
     except MiniDockerError as err:
         report_and_exit(to_parent, err.code, str(err))
@@ -2544,7 +3375,6 @@ def attach_terminal(rootfd, console):
     over the console socket (SCM_RIGHTS, unix(7)), and keep the slave as
     stdin, stdout and stderr, the controlling terminal of a new session."""
     import array
-    import socket
     ptsfd = open_in_root(rootfd, "/dev/pts", follow=False)
     master = os.open("ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=ptsfd)
     os.close(ptsfd)
@@ -2637,7 +3467,6 @@ def start_container(spec, record, layer, on_ready):
     parent_read, child_write = os.pipe2(os.O_CLOEXEC)
     console = console_peer = None
     if spec.tty:
-        import socket
         console, console_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     unshare(CLONE_NEWPID)  # for the child we are about to fork
     pid = os.fork()
@@ -2658,7 +3487,7 @@ def start_container(spec, record, layer, on_ready):
     try:
         if read_child_message(parent_read) != b"ready\n":
             raise_child_error(b"")
-        on_ready(pid)  # cgroups now; the network (#5) will join here too
+        on_ready(pid)  # cgroups and the veth, while the child waits
         os.write(parent_write, b"go")
         master = receive_master(console) if console is not None else None
         message = read_child_message(parent_read)
@@ -2677,7 +3506,6 @@ def start_container(spec, record, layer, on_ready):
 
 def receive_master(console):
     import array
-    import socket
     fds = array.array("i")
     _, ancillary, _, _ = console.recvmsg(1, socket.CMSG_LEN(fds.itemsize))
     for level, kind, data in ancillary:
@@ -2834,8 +3662,15 @@ def run_container(spec, paths):
     signals = SignalPipe()
     try:
         cgroups = create_cgroups(groups, spec.resources)
-        pid, master = start_container(spec, record, layer,
-                                      lambda child: join_cgroups(cgroups, child))
+        network = lease_network(paths, record, spec.network) if spec.network["mode"] == "bridge" else None
+        spec.etc_files = write_etc_files(layer, spec.hostname or cid[:12], spec.network, network)
+
+        def on_ready(child):
+            join_cgroups(cgroups, child)
+            if network:
+                attach_veth(network, child)
+
+        pid, master = start_container(spec, record, layer, on_ready)
         started = True
         record.update(status="running", pid=pid)
         write_record(paths, record)
@@ -2847,8 +3682,12 @@ def run_container(spec, paths):
     finally:
         signals.close()
         remove_cgroups(cgroups)
-        if spec.remove or not started:
-            remove_container(paths, record)
+        try:
+            if "network" in record:
+                release_networks(paths, [record])
+        finally:
+            if spec.remove or not started:
+                remove_container(paths, record)
     if not spec.remove:
         record.update(status="exited", exit_code=code)
         write_record(paths, record)
@@ -2968,6 +3807,15 @@ def build_parser():
     run.add_argument("--device-read-bps", action="append", default=[], metavar="DEV:RATE")
     run.add_argument("--device-write-bps", action="append", default=[], metavar="DEV:RATE")
     run.add_argument("--cgroup-parent", metavar="PATH", help="parent cgroup of the container's")
+    run.add_argument("--network", "--net", default="bridge", metavar="MODE",
+                     help="bridge (default: mini-br0, 10.0.0.0/24), none or host")
+    run.add_argument("--subnet", metavar="CIDR", help="the bridge's subnet (default 10.0.0.0/24)")
+    run.add_argument("--bridge", metavar="NAME", help="the bridge's name (default mini-br0)")
+    run.add_argument("-p", "--publish", action="append", default=[],
+                     metavar="[IP:]HOSTPORT:CTRPORT[/PROTO]", help="publish a port (tcp or udp)")
+    run.add_argument("--dns", action="append", default=[], metavar="IP", help="a nameserver")
+    run.add_argument("--add-host", action="append", default=[], metavar="NAME:IP",
+                     help="a line in /etc/hosts; IP may be host-gateway")
     run.add_argument("rootfs", metavar="ROOTFS")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
     run.set_defaults(handler=cmd_run)

@@ -69,7 +69,7 @@ def rootfs(tmp_path_factory, state):
 
 def run(rootfs, *command, options=(), input=None, timeout=60, check_clean=True):
     """`minidocker run --rm OPTIONS ROOTFS COMMAND`; returns CompletedProcess."""
-    result = subprocess.run(MINIDOCKER + ["run", "--rm"] + list(options) + [rootfs] + list(command),
+    result = subprocess.run(MINIDOCKER + ["run", "--network=none", "--rm"] + list(options) + [rootfs] + list(command),
                             input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
     result.out = result.stdout.decode()
@@ -111,7 +111,7 @@ def leftover_cgroups():
 
 
 def start(rootfs, *command, options=()):
-    return subprocess.Popen(MINIDOCKER + ["run", "--rm"] + list(options) + [rootfs] + list(command),
+    return subprocess.Popen(MINIDOCKER + ["run", "--network=none", "--rm"] + list(options) + [rootfs] + list(command),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
 
@@ -658,14 +658,14 @@ def as_a_background_job():
 
 @root
 def test_command_starts_with_default_signals_whoever_started_us(rootfs):
-    probe = MINIDOCKER + ["run", "--rm", rootfs, "cat", "/proc/self/status"]
+    probe = MINIDOCKER + ["run", "--network=none", "--rm", rootfs, "cat", "/proc/self/status"]
     status = subprocess.run(probe, stdout=subprocess.PIPE, timeout=60,
                             preexec_fn=as_a_background_job).stdout.decode()
     # Python ignores SIGPIPE and SIGXFSZ in minidocker itself: not inherited.
     assert status_field(status, "SigBlk") == "0000000000000000"
     assert status_field(status, "SigIgn") == "0000000000000000"
     script = 'trap "exit 2" INT; echo ready; while :; do :; done'
-    command = MINIDOCKER + ["run", "--rm", rootfs, "sh", "-c", script]
+    command = MINIDOCKER + ["run", "--network=none", "--rm", rootfs, "sh", "-c", script]
     with subprocess.Popen(command, stdout=subprocess.PIPE, preexec_fn=as_a_background_job) as proc:
         try:
             assert proc.stdout.readline() == b"ready\n"
@@ -679,10 +679,10 @@ def test_command_starts_with_default_signals_whoever_started_us(rootfs):
 
 @root
 def test_stdin_with_and_without_i(rootfs):
-    streamed = subprocess.run(MINIDOCKER + ["run", "--rm", "-i", rootfs, "cat"],
+    streamed = subprocess.run(MINIDOCKER + ["run", "--network=none", "--rm", "-i", rootfs, "cat"],
                               input=b"hello\n", stdout=subprocess.PIPE, timeout=30)
     assert streamed.stdout == b"hello\n"
-    closed = subprocess.run(MINIDOCKER + ["run", "--rm", rootfs, "cat"],
+    closed = subprocess.run(MINIDOCKER + ["run", "--network=none", "--rm", rootfs, "cat"],
                             input=b"hello\n", stdout=subprocess.PIPE, timeout=30)
     assert closed.stdout == b"" and closed.returncode == 0
 
@@ -698,7 +698,7 @@ def test_rm_leaves_no_mount(rootfs):
 
 @root
 def test_without_rm_the_layer_stays_until_rm(rootfs, state):
-    result = subprocess.run(MINIDOCKER + ["run", rootfs, "sh", "-c", "echo kept > /kept"],
+    result = subprocess.run(MINIDOCKER + ["run", "--network=none", rootfs, "sh", "-c", "echo kept > /kept"],
                             stdin=subprocess.DEVNULL, timeout=30)
     assert result.returncode == 0
     records = os.listdir(os.path.join(state, "run/containers"))
@@ -765,7 +765,7 @@ class Terminal:
 
 @root
 def test_terminal_interactive_shell(rootfs):
-    term = Terminal(MINIDOCKER + ["run", "--rm", rootfs, "/bin/sh"])  # -it by itself
+    term = Terminal(MINIDOCKER + ["run", "--network=none", "--rm", rootfs, "/bin/sh"])  # -it by itself
     try:
         term.read_until("# ")
         term.send("tty; stty size; echo $TERM\n")
@@ -796,7 +796,7 @@ def test_terminal_interactive_shell(rootfs):
 
 @root
 def test_terminal_console_and_job_control(rootfs):
-    term = Terminal(MINIDOCKER + ["run", "--rm", "-it", rootfs, "/bin/sh"])
+    term = Terminal(MINIDOCKER + ["run", "--network=none", "--rm", "-it", rootfs, "/bin/sh"])
     try:
         out = term.read_until("# ")
         assert "job control turned off" not in out
@@ -820,6 +820,8 @@ def test_terminal_console_and_job_control(rootfs):
 # ---------------------------------------------------------------------------
 
 def bad(args, message, code=125):
+    if args[:1] == ["run"] and not any(a.startswith(("--network", "--net=")) for a in args):
+        args = ["run", "--network=none"] + args[1:]  # the host's own network stays untouched
     result = subprocess.run(MINIDOCKER + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, timeout=60)
     err = result.stderr.decode()
@@ -914,7 +916,7 @@ def test_non_root_gets_a_clear_error(tmp_path):
         preexec = None
     # The system python: pyenv's, under /root, is out of reach of nobody.
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    result = subprocess.run([python] + MINIDOCKER[1:] + ["run", str(tmp_path), "sh"],
+    result = subprocess.run([python] + MINIDOCKER[1:] + ["run", "--network=none", str(tmp_path), "sh"],
                             preexec_fn=preexec,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, timeout=30, cwd="/",
@@ -1775,7 +1777,7 @@ def test_foreign_abis_are_killed(rootfs, probe):
 @root
 def test_tiocsti_denied_on_the_containers_terminal(rootfs, probe):
     for options, expected in (([], "errno 1"), (["--security-opt", "seccomp=unconfined"], None)):
-        term = Terminal(MINIDOCKER + ["run", "--rm", "-t"] + probe + options + [
+        term = Terminal(MINIDOCKER + ["run", "--network=none", "--rm", "-t"] + probe + options + [
             rootfs, "/bin/sh", "-c", "/probe/probe tiocsti 0x5412; "
             "/probe/probe tiocsti 0x100005412; echo probed; sleep 0.2"])
         try:
@@ -1878,7 +1880,7 @@ def test_unknown_names_are_ignored_and_said_with_debug(rootfs, tmp_path):
     profile = tmp_path / "p.json"
     profile.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
         {"names": ["no_such_call", "socketcall"], "action": "SCMP_ACT_ERRNO"}]}))
-    result = subprocess.run(MINIDOCKER + ["--debug", "run", "--rm", "--security-opt",
+    result = subprocess.run(MINIDOCKER + ["--debug", "run", "--rm", "--network=none", "--security-opt",
                                           "seccomp=%s" % profile, rootfs, "true"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
