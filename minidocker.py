@@ -758,6 +758,10 @@ def reclaim_dead(paths):
     (the parent-death signal)."""
     dead = [record for record in read_records(paths)
             if record["status"] in ("created", "running") and not owner_alive(record)]
+    # Another namespace's rules are that namespace's next run's to rebuild.
+    networked = [record for record in dead if record.get("network", {}).get("netns") == current_netns()]
+    if networked:
+        release_networks(paths, networked)
     for record in dead:
         if record["remove"]:
             remove_container(paths, record)
@@ -765,9 +769,6 @@ def reclaim_dead(paths):
             remove_cgroups(record.get("cgroups", []))
             record["status"] = "exited"
             write_record(paths, record)
-    networked = [record for record in dead if "network" in record]
-    if networked:
-        release_networks(paths, networked)
 
 
 def find_container(paths, prefix):
@@ -1757,7 +1758,7 @@ NLM_F_CREATE = 0x400
 NLM_F_APPEND = 0x800
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
-NLA_F_NESTED = 0x8000           # libnftnl marks nests; iproute2 does not
+NLA_F_NESTED = 0x8000           # may mark a nest; we write nests unmarked, as the kernel does
 NLA_TYPE_MASK = 0x3FFF
 
 NLMSG_HDR = "=IHHII"  # struct nlmsghdr: len, type, flags, seq, pid
@@ -1863,7 +1864,7 @@ def check_ifname(name, what):
 def request_new_bridge(name):
     """ip link add NAME type bridge"""
     body = struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, 0, 0, 0) + nl_string(IFLA_IFNAME, name) \
-        + nl_nest(IFLA_LINKINFO, nl_string(IFLA_INFO_KIND, "bridge"))
+        + nl_nest(IFLA_LINKINFO, nl_attr(IFLA_INFO_KIND, b"bridge"))  # no NUL, as `ip` sends it
     return RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, "bridge " + name
 
 
@@ -1871,9 +1872,9 @@ def request_new_veth(name, peer, pid):
     """ip link add NAME type veth peer name PEER netns PID: the peer is born
     in the namespace of process PID, so it never appears on the host."""
     peer_info = struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, 0, 0, 0) \
-        + nl_string(IFLA_IFNAME, peer) + nl_u32(IFLA_NET_NS_PID, pid)
+        + nl_u32(IFLA_NET_NS_PID, pid) + nl_string(IFLA_IFNAME, peer)
     body = struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, 0, 0, 0) + nl_string(IFLA_IFNAME, name) \
-        + nl_nest(IFLA_LINKINFO, nl_string(IFLA_INFO_KIND, "veth"),
+        + nl_nest(IFLA_LINKINFO, nl_attr(IFLA_INFO_KIND, b"veth"),
                   nl_nest(IFLA_INFO_DATA, nl_attr(VETH_INFO_PEER, peer_info)))
     return RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, "veth " + name
 
@@ -1892,10 +1893,9 @@ def request_get_link(name):
     return RTM_GETLINK, 0, body, name
 
 
-def request_delete_link(name):
+def request_delete_link(index, name):
     """ip link del NAME (a veth takes its peer with it)."""
-    body = struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, 0, 0, 0) + nl_string(IFLA_IFNAME, name)
-    return RTM_DELLINK, 0, body, name
+    return RTM_DELLINK, 0, struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, index, 0, 0), name
 
 
 def request_new_address(index, name, interface):
@@ -1969,6 +1969,7 @@ NFT_META_OIFNAME, NFT_META_L4PROTO = 7, 16
 NFT_CMP_EQ, NFT_CMP_NEQ = 0, 1
 NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER = 1, 2
 NFT_NAT_DNAT = 1
+NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PROTO_SPECIFIED = 1, 2   # <linux/netfilter/nf_nat.h>
 NFT_FIB_RESULT_ADDRTYPE, NFTA_FIB_F_DADDR = 3, 2
 NAT_TABLE = "minidocker"
 IPPROTO = {"tcp": 6, "udp": 17}
@@ -1991,16 +1992,16 @@ def nft_batch_edge(kind, seq):
 
 def nft_expr(name, *attrs):
     return nl_nest(NFTA_LIST_ELEM, nl_string(NFTA_EXPR_NAME, name),
-                   nl_nest(NFTA_EXPR_DATA, *attrs, flag=NLA_F_NESTED), flag=NLA_F_NESTED)
+                   nl_nest(NFTA_EXPR_DATA, *attrs))
 
 
 def nft_data(kind, raw):
-    return nl_nest(kind, nl_attr(NFTA_DATA_VALUE, raw), flag=NLA_F_NESTED)
+    return nl_nest(kind, nl_attr(NFTA_DATA_VALUE, raw))
 
 
 def expr_meta(key, register=NFT_REG_1):
     """meta KEY -> register (META_DREG=1, META_KEY=2)"""
-    return nft_expr("meta", nft_be32(1, register), nft_be32(2, key))
+    return nft_expr("meta", nft_be32(2, key), nft_be32(1, register))
 
 
 def expr_cmp(op, raw, register=NFT_REG_1):
@@ -2032,7 +2033,12 @@ def match_ifname(key, name, op):
 
 
 def match_saddr(network, offset=12):
-    """ip saddr NETWORK: bytes 12-15 of the IPv4 header, masked."""
+    """ip saddr NETWORK: bytes 12-15 of the IPv4 header. A prefix on a byte
+    boundary compares only its bytes (a /24 loads 3); another is masked."""
+    if network.prefixlen % 8 == 0:
+        size = network.prefixlen // 8
+        return [expr_payload(NFT_PAYLOAD_NETWORK_HEADER, offset, size),
+                expr_cmp(NFT_CMP_EQ, network.network_address.packed[:size])]
     return [expr_payload(NFT_PAYLOAD_NETWORK_HEADER, offset, 4),
             expr_bitwise(network.netmask.packed), expr_cmp(NFT_CMP_EQ, network.network_address.packed)]
 
@@ -2064,8 +2070,8 @@ def match_dport(proto, port):
 def action_drop():
     """the verdict register (0) := NF_DROP (IMMEDIATE_DATA > DATA_VERDICT=2 >
     VERDICT_CODE=1)"""
-    verdict = nl_nest(2, nft_be32(1, NF_DROP), flag=NLA_F_NESTED)
-    return [nft_expr("immediate", nft_be32(1, NFT_REG_VERDICT), nl_nest(2, verdict, flag=NLA_F_NESTED))]
+    verdict = nl_nest(2, nft_be32(1, NF_DROP))
+    return [nft_expr("immediate", nft_be32(1, NFT_REG_VERDICT), nl_nest(2, verdict))]
 
 
 def action_masquerade():
@@ -2073,11 +2079,14 @@ def action_masquerade():
 
 
 def action_dnat(address, port):
-    """dnat to ADDRESS:PORT (NAT_TYPE=1, FAMILY=2, REG_ADDR_MIN=3, REG_PROTO_MIN=5)"""
+    """dnat to ADDRESS:PORT, a range of one (NAT_TYPE=1, FAMILY=2,
+    REG_ADDR_MIN=3, REG_ADDR_MAX=4, REG_PROTO_MIN=5, REG_PROTO_MAX=6, FLAGS=7)"""
     return [expr_immediate(address.packed, NFT_REG_1),
             expr_immediate(struct.pack(">H", port), NFT_REG_2),
             nft_expr("nat", nft_be32(1, NFT_NAT_DNAT), nft_be32(2, NFPROTO_IPV4),
-                     nft_be32(3, NFT_REG_1), nft_be32(5, NFT_REG_2))]
+                     nft_be32(3, NFT_REG_1), nft_be32(4, NFT_REG_1),
+                     nft_be32(5, NFT_REG_2), nft_be32(6, NFT_REG_2),
+                     nft_be32(7, NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED))]
 
 
 def nat_rules(networks):
@@ -2137,12 +2146,12 @@ def nat_batch(rules, seq=1):
             steps.append((NFT_MSG_NEWCHAIN, NLM_F_CREATE, [
                 nl_string(NFTA_CHAIN_TABLE, NAT_TABLE), nl_string(NFTA_CHAIN_NAME, name),
                 nl_nest(NFTA_CHAIN_HOOK, nft_be32(NFTA_HOOK_HOOKNUM, hook),
-                        nft_be32(NFTA_HOOK_PRIORITY, priority), flag=NLA_F_NESTED),
+                        nft_be32(NFTA_HOOK_PRIORITY, priority)),
                 nl_string(NFTA_CHAIN_TYPE, kind)], "NFT_MSG_NEWCHAIN " + name))
         for chain, expressions in rules:
             steps.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, [
                 nl_string(NFTA_RULE_TABLE, NAT_TABLE), nl_string(NFTA_RULE_CHAIN, chain),
-                nl_nest(NFTA_RULE_EXPRESSIONS, *expressions, flag=NLA_F_NESTED)],
+                nl_nest(NFTA_RULE_EXPRESSIONS, *expressions)],
                 "NFT_MSG_NEWRULE " + chain))
     datagram, names = [nft_batch_edge(NFNL_MSG_BATCH_BEGIN, seq)], {}
     for offset, (operation, flags, attrs, what) in enumerate(steps, 1):
@@ -2223,10 +2232,13 @@ def link_index(nl, name):
 
 
 def delete_link(nl, name):
-    """ENODEV tolerated: the kernel removes a veth by itself when the
-    namespace of its other end goes away."""
+    """A missing link is fine: the kernel removes a veth by itself when the
+    namespace of its other end goes away (ENODEV: it went between the two
+    requests)."""
+    index = link_index(nl, name)
     try:
-        nl.call(request_delete_link(name))
+        if index is not None:
+            nl.call(request_delete_link(index, name))
     except NetlinkError as err:
         if err.errno != errno.ENODEV:
             raise
@@ -2305,10 +2317,19 @@ def network_lock(paths):
         os.close(fd)  # and with it the lock
 
 
+def current_netns():
+    """Which network namespace minidocker runs in. Bridges, veths and the NAT
+    table belong to one namespace; so do the leases that count."""
+    found = os.stat("/proc/self/ns/net")
+    return "%d:%d" % (found.st_dev, found.st_ino)
+
+
 def live_networks(paths, excluded=()):
-    """The network entries of bridge containers whose minidocker still runs."""
+    """The network entries of bridge containers in our network namespace
+    whose minidocker still runs."""
+    here = current_netns()
     return [record["network"] for record in read_records(paths)
-            if record.get("network", {}).get("mode") == "bridge" and record["id"] not in excluded
+            if record.get("network", {}).get("netns") == here and record["id"] not in excluded
             and record["status"] in ("created", "running") and owner_alive(record)]
 
 
@@ -2357,7 +2378,7 @@ def lease_network(paths, record, plan):
         entry = {"mode": "bridge", "bridge": plan["bridge"], "subnet": str(subnet),
                  "gateway": str(gateway), "address": str(allocate_address(subnet, used)),
                  "veth": "veth" + record["id"][:8], "ports": plan["ports"],
-                 "container": record["id"][:12]}
+                 "container": record["id"][:12], "netns": current_netns()}
         record["network"] = entry
         write_record(paths, record)
         with Netlink() as nl:
@@ -2367,14 +2388,16 @@ def lease_network(paths, record, plan):
 
 
 def release_networks(paths, records):
-    """The veths of these containers deleted, and the NAT table rebuilt
-    from the containers still running (removed when none is left)."""
-    excluded = [record["id"] for record in records]
+    """The veths of these containers deleted, their leases dropped from
+    their records, and the NAT table rebuilt from the containers still
+    running (removed when none is left). The lease goes under the lock:
+    another run rebuilding the table a moment later must not count it."""
     with network_lock(paths):
         with Netlink() as nl:
             for record in records:
-                delete_link(nl, record["network"]["veth"])
-        apply_nat(live_networks(paths, excluded))
+                delete_link(nl, record.pop("network")["veth"])
+                write_record(paths, record)
+        apply_nat(live_networks(paths))
 
 
 # /etc/hostname, /etc/hosts and /etc/resolv.conf are written to the

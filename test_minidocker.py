@@ -12,12 +12,14 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import ipaddress
 import json
 import os
 import re
 import select
 import shutil
 import signal
+import socket
 import stat
 import struct
 import subprocess
@@ -1945,3 +1947,526 @@ def test_same_answers_as_runc_with_libseccomp(rootfs, probe, tmp_path):
     ours = sh(rootfs, probe_script(DENIALS + ALLOWED), options=probe)
     assert probe_errnos(ours.out) == probe_errnos(theirs.stdout)
     assert len(probe_errnos(ours.out)) == len(DENIALS + ALLOWED)
+
+
+# ---------------------------------------------------------------------------
+# networking, pure: netlink messages against bytes the real tools and the
+# kernel produced
+# ---------------------------------------------------------------------------
+
+# What iproute2 6.1 sent for each command (strace -e write=3 of `ip ...` in a
+# throwaway namespace), with the sequence number zeroed. The veth's peer was
+# made in the namespace of pid 4063 (0x0fdf).
+IPROUTE2_SENT = {
+    "ip link add mini-br0 type bridge": (
+        "40000000100005060000000000000000000000000000000000000000000000000d000300"
+        "6d696e692d62723000000000100012000a0001006272696467650000"),
+    "ip link add veth1234abcd type veth peer name eth0 netns 4063": (
+        "6c0000001000050600000000000000000000000000000000000000000000000011000300"
+        "766574683132333461626364000000003800120008000100766574682c00020028000100"
+        "0000000000000000000000000000000008001300df0f0000090003006574683000000000"),
+    "ip link set veth1234abcd master mini-br0 up": (
+        "280000001000050000000000000000000000000005000000010000000100000008000a00"
+        "04000000"),
+    "ip addr add 10.0.0.1/24 dev mini-br0": (
+        "280000001400050600000000000000000218000004000000080002000a00000108000100"
+        "0a000001"),
+    "ip link set mini-br0 up": (
+        "2000000010000500000000000000000000000000040000000100000001000000"),
+    "ip route add default via 10.0.0.1": (
+        "2400000018000506000000000000000002000000fe03000100000000080005000a000001"),
+    "ip link del veth1234abcd": (
+        "2000000011000500000000000000000000000000050000000000000000000000"),
+}
+
+OUR_REQUESTS = {
+    "ip link add mini-br0 type bridge": lambda: md.request_new_bridge("mini-br0"),
+    "ip link add veth1234abcd type veth peer name eth0 netns 4063": lambda: md.request_new_veth("veth1234abcd", "eth0", 4063),
+    "ip link set veth1234abcd master mini-br0 up": lambda: md.request_link_up(5, "veth1234abcd", master=4),
+    "ip addr add 10.0.0.1/24 dev mini-br0": lambda: md.request_new_address(4, "mini-br0", ipaddress.ip_interface("10.0.0.1/24")),
+    "ip link set mini-br0 up": lambda: md.request_link_up(4, "mini-br0"),
+    "ip route add default via 10.0.0.1": lambda: md.request_default_route(ipaddress.ip_address("10.0.0.1")),
+    "ip link del veth1234abcd": lambda: md.request_delete_link(5, "veth1234abcd"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(IPROUTE2_SENT))
+def test_rtnetlink_requests_match_iproute2(command):
+    kind, flags, body, _ = OUR_REQUESTS[command]()
+    message = md.nl_message(kind, md.NLM_F_REQUEST | md.NLM_F_ACK | flags, 0, body)
+    assert message.hex() == IPROUTE2_SENT[command]
+
+
+# The kernel's own encoding of rules that `nft -f` loaded (an NFT_MSG_GETRULE
+# dump, attribute NFTA_RULE_EXPRESSIONS), for the rule written beside each.
+KERNEL_RULES = [
+    ('iifname "mini-br0" ip daddr 127.0.0.0/8 drop',
+     lambda: (md.match_ifname(md.NFT_META_IIFNAME, "mini-br0", md.NFT_CMP_EQ)
+               + md.match_daddr_network(ipaddress.ip_network("127.0.0.0/8")) + md.action_drop()),
+     "24000100090001006d657461000000001400020008000200000000060800010000000001"
+     "3800010008000100636d70002c0002000800010000000001080002000000000018000300"
+     "140001006d696e692d6272300000000000000000340001000c0001007061796c6f616400"
+     "240002000800010000000001080002000000000108000300000000100800040000000001"
+     "2c00010008000100636d700020000200080001000000000108000200000000000c000300"
+     "050001007f000000300001000e000100696d6d6564696174650000001c00020008000100"
+     "00000000100002000c0002000800010000000000"),
+    ('fib daddr type local tcp dport 8080 dnat to 10.0.0.2:80',
+     lambda: (md.match_local_daddr() + md.match_dport("tcp", 8080)
+               + md.action_dnat(ipaddress.ip_address("10.0.0.2"), 80)),
+     "2800010008000100666962001c0002000800010000000001080002000000000308000300"
+     "000000022c00010008000100636d70002000020008000100000000010800020000000000"
+     "0c000300080001000200000024000100090001006d657461000000001400020008000200"
+     "0000001008000100000000012c00010008000100636d7000200002000800010000000001"
+     "08000200000000000c0003000500010006000000340001000c0001007061796c6f616400"
+     "240002000800010000000001080002000000000208000300000000020800040000000002"
+     "2c00010008000100636d700020000200080001000000000108000200000000000c000300"
+     "060001001f9000002c0001000e000100696d6d6564696174650000001800020008000100"
+     "000000010c000200080001000a0000022c0001000e000100696d6d656469617465000000"
+     "1800020008000100000000020c000200060001000050000048000100080001006e617400"
+     "3c0002000800010000000001080002000000000208000300000000010800040000000001"
+     "080005000000000208000600000000020800070000000003"),
+    ('ip daddr 192.168.77.1 udp dport 5353 dnat to 10.0.0.2:53',
+     lambda: (md.match_daddr(ipaddress.ip_address("192.168.77.1")) + md.match_dport("udp", 5353)
+               + md.action_dnat(ipaddress.ip_address("10.0.0.2"), 53)),
+     "340001000c0001007061796c6f6164002400020008000100000000010800020000000001"
+     "080003000000001008000400000000042c00010008000100636d70002000020008000100"
+     "0000000108000200000000000c00030008000100c0a84d0124000100090001006d657461"
+     "0000000014000200080002000000001008000100000000012c00010008000100636d7000"
+     "20000200080001000000000108000200000000000c000300050001001100000034000100"
+     "0c0001007061796c6f616400240002000800010000000001080002000000000208000300"
+     "0000000208000400000000022c00010008000100636d7000200002000800010000000001"
+     "08000200000000000c0003000600010014e900002c0001000e000100696d6d6564696174"
+     "650000001800020008000100000000010c000200080001000a0000022c0001000e000100"
+     "696d6d6564696174650000001800020008000100000000020c0002000600010000350000"
+     "48000100080001006e6174003c0002000800010000000001080002000000000208000300"
+     "000000010800040000000001080005000000000208000600000000020800070000000003"),
+    ('ip saddr 10.0.0.0/24 oifname != "mini-br0" masquerade',
+     lambda: (md.match_saddr(ipaddress.ip_network("10.0.0.0/24"))
+               + md.match_ifname(md.NFT_META_OIFNAME, "mini-br0", md.NFT_CMP_NEQ) + md.action_masquerade()),
+     "340001000c0001007061796c6f6164002400020008000100000000010800020000000001"
+     "080003000000000c08000400000000032c00010008000100636d70002000020008000100"
+     "0000000108000200000000000c000300070001000a00000024000100090001006d657461"
+     "0000000014000200080002000000000708000100000000013800010008000100636d7000"
+     "2c0002000800010000000001080002000000000118000300140001006d696e692d627230"
+     "000000000000000014000100090001006d6173710000000004000200"),
+]
+
+
+@pytest.mark.parametrize("text, ours, kernel", KERNEL_RULES, ids=[r[0] for r in KERNEL_RULES])
+def test_nftables_expressions_match_the_kernels(text, ours, kernel):
+    assert b"".join(ours()).hex() == "".join(kernel)
+
+
+# An RTM_GETADDR dump of a namespace with lo up and mini-br0 at 10.0.0.1/24:
+# two NLM_F_MULTI messages in one datagram, then NLMSG_DONE in the next;
+# and the answer to RTM_GETLINK for a missing "nosuch0".
+KERNEL_DUMP = ("4c000000140002000100000018120000020880fe01000000080001007f00000108000200"
+    "7f000001070003006c6f0000080008008000000014000600ffffffffffffffff3ace0a00"
+    "3ace0a00540000001400020001000000181200000218800004000000080001000a000001"
+    "080002000a0000010d0003006d696e692d62723000000000080008008000000014000600"
+    "ffffffffffffffff79b80a0079b80a00")
+KERNEL_DONE = "1400000003000200010000001812000000000000"
+KERNEL_ENODEV = ("40000000020000000200000018120000edffffff2c000000120005000200000000000000"
+    "000000000000000000000000000000000c0003006e6f737563683000")
+
+
+def test_parse_a_multipart_dump_and_an_error():
+    messages = md.parse_messages(bytes.fromhex(KERNEL_DUMP))
+    assert [(kind, flags & md.NLM_F_MULTI) for kind, flags, _, _ in messages] == \
+        [(md.RTM_NEWADDR, md.NLM_F_MULTI)] * 2
+    assert md.parse_addresses(messages) == [(1, ipaddress.ip_interface("127.0.0.1/8")),
+                                            (4, ipaddress.ip_interface("10.0.0.1/24"))]
+    assert [m[0] for m in md.parse_messages(bytes.fromhex(KERNEL_DONE))] == [md.NLMSG_DONE]
+    [(kind, _, seq, body)] = md.parse_messages(bytes.fromhex(KERNEL_ENODEV))
+    assert (kind, seq, md.error_of(body)) == (md.NLMSG_ERROR, 2, errno.ENODEV)
+    # The error echoes the request it answers.
+    assert md.parse_attrs(body[4 + 16 + 16:])[md.IFLA_IFNAME] == b"nosuch0\0"
+    assert str(md.NetlinkError(md.error_of(body), "RTM_NEWLINK veth a1b2c3")) == \
+        "RTM_NEWLINK veth a1b2c3 failed: No such device"
+
+
+def test_publish_and_network_flags_parse():
+    assert md.parse_publish("8080:80") == ["0.0.0.0", 8080, "tcp", 80]
+    assert md.parse_publish("127.0.0.1:5353:53/udp") == ["127.0.0.1", 5353, "udp", 53]
+    plan = parse("--subnet", "10.9.0.0/16", "--bridge", "br-test", "-p", "1:2", "--dns", "9.9.9.9",
+                "--add-host", "db:10.1.2.3", "--add-host", "gw:host-gateway", "/", "true").network
+    assert plan == {"mode": "bridge", "bridge": "br-test", "subnet": "10.9.0.0/16",
+                    "ports": [["0.0.0.0", 1, "tcp", 2]], "dns": ["9.9.9.9"],
+                    "add_hosts": [("db", "10.1.2.3"), ("gw", "host-gateway")]}
+    assert parse("/", "true").network["bridge"] == "mini-br0"
+    assert parse("--network", "none", "/", "true").network["mode"] == "none"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-p", "70000:80"], "invalid --publish '70000:80': port '70000' is not a number from 1 to 65535"),
+    (["-p", "abc"], "invalid --publish 'abc': expected [IP:]HOSTPORT:CTRPORT[/tcp|/udp]"),
+    (["-p", "80:0"], "port '0' is not a number"),
+    (["-p", "1.2.3:80:80"], "'1.2.3' is not an IPv4 address"),
+    (["-p", "80:80/sctp"], "expected [IP:]HOSTPORT"),
+    (["-p", "80:80", "-p", "80:81"], "--publish 0.0.0.0:80/tcp is given twice"),
+    (["--subnet", "10.0.0.0/33"], "invalid --subnet '10.0.0.0/33'"),
+    (["--subnet", "10.0.0.1/24"], "has host bits set"),
+    (["--subnet", "10.0.0.0/31"], "no room for a gateway and a container"),
+    (["--network", "overlay"], "unknown --network 'overlay': minidocker knows bridge, none and host"),
+    (["--network", "none", "-p", "80:80"], "need --network bridge, not none"),
+    (["--bridge", "a/b"], "invalid --bridge 'a/b'"),
+    (["--bridge", "sixteen-chars-xx"], "invalid --bridge"),
+    (["--dns", "resolver"], "invalid --dns 'resolver'"),
+    (["--add-host", "nohost"], "invalid --add-host 'nohost': expected NAME:IP"),
+    (["--network", "host", "--add-host", "g:host-gateway"], "needs --network bridge"),
+])
+def test_bad_network_flags(argv, message):
+    with pytest.raises(md.MiniDockerError) as caught:
+        parse(*argv, "/", "true")
+    assert message in str(caught.value)
+
+
+def test_address_allocation_skips_gateway_and_used_and_says_when_full():
+    subnet = ipaddress.ip_network("10.0.0.0/29")  # .1 gateway, .2-.6 containers, .7 broadcast
+    assert str(md.allocate_address(subnet, set())) == "10.0.0.2"
+    assert str(md.allocate_address(subnet, {"10.0.0.2", "10.0.0.3"})) == "10.0.0.4"
+    with pytest.raises(md.MiniDockerError, match="subnet 10.0.0.0/29 is full"):
+        md.allocate_address(subnet, {"10.0.0.%d" % n for n in range(2, 7)})
+
+
+def test_lease_conflicts():
+    mine = {"bridge": "mini-br0", "subnet": "10.0.0.0/24", "ports": [["0.0.0.0", 8080, "tcp", 80]]}
+    other = dict(mine, container="abc", ports=[["127.0.0.1", 8080, "tcp", 81]])
+    with pytest.raises(md.MiniDockerError, match="port 0.0.0.0:8080/tcp is already published by container abc"):
+        md.check_lease(mine, [other])
+    md.check_lease(mine, [dict(other, ports=[["0.0.0.0", 8080, "udp", 80]])])
+    with pytest.raises(md.MiniDockerError, match="bridge mini-br0 already serves 10.0.0.0/24, not 10.1.0.0/24"):
+        md.check_lease(dict(mine, subnet="10.1.0.0/24", ports=[]), [other])
+    with pytest.raises(md.MiniDockerError, match="subnet 10.0.0.0/16 overlaps 10.0.0.0/24 of bridge mini-br0"):
+        md.check_lease(dict(mine, bridge="br1", subnet="10.0.0.0/16", ports=[]), [other])
+
+
+def test_resolv_conf_and_hosts():
+    host = "# made by resolved\nnameserver 127.0.0.53\noptions edns0 trust-ad\nsearch example.org\n"
+    upstream = "nameserver 192.0.2.53\nnameserver ::1\nsearch example.org\n"
+    assert md.resolv_conf(host, upstream, [], False) == \
+        "nameserver 192.0.2.53\noptions edns0 trust-ad\nsearch example.org\n"
+    assert md.resolv_conf(host, "", [], False).startswith("nameserver 8.8.8.8\nnameserver 8.8.4.4\n")
+    assert md.resolv_conf(host, upstream, ["1.1.1.1"], False).startswith("nameserver 1.1.1.1\noptions")
+    assert md.resolv_conf(host, upstream, [], True).startswith("nameserver 127.0.0.53\n")
+    text = md.hosts_file("web", "10.0.0.2", [("db", "10.1.2.3")])
+    assert text.startswith("127.0.0.1\tlocalhost\n") and text.endswith("10.0.0.2\tweb\n10.1.2.3\tdb\n")
+
+
+def test_nat_batch_rebuilds_the_table_whole():
+    net = {"bridge": "mini-br0", "subnet": "10.0.0.0/24", "address": "10.0.0.2",
+           "ports": [["0.0.0.0", 8080, "tcp", 80]]}
+    rules = md.nat_rules([net, dict(net, address="10.0.0.3", ports=[])])
+    assert [chain for chain, _ in rules] == ["postrouting", "prerouting", "output",
+                                             "postrouting", "guard"]
+    datagram, names = md.nat_batch(rules)
+    kinds = [kind & 0xFF for kind, _, _, _ in md.parse_messages(datagram)]
+    assert kinds == [md.NFNL_MSG_BATCH_BEGIN, md.NFT_MSG_NEWTABLE, md.NFT_MSG_DELTABLE,
+                     md.NFT_MSG_NEWTABLE] + [md.NFT_MSG_NEWCHAIN] * 4 + [md.NFT_MSG_NEWRULE] * 5 \
+        + [md.NFNL_MSG_BATCH_END]
+    assert len(names) == 12 and names[2] == "NFT_MSG_NEWTABLE minidocker"
+    empty, _ = md.nat_batch([])  # nothing running: create-if-missing, then delete
+    assert [kind & 0xFF for kind, _, _, _ in md.parse_messages(empty)] == [
+        md.NFNL_MSG_BATCH_BEGIN, md.NFT_MSG_NEWTABLE, md.NFT_MSG_DELTABLE, md.NFNL_MSG_BATCH_END]
+
+
+# ---------------------------------------------------------------------------
+# networking, root: only inside network namespaces the test makes
+# ---------------------------------------------------------------------------
+# `sandbox` is a throwaway namespace where minidocker runs (its bridge, veths
+# and NAT table live there), wired by a veth pair to a second one, `client`,
+# that plays another host: sandbox 192.168.77.1/24, client 192.168.77.2/24.
+# No packet leaves those two namespaces. The host's network is never touched.
+
+class Sandbox:
+    count = 0
+
+    def __init__(self):
+        Sandbox.count += 1
+        self.name = "mdtest%d-%d" % (os.getpid(), Sandbox.count)
+        self.client = self.name + "c"
+        for name in (self.name, self.client):
+            subprocess.run(["ip", "netns", "add", name], check=True)
+        for script in ["ip -n {s} link add s0 type veth peer name c0 netns {c}",
+                       "ip -n {s} addr add 192.168.77.1/24 dev s0",
+                       "ip -n {c} addr add 192.168.77.2/24 dev c0",
+                       "ip -n {s} link set s0 up", "ip -n {c} link set c0 up",
+                       "ip -n {s} link set lo up", "ip -n {c} link set lo up"]:
+            subprocess.run(script.format(s=self.name, c=self.client).split(), check=True)
+
+    def enter(self, name=None):
+        return ["nsenter", "--net=/run/netns/" + (name or self.name)]
+
+    def minidocker(self, *args):
+        return self.enter() + MINIDOCKER + list(args)
+
+    def run(self, *args, timeout=60):
+        result = subprocess.run(self.minidocker(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, timeout=timeout)
+        result.out, result.err = result.stdout.decode(), result.stderr.decode()
+        return result
+
+    def start(self, *args):
+        return subprocess.Popen(self.minidocker(*args), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def sh(self, script, namespace=None):
+        return subprocess.run(self.enter(namespace) + ["sh", "-c", script], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=60).stdout.decode()
+
+    def veths(self):
+        return self.sh("ip -o link show type veth | grep -v ' s0@'").strip()
+
+    def ruleset(self):
+        return self.sh("nft list ruleset").strip()
+
+    def delete(self):
+        for name in (self.name, self.client):
+            subprocess.run(["ip", "netns", "del", name])
+
+
+@pytest.fixture
+def sandbox():
+    for tool in ("ip", "nft", "nsenter"):
+        if shutil.which(tool) is None:
+            pytest.fail("%s is not installed (apt-get install iproute2 nftables util-linux)" % tool)
+    box = Sandbox()
+    try:
+        yield box
+    finally:
+        box.delete()
+
+
+def container_address(line):
+    """The last line of a container's /etc/hosts: 'ADDRESS\\tNAME'."""
+    return line.split()[0]
+
+
+def assert_network_gone(box):
+    """No veth, no NAT table; the bridge stays, with its address (as docker0)."""
+    assert box.veths() == ""
+    assert box.ruleset() == ""
+    assert_nothing_left()
+
+
+NAT_RULESET = """table ip minidocker {
+	chain guard {
+		type filter hook prerouting priority raw; policy accept;
+		iifname "mini-br0" ip daddr 127.0.0.0/8 drop
+	}
+
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+	}
+
+	chain output {
+		type nat hook output priority -100; policy accept;
+	}
+
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr 10.0.0.0/24 oifname != "mini-br0" masquerade
+		ip saddr 127.0.0.0/8 oifname "mini-br0" masquerade
+	}
+}"""
+
+
+@root
+def test_net_containers_reach_each_other_and_the_gateway(rootfs, sandbox):
+    server = sandbox.start("run", "--rm", rootfs, "sh", "-c", "tail -n1 /etc/hosts; nc -l -p 5000")
+    try:
+        address = container_address(server.stdout.readline().decode())
+        assert ipaddress.ip_address(address) in ipaddress.ip_network("10.0.0.0/24")
+        # What the tools see of what we built, while it runs.
+        assert "bridge" in sandbox.sh("ip -d link show mini-br0")
+        assert "inet 10.0.0.1/24 " in sandbox.sh("ip -4 addr show mini-br0")
+        [veth] = sandbox.veths().splitlines()
+        assert "master mini-br0" in veth and "state UP" in veth
+        assert sandbox.ruleset() == NAT_RULESET
+        client = sandbox.run("run", "--rm", rootfs, "sh", "-c",
+                             "ip route; ip -4 -o addr show eth0; ping -c1 -W5 10.0.0.1 >/dev/null && "
+                             "ping -c1 -W5 %s >/dev/null && echo hello | nc %s 5000 && echo sent"
+                             % (address, address))
+        assert client.returncode == 0, client.out + client.err
+        route, eth0, sent = client.out.splitlines()[0], client.out.splitlines()[2], client.out.splitlines()[-1]
+        assert route.split()[:3] == ["default", "via", "10.0.0.1"] and sent == "sent"
+        assert "inet 10.0.0." in eth0 and address not in eth0  # the client has its own address
+        assert server.wait(timeout=30) == 0
+        assert server.stdout.read() == b"hello\n"
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+    assert_network_gone(sandbox)
+
+
+ECHO_SERVER = """
+import socket, sys, threading
+def tcp():
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("0.0.0.0", 80)); listener.listen()
+    while True:
+        conn, peer = listener.accept()
+        conn.sendall(b"tcp " + conn.recv(100) + b" from " + peer[0].encode()); conn.close()
+def udp():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); sock.bind(("0.0.0.0", 53))
+    while True:
+        data, peer = sock.recvfrom(100); sock.sendto(b"udp " + data + b" from " + peer[0].encode(), peer)
+threading.Thread(target=tcp, daemon=True).start()
+threading.Thread(target=udp, daemon=True).start()
+print("ready", flush=True); sys.stdin.read()
+"""
+
+ASK = """
+import socket, sys
+proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+sock.settimeout(10)
+sock.connect((host, port)); sock.send(b"ping")
+print(sock.recv(100).decode())
+"""
+
+
+@root
+def test_net_published_ports_tcp_and_udp(debian, sandbox):
+    rootfs, options = debian
+    server = subprocess.Popen(sandbox.minidocker("run", "--rm", "-i", "-p", "8080:80", "-p", "5353:53/udp",
+                                                 *options, rootfs, "python3", "-c", ECHO_SERVER),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert server.stdout.readline() == b"ready\n", server.stderr.read1()
+        answers = {}
+        for where, host in [("sandbox", "192.168.77.1"), ("sandbox", "127.0.0.1"),
+                            ("client", "192.168.77.1")]:
+            for proto, port in [("tcp", 8080), ("udp", 5353)]:
+                asked = subprocess.run(sandbox.enter(sandbox.client if where == "client" else None)
+                                       + [sys.executable, "-c", ASK, proto, host, str(port)],
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+                answers[where, host, proto] = asked.stdout.decode().strip()
+        # From the sandbox's own address the source is kept; from 127.0.0.1 it
+        # is masqueraded to the gateway; from another host it arrives as is.
+        assert answers == {
+            ("sandbox", "192.168.77.1", "tcp"): "tcp ping from 192.168.77.1",
+            ("sandbox", "192.168.77.1", "udp"): "udp ping from 192.168.77.1",
+            ("sandbox", "127.0.0.1", "tcp"): "tcp ping from 10.0.0.1",
+            ("sandbox", "127.0.0.1", "udp"): "udp ping from 10.0.0.1",
+            ("client", "192.168.77.1", "tcp"): "tcp ping from 192.168.77.2",
+            ("client", "192.168.77.1", "udp"): "udp ping from 192.168.77.2"}
+        rules = sandbox.ruleset()
+        assert "fib daddr type local tcp dport 8080 dnat to 10.0.0.2:80" in rules
+        assert "fib daddr type local udp dport 5353 dnat to 10.0.0.2:53" in rules
+        assert sandbox.sh("cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/mini-br0/route_localnet") \
+            == "1\n1\n"
+        server.stdin.close()
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+    assert_network_gone(sandbox)
+
+
+@root
+def test_net_twenty_parallel_runs_get_distinct_addresses_and_leave_nothing(rootfs, sandbox):
+    runs = [sandbox.start("run", "--rm", rootfs, "sh", "-c", "tail -n1 /etc/hosts; sleep 1")
+            for _ in range(20)]
+    outputs = [proc.communicate(timeout=120) for proc in runs]
+    assert [proc.returncode for proc in runs] == [0] * 20, [err for _, err in outputs]
+    addresses = {container_address(out.decode()) for out, _ in outputs}
+    assert len(addresses) == 20 and "10.0.0.1" not in addresses
+    assert_network_gone(sandbox)
+
+
+@root
+def test_net_kill_9_of_minidocker_is_reclaimed_by_the_next_run(rootfs, sandbox):
+    proc = sandbox.start("run", "--rm", "-p", "8080:80", rootfs, "sh", "-c", "echo up; sleep 60")
+    try:
+        assert proc.stdout.readline() == b"up\n"
+        assert sandbox.veths() != ""
+        os.kill(proc.pid, signal.SIGKILL)  # nsenter exec'd minidocker: this is its pid
+        proc.wait()
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+    deadline = time.monotonic() + 10
+    while sandbox.veths() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the kernel deletes the veth with the dead namespace
+    assert "dport 8080" in sandbox.ruleset()  # the rules wait for the next run
+    again = sandbox.run("run", "--rm", rootfs, "true")
+    assert again.returncode == 0, again.err
+    assert_network_gone(sandbox)
+
+
+@root
+def test_net_etc_files(rootfs, sandbox):
+    before = snapshot(os.path.join(rootfs, "etc"))
+    result = sandbox.run("run", "--rm", "--hostname", "web", "--add-host", "db:10.1.2.3",
+                         "--add-host", "gw:host-gateway", "--dns", "192.0.2.53", rootfs, "sh", "-c",
+                         "cat /etc/hostname; echo --; cat /etc/hosts; echo --; cat /etc/resolv.conf")
+    assert result.returncode == 0, result.err
+    hostname, hosts, resolv = result.out.split("--\n")
+    assert hostname == "web\n"
+    assert hosts.startswith("127.0.0.1\tlocalhost\n")
+    assert hosts.endswith("\tweb\n10.1.2.3\tdb\n10.0.0.1\tgw\n")
+    assert resolv.startswith("nameserver 192.0.2.53\n") and resolv.count("nameserver") == 1
+    assert snapshot(os.path.join(rootfs, "etc")) == before  # the image's own files untouched
+    # A loopback resolver (systemd-resolved's) means nothing inside: replaced.
+    fake = os.path.join(os.environ["MINIDOCKER_ROOT"], "resolv.conf.fake")
+    with open(fake, "w") as handle:
+        handle.write("nameserver 127.0.0.53\noptions edns0\nsearch example.org\n")
+    script = "mount --bind %s /etc/resolv.conf && exec %s" % (fake, " ".join(
+        MINIDOCKER + ["run", "--rm", rootfs, "cat", "/etc/resolv.conf"]))
+    replaced = subprocess.run(sandbox.enter() + ["unshare", "-m", "--propagation", "private",
+                                                 "sh", "-c", script],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    os.unlink(fake)
+    assert replaced.stdout.decode() == ("nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
+                                        "options edns0\nsearch example.org\n"), replaced.stderr
+    assert_network_gone(sandbox)
+
+
+@root
+def test_net_none_and_host(rootfs, sandbox):
+    none = sandbox.run("run", "--rm", "--network", "none", rootfs, "ls", "/sys/class/net")
+    assert none.out.split() == ["lo"]
+    host = sandbox.run("run", "--rm", "--network", "host", rootfs, "sh", "-c",
+                       "ls /sys/class/net; hostname")
+    assert "s0" in host.out.split() and host.out.split()[-1] == socket.gethostname()
+    assert sandbox.veths() == "" and sandbox.ruleset() == ""
+    assert "mini-br0" not in sandbox.sh("ip link")  # neither made a bridge
+    assert_nothing_left()
+
+
+@root
+@pytest.mark.parametrize("args, message", [
+    (["-p", "70000:80"], "port '70000' is not a number from 1 to 65535"),
+    (["-p", "abc"], "invalid --publish 'abc'"),
+    (["--subnet", "10.0.0.0/33"], "invalid --subnet '10.0.0.0/33'"),
+    (["--network", "mesh"], "unknown --network 'mesh'"),
+])
+def test_net_bad_input_leaves_nothing(rootfs, sandbox, args, message):
+    result = sandbox.run("run", "--rm", *args, rootfs, "true")
+    assert result.returncode == 125 and result.err.startswith("minidocker: error: ")
+    assert message in result.err and result.err.count("\n") == 1, result.err
+    assert "mini-br0" not in sandbox.sh("ip link")
+    assert_network_gone(sandbox)
+
+
+@root
+def test_net_port_published_twice_is_refused(rootfs, sandbox):
+    first = sandbox.start("run", "--rm", "-p", "8080:80", rootfs, "sh", "-c", "echo up; sleep 60")
+    try:
+        assert first.stdout.readline() == b"up\n"
+        second = sandbox.run("run", "--rm", "-p", "8080:81", rootfs, "true")
+        assert second.returncode == 125 and second.err.count("\n") == 1, second.err
+        assert "port 0.0.0.0:8080/tcp is already published by container" in second.err
+        assert len(sandbox.veths().splitlines()) == 1  # the first one's only
+    finally:
+        first.kill()
+        first.wait()
+        first.stdout.close()
+        first.stderr.close()
+    again = sandbox.run("run", "--rm", rootfs, "true")  # reclaims the killed first
+    assert again.returncode == 0
+    assert_network_gone(sandbox)
