@@ -8,15 +8,12 @@ Read it top to bottom: the chapters follow a container from the command line
 to its first instruction. `grep -n '^# ===' minidocker.py` prints them:
 
     1. errors and messages         8. cgroups: resource limits
-    2. libc bindings and constants 10. capabilities, no_new_privs, seccomp
-    3. configuration (the spec)    11. the process: stages, init, terminal
-    4. state on disk               12. commands
-    5. images: mkrootfs, ELF       13. argparse and main()
+    2. libc bindings and constants  9. networking: netlink, bridge, veth, NAT
+    3. configuration (the spec)    10. capabilities, no_new_privs, seccomp
+    4. state on disk               11. the process: stages, init, terminal
+    5. images: mkrootfs, ELF       12. commands
     6. filesystem: overlay, mounts, /dev, pivot_root
-    7. namespaces
-
-Chapter 9 (networking) arrives with issue #5; the start-up sequence in
-chapter 11 says where it binds.
+    7. namespaces                  13. argparse and main()
 
 Needs: Linux >= 4.14 (TIOCGPTPEER for the terminal, SECCOMP_RET_KILL_PROCESS),
 overlayfs, root (CAP_SYS_ADMIN in the initial user namespace), Python >= 3.8.
@@ -657,7 +654,10 @@ def build_spec(args):
 #   /var/lib/minidocker/containers/<id>/   what outlives a reboot
 #       upper/  work/                      the overlay's writable layer
 #       merged/                            where the root is assembled
-#   /run/minidocker/containers/<id>.json   what a running container is (tmpfs)
+#       hosts hostname resolv.conf         bound over the image's /etc files
+#   /run/minidocker/containers/<id>.json   what a running container is (tmpfs),
+#                                          with its network lease (chapter 9)
+#   /run/minidocker/network.lock           taken while leases change
 # MINIDOCKER_ROOT=DIR moves both to DIR/lib and DIR/run, so that tests and the
 # cgroup-v2 VM keep them on a filesystem of their choice.
 
