@@ -1956,7 +1956,7 @@ assert struct.calcsize(NFGENMSG) == 4
 NFPROTO_IPV4 = 2       # <linux/netfilter.h>: the `ip` family of nft
 NF_INET_PRE_ROUTING, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING = 0, 3, 4
 NF_IP_PRI_RAW, NF_IP_PRI_NAT_DST, NF_IP_PRI_NAT_SRC = -300, -100, 100  # nft's raw, dstnat, srcnat
-NFTA_TABLE_NAME = 1
+NFTA_TABLE_NAME, NFTA_TABLE_FLAGS = 1, 2
 NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_TYPE = 1, 3, 4, 7
 NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY = 1, 2
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 1, 2, 4
@@ -2138,16 +2138,17 @@ def nat_batch(rules, seq=1):
     exists), delete it, and, if any rule is left, create it again with its
     chains and rules. Returns (datagram, {seq: what}) for the error report."""
     table = nl_string(NFTA_TABLE_NAME, NAT_TABLE)
-    steps = [(NFT_MSG_NEWTABLE, NLM_F_CREATE, [table], "NFT_MSG_NEWTABLE " + NAT_TABLE),
-             (NFT_MSG_DELTABLE, 0, [table], "NFT_MSG_DELTABLE " + NAT_TABLE)]
+    new_table = (NFT_MSG_NEWTABLE, NLM_F_CREATE, [table, nft_be32(NFTA_TABLE_FLAGS, 0)],
+                 "NFT_MSG_NEWTABLE " + NAT_TABLE)
+    steps = [new_table, (NFT_MSG_DELTABLE, 0, [table], "NFT_MSG_DELTABLE " + NAT_TABLE)]
     if rules:
-        steps.append((NFT_MSG_NEWTABLE, NLM_F_CREATE, [table], "NFT_MSG_NEWTABLE " + NAT_TABLE))
+        steps.append(new_table)
         for name, kind, hook, priority in NAT_CHAINS:
             steps.append((NFT_MSG_NEWCHAIN, NLM_F_CREATE, [
                 nl_string(NFTA_CHAIN_TABLE, NAT_TABLE), nl_string(NFTA_CHAIN_NAME, name),
+                nl_string(NFTA_CHAIN_TYPE, kind),
                 nl_nest(NFTA_CHAIN_HOOK, nft_be32(NFTA_HOOK_HOOKNUM, hook),
-                        nft_be32(NFTA_HOOK_PRIORITY, priority)),
-                nl_string(NFTA_CHAIN_TYPE, kind)], "NFT_MSG_NEWCHAIN " + name))
+                        nft_be32(NFTA_HOOK_PRIORITY, priority))], "NFT_MSG_NEWCHAIN " + name))
         for chain, expressions in rules:
             steps.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, [
                 nl_string(NFTA_RULE_TABLE, NAT_TABLE), nl_string(NFTA_RULE_CHAIN, chain),

@@ -2280,6 +2280,8 @@ def test_net_containers_reach_each_other_and_the_gateway(rootfs, sandbox):
         # What the tools see of what we built, while it runs.
         assert "bridge" in sandbox.sh("ip -d link show mini-br0")
         assert "inet 10.0.0.1/24 " in sandbox.sh("ip -4 addr show mini-br0")
+        assert sandbox.sh("ip route show dev mini-br0").split() == \
+            "10.0.0.0/24 proto kernel scope link src 10.0.0.1".split()
         [veth] = sandbox.veths().splitlines()
         assert "master mini-br0" in veth and "state UP" in veth
         assert sandbox.ruleset() == NAT_RULESET
@@ -2470,3 +2472,108 @@ def test_net_port_published_twice_is_refused(rootfs, sandbox):
     again = sandbox.run("run", "--rm", rootfs, "true")  # reclaims the killed first
     assert again.returncode == 0
     assert_network_gone(sandbox)
+
+
+# From inside the container: hand-made Ethernet frames (AF_PACKET, with the
+# default CAP_NET_RAW) to the gateway's MAC, one for 10.0.0.1 (the control:
+# it must arrive) and one for 127.0.0.1 (must not: the guard chain).
+RAW_FRAMES = """
+import socket, struct, sys, time
+address = open("/etc/hosts").read().split()[-2]
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"arp", ("10.0.0.1", 9))
+time.sleep(0.5)
+arp = [line.split() for line in open("/proc/net/arp").read().splitlines()[1:]]
+gateway_mac = bytes.fromhex([row[3] for row in arp if row[0] == "10.0.0.1"][0].replace(":", ""))
+own_mac = bytes.fromhex(open("/sys/class/net/eth0/address").read().strip().replace(":", ""))
+def checksum(header):
+    total = sum(struct.unpack("!10H", header))
+    total = (total & 0xFFFF) + (total >> 16)
+    return ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
+def frame(destination, port, payload):
+    udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                     socket.inet_aton(address), socket.inet_aton(destination))
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    return gateway_mac + own_mac + b"\\x08\\x00" + ip + udp
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+raw.bind(("eth0", 0))
+raw.send(frame("10.0.0.1", 7001, b"control"))
+raw.send(frame("127.0.0.1", 7002, b"to loopback"))
+print("sent")
+"""
+
+LISTEN = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], int(sys.argv[2])))
+sock.settimeout(float(sys.argv[3]))
+print("listening", flush=True)
+try:
+    print(sock.recv(100).decode())
+except socket.timeout:
+    print("nothing")
+"""
+
+
+@root
+def test_net_guard_keeps_containers_off_the_hosts_loopback(debian, sandbox):
+    rootfs, options = debian
+    # The bridge first, so that the listeners can bind its address.
+    assert sandbox.run("run", "--rm", *options, rootfs, "true").returncode == 0
+    listeners = [subprocess.Popen(sandbox.enter() + [sys.executable, "-c", LISTEN, host, port, "6"],
+                                  stdout=subprocess.PIPE)
+                 for host, port in [("10.0.0.1", "7001"), ("127.0.0.1", "7002")]]
+    for listener in listeners:
+        assert listener.stdout.readline() == b"listening\n"
+    sent = sandbox.run("run", "--rm", *options, rootfs, "python3", "-c", RAW_FRAMES)
+    assert sent.out == "sent\n", sent.err
+    heard = [listener.communicate(timeout=30)[0].decode() for listener in listeners]
+    assert heard == ["control\n", "nothing\n"]
+    assert_network_gone(sandbox)
+
+
+# What nft 1.0.6 sent (strace) for `nft add table ip minidocker`, `nft add
+# chain ip minidocker postrouting { type nat hook postrouting priority
+# srcnat; }` and `nft delete table ip minidocker`: message type and body.
+# nft marks its nests with NLA_F_NESTED (the 0x80 in the hook's "04 80");
+# minidocker writes them unmarked, as the kernel does in its own messages.
+NFT_SENT = {
+    "batch begin": (0x10, "0000000a"),
+    "new table": (0xA00, "020000000f0001006d696e69646f636b657200000800020000000000"),
+    "new chain postrouting": (0xA03, "020000000f0001006d696e69646f636b6572000010000300706f737472"
+                                     "6f7574696e6700080007006e6174001400048008000100000000040800"
+                                     "020000000064"),
+    "delete table": (0xA02, "020000000f0001006d696e69646f636b65720000"),
+    "batch end": (0x11, "0000000a"),
+}
+
+# `ip -4 addr show`'s RTM_GETADDR dump request (iproute2 6.1), sequence zeroed.
+IPROUTE2_GETADDR = "180000001600010300000000000000000200000000000000"
+
+
+def test_nftables_messages_match_nft():
+    rule = ("postrouting", md.match_saddr(ipaddress.ip_network("10.0.0.0/24")) + md.action_masquerade())
+    ours = {}
+    for kind, _, _, body in md.parse_messages(md.nat_batch([rule])[0]):
+        name = {0x10: "batch begin", 0xA00: "new table", 0xA02: "delete table",
+                0x11: "batch end"}.get(kind)
+        if kind == 0xA03:
+            name = "new chain " + md.parse_attrs(body[4:])[md.NFTA_CHAIN_NAME].rstrip(b"\0").decode()
+        ours[name] = (kind, body.hex())
+    for name, (kind, sent) in NFT_SENT.items():
+        assert ours[name] == (kind, sent.replace("14000480", "14000400")), name
+    kind, flags, body, _ = md.request_get_addresses()
+    assert md.nl_message(kind, md.NLM_F_REQUEST | flags, 0, body).hex() == IPROUTE2_GETADDR
+
+
+@root
+def test_net_a_kernel_refusal_is_one_line_naming_the_request(rootfs, sandbox):
+    # A tap device where the bridge should be: the kernel will not
+    # enslave the veth to it.
+    sandbox.sh("ip tuntap add mini-br0 mode tap")
+    result = sandbox.run("run", "--rm", rootfs, "true")
+    assert result.returncode == 125 and result.err.count("\n") == 1, result.err
+    assert re.fullmatch(r"minidocker: error: RTM_NEWLINK up veth[0-9a-f]{8} failed: "
+                        r"Operation not supported\n", result.err), result.err
+    assert sandbox.veths() == "" and sandbox.ruleset() == ""
+    assert_nothing_left()
