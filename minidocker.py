@@ -3766,10 +3766,13 @@ def cmd_rm(args):
 def cmd_ps(args):
     paths = Paths()
     reclaim_dead(paths)
-    row = "%-12s  %-10s  %9s  %8s  %-30s  %s"
-    print(row % ("CONTAINER ID", "STATUS", "MEMORY", "CPU", "COMMAND", "ROOTFS"))
+    row = "%-12s  %-10s  %9s  %8s  %-15s  %-30s  %-30s  %s"
+    print(row % ("CONTAINER ID", "STATUS", "MEMORY", "CPU", "ADDRESS", "PORTS", "COMMAND", "ROOTFS"))
     for record in read_records(paths):
         if args.all or record["status"] == "running":
+            network = record.get("network", {})
+            ports = ", ".join("%s:%d->%d/%s" % (ip, host, port, proto)
+                              for ip, host, proto, port in network.get("ports", []))
             status, memory, cpu = record["status"], "-", "-"
             if status == "exited":
                 status = "exited(%s)" % record.get("exit_code", "?")
@@ -3779,8 +3782,8 @@ def cmd_ps(args):
                     memory = "%.1fMiB" % (usage["memory"] / (1 << 20))
                 if usage["cpu_seconds"] is not None:
                     cpu = "%.2fs" % usage["cpu_seconds"]
-            print(row % (record["id"][:12], status, memory, cpu,
-                         " ".join(record["command"])[:30], record["rootfs"]))
+            print(row % (record["id"][:12], status, memory, cpu, network.get("address", "-"),
+                         ports or "-", " ".join(record["command"])[:30], record["rootfs"]))
     return 0
 
 

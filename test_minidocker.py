@@ -2464,6 +2464,8 @@ def test_net_port_published_twice_is_refused(rootfs, sandbox):
         assert second.returncode == 125 and second.err.count("\n") == 1, second.err
         assert "port 0.0.0.0:8080/tcp is already published by container" in second.err
         assert len(sandbox.veths().splitlines()) == 1  # the first one's only
+        listing = subprocess.run(sandbox.minidocker("ps"), stdout=subprocess.PIPE).stdout.decode()
+        assert re.search(r" 10\.0\.0\.\d+ +0\.0\.0\.0:8080->80/tcp +sh -c echo up", listing), listing
     finally:
         first.kill()
         first.wait()
