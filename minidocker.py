@@ -2102,18 +2102,22 @@ def nat_rules(networks):
       for the bridge with source 127.0.0.1, which the container could not
       answer; it is masqueraded to the gateway. The kernel would not even
       route it there without route_localnet=1 on the bridge (set with it):
-      127.0.0.0/8 is otherwise a martian outside `lo`."""
+      127.0.0.0/8 is otherwise a martian outside `lo`.
+    - guard, before everything (priority raw): route_localnet's other side."""
     import ipaddress
     rules, seen = [], set()
     for net in networks:
         subnet = ipaddress.ip_network(net["subnet"])
         if (net["bridge"], subnet) not in seen:
             seen.add((net["bridge"], subnet))
-            rules.append(("postrouting", match_saddr(subnet) + match_ifname(NFT_META_OIFNAME, net["bridge"], NFT_CMP_NEQ)
+            rules.append(("postrouting", match_saddr(subnet)
+                          + match_ifname(NFT_META_OIFNAME, net["bridge"], NFT_CMP_NEQ)
                           + action_masquerade()))
+        container = ipaddress.ip_address(net["address"])
         for host_ip, host_port, proto, port in net["ports"]:
-            where = match_local_daddr() if host_ip == "0.0.0.0" else match_daddr(ipaddress.ip_address(host_ip))
-            rule = where + match_dport(proto, host_port) + action_dnat(ipaddress.ip_address(net["address"]), port)
+            where = match_local_daddr() if host_ip == "0.0.0.0" else \
+                match_daddr(ipaddress.ip_address(host_ip))
+            rule = where + match_dport(proto, host_port) + action_dnat(container, port)
             rules += [("prerouting", rule), ("output", rule)]
     loopback = ipaddress.ip_network("127.0.0.0/8")
     for bridge in sorted({net["bridge"] for net in networks}):
