@@ -1765,14 +1765,26 @@ NLMSG_HDR = "=IHHII"  # struct nlmsghdr: len, type, flags, seq, pid
 NLA_HDR = "=HH"       # struct nlattr: len, type
 assert struct.calcsize(NLMSG_HDR) == 16 and struct.calcsize(NLA_HDR) == 4
 
-# <linux/rtnetlink.h>: message types and the struct of each body.
+# <linux/rtnetlink.h>: message types and the struct that opens each body.
+#
+#   struct ifinfomsg (16 bytes): links
+#   +--------+-----+----------+-----------+-----------+------------+
+#   | family | pad | type (2) | index (4) | flags (4) | change (4) |  change: which flags to set
+#   +--------+-----+----------+-----------+-----------+------------+
+#   struct ifaddrmsg (8 bytes): addresses
+#   +--------+-----------+-------+-------+-----------+
+#   | family | prefixlen | flags | scope | index (4) |
+#   +--------+-----------+-------+-------+-----------+
+#   struct rtmsg (12 bytes): routes
+#   +--------+---------+---------+-----+-------+----------+-------+------+-----------+
+#   | family | dst_len | src_len | tos | table | protocol | scope | type | flags (4) |
+#   +--------+---------+---------+-----+-------+----------+-------+------+-----------+
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE = 24
-IFINFOMSG = "=BxHiII"   # struct ifinfomsg: family, pad, type, index, flags, change
-IFADDRMSG = "=BBBBi"    # struct ifaddrmsg: family, prefixlen, flags, scope, index
-RTMSG = "=BBBBBBBBI"    # struct rtmsg: family, dst_len, src_len, tos, table,
-                        #               protocol, scope, type, flags
+IFINFOMSG = "=BxHiII"
+IFADDRMSG = "=BBBBi"
+RTMSG = "=BBBBBBBBI"
 assert (struct.calcsize(IFINFOMSG), struct.calcsize(IFADDRMSG), struct.calcsize(RTMSG)) == (16, 8, 12)
 IFLA_IFNAME = 3         # <linux/if_link.h>
 IFLA_MASTER = 10

@@ -2579,3 +2579,28 @@ def test_net_a_kernel_refusal_is_one_line_naming_the_request(rootfs, sandbox):
                         r"Operation not supported\n", result.err), result.err
     assert sandbox.veths() == "" and sandbox.ruleset() == ""
     assert_nothing_left()
+
+
+@root
+def test_net_another_subnet_and_bridge_and_a_full_subnet(rootfs, sandbox):
+    options = ["--subnet", "10.5.0.0/30", "--bridge", "br-small"]  # room for one container
+    first = sandbox.start("run", "--rm", *options, rootfs, "sh", "-c",
+                          "ip -4 -o addr show eth0; ip route; sleep 60")
+    try:
+        address, route = first.stdout.readline().decode(), first.stdout.readline().decode()
+        assert " inet 10.5.0.2/30 " in address and route.split()[:3] == ["default", "via", "10.5.0.1"]
+        assert "inet 10.5.0.1/30 " in sandbox.sh("ip -4 addr show br-small")
+        full = sandbox.run("run", "--rm", *options, rootfs, "true")
+        assert full.returncode == 125 and full.err.count("\n") == 1, full.err
+        assert "subnet 10.5.0.0/30 is full: all 1 container addresses are in use" in full.err
+        clash = sandbox.run("run", "--rm", "--subnet", "10.5.0.0/16", rootfs, "true")
+        assert "subnet 10.5.0.0/16 overlaps 10.5.0.0/30 of bridge br-small" in clash.err
+        assert len(sandbox.veths().splitlines()) == 1
+    finally:
+        first.kill()
+        first.wait()
+        first.stdout.close()
+        first.stderr.close()
+    again = sandbox.run("run", "--rm", *options, rootfs, "true")  # reclaims the killed first
+    assert again.returncode == 0, again.err
+    assert_network_gone(sandbox)
