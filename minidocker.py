@@ -1981,6 +1981,8 @@ NFT_META_OIFNAME, NFT_META_L4PROTO = 7, 16
 NFT_CMP_EQ, NFT_CMP_NEQ = 0, 1
 NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER = 1, 2
 NFT_NAT_DNAT = 1
+NFT_CT_STATUS = 2
+IPS_DST_NAT = 1 << 5   # <linux/netfilter/nf_conntrack_common.h>
 NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PROTO_SPECIFIED = 1, 2   # <linux/netfilter/nf_nat.h>
 NFT_FIB_RESULT_ADDRTYPE, NFTA_FIB_F_DADDR = 3, 2
 NAT_TABLE = "minidocker"
@@ -2029,9 +2031,12 @@ def expr_payload(base, offset, length, register=NFT_REG_1):
 
 
 def expr_bitwise(mask, register=NFT_REG_1):
-    """register = (register & mask) ^ 0 (SREG=1, DREG=2, LEN=3, MASK=4, XOR=5)"""
+    """register = (register & mask) ^ 0 (SREG=1, DREG=2, LEN=3, MASK=4,
+    XOR=5; OP=6 is NFT_BITWISE_BOOL, this mask-and-xor, since Linux 5.6:
+    older kernels ignore the attribute)"""
     return nft_expr("bitwise", nft_be32(1, register), nft_be32(2, register),
-                    nft_be32(3, len(mask)), nft_data(4, mask), nft_data(5, bytes(len(mask))))
+                    nft_be32(3, len(mask)), nft_be32(6, 0),
+                    nft_data(4, mask), nft_data(5, bytes(len(mask))))
 
 
 def expr_immediate(raw, register):
@@ -2079,6 +2084,13 @@ def match_dport(proto, port):
             expr_payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2), expr_cmp(NFT_CMP_EQ, struct.pack(">H", port))]
 
 
+def match_dnat_status():
+    """ct status dnat: the connection was DNATed (CT_DREG=1, CT_KEY=2)."""
+    return [nft_expr("ct", nft_be32(1, NFT_REG_1), nft_be32(2, NFT_CT_STATUS)),
+            expr_bitwise(struct.pack("=I", IPS_DST_NAT)),
+            expr_cmp(NFT_CMP_NEQ, bytes(4))]
+
+
 def action_drop():
     """the verdict register (0) := NF_DROP (IMMEDIATE_DATA > DATA_VERDICT=2 >
     VERDICT_CODE=1)"""
@@ -2110,6 +2122,10 @@ def nat_rules(networks):
       reach past the host.
     - prerouting (from outside) and output (from the host's own processes):
       a published port on a local address is DNATed to the container.
+    - postrouting again, hairpin: a container reaching a published port
+      through a host address is DNATed back onto the bridge; the server
+      would answer the client directly, bypassing the host's conntrack, so
+      such connections are masqueraded to the gateway.
     - postrouting again: a published port reached through 127.0.0.1 leaves
       for the bridge with source 127.0.0.1, which the container could not
       answer; it is masqueraded to the gateway. The kernel would not even
@@ -2125,6 +2141,9 @@ def nat_rules(networks):
             rules.append(("postrouting", match_saddr(subnet)
                           + match_ifname(NFT_META_OIFNAME, net["bridge"], NFT_CMP_NEQ)
                           + action_masquerade()))
+            rules.append(("postrouting", match_saddr(subnet)
+                          + match_ifname(NFT_META_OIFNAME, net["bridge"], NFT_CMP_EQ)
+                          + match_dnat_status() + action_masquerade()))
         container = ipaddress.ip_address(net["address"])
         for host_ip, host_port, proto, port in net["ports"]:
             where = match_local_daddr() if host_ip == "0.0.0.0" else \

@@ -2000,6 +2000,20 @@ def test_rtnetlink_requests_match_iproute2(command):
 # The kernel's own encoding of rules that `nft -f` loaded (an NFT_MSG_GETRULE
 # dump, attribute NFTA_RULE_EXPRESSIONS), for the rule written beside each.
 KERNEL_RULES = [
+    ('ip saddr 10.0.0.0/24 oifname "mini-br0" ct status dnat masquerade',
+     lambda: (md.match_saddr(ipaddress.ip_network("10.0.0.0/24"))
+              + md.match_ifname(md.NFT_META_OIFNAME, "mini-br0", md.NFT_CMP_EQ)
+              + md.match_dnat_status() + md.action_masquerade()),
+     "340001000c0001007061796c6f6164002400020008000100000000010800020000000001"
+     "080003000000000c08000400000000032c00010008000100636d70002000020008000100"
+     "0000000108000200000000000c000300070001000a00000024000100090001006d657461"
+     "0000000014000200080002000000000708000100000000013800010008000100636d7000"
+     "2c0002000800010000000001080002000000000018000300140001006d696e692d627230"
+     "000000000000000020000100070001006374000014000200080001000000000108000200"
+     "000000024c0001000c00010062697477697365003c000200080001000000000108000200"
+     "00000001080003000000000408000600000000000c00040008000100200000000c000500"
+     "08000100000000002c00010008000100636d700020000200080001000000000108000200"
+     "000000010c000300080001000000000014000100090001006d6173710000000004000200"),
     ('iifname "mini-br0" ip daddr 127.0.0.0/8 drop',
      lambda: (md.match_ifname(md.NFT_META_IIFNAME, "mini-br0", md.NFT_CMP_EQ)
                + md.match_daddr_network(ipaddress.ip_network("127.0.0.0/8")) + md.action_drop()),
@@ -2157,14 +2171,14 @@ def test_nat_batch_rebuilds_the_table_whole():
     net = {"bridge": "mini-br0", "subnet": "10.0.0.0/24", "address": "10.0.0.2",
            "ports": [["0.0.0.0", 8080, "tcp", 80]]}
     rules = md.nat_rules([net, dict(net, address="10.0.0.3", ports=[])])
-    assert [chain for chain, _ in rules] == ["postrouting", "prerouting", "output",
+    assert [chain for chain, _ in rules] == ["postrouting", "postrouting", "prerouting", "output",
                                              "postrouting", "guard"]
     datagram, names = md.nat_batch(rules)
     kinds = [kind & 0xFF for kind, _, _, _ in md.parse_messages(datagram)]
     assert kinds == [md.NFNL_MSG_BATCH_BEGIN, md.NFT_MSG_NEWTABLE, md.NFT_MSG_DELTABLE,
-                     md.NFT_MSG_NEWTABLE] + [md.NFT_MSG_NEWCHAIN] * 4 + [md.NFT_MSG_NEWRULE] * 5 \
+                     md.NFT_MSG_NEWTABLE] + [md.NFT_MSG_NEWCHAIN] * 4 + [md.NFT_MSG_NEWRULE] * 6 \
         + [md.NFNL_MSG_BATCH_END]
-    assert len(names) == 12 and names[2] == "NFT_MSG_NEWTABLE minidocker"
+    assert len(names) == 13 and names[2] == "NFT_MSG_NEWTABLE minidocker"
     empty, _ = md.nat_batch([])  # nothing running: create-if-missing, then delete
     assert [kind & 0xFF for kind, _, _, _ in md.parse_messages(empty)] == [
         md.NFNL_MSG_BATCH_BEGIN, md.NFT_MSG_NEWTABLE, md.NFT_MSG_DELTABLE, md.NFNL_MSG_BATCH_END]
@@ -2266,6 +2280,7 @@ NAT_RULESET = """table ip minidocker {
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
 		ip saddr 10.0.0.0/24 oifname != "mini-br0" masquerade
+		ip saddr 10.0.0.0/24 oifname "mini-br0" ct status dnat masquerade
 		ip saddr 127.0.0.0/8 oifname "mini-br0" masquerade
 	}
 }"""
@@ -2331,10 +2346,10 @@ print(sock.recv(100).decode())
 
 
 @root
-def test_net_published_ports_tcp_and_udp(debian, sandbox):
-    rootfs, options = debian
+def test_net_published_ports_tcp_and_udp(debian, rootfs, sandbox):
+    image, options = debian
     server = subprocess.Popen(sandbox.minidocker("run", "--rm", "-i", "-p", "8080:80", "-p", "5353:53/udp",
-                                                 *options, rootfs, "python3", "-c", ECHO_SERVER),
+                                                 *options, image, "python3", "-c", ECHO_SERVER),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert server.stdout.readline() == b"ready\n", server.stderr.read1()
@@ -2355,6 +2370,11 @@ def test_net_published_ports_tcp_and_udp(debian, sandbox):
             ("sandbox", "127.0.0.1", "udp"): "udp ping from 10.0.0.1",
             ("client", "192.168.77.1", "tcp"): "tcp ping from 192.168.77.2",
             ("client", "192.168.77.1", "udp"): "udp ping from 192.168.77.2"}
+        # Hairpin: another container reaches the port through the host's
+        # addresses; the server sees the gateway, whose conntrack answers.
+        hairpin = sandbox.run("run", "--rm", rootfs, "sh", "-c",
+                              "echo ping | nc 192.168.77.1 8080; echo; echo ping | nc 10.0.0.1 8080")
+        assert hairpin.out == "tcp ping\n from 10.0.0.1\ntcp ping\n from 10.0.0.1", hairpin.err
         rules = sandbox.ruleset()
         assert "fib daddr type local tcp dport 8080 dnat to 10.0.0.2:80" in rules
         assert "fib daddr type local udp dport 5353 dnat to 10.0.0.2:53" in rules
