@@ -2200,8 +2200,9 @@ def nat_batch(rules, seq=1):
 class NetlinkError(MiniDockerError):
     """A request the kernel refused; .errno says why."""
 
-    def __init__(self, err, what):
-        super().__init__("%s failed: %s" % (what, os.strerror(err)))
+    def __init__(self, err, what, hint=None):
+        text = "%s failed: %s" % (what, os.strerror(err))
+        super().__init__(text + (" (hint: %s)" % hint if hint else ""))
         self.errno = err
 
 
@@ -2256,6 +2257,19 @@ class Netlink:
                     pending.discard(seq)
 
 
+def create_link(nl, request, driver):
+    """RTM_NEWLINK of a bridge or veth, with a hint when the kernel lacks
+    the driver (EOPNOTSUPP: "Unknown device type" in `ip`'s words)."""
+    try:
+        nl.call(request)
+    except NetlinkError as err:
+        if err.errno != errno.EOPNOTSUPP:
+            raise
+        raise NetlinkError(err.errno, "%s %s" % (MESSAGE_NAMES[request[0]], request[3]),
+                           "the kernel has no %s driver (CONFIG_%s); --network none and "
+                           "--network host need none" % (driver, driver.upper()))
+
+
 def link_index(nl, name):
     """The interface's index, or None if there is no such interface."""
     try:
@@ -2291,7 +2305,7 @@ def ensure_bridge(nl, name, gateway):
     and then kept, as docker0 is. Returns its index."""
     index = link_index(nl, name)
     if index is None:
-        nl.call(request_new_bridge(name))
+        create_link(nl, request_new_bridge(name), "bridge")
         index = link_index(nl, name)
     present = [found for where, found in parse_addresses(nl.call(request_get_addresses()))
                if where == index]
@@ -2311,7 +2325,7 @@ def attach_veth(network, pid):
     namespace, the host end enslaved to the bridge and up."""
     with Netlink() as nl:
         bridge = link_index(nl, network["bridge"])
-        nl.call(request_new_veth(network["veth"], "eth0", pid))
+        create_link(nl, request_new_veth(network["veth"], "eth0", pid), "veth")
         nl.call(request_link_up(link_index(nl, network["veth"]), network["veth"], master=bridge))
 
 
@@ -2337,9 +2351,19 @@ def apply_nat(networks):
     closing it makes the kernel first finish freeing what the last batch
     deleted (nf_tables waits for an RCU grace period, 13-22 ms measured),
     and the container's start should not wait for that."""
+    rules = nat_rules(networks)
     if not NFTABLES_SOCKET:
-        NFTABLES_SOCKET.append(Netlink(NETLINK_NETFILTER))
-    NFTABLES_SOCKET[0].batch(*nat_batch(nat_rules(networks)))
+        try:
+            NFTABLES_SOCKET.append(Netlink(NETLINK_NETFILTER))
+        except OSError as err:
+            if err.errno != errno.EPROTONOSUPPORT:
+                raise
+            if not rules:
+                return  # no nf_tables, so no table of ours to remove
+            raise MiniDockerError("nf_tables: %s (hint: the kernel needs nf_tables with nat, "
+                                  "masq and fib; --network none and --network host need none)"
+                                  % err.strerror)
+    NFTABLES_SOCKET[0].batch(*nat_batch(rules))
 
 
 # Leases. A container's network lives in its record (chapter 4) as

@@ -2624,3 +2624,23 @@ def test_net_another_subnet_and_bridge_and_a_full_subnet(rootfs, sandbox):
     again = sandbox.run("run", "--rm", *options, rootfs, "true")  # reclaims the killed first
     assert again.returncode == 0, again.err
     assert_network_gone(sandbox)
+
+
+@root
+def test_a_kernel_without_a_bridge_driver_gets_a_hint(rootfs):
+    """The cgroup-v2 VM's kernel has no bridge module: there the default
+    network fails with one line and a hint, and leaves nothing. Where the
+    kernel has one, the same run works. In a network namespace of its own."""
+    script = "if ip link add probe0 type bridge 2>/dev/null; then echo driver; else echo none; fi; " \
+        "ip link del probe0 2>/dev/null; exec " + " ".join(MINIDOCKER + ["run", "--rm", rootfs, "true"])
+    result = subprocess.run(["unshare", "-n", "sh", "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, timeout=60)
+    err = result.stderr.decode()
+    if result.stdout == b"driver\n":
+        assert result.returncode == 0, err
+    else:
+        assert result.stdout == b"none\n" and result.returncode == 125
+        assert err == ("minidocker: error: RTM_NEWLINK bridge mini-br0 failed: Operation not supported "
+                       "(hint: the kernel has no bridge driver (CONFIG_BRIDGE); --network none and "
+                       "--network host need none)\n")
+    assert_nothing_left()
