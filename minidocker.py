@@ -1813,8 +1813,8 @@ def nl_attr(kind, payload):
     return struct.pack(NLA_HDR, 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
 
 
-def nl_nest(kind, *attrs, flag=0):
-    return nl_attr(kind | flag, b"".join(attrs))
+def nl_nest(kind, *attrs):
+    return nl_attr(kind, b"".join(attrs))
 
 
 def nl_string(kind, text):
@@ -1856,10 +1856,6 @@ def parse_attrs(data):
 def error_of(body):
     """The errno an NLMSG_ERROR carries (0: an acknowledgement)."""
     return -struct.unpack_from("=i", body)[0]
-
-
-def link_name(payload):
-    return payload.rstrip(b"\0").decode()
 
 
 def check_ifname(name, what):
@@ -2049,9 +2045,10 @@ def match_ifname(key, name, op):
     return [expr_meta(key), expr_cmp(op, name.encode().ljust(IFNAMSIZ, b"\0"))]
 
 
-def match_saddr(network, offset=12):
-    """ip saddr NETWORK: bytes 12-15 of the IPv4 header. A prefix on a byte
-    boundary compares only its bytes (a /24 loads 3); another is masked."""
+def match_prefix(offset, network):
+    """The IPv4 address at OFFSET of the header is in NETWORK. A prefix on a
+    byte boundary compares only its bytes (a /24 loads 3, an address 4), as
+    nft does; another is masked first."""
     if network.prefixlen % 8 == 0:
         size = network.prefixlen // 8
         return [expr_payload(NFT_PAYLOAD_NETWORK_HEADER, offset, size),
@@ -2060,14 +2057,14 @@ def match_saddr(network, offset=12):
             expr_bitwise(network.netmask.packed), expr_cmp(NFT_CMP_EQ, network.network_address.packed)]
 
 
-def match_daddr_network(network):
-    """ip daddr NETWORK: bytes 16-19, masked."""
-    return match_saddr(network, offset=16)
+def match_saddr(network):
+    """ip saddr NETWORK: bytes 12-15 of the IPv4 header"""
+    return match_prefix(12, network)
 
 
-def match_daddr(address):
-    """ip daddr ADDRESS: bytes 16-19 of the IPv4 header"""
-    return [expr_payload(NFT_PAYLOAD_NETWORK_HEADER, 16, 4), expr_cmp(NFT_CMP_EQ, address.packed)]
+def match_daddr(network):
+    """ip daddr NETWORK (an address is a /32): bytes 16-19"""
+    return match_prefix(16, network)
 
 
 def match_local_daddr():
@@ -2147,7 +2144,7 @@ def nat_rules(networks):
         container = ipaddress.ip_address(net["address"])
         for host_ip, host_port, proto, port in net["ports"]:
             where = match_local_daddr() if host_ip == "0.0.0.0" else \
-                match_daddr(ipaddress.ip_address(host_ip))
+                match_daddr(ipaddress.ip_network(host_ip))
             rule = where + match_dport(proto, host_port) + action_dnat(container, port)
             rules += [("prerouting", rule), ("output", rule)]
     loopback = ipaddress.ip_network("127.0.0.0/8")
@@ -2158,7 +2155,7 @@ def nat_rules(networks):
         # send to 127.0.0.1 through the bridge and reach the host's
         # loopback-only services. Such packets are dropped first.
         rules.append(("guard", match_ifname(NFT_META_IIFNAME, bridge, NFT_CMP_EQ)
-                      + match_daddr_network(loopback) + action_drop()))
+                      + match_daddr(loopback) + action_drop()))
     return rules
 
 
@@ -2367,12 +2364,13 @@ def apply_nat(networks):
 
 
 # Leases. A container's network lives in its record (chapter 4) as
-# {"mode", "bridge", "subnet", "gateway", "address", "veth", "ports"}. Under
-# an exclusive flock(2) on run/network.lock, a run reads the records of live
-# containers, takes the first free address, checks its ports, writes its
-# record and rebuilds the NAT table; the end of a run (or the reclaim after
-# a kill -9) deletes the veth and rebuilds the table without it. A dead
-# container's lease needs no cleaning: its record no longer counts as live.
+# {"mode", "bridge", "subnet", "gateway", "address", "veth", "ports",
+# "container", "netns"}. Under an exclusive flock(2) on run/network.lock, a
+# run reads the records of live containers, takes the first free address,
+# checks its ports, writes its record and rebuilds the NAT table; the end of
+# a run (or the reclaim after a kill -9) drops the lease, deletes the veth
+# and rebuilds the table without it. A lease counts only while the
+# minidocker that took it runs, so a crash can never keep an address taken.
 
 @contextlib.contextmanager
 def network_lock(paths):
@@ -2510,7 +2508,7 @@ def resolv_conf(host_text, upstream_text, dns, keep_loopback):
     others = [line for line in host_text.splitlines()
               if line.split()[:1] != ["nameserver"] and line.strip() and not line.startswith(("#", ";"))]
     servers = list(dns) or [s for s in nameservers(host_text) if usable(s)]
-    if not servers and not dns:
+    if not servers:
         servers = [s for s in nameservers(upstream_text) if usable(s)] or DOCKER_FALLBACK_DNS
     return "".join("nameserver %s\n" % server for server in servers) + \
         "".join(line + "\n" for line in others)
@@ -3410,7 +3408,7 @@ def child_stage(spec, record, layer, to_parent, from_parent, console):
         if os.read(from_parent, 2) != b"go":
             os._exit(EXIT_RUNTIME)  # the parent is gone
         unshare(CLONE_NEWCGROUP)
-        hostname = spec.hostname or record["id"][:12]
+        hostname = spec.hostname  # run_container filled in the default, the short id
         build_root(spec, layer, console)
         set_stage_name("md:[2:INIT]")
         sethostname(hostname)
@@ -3695,7 +3693,8 @@ def wait_for_container(pid, signals, master, interactive):
         # be a moment after the init's exit: wait for both.
         while status is None or master in sources:
             readable = select.select(sources, [], [])[0]
-            for number in signals.received() if signals.read_end in readable else []:
+            received = signals.received() if signals.read_end in readable else []
+            for number in received:
                 if number == signal.SIGCHLD and status is None:
                     reaped, code = os.waitpid(pid, os.WNOHANG)
                     status = code if reaped else None
@@ -3754,7 +3753,8 @@ def run_container(spec, paths):
     try:
         cgroups = create_cgroups(groups, spec.resources)
         network = lease_network(paths, record, spec.network) if spec.network["mode"] == "bridge" else None
-        spec.etc_files = write_etc_files(layer, spec.hostname or cid[:12], spec.network, network)
+        spec.hostname = spec.hostname or cid[:12]
+        spec.etc_files = write_etc_files(layer, spec.hostname, spec.network, network)
 
         def on_ready(child):
             join_cgroups(cgroups, child)

@@ -2016,7 +2016,7 @@ KERNEL_RULES = [
      "000000010c000300080001000000000014000100090001006d6173710000000004000200"),
     ('iifname "mini-br0" ip daddr 127.0.0.0/8 drop',
      lambda: (md.match_ifname(md.NFT_META_IIFNAME, "mini-br0", md.NFT_CMP_EQ)
-               + md.match_daddr_network(ipaddress.ip_network("127.0.0.0/8")) + md.action_drop()),
+               + md.match_daddr(ipaddress.ip_network("127.0.0.0/8")) + md.action_drop()),
      "24000100090001006d657461000000001400020008000200000000060800010000000001"
      "3800010008000100636d70002c0002000800010000000001080002000000000018000300"
      "140001006d696e692d6272300000000000000000340001000c0001007061796c6f616400"
@@ -2040,7 +2040,7 @@ KERNEL_RULES = [
      "3c0002000800010000000001080002000000000208000300000000010800040000000001"
      "080005000000000208000600000000020800070000000003"),
     ('ip daddr 192.168.77.1 udp dport 5353 dnat to 10.0.0.2:53',
-     lambda: (md.match_daddr(ipaddress.ip_address("192.168.77.1")) + md.match_dport("udp", 5353)
+     lambda: (md.match_daddr(ipaddress.ip_network("192.168.77.1/32")) + md.match_dport("udp", 5353)
                + md.action_dnat(ipaddress.ip_address("10.0.0.2"), 53)),
      "340001000c0001007061796c6f6164002400020008000100000000010800020000000001"
      "080003000000001008000400000000042c00010008000100636d70002000020008000100"
@@ -2109,6 +2109,7 @@ def test_publish_and_network_flags_parse():
                     "add_hosts": [("db", "10.1.2.3"), ("gw", "host-gateway")]}
     assert parse("/", "true").network["bridge"] == "mini-br0"
     assert parse("--network", "none", "/", "true").network["mode"] == "none"
+    assert parse("--net", "host", "/", "true").network["mode"] == "host"  # docker's alias
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -2127,6 +2128,7 @@ def test_publish_and_network_flags_parse():
     (["--bridge", "sixteen-chars-xx"], "invalid --bridge"),
     (["--dns", "resolver"], "invalid --dns 'resolver'"),
     (["--add-host", "nohost"], "invalid --add-host 'nohost': expected NAME:IP"),
+    (["--add-host", "db:300.1.1.1"], "invalid --add-host 'db:300.1.1.1': '300.1.1.1' is not an IP address"),
     (["--network", "host", "--add-host", "g:host-gateway"], "needs --network bridge"),
 ])
 def test_bad_network_flags(argv, message):
@@ -2453,8 +2455,11 @@ def test_net_none_and_host(rootfs, sandbox):
     none = sandbox.run("run", "--rm", "--network", "none", rootfs, "ls", "/sys/class/net")
     assert none.out.split() == ["lo"]
     host = sandbox.run("run", "--rm", "--network", "host", rootfs, "sh", "-c",
-                       "ls /sys/class/net; hostname")
-    assert "s0" in host.out.split() and host.out.split()[-1] == socket.gethostname()
+                       "ls /sys/class/net; hostname; echo --; cat /etc/hosts")
+    names, hosts = host.out.split("--\n")
+    assert "s0" in names.split() and names.split()[-1] == socket.gethostname()
+    with open("/etc/hosts") as handle:
+        assert hosts == handle.read()  # a copy of the host's
     assert sandbox.veths() == "" and sandbox.ruleset() == ""
     assert "mini-br0" not in sandbox.sh("ip link")  # neither made a bridge
     assert_nothing_left()
