@@ -46,11 +46,42 @@ DOCKER_DEFAULT_CAPS = 0x00000000A80425FB  # CapBnd of a `docker run` container
 
 @pytest.fixture(scope="session")
 def state(tmp_path_factory):
-    """A MINIDOCKER_ROOT of our own, checked empty at the end."""
+    """A MINIDOCKER_ROOT of our own, and (as root) cgroups of our own."""
     path = str(tmp_path_factory.mktemp("state"))
     os.environ["MINIDOCKER_ROOT"] = path
-    yield path
+    with own_v1_cgroups():
+        yield path
     del os.environ["MINIDOCKER_ROOT"]
+
+
+@contextlib.contextmanager
+def own_v1_cgroups():
+    """Move the test process into a cgroup of its own in every cgroup-v1
+    hierarchy. minidocker places a container under the cgroup it runs in,
+    so every container this suite starts lands below ours, and the checks
+    for leftovers look there only: another user's containers on the same
+    host are not ours to count. (On cgroup v2 containers go under
+    /sys/fs/cgroup/mini-docker/, which the cgroup-v2 VM has to itself.)"""
+    if not IS_ROOT:
+        yield
+        return
+    layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                               md.read_text("/proc/self/cgroup"))
+    moved = []
+    try:
+        for mount, own in sorted(set(layout.v1.values())):
+            parent = os.path.join(mount, own.strip("/"))
+            mine = os.path.join(parent, "mdtest-%d" % os.getpid())
+            os.mkdir(mine)
+            moved.append((parent, mine))
+            if os.path.exists(os.path.join(mine, "cpuset.cpus")):
+                md.inherit_cpuset(mount, mine)
+            md.write_cgroup_file(mine, "cgroup.procs", os.getpid())
+        yield
+    finally:
+        for parent, mine in reversed(moved):
+            md.write_cgroup_file(parent, "cgroup.procs", os.getpid())
+            md.remove_cgroups([mine])
 
 
 @pytest.fixture(scope="session")
