@@ -77,6 +77,14 @@ def syscall_error(err, call, hint=None):
     return SyscallError(err, text)
 
 
+def quote(text, limit=80):
+    """User text inside an error line: repr-quoted, so a newline or a
+    control character shows as an escape, and cut at `limit` characters,
+    so one flag cannot make the line huge."""
+    shown = repr(text[:limit])
+    return shown + ("... (%d characters)" % len(text) if len(text) > limit else "")
+
+
 def read_text(path):
     """A file's text, or "" when it cannot be read: for /proc and /sys files
     that this kernel may not have."""
@@ -318,6 +326,20 @@ _socket = _bind("socket", [_c_int, _c_int, _c_int])
 _syscall = _bind("syscall", [_c_long, _c_str, _c_str], _c_long)  # pivot_root
 _seccomp = _bind("syscall", [_c_long, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p],
                  _c_long)
+_mount_setattr = _bind("syscall", [_c_long, _c_int, _c_str, ctypes.c_uint, ctypes.c_void_p,
+                                   ctypes.c_size_t], _c_long)
+
+# <linux/mount.h>: mount_setattr(2), Linux 5.12, changes a whole mount tree
+# at once.
+#   struct mount_attr (32 bytes)
+#   +---------------+---------------+---------------+---------------+
+#   | attr_set (8)  | attr_clr (8)  | propagation(8)| userns_fd (8) |
+#   +---------------+---------------+---------------+---------------+
+MOUNT_ATTR = "=QQQQ"
+assert struct.calcsize(MOUNT_ATTR) == 32
+MOUNT_ATTR_RDONLY = 0x1
+AT_EMPTY_PATH = 0x1000    # <linux/fcntl.h>
+AT_RECURSIVE = 0x8000
 
 
 def mount(source, target, fstype, flags=0, data=None, shown=None):
@@ -366,6 +388,21 @@ def pivot_root(new_root, put_old):
         raise syscall_error(ctypes.get_errno(), "pivot_root(%s)" % new_root,
                             "the host's root must not be an initramfs (rootfs); "
                             "run from a real root filesystem")
+
+
+def mount_setattr_read_only(fd, shown):
+    """Make the mount tree at fd read-only, every submount included. Returns
+    False where the kernel has no mount_setattr (ENOSYS: Linux < 5.12)."""
+    if "mount_setattr" not in SYSCALLS:
+        return False
+    attr = ctypes.create_string_buffer(struct.pack(MOUNT_ATTR, MOUNT_ATTR_RDONLY, 0, 0, 0))
+    if _mount_setattr(SYSCALLS["mount_setattr"], fd, b"", AT_EMPTY_PATH | AT_RECURSIVE,
+                      attr, len(attr.raw)) == -1:
+        err = ctypes.get_errno()
+        if err == errno.ENOSYS:
+            return False
+        raise syscall_error(err, "mount_setattr(%s, MOUNT_ATTR_RDONLY, AT_RECURSIVE)" % shown)
+    return True
 
 
 def set_stage_name(name):
@@ -472,13 +509,17 @@ def parse_tmpfs(text):
 
 
 def parse_env_file(path):
-    """Docker's --env-file: KEY=VAL lines; `#` comments and blank lines are
-    skipped; a bare KEY takes its value from minidocker's own environment."""
+    """Docker's --env-file: KEY=VAL lines of UTF-8; `#` comments and blank
+    lines are skipped; a bare KEY takes its value from minidocker's own
+    environment."""
     try:
-        with open(path) as handle:
-            lines = handle.read().splitlines()
+        with open(path, "rb") as handle:
+            lines = handle.read().decode("utf-8").splitlines()
     except OSError as err:
         raise MiniDockerError("--env-file %s: %s" % (path, err.strerror))
+    except UnicodeDecodeError as err:
+        raise MiniDockerError("--env-file %s: not UTF-8 text (byte 0x%02x at offset %d)"
+                              % (path, err.object[err.start], err.start))
     return [line for line in (l.strip() for l in lines) if line and not line.startswith("#")]
 
 
@@ -488,13 +529,56 @@ def expand_env(entries):
     result = []
     for entry in entries:
         key, eq, _ = entry.partition("=")
-        if not key or " " in key:
+        if not key or " " in key or "\0" in entry:
+            # execve(2) takes C strings: a NUL would cut the entry short.
             raise MiniDockerError("invalid environment variable %r" % entry)
         if eq:
             result.append(entry)
         elif key in os.environ:
             result.append("%s=%s" % (key, os.environ[key]))
     return result
+
+
+ID_MAX = 0xFFFFFFFE  # uid_t is 32 bits, and (uid_t)-1 means "unchanged" to setuid(2)
+
+
+def check_user(text, flag):
+    """-u USER[:GROUP] and --group-add: names are looked up in the image
+    later; numbers must fit a uid_t."""
+    for part in text.split(":") if flag == "--user" else [text]:
+        if not part or (part.isdigit() and int(part) > ID_MAX) or \
+                any(c in part for c in ":\n\0") or not part.isprintable():
+            raise MiniDockerError("invalid %s %r: expected a name or a number from 0 to %d"
+                                  % (flag, text, ID_MAX))
+    if flag == "--user" and text.count(":") > 1:
+        raise MiniDockerError("invalid --user %r: expected USER[:GROUP]" % text)
+    return text
+
+
+# RFC 1123 labels (letters, digits, '-') joined by dots, as a host name in
+# /etc/hosts must be; '_' is allowed too, as Docker does. sethostname(2)
+# takes at most 64 bytes.
+HOSTNAME_PATTERN = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*"
+
+
+def check_hostname(name, flag):
+    if len(name) > 64 or not re.fullmatch(HOSTNAME_PATTERN, name, re.ASCII):
+        raise MiniDockerError("invalid %s %s: a host name is letters, digits, '-' and '_' "
+                              "in dot-separated labels, at most 64 characters"
+                              % (flag, quote(name)))
+    return name
+
+
+def check_cgroup_parent(path):
+    """--cgroup-parent is a path inside the hierarchy: no '..' to climb out
+    of it."""
+    if path is None:
+        return None
+    parts = path.split("/")
+    if ".." in parts or "\0" in path or not path.strip("/") or not path.isprintable():
+        raise MiniDockerError("invalid --cgroup-parent %s: expected a path below the cgroup "
+                              "root, without '..'" % quote(path))
+    return "/".join(p for p in parts if p not in ("", "."))
 
 
 def parse_security_opts(options):
@@ -550,7 +634,8 @@ def parse_add_host(text):
     import ipaddress
     name, sep, ip = text.partition(":")
     if not sep or not name or not ip:
-        raise MiniDockerError("invalid --add-host %r: expected NAME:IP" % text)
+        raise MiniDockerError("invalid --add-host %s: expected NAME:IP" % quote(text))
+    check_hostname(name, "--add-host name")
     if ip != "host-gateway":
         try:
             ip = str(ipaddress.ip_address(ip))
@@ -632,9 +717,11 @@ def build_spec(args):
         interactive = tty = True
     return Spec(
         rootfs=rootfs, command=list(args.command),
-        hostname=args.hostname or (socket.gethostname() if args.network == "host" else None),
+        hostname=check_hostname(args.hostname, "--hostname") if args.hostname else
+        socket.gethostname() if args.network == "host" else None,
         env=expand_env(env_entries), workdir=os.path.normpath(args.workdir),
-        user=args.user, group_add=list(args.group_add),
+        user=args.user and check_user(args.user, "--user"),
+        group_add=[check_user(g, "--group-add") for g in args.group_add],
         caps=caps, seccomp=seccomp, notes=notes, privileged=args.privileged, read_only=args.read_only,
         volumes=[parse_volume(v) for v in args.volume],
         tmpfs=[parse_tmpfs(t) for t in args.tmpfs],
@@ -642,7 +729,7 @@ def build_spec(args):
         resources=parse_resources(args, os.cpu_count() or 1,
                                   read_online("/sys/devices/system/cpu/online"),
                                   read_online("/sys/devices/system/node/online") or {0}),
-        cgroup_parent=args.cgroup_parent,
+        cgroup_parent=check_cgroup_parent(args.cgroup_parent),
         network=plan_network(args.network, args.subnet, args.bridge, args.publish, args.dns,
                              args.add_host))
 
@@ -676,6 +763,20 @@ class Paths:
 
     def record(self, cid):
         return os.path.join(self.records, cid + ".json")
+
+
+def make_state_dirs(paths):
+    """The state trees are root's alone (0700), as Docker's are: a
+    container's layer holds whatever the container wrote, setuid-root
+    programs included, and a local user who could reach upper/ on the host
+    could run them as root (Docker's CVE-2021-41091). Trees left by an
+    older minidocker with wider modes are narrowed."""
+    for path in (paths.lib, paths.containers, paths.run, paths.records):
+        try:
+            os.makedirs(path, 0o700)
+        except FileExistsError:
+            if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
+                os.chmod(path, 0o700)
 
 
 def process_start_time(pid):
@@ -725,6 +826,7 @@ def create_container(paths, spec, cid, cgroups):
               "command": spec.command, "remove": spec.remove, "pid": 0,
               "owner": os.getpid(), "owner_start": process_start_time(os.getpid()),
               "created": time.time()}
+    make_state_dirs(paths)
     write_record(paths, record)
     layer = paths.layer(cid)
     for sub in ("upper", "work", "merged"):
@@ -1198,7 +1300,7 @@ def apply_mount(rootfd, step):
         if step.kind == "bind":
             mount(step.source, fd_path(fd), None, MS_BIND | MS_REC, shown=step.target)
             if step.flags & MS_RDONLY:
-                remount_read_only(rootfd, step.target, 0)
+                remount_read_only(rootfd, step.target, 0, recursive=True)
         else:
             mount(step.source, fd_path(fd), step.fstype, step.flags, step.data, shown=step.target)
     finally:
@@ -1226,15 +1328,45 @@ def apply_protection(rootfd, step):
         os.close(fd)
 
 
-def remount_read_only(rootfd, target, flags):
+def remount_read_only(rootfd, target, flags, recursive=False):
     """A bind mount takes MS_RDONLY only from a second, remount call, and that
     call must name the new mount: a handle opened before the bind still
-    points at the directory underneath, so the path is opened again."""
+    points at the directory underneath, so the path is opened again.
+
+    The remount changes one mount, not the ones below it: a `-v SRC:DST:ro`
+    whose SRC holds another mount would leave that one writable. With
+    `recursive`, the submounts are made read-only too: by mount_setattr(2)
+    at once, or on an older kernel one by one from mountinfo."""
     fd = open_in_root(rootfd, target, follow=False)
     try:
         mount(None, fd_path(fd), None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags, shown=target)
+        if recursive and not mount_setattr_read_only(fd, target):
+            top = os.readlink(fd_path(fd))
+            for point, kept in submounts(read_text("/proc/self/mountinfo"), top):
+                mount(None, point, None, MS_BIND | MS_REMOUNT | MS_RDONLY | kept,
+                      shown=target + point[len(top):])
     finally:
         os.close(fd)
+
+
+# The per-mount flags of mountinfo's sixth field that a remount must repeat
+# (a bind remount resets the flags it is not given).
+MOUNTINFO_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
+
+
+def submounts(mountinfo, top):
+    """[(mount point, flags to keep)] of the mounts strictly below `top`,
+    from /proc/self/mountinfo's text (octal escapes such as \\040 undone)."""
+    found = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if point.startswith(top.rstrip("/") + "/"):
+            kept = 0
+            for option in fields[5].split(","):
+                kept |= MOUNTINFO_FLAGS.get(option, 0)
+            found.append((point, kept))
+    return found
 
 
 def populate_dev(rootfd):
@@ -2754,8 +2886,10 @@ def read_profile(path):
             profile = json.load(handle)
     except OSError as err:
         raise seccomp_error(path, err.strerror)
-    except ValueError as err:
+    except ValueError as err:  # UnicodeDecodeError is one too
         raise seccomp_error(path, "not valid JSON: %s" % err)
+    except RecursionError:
+        raise seccomp_error(path, "nested too deeply to be a profile")
     if not isinstance(profile, dict):
         raise seccomp_error(path, "must be a JSON object")
     return profile
@@ -3334,8 +3468,9 @@ def parse_group(text):
 def resolve_user(user, passwd, group, group_add=()):
     """Docker's -u rules against the container's own files: USER and GROUP
     by name or number; a number missing from passwd is allowed (gid 0, HOME
-    /). Returns (uid, gid, supplementary gids, home)."""
-    name, _, group_name = (user or "root").partition(":")
+    /), so the default user, uid 0, needs no passwd file at all (a scratch
+    image has none). Returns (uid, gid, supplementary gids, home)."""
+    name, _, group_name = (user or "0").partition(":")
     entry = next((u for u in passwd if name in (u[0], str(u[1]))), None)
     if entry is None and not name.isdigit():
         raise MiniDockerError("unable to find user %s: no matching entries in passwd file" % name)
@@ -3401,6 +3536,9 @@ def child_stage(spec, record, layer, to_parent, from_parent, console):
     """Stage 1 and 2, in the child. Never returns: execs or exits."""
     try:
         set_stage_name("md:[1:CHILD]")
+        close_inherited_fds()
+        if console is None:
+            os.setsid()  # with -t, attach_terminal does it
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
         host_network = spec.network["mode"] == "host"
         unshare(CHILD_NAMESPACES & ~CLONE_NEWNET if host_network else CHILD_NAMESPACES)
@@ -3423,6 +3561,24 @@ def child_stage(spec, record, layer, to_parent, from_parent, console):
         report_and_exit(to_parent, EXIT_RUNTIME, str(err))
     except BaseException as err:  # a bug: still one line, never a traceback
         report_and_exit(to_parent, EXIT_RUNTIME, "internal error: %r" % err)
+
+
+def close_inherited_fds():
+    """Close every descriptor above 2 that whoever started minidocker left
+    open. Such a descriptor would reach the container through execve: an
+    open directory of the host (`exec 7</`) is a way out of the root, by
+    /proc/self/fd/7/etc/shadow or by `-w /proc/self/fd/7` (runc's
+    CVE-2024-21626). Our own descriptors are all close-on-exec (Python
+    opens them so) and stay open for the start-up; the kernel closes them
+    at execve. Not close_range(2): it cannot tell the two kinds apart."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                if not fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
+                    os.close(fd)
+            except OSError:  # EBADF: the directory listdir itself had open
+                pass
 
 
 def report_and_exit(to_parent, code, message):
@@ -3501,16 +3657,14 @@ def reset_signals():
 def exec_command(spec, hostname):
     """Stage 2: identity, environment, privileges, the seccomp filter, then
     execve(2)."""
-    passwd, group = parse_passwd(read_text("/etc/passwd")), parse_group(read_text("/etc/group"))
+    passwd = parse_passwd(read_account_file("/etc/passwd"))
+    group = parse_group(read_account_file("/etc/group"))
     uid, gid, groups, home = resolve_user(spec.user, passwd, group, spec.group_add)
     env = container_env(spec, hostname, home)
     switch_user(uid, gid, groups, spec.caps)
     # setuid cleared the parent-death signal (prctl(2)); ask for it again.
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
-    try:
-        os.chdir(spec.workdir)
-    except OSError as err:
-        raise MiniDockerError("workdir %s: %s" % (spec.workdir, err.strerror))
+    enter_workdir(spec.workdir)
     program = find_executable(spec.command[0], env.get("PATH", DEFAULT_PATH))
     # An ignored signal stays ignored across execve, and the blocked mask is
     # kept as it is. Python ignores SIGPIPE and SIGXFSZ for itself, and
@@ -3530,10 +3684,72 @@ def exec_command(spec, hostname):
         raise MiniDockerError("exec %s: %s" % (program, err.strerror), code)
 
 
-def read_child_message(fd):
-    """One line from the child, or b'' at end of file."""
+def enter_workdir(workdir):
+    """chdir into -w DIR, and check that the result is inside the root: a
+    path through a magic link (/proc/self/fd/N, /proc/1/cwd) could name a
+    directory of the host that some descriptor still held. getcwd(2) says
+    ENOENT ("unreachable") for a directory outside the process's root."""
+    try:
+        os.chdir(workdir)
+        inside = os.getcwd().startswith("/")
+    except OSError as err:
+        raise MiniDockerError("workdir %s: %s" % (workdir, err.strerror))
+    if not inside:
+        raise MiniDockerError("workdir %s: resolves outside the container's root" % workdir)
+
+
+ACCOUNT_FILE_LIMIT = 4 << 20  # far above any real passwd, far below harm
+
+
+def read_account_file(path):
+    """/etc/passwd or /etc/group of the image, read safely: the image may
+    make it a symlink to /dev/zero (endless), a FIFO (blocks forever), or
+    /dev/console. Only a regular file of at most ACCOUNT_FILE_LIMIT bytes
+    is read; a missing one is empty (scratch images have none)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return ""
+    except OSError as err:
+        raise MiniDockerError("%s: %s" % (path, err.strerror))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise MiniDockerError("%s in the image is not a regular file" % path)
+        data = os.read(fd, ACCOUNT_FILE_LIMIT + 1)
+        while len(data) <= ACCOUNT_FILE_LIMIT:
+            chunk = os.read(fd, ACCOUNT_FILE_LIMIT + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > ACCOUNT_FILE_LIMIT:
+        raise MiniDockerError("%s in the image is larger than %d MiB"
+                              % (path, ACCOUNT_FILE_LIMIT >> 20))
+    return data.decode("utf-8", "replace")
+
+
+# During start-up there is no command yet to forward a signal to. These end
+# the start (the user wants out, and the child may be stuck on a hostile
+# image); the others wait until the command runs.
+STOPPING_SIGNALS = frozenset((signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT))
+
+
+def read_child_message(fd, signals, pending):
+    """One line from the child, or b'' at end of file. Watches the signal
+    pipe meanwhile: a stopping signal ends the start-up, another forwarded
+    one is kept in `pending` for the command."""
     data = b""
     while not data.endswith(b"\n"):
+        readable = select.select([fd, signals.read_end], [], [])[0]
+        for number in signals.received() if signals.read_end in readable else []:
+            if number in STOPPING_SIGNALS:
+                raise MiniDockerError("start-up interrupted by %s: the container did not start"
+                                      % signal.Signals(number).name, 128 + number)
+            if number in FORWARDED_NUMBERS:
+                pending.append(number)
+        if fd not in readable:
+            continue
         chunk = os.read(fd, 4096)
         if not chunk:
             break
@@ -3548,10 +3764,11 @@ def raise_child_error(message):
     raise MiniDockerError(text, int(code))
 
 
-def start_container(spec, record, layer, on_ready):
+def start_container(spec, record, layer, signals, on_ready):
     """Stage 0: fork the child into its namespaces and see it to its exec.
     on_ready(pid) runs on the host side while the child waits for "go".
-    Returns (pid of the container's init, pty master or None)."""
+    Returns (pid of the container's init, pty master or None, the signals
+    that arrived meanwhile and are still to forward)."""
     child_read, parent_write = os.pipe2(os.O_CLOEXEC)
     parent_read, child_write = os.pipe2(os.O_CLOEXEC)
     console = console_peer = None
@@ -3573,13 +3790,14 @@ def start_container(spec, record, layer, on_ready):
     os.close(child_write)
     if console_peer is not None:
         console_peer.close()
+    pending = []
     try:
-        if read_child_message(parent_read) != b"ready\n":
+        if read_child_message(parent_read, signals, pending) != b"ready\n":
             raise_child_error(b"")
         on_ready(pid)  # cgroups and the veth, while the child waits
         os.write(parent_write, b"go")
         master = receive_master(console) if console is not None else None
-        message = read_child_message(parent_read)
+        message = read_child_message(parent_read, signals, pending)
         if message:
             raise_child_error(message)
     except BaseException:
@@ -3590,7 +3808,7 @@ def start_container(spec, record, layer, on_ready):
         os.close(parent_write)
         if console is not None:
             console.close()
-    return pid, master
+    return pid, master, pending
 
 
 def receive_master(console):
@@ -3633,8 +3851,9 @@ class SignalPipe:
     arrives, and select() on the pipe cannot miss it.
 
     Installed before the fork, so a signal that comes while the container
-    starts waits in the pipe until the init's pid is known: never lost and
-    never the default action (KeyboardInterrupt) in minidocker itself."""
+    starts is never lost and never the default action (KeyboardInterrupt)
+    in minidocker itself: read_child_message ends the start-up on a
+    stopping signal and keeps the others for the command."""
 
     def __init__(self):
         self.read_end, self.write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -3663,7 +3882,7 @@ class SignalPipe:
         os.close(self.write_end)
 
 
-def wait_for_container(pid, signals, master, interactive):
+def wait_for_container(pid, signals, master, interactive, pending=()):
     """Forward the user's signals to the container's init until it exits,
     relaying its terminal if it has one. Returns the wait status.
 
@@ -3685,6 +3904,8 @@ def wait_for_container(pid, signals, master, interactive):
             # keeps what was typed ahead.
             tty.setraw(0, termios.TCSADRAIN)
             resize()
+        for number in pending:  # arrived while the container started
+            os.kill(pid, number)
         sources = [signals.read_end]
         if master is not None:
             sources += [master, 0] if interactive else [master]
@@ -3761,11 +3982,11 @@ def run_container(spec, paths):
             if network:
                 attach_veth(network, child)
 
-        pid, master = start_container(spec, record, layer, on_ready)
+        pid, master, pending = start_container(spec, record, layer, signals, on_ready)
         started = True
         record.update(status="running", pid=pid)
         write_record(paths, record)
-        code = exit_code(wait_for_container(pid, signals, master, spec.interactive))
+        code = exit_code(wait_for_container(pid, signals, master, spec.interactive, pending))
         if code == 128 + signal.SIGKILL and oom_killed(cgroups):
             sys.stderr.write("minidocker: the container hit its memory limit (--memory %s) "
                              "and the kernel's OOM killer ended it\n"
@@ -3823,6 +4044,7 @@ def cmd_rm(args):
 
 
 def cmd_ps(args):
+    require_root("ps")  # the state trees are root's alone
     paths = Paths()
     reclaim_dead(paths)
     row = "%-12s  %-10s  %9s  %8s  %-15s  %-30s  %-30s  %s"

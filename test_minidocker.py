@@ -24,6 +24,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import termios
 import time
 
@@ -957,6 +958,237 @@ def test_non_root_gets_a_clear_error(tmp_path):
     assert result.returncode == 125
     assert result.stderr.decode() == ("minidocker: error: run needs root (CAP_SYS_ADMIN in the "
                                       "initial user namespace): run it with sudo\n")
+
+
+# ---------------------------------------------------------------------------
+# root: escapes through what the caller or the image hands the container.
+# Each test performs the attack and fails if it works.
+# ---------------------------------------------------------------------------
+
+@root
+def test_escape_inherited_directory_fd_is_closed(rootfs, tmp_path):
+    # `( exec 7</ ; minidocker run ... cat /proc/self/fd/7/etc/shadow )`
+    secret = tmp_path / "host-secret"
+    secret.write_text("host only\n")
+    fd = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    os.set_inheritable(fd, True)
+    try:
+        def with_fd(*argv):
+            return subprocess.run(MINIDOCKER + ["run", "--network=none", "--rm"] + list(argv),
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, pass_fds=(fd,), timeout=60)
+        script = "cat /proc/self/fd/%d/host-secret; ls /proc/self/fd" % fd
+        result = with_fd(rootfs, "sh", "-c", script)
+        assert b"host only" not in result.stdout
+        assert result.stdout.split() == [b"0", b"1", b"2", b"3"]  # 3: ls's own directory
+        # runc's CVE-2024-21626: the working directory through the leaked fd.
+        result = with_fd("-w", "/proc/self/fd/%d" % fd, rootfs, "cat", "host-secret")
+        assert b"host only" not in result.stdout
+        assert result.returncode == 125, result.stderr
+        assert result.stderr.decode().startswith("minidocker: error: workdir /proc/self/fd/")
+    finally:
+        os.close(fd)
+    assert_nothing_left()
+
+
+@root
+def test_escape_through_the_callers_terminal(rootfs, probe):
+    """Without -t the container must not have the caller's terminal as its
+    controlling terminal: not readable as /dev/tty, and no TIOCSTI into it
+    (with seccomp off, so the kernel's answer is what counts)."""
+    master, slave = os.openpty()
+
+    def session_on_the_pty():
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    script = ("(exec 3</dev/tty) 2>/dev/null && echo tty-opened || echo tty-refused; "
+              "/probe/probe tiocsti 0x5412")
+    proc = subprocess.Popen(MINIDOCKER + ["run", "--network=none", "--rm", "-i"] + probe + [
+        "--security-opt", "seccomp=unconfined", rootfs, "sh", "-c", script],
+        stdin=slave, stdout=slave, stderr=slave, preexec_fn=session_on_the_pty)
+    output = b""
+    try:
+        assert proc.wait(timeout=60) == 0
+        while select.select([master], [], [], 0.2)[0]:
+            output += os.read(master, 65536)
+        injected = select.select([slave], [], [], 0)[0] and os.read(slave, 100)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+    assert b"tty-refused" in output, output
+    assert b"ret -1 errno 1" in output, output  # EPERM: not its controlling terminal
+    assert not injected
+    assert_nothing_left()
+
+
+@root
+def test_escape_stdin_not_a_session_leader_of_ours(rootfs):
+    sid = sh(rootfs, "cut -d' ' -f6 /proc/self/stat; cut -d' ' -f6 /proc/1/stat").out.split()
+    assert sid == ["1", "1"]  # pid 1 leads a session of its own
+
+
+@root
+@pytest.mark.parametrize("trap", ["zero", "fifo", "big", "device"])
+def test_escape_hostile_passwd_fails_fast(hostile, trap):
+    passwd = os.path.join(hostile, "etc/passwd")
+    os.unlink(passwd)
+    if trap == "zero":
+        os.symlink("/dev/zero", passwd)  # endless: grew minidocker to 24 GB
+    elif trap == "fifo":
+        os.mkfifo(passwd)  # hung `run`, and SIGTERM did nothing
+    elif trap == "big":
+        with open(passwd, "w") as handle:
+            handle.truncate((md.ACCOUNT_FILE_LIMIT) + 1)
+    else:
+        os.symlink("/dev/null", passwd)
+    start = time.monotonic()
+    message = "is larger than 4 MiB" if trap == "big" else "is not a regular file"
+    bad(["run", "--rm", hostile, "true"], "/etc/passwd in the image " + message)
+    assert time.monotonic() - start < 20
+
+
+@root
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_start_up_stays_killable(rootfs, name):
+    """A start that does not finish (here the child is stopped mid-way, as
+    a hostile image's FIFO once held it) still ends on SIGTERM or SIGINT,
+    with one line and nothing left."""
+    number = getattr(signal, name)
+    for _ in range(20):
+        proc = start(rootfs, "sleep", "30")
+        try:
+            child = wait_for_child(proc.pid)
+            os.kill(child, signal.SIGSTOP)
+            stage = md.read_text("/proc/%d/comm" % child)
+            if stage.startswith("md:"):  # caught before its execve
+                os.kill(proc.pid, number)
+                assert proc.wait(timeout=20) == 128 + number
+                err = proc.stderr.read().decode()
+                assert err == ("minidocker: error: start-up interrupted by %s: the container "
+                               "did not start\n" % name)
+                break
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+    else:
+        raise AssertionError("never caught the container before its execve")
+    assert_nothing_left()
+
+
+@root
+def test_scratch_image_runs_as_root_without_passwd(rootfs, tmp_path):
+    scratch = tmp_path / "scratch"
+    (scratch / "bin").mkdir(parents=True)
+    shutil.copy(os.path.realpath(shutil.which("busybox")), str(scratch / "bin/busybox"))
+    result = run(str(scratch), "/bin/busybox", "id")
+    assert result.returncode == 0, result.err
+    assert result.out.startswith("uid=0 gid=0")
+    bad(["run", "--rm", "-u", "root", str(scratch), "/bin/busybox", "true"],
+        "unable to find user root")
+
+
+def host_user(uid=1000):
+    """preexec_fn: become a plain local user of the host."""
+    def drop():
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    return drop
+
+
+@root
+def test_escape_setuid_file_in_a_layer_is_out_of_local_users_reach(rootfs):
+    """Docker's CVE-2021-41091: a container writes a setuid-root shell into
+    its layer; a local user of the host runs it from the state directory."""
+    top = tempfile.mkdtemp(prefix="md-state-", dir="/tmp")  # reachable by any user
+    os.chmod(top, 0o755)
+    env = dict(os.environ, MINIDOCKER_ROOT=top)
+    try:
+        made = subprocess.run(MINIDOCKER + ["run", "--network=none", rootfs, "sh", "-c",
+                                            "cp /bin/busybox /rootme && chmod 4755 /rootme"],
+                              env=env, stdin=subprocess.DEVNULL, timeout=60)
+        assert made.returncode == 0
+        (cid,) = os.listdir(os.path.join(top, "lib/containers"))
+        rootme = os.path.join(top, "lib/containers", cid, "upper/rootme")
+        assert os.stat(rootme).st_mode & stat.S_ISUID  # the payload is there
+        python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+        attempt = subprocess.run([python, "-c", "import os, sys; os.execv(sys.argv[1], "
+                                  "[sys.argv[1], 'id', '-u'])", rootme], cwd="/",
+                                 preexec_fn=host_user(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, timeout=30)
+        assert attempt.stdout != b"0\n"
+        assert b"PermissionError" in attempt.stderr
+        for sub in ("lib", "lib/containers", "run", "run/containers"):
+            assert stat.S_IMODE(os.stat(os.path.join(top, sub)).st_mode) == 0o700, sub
+        assert subprocess.run(MINIDOCKER + ["rm", cid], env=env,
+                              stdout=subprocess.DEVNULL).returncode == 0
+    finally:
+        shutil.rmtree(top)
+
+
+@root
+def test_escape_read_only_volume_is_read_only_all_the_way_down(rootfs, tmp_path):
+    source = tmp_path / "source"
+    (source / "sub").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(source / "sub")], check=True)
+    try:
+        result = sh(rootfs, "touch /v/top; touch /v/sub/below; ls /v /v/sub",
+                    options=["-v", "%s:/v:ro" % source])
+        assert os.listdir(str(source / "sub")) == [], "a submount of a :ro volume was written"
+        assert os.listdir(str(source)) == ["sub"]
+        assert result.err.count("Read-only file system") == 2, result.err
+    finally:
+        subprocess.run(["umount", str(source / "sub")], check=True)
+
+
+def test_submounts_from_mountinfo():
+    text = ("36 35 98:0 /mnt1 /mnt/v rw,noatime master:1 - ext3 /dev/root rw\n"
+            "37 36 0:5 / /mnt/v/a\\040b rw,nosuid,nodev - tmpfs t rw\n"
+            "38 37 0:6 / /mnt/v/a\\040b/c ro,noexec - tmpfs t rw\n"
+            "39 35 0:7 / /mnt/vx rw - tmpfs t rw\n")
+    assert md.submounts(text, "/mnt/v") == [("/mnt/v/a b", md.MS_NOSUID | md.MS_NODEV),
+                                            ("/mnt/v/a b/c", md.MS_NOEXEC)]
+
+
+@root
+@pytest.mark.parametrize("args, message", [
+    (["-u", "99999999999"], "invalid --user '99999999999'"),
+    (["-u", "4294967295"], "invalid --user '4294967295'"),
+    (["-u", "0:99999999999"], "invalid --user '0:99999999999'"),
+    (["-u", "a:b:c"], "invalid --user 'a:b:c'"),
+    (["--group-add", "99999999999"], "invalid --group-add '99999999999'"),
+    (["--hostname", "bad\nname"], "invalid --hostname 'bad\\nname'"),
+    (["--hostname", "\udcff"], "invalid --hostname"),
+    (["--hostname", "x" * 65], "invalid --hostname 'xxxx"),
+    (["--cgroup-parent", "../../x"], "invalid --cgroup-parent '../../x'"),
+    (["--cgroup-parent", "a/../.."], "invalid --cgroup-parent"),
+])
+def test_bad_identity_and_names(rootfs, args, message):
+    bad(["run", "--rm"] + args + [rootfs, "true"], message)
+
+
+@root
+def test_bad_env_files_and_profiles(rootfs, tmp_path):
+    latin1 = tmp_path / "latin1.env"
+    latin1.write_bytes(b"NAME=caf\xe9\n")
+    bad(["run", "--rm", "--env-file", str(latin1), rootfs, "true"],
+        "not UTF-8 text (byte 0xe9 at offset 8)")
+    nul = tmp_path / "nul.env"
+    nul.write_bytes(b"A=x\x00y\n")
+    bad(["run", "--rm", "--env-file", str(nul), rootfs, "true"], "invalid environment variable")
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100000 + "]" * 100000)
+    bad(["run", "--rm", "--security-opt", "seccomp=%s" % nested, rootfs, "true"],
+        "nested too deeply")
+    bad(["run", "--rm", "--add-host", "evil\nhost:1.2.3.4", rootfs, "true"],
+        "invalid --add-host name 'evil\\nhost'")
 
 
 # ---------------------------------------------------------------------------
