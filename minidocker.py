@@ -19,7 +19,18 @@ Needs: Linux >= 4.14 (TIOCGPTPEER for the terminal, SECCOMP_RET_KILL_PROCESS),
 overlayfs, root (CAP_SYS_ADMIN in the initial user namespace), Python >= 3.8.
 """
 
-import argparse
+import signal
+
+if __name__ == "__main__":
+    # The first thing the program does: hold back the signals `run` forwards,
+    # so that one arriving before their handlers exist (a ctrl-C at start-up,
+    # a `timeout` that fires early) waits instead of killing minidocker
+    # halfway through making a container. main() lets them go: `run` into
+    # its signal pipe, the other commands to Python's defaults.
+    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                                              signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2))
+
+import argparse  # noqa: E402 (the imports come after the mask above)
 import contextlib
 import ctypes
 import errno
@@ -28,7 +39,6 @@ import json
 import os
 import re
 import select
-import signal
 import socket
 import stat
 import struct
@@ -85,6 +95,19 @@ def quote(text, limit=80):
     return shown + ("... (%d characters)" % len(text) if len(text) > limit else "")
 
 
+def is_number(text):
+    """Only ASCII digits: str.isdigit() also takes '²' and '١', which int()
+    then refuses or reads in another script."""
+    return re.fullmatch(r"[0-9]+", text) is not None
+
+
+def one_line(text, limit=2000):
+    """An error as main() prints it: one line, whatever a path or a value
+    in it holds, and of a bounded length."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def read_text(path):
     """A file's text, or "" when it cannot be read: for /proc and /sys files
     that this kernel may not have."""
@@ -93,6 +116,11 @@ def read_text(path):
             return handle.read()
     except OSError:
         return ""
+
+
+def warn(message):
+    """Something the user should know that does not stop the command."""
+    sys.stderr.write("minidocker: warning: %s\n" % message)
 
 
 def debug(enabled, message):
@@ -450,6 +478,13 @@ class Spec:
         self.__dict__.update(fields)
 
 
+def absolute_path(path):
+    """An absolute path in its plain form. os.path.normpath alone keeps
+    POSIX's two leading slashes ("//" stays "//", not "/"), which would let
+    `--tmpfs //` hide the whole root."""
+    return "/" + os.path.normpath(path).lstrip("/")
+
+
 class Volume:
     __slots__ = ("source", "target", "read_only")
 
@@ -470,14 +505,14 @@ def parse_volume(text):
     if not source.startswith("/"):
         raise MiniDockerError("invalid volume %r: the host path must be absolute "
                               "(named volumes are not supported)" % text)
-    if not target.startswith("/") or os.path.normpath(target) == "/":
+    if not target.startswith("/") or absolute_path(target) == "/":
         raise MiniDockerError("invalid volume %r: the container path must be "
                               "absolute and not /" % text)
     unknown = [o for o in options if o not in ("ro", "rw")]
     if unknown or not options and len(parts) == 3:
         raise MiniDockerError("invalid volume %r: unknown option %r (use ro or rw)"
                               % (text, ",".join(unknown)))
-    return Volume(os.path.normpath(source), os.path.normpath(target), "ro" in options)
+    return Volume(absolute_path(source), absolute_path(target), "ro" in options)
 
 
 # Options that mount(8) spells as words but mount(2) takes as flags.
@@ -494,7 +529,7 @@ def parse_tmpfs(text):
     """`--tmpfs PATH[:OPTIONS]`: flag words become flags, the rest (size=,
     mode=, ...) is passed to tmpfs as data."""
     path, _, options = text.partition(":")
-    if not path.startswith("/") or os.path.normpath(path) == "/":
+    if not path.startswith("/") or absolute_path(path) == "/":
         raise MiniDockerError("invalid --tmpfs %r: the path must be absolute and not /" % text)
     flags, data = TMPFS_DEFAULT_FLAGS, []
     for word in filter(None, options.split(",")):
@@ -505,7 +540,7 @@ def parse_tmpfs(text):
             data.append(word)
         else:
             raise MiniDockerError("invalid --tmpfs %r: unknown option %r" % (text, word))
-    return (os.path.normpath(path), flags, ",".join(data))
+    return (absolute_path(path), flags, ",".join(data))
 
 
 def parse_env_file(path):
@@ -546,7 +581,7 @@ def check_user(text, flag):
     """-u USER[:GROUP] and --group-add: names are looked up in the image
     later; numbers must fit a uid_t."""
     for part in text.split(":") if flag == "--user" else [text]:
-        if not part or (part.isdigit() and int(part) > ID_MAX) or \
+        if not part or (is_number(part) and int(part) > ID_MAX) or \
                 any(c in part for c in ":\n\0") or not part.isprintable():
             raise MiniDockerError("invalid %s %r: expected a name or a number from 0 to %d"
                                   % (flag, text, ID_MAX))
@@ -608,7 +643,7 @@ DEFAULT_SUBNET = "10.0.0.0/24"
 
 
 def parse_port(text, spec):
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not is_number(text) or not 0 < int(text) < 65536:
         raise MiniDockerError("invalid --publish %r: port %r is not a number from 1 to 65535"
                               % (spec, text))
     return int(text)
@@ -719,7 +754,7 @@ def build_spec(args):
         rootfs=rootfs, command=list(args.command),
         hostname=check_hostname(args.hostname, "--hostname") if args.hostname else
         socket.gethostname() if args.network == "host" else None,
-        env=expand_env(env_entries), workdir=os.path.normpath(args.workdir),
+        env=expand_env(env_entries), workdir=absolute_path(args.workdir),
         user=args.user and check_user(args.user, "--user"),
         group_add=[check_user(g, "--group-add") for g in args.group_add],
         caps=caps, seccomp=seccomp, notes=notes, privileged=args.privileged, read_only=args.read_only,
@@ -780,24 +815,49 @@ def make_state_dirs(paths):
 
 
 def process_start_time(pid):
-    """Field 22 of /proc/PID/stat: tells a live pid from a reused one."""
+    """Field 22 of /proc/PID/stat: tells a live pid from a reused one. None
+    for a process that is gone, or a zombie (state Z, field 3): a killed
+    minidocker whose parent has not reaped it yet owns nothing any more."""
     try:
         with open("/proc/%d/stat" % pid, "rb") as handle:
-            stat = handle.read()
+            fields = handle.read().rsplit(b")", 1)[1].split()
     except OSError:
         return None
-    return int(stat.rsplit(b")", 1)[1].split()[19])
+    return None if fields[0] == b"Z" else int(fields[19])
 
 
 def write_record(paths, record):
+    """Replace the record atomically. The temporary's name is the writer's
+    own (pid in it), so writers never rename each other's half-written
+    files; a failed write (ENOSPC) removes its temporary."""
     os.makedirs(paths.records, mode=0o700, exist_ok=True)
-    temporary = paths.record(record["id"]) + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(record, handle)
-    os.replace(temporary, paths.record(record["id"]))
+    temporary = os.path.join(paths.records, ".%s.%d.tmp" % (record["id"], os.getpid()))
+    try:
+        with open(temporary, "w") as handle:
+            json.dump(record, handle)
+        os.replace(temporary, paths.record(record["id"]))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
-def read_records(paths):
+# What a record must hold to be used; anything else in the directory is
+# skipped with a warning and left for `rm -f` (by its file name).
+RECORD_FIELDS = {"id": str, "status": str, "rootfs": str, "cgroups": list, "command": list,
+                 "remove": bool, "pid": int, "owner": int, "created": (int, float)}
+
+
+def valid_record(record, name):
+    return isinstance(record, dict) and record.get("id") == name[:-len(".json")] and all(
+        isinstance(record.get(key), kinds) for key, kinds in RECORD_FIELDS.items()) and \
+        isinstance(record.get("owner_start"), (int, type(None)))
+
+
+def read_records(paths, malformed=None):
+    """The records, sorted by id. Reading needs no free space and changes
+    nothing. A file that is not a valid record is skipped, and its name
+    added to `malformed` when a list is given."""
     try:
         names = sorted(os.listdir(paths.records))
     except FileNotFoundError:
@@ -806,10 +866,16 @@ def read_records(paths):
     for name in names:
         if name.endswith(".json"):
             try:
-                with open(os.path.join(paths.records, name)) as handle:
-                    records.append(json.load(handle))
-            except (OSError, ValueError):
+                with open(os.path.join(paths.records, name), "rb") as handle:
+                    record = json.loads(handle.read(1 << 20).decode("utf-8"))
+            except FileNotFoundError:  # removed meanwhile by another minidocker
                 continue
+            except (OSError, ValueError, RecursionError):
+                record = None
+            if valid_record(record, name):
+                records.append(record)
+            elif malformed is not None:
+                malformed.append(name)
     return records
 
 
@@ -857,7 +923,42 @@ def reclaim_dead(paths):
     cgroups removed, their veths deleted and the NAT rules rebuilt without
     them, and the rest too if started with --rm, else marked exited. Their
     mounts died with their mount namespace, their processes with their pid 1
-    (the parent-death signal)."""
+    (the parent-death signal).
+
+    Any number of minidockers may reclaim at once (forty `run`s after a
+    crash): a lock file makes them take turns, and each reads the records
+    only once it holds the lock, so a record another has finished is no
+    longer dead for it. Writing needs free space; a full disk leaves the
+    record as it is (ps still shows it as not running) rather than failing
+    the command that only wanted to read or remove."""
+    if not os.path.isdir(paths.records):
+        return
+    with state_lock(paths, "reclaim.lock"):
+        reclaim_locked(paths)
+
+
+@contextlib.contextmanager
+def state_lock(paths, name):
+    fd = os.open(os.path.join(paths.run, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(paths):
+    """Temporaries of writers that died mid-write (kill -9): .ID.PID.tmp."""
+    for name in os.listdir(paths.records):
+        parts = name.split(".")
+        if name.endswith(".tmp") and len(parts) == 4 and is_number(parts[2]) \
+                and not os.path.exists("/proc/" + parts[2]):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(paths.records, name))
+
+
+def reclaim_locked(paths):
+    remove_stale_temporaries(paths)
     dead = [record for record in read_records(paths)
             if record["status"] in ("created", "running") and not owner_alive(record)]
     # Another namespace's rules are that namespace's next run's to rebuild.
@@ -870,7 +971,8 @@ def reclaim_dead(paths):
         else:
             remove_cgroups(record.get("cgroups", []))
             record["status"] = "exited"
-            write_record(paths, record)
+            with contextlib.suppress(OSError):  # ENOSPC: it stays as it was
+                write_record(paths, record)
 
 
 def find_container(paths, prefix):
@@ -1476,12 +1578,19 @@ MIN_MEMORY = 6 << 20  # docker's floor for --memory
 SIZE_PATTERN = r"(\d+(?:\.\d+)?) ?([kmgtp]?)i?b?"  # go-units' RAMInBytes
 
 
+SIZE_MAX = (1 << 63) - 1  # cgroup files hold signed 64-bit counts
+
+
 def parse_size(text, flag):
     """Docker's sizes: 100m, 1.5G, 512k, 2048 (bytes), 64mb, 10MiB."""
-    match = re.fullmatch(SIZE_PATTERN, text.strip(), re.IGNORECASE)
+    match = re.fullmatch(SIZE_PATTERN, text.strip(), re.IGNORECASE | re.ASCII)
     if match is None:
-        raise MiniDockerError("invalid %s %r: expected a size such as 100m or 1g" % (flag, text))
-    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
+        raise MiniDockerError("invalid %s %s: expected a size such as 100m or 1g"
+                              % (flag, quote(text)))
+    value = float(match.group(1)) * SIZE_UNITS[match.group(2).lower()]
+    if value > SIZE_MAX:  # 1e400 is inf, and int(inf) raises
+        raise MiniDockerError("invalid %s %s: larger than %d bytes" % (flag, quote(text), SIZE_MAX))
+    return int(value)
 
 
 def parse_cpu_list(text, online, flag):
@@ -1489,9 +1598,14 @@ def parse_cpu_list(text, online, flag):
     members = set()
     for part in text.split(","):
         low, dash, high = part.partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()):
-            raise MiniDockerError("invalid %s %r: expected a list such as 0-2,4" % (flag, text))
-        members.update(range(int(low), int(high if dash else low) + 1))
+        if not is_number(low) or (dash and not is_number(high)):
+            raise MiniDockerError("invalid %s %s: expected a list such as 0-2,4"
+                                  % (flag, quote(text)))
+        last = int(high if dash else low)
+        if last > max(online, default=0):  # checked before the range is built
+            raise MiniDockerError("invalid %s %s: %d not available on this host (online: %s)"
+                                  % (flag, quote(text), last, format_cpu_list(online)))
+        members.update(range(int(low), last + 1))
     missing = sorted(members - online)
     if missing:
         raise MiniDockerError("invalid %s %r: %s not available on this host (online: %s)"
@@ -3450,7 +3564,7 @@ def parse_passwd(text):
     users = []
     for line in text.splitlines():
         fields = line.split(":")
-        if len(fields) >= 7 and fields[2].isdigit() and fields[3].isdigit():
+        if len(fields) >= 7 and is_number(fields[2]) and is_number(fields[3]):
             users.append((fields[0], int(fields[2]), int(fields[3]), fields[5]))
     return users
 
@@ -3460,7 +3574,7 @@ def parse_group(text):
     groups = []
     for line in text.splitlines():
         fields = line.split(":")
-        if len(fields) >= 4 and fields[2].isdigit():
+        if len(fields) >= 4 and is_number(fields[2]):
             groups.append((fields[0], int(fields[2]), [m for m in fields[3].split(",") if m]))
     return groups
 
@@ -3472,7 +3586,7 @@ def resolve_user(user, passwd, group, group_add=()):
     image has none). Returns (uid, gid, supplementary gids, home)."""
     name, _, group_name = (user or "0").partition(":")
     entry = next((u for u in passwd if name in (u[0], str(u[1]))), None)
-    if entry is None and not name.isdigit():
+    if entry is None and not is_number(name):
         raise MiniDockerError("unable to find user %s: no matching entries in passwd file" % name)
     uid, gid, home = (entry[1], entry[2], entry[3]) if entry else (int(name), 0, "/")
     if group_name:
@@ -3485,7 +3599,7 @@ def resolve_user(user, passwd, group, group_add=()):
 
 def lookup_group(name, group):
     match = next((g for g in group if name in (g[0], str(g[1]))), None)
-    if match is None and not name.isdigit():
+    if match is None and not is_number(name):
         raise MiniDockerError("unable to find group %s: no matching entries in group file" % name)
     return match[1] if match else int(name)
 
@@ -3877,6 +3991,12 @@ class SignalPipe:
             return []
 
     def close(self):
+        """The container is gone: a signal has nothing left to reach. They
+        are held back again until minidocker exits, because Python puts
+        every handler it installed back to the default action while it
+        shuts down, and a SIGUSR1 then would end minidocker by the signal
+        instead of with the container's exit code."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_NUMBERS)
         signal.set_wakeup_fd(-1)
         os.close(self.read_end)
         os.close(self.write_end)
@@ -3916,13 +4036,16 @@ def wait_for_container(pid, signals, master, interactive, pending=()):
             readable = select.select(sources, [], [])[0]
             received = signals.received() if signals.read_end in readable else []
             for number in received:
-                if number == signal.SIGCHLD and status is None:
-                    reaped, code = os.waitpid(pid, os.WNOHANG)
-                    status = code if reaped else None
-                elif number == signal.SIGWINCH and local:
+                if number == signal.SIGWINCH and local:
                     resize()
                 elif number in FORWARDED_NUMBERS and status is None:
                     os.kill(pid, number)  # still ours: not reaped yet
+            if status is None and signals.read_end in readable:
+                # After any wake-up, not only SIGCHLD's: a flood of other
+                # signals fills the pipe, and the byte of SIGCHLD is then
+                # dropped (a full wakeup pipe loses bytes, by design).
+                reaped, code = os.waitpid(pid, os.WNOHANG)
+                status = code if reaped else None
             if master in readable:
                 data = read_or_eio(master)
                 if data:
@@ -4002,7 +4125,10 @@ def run_container(spec, paths):
                 remove_container(paths, record)
     if not spec.remove:
         record.update(status="exited", exit_code=code)
-        write_record(paths, record)
+        try:
+            write_record(paths, record)
+        except OSError as err:  # ENOSPC: the code still reaches the caller
+            warn("container %s: its record keeps no exit code: %s" % (cid[:12], err.strerror))
     return code
 
 
@@ -4024,11 +4150,14 @@ def cmd_run(args):
 
 
 def cmd_rm(args):
-    """Remove stopped containers; -f first kills a running one."""
+    """Remove stopped containers; -f first kills a running one. With -f, an
+    id also removes a malformed record of that name."""
     require_root("rm")
     paths = Paths()
     reclaim_dead(paths)
     for prefix in args.containers:
+        if args.force and remove_malformed(paths, prefix):
+            continue
         record = find_container(paths, prefix)
         if record["status"] == "running" and owner_alive(record):
             if not args.force:
@@ -4043,19 +4172,36 @@ def cmd_rm(args):
     return 0
 
 
+def remove_malformed(paths, prefix):
+    """rm -f of a record that read_records skipped: its file goes."""
+    malformed = []
+    read_records(paths, malformed)
+    names = [name for name in malformed if name.startswith(prefix)]
+    if len(names) != 1:
+        return False
+    os.unlink(os.path.join(paths.records, names[0]))
+    print(names[0][:-len(".json")][:12])
+    return True
+
+
 def cmd_ps(args):
     require_root("ps")  # the state trees are root's alone
     paths = Paths()
     reclaim_dead(paths)
     row = "%-12s  %-10s  %9s  %8s  %-15s  %-30s  %-30s  %s"
     print(row % ("CONTAINER ID", "STATUS", "MEMORY", "CPU", "ADDRESS", "PORTS", "COMMAND", "ROOTFS"))
-    for record in read_records(paths):
+    malformed = []
+    for record in read_records(paths, malformed):
         if args.all or record["status"] == "running":
             network = record.get("network", {})
             ports = ", ".join("%s:%d->%d/%s" % (ip, host, port, proto)
                               for ip, host, proto, port in network.get("ports", []))
             status, memory, cpu = record["status"], "-", "-"
-            if status == "exited":
+            if status != "exited" and not owner_alive(record):
+                status = "exited"  # a record reclaim could not rewrite (a full disk)
+            if status == "exited" and not record["pid"]:
+                status = "created"  # its minidocker died before the command ran
+            elif status == "exited":
                 status = "exited(%s)" % record.get("exit_code", "?")
             else:
                 usage = cgroup_usage(record.get("cgroups", []))
@@ -4065,6 +4211,9 @@ def cmd_ps(args):
                     cpu = "%.2fs" % usage["cpu_seconds"]
             print(row % (record["id"][:12], status, memory, cpu, network.get("address", "-"),
                          ports or "-", " ".join(record["command"])[:30], record["rootfs"]))
+    for name in malformed:
+        warn("%s is not a valid container record: skipped (rm -f %s removes it)"
+             % (os.path.join(paths.records, name), name[:-len(".json")]))
     return 0
 
 
@@ -4156,20 +4305,48 @@ def build_parser():
 START = 0.0  # time.perf_counter() when main() was entered, for --debug
 
 
+def open_standard_fds():
+    """Descriptors 0, 1 and 2 open, on /dev/null if the caller closed them
+    (`minidocker run ... <&-`), before anything else opens a file: or a pipe
+    of ours would become "stdin", as in any daemon that forgets this."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open("/dev/null", os.O_RDWR)  # the lowest free number: fd
+            if null != fd:
+                os.dup2(null, fd, inheritable=True)
+                os.close(null)
+            else:
+                os.set_inheritable(fd, True)
+
+
 def main(argv=None):
     global START
     START = time.perf_counter()
+    open_standard_fds()
+    args = None
     try:
         args = build_parser().parse_args(argv)
+        if args.handler is not cmd_run:  # `run` lets them go in SignalPipe
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_NUMBERS)
         return args.handler(args)
     except MiniDockerError as err:
-        sys.stderr.write("minidocker: error: %s\n" % err)
+        sys.stderr.write("minidocker: error: %s\n" % one_line(str(err)))
         return err.code
     except OSError as err:
-        sys.stderr.write("minidocker: error: %s\n" % err)
+        sys.stderr.write("minidocker: error: %s\n" % one_line(str(err)))
         return EXIT_RUNTIME
     except KeyboardInterrupt:
+        sys.stderr.write("minidocker: interrupted\n")
         return 130
+    except Exception as err:  # a bug: one line, the traceback only with --debug
+        if getattr(args, "debug", False):
+            import traceback
+            traceback.print_exc()
+        sys.stderr.write("minidocker: error: internal error: %s: %s\n"
+                         % (type(err).__name__, quote(str(err))))
+        return EXIT_RUNTIME
 
 
 if __name__ == "__main__":

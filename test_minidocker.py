@@ -1192,6 +1192,309 @@ def test_bad_env_files_and_profiles(rootfs, tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# root: faults and load. Each test reproduces what a user's scripts did and
+# is bounded in time and count.
+# ---------------------------------------------------------------------------
+
+def minidocker(*args, env=None, timeout=60, **kw):
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    result = subprocess.run(MINIDOCKER + list(args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, timeout=timeout, **kw)
+    result.out, result.err = result.stdout.decode(), result.stderr.decode()
+    return result
+
+
+def records_now():
+    return md.read_records(md.Paths())
+
+
+@root
+def test_fault_concurrent_reclaim_after_a_crash(rootfs):
+    """25 containers (without --rm) whose minidockers were killed, then 40
+    concurrent runs and 20 concurrent ps: every one succeeds."""
+    procs = [subprocess.Popen(MINIDOCKER + ["run", "--network=none", rootfs, "sleep", "60"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for _ in range(25)]
+    try:
+        deadline = time.monotonic() + 60
+        while sum(r["status"] == "running" for r in records_now()) < 25:
+            assert time.monotonic() < deadline, "the 25 containers did not all start"
+            time.sleep(0.1)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    runs = [subprocess.Popen(MINIDOCKER + ["run", "--network=none", "--rm", rootfs, "true"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE) for _ in range(40)]
+    lists = [subprocess.Popen(MINIDOCKER + ["ps", "-a"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(20)]
+    failures = []
+    for proc in runs + lists:
+        out, err = proc.communicate(timeout=120)
+        if proc.returncode != 0 or err:
+            failures.append((proc.args[2], proc.returncode, err.decode()))
+    assert failures == []
+    dead = records_now()
+    assert len(dead) == 25 and all(r["status"] == "exited" for r in dead)
+    assert minidocker("rm", *[r["id"] for r in dead]).returncode == 0
+    assert os.listdir(md.Paths().records) == []  # no temporaries either
+    assert_nothing_left()
+
+
+@root
+def test_fault_full_state_filesystem(rootfs, tmp_path):
+    """A container that fills the disk holding the state: its own exit code
+    still comes back, and ps -a, rm and rm -f keep working."""
+    top = tmp_path / "small"
+    top.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(top)], check=True)
+    env = dict(os.environ, MINIDOCKER_ROOT=str(top))
+    try:
+        filled = minidocker("run", "--network=none", rootfs, "sh", "-c",
+                            "dd if=/dev/zero of=/fill bs=64k 2>/dev/null; exit 3", env=env)
+        assert filled.returncode == 3, filled.err
+        assert filled.err.startswith("minidocker: warning: ") and filled.err.count("\n") == 1
+        listing = minidocker("ps", "-a", env=env)
+        assert listing.returncode == 0 and listing.err == "", listing.err
+        (line,) = listing.out.splitlines()[1:]
+        assert " exited(?) " in line
+        second = minidocker("run", "--network=none", "--rm", rootfs, "true", env=env)
+        assert second.returncode == 125 and second.err.count("\n") == 1, second.err
+        assert "No space left on device" in second.err
+        removed = minidocker("rm", "-f", line.split()[0], env=env)
+        assert removed.returncode == 0, removed.err
+        assert os.listdir(str(top / "run/containers")) == []
+        assert os.listdir(str(top / "lib/containers")) == []
+    finally:
+        subprocess.run(["umount", str(top)], check=True)
+    assert_nothing_left()
+
+
+@root
+def test_fault_closed_standard_descriptors(rootfs):
+    def close(*fds):
+        return lambda: [os.close(fd) for fd in fds]
+    for fds in ((0,), (0, 1), (0, 1, 2)):
+        proc = subprocess.run(MINIDOCKER + ["run", "--network=none", "--rm", rootfs, "sh", "-c",
+                                            "exit 3"], preexec_fn=close(*fds), timeout=60)
+        assert proc.returncode == 3, fds
+    empty = subprocess.run(MINIDOCKER + ["run", "--network=none", "--rm", "-i", rootfs, "cat"],
+                           preexec_fn=close(0), stdout=subprocess.PIPE, timeout=60)
+    assert (empty.returncode, empty.stdout) == (0, b"")
+    assert_nothing_left()
+
+
+@root
+def test_fault_signal_flood_while_the_container_exits(rootfs):
+    for _ in range(6):
+        proc = subprocess.Popen(MINIDOCKER + ["run", "--network=none", "--rm", rootfs, "sh", "-c",
+                                              "sleep 0.5; exit 7"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        try:
+            # From minidocker's first line on (before it, the interpreter
+            # itself is starting, and SIGUSR1 would end any program). Until
+            # it is reaped a pid cannot be reused: wait() comes after.
+            wait_for_first_line(proc)
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                for _ in range(1000):
+                    os.kill(proc.pid, signal.SIGUSR1)
+            assert proc.wait(timeout=30) == 7
+            assert proc.stderr.read() == b""
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stderr.close()
+    assert_nothing_left()
+
+
+def wait_for_first_line(proc, timeout=10):
+    """Until minidocker has run its first line (the signal mask)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = md.read_text("/proc/%d/status" % proc.pid)
+        if text and int(status_field(text, "SigBlk"), 16) & (1 << (signal.SIGTERM - 1)):
+            return
+        assert proc.poll() is None and time.monotonic() < deadline, "no signal mask seen"
+        time.sleep(0.001)
+
+
+@root
+def test_fault_signals_at_random_moments_of_start_up(rootfs):
+    import random
+    rng = random.Random(7)
+    outcomes = set()
+    for index in range(30):
+        number = (signal.SIGINT, signal.SIGTERM)[index % 2]
+        proc = subprocess.Popen(MINIDOCKER + ["run", "--network=none", "--rm", rootfs, "sleep",
+                                              "0.3"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_for_first_line(proc)
+            time.sleep(rng.uniform(0, 0.15))
+            os.kill(proc.pid, number)
+            code = proc.wait(timeout=30)
+            err = proc.stderr.read().decode()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stderr.close()
+        # Either the command ran (sleep, as pid 1, ignores the signal: exit
+        # 0) or the start-up ended with one line.
+        if code == 0:
+            assert err == ""
+        else:
+            assert code == 128 + number and err.count("\n") == 1, err
+            assert err.startswith("minidocker: error: start-up interrupted by "), err
+        outcomes.add(code == 0)
+        assert_nothing_left()
+
+
+@root
+def test_fault_killed_minidocker_not_yet_reaped_owns_nothing(rootfs):
+    proc = subprocess.Popen(MINIDOCKER + ["run", "--network=none", rootfs, "sleep", "60"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        record = running_record()
+        os.kill(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not md.read_text("/proc/%d/stat" % proc.pid).split(") ")[-1].startswith("Z"):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        listing = minidocker("ps", "-a")  # while it is a zombie
+        assert record["id"][:12] + "  exited(?)" in listing.out, listing.out
+        assert not any(os.path.exists(path) for path in record["cgroups"])
+    finally:
+        proc.wait()
+    assert minidocker("rm", record["id"]).returncode == 0
+    assert_nothing_left()
+
+
+@root
+def test_fault_killed_during_start_up_shows_created(rootfs):
+    for _ in range(20):
+        proc = subprocess.Popen(MINIDOCKER + ["run", "--network=none", rootfs, "sleep", "60"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        child = wait_for_child(proc.pid)
+        os.kill(child, signal.SIGSTOP)
+        caught = md.read_text("/proc/%d/comm" % child).startswith("md:")
+        proc.kill()
+        proc.wait()
+        listing = minidocker("ps", "-a").out.splitlines()[1:]
+        assert len(listing) == 1
+        assert minidocker("rm", listing[0].split()[0]).returncode == 0
+        if caught:
+            assert listing[0].split()[1] == "created", listing
+            break
+    else:
+        raise AssertionError("never caught the container before its execve")
+    assert_nothing_left()
+
+
+MALFORMED_RECORDS = [b"", b"[]", b"{}", b"null", b"42", b"\xff\xfe", b"{" * 5000,
+                     b'{"id": "x"}', b"[" * 100000, b'{"id": 7}',
+                     json.dumps({"id": "bad10", "status": "running", "rootfs": "/",
+                                 "cgroups": [], "command": [], "remove": False, "pid": 1,
+                                 "owner": "one", "created": 0}).encode(),
+                     json.dumps({"id": "someone-else", "status": "running", "rootfs": "/",
+                                 "cgroups": [], "command": [], "remove": False, "pid": 1,
+                                 "owner": 1, "owner_start": 0, "created": 0}).encode(),
+                     b'{"id": "bad12", "status": null}', b'"text"', b"{\"id\": \"bad14\",",
+                     b"\x00" * 100, b'{"id": "bad16", "cgroups": "/sys"}', b"true",
+                     b'{"id": "bad18", "command": "sh"}', b"[{}]"]
+
+
+@root
+def test_fault_malformed_records_are_skipped_and_removable(rootfs):
+    paths = md.Paths()
+    os.makedirs(paths.records, exist_ok=True)
+    names = ["bad%02d" % index for index in range(len(MALFORMED_RECORDS))]
+    for name, content in zip(names, MALFORMED_RECORDS):
+        with open(paths.record(name), "wb") as handle:
+            handle.write(content)
+    assert len(names) == 20
+    listing = minidocker("ps", "-a")
+    assert listing.returncode == 0 and "Traceback" not in listing.err
+    assert listing.err.count("is not a valid container record") == 20, listing.err
+    assert run(rootfs, "true", check_clean=False).returncode == 0
+    assert minidocker("rm", "bad01").returncode == 125  # without -f: no such container
+    for name in names:
+        removed = minidocker("rm", "-f", name)
+        assert removed.returncode == 0, removed.err
+    assert os.listdir(paths.records) == []
+    assert_nothing_left()
+
+
+# Bad values for each flag of `run`: every one must give exit 125, one line,
+# no traceback, nothing left.
+BAD_VALUES = {
+    "-m": ["1" + "9" * 400, "x", "-1", "1e400", "5k", "²", "1..5m", "", " ", "\n"],
+    "--memory-swap": ["1" + "9" * 400, "1k", "y", "²", "", "\x00", "-2", "1e999", "m", "1.2.3"],
+    "--cpus": ["0", "-1", "nan", "inf", "1e400", "²", "", "x", "99999", "0.0000"],
+    "--cpuset-cpus": ["0-10000000", "0-4294967295", "²", "0-²", "a", "-1", "0-", ",", "0,,1",
+                      "9999999999999999999999"],
+    "--cpuset-mems": ["0-10000000", "²", "x", "-", "1-0-1", "99", "0-4294967295", "", " ", "\n"],
+    "--pids-limit": ["-2", "x", "²", "1.5", "", "--", "0x10", "1e3", "-99", "\n"],
+    "-p": ["²:80", "70000:80", "0:80", "abc", "1:2:3:4", "1.2.3.999:80:80", "80:80/sctp",
+           ":80", "80:", "\n:80"],
+    "-u": ["99999999999", "4294967295", "4294967296", "0:99999999999", "a:b:c", "\t",
+           "\n", "\x00", ":", "0:"],
+    "--group-add": ["99999999999", "4294967295", "", "\n", "\x01", "1:2", "a\nb", ":", " \n",
+                    "9" * 30],
+    "--hostname": ["bad\nname", "\udcff", "x" * 65, "-x", "x-", "a..b", ".", "a b", "a/b",
+                   "\x00"],
+    "--add-host": ["nocolon", "evil\nhost:1.2.3.4", "h:999.1.1.1", ":1.2.3.4", "h:", "h:x",
+                   "a b:1.2.3.4", "\udcff:1.2.3.4", "h:host-gatewayx", "h:1.2.3.4\n"],
+    "--cgroup-parent": ["../../x", "a/../..", "..", "/", "a/\nb", "\x00", "./..", "a/..",
+                        "../", "x/../../y"],
+    "--dns": ["x", "1.2.3", "999.1.1.1", "", "\n", "1.2.3.4/24", "::g", "²", "a b", "-"],
+    "-v": ["nocolon", "relative:/x", "/x:relative", "/x:/y:bogus", ":", "/x:", ":/y",
+           "/x:/y:ro:rw", "a:b:c:d", "/x:/"],
+    "--tmpfs": ["relative", "/", "/x:bogus", "/x:ro,bad", "", ":", "//", "/x:mode",
+                "x:/y", "/x:exec,nope"],
+    "-w": ["relative", "", "x/y", ".", "..", "~", "./a", "a/..", "\n", "${HOME}"],
+    "--cap-add": ["CAP_NOPE", "", "NOPE", "ALL2", "\n", "SYS_ADMINX", "cap_", "42", "-1", "²"],
+    "--security-opt": ["bogus", "seccomp", "seccomp=/no/such", "apparmor=x", "label=x",
+                       "no-new-privileges=false", "seccomp=", "\n", "=", "x=y"],
+    "--network": ["mesh", "", "bridge2", "\n", "container:x", "host ", "NONE", "br", "²", "x"],
+    "--blkio-weight": ["5", "1001", "x", "-1", "²", "", "1.5", "0x10", "9" * 30, "\n"],
+}
+
+
+def bad_command_lines():
+    for flag, values in sorted(BAD_VALUES.items()):
+        for value in values:
+            yield flag, value
+
+
+def test_fuzz_bad_command_lines_in_process(capsys, monkeypatch, tmp_path):
+    """Over 200 bad command lines, through main() in this process (each is
+    refused before anything is made, so no root is needed and it is fast)."""
+    monkeypatch.setenv("MINIDOCKER_ROOT", str(tmp_path))
+    monkeypatch.setattr(md, "require_root", lambda what: None)
+    monkeypatch.setattr(md, "run_container", lambda spec, paths: 0)  # accepted: exit 0
+    lines = list(bad_command_lines())
+    assert len(lines) >= 200
+    accepted = []
+    for flag, value in lines:
+        network = [] if flag == "--network" else ["--network=none"]
+        argv = ["run", "--rm"] + network + [flag, value, str(tmp_path), "true"]
+        code = md.main(argv)
+        err = capsys.readouterr().err
+        if code != 125 or not err.startswith("minidocker: error: ") or err.count("\n") != 1 \
+                or "internal error" in err or "Traceback" in err:
+            accepted.append((flag, value, code, err))
+    assert accepted == []
+    assert os.listdir(str(tmp_path)) == []  # nothing was made
+
+
+# ---------------------------------------------------------------------------
 # cgroups: unit tests of sizes, conversions and the plan of writes
 # ---------------------------------------------------------------------------
 
