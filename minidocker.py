@@ -1718,7 +1718,7 @@ def cgroup_usage(paths):
 # kernel that carries requests and answers in one binary format. minidocker
 # builds those messages itself, so it needs neither binary:
 #   rtnetlink (NETLINK_ROUTE)       links, addresses, routes   rtnetlink(7)
-#   nf_tables (NETLINK_NETFILTER)   the NAT table              <linux/netfilter/nf_tables.h>
+#   nf_tables (NETLINK_NETFILTER)   NAT and filter rules       <linux/netfilter/nf_tables.h>
 #
 # A message is a header and a body; a body is a fixed struct and a list of
 # attributes; an attribute may hold more attributes (nested). Everything is
@@ -1745,7 +1745,9 @@ def cgroup_usage(paths):
 #     configured from inside by the container's own stage 1;
 #   - addresses leased in the container records under a lock file;
 #   - one nf_tables table, `ip minidocker`, rebuilt whole in one atomic batch
-#     from the live records each time a container comes or goes.
+#     from the live records each time a container comes or goes. Its chains:
+#     guard (raw, prerouting), prerouting and output (DNAT of published
+#     ports), forward (what may enter a bridge) and postrouting (masquerade).
 
 NETLINK_ROUTE = 0               # <linux/netlink.h>
 NETLINK_NETFILTER = 12
@@ -1954,8 +1956,9 @@ def parse_addresses(messages):
 #
 # and every integer attribute of nf_tables is big-endian. A rule is a list
 # of expressions run in order over registers, as a tiny virtual machine:
-# load a field into a register (meta, payload, fib), compare it (cmp), and
-# act (masq, nat). `nft --debug=netlink list ruleset` prints them.
+# load a field into a register (meta, payload, fib, ct), compare it (cmp),
+# and act (masq, nat, or a verdict: immediate accept or drop). `nft
+# --debug=netlink list ruleset` prints them.
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
 NFT_MSG_NEWTABLE, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE = 0, 2, 3, 6
@@ -1989,7 +1992,7 @@ NFT_META_IIFNAME = 6
 NFT_META_OIFNAME, NFT_META_L4PROTO = 7, 16
 NFT_CMP_EQ, NFT_CMP_NEQ = 0, 1
 NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER = 1, 2
-NFT_BITWISE_BOOL = 0   # mask and xor; named NFT_BITWISE_MASK_XOR since Linux 6.13
+NFT_BITWISE_BOOL = 0   # mask and xor; newer headers call it NFT_BITWISE_MASK_XOR
 NFT_NAT_DNAT = 1
 NFT_CT_STATE, NFT_CT_STATUS = 0, 2
 NFT_FIB_RESULT_ADDRTYPE, NFTA_FIB_F_DADDR = 3, 2
@@ -2357,12 +2360,13 @@ class Netlink:
         while pending:
             for kind, _, seq, body in parse_messages(self.receive("nf_tables batch")):
                 if kind != NLMSG_ERROR or seq not in sent:
-                    continue  # a late answer to an earlier batch
-                if error_of(body) and seq in names:
-                    raise NetlinkError(error_of(body), names[seq])
-                if error_of(body):
-                    raise NetlinkError(error_of(body), "nf_tables batch", verb="refused", hint=(
-                        NFTABLES_HINT if error_of(body) == errno.EOPNOTSUPP else None))
+                    continue  # the rest of an earlier batch's answers, left when it failed
+                err = error_of(body)
+                if err and seq in names:
+                    raise NetlinkError(err, names[seq])
+                if err:  # at BATCH_BEGIN's
+                    raise NetlinkError(err, "nf_tables batch", verb="refused",
+                                       hint=NFTABLES_HINT if err == errno.EOPNOTSUPP else None)
                 pending.discard(seq)
 
 

@@ -2160,6 +2160,34 @@ def test_nftables_expressions_match_the_kernels(text, ours, kernel):
     assert b"".join(ours()).hex() == "".join(kernel)
 
 
+# The headers chapter 9 cites, and what it names from them, as the C compiler
+# reads them: an enum's members are numbered by the compiler, so cpp alone
+# cannot tell. Two names are minidocker's own, spelled as the header would,
+# and NLA_TYPE_MASK is an int there, ~(the flags), over a 16-bit field.
+NETFILTER_HEADERS = ["limits.h", "linux/netlink.h", "linux/netfilter.h", "linux/netfilter_ipv4.h",
+                     "linux/netfilter/nfnetlink.h", "linux/netfilter/nf_tables.h",
+                     "linux/netfilter/nf_nat.h", "linux/netfilter/nf_conntrack_common.h"]
+NETFILTER_OWN = {"NF_CT_STATE_ESTABLISHED": "NF_CT_STATE_BIT(IP_CT_ESTABLISHED)",
+                 "NF_CT_STATE_RELATED": "NF_CT_STATE_BIT(IP_CT_RELATED)",
+                 "NLA_TYPE_MASK": "NLA_TYPE_MASK & 0xFFFF"}
+
+
+def test_netlink_and_nftables_numbers_match_the_headers(tmp_path):
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is not installed (apt-get install gcc libc6-dev)")
+    names = sorted(name for name in dir(md) if name != "NETLINK_TIMEOUT" and isinstance(getattr(md, name), int)
+                   and re.match(r"(NETLINK|NLM|NLMSG|NLA|NFNL|NFPROTO|NF|NFT|NFTA|IPS)_", name))
+    assert len(names) > 90 and "NFTA_META_DREG" in names
+    source = "".join("#include <%s>\n" % header for header in NETFILTER_HEADERS) + "#include <stdio.h>\n"
+    source += "int main(void) {\n" + "".join('    printf("%s %%lld\\n", (long long)(%s));\n'
+                                             % (name, NETFILTER_OWN.get(name, name)) for name in names) + "}\n"
+    (tmp_path / "numbers.c").write_text(source)
+    subprocess.run(["gcc", "-o", str(tmp_path / "numbers"), str(tmp_path / "numbers.c")], check=True)
+    printed = subprocess.run([str(tmp_path / "numbers")], stdout=subprocess.PIPE, check=True).stdout.decode()
+    assert {name: getattr(md, name) for name in names} == \
+        {name: int(value) for name, value in (line.split() for line in printed.splitlines())}
+
+
 # An RTM_GETADDR dump of a namespace with lo up and mini-br0 at 10.0.0.1/24:
 # two NLM_F_MULTI messages in one datagram, then NLMSG_DONE in the next;
 # and the answer to RTM_GETLINK for a missing "nosuch0".
@@ -2772,6 +2800,45 @@ def test_net_a_kernel_refusal_is_one_line_naming_the_request(rootfs, sandbox):
                         r"Operation not supported\n", result.err), result.err
     assert sandbox.veths() == "" and sandbox.ruleset() == ""
     assert_nothing_left()
+
+
+# In a network namespace of its own (`unshare -n`): nf_tables batches made by
+# nat_batch, some altered, sent through one Netlink; prints each error.
+ODD_BATCHES = """
+import struct, sys
+sys.path.insert(0, sys.argv[1])
+import minidocker as md
+NLMSG_NOOP = 1  # <linux/netlink.h>
+masquerade = md.action_masquerade()
+nl = md.Netlink(md.NETLINK_NETFILTER, **({"timeout": 0.5} if sys.argv[2] == "no answer" else {}))
+batches = [md.nat_batch([("postrouting", masquerade)], nl.seq + 1)]
+if sys.argv[2] == "bad res_id":  # BATCH_BEGIN's res_id names no subsystem
+    datagram, names = batches[0]
+    assert md.parse_messages(datagram)[0][0] == md.NFNL_MSG_BATCH_BEGIN
+    batches = [(datagram[:18] + struct.pack(">H", 0xFFFF) + datagram[20:], names)]
+elif sys.argv[2] == "no answer":  # the kernel does not answer a NOOP without NLM_F_ACK
+    batches = [(md.nl_message(NLMSG_NOOP, md.NLM_F_REQUEST, 1, b""), {1: "NLMSG_NOOP"})]
+for chains in (["nosuchchain", "postrouting"], ["postrouting", "nosuchchain"]):
+    if sys.argv[2] == "after a failed one":  # the first batch's last ack comes after its error
+        batches = [md.nat_batch([(chain, masquerade) for chain in chains], nl.seq + 1)]
+    try:
+        nl.batch(*batches[0])
+    except md.MiniDockerError as err:
+        print(type(err).__name__, err)
+    if sys.argv[2] != "after a failed one":
+        break
+"""
+
+
+@root
+@pytest.mark.parametrize("change, errors", [
+    ("bad res_id", "NetlinkError nf_tables batch refused: Invalid argument\n"),
+    ("no answer", "MiniDockerError nf_tables batch: no answer from the kernel in 0.5 s\n"),
+    ("after a failed one", "NetlinkError NFT_MSG_NEWRULE nosuchchain failed: No such file or directory\n" * 2)])
+def test_net_an_nftables_batch_never_waits_forever_nor_misreads(change, errors):
+    result = subprocess.run(["unshare", "-n", sys.executable, "-c", ODD_BATCHES, HERE, change],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    assert result.stdout.decode() == errors, result.stderr.decode()
 
 
 @root
