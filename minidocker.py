@@ -1966,7 +1966,7 @@ NFGENMSG = "=BBH"      # family, version, res_id (packed big-endian by hand)
 assert struct.calcsize(NFGENMSG) == 4
 NFPROTO_IPV4 = 2       # <linux/netfilter.h>: the `ip` family of nft
 NF_INET_PRE_ROUTING, NF_INET_FORWARD, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING = 0, 2, 3, 4
-NF_DROP, NF_ACCEPT = 0, 1
+NF_DROP, NF_ACCEPT = 0, 1   # verdicts
 # <linux/netfilter_ipv4.h>: nft's raw, dstnat, filter and srcnat
 NF_IP_PRI_RAW, NF_IP_PRI_NAT_DST, NF_IP_PRI_FILTER, NF_IP_PRI_NAT_SRC = -300, -100, 0, 100
 NFTA_TABLE_NAME, NFTA_TABLE_FLAGS = 1, 2
@@ -2043,8 +2043,9 @@ def expr_cmp(op, raw, register=NFT_REG_1):
 
 def expr_payload(base, offset, length, register=NFT_REG_1):
     """LENGTH bytes of the packet at BASE+OFFSET -> register"""
-    return nft_expr("payload", nft_be32(NFTA_PAYLOAD_DREG, register), nft_be32(NFTA_PAYLOAD_BASE, base),
-                    nft_be32(NFTA_PAYLOAD_OFFSET, offset), nft_be32(NFTA_PAYLOAD_LEN, length))
+    return nft_expr("payload", nft_be32(NFTA_PAYLOAD_DREG, register),
+                    nft_be32(NFTA_PAYLOAD_BASE, base), nft_be32(NFTA_PAYLOAD_OFFSET, offset),
+                    nft_be32(NFTA_PAYLOAD_LEN, length))
 
 
 def expr_bitwise(mask, register=NFT_REG_1):
@@ -2142,9 +2143,12 @@ def action_dnat(address, port):
     """dnat to ADDRESS:PORT, a range of one"""
     return [expr_immediate(address.packed, NFT_REG_1),
             expr_immediate(struct.pack(">H", port), NFT_REG_2),
-            nft_expr("nat", nft_be32(NFTA_NAT_TYPE, NFT_NAT_DNAT), nft_be32(NFTA_NAT_FAMILY, NFPROTO_IPV4),
-                     nft_be32(NFTA_NAT_REG_ADDR_MIN, NFT_REG_1), nft_be32(NFTA_NAT_REG_ADDR_MAX, NFT_REG_1),
-                     nft_be32(NFTA_NAT_REG_PROTO_MIN, NFT_REG_2), nft_be32(NFTA_NAT_REG_PROTO_MAX, NFT_REG_2),
+            nft_expr("nat", nft_be32(NFTA_NAT_TYPE, NFT_NAT_DNAT),
+                     nft_be32(NFTA_NAT_FAMILY, NFPROTO_IPV4),
+                     nft_be32(NFTA_NAT_REG_ADDR_MIN, NFT_REG_1),
+                     nft_be32(NFTA_NAT_REG_ADDR_MAX, NFT_REG_1),
+                     nft_be32(NFTA_NAT_REG_PROTO_MIN, NFT_REG_2),
+                     nft_be32(NFTA_NAT_REG_PROTO_MAX, NFT_REG_2),
                      nft_be32(NFTA_NAT_FLAGS, NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED))]
 
 
@@ -2203,13 +2207,12 @@ def publish_rules(container, ports):
     address there. A packet for 127.0.0.1 that comes in from another host
     (one that routes 127.0.0.0/8 via this one) is a martian the kernel
     drops, but only at the routing decision, which comes after prerouting:
-    DNATed before it, it would reach the container (CVE-2020-8558's class,
-    in Docker as in Kubernetes). Our own processes' packets to 127.0.0.1
-    are DNATed in output; their way back in through `lo` belongs to a
-    connection already NATed, so prerouting's rules never see them. So
-    127.0.0.1:HOSTPORT:CTRPORT has an output rule only, and a port on every
-    address (`fib daddr type local`, which 127.0.0.0/8 is) excludes
-    127.0.0.0/8 in prerouting."""
+    DNATed before it, it would reach the container (CVE-2020-8558's
+    class). Our own processes' packets to 127.0.0.1 are DNATed in output;
+    their way back in through `lo` belongs to a connection already NATed,
+    so prerouting's rules never see them. So 127.0.0.1:HOSTPORT:CTRPORT
+    has an output rule only, and a port on every address (`fib daddr type
+    local`, which 127.0.0.0/8 is) excludes 127.0.0.0/8 in prerouting."""
     import ipaddress
     loopback = ipaddress.ip_network(LOOPBACK)
     rules = []
@@ -2234,8 +2237,8 @@ def forward_rules(bridge):
     own), connections DNATed by a published port, and the bridge's traffic
     to itself (container to container, allowed as in Docker: bridged
     frames skip the forward hook unless br_netfilter is loaded, and when
-    it is they come in and go out by the bridge). Anything else new into
-    the bridge is dropped, another bridge's containers included. Traffic
+    it is they come in and go out by the bridge). Anything else into the
+    bridge is dropped, from another bridge's containers too. Traffic
     out of the bridge, and the host's other forwarding, are not judged
     here: the chain's policy accepts them, and a host firewall's own
     forward chain still has its say."""
@@ -2293,7 +2296,8 @@ class NetlinkError(MiniDockerError):
 
 
 NETLINK_TIMEOUT = 10   # seconds: the kernel answers in milliseconds, a busy rtnl lock in seconds
-NFTABLES_HINT = "the kernel needs nf_tables with nat, masq and fib; --network none and --network host need none"
+NFTABLES_HINT = ("the kernel needs nf_tables with nat, masq, fib and ct; "
+                 "--network none and --network host need none")
 
 
 class Netlink:
