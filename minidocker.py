@@ -2490,10 +2490,11 @@ def apply_nat(networks):
 # {"mode", "bridge", "subnet", "gateway", "address", "veth", "ports",
 # "container", "netns"}. Under an exclusive flock(2) on run/network.lock, a
 # run reads the records of live containers, takes the first free address,
-# checks its ports, writes its record and rebuilds the NAT table; the end of
-# a run (or the reclaim after a kill -9) drops the lease, deletes the veth
-# and rebuilds the table without it. A lease counts only while the
-# minidocker that took it runs, so a crash can never keep an address taken.
+# checks its ports, writes its record and rebuilds the table `ip
+# minidocker`; the end of a run (or the reclaim after a kill -9) drops the
+# lease, deletes the veth and rebuilds the table without it. A lease counts
+# only while the minidocker that took it runs, so a crash can never keep an
+# address taken.
 
 @contextlib.contextmanager
 def network_lock(paths):
@@ -2555,7 +2556,7 @@ def check_lease(plan, others):
 
 
 def lease_network(paths, record, plan):
-    """Stage 0, before the fork: an address, the bridge, the NAT rules.
+    """Stage 0, before the fork: an address, the bridge, the nf_tables rules.
     Returns the record's network entry."""
     import ipaddress
     subnet = ipaddress.ip_network(plan["subnet"])
@@ -2578,8 +2579,8 @@ def lease_network(paths, record, plan):
 
 def release_networks(paths, records):
     """The veths of these containers deleted, their leases dropped from
-    their records, and the NAT table rebuilt from the containers still
-    running (removed when none is left). The lease goes under the lock:
+    their records, and the table `ip minidocker` rebuilt from the
+    containers still running (removed when none is left). The lease goes under the lock:
     another run rebuilding the table a moment later must not count it."""
     with network_lock(paths):
         with Netlink() as nl:
