@@ -1964,7 +1964,7 @@ def cgroup_usage(paths):
 # kernel that carries requests and answers in one binary format. minidocker
 # builds those messages itself, so it needs neither binary:
 #   rtnetlink (NETLINK_ROUTE)       links, addresses, routes   rtnetlink(7)
-#   nf_tables (NETLINK_NETFILTER)   the NAT table              <linux/netfilter/nf_tables.h>
+#   nf_tables (NETLINK_NETFILTER)   NAT and filter rules       <linux/netfilter/nf_tables.h>
 #
 # A message is a header and a body; a body is a fixed struct and a list of
 # attributes; an attribute may hold more attributes (nested). Everything is
@@ -1991,7 +1991,9 @@ def cgroup_usage(paths):
 #     configured from inside by the container's own stage 1;
 #   - addresses leased in the container records under a lock file;
 #   - one nf_tables table, `ip minidocker`, rebuilt whole in one atomic batch
-#     from the live records each time a container comes or goes.
+#     from the live records each time a container comes or goes. Its chains:
+#     guard (raw, prerouting), prerouting and output (DNAT of published
+#     ports), forward (what may enter a bridge) and postrouting (masquerade).
 
 NETLINK_ROUTE = 0               # <linux/netlink.h>
 NETLINK_NETFILTER = 12
@@ -2200,33 +2202,52 @@ def parse_addresses(messages):
 #
 # and every integer attribute of nf_tables is big-endian. A rule is a list
 # of expressions run in order over registers, as a tiny virtual machine:
-# load a field into a register (meta, payload, fib), compare it (cmp), and
-# act (masq, nat). `nft --debug=netlink list ruleset` prints them.
+# load a field into a register (meta, payload, fib, ct), compare it (cmp),
+# and act (masq, nat, or a verdict: immediate accept or drop). `nft
+# --debug=netlink list ruleset` prints them.
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
 NFT_MSG_NEWTABLE, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE = 0, 2, 3, 6
 NFGENMSG = "=BBH"      # family, version, res_id (packed big-endian by hand)
 assert struct.calcsize(NFGENMSG) == 4
 NFPROTO_IPV4 = 2       # <linux/netfilter.h>: the `ip` family of nft
-NF_INET_PRE_ROUTING, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING = 0, 3, 4
-NF_IP_PRI_RAW, NF_IP_PRI_NAT_DST, NF_IP_PRI_NAT_SRC = -300, -100, 100  # nft's raw, dstnat, srcnat
+NF_INET_PRE_ROUTING, NF_INET_FORWARD, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING = 0, 2, 3, 4
+NF_DROP, NF_ACCEPT = 0, 1   # verdicts
+# <linux/netfilter_ipv4.h>: nft's raw, dstnat, filter and srcnat
+NF_IP_PRI_RAW, NF_IP_PRI_NAT_DST, NF_IP_PRI_FILTER, NF_IP_PRI_NAT_SRC = -300, -100, 0, 100
 NFTA_TABLE_NAME, NFTA_TABLE_FLAGS = 1, 2
 NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_TYPE = 1, 3, 4, 7
 NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY = 1, 2
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 1, 2, 4
 NFTA_LIST_ELEM, NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 1, 2
-NFTA_DATA_VALUE = 1
+NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_VERDICT_CODE = 1, 2, 1
 NFT_REG_VERDICT, NFT_REG_1, NFT_REG_2 = 0, 1, 2    # 16-byte registers
-NF_DROP = 0                                         # <linux/netfilter.h>
+# Each expression's attributes: enum nft_<name>_attributes.
+NFTA_META_DREG, NFTA_META_KEY = 1, 2
+NFTA_CMP_SREG, NFTA_CMP_OP, NFTA_CMP_DATA = 1, 2, 3
+NFTA_PAYLOAD_DREG, NFTA_PAYLOAD_BASE, NFTA_PAYLOAD_OFFSET, NFTA_PAYLOAD_LEN = 1, 2, 3, 4
+NFTA_BITWISE_SREG, NFTA_BITWISE_DREG, NFTA_BITWISE_LEN = 1, 2, 3
+NFTA_BITWISE_MASK, NFTA_BITWISE_XOR, NFTA_BITWISE_OP = 4, 5, 6
+NFTA_IMMEDIATE_DREG, NFTA_IMMEDIATE_DATA = 1, 2
+NFTA_FIB_DREG, NFTA_FIB_RESULT, NFTA_FIB_FLAGS = 1, 2, 3
+NFTA_CT_DREG, NFTA_CT_KEY = 1, 2
+NFTA_NAT_TYPE, NFTA_NAT_FAMILY, NFTA_NAT_REG_ADDR_MIN, NFTA_NAT_REG_ADDR_MAX = 1, 2, 3, 4
+NFTA_NAT_REG_PROTO_MIN, NFTA_NAT_REG_PROTO_MAX, NFTA_NAT_FLAGS = 5, 6, 7
+# ... and the values they take.
 NFT_META_IIFNAME = 6
 NFT_META_OIFNAME, NFT_META_L4PROTO = 7, 16
 NFT_CMP_EQ, NFT_CMP_NEQ = 0, 1
 NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER = 1, 2
+NFT_BITWISE_BOOL = 0   # mask and xor; newer headers call it NFT_BITWISE_MASK_XOR
 NFT_NAT_DNAT = 1
-NFT_CT_STATUS = 2
-IPS_DST_NAT = 1 << 5   # <linux/netfilter/nf_conntrack_common.h>
-NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PROTO_SPECIFIED = 1, 2   # <linux/netfilter/nf_nat.h>
+NFT_CT_STATE, NFT_CT_STATUS = 0, 2
 NFT_FIB_RESULT_ADDRTYPE, NFTA_FIB_F_DADDR = 3, 2
+# <linux/netfilter/nf_conntrack_common.h>: `ct state` bits are
+# NF_CT_STATE_BIT(ctinfo) = 1 << (ctinfo + 1), IP_CT_ESTABLISHED 0 and
+# IP_CT_RELATED 1 (a reply counts as its original); `ct status` bits.
+NF_CT_STATE_ESTABLISHED, NF_CT_STATE_RELATED = 1 << 1, 1 << 2
+IPS_DST_NAT = 1 << 5
+NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PROTO_SPECIFIED = 1, 2   # <linux/netfilter/nf_nat.h>
 NAT_TABLE = "minidocker"
 IPPROTO = {"tcp": 6, "udp": 17}
 
@@ -2256,34 +2277,41 @@ def nft_data(kind, raw):
 
 
 def expr_meta(key, register=NFT_REG_1):
-    """meta KEY -> register (META_DREG=1, META_KEY=2)"""
-    return nft_expr("meta", nft_be32(2, key), nft_be32(1, register))
+    """meta KEY -> register"""
+    return nft_expr("meta", nft_be32(NFTA_META_KEY, key), nft_be32(NFTA_META_DREG, register))
 
 
 def expr_cmp(op, raw, register=NFT_REG_1):
-    """register OP raw ? go on : next rule (CMP_SREG=1, CMP_OP=2, CMP_DATA=3)"""
-    return nft_expr("cmp", nft_be32(1, register), nft_be32(2, op), nft_data(3, raw))
+    """register OP raw ? go on : next rule"""
+    return nft_expr("cmp", nft_be32(NFTA_CMP_SREG, register), nft_be32(NFTA_CMP_OP, op),
+                    nft_data(NFTA_CMP_DATA, raw))
 
 
 def expr_payload(base, offset, length, register=NFT_REG_1):
-    """LENGTH bytes of the packet at BASE+OFFSET -> register
-    (PAYLOAD_DREG=1, BASE=2, OFFSET=3, LEN=4)"""
-    return nft_expr("payload", nft_be32(1, register), nft_be32(2, base),
-                    nft_be32(3, offset), nft_be32(4, length))
+    """LENGTH bytes of the packet at BASE+OFFSET -> register"""
+    return nft_expr("payload", nft_be32(NFTA_PAYLOAD_DREG, register),
+                    nft_be32(NFTA_PAYLOAD_BASE, base), nft_be32(NFTA_PAYLOAD_OFFSET, offset),
+                    nft_be32(NFTA_PAYLOAD_LEN, length))
 
 
 def expr_bitwise(mask, register=NFT_REG_1):
-    """register = (register & mask) ^ 0 (SREG=1, DREG=2, LEN=3, MASK=4,
-    XOR=5; OP=6 is NFT_BITWISE_BOOL, this mask-and-xor, since Linux 5.6:
-    older kernels ignore the attribute)"""
-    return nft_expr("bitwise", nft_be32(1, register), nft_be32(2, register),
-                    nft_be32(3, len(mask)), nft_be32(6, 0),
-                    nft_data(4, mask), nft_data(5, bytes(len(mask))))
+    """register = (register & mask) ^ 0. NFTA_BITWISE_OP came with Linux
+    5.6; older kernels ignore it and do just this."""
+    return nft_expr("bitwise", nft_be32(NFTA_BITWISE_SREG, register),
+                    nft_be32(NFTA_BITWISE_DREG, register), nft_be32(NFTA_BITWISE_LEN, len(mask)),
+                    nft_be32(NFTA_BITWISE_OP, NFT_BITWISE_BOOL),
+                    nft_data(NFTA_BITWISE_MASK, mask), nft_data(NFTA_BITWISE_XOR, bytes(len(mask))))
 
 
 def expr_immediate(raw, register):
-    """raw -> register (IMMEDIATE_DREG=1, IMMEDIATE_DATA=2)"""
-    return nft_expr("immediate", nft_be32(1, register), nft_data(2, raw))
+    """raw -> register"""
+    return nft_expr("immediate", nft_be32(NFTA_IMMEDIATE_DREG, register),
+                    nft_data(NFTA_IMMEDIATE_DATA, raw))
+
+
+def expr_ct(key):
+    """ct KEY (a field of the packet's connection) -> register 1"""
+    return nft_expr("ct", nft_be32(NFTA_CT_DREG, NFT_REG_1), nft_be32(NFTA_CT_KEY, key))
 
 
 def match_ifname(key, name, op):
@@ -2291,16 +2319,16 @@ def match_ifname(key, name, op):
     return [expr_meta(key), expr_cmp(op, name.encode().ljust(IFNAMSIZ, b"\0"))]
 
 
-def match_prefix(offset, network):
-    """The IPv4 address at OFFSET of the header is in NETWORK. A prefix on a
-    byte boundary compares only its bytes (a /24 loads 3, an address 4), as
-    nft does; another is masked first."""
+def match_prefix(offset, network, op=NFT_CMP_EQ):
+    """The IPv4 address at OFFSET of the header is [not] in NETWORK. A prefix
+    on a byte boundary compares only its bytes (a /24 loads 3, an address
+    4), as nft does; another is masked first."""
     if network.prefixlen % 8 == 0:
         size = network.prefixlen // 8
         return [expr_payload(NFT_PAYLOAD_NETWORK_HEADER, offset, size),
-                expr_cmp(NFT_CMP_EQ, network.network_address.packed[:size])]
+                expr_cmp(op, network.network_address.packed[:size])]
     return [expr_payload(NFT_PAYLOAD_NETWORK_HEADER, offset, 4),
-            expr_bitwise(network.netmask.packed), expr_cmp(NFT_CMP_EQ, network.network_address.packed)]
+            expr_bitwise(network.netmask.packed), expr_cmp(op, network.network_address.packed)]
 
 
 def match_saddr(network):
@@ -2308,16 +2336,17 @@ def match_saddr(network):
     return match_prefix(12, network)
 
 
-def match_daddr(network):
-    """ip daddr NETWORK (an address is a /32): bytes 16-19"""
-    return match_prefix(16, network)
+def match_daddr(network, op=NFT_CMP_EQ):
+    """ip daddr [!=] NETWORK (an address is a /32): bytes 16-19"""
+    return match_prefix(16, network, op)
 
 
 def match_local_daddr():
     """fib daddr type local: the packet is for one of this namespace's own
-    addresses, 127.0.0.1 included (FIB_DREG=1, RESULT=2, FLAGS=3)."""
-    return [nft_expr("fib", nft_be32(1, NFT_REG_1), nft_be32(2, NFT_FIB_RESULT_ADDRTYPE),
-                     nft_be32(3, NFTA_FIB_F_DADDR)),
+    addresses, 127.0.0.1 included."""
+    return [nft_expr("fib", nft_be32(NFTA_FIB_DREG, NFT_REG_1),
+                     nft_be32(NFTA_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE),
+                     nft_be32(NFTA_FIB_FLAGS, NFTA_FIB_F_DADDR)),
             expr_cmp(NFT_CMP_EQ, struct.pack("=I", RTN_LOCAL))]
 
 
@@ -2327,18 +2356,29 @@ def match_dport(proto, port):
             expr_payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2), expr_cmp(NFT_CMP_EQ, struct.pack(">H", port))]
 
 
+def match_ct_bits(key, bits):
+    """ct state A,B / ct status A: any of BITS is set in the connection's
+    state or status, a host-endian 32-bit word."""
+    return [expr_ct(key), expr_bitwise(struct.pack("=I", bits)), expr_cmp(NFT_CMP_NEQ, bytes(4))]
+
+
 def match_dnat_status():
-    """ct status dnat: the connection was DNATed (CT_DREG=1, CT_KEY=2)."""
-    return [nft_expr("ct", nft_be32(1, NFT_REG_1), nft_be32(2, NFT_CT_STATUS)),
-            expr_bitwise(struct.pack("=I", IPS_DST_NAT)),
-            expr_cmp(NFT_CMP_NEQ, bytes(4))]
+    """ct status dnat: the connection was DNATed."""
+    return match_ct_bits(NFT_CT_STATUS, IPS_DST_NAT)
 
 
-def action_drop():
-    """the verdict register (0) := NF_DROP (IMMEDIATE_DATA > DATA_VERDICT=2 >
-    VERDICT_CODE=1)"""
-    verdict = nl_nest(2, nft_be32(1, NF_DROP))
-    return [nft_expr("immediate", nft_be32(1, NFT_REG_VERDICT), nl_nest(2, verdict))]
+def match_established():
+    """ct state established,related: a packet of a connection already let
+    through, in either direction, or one it spawned (an ICMP error, an FTP
+    data connection)."""
+    return match_ct_bits(NFT_CT_STATE, NF_CT_STATE_ESTABLISHED | NF_CT_STATE_RELATED)
+
+
+def action_verdict(code):
+    """accept or drop: the verdict register := CODE"""
+    verdict = nl_nest(NFTA_DATA_VERDICT, nft_be32(NFTA_VERDICT_CODE, code))
+    return [nft_expr("immediate", nft_be32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT),
+                     nl_nest(NFTA_IMMEDIATE_DATA, verdict))]
 
 
 def action_masquerade():
@@ -2346,14 +2386,19 @@ def action_masquerade():
 
 
 def action_dnat(address, port):
-    """dnat to ADDRESS:PORT, a range of one (NAT_TYPE=1, FAMILY=2,
-    REG_ADDR_MIN=3, REG_ADDR_MAX=4, REG_PROTO_MIN=5, REG_PROTO_MAX=6, FLAGS=7)"""
+    """dnat to ADDRESS:PORT, a range of one"""
     return [expr_immediate(address.packed, NFT_REG_1),
             expr_immediate(struct.pack(">H", port), NFT_REG_2),
-            nft_expr("nat", nft_be32(1, NFT_NAT_DNAT), nft_be32(2, NFPROTO_IPV4),
-                     nft_be32(3, NFT_REG_1), nft_be32(4, NFT_REG_1),
-                     nft_be32(5, NFT_REG_2), nft_be32(6, NFT_REG_2),
-                     nft_be32(7, NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED))]
+            nft_expr("nat", nft_be32(NFTA_NAT_TYPE, NFT_NAT_DNAT),
+                     nft_be32(NFTA_NAT_FAMILY, NFPROTO_IPV4),
+                     nft_be32(NFTA_NAT_REG_ADDR_MIN, NFT_REG_1),
+                     nft_be32(NFTA_NAT_REG_ADDR_MAX, NFT_REG_1),
+                     nft_be32(NFTA_NAT_REG_PROTO_MIN, NFT_REG_2),
+                     nft_be32(NFTA_NAT_REG_PROTO_MAX, NFT_REG_2),
+                     nft_be32(NFTA_NAT_FLAGS, NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED))]
+
+
+LOOPBACK = "127.0.0.0/8"
 
 
 def nat_rules(networks):
@@ -2364,7 +2409,7 @@ def nat_rules(networks):
       masqueraded (takes the outgoing interface's address), so containers
       reach past the host.
     - prerouting (from outside) and output (from the host's own processes):
-      a published port on a local address is DNATed to the container.
+      a published port is DNATed to the container (publish_rules).
     - postrouting again, hairpin: a container reaching a published port
       through a host address is DNATed back onto the bridge; the server
       would answer the client directly, bypassing the host's conntrack, so
@@ -2374,7 +2419,8 @@ def nat_rules(networks):
       answer; it is masqueraded to the gateway. The kernel would not even
       route it there without route_localnet=1 on the bridge (set with it):
       127.0.0.0/8 is otherwise a martian outside `lo`.
-    - guard, before everything (priority raw): route_localnet's other side."""
+    - guard, before everything (priority raw): route_localnet's other side.
+    - forward: what other hosts may open into the bridge (forward_rules)."""
     import ipaddress
     rules, seen = [], set()
     for net in networks:
@@ -2387,13 +2433,8 @@ def nat_rules(networks):
             rules.append(("postrouting", match_saddr(subnet)
                           + match_ifname(NFT_META_OIFNAME, net["bridge"], NFT_CMP_EQ)
                           + match_dnat_status() + action_masquerade()))
-        container = ipaddress.ip_address(net["address"])
-        for host_ip, host_port, proto, port in net["ports"]:
-            where = match_local_daddr() if host_ip == "0.0.0.0" else \
-                match_daddr(ipaddress.ip_network(host_ip))
-            rule = where + match_dport(proto, host_port) + action_dnat(container, port)
-            rules += [("prerouting", rule), ("output", rule)]
-    loopback = ipaddress.ip_network("127.0.0.0/8")
+        rules += publish_rules(ipaddress.ip_address(net["address"]), net["ports"])
+    loopback = ipaddress.ip_network(LOOPBACK)
     for bridge in sorted({net["bridge"] for net in networks}):
         rules.append(("postrouting", match_saddr(loopback)
                       + match_ifname(NFT_META_OIFNAME, bridge, NFT_CMP_EQ) + action_masquerade()))
@@ -2401,12 +2442,63 @@ def nat_rules(networks):
         # send to 127.0.0.1 through the bridge and reach the host's
         # loopback-only services. Such packets are dropped first.
         rules.append(("guard", match_ifname(NFT_META_IIFNAME, bridge, NFT_CMP_EQ)
-                      + match_daddr(loopback) + action_drop()))
+                      + match_daddr(loopback) + action_verdict(NF_DROP)))
+        rules += forward_rules(bridge)
     return rules
+
+
+def publish_rules(container, ports):
+    """-p [IP:]HOSTPORT:CTRPORT: DNAT rules in output, for the host's own
+    processes, and in prerouting, for other hosts, but never for a loopback
+    address there. A packet for 127.0.0.1 that comes in from another host
+    (one that routes 127.0.0.0/8 via this one) is a martian the kernel
+    drops, but only at the routing decision, which comes after prerouting:
+    DNATed before it, it would reach the container (CVE-2020-8558's
+    class). Our own processes' packets to 127.0.0.1 are DNATed in output;
+    their way back in through `lo` belongs to a connection already NATed,
+    so prerouting's rules never see them. So 127.0.0.1:HOSTPORT:CTRPORT
+    has an output rule only, and a port on every address (`fib daddr type
+    local`, which 127.0.0.0/8 is) excludes 127.0.0.0/8 in prerouting."""
+    import ipaddress
+    loopback = ipaddress.ip_network(LOOPBACK)
+    rules = []
+    for host_ip, host_port, proto, port in ports:
+        to = match_dport(proto, host_port) + action_dnat(container, port)
+        if host_ip == "0.0.0.0":
+            rules += [("prerouting", match_local_daddr() + match_daddr(loopback, NFT_CMP_NEQ) + to),
+                      ("output", match_local_daddr() + to)]
+            continue
+        address = ipaddress.ip_network(host_ip)
+        if not address.subnet_of(loopback):
+            rules.append(("prerouting", match_daddr(address) + to))
+        rules.append(("output", match_daddr(address) + to))
+    return rules
+
+
+def forward_rules(bridge):
+    """What is forwarded into the bridge, as Docker's isolation rules judge
+    it: with ip_forward=1 a neighbour that routes the subnet via this host
+    could otherwise open any port of any container. In order, accepted:
+    packets of connections already let through (answers to the containers'
+    own), connections DNATed by a published port, and the bridge's traffic
+    to itself (container to container, allowed as in Docker: bridged
+    frames skip the forward hook unless br_netfilter is loaded, and when
+    it is they come in and go out by the bridge). Anything else into the
+    bridge is dropped, from another bridge's containers too. Traffic
+    out of the bridge, and the host's other forwarding, are not judged
+    here: the chain's policy accepts them, and a host firewall's own
+    forward chain still has its say."""
+    into = match_ifname(NFT_META_OIFNAME, bridge, NFT_CMP_EQ)
+    return [("forward", into + match_established() + action_verdict(NF_ACCEPT)),
+            ("forward", into + match_dnat_status() + action_verdict(NF_ACCEPT)),
+            ("forward", match_ifname(NFT_META_IIFNAME, bridge, NFT_CMP_EQ) + into
+             + action_verdict(NF_ACCEPT)),
+            ("forward", into + action_verdict(NF_DROP))]
 
 
 NAT_CHAINS = (("guard", "filter", NF_INET_PRE_ROUTING, NF_IP_PRI_RAW),
               ("prerouting", "nat", NF_INET_PRE_ROUTING, NF_IP_PRI_NAT_DST),
+              ("forward", "filter", NF_INET_FORWARD, NF_IP_PRI_FILTER),
               ("output", "nat", NF_INET_LOCAL_OUT, NF_IP_PRI_NAT_DST),
               ("postrouting", "nat", NF_INET_POST_ROUTING, NF_IP_PRI_NAT_SRC))
 
@@ -2443,19 +2535,26 @@ def nat_batch(rules, seq=1):
 class NetlinkError(MiniDockerError):
     """A request the kernel refused; .errno says why."""
 
-    def __init__(self, err, what, hint=None):
-        text = "%s failed: %s" % (what, os.strerror(err))
+    def __init__(self, err, what, hint=None, verb="failed"):
+        text = "%s %s: %s" % (what, verb, os.strerror(err))
         super().__init__(text + (" (hint: %s)" % hint if hint else ""))
         self.errno = err
 
 
+NETLINK_TIMEOUT = 10   # seconds: the kernel answers in milliseconds, a busy rtnl lock in seconds
+NFTABLES_HINT = ("the kernel needs nf_tables with nat, masq, fib and ct; "
+                 "--network none and --network host need none")
+
+
 class Netlink:
     """A netlink socket. It speaks for the network namespace it was opened
-    in, whatever namespace its user moves to later (netlink(7))."""
+    in, whatever namespace its user moves to later (netlink(7)). A request
+    the kernel never answers ends in an error, not a hang."""
 
-    def __init__(self, protocol=NETLINK_ROUTE):
+    def __init__(self, protocol=NETLINK_ROUTE, timeout=NETLINK_TIMEOUT):
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
         self.sock.bind((0, 0))  # port 0: the kernel picks ours
+        self.sock.settimeout(timeout)
         self.seq = 0
 
     def __enter__(self):
@@ -2464,10 +2563,19 @@ class Netlink:
     def __exit__(self, *_):
         self.sock.close()
 
+    def receive(self, what):
+        """The next datagram of answers to WHAT."""
+        try:
+            return self.sock.recv(1 << 17)
+        except socket.timeout:
+            raise MiniDockerError("%s: no answer from the kernel in %g s"
+                                  % (what, self.sock.gettimeout())) from None
+
     def call(self, request):
         """Send one rtnetlink request and return the kernel's answers (a
         dump's messages, or GETLINK's one); raise on NLMSG_ERROR."""
         kind, flags, body, what = request
+        what = "%s %s" % (MESSAGE_NAMES[kind], what)
         self.seq += 1
         # Not `flags & NLM_F_DUMP`: on a NEW request the same bits mean
         # NLM_F_EXCL and NLM_F_REPLACE. A dump ends with NLMSG_DONE instead.
@@ -2476,28 +2584,40 @@ class Netlink:
         self.sock.send(nl_message(kind, NLM_F_REQUEST | flags, self.seq, body))
         answers = []
         while True:
-            for answer in parse_messages(self.sock.recv(1 << 17)):
+            for answer in parse_messages(self.receive(what)):
                 if answer[2] != self.seq:
                     continue  # a late answer to an earlier request
                 if answer[0] == NLMSG_ERROR:
                     if error_of(answer[3]):
-                        raise NetlinkError(error_of(answer[3]), "%s %s" % (MESSAGE_NAMES[kind], what))
+                        raise NetlinkError(error_of(answer[3]), what)
                     return answers
                 if answer[0] == NLMSG_DONE:
                     return answers
                 answers.append(answer)
 
     def batch(self, datagram, names):
-        """Send an nf_tables batch; every request in it was flagged NLM_F_ACK,
-        so each gets an answer, and a refused one aborts the whole batch."""
+        """Send an nf_tables batch numbered after self.seq (nat_batch(rules,
+        nl.seq + 1)) and wait for its answers. Every request in it was
+        flagged NLM_F_ACK, so each gets one, and a refused one aborts the
+        whole batch. The kernel may also refuse the batch itself, answering
+        BATCH_BEGIN's sequence number, and then it reads no further, so
+        nothing else comes: a res_id it does not know (EINVAL), or
+        nfnetlink without nf_tables (EOPNOTSUPP). Any error ends the wait."""
+        sent = [seq for _, _, seq, _ in parse_messages(datagram)]
+        self.seq = max(sent)
         self.sock.send(datagram)
         pending = set(names)
         while pending:
-            for kind, _, seq, body in parse_messages(self.sock.recv(1 << 17)):
-                if kind == NLMSG_ERROR and seq in pending:
-                    if error_of(body):
-                        raise NetlinkError(error_of(body), names[seq])
-                    pending.discard(seq)
+            for kind, _, seq, body in parse_messages(self.receive("nf_tables batch")):
+                if kind != NLMSG_ERROR or seq not in sent:
+                    continue  # the rest of an earlier batch's answers, left when it failed
+                err = error_of(body)
+                if err and seq in names:
+                    raise NetlinkError(err, names[seq])
+                if err:  # at BATCH_BEGIN's
+                    raise NetlinkError(err, "nf_tables batch", verb="refused",
+                                       hint=NFTABLES_HINT if err == errno.EOPNOTSUPP else None)
+                pending.discard(seq)
 
 
 def create_link(nl, request, driver):
@@ -2603,20 +2723,24 @@ def apply_nat(networks):
                 raise
             if not rules:
                 return  # no nf_tables, so no table of ours to remove
-            raise MiniDockerError("nf_tables: %s (hint: the kernel needs nf_tables with nat, "
-                                  "masq and fib; --network none and --network host need none)"
-                                  % err.strerror)
-    NFTABLES_SOCKET[0].batch(*nat_batch(rules))
+            raise MiniDockerError("nf_tables: %s (hint: %s)" % (err.strerror, NFTABLES_HINT))
+    nl = NFTABLES_SOCKET[0]
+    try:
+        nl.batch(*nat_batch(rules, nl.seq + 1))
+    except NetlinkError as err:
+        if rules or err.errno != errno.EOPNOTSUPP:
+            raise  # EOPNOTSUPP: nfnetlink without nf_tables, so again no table of ours
 
 
 # Leases. A container's network lives in its record (chapter 4) as
 # {"mode", "bridge", "subnet", "gateway", "address", "veth", "ports",
 # "container", "netns"}. Under an exclusive flock(2) on run/network.lock, a
 # run reads the records of live containers, takes the first free address,
-# checks its ports, writes its record and rebuilds the NAT table; the end of
-# a run (or the reclaim after a kill -9) drops the lease, deletes the veth
-# and rebuilds the table without it. A lease counts only while the
-# minidocker that took it runs, so a crash can never keep an address taken.
+# checks its ports, writes its record and rebuilds the table `ip
+# minidocker`; the end of a run (or the reclaim after a kill -9) drops the
+# lease, deletes the veth and rebuilds the table without it. A lease counts
+# only while the minidocker that took it runs, so a crash can never keep an
+# address taken.
 
 @contextlib.contextmanager
 def network_lock(paths):
@@ -2678,7 +2802,7 @@ def check_lease(plan, others):
 
 
 def lease_network(paths, record, plan):
-    """Stage 0, before the fork: an address, the bridge, the NAT rules.
+    """Stage 0, before the fork: an address, the bridge, the nf_tables rules.
     Returns the record's network entry."""
     import ipaddress
     subnet = ipaddress.ip_network(plan["subnet"])
@@ -2701,8 +2825,8 @@ def lease_network(paths, record, plan):
 
 def release_networks(paths, records):
     """The veths of these containers deleted, their leases dropped from
-    their records, and the NAT table rebuilt from the containers still
-    running (removed when none is left). The lease goes under the lock:
+    their records, and the table `ip minidocker` rebuilt from the
+    containers still running (removed when none is left). The lease goes under the lock:
     another run rebuilding the table a moment later must not count it."""
     with network_lock(paths):
         with Netlink() as nl:

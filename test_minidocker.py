@@ -2582,7 +2582,7 @@ KERNEL_RULES = [
      "000000010c000300080001000000000014000100090001006d6173710000000004000200"),
     ('iifname "mini-br0" ip daddr 127.0.0.0/8 drop',
      lambda: (md.match_ifname(md.NFT_META_IIFNAME, "mini-br0", md.NFT_CMP_EQ)
-               + md.match_daddr(ipaddress.ip_network("127.0.0.0/8")) + md.action_drop()),
+               + md.match_daddr(ipaddress.ip_network("127.0.0.0/8")) + md.action_verdict(md.NF_DROP)),
      "24000100090001006d657461000000001400020008000200000000060800010000000001"
      "3800010008000100636d70002c0002000800010000000001080002000000000018000300"
      "140001006d696e692d6272300000000000000000340001000c0001007061796c6f616400"
@@ -2629,12 +2629,100 @@ KERNEL_RULES = [
      "0000000014000200080002000000000708000100000000013800010008000100636d7000"
      "2c0002000800010000000001080002000000000118000300140001006d696e692d627230"
      "000000000000000014000100090001006d6173710000000004000200"),
+    ('fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 8080 dnat to 10.0.0.2:80',
+     lambda: (md.match_local_daddr() + md.match_daddr(ipaddress.ip_network("127.0.0.0/8"), md.NFT_CMP_NEQ)
+               + md.match_dport("tcp", 8080) + md.action_dnat(ipaddress.ip_address("10.0.0.2"), 80)),
+     "2800010008000100666962001c0002000800010000000001080002000000000308000300"
+     "000000022c00010008000100636d70002000020008000100000000010800020000000000"
+     "0c0003000800010002000000340001000c0001007061796c6f6164002400020008000100"
+     "000000010800020000000001080003000000001008000400000000012c00010008000100"
+     "636d700020000200080001000000000108000200000000010c000300050001007f000000"
+     "24000100090001006d657461000000001400020008000200000000100800010000000001"
+     "2c00010008000100636d700020000200080001000000000108000200000000000c000300"
+     "0500010006000000340001000c0001007061796c6f616400240002000800010000000001"
+     "0800020000000002080003000000000208000400000000022c00010008000100636d7000"
+     "20000200080001000000000108000200000000000c000300060001001f9000002c000100"
+     "0e000100696d6d6564696174650000001800020008000100000000010c00020008000100"
+     "0a0000022c0001000e000100696d6d656469617465000000180002000800010000000002"
+     "0c000200060001000050000048000100080001006e6174003c0002000800010000000001"
+     "080002000000000208000300000000010800040000000001080005000000000208000600"
+     "000000020800070000000003"),
+    ('oifname "mini-br0" ct state established,related accept',
+     lambda: (md.match_ifname(md.NFT_META_OIFNAME, "mini-br0", md.NFT_CMP_EQ) + md.match_established()
+               + md.action_verdict(md.NF_ACCEPT)),
+     "24000100090001006d657461000000001400020008000200000000070800010000000001"
+     "3800010008000100636d70002c0002000800010000000001080002000000000018000300"
+     "140001006d696e692d627230000000000000000020000100070001006374000014000200"
+     "080001000000000108000200000000004c0001000c00010062697477697365003c000200"
+     "08000100000000010800020000000001080003000000000408000600000000000c000400"
+     "08000100060000000c00050008000100000000002c00010008000100636d700020000200"
+     "080001000000000108000200000000010c0003000800010000000000300001000e000100"
+     "696d6d6564696174650000001c0002000800010000000000100002000c00020008000100"
+     "00000001"),
+    ('oifname "mini-br0" ct status dnat accept',
+     lambda: (md.match_ifname(md.NFT_META_OIFNAME, "mini-br0", md.NFT_CMP_EQ) + md.match_dnat_status()
+               + md.action_verdict(md.NF_ACCEPT)),
+     "24000100090001006d657461000000001400020008000200000000070800010000000001"
+     "3800010008000100636d70002c0002000800010000000001080002000000000018000300"
+     "140001006d696e692d627230000000000000000020000100070001006374000014000200"
+     "080001000000000108000200000000024c0001000c00010062697477697365003c000200"
+     "08000100000000010800020000000001080003000000000408000600000000000c000400"
+     "08000100200000000c00050008000100000000002c00010008000100636d700020000200"
+     "080001000000000108000200000000010c0003000800010000000000300001000e000100"
+     "696d6d6564696174650000001c0002000800010000000000100002000c00020008000100"
+     "00000001"),
+    ('iifname "mini-br0" oifname "mini-br0" accept',
+     lambda: (md.match_ifname(md.NFT_META_IIFNAME, "mini-br0", md.NFT_CMP_EQ)
+               + md.match_ifname(md.NFT_META_OIFNAME, "mini-br0", md.NFT_CMP_EQ)
+               + md.action_verdict(md.NF_ACCEPT)),
+     "24000100090001006d657461000000001400020008000200000000060800010000000001"
+     "3800010008000100636d70002c0002000800010000000001080002000000000018000300"
+     "140001006d696e692d627230000000000000000024000100090001006d65746100000000"
+     "14000200080002000000000708000100000000013800010008000100636d70002c000200"
+     "0800010000000001080002000000000018000300140001006d696e692d62723000000000"
+     "00000000300001000e000100696d6d6564696174650000001c0002000800010000000000"
+     "100002000c0002000800010000000001"),
+    ('oifname "mini-br0" drop',
+     lambda: md.match_ifname(md.NFT_META_OIFNAME, "mini-br0", md.NFT_CMP_EQ) + md.action_verdict(md.NF_DROP),
+     "24000100090001006d657461000000001400020008000200000000070800010000000001"
+     "3800010008000100636d70002c0002000800010000000001080002000000000018000300"
+     "140001006d696e692d6272300000000000000000300001000e000100696d6d6564696174"
+     "650000001c0002000800010000000000100002000c0002000800010000000000"),
 ]
 
 
 @pytest.mark.parametrize("text, ours, kernel", KERNEL_RULES, ids=[r[0] for r in KERNEL_RULES])
 def test_nftables_expressions_match_the_kernels(text, ours, kernel):
     assert b"".join(ours()).hex() == "".join(kernel)
+
+
+# The headers chapter 9 cites, and what it names from them, as the C compiler
+# reads them: an enum's members are numbered by the compiler, so cpp alone
+# cannot tell. Two names are minidocker's own, spelled as the header would,
+# and NLA_TYPE_MASK is an int there, ~(the flags), over a 16-bit field.
+NETFILTER_HEADERS = ["limits.h", "linux/netlink.h", "linux/netfilter.h", "linux/netfilter_ipv4.h",
+                     "linux/netfilter/nfnetlink.h", "linux/netfilter/nf_tables.h",
+                     "linux/netfilter/nf_nat.h", "linux/netfilter/nf_conntrack_common.h"]
+NETFILTER_OWN = {"NF_CT_STATE_ESTABLISHED": "NF_CT_STATE_BIT(IP_CT_ESTABLISHED)",
+                 "NF_CT_STATE_RELATED": "NF_CT_STATE_BIT(IP_CT_RELATED)",
+                 "NLA_TYPE_MASK": "NLA_TYPE_MASK & 0xFFFF"}
+
+
+def test_netlink_and_nftables_numbers_match_the_headers(tmp_path):
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is not installed (apt-get install gcc libc6-dev)")
+    names = sorted(name for name in dir(md)
+                   if re.match(r"(NETLINK|NLM|NLMSG|NLA|NFNL|NFPROTO|NF|NFT|NFTA|IPS)_", name)
+                   and isinstance(getattr(md, name), int) and name != "NETLINK_TIMEOUT")
+    assert len(names) > 90 and "NFTA_META_DREG" in names
+    source = "".join("#include <%s>\n" % header for header in NETFILTER_HEADERS) + "#include <stdio.h>\n"
+    source += "int main(void) {\n" + "".join('    printf("%s %%lld\\n", (long long)(%s));\n'
+                                             % (name, NETFILTER_OWN.get(name, name)) for name in names) + "}\n"
+    (tmp_path / "numbers.c").write_text(source)
+    subprocess.run(["gcc", "-o", str(tmp_path / "numbers"), str(tmp_path / "numbers.c")], check=True)
+    printed = subprocess.run([str(tmp_path / "numbers")], stdout=subprocess.PIPE, check=True).stdout.decode()
+    assert {name: getattr(md, name) for name in names} == \
+        {name: int(value) for name, value in (line.split() for line in printed.splitlines())}
 
 
 # An RTM_GETADDR dump of a namespace with lo up and mini-br0 at 10.0.0.1/24:
@@ -2740,13 +2828,13 @@ def test_nat_batch_rebuilds_the_table_whole():
            "ports": [["0.0.0.0", 8080, "tcp", 80]]}
     rules = md.nat_rules([net, dict(net, address="10.0.0.3", ports=[])])
     assert [chain for chain, _ in rules] == ["postrouting", "postrouting", "prerouting", "output",
-                                             "postrouting", "guard"]
+                                             "postrouting", "guard"] + ["forward"] * 4
     datagram, names = md.nat_batch(rules)
     kinds = [kind & 0xFF for kind, _, _, _ in md.parse_messages(datagram)]
     assert kinds == [md.NFNL_MSG_BATCH_BEGIN, md.NFT_MSG_NEWTABLE, md.NFT_MSG_DELTABLE,
-                     md.NFT_MSG_NEWTABLE] + [md.NFT_MSG_NEWCHAIN] * 4 + [md.NFT_MSG_NEWRULE] * 6 \
+                     md.NFT_MSG_NEWTABLE] + [md.NFT_MSG_NEWCHAIN] * 5 + [md.NFT_MSG_NEWRULE] * 10 \
         + [md.NFNL_MSG_BATCH_END]
-    assert len(names) == 13 and names[2] == "NFT_MSG_NEWTABLE minidocker"
+    assert len(names) == 18 and names[2] == "NFT_MSG_NEWTABLE minidocker"
     empty, _ = md.nat_batch([])  # nothing running: create-if-missing, then delete
     assert [kind & 0xFF for kind, _, _, _ in md.parse_messages(empty)] == [
         md.NFNL_MSG_BATCH_BEGIN, md.NFT_MSG_NEWTABLE, md.NFT_MSG_DELTABLE, md.NFNL_MSG_BATCH_END]
@@ -2841,6 +2929,14 @@ NAT_RULESET = """table ip minidocker {
 		type nat hook prerouting priority dstnat; policy accept;
 	}
 
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		oifname "mini-br0" ct state established,related accept
+		oifname "mini-br0" ct status dnat accept
+		iifname "mini-br0" oifname "mini-br0" accept
+		oifname "mini-br0" drop
+	}
+
 	chain output {
 		type nat hook output priority -100; policy accept;
 	}
@@ -2907,9 +3003,14 @@ ASK = """
 import socket, sys
 proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
-sock.settimeout(10)
-sock.connect((host, port)); sock.send(b"ping")
-print(sock.recv(100).decode())
+sock.settimeout(float(sys.argv[4]) if len(sys.argv) > 4 else 10)
+try:
+    sock.connect((host, port)); sock.send(b"ping")
+    print(sock.recv(100).decode())
+except socket.timeout:
+    print("no answer")
+except OSError as err:
+    print(err.strerror)
 """
 
 
@@ -2954,6 +3055,72 @@ def test_net_published_ports_tcp_and_udp(debian, rootfs, sandbox):
         if server.poll() is None:
             server.kill()
         server.wait()
+    assert_network_gone(sandbox)
+
+
+# A neighbour (the client namespace) that routes the containers' subnet and
+# 127.0.0.0/8 through the sandbox, as an attacker on the same link can. Its
+# own loopback address goes first, or its kernel would keep 127.0.0.0/8
+# local, and it takes answers from 127.0.0.1 (route_localnet), which a
+# kernel otherwise drops as martians.
+NEIGHBOUR_ROUTES = ("ip route add 10.0.0.0/24 via 192.168.77.1 && ip addr del 127.0.0.1/8 dev lo && "
+                    "ip route add 127.0.0.0/8 via 192.168.77.1 && "
+                    "echo 1 > /proc/sys/net/ipv4/conf/c0/route_localnet")
+
+
+# Who asks, what, and the answer it must get, from a container that
+# publishes 8080:80, 127.0.0.1:8081:80 and 127.0.0.1:5353:53/udp.
+NEIGHBOUR_ANSWERS = {
+    ("client", "tcp", "10.0.0.2", 80): "no answer",        # unpublished, straight to the container
+    ("client", "udp", "10.0.0.2", 53): "no answer",
+    ("client", "tcp", "127.0.0.1", 8080): "no answer",     # through loopback addresses
+    ("client", "tcp", "127.0.0.1", 8081): "no answer",
+    ("client", "udp", "127.0.0.1", 5353): "no answer",
+    ("client", "tcp", "192.168.77.1", 8080): "tcp ping from 192.168.77.2",
+    ("client", "tcp", "192.168.77.1", 8081): "Connection refused",
+    ("sandbox", "tcp", "127.0.0.1", 8080): "tcp ping from 10.0.0.1",
+    ("sandbox", "tcp", "127.0.0.1", 8081): "tcp ping from 10.0.0.1",
+    ("sandbox", "udp", "127.0.0.1", 5353): "udp ping from 10.0.0.1",
+}
+
+
+@root
+def test_net_a_neighbour_reaches_only_what_is_published_on_its_side(debian, rootfs, sandbox):
+    image, options = debian
+    sandbox.sh(NEIGHBOUR_ROUTES, sandbox.client)
+    outside = subprocess.Popen(sandbox.enter(sandbox.client) + [sys.executable, "-c", ECHO_SERVER],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    publish = ["-p", "8080:80", "-p", "127.0.0.1:8081:80", "-p", "127.0.0.1:5353:53/udp"]
+    server = subprocess.Popen(sandbox.minidocker("run", "--rm", "-i", *publish, *options, image,
+                                                 "python3", "-c", ECHO_SERVER),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert outside.stdout.readline() == b"ready\n"
+        assert server.stdout.readline() == b"ready\n", server.stderr.read1()
+        assert "dnat to 10.0.0.2:80" in sandbox.ruleset()
+        asking = {(where, proto, host, port): subprocess.Popen(
+            sandbox.enter(sandbox.client if where == "client" else None)
+            + [sys.executable, "-c", ASK, proto, host, str(port), "3"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for where, proto, host, port in NEIGHBOUR_ANSWERS}
+        answers = {ask: proc.communicate(timeout=30)[0].decode().strip() for ask, proc in asking.items()}
+        assert answers == NEIGHBOUR_ANSWERS
+        # Out to the neighbour (masqueraded), and to the other container on
+        # the bridge, whether or not br_netfilter shows bridged frames to
+        # the forward hook (a per-namespace switch where the module is loaded).
+        switch = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+        for setting in ["1", "0"] if sandbox.sh("test -e %s && echo yes" % switch) == "yes\n" else [None]:
+            if setting:
+                sandbox.sh("echo %s > %s" % (setting, switch))
+            talk = sandbox.run("run", "--rm", rootfs, "sh", "-c",
+                               "echo ping | nc 192.168.77.2 80; echo; echo ping | nc -w 3 10.0.0.2 80")
+            assert talk.out == "tcp ping\n from 192.168.77.1\ntcp ping\n from 10.0.0.3", (setting, talk.err)
+        server.stdin.close()
+        assert server.wait(timeout=30) == 0
+    finally:
+        for proc in (server, outside):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
     assert_network_gone(sandbox)
 
 
@@ -3170,6 +3337,46 @@ def test_net_a_kernel_refusal_is_one_line_naming_the_request(rootfs, sandbox):
                         r"Operation not supported\n", result.err), result.err
     assert sandbox.veths() == "" and sandbox.ruleset() == ""
     assert_nothing_left()
+
+
+# In a network namespace of its own (`unshare -n`): nf_tables batches made by
+# nat_batch, some altered, sent through one Netlink; prints each error.
+ODD_BATCHES = """
+import struct, sys
+sys.path.insert(0, sys.argv[1])
+import minidocker as md
+NLMSG_NOOP = 1  # <linux/netlink.h>
+masquerade = md.action_masquerade()
+nl = md.Netlink(md.NETLINK_NETFILTER, **({"timeout": 0.5} if sys.argv[2] == "no answer" else {}))
+batches = [md.nat_batch([("postrouting", masquerade)], nl.seq + 1)]
+if sys.argv[2] == "bad res_id":  # BATCH_BEGIN's res_id names no subsystem
+    datagram, names = batches[0]
+    assert md.parse_messages(datagram)[0][0] == md.NFNL_MSG_BATCH_BEGIN
+    batches = [(datagram[:18] + struct.pack(">H", 0xFFFF) + datagram[20:], names)]
+elif sys.argv[2] == "no answer":  # the kernel does not answer a NOOP without NLM_F_ACK
+    batches = [(md.nl_message(NLMSG_NOOP, md.NLM_F_REQUEST, 1, b""), {1: "NLMSG_NOOP"})]
+for chains in (["nosuchchain", "postrouting"], ["postrouting", "nosuchchain"]):
+    if sys.argv[2] == "after a failed one":  # the first batch's last ack comes after its error
+        batches = [md.nat_batch([(chain, masquerade) for chain in chains], nl.seq + 1)]
+    try:
+        nl.batch(*batches[0])
+    except md.MiniDockerError as err:
+        print(type(err).__name__, err)
+    if sys.argv[2] != "after a failed one":
+        break
+"""
+
+
+@root
+@pytest.mark.parametrize("change, errors", [
+    ("bad res_id", "NetlinkError nf_tables batch refused: Invalid argument\n"),
+    ("no answer", "MiniDockerError nf_tables batch: no answer from the kernel in 0.5 s\n"),
+    ("after a failed one",
+     "NetlinkError NFT_MSG_NEWRULE nosuchchain failed: No such file or directory\n" * 2)])
+def test_net_an_nftables_batch_never_waits_forever_nor_misreads(change, errors):
+    result = subprocess.run(["unshare", "-n", sys.executable, "-c", ODD_BATCHES, HERE, change],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    assert result.stdout.decode() == errors, result.stderr.decode()
 
 
 @root
