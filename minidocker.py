@@ -939,12 +939,14 @@ def reclaim_dead(paths):
 
 @contextlib.contextmanager
 def state_lock(paths, name):
+    """flock(2) on run/NAME: held until the block ends, or the process."""
+    os.makedirs(paths.run, mode=0o700, exist_ok=True)
     fd = os.open(os.path.join(paths.run, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)
+        os.close(fd)  # and with it the lock
 
 
 def remove_stale_temporaries(paths):
@@ -952,7 +954,7 @@ def remove_stale_temporaries(paths):
     for name in os.listdir(paths.records):
         parts = name.split(".")
         if name.endswith(".tmp") and len(parts) == 4 and is_number(parts[2]) \
-                and not os.path.exists("/proc/" + parts[2]):
+                and process_start_time(int(parts[2])) is None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(paths.records, name))
 
@@ -2742,15 +2744,8 @@ def apply_nat(networks):
 # only while the minidocker that took it runs, so a crash can never keep an
 # address taken.
 
-@contextlib.contextmanager
 def network_lock(paths):
-    os.makedirs(paths.run, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(paths.run, "network.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # and with it the lock
+    return state_lock(paths, "network.lock")
 
 
 def current_netns():

@@ -3156,6 +3156,28 @@ def test_net_kill_9_of_minidocker_is_reclaimed_by_the_next_run(rootfs, sandbox):
 
 
 @root
+def test_net_a_zombie_minidocker_keeps_no_lease_nor_rules(rootfs, sandbox):
+    """Killed but not yet reaped by its parent: its lease and published
+    port go with the next command, as for a minidocker that is gone."""
+    proc = sandbox.start("run", "--rm", "-p", "8080:80", rootfs, "sh", "-c", "echo up; sleep 60")
+    try:
+        assert proc.stdout.readline() == b"up\n"
+        os.kill(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not md.read_text("/proc/%d/stat" % proc.pid).split(") ")[-1].startswith("Z"):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        listing = sandbox.run("ps", "-a")  # while it is a zombie
+        assert listing.returncode == 0 and listing.out.count("\n") == 1, listing.out
+        assert "dport 8080" not in sandbox.ruleset()
+    finally:
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert_network_gone(sandbox)
+
+
+@root
 def test_net_etc_files(rootfs, sandbox):
     before = snapshot(os.path.join(rootfs, "etc"))
     result = sandbox.run("run", "--rm", "--hostname", "web", "--add-host", "db:10.1.2.3",
