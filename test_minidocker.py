@@ -222,6 +222,35 @@ def test_parse_run_into_spec(tmp_path):
     assert spec.tmpfs == [("/run", md.MS_NOSUID | md.MS_NODEV, "size=1m")]
 
 
+def test_device_flags_into_nodes_and_rules(tmp_path):
+    spec = parse("--device", "/dev/null", "--device", "/dev/zero:/dev/sub/z:r",
+                 "--device", "/dev/full:rw", str(tmp_path), "sh")
+    assert [(d.path, d.rule()) for d in spec.devices] == [
+        ("/dev/null", ("c", 1, 3, "rwm")), ("/dev/sub/z", ("c", 1, 5, "r")),
+        ("/dev/full", ("c", 1, 7, "rw"))]
+    assert spec.devices[0].mode == os.stat("/dev/null").st_mode
+    assert spec.resources["devices"] == md.DEFAULT_DEVICE_RULES + [d.rule() for d in spec.devices]
+    assert "devices" not in parse("--privileged", "--device", "/dev/null", str(tmp_path),
+                                  "sh").resources
+
+
+@pytest.mark.parametrize("text, error", [
+    ("/dev/null:/dev/n:rwx", "permissions 'rwx' are not a set of r, w and m"),
+    ("/dev/null:/dev/n:rr", "permissions 'rr' are not a set"),
+    ("/dev/null:/dev/n:", "permissions '' are not a set"),
+    ("/dev/null:/tmp/n", "the container path must be in /dev"),
+    ("/dev/null:/dev/", "the container path must be in /dev"),
+    ("/dev/null:/dev/../etc/n", "the container path must be in /dev"),
+    ("/etc/passwd", "/etc/passwd is not a device node"),
+    ("/dev/no-such-device", "/dev/no-such-device: No such file or directory"),
+    ("/dev/null:/dev/a:r:w", "expected HOST[:CONTAINER][:PERMS]"),
+    (":/dev/a", "expected HOST[:CONTAINER][:PERMS]"),
+])
+def test_bad_devices(text, error):
+    with pytest.raises(md.MiniDockerError, match=re.escape(error)):
+        md.parse_device(text)
+
+
 def test_combined_short_flags_and_help_is_not_hostname(tmp_path):
     spec = parse("-it", "-h", "name", str(tmp_path), "sh")
     assert spec.tty and spec.interactive and spec.hostname == "name"
@@ -346,7 +375,7 @@ def test_mount_plan_order_and_flags(tmp_path):
     assert targets[:7] == [("fs", "/proc"), ("fs", "/dev"), ("devices", "/dev"),
                            ("fs", "/dev/pts"), ("fs", "/dev/shm"), ("fs", "/dev/mqueue"),
                            ("fs", "/sys")]
-    assert targets[7:9] == [("bind", "/data"), ("fs", "/scratch")]
+    assert targets[7:10] == [("bind", "/data"), ("nodev", "/data"), ("fs", "/scratch")]
     assert [t for k, t in targets if k == "mask"] == md.MASKED_PATHS
     assert [t for k, t in targets if k == "readonly"] == md.READONLY_PATHS
     assert "/proc/interrupts" in md.MASKED_PATHS
@@ -361,6 +390,17 @@ def test_privileged_plan_masks_nothing(tmp_path):
     plan = md.plan_mounts(parse("--privileged", str(tmp_path), "sh"))
     assert not [m for m in plan if m.kind in ("mask", "readonly")]
     assert not plan[6].flags & md.MS_RDONLY
+
+
+def test_root_and_volumes_are_nodev_unless_privileged(tmp_path):
+    spec = parse("-v", "/h:/data", str(tmp_path), "sh")
+    assert md.root_flags(spec) == md.MS_NODEV
+    assert ("nodev", "/data") in [(m.kind, m.target) for m in md.plan_mounts(spec)]
+    privileged = parse("--privileged", "-v", "/h:/data", str(tmp_path), "sh")
+    assert md.root_flags(privileged) == 0
+    assert "nodev" not in [m.kind for m in md.plan_mounts(privileged)]
+    dev = [m for m in md.plan_mounts(spec) if m.target == "/dev" and m.kind == "fs"][0]
+    assert not dev.flags & md.MS_NODEV  # the one place where nodes open
 
 
 @pytest.fixture
@@ -1060,16 +1100,47 @@ def test_hybrid_layout_and_placement():
     assert layout.v1["memory"] == ("/sys/fs/cgroup/memory", "/job/7")
     assert layout.version_of("cpu") == 1 and layout.version_of("cpuset") is None
     groups = md.plan_cgroups({"memory": 1 << 30, "pids": 5}, layout, "ID")
+    # every v1 hierarchy, the named one too, whatever the limits use
     assert groups == [
         (1, "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct/minidocker-ID",
          {"cpu", "cpuacct"}),
         (1, "/sys/fs/cgroup/memory", "/sys/fs/cgroup/memory/job/7/minidocker-ID", {"memory"}),
-        (1, "/sys/fs/cgroup/pids", "/sys/fs/cgroup/pids/user/minidocker-ID", {"pids"})]
+        (1, "/sys/fs/cgroup/pids", "/sys/fs/cgroup/pids/user/minidocker-ID", {"pids"}),
+        (1, "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/systemd/x/minidocker-ID",
+         {"name=systemd"})]
     with pytest.raises(md.MiniDockerError, match="--cpuset-cpus needs the cpuset cgroup "
                                                  "controller, which this host has neither"):
         md.plan_cgroups({"cpuset_cpus": "0"}, layout, "ID")
     parented = md.plan_cgroups({}, layout, "ID", parent="/ci")
     assert parented[1][2] == "/sys/fs/cgroup/memory/ci/minidocker-ID"
+
+
+def test_device_cgroup_placement_v1_v2_and_none():
+    res = {"devices": md.DEFAULT_DEVICE_RULES}
+    v1 = md.detect_cgroups(HYBRID_MOUNTINFO + "42 31 0:39 / /sys/fs/cgroup/devices rw - cgroup "
+                           "cgroup rw,devices\n", HYBRID_SELF + "6:devices:/d\n",
+                           read=lambda path: "")
+    assert (1, "/sys/fs/cgroup/devices", "/sys/fs/cgroup/devices/d/minidocker-ID",
+            {"devices"}) in md.plan_cgroups(res, v1, "ID")
+    # a hybrid host without the v1 controller: the program on the cgroup2 mount
+    hybrid = md.detect_cgroups(HYBRID_MOUNTINFO, HYBRID_SELF, read=lambda path: "")
+    assert md.plan_cgroups(res, hybrid, "ID")[-1] == (
+        2, "/sys/fs/cgroup/unified", "/sys/fs/cgroup/unified/mini-docker/ID", {"devices"})
+    bare = md.detect_cgroups(HYBRID_MOUNTINFO.replace("cgroup2 cgroup2", "tmpfs tmpfs"),
+                             HYBRID_SELF, read=lambda path: "")
+    with pytest.raises(md.MiniDockerError, match="the device cgroup needs cgroup v1's devices "
+                                                 "controller or a cgroup2 mount"):
+        md.plan_cgroups(res, bare, "ID")
+    assert md.plan_cgroups({}, bare, "ID")  # --privileged runs without one
+
+
+def test_device_cgroup_v1_writes():
+    writes = md.cgroup_writes({"devices": md.DEFAULT_DEVICE_RULES + [("b", 7, 3, "r")]}, 1)
+    assert writes == [("devices", "devices.deny", "a")] + [
+        ("devices", "devices.allow", line) for line in (
+            "c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm",
+            "c 1:9 rwm", "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "b 7:3 r")]
+    assert md.cgroup_writes({"devices": md.DEFAULT_DEVICE_RULES}, 2) == []
 
 
 def test_v2_plan_applied_to_a_fake_tree(tmp_path):
@@ -1099,6 +1170,134 @@ def test_v2_plan_applied_to_a_fake_tree(tmp_path):
     assert md.oom_killed(made)
     assert md.cgroup_usage(made) == {"memory": 1234, "memory_peak": None, "cpu_seconds": 1.5,
                                      "pids": None}
+
+
+# ---------------------------------------------------------------------------
+# the device cgroup's eBPF program, unit: golden bytes and an interpreter
+# ---------------------------------------------------------------------------
+
+# Assembled by llvm-mc (llvm-mc -triple bpfel -filetype=obj, then
+# llvm-objdump -d) from this listing, for the rules c 1:3 rwm, b 7:* r,
+# c *:* m:
+#    0 r2 = *(u32 *)(r1 + 0)       12 w1 = w3
+#    1 w2 &= 65535                 13 w1 &= 65533
+#    2 r3 = *(u32 *)(r1 + 0)       14 if r1 != 0 goto +3
+#    3 w3 >>= 16                   15 if r4 != 7 goto +2
+#    4 r4 = *(u32 *)(r1 + 4)       16 r0 = 1
+#    5 r5 = *(u32 *)(r1 + 8)       17 exit
+#    6 if r2 != 2 goto +4          18 if r2 != 2 goto +5
+#    7 if r4 != 1 goto +3          19 w1 = w3
+#    8 if r5 != 3 goto +2          20 w1 &= 65534
+#    9 r0 = 1                      21 if r1 != 0 goto +2
+#   10 exit                        22 r0 = 1
+#   11 if r2 != 1 goto +6          23 exit
+#                                  24 r0 = 0
+#                                  25 exit
+DEVICE_PROGRAM_LLVM_MC = (
+    "611200000000000054020000ffff0000611300000000000074030000100000006114040000000000"
+    "6115080000000000550204000200000055040300010000005505020003000000b700000001000000"
+    "95000000000000005502060001000000bc3100000000000054010000fdff00005501030000000000"
+    "5504020007000000b70000000100000095000000000000005502050002000000bc31000000000000"
+    "54010000feff00005501020000000000b7000000010000009500000000000000b700000000000000"
+    "9500000000000000")
+
+
+def test_device_program_golden_bytes():
+    code = md.compile_device_program([("c", 1, 3, "rwm"), ("b", 7, None, "r"),
+                                      ("c", None, None, "m")])
+    assert code.hex() == DEVICE_PROGRAM_LLVM_MC
+
+
+def run_ebpf(code, kind, major, minor, access):
+    """eBPF as the kernel runs a BPF_PROG_TYPE_CGROUP_DEVICE program, for the
+    instructions minidocker emits, with what the verifier would refuse
+    checked: an unknown opcode, a read of a register never written, a load
+    outside struct bpf_cgroup_dev_ctx or through anything but its pointer, a
+    jump backwards or out of the program. Returns r0 at exit."""
+    program = [struct.unpack_from(md.BPF_INSN, code, i) for i in range(0, len(code), 8)]
+    asked = sum(md.DEVCG_ACCESS[letter] for letter in access)
+    ctx = struct.pack("=III", asked << 16 | md.DEVCG_TYPE[kind], major, minor)
+    regs = {1: "ctx"}
+    mask = (1 << 64) - 1
+
+    def value(number):
+        assert number in regs, "r%d read before it is written" % number
+        assert regs[number] != "ctx", "arithmetic on the context pointer"
+        return regs[number]
+
+    pc = 0
+    while True:
+        assert 0 <= pc < len(program), "ran off the program"
+        op, registers, off, imm = program[pc]
+        dst, src = registers & 0xF, registers >> 4
+        pc += 1
+        if op == md.EBPF_LDX_W:
+            assert regs.get(src) == "ctx" and off in (0, 4, 8), (src, off)
+            regs[dst] = struct.unpack_from("=I", ctx, off)[0]
+        elif op == md.EBPF_AND32_K:
+            regs[dst] = value(dst) & imm & 0xFFFFFFFF
+        elif op == md.EBPF_RSH32_K:
+            regs[dst] = (value(dst) & 0xFFFFFFFF) >> imm
+        elif op == md.EBPF_MOV32_X:
+            regs[dst] = value(src) & 0xFFFFFFFF
+        elif op == md.EBPF_MOV64_K:
+            regs[dst] = imm & mask
+        elif op == md.EBPF_JNE_K:
+            assert off >= 0 and pc + off <= len(program), "jump %d at %d" % (off, pc - 1)
+            if value(dst) != imm & mask:
+                pc += off
+        elif op == md.EBPF_EXIT:
+            return value(0)
+        else:
+            raise AssertionError("opcode %#x" % op)
+
+
+def device_allowed(rules, kind, major, minor, access):
+    """What the device cgroup means: some rule covers type, numbers and every
+    access asked (as devices.allow does on v1)."""
+    return any(rule_kind == kind and set(access) <= set(rule_access)
+               and rule_major in (None, major) and rule_minor in (None, minor)
+               for rule_kind, rule_major, rule_minor, rule_access in rules)
+
+
+ACCESSES = ["m", "r", "w", "rw", "rm", "wm", "rwm"]
+MAJORS = [0, 1, 4, 5, 7, 10, 136, 137, 254, 4095]
+MINORS = [0, 1, 2, 3, 5, 7, 8, 9, 11, 200, 0xFFFFF]
+
+
+def test_default_device_program_decisions():
+    code = md.compile_device_program(md.DEFAULT_DEVICE_RULES)
+    decided = {}
+    for kind in "bc":
+        for major in MAJORS:
+            for minor in MINORS:
+                for access in ACCESSES:
+                    verdict = run_ebpf(code, kind, major, minor, access)
+                    assert verdict == device_allowed(md.DEFAULT_DEVICE_RULES, kind, major,
+                                                     minor, access), (kind, major, minor, access)
+                    decided[kind, major, minor, access] = verdict
+    assert decided["c", 1, 3, "rw"] and decided["c", 1, 9, "r"] and decided["c", 5, 2, "rw"]
+    assert decided["c", 136, 7, "rw"] and decided["c", 5, 1, "w"]
+    assert decided["b", 7, 0, "m"] and decided["c", 1, 11, "m"]  # made, never opened:
+    assert not decided["b", 7, 0, "r"] and not decided["b", 7, 0, "w"]  # a loop device
+    assert not decided["c", 1, 11, "w"]                           # /dev/kmsg
+    assert not decided["c", 10, 200, "rw"]                        # /dev/net/tun
+    assert not decided["c", 1, 1, "r"] and not decided["b", 0, 0, "rw"]  # /dev/mem
+
+
+def test_random_device_lists_agree_with_the_model():
+    import random
+    rng = random.Random(7)
+    for _ in range(40):
+        rules = [(rng.choice("bc"), rng.choice([None] + MAJORS), rng.choice([None] + MINORS),
+                  rng.choice(ACCESSES)) for _ in range(rng.randint(0, 6))]
+        code = md.compile_device_program(rules)
+        for _ in range(200):
+            kind, major, minor = rng.choice("bc"), rng.choice(MAJORS), rng.choice(MINORS)
+            access = rng.choice(ACCESSES)
+            assert run_ebpf(code, kind, major, minor, access) == \
+                device_allowed(rules, kind, major, minor, access), (rules, kind, major, minor,
+                                                                    access)
 
 
 # ---------------------------------------------------------------------------
