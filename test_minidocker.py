@@ -917,6 +917,9 @@ def bad(args, message, code=125):
     (["run", "-w", "relative", "/", "sh"], "workdir 'relative' must be an absolute path"),
     (["run", "--env-file", "/no/such/file", "/", "sh"], "--env-file /no/such/file"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["run", "--device", "/etc/passwd", "/", "sh"], "/etc/passwd is not a device node"),
+    (["run", "--device", "/dev/null:/tmp/null", "/", "sh"], "the container path must be in /dev"),
+    (["run", "--device", "/dev/null:/dev/n:x", "/", "sh"], "permissions 'x' are not a set"),
 ])
 def test_bad_flags(args, message, state):
     bad(args, message)
@@ -1433,6 +1436,154 @@ def test_cgroup_pids_zero_means_unlimited(rootfs):
     result = sh(rootfs, "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null; echo ok",
                 options=["--pids-limit", "0"])
     assert result.returncode == 0 and result.out.endswith("ok\n")
+
+
+# ---------------------------------------------------------------------------
+# the device cgroup, root: host devices reached through nodes in the image,
+# made with mknod or given with --device (on this host and in the v2 VM)
+# ---------------------------------------------------------------------------
+
+DENIED = ("Operation not permitted", "Permission denied")  # EPERM: the cgroup; EACCES: nodev
+
+
+@pytest.fixture
+def host_device(tmp_path):
+    """A host device whose content the tests know and may write to: a loop
+    device over a file of ours. The cgroup-v2 VM's kernel has no modules, so
+    no loop driver and no block device at all: there it is the virtual
+    console's screen memory, /dev/vcs (c 7:0), as harmless to write."""
+    if not os.path.exists("/dev/loop-control"):
+        yield "/dev/vcs"
+        return
+    backing = tmp_path / "disk.img"
+    backing.write_bytes(b"minidocker-disk!" * 4096)
+    path = subprocess.run(["losetup", "-f", "--show", str(backing)], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    try:
+        yield path
+    finally:
+        subprocess.run(["losetup", "-d", path], check=True)
+
+
+def device_node(path):
+    """(mknod type letter, major, minor) of a host device."""
+    st = os.stat(path)
+    return ("b" if stat.S_ISBLK(st.st_mode) else "c"), os.major(st.st_rdev), os.minor(st.st_rdev)
+
+
+def device_content(path):
+    with open(path, "rb") as handle:
+        return handle.read(16)
+
+
+@pytest.fixture
+def device_rootfs(tmp_path, host_device, state):
+    """A rootfs that ships nodes of host devices, readable and writable by
+    anyone: the test device, and /dev/kmsg (c 1:11), the kernel's log."""
+    path = str(tmp_path / "image")
+    subprocess.run(MINIDOCKER + ["mkrootfs", path], check=True, stdout=subprocess.DEVNULL)
+    os.mkdir(os.path.join(path, "nodes"))
+    kind, major, minor = device_node(host_device)
+    for name, mode, numbers in (("disk", stat.S_IFBLK if kind == "b" else stat.S_IFCHR,
+                                 (major, minor)), ("kmsg", stat.S_IFCHR, (1, 11))):
+        os.mknod(os.path.join(path, "nodes", name), mode | 0o666, os.makedev(*numbers))
+        os.chmod(os.path.join(path, "nodes", name), 0o666)
+    return path
+
+
+ATTACK_NODES = ("head -c 16 {disk}; echo; echo forged > {disk}; "
+                "echo '<3>minidocker: forged' > {kmsg}")
+
+
+def assert_denied(result, attempts):
+    lines = result.err.splitlines()
+    assert len(lines) == attempts and all(any(d in line for d in DENIED) for line in lines), \
+        result.err
+
+
+@root
+@pytest.mark.parametrize("options", [[], ["-u", "1000", "--read-only"]])
+def test_device_nodes_in_the_image_open_nothing(device_rootfs, host_device, options):
+    before = device_content(host_device)
+    result = sh(device_rootfs, ATTACK_NODES.format(disk="/nodes/disk", kmsg="/nodes/kmsg"),
+                options=options)
+    assert result.out == "\n"  # nothing read
+    assert_denied(result, 3)
+    assert device_content(host_device) == before
+
+
+@root
+def test_mknod_of_host_devices_opens_nothing(rootfs, host_device):
+    """Without seccomp (which refuses mknod of devices by default) nodes can
+    be made, as in Docker; the device cgroup refuses to open them."""
+    before = device_content(host_device)
+    kind, major, minor = device_node(host_device)
+    script = ("mknod /dev/disk %s %d %d && mknod /dev/kmsg c 1 11 && echo made; "
+              % (kind, major, minor)) + ATTACK_NODES.format(disk="/dev/disk", kmsg="/dev/kmsg")
+    for options in ([], ["-u", "0", "--cap-add", "SYS_ADMIN"]):
+        result = sh(rootfs, script, options=["--security-opt", "seccomp=unconfined"] + options)
+        assert result.out == "made\n\n"
+        assert all("Operation not permitted" in line for line in result.err.splitlines())
+        assert_denied(result, 3)
+    assert device_content(host_device) == before
+
+
+@root
+def test_device_flag_gives_that_device_and_no_other(rootfs, host_device):
+    kind, major, minor = device_node(host_device)
+    content = device_content(host_device)
+    script = ("head -c 16 /dev/given; stat -c '%%t:%%T %%a' /dev/given; "
+              "mknod /dev/other %s %d %d; head -c 16 /dev/other; echo x > /dev/kmsg2"
+              % (kind, major, minor + 1))
+    result = run(rootfs, "sh", "-c", "mknod /dev/kmsg2 c 1 11; " + script,
+                 options=["--device", host_device + ":/dev/given",
+                          "--security-opt", "seccomp=unconfined"])
+    host_mode = os.stat(host_device).st_mode
+    assert result.stdout == content + ("%x:%x %o\n" % (major, minor, host_mode & 0o7777)).encode()
+    assert_denied(result, 2)
+    # r only: read, never written; the node lands where it is asked, directories made
+    before = device_content(host_device)
+    result = sh(rootfs, "head -c 16 /dev/sub/dir/ro; echo forged > /dev/sub/dir/ro",
+                options=["--device", host_device + ":/dev/sub/dir/ro:r"])
+    assert result.stdout == content
+    assert_denied(result, 1)
+    assert device_content(host_device) == before
+
+
+@root
+def test_privileged_opens_every_device(device_rootfs, host_device):
+    result = run(device_rootfs, "head", "-c", "16", "/nodes/disk", options=["--privileged"])
+    assert result.stdout == device_content(host_device), result.err
+
+
+@root
+def test_standard_devices_still_open(rootfs):
+    script = ("echo x > /dev/null && head -c 3 /dev/zero | wc -c && head -c 3 /dev/random | wc -c"
+              " && head -c 3 /dev/urandom | wc -c; echo x > /dev/full; echo x > /dev/tty")
+    result = sh(rootfs, script, options=["-u", "1000"])
+    assert result.out.split() == ["3", "3", "3"]
+    assert "No space left on device" in result.err       # full, opened
+    assert "No such device or address" in result.err     # tty opened: no terminal
+    assert not any(d in result.err for d in DENIED), result.err
+    term = Terminal(MINIDOCKER + ["run", "--network=none", "--rm", "-it", rootfs, "/bin/sh"])
+    try:
+        term.read_until("# ")
+        term.send("echo a > /dev/tty && echo b > /dev/console && exec 3<>/dev/ptmx && tty"
+                  " && echo ok-$((1+1))\n")
+        assert "/dev/pts/0" in term.read_until("ok-2")
+        term.send("exit\n")
+        assert term.proc.wait(timeout=20) == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+            term.proc.wait()
+        term.close()
+
+
+@root
+def test_a_device_that_cannot_be_made_is_one_line(rootfs):
+    bad(["run", "--rm", "--device", "/dev/zero:/dev/null", rootfs, "true"],
+        "--device /dev/null: mknod: File exists")
 
 
 # ---------------------------------------------------------------------------
