@@ -3554,9 +3554,9 @@ DEFAULT_PROFILE = {
                        "user's terminal could type commands into the shell that started "
                        "it; TIOCLINUX pastes the console's selection as input, the same "
                        "attack") + [
-        _allow(name, "files, FIFOs and sockets, not device nodes: the kernel would open a "
-               "node of any device, the host's disks too, and minidocker builds no "
-               "device cgroup to stop that" if not index else "(the same)",
+        _allow(name, "files, FIFOs and sockets, not device nodes: a node of a host device "
+               "opens nothing under the device cgroup, and this is a second wall "
+               "before it" if not index else "(the same)",
                args=[_arg(position, "MASKED_EQ", _S_IFMT, file_type)])
         for name, position in (("mknod", 1), ("mknodat", 2))
         for index, file_type in enumerate(_FILE_TYPES)
