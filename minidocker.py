@@ -15,8 +15,9 @@ to its first instruction. `grep -n '^# ===' minidocker.py` prints them:
     6. filesystem: overlay, mounts, /dev, pivot_root
     7. namespaces                  13. argparse and main()
 
-Needs: Linux >= 4.14 (TIOCGPTPEER for the terminal, SECCOMP_RET_KILL_PROCESS),
-overlayfs, root (CAP_SYS_ADMIN in the initial user namespace), Python >= 3.8.
+Needs: Linux >= 4.14 (TIOCGPTPEER for the terminal, SECCOMP_RET_KILL_PROCESS;
+4.15 on cgroup v2, for the device cgroup's BPF program), overlayfs, root
+(CAP_SYS_ADMIN in the initial user namespace), Python >= 3.8.
 """
 
 import argparse
@@ -1735,15 +1736,18 @@ def cgroup_writes(res, version):
     return writes
 
 
-# The device list: (type, major, minor, access), None for `*`. Docker's and
-# runc's default: any node may be made (m), so that images can ship their
-# /dev, but only these open (r, w); Documentation/admin-guide/devices.txt
-# names the numbers. No /dev/net/tun unless --device asks for it.
+# The device list: (type, major, minor, access), None for `*`. runc's
+# default: any node may be made (m), so that images can ship their /dev, but
+# only these open (r, w); Documentation/admin-guide/devices.txt names the
+# numbers. Not /dev/net/tun (runc allows it) unless --device asks for it, and
+# not c 5:1, which Docker adds and runc does not: that node is the HOST's
+# console (ttyS0 or tty0), to read what is typed there and write to it; the
+# container's /dev/console is a pty slave, c 136:N.
 DEFAULT_DEVICE_RULES = [
     ("c", None, None, "m"), ("b", None, None, "m"),
     ("c", 1, 3, "rwm"), ("c", 1, 5, "rwm"), ("c", 1, 7, "rwm"),  # null zero full
     ("c", 1, 8, "rwm"), ("c", 1, 9, "rwm"),                      # random urandom
-    ("c", 5, 0, "rwm"), ("c", 5, 1, "rwm"), ("c", 5, 2, "rwm"),  # tty console ptmx
+    ("c", 5, 0, "rwm"), ("c", 5, 2, "rwm"),                      # tty ptmx
     ("c", 136, None, "rwm"),                                     # the pty slaves, pts/N
 ]
 

@@ -1150,7 +1150,7 @@ def test_device_cgroup_v1_writes():
     assert writes == [("devices", "devices.deny", "a")] + [
         ("devices", "devices.allow", line) for line in (
             "c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm",
-            "c 1:9 rwm", "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "b 7:3 r")]
+            "c 1:9 rwm", "c 5:0 rwm", "c 5:2 rwm", "c 136:* rwm", "b 7:3 r")]
     assert md.cgroup_writes({"devices": md.DEFAULT_DEVICE_RULES}, 2) == []
 
 
@@ -1288,11 +1288,12 @@ def test_default_device_program_decisions():
                                                      minor, access), (kind, major, minor, access)
                     decided[kind, major, minor, access] = verdict
     assert decided["c", 1, 3, "rw"] and decided["c", 1, 9, "r"] and decided["c", 5, 2, "rw"]
-    assert decided["c", 136, 7, "rw"] and decided["c", 5, 1, "w"]
+    assert decided["c", 136, 7, "rw"]
     assert decided["b", 7, 0, "m"] and decided["c", 1, 11, "m"]  # made, never opened:
     assert not decided["b", 7, 0, "r"] and not decided["b", 7, 0, "w"]  # a loop device
     assert not decided["c", 1, 11, "w"]                           # /dev/kmsg
     assert not decided["c", 10, 200, "rw"]                        # /dev/net/tun
+    assert not decided["c", 5, 1, "r"] and not decided["c", 5, 1, "w"]  # the host's console
     assert not decided["c", 1, 1, "r"] and not decided["b", 0, 0, "rw"]  # /dev/mem
 
 
@@ -1523,16 +1524,18 @@ def test_device_nodes_in_the_image_open_nothing(device_rootfs, host_device, opti
 @root
 def test_mknod_of_host_devices_opens_nothing(rootfs, host_device):
     """Without seccomp (which refuses mknod of devices by default) nodes can
-    be made, as in Docker; the device cgroup refuses to open them."""
+    be made, as in Docker; the device cgroup refuses to open them: the
+    host's disk, its kernel log, its console."""
     before = device_content(host_device)
     kind, major, minor = device_node(host_device)
-    script = ("mknod /dev/disk %s %d %d && mknod /dev/kmsg c 1 11 && echo made; "
-              % (kind, major, minor)) + ATTACK_NODES.format(disk="/dev/disk", kmsg="/dev/kmsg")
+    script = ("mknod /dev/disk %s %d %d && mknod /dev/kmsg c 1 11 && mknod /dev/host c 5 1 "
+              "&& echo made; " % (kind, major, minor)) + ATTACK_NODES.format(
+                  disk="/dev/disk", kmsg="/dev/kmsg") + "; echo forged > /dev/host"
     for options in ([], ["-u", "0", "--cap-add", "SYS_ADMIN"]):
         result = sh(rootfs, script, options=["--security-opt", "seccomp=unconfined"] + options)
         assert result.out == "made\n\n"
         assert all("Operation not permitted" in line for line in result.err.splitlines())
-        assert_denied(result, 3)
+        assert_denied(result, 4)
     assert device_content(host_device) == before
 
 
@@ -1586,6 +1589,54 @@ def test_standard_devices_still_open(rootfs):
             term.proc.kill()
             term.proc.wait()
         term.close()
+
+
+# Nodes made inside and opened for writing (no byte is written): the
+# standard devices, the host's kernel log, memory, screen, console, tun,
+# loop and nvme block devices. What matters is which opens fail with EPERM.
+DEVICE_PROBES = [("c", 1, 3), ("c", 1, 5), ("c", 1, 7), ("c", 1, 8), ("c", 1, 9), ("c", 5, 0),
+                 ("c", 5, 2), ("c", 136, 0), ("c", 1, 11), ("c", 7, 0), ("c", 4, 1),
+                 ("c", 5, 1), ("c", 10, 200), ("b", 7, 0), ("b", 259, 0)]
+DEVICE_PROBE_SCRIPT = "".join(
+    "mknod /dev/p%d %s %d %d; if why=$( (exec 3> /dev/p%d) 2>&1 ); then echo %s %d %d open; "
+    "else echo %s %d %d ${why##*: }; fi\n" % (i, kind, major, minor, i, kind, major, minor,
+                                             kind, major, minor)
+    for i, (kind, major, minor) in enumerate(DEVICE_PROBES))
+
+
+def refused(output):
+    return {tuple(line.split()[:3]) for line in output.splitlines()
+            if line.endswith("Operation not permitted")}
+
+
+@root
+def test_device_list_is_runcs_but_tun(rootfs, tmp_path):
+    """The same nodes made and opened under runc, which builds the device
+    cgroup from its own default list (devices.allow on v1, its eBPF program
+    on v2): the same refusals, c 5:1 (the host's console) among them, but
+    for c 10:200, tun, which runc allows."""
+    if shutil.which("runc") is None:
+        pytest.fail("runc is not installed (apt-get install runc)")
+    bundle = str(tmp_path / "bundle")
+    os.makedirs(bundle)
+    subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+    with open(os.path.join(bundle, "config.json")) as handle:
+        config = json.load(handle)
+    caps = ["CAP_" + name for name in md.DOCKER_DEFAULT_CAPS]
+    config["process"].update(terminal=False, args=["/bin/sh", "-c", DEVICE_PROBE_SCRIPT])
+    config["process"]["capabilities"] = {"bounding": caps, "effective": caps, "permitted": caps}
+    config["root"] = {"path": rootfs, "readonly": True}
+    with open(os.path.join(bundle, "config.json"), "w") as handle:
+        json.dump(config, handle)
+    theirs = subprocess.run(["runc", "run", "--bundle", bundle, "md-dev-%d" % os.getpid()],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert theirs.returncode == 0, theirs.stderr
+    ours = sh(rootfs, DEVICE_PROBE_SCRIPT, options=["--security-opt", "seccomp=unconfined"])
+    assert len(ours.out.splitlines()) == len(theirs.stdout.splitlines()) == len(DEVICE_PROBES)
+    tun = ("c", "10", "200")
+    assert tun not in refused(theirs.stdout) and ("c", "5", "1") in refused(theirs.stdout)
+    assert refused(ours.out) == refused(theirs.stdout) | {tun}
+    assert ("c", "1", "3", "open") in {tuple(l.split()) for l in ours.out.splitlines()}
 
 
 @root
