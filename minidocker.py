@@ -384,8 +384,8 @@ AT_RECURSIVE = 0x8000    # ... and on every mount below it
 
 
 def mount_setattr(fd, attr_set, shown):
-    """mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE): attr_set on the
-    mount `fd` is and on all mounts under it."""
+    """mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE): set attr_set on
+    the mount that fd names and on every mount under it."""
     attr = ctypes.create_string_buffer(struct.pack(MOUNT_ATTR, attr_set, 0, 0, 0))
     if _mount_setattr(SYSCALLS["mount_setattr"], fd, b"", AT_EMPTY_PATH | AT_RECURSIVE,
                       attr, len(attr.raw)) == -1:
@@ -1881,8 +1881,8 @@ def detect_cgroups(mountinfo, self_cgroup, read=read_text):
 
 def plan_cgroups(res, layout, cid, parent=None):
     """-> [(version, mount point, directory, {controllers})], one per
-    hierarchy: every v1 hierarchy and the cgroup2 one. Fails, before anything is made, when a controller a flag
-    needs is missing."""
+    hierarchy: every v1 hierarchy and the cgroup2 one. Fails, before
+    anything is made, when a controller a flag needs is missing."""
     needs = controllers_needed(res)
     for controller, flag in sorted(needs.items()):
         if layout.version_of(controller) is not None:

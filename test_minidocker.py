@@ -1562,6 +1562,39 @@ def test_device_flag_gives_that_device_and_no_other(rootfs, host_device):
 
 
 @root
+def test_root_and_volumes_are_nodev(device_rootfs, tmp_path):
+    """Even a node the device cgroup allows (null) opens nothing outside the
+    container's /dev: the root and the volumes, file or directory, read-only
+    or not, with their submounts, are nodev, and keep their other flags."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    os.mknod(str(volume / "null"), stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    (tmp_path / "file").write_text("")
+    script = ("echo x > /nodes/null; echo x > /v/null; echo x > /ro/null; echo x > /v/sub/null;"
+              "awk '$5 == \"/\" || $5 == \"/v\" || $5 == \"/ro\" || $5 == \"/f\" || "
+              "$5 == \"/v/sub\" {print $5, $6}' /proc/self/mountinfo")
+    os.mknod(os.path.join(device_rootfs, "nodes", "null"), stat.S_IFCHR | 0o666,
+             os.makedev(1, 3))
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    os.mknod(str(sub / "null"), stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    (volume / "sub").mkdir()
+    subprocess.run(["mount", "--bind", str(sub), str(volume / "sub")], check=True)
+    try:
+        result = sh(device_rootfs, script, options=[
+            "--read-only", "-v", "%s:/v" % volume, "-v", "%s:/ro:ro" % volume,
+            "-v", "%s:/f" % (tmp_path / "file")])
+    finally:
+        subprocess.run(["umount", str(volume / "sub")], check=True)
+    assert result.err.count("Permission denied") == 4, result.err
+    flags = dict(line.split() for line in result.out.splitlines())
+    assert set(flags) == {"/", "/v", "/ro", "/f", "/v/sub"}, result.out
+    assert all("nodev" in value.split(",") for value in flags.values()), flags
+    assert flags["/"].startswith("ro,") and flags["/ro"].startswith("ro,")
+    assert flags["/v"].startswith("rw,")
+
+
+@root
 def test_privileged_opens_every_device(device_rootfs, host_device):
     result = run(device_rootfs, "head", "-c", "16", "/nodes/disk", options=["--privileged"])
     assert result.stdout == device_content(host_device), result.err
