@@ -1378,8 +1378,9 @@ def apply_nodev(rootfd, target):
     all, and leave each one's other flags (ro) as they are, which only
     mount_setattr(2) does. Before Linux 5.12 (ENOSYS) the volume's own
     mount is remounted nodev with the flags it has; its submounts keep
-    their devices, and the device cgroup is the wall there."""
-    fd = open_in_root(rootfd, target, follow=False)
+    their devices, and the device cgroup is the wall there. The path is
+    resolved in the root as apply_mount resolved it, symlinks and all."""
+    fd = open_in_root(rootfd, target)
     try:
         mount_setattr(fd, MOUNT_ATTR_NODEV, target)
     except OSError as err:
