@@ -15,8 +15,9 @@ to its first instruction. `grep -n '^# ===' minidocker.py` prints them:
     6. filesystem: overlay, mounts, /dev, pivot_root
     7. namespaces                  13. argparse and main()
 
-Needs: Linux >= 4.14 (TIOCGPTPEER for the terminal, SECCOMP_RET_KILL_PROCESS),
-overlayfs, root (CAP_SYS_ADMIN in the initial user namespace), Python >= 3.8.
+Needs: Linux >= 4.14 (TIOCGPTPEER for the terminal, SECCOMP_RET_KILL_PROCESS;
+4.15 on cgroup v2, for the device cgroup's BPF program), overlayfs, root
+(CAP_SYS_ADMIN in the initial user namespace), Python >= 3.8.
 """
 
 import signal
@@ -354,20 +355,9 @@ _socket = _bind("socket", [_c_int, _c_int, _c_int])
 _syscall = _bind("syscall", [_c_long, _c_str, _c_str], _c_long)  # pivot_root
 _seccomp = _bind("syscall", [_c_long, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p],
                  _c_long)
+_bpf = _bind("syscall", [_c_long, _c_int, ctypes.c_void_p, ctypes.c_uint], _c_long)
 _mount_setattr = _bind("syscall", [_c_long, _c_int, _c_str, ctypes.c_uint, ctypes.c_void_p,
                                    ctypes.c_size_t], _c_long)
-
-# <linux/mount.h>: mount_setattr(2), Linux 5.12, changes a whole mount tree
-# at once.
-#   struct mount_attr (32 bytes)
-#   +---------------+---------------+---------------+---------------+
-#   | attr_set (8)  | attr_clr (8)  | propagation(8)| userns_fd (8) |
-#   +---------------+---------------+---------------+---------------+
-MOUNT_ATTR = "=QQQQ"
-assert struct.calcsize(MOUNT_ATTR) == 32
-MOUNT_ATTR_RDONLY = 0x1
-AT_EMPTY_PATH = 0x1000    # <linux/fcntl.h>
-AT_RECURSIVE = 0x8000
 
 
 def mount(source, target, fstype, flags=0, data=None, shown=None):
@@ -418,19 +408,85 @@ def pivot_root(new_root, put_old):
                             "run from a real root filesystem")
 
 
-def mount_setattr_read_only(fd, shown):
-    """Make the mount tree at fd read-only, every submount included. Returns
-    False where the kernel has no mount_setattr (ENOSYS: Linux < 5.12)."""
-    if "mount_setattr" not in SYSCALLS:
-        return False
-    attr = ctypes.create_string_buffer(struct.pack(MOUNT_ATTR, MOUNT_ATTR_RDONLY, 0, 0, 0))
+# <linux/mount.h>: mount_setattr(2), Linux 5.12, which changes one attribute
+# of a whole tree of mounts and leaves their other flags as they are.
+#   struct mount_attr (32 bytes)
+#   +---------------+---------------+---------------+---------------+
+#   | attr_set (8)  | attr_clr (8)  | propagation(8)| userns_fd (8) |
+#   +---------------+---------------+---------------+---------------+
+MOUNT_ATTR = "=QQQQ"
+assert struct.calcsize(MOUNT_ATTR) == 32
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NODEV = 0x1, 0x4
+AT_EMPTY_PATH = 0x1000   # <linux/fcntl.h>: act on the handle itself
+AT_RECURSIVE = 0x8000    # ... and on every mount below it
+
+
+def mount_setattr(fd, attr_set, shown):
+    """mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE): set attr_set on
+    the mount that fd names and on every mount under it."""
+    attr = ctypes.create_string_buffer(struct.pack(MOUNT_ATTR, attr_set, 0, 0, 0))
     if _mount_setattr(SYSCALLS["mount_setattr"], fd, b"", AT_EMPTY_PATH | AT_RECURSIVE,
                       attr, len(attr.raw)) == -1:
+        raise syscall_error(ctypes.get_errno(), "mount_setattr(%s)" % shown)
+
+
+# <linux/bpf.h>: bpf(2), which glibc does not wrap, for the device cgroup's
+# program on cgroup v2 (chapter 8).
+BPF_PROG_LOAD = 5                  # enum bpf_cmd
+BPF_PROG_ATTACH = 8
+BPF_PROG_TYPE_CGROUP_DEVICE = 15   # enum bpf_prog_type, Linux 4.15
+BPF_CGROUP_DEVICE = 6              # enum bpf_attach_type
+BPF_F_ALLOW_MULTI = 1 << 1         # the parent's programs run too, ours after them
+BPF_LOG_SIZE = 1 << 16             # the verifier's explanation, asked for on refusal
+
+#   union bpf_attr, as BPF_PROG_LOAD reads it (the first 64 bytes):
+#       __u32 prog_type;   __u32 insn_cnt;   __aligned_u64 insns;
+#       __aligned_u64 license;  __u32 log_level;  __u32 log_size;
+#       __aligned_u64 log_buf;  __u32 kern_version;  __u32 prog_flags;
+#       char prog_name[16];
+#   and as BPF_PROG_ATTACH reads it:
+#       __u32 target_fd;  __u32 attach_bpf_fd;  __u32 attach_type;  __u32 attach_flags;
+BPF_ATTR_PROG_LOAD = "=IIQQIIQII16s"
+assert struct.calcsize(BPF_ATTR_PROG_LOAD) == 64
+BPF_ATTR_PROG_ATTACH = "=IIII"
+
+
+def _bpf_call(command, attr):
+    buffer = ctypes.create_string_buffer(attr, len(attr))
+    return _bpf(SYSCALLS["bpf"], command, buffer, len(attr))
+
+
+def bpf_prog_load(prog_type, code, name):
+    """Load an eBPF program (the bytes of its struct bpf_insn array); returns
+    its fd. When the verifier refuses it (EINVAL, EACCES), the load is asked
+    again with a log, so that the error quotes the verifier's reason."""
+    insns = ctypes.create_string_buffer(code, len(code))
+    license = ctypes.create_string_buffer(b"MIT")
+    log = ctypes.create_string_buffer(BPF_LOG_SIZE)
+
+    def load(level):
+        return _bpf_call(BPF_PROG_LOAD, struct.pack(
+            BPF_ATTR_PROG_LOAD, prog_type, len(code) // 8, ctypes.addressof(insns),
+            ctypes.addressof(license), level, BPF_LOG_SIZE if level else 0,
+            ctypes.addressof(log) if level else 0, 0, 0, name.encode()))
+
+    fd = load(0)
+    if fd == -1:
         err = ctypes.get_errno()
-        if err == errno.ENOSYS:
-            return False
-        raise syscall_error(err, "mount_setattr(%s, MOUNT_ATTR_RDONLY, AT_RECURSIVE)" % shown)
-    return True
+        if err in (errno.EINVAL, errno.EACCES) and load(1) == -1:
+            lines = log.value.decode(errors="replace").strip().splitlines()
+            raise syscall_error(err, "bpf(BPF_PROG_LOAD, %s)" % name,
+                                "verifier: %s" % lines[-1] if lines
+                                else "the kernel needs CONFIG_CGROUP_BPF")
+        raise syscall_error(err, "bpf(BPF_PROG_LOAD, %s)" % name)
+    return fd
+
+
+def bpf_prog_attach(target_fd, prog_fd, attach_type, flags):
+    attr = struct.pack(BPF_ATTR_PROG_ATTACH, target_fd, prog_fd, attach_type, flags)
+    if _bpf_call(BPF_PROG_ATTACH, attr) == -1:
+        raise syscall_error(ctypes.get_errno(), "bpf(BPF_PROG_ATTACH)",
+                            "the kernel needs CONFIG_CGROUP_BPF")
 
 
 def set_stage_name(name):
@@ -464,6 +520,7 @@ class Spec:
         self.privileged = False
         self.read_only = False
         self.volumes = []         # Volume tuples
+        self.devices = []         # Device tuples: --device nodes made in /dev
         self.tmpfs = []           # (path, flags, data)
         self.tty = False
         self.interactive = False
@@ -513,6 +570,53 @@ def parse_volume(text):
         raise MiniDockerError("invalid volume %r: unknown option %r (use ro or rw)"
                               % (text, ",".join(unknown)))
     return Volume(absolute_path(source), absolute_path(target), "ro" in options)
+
+
+class Device:
+    __slots__ = ("path", "mode", "rdev", "uid", "gid", "access")
+
+    def __init__(self, path, mode, rdev, uid, gid, access):
+        self.path, self.mode, self.rdev = path, mode, rdev
+        self.uid, self.gid, self.access = uid, gid, access
+
+    def rule(self):
+        """Its line in the device cgroup (chapter 8)."""
+        kind = "b" if stat.S_ISBLK(self.mode) else "c"
+        return (kind, os.major(self.rdev), os.minor(self.rdev), self.access)
+
+    def __repr__(self):
+        return "Device(%r, %r)" % (self.path, self.rule())
+
+
+def parse_device(text):
+    """`--device HOST[:CONTAINER][:PERMS]`, as docker reads it: the node is
+    made at CONTAINER (default: HOST's path) with the host node's type,
+    numbers, mode and owner, and the device cgroup lets the container do
+    PERMS with it: r(ead), w(rite), m(knod), default rwm. The second field
+    is PERMS when it is made of those letters."""
+    parts = text.split(":")
+    if len(parts) > 3 or not parts[0]:
+        raise MiniDockerError("invalid --device %r: expected HOST[:CONTAINER][:PERMS]" % text)
+    host = parts[0]
+    if len(parts) == 2 and re.fullmatch("[rwm]+", parts[1]):
+        target, access = host, parts[1]
+    else:
+        target = parts[1] if len(parts) > 1 and parts[1] else host
+        access = parts[2] if len(parts) == 3 else "rwm"
+    if not re.fullmatch("[rwm]+", access) or len(set(access)) != len(access):
+        raise MiniDockerError("invalid --device %r: permissions %r are not a set of r, w "
+                              "and m" % (text, access))
+    try:
+        st = os.stat(host)
+    except OSError as err:
+        raise MiniDockerError("invalid --device %r: %s: %s" % (text, host, err.strerror))
+    if not stat.S_ISCHR(st.st_mode) and not stat.S_ISBLK(st.st_mode):
+        raise MiniDockerError("invalid --device %r: %s is not a device node" % (text, host))
+    target = os.path.normpath(target)
+    if not target.startswith("/dev/"):
+        raise MiniDockerError("invalid --device %r: the container path must be in /dev, "
+                              "the only place the container's devices can be used" % text)
+    return Device(target, st.st_mode, st.st_rdev, st.st_uid, st.st_gid, access)
 
 
 # Options that mount(8) spells as words but mount(2) takes as flags.
@@ -744,6 +848,12 @@ def build_spec(args):
     for path in args.env_file:
         env_entries += parse_env_file(path)
     env_entries += args.env
+    devices = [parse_device(text) for text in args.device]
+    resources = parse_resources(args, os.cpu_count() or 1,
+                                read_online("/sys/devices/system/cpu/online"),
+                                read_online("/sys/devices/system/node/online") or {0})
+    if not args.privileged:
+        resources["devices"] = DEFAULT_DEVICE_RULES + [device.rule() for device in devices]
     caps = plan_capabilities(args.cap_add, args.cap_drop, args.privileged, held_capabilities())
     seccomp, notes = plan_security(parse_security_opts(args.security_opt), caps, args.privileged)
     interactive, tty = args.interactive, args.tty
@@ -758,12 +868,10 @@ def build_spec(args):
         user=args.user and check_user(args.user, "--user"),
         group_add=[check_user(g, "--group-add") for g in args.group_add],
         caps=caps, seccomp=seccomp, notes=notes, privileged=args.privileged, read_only=args.read_only,
-        volumes=[parse_volume(v) for v in args.volume],
+        volumes=[parse_volume(v) for v in args.volume], devices=devices,
         tmpfs=[parse_tmpfs(t) for t in args.tmpfs],
         tty=tty, interactive=interactive, remove=args.rm, debug=args.debug,
-        resources=parse_resources(args, os.cpu_count() or 1,
-                                  read_online("/sys/devices/system/cpu/online"),
-                                  read_online("/sys/devices/system/node/online") or {0}),
+        resources=resources,
         cgroup_parent=check_cgroup_parent(args.cgroup_parent),
         network=plan_network(args.network, args.subnet, args.bridge, args.publish, args.dns,
                              args.add_host))
@@ -1267,7 +1375,8 @@ O_PATH = getattr(os, "O_PATH", 0o10000000)
 class Mount:
     """One step of the mount plan. kind: 'fs' mounts a filesystem, 'bind' a
     host path, 'devices' fills /dev, 'mask' hides a path, 'readonly' makes a
-    path read-only. kernel_fs targets must be real directories."""
+    path read-only, 'nodev' makes device nodes under a path unusable.
+    kernel_fs targets must be real directories."""
     __slots__ = ("kind", "target", "source", "fstype", "flags", "data", "kernel_fs")
 
     def __init__(self, kind, target, source=None, fstype=None, flags=0, data=None,
@@ -1302,6 +1411,8 @@ def plan_mounts(spec):
     for volume in spec.volumes:
         plan.append(Mount("bind", volume.target, volume.source,
                           flags=MS_BIND | MS_REC | (MS_RDONLY if volume.read_only else 0)))
+        if not spec.privileged:
+            plan.append(Mount("nodev", volume.target))
     for path, flags, data in spec.tmpfs:
         plan.append(Mount("fs", path, "tmpfs", "tmpfs", flags, data))
     if not spec.privileged:
@@ -1371,17 +1482,26 @@ def fd_path(fd):
 
 
 def mount_overlay(spec, layer):
-    """Mount the root: ROOTFS read-only below, layer/upper for writes."""
+    """Mount the root: ROOTFS read-only below, layer/upper for writes. It is
+    nodev: a device node shipped in the image, or made in a volume, opens
+    nothing; only the fresh /dev tmpfs holds usable nodes (and the device
+    cgroup of chapter 8 decides which of those open)."""
     merged = os.path.join(layer, "merged")
     data = "lowerdir=%s,upperdir=%s/upper,workdir=%s/work" % (spec.rootfs, layer, layer)
-    mount("overlay", merged, "overlay", 0, data, shown=merged)
+    mount("overlay", merged, "overlay", root_flags(spec), data, shown=merged)
     return os.open(merged, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def root_flags(spec):
+    return 0 if spec.privileged else MS_NODEV
 
 
 def apply_mounts(rootfd, plan):
     for step in plan:
         if step.kind == "devices":
             populate_dev(rootfd)
+        elif step.kind == "nodev":
+            apply_nodev(rootfd, step.target)
         elif step.kind in ("mask", "readonly"):
             apply_protection(rootfd, step)
         else:
@@ -1404,7 +1524,7 @@ def apply_mount(rootfd, step):
         if step.kind == "bind":
             mount(step.source, fd_path(fd), None, MS_BIND | MS_REC, shown=step.target)
             if step.flags & MS_RDONLY:
-                remount_read_only(rootfd, step.target, 0, recursive=True)
+                remount_read_only(rootfd, step.target, 0, recursive=True, follow=True)
         else:
             mount(step.source, fd_path(fd), step.fstype, step.flags, step.data, shown=step.target)
     finally:
@@ -1432,7 +1552,26 @@ def apply_protection(rootfd, step):
         os.close(fd)
 
 
-def remount_read_only(rootfd, target, flags, recursive=False):
+def apply_nodev(rootfd, target):
+    """A volume is bound with its submounts (MS_REC): nodev must reach them
+    all, and leave each one's other flags (ro) as they are, which only
+    mount_setattr(2) does. Before Linux 5.12 (ENOSYS) the volume's own
+    mount is remounted nodev with the flags it has; its submounts keep
+    their devices, and the device cgroup is the wall there. The path is
+    resolved in the root as apply_mount resolved it, symlinks and all."""
+    fd = open_in_root(rootfd, target)
+    try:
+        mount_setattr(fd, MOUNT_ATTR_NODEV, target)
+    except OSError as err:
+        if err.errno != errno.ENOSYS:
+            raise
+        kept = MS_RDONLY if os.statvfs(fd_path(fd)).f_flag & os.ST_RDONLY else 0
+        mount(None, fd_path(fd), None, MS_BIND | MS_REMOUNT | MS_NODEV | kept, shown=target)
+    finally:
+        os.close(fd)
+
+
+def remount_read_only(rootfd, target, flags, recursive=False, follow=False):
     """A bind mount takes MS_RDONLY only from a second, remount call, and that
     call must name the new mount: a handle opened before the bind still
     points at the directory underneath, so the path is opened again.
@@ -1440,15 +1579,22 @@ def remount_read_only(rootfd, target, flags, recursive=False):
     The remount changes one mount, not the ones below it: a `-v SRC:DST:ro`
     whose SRC holds another mount would leave that one writable. With
     `recursive`, the submounts are made read-only too: by mount_setattr(2)
-    at once, or on an older kernel one by one from mountinfo."""
-    fd = open_in_root(rootfd, target, follow=False)
+    at once, or on an older kernel (ENOSYS) one by one from mountinfo.
+    `follow`: the path is resolved as the bind resolved it, symlinks inside
+    the root and all (a volume's target may pass through one)."""
+    fd = open_in_root(rootfd, target, follow=follow)
     try:
         mount(None, fd_path(fd), None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags, shown=target)
-        if recursive and not mount_setattr_read_only(fd, target):
-            top = os.readlink(fd_path(fd))
-            for point, kept in submounts(read_text("/proc/self/mountinfo"), top):
-                mount(None, point, None, MS_BIND | MS_REMOUNT | MS_RDONLY | kept,
-                      shown=target + point[len(top):])
+        if recursive:
+            try:
+                mount_setattr(fd, MOUNT_ATTR_RDONLY, target)
+            except OSError as err:
+                if err.errno != errno.ENOSYS:
+                    raise
+                top = os.readlink(fd_path(fd))
+                for point, kept in submounts(read_text("/proc/self/mountinfo"), top):
+                    mount(None, point, None, MS_BIND | MS_REMOUNT | MS_RDONLY | kept,
+                          shown=target + point[len(top):])
     finally:
         os.close(fd)
 
@@ -1489,6 +1635,26 @@ def populate_dev(rootfd):
         os.close(devfd)
 
 
+def make_devices(rootfd, devices):
+    """--device: each node at its path in the container's /dev (making the
+    directories on the way, as for /dev/net/tun), with the host node's type,
+    numbers, mode and owner. Whether it opens is the device cgroup's say."""
+    for device in devices:
+        try:
+            parent = open_in_root(rootfd, os.path.dirname(device.path), create="dir",
+                                  follow=False)
+        except OSError as err:
+            raise MiniDockerError("--device %s: %s" % (device.path, err.strerror))
+        name = os.path.basename(device.path)
+        try:
+            os.mknod(name, device.mode, device.rdev, dir_fd=parent)
+            os.chown(name, device.uid, device.gid, dir_fd=parent, follow_symlinks=False)
+        except OSError as err:
+            raise MiniDockerError("--device %s: mknod: %s" % (device.path, err.strerror))
+        finally:
+            os.close(parent)
+
+
 def add_host_devices(rootfd):
     """--privileged: also every character and block device at the top of the
     host's /dev, as `docker run --privileged` gives."""
@@ -1503,7 +1669,7 @@ def add_host_devices(rootfd):
         os.close(devfd)
 
 
-def enter_root(rootfd, read_only):
+def enter_root(rootfd, read_only, flags):
     """pivot_root into the assembled root and drop the old one.
 
     pivot_root(".", ".") stacks the old root on top of the new one at "/";
@@ -1515,7 +1681,9 @@ def enter_root(rootfd, read_only):
     umount2(".", MNT_DETACH)
     os.chdir("/")
     if read_only:
-        mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY, shown="/ (--read-only)")
+        # A bind remount sets the mount's flags to exactly those given: the
+        # root's own (nodev) must be given again.
+        mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags, shown="/ (--read-only)")
 
 
 # ============================================================================
@@ -1565,10 +1733,34 @@ def bring_up_loopback():
 # The parent writes the child's pid into the cgroups while the child waits
 # for "go", so the command's first instruction already runs under its
 # limits; the child unshares its cgroup namespace only after that.
+#
+# On v1 the container joins a cgroup of its own in EVERY mounted hierarchy,
+# the named ones (name=systemd) too, as runc does, not only in those whose
+# limits it uses. A hierarchy it did not join would be the host's root in
+# its cgroup namespace: with CAP_SYS_ADMIN it could mount that hierarchy and
+# write the root's release_agent, a program the kernel runs as host root
+# when a cgroup empties (CVE-2022-0492). The file exists only at a
+# hierarchy's root, and a new hierarchy cannot be made from inside a cgroup
+# namespace (cgroup1_root_to_use: EPERM), so none is in reach. A hybrid
+# host's cgroup2 tree is joined for the same reason: its root holds every
+# process of the host.
+#
+# The device cgroup is always made: without it a node shipped in the image
+# or made with mknod(2) opens any device of the host, its disks too. What the
+# container may open is Docker's and runc's default list (below) plus each
+# --device; everything else is refused with EPERM. On v1 the devices
+# controller holds the list (devices.deny, devices.allow); cgroup v2 has no
+# such controller, so the list is compiled into an eBPF program of type
+# BPF_PROG_TYPE_CGROUP_DEVICE that the kernel asks at every open and mknod
+# of a device node, attached to the container's cgroup.
 
 CPU_PERIOD_US = 100000  # the CFS period docker uses for --cpus
 # Controllers go by their v2 names; v1 calls io "blkio".
 V1_NAMES = {"io": "blkio"}
+V2_NAMES = {v1: v2 for v2, v1 in V1_NAMES.items()}
+# "devices" is a v1 controller; on v2 the same rules are an eBPF program,
+# which any cgroup2 cgroup takes: there is nothing to enable.
+BPF_CONTROLLERS = {"devices"}
 # A controller is wanted for a limit the user asked for (its absence is an
 # error), or only to account usage for ps (these, where the host has them).
 ACCOUNTING = ("memory", "cpu", "cpuacct", "pids")
@@ -1714,7 +1906,8 @@ def controllers_needed(res):
             ("cpu_quota", "cpu", "--cpus"), ("cpu_shares", "cpu", "--cpu-shares"),
             ("cpuset_cpus", "cpuset", "--cpuset-cpus"), ("cpuset_mems", "cpuset", "--cpuset-mems"),
             ("pids", "pids", "--pids-limit"), ("io_weight", "io", "--blkio-weight"),
-            ("io_read", "io", "--device-read-bps"), ("io_write", "io", "--device-write-bps")):
+            ("io_read", "io", "--device-read-bps"), ("io_write", "io", "--device-write-bps"),
+            ("devices", "devices", "the device cgroup")):
         if key in res:
             needs.setdefault(controller, flag)
     return needs
@@ -1759,6 +1952,10 @@ def cgroup_writes(res, version):
         for key, name in (("io_read", "read"), ("io_write", "write")):
             for device, rate in res.get(key, []):
                 writes.append(("io", "blkio.throttle.%s_bps_device" % name, "%s %d" % (device, rate)))
+        if "devices" in res:  # deny all, then allow the list, one rule per write
+            writes.append(("devices", "devices.deny", "a"))
+            writes += [("devices", "devices.allow", device_rule_text(rule))
+                       for rule in res["devices"]]
     if "cpuset_cpus" in res:
         writes.append(("cpuset", "cpuset.cpus", res["cpuset_cpus"]))
     if "cpuset_mems" in res:
@@ -1766,6 +1963,108 @@ def cgroup_writes(res, version):
     if "pids" in res:
         writes.append(("pids", "pids.max", "max" if res["pids"] is None else res["pids"]))
     return writes
+
+
+# The device list: (type, major, minor, access), None for `*`. runc's
+# default: any node may be made (m), so that images can ship their /dev, but
+# only these open (r, w); Documentation/admin-guide/devices.txt names the
+# numbers. Not /dev/net/tun (runc allows it) unless --device asks for it, and
+# not c 5:1, which Docker adds and runc does not: that node is the HOST's
+# console (ttyS0 or tty0), to read what is typed there and write to it; the
+# container's /dev/console is a pty slave, c 136:N.
+DEFAULT_DEVICE_RULES = [
+    ("c", None, None, "m"), ("b", None, None, "m"),
+    ("c", 1, 3, "rwm"), ("c", 1, 5, "rwm"), ("c", 1, 7, "rwm"),  # null zero full
+    ("c", 1, 8, "rwm"), ("c", 1, 9, "rwm"),                      # random urandom
+    ("c", 5, 0, "rwm"), ("c", 5, 2, "rwm"),                      # tty ptmx
+    ("c", 136, None, "rwm"),                                     # the pty slaves, pts/N
+]
+
+
+def device_rule_text(rule):
+    """("c", 136, None, "rwm") -> "c 136:* rwm", a line of devices.allow."""
+    kind, major, minor, access = rule
+    return "%s %s:%s %s" % (kind, "*" if major is None else major,
+                            "*" if minor is None else minor, access)
+
+
+# <linux/bpf.h>: what a BPF_PROG_TYPE_CGROUP_DEVICE program is asked, in r1:
+#   struct bpf_cgroup_dev_ctx {
+#       __u32 access_type;   (access << 16) | type
+#       __u32 major;         offset 4
+#       __u32 minor;         offset 8
+#   };
+# and it returns 1 to allow, 0 to refuse (EPERM).
+DEVCG_TYPE = {"b": 1, "c": 2}              # BPF_DEVCG_DEV_BLOCK, _CHAR
+DEVCG_ACCESS = {"m": 1, "r": 2, "w": 4}    # BPF_DEVCG_ACC_MKNOD, _READ, _WRITE
+DEVCG_ACCESS_TYPE, DEVCG_MAJOR, DEVCG_MINOR = 0, 4, 8
+
+# <linux/bpf.h>, <linux/bpf_common.h>: one eBPF instruction.
+#   struct bpf_insn {
+#       __u8  code;
+#       __u8  dst_reg:4, src_reg:4;   the low four bits on a little-endian machine
+#       __s16 off;                    a jump skips `off` instructions after itself
+#       __s32 imm;
+#   };
+BPF_INSN = "=BBhi"
+assert struct.calcsize(BPF_INSN) == 8
+EBPF_LDX_W = 0x61    # dst = *(u32 *)(src + off)   BPF_LDX | BPF_MEM | BPF_W
+EBPF_AND32_K = 0x54  # dst = (u32)dst & imm        BPF_ALU | BPF_AND | BPF_K
+EBPF_RSH32_K = 0x74  # dst = (u32)dst >> imm       BPF_ALU | BPF_RSH | BPF_K
+EBPF_MOV32_X = 0xbc  # dst = (u32)src              BPF_ALU | BPF_MOV | BPF_X
+EBPF_MOV64_K = 0xb7  # dst = imm                   BPF_ALU64 | BPF_MOV | BPF_K
+EBPF_JNE_K = 0x55    # if dst != imm: pc += off    BPF_JMP | BPF_JNE | BPF_K
+EBPF_EXIT = 0x95     # return r0                   BPF_JMP | BPF_EXIT
+R0, R1, R2, R3, R4, R5 = range(6)
+
+
+def ebpf(code, dst=0, src=0, off=0, imm=0):
+    return struct.pack(BPF_INSN, code, dst | src << 4, off, imm)
+
+
+def compile_rule(rule):
+    """One allow rule: each test that fails jumps past the rule's end, to the
+    next rule. A `*` and a full rwm need no test."""
+    kind, major, minor, access = rule
+    steps = [(EBPF_JNE_K, R2, 0, DEVCG_TYPE[kind])]
+    if set(access) != set("rwm"):  # the access asked, less what is granted, must be nothing
+        granted = sum(DEVCG_ACCESS[letter] for letter in access)
+        steps += [(EBPF_MOV32_X, R1, R3, 0), (EBPF_AND32_K, R1, 0, 0xFFFF & ~granted),
+                  (EBPF_JNE_K, R1, 0, 0)]
+    for register, number in ((R4, major), (R5, minor)):
+        if number is not None:
+            steps.append((EBPF_JNE_K, register, 0, number))
+    steps += [(EBPF_MOV64_K, R0, 0, 1), (EBPF_EXIT, 0, 0, 0)]
+    return b"".join(ebpf(op, dst, src, len(steps) - index - 1 if op == EBPF_JNE_K else 0, imm)
+                    for index, (op, dst, src, imm) in enumerate(steps))
+
+
+def compile_device_program(rules):
+    """The device list as an eBPF program that allows what one rule allows:
+
+         r2 = *(u32 *)(r1 + 0)      access_type
+         w2 &= 0xffff               r2: the type, 1 block or 2 char
+         r3 = *(u32 *)(r1 + 0)
+         w3 >>= 16                  r3: the access asked, 1 mknod, 2 read, 4 write
+         r4 = *(u32 *)(r1 + 4)      major
+         r5 = *(u32 *)(r1 + 8)      minor
+       each rule:
+         if r2 != TYPE goto next
+         w1 = w3; w1 &= ~ACCESS; if r1 != 0 goto next   (not for rwm)
+         if r4 != MAJOR goto next                        (not for *)
+         if r5 != MINOR goto next                        (not for *)
+         r0 = 1; exit                                    allowed
+       next: ...
+         r0 = 0; exit                                    refused: EPERM
+
+    The same shape as runc's, which has deny rules too; ours are all allow
+    rules over a refusal, so their order does not matter."""
+    code = b"".join([
+        ebpf(EBPF_LDX_W, R2, R1, DEVCG_ACCESS_TYPE), ebpf(EBPF_AND32_K, R2, imm=0xFFFF),
+        ebpf(EBPF_LDX_W, R3, R1, DEVCG_ACCESS_TYPE), ebpf(EBPF_RSH32_K, R3, imm=16),
+        ebpf(EBPF_LDX_W, R4, R1, DEVCG_MAJOR), ebpf(EBPF_LDX_W, R5, R1, DEVCG_MINOR)])
+    code += b"".join(compile_rule(rule) for rule in rules)
+    return code + ebpf(EBPF_MOV64_K, R0, imm=0) + ebpf(EBPF_EXIT)
 
 
 class CgroupLayout:
@@ -1781,7 +2080,7 @@ class CgroupLayout:
         """1, 2 or None. A controller bound to v1 is not available on v2."""
         if V1_NAMES.get(controller, controller) in self.v1:
             return 1
-        if controller in self.v2_controllers:
+        if controller in self.v2_controllers or controller in BPF_CONTROLLERS and self.v2_mount:
             return 2
         return None
 
@@ -1811,29 +2110,38 @@ def detect_cgroups(mountinfo, self_cgroup, read=read_text):
 
 def plan_cgroups(res, layout, cid, parent=None):
     """-> [(version, mount point, directory, {controllers})], one per
-    hierarchy. Fails, before anything is made, when a controller a flag
-    needs is missing."""
+    hierarchy: every v1 hierarchy and the cgroup2 one. Fails, before
+    anything is made, when a controller a flag needs is missing."""
     needs = controllers_needed(res)
     for controller, flag in sorted(needs.items()):
-        if layout.version_of(controller) is None:
+        if layout.version_of(controller) is not None:
+            continue
+        if controller == "devices":
             raise MiniDockerError(
-                "%s needs the %s cgroup controller, which this host has neither as cgroup v1 "
-                "nor enabled in cgroup v2 (%s/cgroup.controllers)"
-                % (flag, controller, layout.v2_mount or "/sys/fs/cgroup"))
+                "the device cgroup needs cgroup v1's devices controller or a cgroup2 mount "
+                "to attach its BPF program to, and this host has neither (--privileged runs "
+                "without it)")
+        raise MiniDockerError(
+            "%s needs the %s cgroup controller, which this host has neither as cgroup v1 "
+            "nor enabled in cgroup v2 (%s/cgroup.controllers)"
+            % (flag, controller, layout.v2_mount or "/sys/fs/cgroup"))
     dirs = {}
+    for name, (mount_point, own) in sorted(layout.v1.items()):
+        base = parent if parent is not None else own
+        path = os.path.join(mount_point, base.strip("/"), "minidocker-" + cid)
+        dirs.setdefault((1, mount_point), (path, set()))[1].add(V2_NAMES.get(name, name))
     for controller in sorted(set(needs) | set(ACCOUNTING)):
-        version = layout.version_of(controller)
-        if version == 2:
+        if layout.version_of(controller) == 2:  # (cpuacct exists on v1 only)
             base = parent if parent is not None else "mini-docker"
-            key, path = (2, layout.v2_mount), os.path.join(layout.v2_mount, base.strip("/"), cid)
-        elif version == 1:
-            mount_point, own = layout.v1[V1_NAMES.get(controller, controller)]
-            base = parent if parent is not None else own
-            key = (1, mount_point)
-            path = os.path.join(mount_point, base.strip("/"), "minidocker-" + cid)
-        else:
-            continue  # wanted only to account usage (cpuacct exists on v1 only)
-        dirs.setdefault(key, (path, set()))[1].add(controller)
+            path = os.path.join(layout.v2_mount, base.strip("/"), cid)
+            dirs.setdefault((2, layout.v2_mount), (path, set()))[1].add(controller)
+    if layout.v2_mount and (2, layout.v2_mount) not in dirs:
+        # A hybrid host's cgroup2 tree holds no controller, but its root
+        # would be in reach all the same: joined too, under our own cgroup
+        # as on v1 (with no controller enabled, any cgroup can have children).
+        base = parent if parent is not None else layout.v2_own
+        path = os.path.join(layout.v2_mount, base.strip("/"), "minidocker-" + cid)
+        dirs[2, layout.v2_mount] = (path, set())
     return [(key[0], key[1], path, controllers)
             for key, (path, controllers) in sorted(dirs.items())]
 
@@ -1854,7 +2162,8 @@ def create_cgroups(groups, res):
     try:
         for version, mount_point, path, controllers in groups:
             if version == 2:
-                enable_v2_controllers(mount_point, os.path.dirname(path), controllers)
+                enable_v2_controllers(mount_point, os.path.dirname(path),
+                                      controllers - BPF_CONTROLLERS)
             elif "cpuset" in controllers:
                 inherit_cpuset(mount_point, os.path.dirname(path))
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -1865,10 +2174,29 @@ def create_cgroups(groups, res):
             for controller, name, value in cgroup_writes(res, version):
                 if controller in controllers:
                     write_cgroup_file(path, name, value)
+            if version == 2 and "devices" in controllers:
+                attach_device_program(path, res["devices"])
     except BaseException:
         remove_cgroups(made)
         raise
     return made
+
+
+def attach_device_program(path, rules):
+    """cgroup v2: load the device list's program and attach it to the
+    container's cgroup. BPF_F_ALLOW_MULTI, as runc: programs an ancestor
+    holds still run, and a device must pass them all. The cgroup keeps the
+    program; it goes with the cgroup's rmdir."""
+    program = bpf_prog_load(BPF_PROG_TYPE_CGROUP_DEVICE, compile_device_program(rules),
+                            "minidocker_dev")
+    try:
+        cgroup = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            bpf_prog_attach(cgroup, program, BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI)
+        finally:
+            os.close(cgroup)
+    finally:
+        os.close(program)
 
 
 def enable_v2_controllers(mount_point, parent, controllers):
@@ -3578,9 +3906,9 @@ DEFAULT_PROFILE = {
                        "user's terminal could type commands into the shell that started "
                        "it; TIOCLINUX pastes the console's selection as input, the same "
                        "attack") + [
-        _allow(name, "files, FIFOs and sockets, not device nodes: the kernel would open a "
-               "node of any device, the host's disks too, and minidocker builds no "
-               "device cgroup to stop that" if not index else "(the same)",
+        _allow(name, "files, FIFOs and sockets, not device nodes: a node of a host device "
+               "opens nothing under the device cgroup, and this is a second wall "
+               "before it" if not index else "(the same)",
                args=[_arg(position, "MASKED_EQ", _S_IFMT, file_type)])
         for name, position in (("mknod", 1), ("mknodat", 2))
         for index, file_type in enumerate(_FILE_TYPES)
@@ -3829,12 +4157,13 @@ def build_root(spec, layer, console):
     mount(None, "/", None, MS_REC | MS_PRIVATE, shown="/ (make-rprivate)")
     rootfd = mount_overlay(spec, layer)
     apply_mounts(rootfd, plan_mounts(spec))
+    make_devices(rootfd, spec.devices)
     if spec.privileged:
         add_host_devices(rootfd)
     if console is not None:
         attach_terminal(rootfd, console)
     mount_workdir(rootfd, spec.workdir)
-    enter_root(rootfd, spec.read_only)
+    enter_root(rootfd, spec.read_only, root_flags(spec))
     os.close(rootfd)
     os.umask(0o022)
 
@@ -4390,6 +4719,8 @@ def build_parser():
     run.add_argument("--blkio-weight", type=int, metavar="N", help="block I/O weight, 10-1000")
     run.add_argument("--device-read-bps", action="append", default=[], metavar="DEV:RATE")
     run.add_argument("--device-write-bps", action="append", default=[], metavar="DEV:RATE")
+    run.add_argument("--device", action="append", default=[],
+                     metavar="HOST[:CTR][:PERMS]", help="a host device node, PERMS of rwm")
     run.add_argument("--cgroup-parent", metavar="PATH", help="parent cgroup of the container's")
     run.add_argument("--network", "--net", default="bridge", metavar="MODE",
                      help="bridge (default: mini-br0, 10.0.0.0/24), none or host")

@@ -58,8 +58,9 @@ def state(tmp_path_factory):
 @contextlib.contextmanager
 def own_v1_cgroups():
     """Move the test process into a cgroup of its own in every cgroup-v1
-    hierarchy. minidocker places a container under the cgroup it runs in,
-    so every container this suite starts lands below ours, and the checks
+    hierarchy, and in a hybrid host's cgroup2 tree. minidocker places a
+    container under the cgroup it runs in there, so every container this
+    suite starts lands below ours, and the checks
     for leftovers look there only: another user's containers on the same
     host are not ours to count. (On cgroup v2 containers go under
     /sys/fs/cgroup/mini-docker/, which the cgroup-v2 VM has to itself.)"""
@@ -70,7 +71,7 @@ def own_v1_cgroups():
                                md.read_text("/proc/self/cgroup"))
     moved = []
     try:
-        for mount, own in sorted(set(layout.v1.values())):
+        for mount, own in sorted(set(layout.v1.values()) | hybrid_v2(layout)):
             parent = os.path.join(mount, own.strip("/"))
             mine = os.path.join(parent, "mdtest-%d" % os.getpid())
             os.mkdir(mine)
@@ -128,11 +129,17 @@ def assert_nothing_left():
     assert leftover_cgroups() == []
 
 
+def hybrid_v2(layout):
+    """A hybrid host's cgroup2 tree, where containers are placed as on v1."""
+    return {(layout.v2_mount, layout.v2_own)} if layout.v1 and layout.v2_mount else set()
+
+
 def leftover_cgroups():
     """Container cgroups still present where minidocker puts them."""
     layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
                                md.read_text("/proc/self/cgroup"))
-    places = [os.path.join(mount, own.strip("/")) for mount, own in layout.v1.values()]
+    places = [os.path.join(mount, own.strip("/"))
+              for mount, own in set(layout.v1.values()) | hybrid_v2(layout)]
     if layout.v2_mount:
         places.append(os.path.join(layout.v2_mount, "mini-docker"))
     found = []
@@ -221,6 +228,35 @@ def test_parse_run_into_spec(tmp_path):
     assert spec.hostname == "box" and spec.remove and spec.read_only
     assert repr(spec.volumes) == "[Volume('/data', '/mnt/data', True)]"
     assert spec.tmpfs == [("/run", md.MS_NOSUID | md.MS_NODEV, "size=1m")]
+
+
+def test_device_flags_into_nodes_and_rules(tmp_path):
+    spec = parse("--device", "/dev/null", "--device", "/dev/zero:/dev/sub/z:r",
+                 "--device", "/dev/full:rw", str(tmp_path), "sh")
+    assert [(d.path, d.rule()) for d in spec.devices] == [
+        ("/dev/null", ("c", 1, 3, "rwm")), ("/dev/sub/z", ("c", 1, 5, "r")),
+        ("/dev/full", ("c", 1, 7, "rw"))]
+    assert spec.devices[0].mode == os.stat("/dev/null").st_mode
+    assert spec.resources["devices"] == md.DEFAULT_DEVICE_RULES + [d.rule() for d in spec.devices]
+    assert "devices" not in parse("--privileged", "--device", "/dev/null", str(tmp_path),
+                                  "sh").resources
+
+
+@pytest.mark.parametrize("text, error", [
+    ("/dev/null:/dev/n:rwx", "permissions 'rwx' are not a set of r, w and m"),
+    ("/dev/null:/dev/n:rr", "permissions 'rr' are not a set"),
+    ("/dev/null:/dev/n:", "permissions '' are not a set"),
+    ("/dev/null:/tmp/n", "the container path must be in /dev"),
+    ("/dev/null:/dev/", "the container path must be in /dev"),
+    ("/dev/null:/dev/../etc/n", "the container path must be in /dev"),
+    ("/etc/passwd", "/etc/passwd is not a device node"),
+    ("/dev/no-such-device", "/dev/no-such-device: No such file or directory"),
+    ("/dev/null:/dev/a:r:w", "expected HOST[:CONTAINER][:PERMS]"),
+    (":/dev/a", "expected HOST[:CONTAINER][:PERMS]"),
+])
+def test_bad_devices(text, error):
+    with pytest.raises(md.MiniDockerError, match=re.escape(error)):
+        md.parse_device(text)
 
 
 def test_combined_short_flags_and_help_is_not_hostname(tmp_path):
@@ -347,7 +383,7 @@ def test_mount_plan_order_and_flags(tmp_path):
     assert targets[:7] == [("fs", "/proc"), ("fs", "/dev"), ("devices", "/dev"),
                            ("fs", "/dev/pts"), ("fs", "/dev/shm"), ("fs", "/dev/mqueue"),
                            ("fs", "/sys")]
-    assert targets[7:9] == [("bind", "/data"), ("fs", "/scratch")]
+    assert targets[7:10] == [("bind", "/data"), ("nodev", "/data"), ("fs", "/scratch")]
     assert [t for k, t in targets if k == "mask"] == md.MASKED_PATHS
     assert [t for k, t in targets if k == "readonly"] == md.READONLY_PATHS
     assert "/proc/interrupts" in md.MASKED_PATHS
@@ -362,6 +398,17 @@ def test_privileged_plan_masks_nothing(tmp_path):
     plan = md.plan_mounts(parse("--privileged", str(tmp_path), "sh"))
     assert not [m for m in plan if m.kind in ("mask", "readonly")]
     assert not plan[6].flags & md.MS_RDONLY
+
+
+def test_root_and_volumes_are_nodev_unless_privileged(tmp_path):
+    spec = parse("-v", "/h:/data", str(tmp_path), "sh")
+    assert md.root_flags(spec) == md.MS_NODEV
+    assert ("nodev", "/data") in [(m.kind, m.target) for m in md.plan_mounts(spec)]
+    privileged = parse("--privileged", "-v", "/h:/data", str(tmp_path), "sh")
+    assert md.root_flags(privileged) == 0
+    assert "nodev" not in [m.kind for m in md.plan_mounts(privileged)]
+    dev = [m for m in md.plan_mounts(spec) if m.target == "/dev" and m.kind == "fs"][0]
+    assert not dev.flags & md.MS_NODEV  # the one place where nodes open
 
 
 @pytest.fixture
@@ -608,9 +655,8 @@ def test_dev_has_no_host_devices(rootfs):
                                   "/dev/tty character special file 5:0 666"]
     assert sh(rootfs, "head -c 4 /dev/urandom | wc -c").out.strip() == "4"
     assert sh(rootfs, "ls /dev/pts").out.split() == ["ptmx"]
-    # A node can be made (CAP_MKNOD, as docker), but /dev/sda's is of no use:
-    # the device cgroup (#3) is what refuses opening it; here we check only
-    # that no host block device was handed in.
+    # No host block device is handed in; nodes made or shipped in the image
+    # open nothing (test_mknod_of_host_devices_opens_nothing and the rest).
     assert sh(rootfs, "ls /dev | grep -c -e sd -e vd -e nvme").out.strip() == "0"
 
 
@@ -878,6 +924,9 @@ def bad(args, message, code=125):
     (["run", "-w", "relative", "/", "sh"], "workdir 'relative' must be an absolute path"),
     (["run", "--env-file", "/no/such/file", "/", "sh"], "--env-file /no/such/file"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["run", "--device", "/etc/passwd", "/", "sh"], "/etc/passwd is not a device node"),
+    (["run", "--device", "/dev/null:/tmp/null", "/", "sh"], "the container path must be in /dev"),
+    (["run", "--device", "/dev/null:/dev/n:x", "/", "sh"], "permissions 'x' are not a set"),
 ])
 def test_bad_flags(args, message, state):
     bad(args, message)
@@ -1595,16 +1644,50 @@ def test_hybrid_layout_and_placement():
     assert layout.v1["memory"] == ("/sys/fs/cgroup/memory", "/job/7")
     assert layout.version_of("cpu") == 1 and layout.version_of("cpuset") is None
     groups = md.plan_cgroups({"memory": 1 << 30, "pids": 5}, layout, "ID")
+    # every v1 hierarchy, the named one too, whatever the limits use
     assert groups == [
         (1, "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct/minidocker-ID",
          {"cpu", "cpuacct"}),
         (1, "/sys/fs/cgroup/memory", "/sys/fs/cgroup/memory/job/7/minidocker-ID", {"memory"}),
-        (1, "/sys/fs/cgroup/pids", "/sys/fs/cgroup/pids/user/minidocker-ID", {"pids"})]
+        (1, "/sys/fs/cgroup/pids", "/sys/fs/cgroup/pids/user/minidocker-ID", {"pids"}),
+        (1, "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/systemd/x/minidocker-ID",
+         {"name=systemd"}),
+        # the controller-less cgroup2 tree too, under our own cgroup in it
+        (2, "/sys/fs/cgroup/unified", "/sys/fs/cgroup/unified/x/minidocker-ID", set())]
     with pytest.raises(md.MiniDockerError, match="--cpuset-cpus needs the cpuset cgroup "
                                                  "controller, which this host has neither"):
         md.plan_cgroups({"cpuset_cpus": "0"}, layout, "ID")
     parented = md.plan_cgroups({}, layout, "ID", parent="/ci")
     assert parented[1][2] == "/sys/fs/cgroup/memory/ci/minidocker-ID"
+    assert parented[-1][2] == "/sys/fs/cgroup/unified/ci/minidocker-ID"
+
+
+def test_device_cgroup_placement_v1_v2_and_none():
+    res = {"devices": md.DEFAULT_DEVICE_RULES}
+    v1 = md.detect_cgroups(HYBRID_MOUNTINFO + "42 31 0:39 / /sys/fs/cgroup/devices rw - cgroup "
+                           "cgroup rw,devices\n", HYBRID_SELF + "6:devices:/d\n",
+                           read=lambda path: "")
+    assert (1, "/sys/fs/cgroup/devices", "/sys/fs/cgroup/devices/d/minidocker-ID",
+            {"devices"}) in md.plan_cgroups(res, v1, "ID")
+    # a hybrid host without the v1 controller: the program on the cgroup2 mount
+    hybrid = md.detect_cgroups(HYBRID_MOUNTINFO, HYBRID_SELF, read=lambda path: "")
+    assert md.plan_cgroups(res, hybrid, "ID")[-1] == (
+        2, "/sys/fs/cgroup/unified", "/sys/fs/cgroup/unified/mini-docker/ID", {"devices"})
+    bare = md.detect_cgroups(HYBRID_MOUNTINFO.replace("cgroup2 cgroup2", "tmpfs tmpfs"),
+                             HYBRID_SELF, read=lambda path: "")
+    with pytest.raises(md.MiniDockerError, match="the device cgroup needs cgroup v1's devices "
+                                                 "controller or a cgroup2 mount"):
+        md.plan_cgroups(res, bare, "ID")
+    assert md.plan_cgroups({}, bare, "ID")  # --privileged runs without one
+
+
+def test_device_cgroup_v1_writes():
+    writes = md.cgroup_writes({"devices": md.DEFAULT_DEVICE_RULES + [("b", 7, 3, "r")]}, 1)
+    assert writes == [("devices", "devices.deny", "a")] + [
+        ("devices", "devices.allow", line) for line in (
+            "c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm",
+            "c 1:9 rwm", "c 5:0 rwm", "c 5:2 rwm", "c 136:* rwm", "b 7:3 r")]
+    assert md.cgroup_writes({"devices": md.DEFAULT_DEVICE_RULES}, 2) == []
 
 
 def test_v2_plan_applied_to_a_fake_tree(tmp_path):
@@ -1634,6 +1717,135 @@ def test_v2_plan_applied_to_a_fake_tree(tmp_path):
     assert md.oom_killed(made)
     assert md.cgroup_usage(made) == {"memory": 1234, "memory_peak": None, "cpu_seconds": 1.5,
                                      "pids": None}
+
+
+# ---------------------------------------------------------------------------
+# the device cgroup's eBPF program, unit: golden bytes and an interpreter
+# ---------------------------------------------------------------------------
+
+# Assembled by llvm-mc (llvm-mc -triple bpfel -filetype=obj, then
+# llvm-objdump -d) from this listing, for the rules c 1:3 rwm, b 7:* r,
+# c *:* m:
+#    0 r2 = *(u32 *)(r1 + 0)       12 w1 = w3
+#    1 w2 &= 65535                 13 w1 &= 65533
+#    2 r3 = *(u32 *)(r1 + 0)       14 if r1 != 0 goto +3
+#    3 w3 >>= 16                   15 if r4 != 7 goto +2
+#    4 r4 = *(u32 *)(r1 + 4)       16 r0 = 1
+#    5 r5 = *(u32 *)(r1 + 8)       17 exit
+#    6 if r2 != 2 goto +4          18 if r2 != 2 goto +5
+#    7 if r4 != 1 goto +3          19 w1 = w3
+#    8 if r5 != 3 goto +2          20 w1 &= 65534
+#    9 r0 = 1                      21 if r1 != 0 goto +2
+#   10 exit                        22 r0 = 1
+#   11 if r2 != 1 goto +6          23 exit
+#                                  24 r0 = 0
+#                                  25 exit
+DEVICE_PROGRAM_LLVM_MC = (
+    "611200000000000054020000ffff0000611300000000000074030000100000006114040000000000"
+    "6115080000000000550204000200000055040300010000005505020003000000b700000001000000"
+    "95000000000000005502060001000000bc3100000000000054010000fdff00005501030000000000"
+    "5504020007000000b70000000100000095000000000000005502050002000000bc31000000000000"
+    "54010000feff00005501020000000000b7000000010000009500000000000000b700000000000000"
+    "9500000000000000")
+
+
+def test_device_program_golden_bytes():
+    code = md.compile_device_program([("c", 1, 3, "rwm"), ("b", 7, None, "r"),
+                                      ("c", None, None, "m")])
+    assert code.hex() == DEVICE_PROGRAM_LLVM_MC
+
+
+def run_ebpf(code, kind, major, minor, access):
+    """eBPF as the kernel runs a BPF_PROG_TYPE_CGROUP_DEVICE program, for the
+    instructions minidocker emits, with what the verifier would refuse
+    checked: an unknown opcode, a read of a register never written, a load
+    outside struct bpf_cgroup_dev_ctx or through anything but its pointer, a
+    jump backwards or out of the program. Returns r0 at exit."""
+    program = [struct.unpack_from(md.BPF_INSN, code, i) for i in range(0, len(code), 8)]
+    asked = sum(md.DEVCG_ACCESS[letter] for letter in access)
+    ctx = struct.pack("=III", asked << 16 | md.DEVCG_TYPE[kind], major, minor)
+    regs = {1: "ctx"}
+    mask = (1 << 64) - 1
+
+    def value(number):
+        assert number in regs, "r%d read before it is written" % number
+        assert regs[number] != "ctx", "arithmetic on the context pointer"
+        return regs[number]
+
+    pc = 0
+    while True:
+        assert 0 <= pc < len(program), "ran off the program"
+        op, registers, off, imm = program[pc]
+        dst, src = registers & 0xF, registers >> 4
+        pc += 1
+        if op == md.EBPF_LDX_W:
+            assert regs.get(src) == "ctx" and off in (0, 4, 8), (src, off)
+            regs[dst] = struct.unpack_from("=I", ctx, off)[0]
+        elif op == md.EBPF_AND32_K:
+            regs[dst] = value(dst) & imm & 0xFFFFFFFF
+        elif op == md.EBPF_RSH32_K:
+            regs[dst] = (value(dst) & 0xFFFFFFFF) >> imm
+        elif op == md.EBPF_MOV32_X:
+            regs[dst] = value(src) & 0xFFFFFFFF
+        elif op == md.EBPF_MOV64_K:
+            regs[dst] = imm & mask
+        elif op == md.EBPF_JNE_K:
+            assert off >= 0 and pc + off <= len(program), "jump %d at %d" % (off, pc - 1)
+            if value(dst) != imm & mask:
+                pc += off
+        elif op == md.EBPF_EXIT:
+            return value(0)
+        else:
+            raise AssertionError("opcode %#x" % op)
+
+
+def device_allowed(rules, kind, major, minor, access):
+    """What the device cgroup means: some rule covers type, numbers and every
+    access asked (as devices.allow does on v1)."""
+    return any(rule_kind == kind and set(access) <= set(rule_access)
+               and rule_major in (None, major) and rule_minor in (None, minor)
+               for rule_kind, rule_major, rule_minor, rule_access in rules)
+
+
+ACCESSES = ["m", "r", "w", "rw", "rm", "wm", "rwm"]
+MAJORS = [0, 1, 4, 5, 7, 10, 136, 137, 254, 4095]
+MINORS = [0, 1, 2, 3, 5, 7, 8, 9, 11, 200, 0xFFFFF]
+
+
+def test_default_device_program_decisions():
+    code = md.compile_device_program(md.DEFAULT_DEVICE_RULES)
+    decided = {}
+    for kind in "bc":
+        for major in MAJORS:
+            for minor in MINORS:
+                for access in ACCESSES:
+                    verdict = run_ebpf(code, kind, major, minor, access)
+                    assert verdict == device_allowed(md.DEFAULT_DEVICE_RULES, kind, major,
+                                                     minor, access), (kind, major, minor, access)
+                    decided[kind, major, minor, access] = verdict
+    assert decided["c", 1, 3, "rw"] and decided["c", 1, 9, "r"] and decided["c", 5, 2, "rw"]
+    assert decided["c", 136, 7, "rw"]
+    assert decided["b", 7, 0, "m"] and decided["c", 1, 11, "m"]  # made, never opened:
+    assert not decided["b", 7, 0, "r"] and not decided["b", 7, 0, "w"]  # a loop device
+    assert not decided["c", 1, 11, "w"]                           # /dev/kmsg
+    assert not decided["c", 10, 200, "rw"]                        # /dev/net/tun
+    assert not decided["c", 5, 1, "r"] and not decided["c", 5, 1, "w"]  # the host's console
+    assert not decided["c", 1, 1, "r"] and not decided["b", 0, 0, "rw"]  # /dev/mem
+
+
+def test_random_device_lists_agree_with_the_model():
+    import random
+    rng = random.Random(7)
+    for _ in range(40):
+        rules = [(rng.choice("bc"), rng.choice([None] + MAJORS), rng.choice([None] + MINORS),
+                  rng.choice(ACCESSES)) for _ in range(rng.randint(0, 6))]
+        code = md.compile_device_program(rules)
+        for _ in range(200):
+            kind, major, minor = rng.choice("bc"), rng.choice(MAJORS), rng.choice(MINORS)
+            access = rng.choice(ACCESSES)
+            assert run_ebpf(code, kind, major, minor, access) == \
+                device_allowed(rules, kind, major, minor, access), (rules, kind, major, minor,
+                                                                    access)
 
 
 # ---------------------------------------------------------------------------
@@ -1769,6 +1981,311 @@ def test_cgroup_pids_zero_means_unlimited(rootfs):
     result = sh(rootfs, "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null; echo ok",
                 options=["--pids-limit", "0"])
     assert result.returncode == 0 and result.out.endswith("ok\n")
+
+
+# ---------------------------------------------------------------------------
+# the device cgroup, root: host devices reached through nodes in the image,
+# made with mknod or given with --device (on this host and in the v2 VM)
+# ---------------------------------------------------------------------------
+
+DENIED = ("Operation not permitted", "Permission denied")  # EPERM: the cgroup; EACCES: nodev
+
+
+@pytest.fixture
+def host_device(tmp_path):
+    """A host device whose content the tests know and may write to: a loop
+    device over a file of ours. The cgroup-v2 VM's kernel has no modules, so
+    no loop driver and no block device at all: there it is the virtual
+    console's screen memory, /dev/vcs (c 7:0), as harmless to write."""
+    if not os.path.exists("/dev/loop-control"):
+        yield "/dev/vcs"
+        return
+    backing = tmp_path / "disk.img"
+    backing.write_bytes(b"minidocker-disk!" * 4096)
+    path = subprocess.run(["losetup", "-f", "--show", str(backing)], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    try:
+        yield path
+    finally:
+        subprocess.run(["losetup", "-d", path], check=True)
+
+
+def device_node(path):
+    """(mknod type letter, major, minor) of a host device."""
+    st = os.stat(path)
+    return ("b" if stat.S_ISBLK(st.st_mode) else "c"), os.major(st.st_rdev), os.minor(st.st_rdev)
+
+
+def device_content(path):
+    with open(path, "rb") as handle:
+        return handle.read(16)
+
+
+@pytest.fixture
+def device_rootfs(tmp_path, host_device, state):
+    """A rootfs that ships nodes of host devices, readable and writable by
+    anyone: the test device, and /dev/kmsg (c 1:11), the kernel's log."""
+    path = str(tmp_path / "image")
+    subprocess.run(MINIDOCKER + ["mkrootfs", path], check=True, stdout=subprocess.DEVNULL)
+    os.mkdir(os.path.join(path, "nodes"))
+    kind, major, minor = device_node(host_device)
+    for name, mode, numbers in (("disk", stat.S_IFBLK if kind == "b" else stat.S_IFCHR,
+                                 (major, minor)), ("kmsg", stat.S_IFCHR, (1, 11))):
+        os.mknod(os.path.join(path, "nodes", name), mode | 0o666, os.makedev(*numbers))
+        os.chmod(os.path.join(path, "nodes", name), 0o666)
+    return path
+
+
+ATTACK_NODES = ("head -c 16 {disk}; echo; echo forged > {disk}; "
+                "echo '<3>minidocker: forged' > {kmsg}")
+
+
+def assert_denied(result, attempts):
+    lines = result.err.splitlines()
+    assert len(lines) == attempts and all(any(d in line for d in DENIED) for line in lines), \
+        result.err
+
+
+@root
+@pytest.mark.parametrize("options", [[], ["-u", "1000", "--read-only"]])
+def test_device_nodes_in_the_image_open_nothing(device_rootfs, host_device, options):
+    before = device_content(host_device)
+    result = sh(device_rootfs, ATTACK_NODES.format(disk="/nodes/disk", kmsg="/nodes/kmsg"),
+                options=options)
+    assert result.out == "\n"  # nothing read
+    assert_denied(result, 3)
+    assert device_content(host_device) == before
+
+
+@root
+def test_mknod_of_host_devices_opens_nothing(rootfs, host_device):
+    """Without seccomp (which refuses mknod of devices by default) nodes can
+    be made, as in Docker; the device cgroup refuses to open them: the
+    host's disk, its kernel log, its console."""
+    before = device_content(host_device)
+    kind, major, minor = device_node(host_device)
+    script = ("mknod /dev/disk %s %d %d && mknod /dev/kmsg c 1 11 && mknod /dev/host c 5 1 "
+              "&& echo made; " % (kind, major, minor)) + ATTACK_NODES.format(
+                  disk="/dev/disk", kmsg="/dev/kmsg") + "; echo forged > /dev/host"
+    for options in ([], ["-u", "0", "--cap-add", "SYS_ADMIN"]):
+        result = sh(rootfs, script, options=["--security-opt", "seccomp=unconfined"] + options)
+        assert result.out == "made\n\n"
+        assert all("Operation not permitted" in line for line in result.err.splitlines())
+        assert_denied(result, 4)
+    assert device_content(host_device) == before
+
+
+@root
+def test_device_flag_gives_that_device_and_no_other(rootfs, host_device):
+    kind, major, minor = device_node(host_device)
+    content = device_content(host_device)
+    script = ("head -c 16 /dev/given; stat -c '%%t:%%T %%a' /dev/given; "
+              "mknod /dev/other %s %d %d; head -c 16 /dev/other; echo x > /dev/kmsg2"
+              % (kind, major, minor + 1))
+    result = run(rootfs, "sh", "-c", "mknod /dev/kmsg2 c 1 11; " + script,
+                 options=["--device", host_device + ":/dev/given",
+                          "--security-opt", "seccomp=unconfined"])
+    host_mode = os.stat(host_device).st_mode
+    assert result.stdout == content + ("%x:%x %o\n" % (major, minor, host_mode & 0o7777)).encode()
+    assert_denied(result, 2)
+    # r only: read, never written; the node lands where it is asked, directories made
+    before = device_content(host_device)
+    result = sh(rootfs, "head -c 16 /dev/sub/dir/ro; echo forged > /dev/sub/dir/ro",
+                options=["--device", host_device + ":/dev/sub/dir/ro:r"])
+    assert result.stdout == content
+    assert_denied(result, 1)
+    assert device_content(host_device) == before
+
+
+@root
+def test_root_and_volumes_are_nodev(device_rootfs, tmp_path):
+    """Even a node the device cgroup allows (null) opens nothing outside the
+    container's /dev: the root and the volumes, file or directory, read-only
+    or not, with their submounts, are nodev, and keep their other flags."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    os.mknod(str(volume / "null"), stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    (tmp_path / "file").write_text("")
+    script = ("echo x > /nodes/null; echo x > /v/null; echo x > /ro/null; echo x > /v/sub/null;"
+              "awk '$5 == \"/\" || $5 == \"/v\" || $5 == \"/ro\" || $5 == \"/f\" || "
+              "$5 == \"/v/sub\" {print $5, $6}' /proc/self/mountinfo")
+    os.mknod(os.path.join(device_rootfs, "nodes", "null"), stat.S_IFCHR | 0o666,
+             os.makedev(1, 3))
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    os.mknod(str(sub / "null"), stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    (volume / "sub").mkdir()
+    subprocess.run(["mount", "--bind", str(sub), str(volume / "sub")], check=True)
+    try:
+        result = sh(device_rootfs, script, options=[
+            "--read-only", "-v", "%s:/v" % volume, "-v", "%s:/ro:ro" % volume,
+            "-v", "%s:/f" % (tmp_path / "file")])
+    finally:
+        subprocess.run(["umount", str(volume / "sub")], check=True)
+    assert result.err.count("Permission denied") == 4, result.err
+    flags = dict(line.split() for line in result.out.splitlines())
+    assert set(flags) == {"/", "/v", "/ro", "/f", "/v/sub"}, result.out
+    assert all("nodev" in value.split(",") for value in flags.values()), flags
+    assert flags["/"].startswith("ro,") and flags["/ro"].startswith("ro,")
+    assert flags["/v"].startswith("rw,")
+
+
+@root
+def test_privileged_opens_every_device(device_rootfs, host_device):
+    result = run(device_rootfs, "head", "-c", "16", "/nodes/disk", options=["--privileged"])
+    assert result.stdout == device_content(host_device), result.err
+
+
+@root
+def test_standard_devices_still_open(rootfs):
+    script = ("echo x > /dev/null && head -c 3 /dev/zero | wc -c && head -c 3 /dev/random | wc -c"
+              " && head -c 3 /dev/urandom | wc -c; echo x > /dev/full; echo x > /dev/tty")
+    result = sh(rootfs, script, options=["-u", "1000"])
+    assert result.out.split() == ["3", "3", "3"]
+    assert "No space left on device" in result.err       # full, opened
+    assert "No such device or address" in result.err     # tty opened: no terminal
+    assert not any(d in result.err for d in DENIED), result.err
+    term = Terminal(MINIDOCKER + ["run", "--network=none", "--rm", "-it", rootfs, "/bin/sh"])
+    try:
+        term.read_until("# ")
+        term.send("echo a > /dev/tty && echo b > /dev/console && exec 3<>/dev/ptmx && tty"
+                  " && echo ok-$((1+1))\n")
+        assert "/dev/pts/0" in term.read_until("ok-2")
+        term.send("exit\n")
+        assert term.proc.wait(timeout=20) == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+            term.proc.wait()
+        term.close()
+
+
+# Nodes made inside and opened for writing (no byte is written): the
+# standard devices, the host's kernel log, memory, screen, console, tun,
+# loop and nvme block devices. What matters is which opens fail with EPERM.
+DEVICE_PROBES = [("c", 1, 3), ("c", 1, 5), ("c", 1, 7), ("c", 1, 8), ("c", 1, 9), ("c", 5, 0),
+                 ("c", 5, 2), ("c", 136, 0), ("c", 1, 11), ("c", 7, 0), ("c", 4, 1),
+                 ("c", 5, 1), ("c", 10, 200), ("b", 7, 0), ("b", 259, 0)]
+DEVICE_PROBE_SCRIPT = "".join(
+    "mknod /dev/p%d %s %d %d; if why=$( (exec 3> /dev/p%d) 2>&1 ); then echo %s %d %d open; "
+    "else echo %s %d %d ${why##*: }; fi\n" % (i, kind, major, minor, i, kind, major, minor,
+                                             kind, major, minor)
+    for i, (kind, major, minor) in enumerate(DEVICE_PROBES))
+
+
+def refused(output):
+    return {tuple(line.split()[:3]) for line in output.splitlines()
+            if line.endswith("Operation not permitted")}
+
+
+@root
+def test_device_list_is_runcs_but_tun(rootfs, tmp_path):
+    """The same nodes made and opened under runc, which builds the device
+    cgroup from its own default list (devices.allow on v1, its eBPF program
+    on v2): the same refusals, c 5:1 (the host's console) among them, but
+    for c 10:200, tun, which runc allows."""
+    if shutil.which("runc") is None:
+        pytest.fail("runc is not installed (apt-get install runc)")
+    bundle = str(tmp_path / "bundle")
+    os.makedirs(bundle)
+    subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+    with open(os.path.join(bundle, "config.json")) as handle:
+        config = json.load(handle)
+    caps = ["CAP_" + name for name in md.DOCKER_DEFAULT_CAPS]
+    config["process"].update(terminal=False, args=["/bin/sh", "-c", DEVICE_PROBE_SCRIPT])
+    config["process"]["capabilities"] = {"bounding": caps, "effective": caps, "permitted": caps}
+    config["root"] = {"path": rootfs, "readonly": True}
+    with open(os.path.join(bundle, "config.json"), "w") as handle:
+        json.dump(config, handle)
+    theirs = subprocess.run(["runc", "run", "--bundle", bundle, "md-dev-%d" % os.getpid()],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert theirs.returncode == 0, theirs.stderr
+    ours = sh(rootfs, DEVICE_PROBE_SCRIPT, options=["--security-opt", "seccomp=unconfined"])
+    assert len(ours.out.splitlines()) == len(theirs.stdout.splitlines()) == len(DEVICE_PROBES)
+    tun = ("c", "10", "200")
+    assert tun not in refused(theirs.stdout) and ("c", "5", "1") in refused(theirs.stdout)
+    assert refused(ours.out) == refused(theirs.stdout) | {tun}
+    assert ("c", "1", "3", "open") in {tuple(l.split()) for l in ours.out.splitlines()}
+
+
+@root
+def test_a_device_that_cannot_be_made_is_one_line(rootfs):
+    bad(["run", "--rm", "--device", "/dev/zero:/dev/null", rootfs, "true"],
+        "--device /dev/null: mknod: File exists")
+
+
+# ---------------------------------------------------------------------------
+# cgroup release_agent, root: CVE-2022-0492 as it is really done
+# ---------------------------------------------------------------------------
+
+# Inside a container with CAP_SYS_ADMIN: mount each cgroup hierarchy; where
+# a release_agent file is found, write a payload of the container's (by its
+# host path, the overlay's upperdir) into it, set notify_on_release on a new
+# child cgroup and empty it: the kernel would run the payload as host root.
+RELEASE_AGENT_ATTACK = r"""
+upper=$(sed -n 's/.*[ ,]upperdir=\([^,]*\).*/\1/p' /proc/self/mountinfo | head -n 1)
+printf '#!/bin/sh\ntouch %s\n' > /payload && chmod 755 /payload
+attack() {
+    [ -e $1/release_agent ] && echo "$upper/payload" > $1/release_agent && echo "$2: agent set"
+    mkdir $1/attack && echo 1 > $1/attack/notify_on_release &&
+        sh -c "echo \$\$ > $1/attack/cgroup.procs"
+}
+for options in %s; do
+    dir=/tmp/$options
+    mkdir -p $dir
+    mount -t cgroup -o $options cgroup $dir 2>/dev/null || { echo "$options: refused"; continue; }
+    echo "$options: mounted"
+    [ -z "$(find $dir -name release_agent)" ] || echo "$options: has a release_agent"
+    [ -z "$(find $dir -mindepth 1 -type d)" ] || echo "$options: sees cgroups not its own"
+    attack $dir $options
+done
+mkdir /tmp/v2 && mount -t cgroup2 none /tmp/v2 && echo "cgroup2: mounted"
+[ -z "$(find /tmp/v2 -mindepth 1 -type d)" ] || echo "cgroup2: sees cgroups not its own"
+sleep 1
+for dir in /tmp/*/attack; do [ ! -d $dir ] || rmdir $dir; done
+"""
+
+
+@root
+def test_release_agent_is_out_of_reach_with_sys_admin(rootfs, tmp_path):
+    layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                               md.read_text("/proc/self/cgroup"))
+    hierarchies = {}
+    for name, (mount, _) in layout.v1.items():
+        hierarchies.setdefault(mount, []).append(name)
+    options = sorted(",".join(sorted(names)).replace("name=", "none,name=")
+                     for names in hierarchies.values())
+    # a new hierarchy would have its own root; controllers unbound on pure v2
+    fresh = ["none,name=minidocker-new"] + ([] if layout.v1 else ["freezer", "devices", "memory"])
+    marker = tmp_path / "escaped"
+    agents = {mount: md.read_text(mount + "/release_agent") for mount in hierarchies}
+    # minidocker runs where its caller is, not in the suite's own cgroups
+    # (own_v1_cgroups): in the cgroup above, the hierarchy's root on most hosts.
+    homes = [os.path.dirname(os.path.join(mount, own.strip("/")))
+             for mount, own in set(layout.v1.values()) | hybrid_v2(layout)]
+
+    def go_home():
+        for home in homes:
+            md.write_cgroup_file(home, "cgroup.procs", os.getpid())
+
+    script = RELEASE_AGENT_ATTACK % (marker, " ".join(options + fresh))
+    try:
+        result = subprocess.run(MINIDOCKER + ["run", "--rm", "--network=none", "--cap-add",
+                                              "SYS_ADMIN", rootfs, "sh", "-c", script],
+                                preexec_fn=go_home, stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=60)
+        time.sleep(1)
+        assert not marker.exists(), "the payload ran on the host"
+        expected = ["%s: mounted" % o for o in options] + ["%s: refused" % o for o in fresh]
+        assert result.stdout.splitlines() == expected + ["cgroup2: mounted"], result.stdout
+        assert not [home for home in homes
+                    if [n for n in os.listdir(home) if n.startswith("minidocker-")]]
+    finally:
+        for mount, agent in agents.items():  # what the old code let the attack change
+            if md.read_text(mount + "/release_agent") != agent:
+                md.write_cgroup_file(mount, "release_agent", agent.strip() or "\n")
+            if os.path.isdir(mount + "/attack"):
+                os.rmdir(mount + "/attack")
 
 
 # ---------------------------------------------------------------------------
