@@ -992,11 +992,13 @@ def owner_alive(record):
     return process_start_time(record["owner"]) == record["owner_start"]
 
 
-def create_container(paths, spec, cid, cgroups):
+def create_container(paths, spec, cid, cgroups, parents=()):
     """Write the record, then make the writable layer. The record comes first
-    (naming the cgroups about to be made) so that a crash at any later step
+    (naming the cgroups about to be made, and the --cgroup-parent
+    directories that do not exist yet) so that a crash at any later step
     is still found and reclaimed."""
     record = {"id": cid, "status": "created", "rootfs": spec.rootfs, "cgroups": cgroups,
+              "cgroup_parents": list(parents),
               "command": spec.command, "remove": spec.remove, "pid": 0,
               "owner": os.getpid(), "owner_start": process_start_time(os.getpid()),
               "created": time.time()}
@@ -1019,6 +1021,7 @@ def remove_container(paths, record):
     import shutil
     cid = record["id"]
     remove_cgroups(record.get("cgroups", []))
+    remove_empty_cgroups(record.get("cgroup_parents", []))
     shutil.rmtree(paths.layer(cid), ignore_errors=True)
     try:
         os.unlink(paths.record(cid))
@@ -1080,6 +1083,7 @@ def reclaim_locked(paths):
             remove_container(paths, record)
         else:
             remove_cgroups(record.get("cgroups", []))
+            remove_empty_cgroups(record.get("cgroup_parents", []))
             record["status"] = "exited"
             with contextlib.suppress(OSError):  # ENOSPC: it stays as it was
                 write_record(paths, record)
@@ -2111,7 +2115,15 @@ def detect_cgroups(mountinfo, self_cgroup, read=read_text):
 def plan_cgroups(res, layout, cid, parent=None):
     """-> [(version, mount point, directory, {controllers})], one per
     hierarchy: every v1 hierarchy and the cgroup2 one. Fails, before
-    anything is made, when a controller a flag needs is missing."""
+    anything is made, when a controller a flag needs is missing, or when
+    no cgroup filesystem is mounted at all (a mount namespace whose /sys
+    was mounted afresh, as `ip netns exec` does, sees none)."""
+    if not layout.v1 and not layout.v2_mount:
+        raise MiniDockerError(
+            "no cgroup filesystem is mounted here (/sys/fs/cgroup is empty in this mount "
+            "namespace; `ip netns exec` mounts a fresh /sys): the container cannot be put "
+            "in a cgroup (hint: enter the network namespace with "
+            "`nsenter --net=/run/netns/NAME`, which keeps the mounts)")
     needs = controllers_needed(res)
     for controller, flag in sorted(needs.items()):
         if layout.version_of(controller) is not None:
@@ -2166,8 +2178,12 @@ def create_cgroups(groups, res):
                                       controllers - BPF_CONTROLLERS)
             elif "cpuset" in controllers:
                 inherit_cpuset(mount_point, os.path.dirname(path))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            os.mkdir(path)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.mkdir(path)
+            except FileNotFoundError:  # a parent another container just removed
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.mkdir(path)
             made.append(path)
             if version == 1 and "cpuset" in controllers:
                 inherit_cpuset(mount_point, path)
@@ -2180,6 +2196,29 @@ def create_cgroups(groups, res):
         remove_cgroups(made)
         raise
     return made
+
+
+def missing_parents(groups):
+    """The directories above the containers' cgroups that do not exist yet
+    (a new --cgroup-parent), outermost first: made by create_cgroups, and
+    removed with the container when nothing else uses them."""
+    missing = []
+    for _, mount_point, path, _ in groups:
+        above = []
+        directory = os.path.dirname(path)
+        while directory != mount_point and not os.path.isdir(directory):
+            above.insert(0, directory)
+            directory = os.path.dirname(directory)
+        missing += [d for d in above if d not in missing]
+    return missing
+
+
+def remove_empty_cgroups(paths):
+    """rmdir each, innermost first, once: one that holds another container's
+    cgroup (EBUSY) or is gone (ENOENT) stays as it is."""
+    for path in sorted(paths, key=len, reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
 
 
 def attach_device_program(path, rules):
@@ -4535,7 +4574,8 @@ def run_container(spec, paths):
     cid = os.urandom(32).hex()
     layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
     groups = plan_cgroups(spec.resources, layout, cid, spec.cgroup_parent)
-    record = create_container(paths, spec, cid, [path for _, _, path, _ in groups])
+    parents = missing_parents(groups) if spec.cgroup_parent else []
+    record = create_container(paths, spec, cid, [path for _, _, path, _ in groups], parents)
     layer = paths.layer(cid)
     debug(spec.debug, "container %s, layer %s, cgroups %s" % (cid, layer, record["cgroups"]))
     for note in spec.notes:
@@ -4565,6 +4605,7 @@ def run_container(spec, paths):
     finally:
         signals.close()
         remove_cgroups(cgroups)
+        remove_empty_cgroups(parents)
         try:
             if "network" in record:
                 release_networks(paths, [record])

@@ -1964,6 +1964,32 @@ def test_cgroup_removed_after_kill_9_of_minidocker(rootfs):
 
 
 @root
+def test_cgroup_parent_made_for_a_container_goes_with_it(rootfs):
+    parent = "mdtest-parent-%d/inner" % os.getpid()
+    layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                               md.read_text("/proc/self/cgroup"))
+    mounts = [mount for mount, _ in layout.v1.values()] + [layout.v2_mount]
+    tops = [os.path.join(mount, parent.split("/")[0]) for mount in mounts if mount]
+    for kill in (False, True):
+        with started(rootfs, "sh", "-c", "echo up; sleep 60",
+                     options=["--cgroup-parent", parent]) as proc:
+            assert proc.stdout.readline() == b"up\n"
+            record = running_record()
+            assert all(path.startswith(tuple(tops)) for path in record["cgroups"])
+            assert all(os.path.isdir(top) for top in tops)
+            if kill:
+                proc.kill()  # and the next command reclaims
+                proc.wait()
+                assert any(os.path.isdir(top) for top in tops)
+                assert minidocker("ps").returncode == 0
+            else:
+                os.kill(wait_for_child(proc.pid), signal.SIGKILL)
+                assert proc.wait(timeout=20) == 137
+        assert [top for top in tops if os.path.exists(top)] == []
+    assert_nothing_left()
+
+
+@root
 @pytest.mark.parametrize("flags, error", [
     (["--memory", "10x"], "invalid --memory '10x'"),
     (["--cpus", "-1"], "invalid --cpus '-1'"),
@@ -3692,6 +3718,22 @@ def test_net_a_zombie_minidocker_keeps_no_lease_nor_rules(rootfs, sandbox):
         proc.stdout.close()
         proc.stderr.close()
     assert_network_gone(sandbox)
+
+
+@root
+def test_net_ip_netns_exec_hides_the_cgroups_and_says_so(rootfs, sandbox):
+    """`ip netns exec` mounts a fresh /sys, so no cgroup filesystem is
+    there: one line that names the cause and the fix, nothing left."""
+    for flags in ([], ["-m", "64m"], ["--privileged"]):
+        result = subprocess.run(["ip", "netns", "exec", sandbox.name] + MINIDOCKER + [
+            "run", "--rm", "--network=none"] + flags + [rootfs, "true"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            timeout=60)
+        err = result.stderr.decode()
+        assert result.returncode == 125 and err.count("\n") == 1, err
+        assert "no cgroup filesystem is mounted here" in err
+        assert "nsenter --net=/run/netns/NAME" in err
+    assert_nothing_left()
 
 
 @root
