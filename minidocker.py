@@ -50,9 +50,7 @@ import time
 # before it: from then on the host's Python library is out of reach, and an
 # extension module (fcntl is one in many builds) would fail to load.
 
-# ============================================================================
-# 1. Errors and messages
-# ============================================================================
+# === 1. Errors and messages ===
 # Helpers raise; only main() prints and exits (as tini does). Exit codes follow
 # `docker run`: 125 when minidocker itself fails, 126 when the command exists
 # but cannot be executed, 127 when it is not found, 128+N when the container's
@@ -129,12 +127,12 @@ def debug(enabled, message):
         sys.stderr.write("minidocker: debug: %s\n" % message)
 
 
-# ============================================================================
-# 2. libc bindings and kernel constants
-# ============================================================================
-# The only chapter that touches ctypes. Each function is bound once, with its
-# argument types, and a failure (-1) raises SyscallError naming the call.
-# Constants carry the header they come from.
+# === 2. libc bindings and kernel constants ===
+# Every libc function and raw system call is bound here, once, with its
+# argument types, and the wrappers raise SyscallError naming the call on a
+# failure (-1). (Chapters 10 and 11 still build a few ctypes buffers for
+# capset, seccomp and the BPF program's bytes.) Constants carry the header
+# they come from.
 
 _libc = ctypes.CDLL(None, use_errno=True)  # the libc this python links against
 _c_str = ctypes.c_char_p
@@ -495,9 +493,7 @@ def set_stage_name(name):
     _prctl(PR_SET_NAME, ctypes.addressof(buffer), 0, 0, 0)
 
 
-# ============================================================================
-# 3. Configuration: flags into one validated spec
-# ============================================================================
+# === 3. Configuration: flags into one validated spec ===
 # Every flag is checked and turned into plain data here, before anything is
 # created on disk or in the kernel. The rest of the program only reads the
 # spec, and the unit tests check it without root.
@@ -519,7 +515,7 @@ class Spec:
         self.caps = set()         # capability numbers the container keeps
         self.privileged = False
         self.read_only = False
-        self.volumes = []         # Volume tuples
+        self.volumes = []         # Volume objects (-v)
         self.devices = []         # Device tuples: --device nodes made in /dev
         self.tmpfs = []           # (path, flags, data)
         self.tty = False
@@ -828,9 +824,10 @@ def plan_security(choice, caps, privileged):
 
 
 def build_spec(args):
-    """argparse's namespace for `run` -> a validated Spec. Pure: touches the
-    filesystem only to read the env files and to check that ROOTFS is a
-    directory."""
+    """argparse's namespace for `run` -> a validated Spec. Makes nothing; it
+    reads only what checking needs: ROOTFS, the env files, a seccomp
+    profile, the host's online CPUs, --device nodes, whether stdin is a
+    terminal."""
     if not args.command:
         raise MiniDockerError("run: no command given: usage: run [OPTIONS] ROOTFS CMD [ARG...]")
     rootfs = os.path.abspath(args.rootfs)
@@ -877,9 +874,7 @@ def build_spec(args):
                              args.add_host))
 
 
-# ============================================================================
-# 4. State: where containers live on disk
-# ============================================================================
+# === 4. State: where containers live on disk ===
 # Two trees, as in Docker and runc:
 #   /var/lib/minidocker/containers/<id>/   what outlives a reboot
 #       upper/  work/                      the overlay's writable layer
@@ -1098,9 +1093,7 @@ def find_container(paths, prefix):
     return matches[0]
 
 
-# ============================================================================
-# 5. Images: a rootfs from what the host has (mkrootfs), and an ELF reader
-# ============================================================================
+# === 5. Images: a rootfs from what the host has (mkrootfs), and an ELF reader ===
 # `mkrootfs DIR` makes a working rootfs on a host with nothing but python3:
 # the host's busybox if it has one, otherwise the host's own shell and core
 # utilities with the shared libraries and dynamic loader they need. Which
@@ -1338,9 +1331,7 @@ def install_host_tools(dest):
     return copied
 
 
-# ============================================================================
-# 6. Filesystem: overlay, mounts, /dev, masked paths, pivot_root
-# ============================================================================
+# === 6. Filesystem: overlay, mounts, /dev, masked paths, pivot_root ===
 # The root is an overlay: ROOTFS is the read-only lower layer, so the image is
 # never written; the container's changes go to upper/ in the state directory.
 # Onto it we mount a fresh /proc, /sys, a small /dev, the user's volumes, and
@@ -1690,9 +1681,7 @@ def enter_root(rootfd, read_only, flags):
         mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags, shown="/ (--read-only)")
 
 
-# ============================================================================
-# 7. Namespaces and the host name
-# ============================================================================
+# === 7. Namespaces and the host name ===
 # The parent unshares the pid namespace for its children only (unshare(2):
 # CLONE_NEWPID applies to the next child), so the one child it forks is pid 1
 # there. The child unshares the rest itself, which keeps minidocker's own
@@ -1715,9 +1704,7 @@ def bring_up_loopback():
         os.close(fd)
 
 
-# ============================================================================
-# 8. Cgroups: resource limits, written straight to cgroupfs
-# ============================================================================
+# === 8. Cgroups: resource limits, written straight to cgroupfs ===
 # A cgroup is a directory; a limit is a value written to a file in it; a
 # process is put in it by writing its pid to cgroup.procs. Two layouts exist:
 #
@@ -2326,9 +2313,7 @@ def cgroup_usage(paths):
             "pids": number("pids.current")}
 
 
-# ============================================================================
-# 9. Networking: netlink spoken by hand, then bridge, veth, NAT
-# ============================================================================
+# === 9. Networking: netlink spoken by hand, then bridge, veth, NAT ===
 # `ip` and `nft` are thin clients of netlink(7): a datagram socket to the
 # kernel that carries requests and answers in one binary format. minidocker
 # builds those messages itself, so it needs neither binary:
@@ -2414,7 +2399,7 @@ IFA_ADDRESS = 1         # <linux/if_addr.h>
 IFA_LOCAL = 2
 RTA_GATEWAY = 5
 RT_TABLE_MAIN = 254
-RTPROT_BOOT = 3         # "installed by the administrator", as `ip route add` says
+RTPROT_BOOT = 3         # "installed during boot": what `ip route add` sends by default
 RT_SCOPE_UNIVERSE = 0
 RTN_UNICAST = 1
 RTN_LOCAL = 2
@@ -3270,9 +3255,7 @@ def write_etc_files(layer, hostname, plan, entry):
     return pairs
 
 
-# ============================================================================
-# 10. Capabilities, no_new_privs and seccomp
-# ============================================================================
+# === 10. Capabilities, no_new_privs and seccomp ===
 # A root process has every capability. The container keeps Docker's default
 # fourteen, in the bounding, permitted and effective sets; inheritable and
 # ambient are emptied (CVE-2022-24769: an inheritable set lets file
@@ -3382,7 +3365,7 @@ def set_capabilities(effective_permitted):
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
 
 
-# ----------------------------------------------------------------------------
+# === 10. (continued) Seccomp: a BPF compiler for Docker's profiles ===
 # Seccomp: the last gate. The kernel runs a small classic-BPF program on
 # every system call the container makes, before the call does anything
 # (seccomp(2), Documentation/userspace-api/seccomp_filter.rst). The program
@@ -3952,9 +3935,9 @@ DEFAULT_PROFILE = {
         for name, position in (("mknod", 1), ("mknodat", 2))
         for index, file_type in enumerate(_FILE_TYPES)
     ] + [
-        _allow("personality", "the execution domains programs really ask for: Linux, "
-               "UNAME26, ADDR_NO_RANDOMIZE (for debuggers), and the query 0xffffffff; "
-               "other personalities change how the kernel reads addresses",
+        _allow("personality", "the execution domains programs really ask for: Linux "
+               "(0), PER_LINUX32 (8), UNAME26 alone and with PER_LINUX32, and the query "
+               "0xffffffff; any other (ADDR_NO_RANDOMIZE among them) gets EPERM",
                args=[_arg(0, "EQ", value)])
         for value in (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
     ] + [
@@ -4017,9 +4000,7 @@ DEFAULT_PROFILE = {
 }
 
 
-# ============================================================================
-# 11. The process: stages, sync pipes, init, users, signals, the terminal
-# ============================================================================
+# === 11. The process: stages, sync pipes, init, users, signals, the terminal ===
 # Two processes, in stages named for ps(1), as runc names its own:
 #
 #   md:[0:PARENT]  minidocker itself. Makes the state, unshares the pid
@@ -4037,7 +4018,7 @@ DEFAULT_PROFILE = {
 #
 # They talk over two close-on-exec pipes (subprocess.py's trick): the child
 # writes "ready" once its namespaces exist, the parent answers "go" when the
-# host side (cgroups, #3; networking, #5) is done, and the child reports a
+# host side (cgroups, the network) is done, and the child reports a
 # failure as one "error CODE MESSAGE" line. End of file on the child's pipe
 # with no error means the exec succeeded: the kernel closed the pipe in it.
 
@@ -4570,6 +4551,7 @@ def write_all(fd, data):
 
 def run_container(spec, paths):
     """`run`: plan, create, start, wait, clean up. Returns the exit code."""
+    set_stage_name("md:[0:PARENT]")
     reclaim_dead(paths)
     cid = os.urandom(32).hex()
     layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
@@ -4621,9 +4603,7 @@ def run_container(spec, paths):
     return code
 
 
-# ============================================================================
-# 12. Commands
-# ============================================================================
+# === 12. Commands ===
 
 
 def require_root(what):
@@ -4712,9 +4692,7 @@ def cmd_mkrootfs(args):
     return 0
 
 
-# ============================================================================
-# 13. argparse and main()
-# ============================================================================
+# === 13. argparse and main() ===
 
 
 def build_parser():
