@@ -2004,9 +2004,14 @@ def test_cgroup_bad_values(rootfs, flags, error):
 
 @root
 def test_cgroup_pids_zero_means_unlimited(rootfs):
-    result = sh(rootfs, "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null; echo ok",
-                options=["--pids-limit", "0"])
-    assert result.returncode == 0 and result.out.endswith("ok\n")
+    for flags in (["--pids-limit", "0"], ["--pids-limit", "-1"], ["--pids-limit", "7"]):
+        with started(rootfs, "sh", "-c", "echo up; sleep 60", options=flags) as proc:
+            assert proc.stdout.readline() == b"up\n"
+            limit = md.read_text(cgroup_of(running_record(), "pids") + "/pids.max").strip()
+            assert limit == ("7" if flags[1] == "7" else "max")
+            os.kill(wait_for_child(proc.pid), signal.SIGKILL)
+            assert proc.wait(timeout=20) == 137
+    assert_nothing_left()
 
 
 # ---------------------------------------------------------------------------
@@ -2859,6 +2864,7 @@ def test_unconfined_and_privileged_have_no_filter(rootfs, probe):
         result = sh(rootfs, "grep Seccomp: /proc/self/status; " + probe_script(calls),
                     options=probe + options)
         assert status_field(result.out, "Seccomp") == "0"
+        assert len(probe_errnos(result.out)) == len(calls), result.out
         for (what, _, _, filtered), errno_seen in zip(calls, probe_errnos(result.out)):
             assert errno_seen != filtered, (options, what)
 
