@@ -3674,9 +3674,21 @@ def test_net_a_neighbour_reaches_only_what_is_published_on_its_side(debian, root
 
 
 @root
-def test_net_twenty_parallel_runs_get_distinct_addresses_and_leave_nothing(rootfs, sandbox):
-    runs = [sandbox.start("run", "--rm", rootfs, "sh", "-c", "tail -n1 /etc/hosts; sleep 1")
+def test_net_twenty_parallel_runs_get_distinct_addresses_and_leave_nothing(rootfs, sandbox,
+                                                                          tmp_path):
+    # A barrier: each container says it is up (a file in a shared volume)
+    # and waits for "go", so all twenty are alive at once, whatever the load.
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    script = ("tail -n1 /etc/hosts; touch /b/$(hostname); n=0; "
+              "while [ ! -e /b/go ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done")
+    runs = [sandbox.start("run", "--rm", "-v", "%s:/b" % barrier, rootfs, "sh", "-c", script)
             for _ in range(20)]
+    deadline = time.monotonic() + 120
+    while len(os.listdir(str(barrier))) < 20:
+        assert time.monotonic() < deadline and all(p.poll() is None for p in runs)
+        time.sleep(0.1)
+    (barrier / "go").touch()
     outputs = [proc.communicate(timeout=120) for proc in runs]
     assert [proc.returncode for proc in runs] == [0] * 20, [err for _, err in outputs]
     addresses = {container_address(out.decode()) for out, _ in outputs}
