@@ -26,8 +26,10 @@ if __name__ == "__main__":
     # The first thing the program does: hold back the signals `run` forwards,
     # so that one arriving before their handlers exist (a ctrl-C at start-up,
     # a `timeout` that fires early) waits instead of killing minidocker
-    # halfway through making a container. main() lets them go: `run` into
-    # its signal pipe, the other commands to Python's defaults.
+    # halfway through making a container. main() gives the stopping ones a
+    # handler that ends the command with one line while nothing is made yet;
+    # `run` holds them back again before it makes anything, until its
+    # signal pipe takes them (SignalPipe).
     signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
                                               signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2))
 
@@ -105,6 +107,37 @@ def one_line(text, limit=2000):
     in it holds, and of a bounded length."""
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def read_regular_file(path, limit, what):
+    """The bytes of a file that must be a regular file of at most `limit`
+    bytes: a FIFO would block forever, /dev/zero never ends, and a file of
+    /proc claims a size of 0 (so /proc/kmsg and its like read as empty:
+    only st_size bytes are read). `what` names the file in errors."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as err:
+        raise MiniDockerError("%s: %s" % (what, err.strerror))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise MiniDockerError("%s is not a regular file" % what)
+        if st.st_size > limit:
+            raise MiniDockerError("%s is larger than %d MiB" % (what, limit >> 20))
+        data = b""
+        while len(data) < st.st_size:
+            chunk = os.read(fd, st.st_size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+    except OSError as err:
+        raise MiniDockerError("%s: %s" % (what, err.strerror))
+    finally:
+        os.close(fd)
+
+
+FLAG_FILE_LIMIT = 16 << 20  # an --env-file or a seccomp profile
 
 
 def read_text(path):
@@ -513,6 +546,7 @@ class Spec:
         self.user = None          # "USER[:GROUP]", resolved inside the rootfs
         self.group_add = []
         self.caps = set()         # capability numbers the container keeps
+        self.last_cap = 40        # the host's highest capability number
         self.privileged = False
         self.read_only = False
         self.volumes = []         # Volume objects (-v)
@@ -648,10 +682,8 @@ def parse_env_file(path):
     lines are skipped; a bare KEY takes its value from minidocker's own
     environment."""
     try:
-        with open(path, "rb") as handle:
-            lines = handle.read().decode("utf-8").splitlines()
-    except OSError as err:
-        raise MiniDockerError("--env-file %s: %s" % (path, err.strerror))
+        lines = read_regular_file(path, FLAG_FILE_LIMIT, "--env-file %s" % path) \
+            .decode("utf-8").splitlines()
     except UnicodeDecodeError as err:
         raise MiniDockerError("--env-file %s: not UTF-8 text (byte 0x%02x at offset %d)"
                               % (path, err.object[err.start], err.start))
@@ -864,7 +896,8 @@ def build_spec(args):
         env=expand_env(env_entries), workdir=absolute_path(args.workdir),
         user=args.user and check_user(args.user, "--user"),
         group_add=[check_user(g, "--group-add") for g in args.group_add],
-        caps=caps, seccomp=seccomp, notes=notes, privileged=args.privileged, read_only=args.read_only,
+        caps=caps, last_cap=last_cap(), seccomp=seccomp, notes=notes,
+        privileged=args.privileged, read_only=args.read_only,
         volumes=[parse_volume(v) for v in args.volume], devices=devices,
         tmpfs=[parse_tmpfs(t) for t in args.tmpfs],
         tty=tty, interactive=interactive, remove=args.rm, debug=args.debug,
@@ -1012,16 +1045,55 @@ def create_container(paths, spec, cid, cgroups, parents=()):
 
 
 def remove_container(paths, record):
-    """Remove what a stopped container leaves: cgroups, layer, record."""
-    import shutil
+    """Remove what a stopped container leaves: cgroups, layer, record. The
+    record goes last, and only once the layer is gone, so that a layer that
+    cannot be removed stays known (and `rm` says why)."""
     cid = record["id"]
     remove_cgroups(record.get("cgroups", []))
     remove_empty_cgroups(record.get("cgroup_parents", []))
-    shutil.rmtree(paths.layer(cid), ignore_errors=True)
     try:
+        remove_tree(paths.layer(cid))
+    except OSError as err:
+        raise MiniDockerError("container %s: cannot remove its layer %s: %s%s"
+                              % (cid[:12], paths.layer(cid), err,
+                                 " (hint: the container made a file immutable or append-only:"
+                                 " chattr -ia it, then rm again)" if err.errno == errno.EPERM
+                                 else ""))
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(paths.record(cid))
+
+
+def remove_tree(path):
+    """rm -rf, by directory handles and without recursion: a container's
+    layer may nest directories thousands deep (deeper than Python's
+    recursion limit, which shutil.rmtree hits, and than PATH_MAX), and it
+    may hold symlinks, which are removed, never followed."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        stack = [(os.open(path, flags), None)]  # (directory, its name in the one below)
     except FileNotFoundError:
-        pass
+        return
+    try:
+        while stack:
+            fd = stack[-1][0]
+            child = None
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        child = entry.name
+                        break
+                    os.unlink(entry.name, dir_fd=fd)
+            if child is not None:
+                stack.append((os.open(child, flags, dir_fd=fd), child))
+                continue
+            os.close(fd)
+            _, name = stack.pop()
+            if stack:
+                os.rmdir(name, dir_fd=stack[-1][0])
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+    os.rmdir(path)
 
 
 def reclaim_dead(paths):
@@ -1075,7 +1147,10 @@ def reclaim_locked(paths):
         release_networks(paths, networked)
     for record in dead:
         if record["remove"]:
-            remove_container(paths, record)
+            try:
+                remove_container(paths, record)
+            except MiniDockerError as err:  # one bad layer must not stop every command
+                warn(str(err))
         else:
             remove_cgroups(record.get("cgroups", []))
             remove_empty_cgroups(record.get("cgroup_parents", []))
@@ -1283,6 +1358,10 @@ def make_rootfs(dest, use_busybox=True):
     import shutil
     if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
         raise MiniDockerError("mkrootfs: %s exists and is not an empty directory" % dest)
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # made now, or someone's: then checked
+        os.mkdir(dest, 0o755)
+    check_safe_destination(dest)
     busybox = shutil.which("busybox") if use_busybox else None
     for name, mode in BASE_DIRS.items():
         os.makedirs(os.path.join(dest, name), exist_ok=True)
@@ -1295,6 +1374,36 @@ def make_rootfs(dest, use_busybox=True):
         return "busybox from %s" % busybox
     copied = install_host_tools(dest)
     return "host tools: %s" % " ".join(copied)
+
+
+def check_safe_destination(dest):
+    """mkrootfs writes by path, as root: no other user may be able to swap
+    a directory on that path for a symlink meanwhile (to /etc, say, whose
+    files would then be overwritten or made world-writable). So dest, if it
+    exists, and every directory above it must be owned by root (or by us)
+    and writable by no one else, or sticky (/tmp: others cannot rename what
+    they do not own there)."""
+    path = os.path.abspath(dest)
+    path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    mine = os.geteuid()
+    checks, here = [], path
+    while True:
+        checks.append(here)
+        if here == "/":
+            break
+        here = os.path.dirname(here)
+    for index, directory in enumerate(checks):
+        try:
+            st = os.lstat(directory)
+        except FileNotFoundError:
+            continue
+        shared = st.st_mode & 0o022 and not (index and st.st_mode & stat.S_ISVTX)
+        if stat.S_ISLNK(st.st_mode) and index == 0 or st.st_uid not in (0, mine) or shared:
+            raise MiniDockerError("mkrootfs: %s is %s: another user could redirect what is "
+                                  "written there; use a directory only root can change"
+                                  % (directory, "a symlink" if stat.S_ISLNK(st.st_mode)
+                                     else "owned by uid %d" % st.st_uid
+                                     if st.st_uid not in (0, mine) else "writable by others"))
 
 
 def install_busybox(busybox, dest):
@@ -2987,15 +3096,23 @@ def create_link(nl, request, driver):
                            "--network host need none" % (driver, driver.upper()))
 
 
-def link_index(nl, name):
-    """The interface's index, or None if there is no such interface."""
+def link_index(nl, name, kind=None):
+    """The interface's index, or None if there is no such interface. With
+    `kind`, an interface of another kind (IFLA_INFO_KIND) is an error."""
     try:
         answers = nl.call(request_get_link(name))
     except NetlinkError as err:
         if err.errno == errno.ENODEV:
             return None
         raise
-    return struct.unpack_from(IFINFOMSG, answers[0][3])[2]
+    body = answers[0][3]
+    if kind is not None:
+        info = parse_attrs(parse_attrs(body[struct.calcsize(IFINFOMSG):]).get(IFLA_LINKINFO, b""))
+        found = info.get(IFLA_INFO_KIND, b"").rstrip(b"\0").decode(errors="replace")
+        if found != kind:
+            raise MiniDockerError("--bridge %s: that interface exists and is a %s, not a %s"
+                                  % (name, found or "device of no kind", kind))
+    return struct.unpack_from(IFINFOMSG, body)[2]
 
 
 def delete_link(nl, name):
@@ -3019,8 +3136,10 @@ def write_sysctl(name, value):
 
 def ensure_bridge(nl, name, gateway):
     """The network's bridge with the gateway address, up; made on first use
-    and then kept, as docker0 is. Returns its index."""
-    index = link_index(nl, name)
+    and then kept, as docker0 is. Returns its index. An existing interface
+    of that name must be a bridge: route_localnet would otherwise be set
+    on a real uplink, with no guard of ours for it."""
+    index = link_index(nl, name, "bridge")
     if index is None:
         create_link(nl, request_new_bridge(name), "bridge")
         index = link_index(nl, name)
@@ -3033,8 +3152,18 @@ def ensure_bridge(nl, name, gateway):
         nl.call(request_new_address(index, name, gateway))
     nl.call(request_link_up(index, name))
     write_sysctl("net/ipv4/ip_forward", "1")  # containers' packets pass through the host
-    write_sysctl("net/ipv4/conf/%s/route_localnet" % name, "1")  # see nat_rules
     return index
+
+
+def set_route_localnet(bridge, on):
+    """route_localnet (see nat_rules) is on only while the table, with its
+    guard, is there for the bridge: set after the table is built, cleared
+    when its last container goes. A shared bridge's other members must not
+    keep a way to the host's loopback."""
+    try:
+        write_sysctl("net/ipv4/conf/%s/route_localnet" % bridge, "1" if on else "0")
+    except FileNotFoundError:  # the bridge is gone: nothing to clear
+        pass
 
 
 def attach_veth(network, pid):
@@ -3167,6 +3296,7 @@ def lease_network(paths, record, plan):
         with Netlink() as nl:
             ensure_bridge(nl, plan["bridge"], ipaddress.ip_interface("%s/%d" % (gateway, subnet.prefixlen)))
         apply_nat(others + [entry])
+        set_route_localnet(plan["bridge"], True)
     return entry
 
 
@@ -3176,11 +3306,17 @@ def release_networks(paths, records):
     containers still running (removed when none is left). The lease goes under the lock:
     another run rebuilding the table a moment later must not count it."""
     with network_lock(paths):
+        released = set()
         with Netlink() as nl:
             for record in records:
-                delete_link(nl, record.pop("network")["veth"])
+                network = record.pop("network")
+                released.add(network["bridge"])
+                delete_link(nl, network["veth"])
                 write_record(paths, record)
-        apply_nat(live_networks(paths))
+        remaining = live_networks(paths)
+        apply_nat(remaining)
+        for bridge in released - {network["bridge"] for network in remaining}:
+            set_route_localnet(bridge, False)
 
 
 # /etc/hostname, /etc/hosts and /etc/resolv.conf are written to the
@@ -3345,10 +3481,12 @@ def last_cap():
         return int(handle.read())
 
 
-def drop_bounding_set(keep):
-    """Remove from the bounding set every capability not kept. Needs
-    CAP_SETPCAP, so it runs while we are still full root."""
-    for cap in range(last_cap() + 1):
+def drop_bounding_set(keep, last):
+    """Remove from the bounding set every capability not kept, up to the
+    kernel's last (read by the parent on the host: inside, /proc is the
+    image's to redirect). Needs CAP_SETPCAP, so it runs while we are still
+    full root."""
+    for cap in range(last + 1):
         if cap not in keep:
             prctl(PR_CAPBSET_DROP, cap, what="prctl(PR_CAPBSET_DROP, %d)" % cap)
 
@@ -3464,11 +3602,9 @@ def seccomp_error(source, what):
 
 def read_profile(path):
     """--security-opt seccomp=PATH: the JSON file, as a dict."""
+    text = read_regular_file(path, FLAG_FILE_LIMIT, "seccomp profile %s" % path)
     try:
-        with open(path) as handle:
-            profile = json.load(handle)
-    except OSError as err:
-        raise seccomp_error(path, err.strerror)
+        profile = json.loads(text.decode("utf-8"))
     except ValueError as err:  # UnicodeDecodeError is one too
         raise seccomp_error(path, "not valid JSON: %s" % err)
     except RecursionError:
@@ -4031,9 +4167,16 @@ def parse_passwd(text):
     users = []
     for line in text.splitlines():
         fields = line.split(":")
-        if len(fields) >= 7 and is_number(fields[2]) and is_number(fields[3]):
+        if len(fields) >= 7 and is_id(fields[2]) and is_id(fields[3]) \
+                and "\0" not in fields[5]:
             users.append((fields[0], int(fields[2]), int(fields[3]), fields[5]))
     return users
+
+
+def is_id(text):
+    """A uid or gid that setuid(2) can take (lines with others are skipped,
+    as an unreadable line is)."""
+    return is_number(text) and int(text) <= ID_MAX
 
 
 def parse_group(text):
@@ -4041,7 +4184,7 @@ def parse_group(text):
     groups = []
     for line in text.splitlines():
         fields = line.split(":")
-        if len(fields) >= 4 and is_number(fields[2]):
+        if len(fields) >= 4 and is_id(fields[2]):
             groups.append((fields[0], int(fields[2]), [m for m in fields[3].split(",") if m]))
     return groups
 
@@ -4100,11 +4243,11 @@ def find_executable(command, path):
                           EXIT_NOT_FOUND)
 
 
-def switch_user(uid, gid, groups, caps):
+def switch_user(uid, gid, groups, caps, last):
     """Become the container's user, keeping the container's capabilities
     across setuid (PR_SET_KEEPCAPS) only for root. A non-root user ends with
     empty permitted and effective sets, as with docker."""
-    drop_bounding_set(caps)
+    drop_bounding_set(caps, last)
     prctl(PR_SET_KEEPCAPS, 1, what="prctl(PR_SET_KEEPCAPS)")
     os.setgroups(groups)
     os.setgid(gid)
@@ -4243,7 +4386,7 @@ def exec_command(spec, hostname):
     group = parse_group(read_account_file("/etc/group"))
     uid, gid, groups, home = resolve_user(spec.user, passwd, group, spec.group_add)
     env = container_env(spec, hostname, home)
-    switch_user(uid, gid, groups, spec.caps)
+    switch_user(uid, gid, groups, spec.caps, spec.last_cap)
     # setuid cleared the parent-death signal (prctl(2)); ask for it again.
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
     enter_workdir(spec.workdir)
@@ -4286,28 +4429,12 @@ ACCOUNT_FILE_LIMIT = 4 << 20  # far above any real passwd, far below harm
 def read_account_file(path):
     """/etc/passwd or /etc/group of the image, read safely: the image may
     make it a symlink to /dev/zero (endless), a FIFO (blocks forever), or
-    /dev/console. Only a regular file of at most ACCOUNT_FILE_LIMIT bytes
-    is read; a missing one is empty (scratch images have none)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    /proc/kmsg (the host's kernel log). Only a regular file of at most
+    ACCOUNT_FILE_LIMIT bytes is read; a missing one is empty (scratch images
+    have none)."""
+    if not os.path.lexists(path):
         return ""
-    except OSError as err:
-        raise MiniDockerError("%s: %s" % (path, err.strerror))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise MiniDockerError("%s in the image is not a regular file" % path)
-        data = os.read(fd, ACCOUNT_FILE_LIMIT + 1)
-        while len(data) <= ACCOUNT_FILE_LIMIT:
-            chunk = os.read(fd, ACCOUNT_FILE_LIMIT + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(fd)
-    if len(data) > ACCOUNT_FILE_LIMIT:
-        raise MiniDockerError("%s in the image is larger than %d MiB"
-                              % (path, ACCOUNT_FILE_LIMIT >> 20))
+    data = read_regular_file(path, ACCOUNT_FILE_LIMIT, "%s in the image" % path)
     return data.decode("utf-8", "replace")
 
 
@@ -4552,6 +4679,9 @@ def write_all(fd, data):
 def run_container(spec, paths):
     """`run`: plan, create, start, wait, clean up. Returns the exit code."""
     set_stage_name("md:[0:PARENT]")
+    # From here on something is made: a signal waits for SignalPipe, which
+    # ends the start-up cleanly or forwards it to the command.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING_SIGNALS)
     reclaim_dead(paths)
     cid = os.urandom(32).hex()
     layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
@@ -4593,7 +4723,10 @@ def run_container(spec, paths):
                 release_networks(paths, [record])
         finally:
             if spec.remove or not started:
-                remove_container(paths, record)
+                try:
+                    remove_container(paths, record)
+                except MiniDockerError as err:  # the exit code (or first error) comes first
+                    warn(str(err))
     if not spec.remove:
         record.update(status="exited", exit_code=code)
         try:
@@ -4790,14 +4923,24 @@ def open_standard_fds():
                 os.set_inheritable(fd, True)
 
 
+def stop_now(number, _frame):
+    raise MiniDockerError("interrupted by %s" % signal.Signals(number).name, 128 + number)
+
+
 def main(argv=None):
     global START
     START = time.perf_counter()
     open_standard_fds()
     args = None
     try:
+        # Until something is made, a stopping signal simply ends the command
+        # (planning may read a flag's file); `run` holds them back again
+        # before it makes anything, and keeps USR1 and USR2 for the command.
+        for number in STOPPING_SIGNALS:
+            signal.signal(number, stop_now)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING_SIGNALS)
         args = build_parser().parse_args(argv)
-        if args.handler is not cmd_run:  # `run` lets them go in SignalPipe
+        if args.handler is not cmd_run:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_NUMBERS)
         return args.handler(args)
     except MiniDockerError as err:
