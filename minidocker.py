@@ -2880,8 +2880,9 @@ def nat_rules(networks):
     - postrouting again: a published port reached through 127.0.0.1 leaves
       for the bridge with source 127.0.0.1, which the container could not
       answer; it is masqueraded to the gateway. The kernel would not even
-      route it there without route_localnet=1 on the bridge (set with it):
-      127.0.0.0/8 is otherwise a martian outside `lo`.
+      route it there without route_localnet=1 on the bridge (set once this
+      table is in place, by set_route_localnet): 127.0.0.0/8 is otherwise a
+      martian outside `lo`.
     - guard, before everything (priority raw): route_localnet's other side.
     - forward: what other hosts may open into the bridge (forward_rules)."""
     import ipaddress
