@@ -150,9 +150,13 @@ def read_text(path):
         return ""
 
 
+WARNINGS = []  # what the user should know and that did not stop the command
+
+
 def warn(message):
-    """Something the user should know that does not stop the command."""
-    sys.stderr.write("minidocker: warning: %s\n" % message)
+    """Noted for main() to print once the command is done: only main()
+    writes to the user (as tini does), apart from --debug's trace."""
+    WARNINGS.append(message)
 
 
 def debug(enabled, message):
@@ -434,9 +438,12 @@ def pivot_root(new_root, put_old):
     if "pivot_root" not in SYSCALLS:
         raise MiniDockerError("pivot_root: unsupported architecture %s" % MACHINE)
     if _syscall(SYSCALLS["pivot_root"], _b(new_root), _b(put_old)) == -1:
-        raise syscall_error(ctypes.get_errno(), "pivot_root(%s)" % new_root,
-                            "the host's root must not be an initramfs (rootfs); "
-                            "run from a real root filesystem")
+        err = ctypes.get_errno()
+        # EINVAL is what pivot_root(2) says when the current root is the
+        # initramfs (rootfs), which cannot be pivoted away from.
+        raise syscall_error(err, "pivot_root(%s)" % new_root,
+                            "the host's root must not be an initramfs (rootfs); run from a "
+                            "real root filesystem" if err == errno.EINVAL else None)
 
 
 # <linux/mount.h>: mount_setattr(2), Linux 5.12, which changes one attribute
@@ -516,14 +523,15 @@ def bpf_prog_load(prog_type, code, name):
 def bpf_prog_attach(target_fd, prog_fd, attach_type, flags):
     attr = struct.pack(BPF_ATTR_PROG_ATTACH, target_fd, prog_fd, attach_type, flags)
     if _bpf_call(BPF_PROG_ATTACH, attr) == -1:
-        raise syscall_error(ctypes.get_errno(), "bpf(BPF_PROG_ATTACH)",
-                            "the kernel needs CONFIG_CGROUP_BPF")
+        err = ctypes.get_errno()
+        raise syscall_error(err, "bpf(BPF_PROG_ATTACH)",
+                            "the kernel needs CONFIG_CGROUP_BPF" if err == errno.EINVAL else None)
 
 
 def set_stage_name(name):
     """Name this process for ps(1) (comm is 15 bytes at most)."""
     buffer = ctypes.create_string_buffer(name.encode())
-    _prctl(PR_SET_NAME, ctypes.addressof(buffer), 0, 0, 0)
+    _check(_prctl(PR_SET_NAME, ctypes.addressof(buffer), 0, 0, 0), "prctl(PR_SET_NAME)")
 
 
 # === 3. Configuration: flags into one validated spec ===
@@ -3910,8 +3918,10 @@ def load_filter(program):
     fprog = ctypes.create_string_buffer(
         struct.pack(SOCK_FPROG, len(program) // 8, ctypes.addressof(code)))
     if _seccomp(SYSCALLS["seccomp"], SECCOMP_SET_MODE_FILTER, 0, fprog) == -1:
-        raise syscall_error(ctypes.get_errno(), "seccomp(SECCOMP_SET_MODE_FILTER)",
-                            "the kernel needs CONFIG_SECCOMP_FILTER")
+        err = ctypes.get_errno()
+        raise syscall_error(err, "seccomp(SECCOMP_SET_MODE_FILTER)",
+                            "the kernel needs CONFIG_SECCOMP_FILTER" if err == errno.EINVAL
+                            else None)
 
 
 # The default profile: an allowlist, Docker's approach. What a process
@@ -4158,6 +4168,24 @@ DEFAULT_PROFILE = {
 # host side (cgroups, the network) is done, and the child reports a
 # failure as one "error CODE MESSAGE" line. End of file on the child's pipe
 # with no error means the exec succeeded: the kernel closed the pipe in it.
+#
+# One run, in order (run_container at the end of this chapter; the chapter
+# of each step in brackets):
+#    1. flags into a checked spec, the seccomp program compiled    [3, 10]
+#    2. dead containers reclaimed, under a lock                    [4]
+#    3. the cgroups planned, the record and the layer made          [8, 4]
+#    4. the signal pipe set up; cgroups made, limits written        [11, 8]
+#    5. an address leased, the bridge and the nf_tables table       [9]
+#    6. the child forked into a new pid namespace (stage 1): it
+#       unshares mnt, uts, ipc and net, and says "ready"           [7, 11]
+#    7. the parent puts it in its cgroups and gives it its veth,
+#       then says "go"                                             [8, 9]
+#    8. the child: cgroup namespace, overlay, mounts, /dev, masks,
+#       pivot_root                                                 [7, 6]
+#    9. stage 2: host name, eth0, user, capabilities, no_new_privs,
+#       seccomp, execve                                            [9, 10, 11]
+#   10. the parent forwards signals and relays the terminal until
+#       the command ends, then removes what the run made           [11, 8, 9, 4]
 
 FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 FORWARDED_NUMBERS = frozenset(getattr(signal, name) for name in FORWARDED_SIGNALS)
@@ -4678,12 +4706,15 @@ def write_all(fd, data):
 
 
 def run_container(spec, paths):
-    """`run`: plan, create, start, wait, clean up. Returns the exit code."""
+    """`run`: plan, create, start, wait, clean up (the steps of the map at
+    the top of this chapter; step 1 was build_spec). Returns the exit code."""
     set_stage_name("md:[0:PARENT]")
     # From here on something is made: a signal waits for SignalPipe, which
     # ends the start-up cleanly or forwards it to the command.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING_SIGNALS)
+    # 2. What killed minidockers left behind.
     reclaim_dead(paths)
+    # 3. The cgroups planned, then the record (naming them) and the layer.
     cid = os.urandom(32).hex()
     layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
     groups = plan_cgroups(spec.resources, layout, cid, spec.cgroup_parent)
@@ -4694,27 +4725,30 @@ def run_container(spec, paths):
     for note in spec.notes:
         debug(spec.debug, note)
     cgroups, started = [], False
+    # 4. Signals into a pipe from now on; the cgroups made.
     signals = SignalPipe()
     try:
         cgroups = create_cgroups(groups, spec.resources)
+        # 5. The network, and the /etc files that name it.
         network = lease_network(paths, record, spec.network) if spec.network["mode"] == "bridge" else None
         spec.hostname = spec.hostname or cid[:12]
         spec.etc_files = write_etc_files(layer, spec.hostname, spec.network, network)
 
-        def on_ready(child):
+        def on_ready(child):  # 7., while the child waits for "go"
             join_cgroups(cgroups, child)
             if network:
                 attach_veth(network, child)
 
+        # 6. to 9. The child, from fork to the command's execve.
         pid, master, pending = start_container(spec, record, layer, signals, on_ready)
         started = True
         record.update(status="running", pid=pid)
         write_record(paths, record)
+        # 10. Until the command ends; then everything the run made goes.
         code = exit_code(wait_for_container(pid, signals, master, spec.interactive, pending))
         if code == 128 + signal.SIGKILL and oom_killed(cgroups):
-            sys.stderr.write("minidocker: the container hit its memory limit (--memory %s) "
-                             "and the kernel's OOM killer ended it\n"
-                             % spec.resources.get("memory", "of its parent cgroup"))
+            warn("the container hit its memory limit (--memory %s) and the kernel's OOM "
+                 "killer ended it" % spec.resources.get("memory", "of its parent cgroup"))
     finally:
         signals.close()
         remove_cgroups(cgroups)
@@ -4929,6 +4963,20 @@ def stop_now(number, _frame):
 
 
 def main(argv=None):
+    """The one place that writes to the user (apart from the commands' own
+    output and --debug's trace): the command's warnings, then its error if
+    it failed, one line each. Returns the exit code."""
+    code, error = run_command(argv)
+    for message in WARNINGS:
+        sys.stderr.write("minidocker: warning: %s\n" % one_line(message))
+    del WARNINGS[:]
+    if error:
+        sys.stderr.write("minidocker: %s\n" % one_line(error))
+    return code
+
+
+def run_command(argv):
+    """-> (exit code, the error line or None)."""
     global START
     START = time.perf_counter()
     open_standard_fds()
@@ -4943,23 +4991,19 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
         if args.handler is not cmd_run:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_NUMBERS)
-        return args.handler(args)
+        return args.handler(args), None
     except MiniDockerError as err:
-        sys.stderr.write("minidocker: error: %s\n" % one_line(str(err)))
-        return err.code
+        return err.code, "error: %s" % err
     except OSError as err:
-        sys.stderr.write("minidocker: error: %s\n" % one_line(str(err)))
-        return EXIT_RUNTIME
+        return EXIT_RUNTIME, "error: %s" % err
     except KeyboardInterrupt:
-        sys.stderr.write("minidocker: interrupted\n")
-        return 130
+        return 130, "interrupted"
     except Exception as err:  # a bug: one line, the traceback only with --debug
         if getattr(args, "debug", False):
             import traceback
             traceback.print_exc()
-        sys.stderr.write("minidocker: error: internal error: %s: %s\n"
-                         % (type(err).__name__, quote(str(err))))
-        return EXIT_RUNTIME
+        return EXIT_RUNTIME, "error: internal error: %s: %s" % (type(err).__name__,
+                                                               quote(str(err)))
 
 
 if __name__ == "__main__":
