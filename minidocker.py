@@ -406,10 +406,10 @@ def mount(source, target, fstype, flags=0, data=None, shown=None):
 
 
 MOUNT_HINTS = {
-    ("overlay", 22): "the state directory (MINIDOCKER_ROOT) must be on a "
+    ("overlay", errno.EINVAL): "the state directory (MINIDOCKER_ROOT) must be on a "
                      "filesystem that can hold an overlay upper layer, such "
                      "as ext4, xfs or tmpfs, and ROOTFS must not contain it",
-    ("overlay", 19): "the overlay module is not loaded: modprobe overlay",
+    ("overlay", errno.ENODEV): "the overlay module is not loaded: modprobe overlay",
 }
 
 
@@ -422,7 +422,7 @@ def unshare(flags):
         err = ctypes.get_errno()
         names = ",".join(n for f, n in NAMESPACE_NAMES.items() if flags & f)
         raise syscall_error(err, "unshare(%s)" % names,
-                            "needs root in the initial user namespace" if err == 1 else None)
+                            "needs root in the initial user namespace" if err == errno.EPERM else None)
 
 
 def sethostname(name):
@@ -1557,7 +1557,7 @@ def open_in_root(rootfd, path, create=None, follow=True):
                                           % (path, target))
                 links += 1
                 if links > MAX_SYMLINKS:
-                    raise syscall_error(40, "open %s in rootfs" % path)  # ELOOP
+                    raise syscall_error(errno.ELOOP, "open %s in rootfs" % path)
                 if target.startswith("/"):
                     while len(stack) > 1:
                         os.close(stack.pop())
@@ -1565,7 +1565,7 @@ def open_in_root(rootfd, path, create=None, follow=True):
                 continue
             if parts and not stat.S_ISDIR(os.fstat(fd).st_mode):
                 os.close(fd)
-                raise syscall_error(20, "open %s in rootfs" % path)  # ENOTDIR
+                raise syscall_error(errno.ENOTDIR, "open %s in rootfs" % path)
             stack.append(fd)
         return stack.pop()
     finally:
@@ -2385,7 +2385,7 @@ def remove_cgroups(paths):
             try:
                 os.rmdir(path)
             except OSError as err:
-                if err.errno != 16 or time.monotonic() > deadline:  # EBUSY: tasks left
+                if err.errno != errno.EBUSY or time.monotonic() > deadline:  # tasks left
                     break
                 for pid in read_text(os.path.join(path, "cgroup.procs")).split():
                     try:
@@ -4434,7 +4434,7 @@ def exec_command(spec, hostname):
     try:
         os.execve(program, spec.command, env)
     except OSError as err:
-        code = EXIT_NOT_FOUND if err.errno == 2 else EXIT_CANNOT_EXEC
+        code = EXIT_NOT_FOUND if err.errno == errno.ENOENT else EXIT_CANNOT_EXEC
         raise MiniDockerError("exec %s: %s" % (program, err.strerror), code)
 
 
