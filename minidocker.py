@@ -569,7 +569,6 @@ class Spec:
         self.seccomp = None       # the BPF filter's bytes (chapter 10); None: unconfined
         self.notes = []           # what --debug prints about the plan
         self.network = plan_network("none", None, None, [], [], [])  # plan_network's dict
-        self.etc_files = []       # (state file, /etc/...) bound over the image's
         self.__dict__.update(fields)
 
 
@@ -1026,6 +1025,18 @@ def read_records(paths, malformed=None):
 def owner_alive(record):
     """Is the minidocker process that started this container still running?"""
     return process_start_time(record["owner"]) == record["owner_start"]
+
+
+class Instance:
+    """One container's own facts, decided by run_container once it has an
+    id (the spec, the same for every run of the same flags, is only read):
+    its layer, its host name (default: the short id), its network lease
+    (None without --network bridge) and the /etc files bound into it."""
+    __slots__ = ("id", "layer", "hostname", "network", "etc_files")
+
+    def __init__(self, cid, layer, hostname, network, etc_files):
+        self.id, self.layer, self.hostname = cid, layer, hostname
+        self.network, self.etc_files = network, etc_files
 
 
 def create_container(paths, spec, cid, cgroups, parents=()):
@@ -1500,7 +1511,7 @@ class Mount:
         return "Mount(%s %s %s)" % (self.kind, self.fstype or self.source or "", self.target)
 
 
-def plan_mounts(spec):
+def plan_mounts(spec, etc_files=()):
     """The ordered list of mounts that turns the overlay into the container's
     root. Pure: the unit tests read it."""
     sys_flags = MS_NOSUID | MS_NOEXEC | MS_NODEV | (0 if spec.privileged else MS_RDONLY)
@@ -1518,7 +1529,7 @@ def plan_mounts(spec):
         Mount("fs", "/dev/mqueue", "mqueue", "mqueue", MS_NOSUID | MS_NOEXEC | MS_NODEV),
         Mount("fs", "/sys", "sysfs", "sysfs", sys_flags, kernel_fs=True),
     ]
-    for source, target in spec.etc_files:
+    for source, target in etc_files:  # (state file, /etc/...) bound over the image's
         plan.append(Mount("bind", target, source, flags=MS_BIND))
     for volume in spec.volumes:
         plan.append(Mount("bind", volume.target, volume.source,
@@ -4285,7 +4296,7 @@ def switch_user(uid, gid, groups, caps, last):
     prctl(PR_SET_NO_NEW_PRIVS, 1, what="prctl(PR_SET_NO_NEW_PRIVS)")
 
 
-def child_stage(spec, record, layer, to_parent, from_parent, console):
+def child_stage(spec, instance, to_parent, from_parent, console):
     """Stage 1 and 2, in the child. Never returns: execs or exits."""
     try:
         set_stage_name("md:[1:CHILD]")
@@ -4299,15 +4310,14 @@ def child_stage(spec, record, layer, to_parent, from_parent, console):
         if os.read(from_parent, 2) != b"go":
             os._exit(EXIT_RUNTIME)  # the parent is gone
         unshare(CLONE_NEWCGROUP)
-        hostname = spec.hostname  # run_container filled in the default, the short id
-        build_root(spec, layer, console)
+        build_root(spec, instance, console)
         set_stage_name("md:[2:INIT]")
-        sethostname(hostname)
+        sethostname(instance.hostname)
         if not host_network:
             bring_up_loopback()
-        if "network" in record:  # the host made eth0 for us before "go"
-            configure_eth0(record["network"])
-        exec_command(spec, hostname)
+        if instance.network:  # the host made eth0 for us before "go"
+            configure_eth0(instance.network)
+        exec_command(spec, instance.hostname)
     except MiniDockerError as err:
         report_and_exit(to_parent, err.code, str(err))
     except OSError as err:
@@ -4340,15 +4350,15 @@ def report_and_exit(to_parent, code, message):
     os._exit(code)
 
 
-def build_root(spec, layer, console):
+def build_root(spec, instance, console):
     """Mount namespace work: private propagation, the overlay, the mount
     plan, the terminal, pivot_root."""
     os.umask(0)  # device nodes and mount points get exactly the modes we give
     # Propagation must be private before anything is mounted, or the mounts
     # would be copied into the host's namespace (mount_namespaces(7)).
     mount(None, "/", None, MS_REC | MS_PRIVATE, shown="/ (make-rprivate)")
-    rootfd = mount_overlay(spec, layer)
-    apply_mounts(rootfd, plan_mounts(spec))
+    rootfd = mount_overlay(spec, instance.layer)
+    apply_mounts(rootfd, plan_mounts(spec, instance.etc_files))
     make_devices(rootfd, spec.devices)
     if spec.privileged:
         add_host_devices(rootfd)
@@ -4502,7 +4512,7 @@ def raise_child_error(message):
     raise MiniDockerError(text, int(code))
 
 
-def start_container(spec, record, layer, signals, on_ready):
+def start_container(spec, instance, signals, on_ready):
     """Stage 0: fork the child into its namespaces and see it to its exec.
     on_ready(pid) runs on the host side while the child waits for "go".
     Returns (pid of the container's init, pty master or None, the signals
@@ -4522,7 +4532,7 @@ def start_container(spec, record, layer, signals, on_ready):
             console.close()
         if not spec.interactive and not spec.tty:
             os.dup2(os.open("/dev/null", os.O_RDONLY), 0)  # `docker run` without -i
-        child_stage(spec, record, layer, child_write, child_read, console_peer)
+        child_stage(spec, instance, child_write, child_read, console_peer)
         os._exit(EXIT_RUNTIME)  # not reached: child_stage execs or exits
     os.close(child_read)
     os.close(child_write)
@@ -4731,8 +4741,9 @@ def run_container(spec, paths):
         cgroups = create_cgroups(groups, spec.resources)
         # 5. The network, and the /etc files that name it.
         network = lease_network(paths, record, spec.network) if spec.network["mode"] == "bridge" else None
-        spec.hostname = spec.hostname or cid[:12]
-        spec.etc_files = write_etc_files(layer, spec.hostname, spec.network, network)
+        hostname = spec.hostname or cid[:12]
+        instance = Instance(cid, layer, hostname, network,
+                            write_etc_files(layer, hostname, spec.network, network))
 
         def on_ready(child):  # 7., while the child waits for "go"
             join_cgroups(cgroups, child)
@@ -4740,7 +4751,7 @@ def run_container(spec, paths):
                 attach_veth(network, child)
 
         # 6. to 9. The child, from fork to the command's execve.
-        pid, master, pending = start_container(spec, record, layer, signals, on_ready)
+        pid, master, pending = start_container(spec, instance, signals, on_ready)
         started = True
         record.update(status="running", pid=pid)
         write_record(paths, record)
