@@ -2,10 +2,17 @@
 
 Two kinds, as the README says:
 - unit tests of the pure parts (flags into a spec, capability rules, the
-  mount plan, the in-root path walk, the ELF reader); no root needed;
+  mount plan, the in-root path walk, the ELF reader, the cgroup writes, the
+  device cgroup's eBPF program, the seccomp compiler, netlink and nf_tables
+  messages against golden bytes); no root needed;
 - root tests that start real containers and look at what the process inside
-  sees. They are marked `root` and skipped only when not run as root (CI runs
-  as root and fails on any skip).
+  sees, perform the escapes each defence stops, and push minidocker with
+  faults, load and bad input. They are marked `root` and skipped only when
+  not run as root (CI runs as root and fails on any skip).
+
+The sections follow the book's chapters where they can: the spec (3), the
+mount plan (6), the ELF reader (5), what the process sees (11), escapes and
+faults, cgroups and the device cgroup (8), seccomp (10), networking (9).
 """
 
 import contextlib
@@ -1925,7 +1932,7 @@ def test_random_device_lists_agree_with_the_model():
 
 # ---------------------------------------------------------------------------
 # cgroups, root: limits the process inside really meets (run on this host and
-# in the cgroup-v2 VM by .ci/run: `-k cgroup`)
+# in the cgroup-v2 VM: README's VM command selects them by name)
 # ---------------------------------------------------------------------------
 
 def running_record(timeout=20):
