@@ -2282,12 +2282,12 @@ def write_cgroup_file(directory, name, value):
                               % (str(value), directory, name, err.strerror))
 
 
-def create_cgroups(groups, res):
+def create_cgroups(cgroup_plan, res):
     """mkdir each cgroup (enabling v2 controllers on the way down) and write
     the limits. Returns the directories made, for removal."""
     made = []
     try:
-        for version, mount_point, path, controllers in groups:
+        for version, mount_point, path, controllers in cgroup_plan:
             if version == 2:
                 enable_v2_controllers(mount_point, os.path.dirname(path),
                                       controllers - BPF_CONTROLLERS)
@@ -2313,12 +2313,12 @@ def create_cgroups(groups, res):
     return made
 
 
-def missing_parents(groups):
+def missing_parents(cgroup_plan):
     """The directories above the containers' cgroups that do not exist yet
     (a new --cgroup-parent), outermost first: made by create_cgroups, and
     removed with the container when nothing else uses them."""
     missing = []
-    for _, mount_point, path, _ in groups:
+    for _, mount_point, path, _ in cgroup_plan:
         above = []
         directory = os.path.dirname(path)
         while directory != mount_point and not os.path.isdir(directory):
@@ -4283,13 +4283,15 @@ def find_executable(command, path):
                           EXIT_NOT_FOUND)
 
 
-def switch_user(uid, gid, groups, caps, last):
-    """Become the container's user, keeping the container's capabilities
-    across setuid (PR_SET_KEEPCAPS) only for root. A non-root user ends with
-    empty permitted and effective sets, as with docker."""
+def drop_privileges(uid, gid, gids, caps, last):
+    """Everything stage 2 gives up before the command: the bounding set
+    down to the container's capabilities, the user and groups (keeping the
+    capabilities across setuid, PR_SET_KEEPCAPS, only for root: a non-root
+    user ends with empty permitted and effective sets, as with docker), and
+    no_new_privs."""
     drop_bounding_set(caps, last)
     prctl(PR_SET_KEEPCAPS, 1, what="prctl(PR_SET_KEEPCAPS)")
-    os.setgroups(groups)
+    os.setgroups(gids)
     os.setgid(gid)
     os.setuid(uid)
     set_capabilities(cap_mask(caps) if uid == 0 else 0)
@@ -4423,9 +4425,9 @@ def exec_command(spec, hostname):
     execve(2)."""
     passwd = parse_passwd(read_account_file("/etc/passwd"))
     group = parse_group(read_account_file("/etc/group"))
-    uid, gid, groups, home = resolve_user(spec.user, passwd, group, spec.group_add)
+    uid, gid, gids, home = resolve_user(spec.user, passwd, group, spec.group_add)
     env = container_env(spec, hostname, home)
-    switch_user(uid, gid, groups, spec.caps, spec.last_cap)
+    drop_privileges(uid, gid, gids, spec.caps, spec.last_cap)
     # setuid cleared the parent-death signal (prctl(2)); ask for it again.
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
     enter_workdir(spec.workdir)
@@ -4678,8 +4680,8 @@ def wait_for_container(pid, signals, master, interactive, pending=()):
                 # After any wake-up, not only SIGCHLD's: a flood of other
                 # signals fills the pipe, and the byte of SIGCHLD is then
                 # dropped (a full wakeup pipe loses bytes, by design).
-                reaped, code = os.waitpid(pid, os.WNOHANG)
-                status = code if reaped else None
+                reaped, wait_status = os.waitpid(pid, os.WNOHANG)
+                status = wait_status if reaped else None
             if master in readable:
                 data = read_or_eio(master)
                 if data:
@@ -4727,9 +4729,9 @@ def run_container(spec, paths):
     # 3. The cgroups planned, then the record (naming them) and the layer.
     cid = os.urandom(32).hex()
     layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
-    groups = plan_cgroups(spec.resources, layout, cid, spec.cgroup_parent)
-    parents = missing_parents(groups) if spec.cgroup_parent else []
-    record = create_container(paths, spec, cid, [path for _, _, path, _ in groups], parents)
+    cgroup_plan = plan_cgroups(spec.resources, layout, cid, spec.cgroup_parent)
+    parents = missing_parents(cgroup_plan) if spec.cgroup_parent else []
+    record = create_container(paths, spec, cid, [path for _, _, path, _ in cgroup_plan], parents)
     layer = paths.layer(cid)
     debug(spec.debug, "container %s, layer %s, cgroups %s" % (cid, layer, record["cgroups"]))
     for note in spec.notes:
@@ -4738,7 +4740,7 @@ def run_container(spec, paths):
     # 4. Signals into a pipe from now on; the cgroups made.
     signals = SignalPipe()
     try:
-        cgroups = create_cgroups(groups, spec.resources)
+        cgroups = create_cgroups(cgroup_plan, spec.resources)
         # 5. The network, and the /etc files that name it.
         network = lease_network(paths, record, spec.network) if spec.network["mode"] == "bridge" else None
         hostname = spec.hostname or cid[:12]
