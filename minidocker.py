@@ -568,7 +568,7 @@ class Spec:
         self.cgroup_parent = None
         self.seccomp = None       # the BPF filter's bytes (chapter 10); None: unconfined
         self.notes = []           # what --debug prints about the plan
-        self.network = plan_network("none", None, None, [], [], [])  # plan_network's dict
+        self.network_plan = plan_network("none", None, None, [], [], [])  # see plan_network
         self.__dict__.update(fields)
 
 
@@ -910,7 +910,7 @@ def build_spec(args):
         tty=tty, interactive=interactive, remove=args.rm, debug=args.debug,
         resources=resources,
         cgroup_parent=check_cgroup_parent(args.cgroup_parent),
-        network=plan_network(args.network, args.subnet, args.bridge, args.publish, args.dns,
+        network_plan=plan_network(args.network, args.subnet, args.bridge, args.publish, args.dns,
                              args.add_host))
 
 
@@ -1032,11 +1032,11 @@ class Instance:
     id (the spec, the same for every run of the same flags, is only read):
     its layer, its host name (default: the short id), its network lease
     (None without --network bridge) and the /etc files bound into it."""
-    __slots__ = ("id", "layer", "hostname", "network", "etc_files")
+    __slots__ = ("id", "layer", "hostname", "lease", "etc_files")
 
-    def __init__(self, cid, layer, hostname, network, etc_files):
+    def __init__(self, cid, layer, hostname, lease, etc_files):
         self.id, self.layer, self.hostname = cid, layer, hostname
-        self.network, self.etc_files = network, etc_files
+        self.lease, self.etc_files = lease, etc_files
 
 
 def create_container(paths, spec, cid, cgroups, parents=()):
@@ -3186,27 +3186,27 @@ def set_route_localnet(bridge, on):
         pass
 
 
-def attach_veth(network, pid):
+def attach_veth(lease, pid):
     """Host side of stage 0: the veth pair, eth0 born in the child's
     namespace, the host end enslaved to the bridge and up."""
     with Netlink() as nl:
-        bridge = link_index(nl, network["bridge"])
-        create_link(nl, request_new_veth(network["veth"], "eth0", pid), "veth")
-        nl.call(request_link_up(link_index(nl, network["veth"]), network["veth"], master=bridge))
+        bridge = link_index(nl, lease["bridge"])
+        create_link(nl, request_new_veth(lease["veth"], "eth0", pid), "veth")
+        nl.call(request_link_up(link_index(nl, lease["veth"]), lease["veth"], master=bridge))
 
 
-def configure_eth0(network):
+def configure_eth0(lease):
     """Container side, in stage 1: a socket opened here speaks for the
     container's namespace. Address, link up, then the default route, which
     needs the link up (a gateway must be reachable)."""
     import ipaddress
-    interface = ipaddress.ip_interface("%s/%d" % (network["address"],
-                                                  ipaddress.ip_network(network["subnet"]).prefixlen))
+    interface = ipaddress.ip_interface("%s/%d" % (lease["address"],
+                                                  ipaddress.ip_network(lease["subnet"]).prefixlen))
     with Netlink() as nl:
         index = link_index(nl, "eth0")
         nl.call(request_new_address(index, "eth0", interface))
         nl.call(request_link_up(index, "eth0"))
-        nl.call(request_default_route(ipaddress.ip_address(network["gateway"])))
+        nl.call(request_default_route(ipaddress.ip_address(lease["gateway"])))
 
 
 NFTABLES_SOCKET = []  # one per process, opened on first use
@@ -3387,12 +3387,12 @@ def resolv_conf(host_text, upstream_text, dns, keep_loopback):
         "".join(line + "\n" for line in others)
 
 
-def write_etc_files(layer, hostname, plan, entry):
+def write_etc_files(layer, hostname, plan, lease):
     """Write the three files into the state directory; returns the
     (source, target) pairs to bind."""
     host = plan["mode"] == "host"
-    address = entry["address"] if entry else None
-    add_hosts = [(name, entry["gateway"] if ip == "host-gateway" else ip)
+    address = lease["address"] if lease else None
+    add_hosts = [(name, lease["gateway"] if ip == "host-gateway" else ip)
                  for name, ip in plan["add_hosts"]]
     contents = {
         "hostname": hostname + "\n",
@@ -4306,7 +4306,7 @@ def child_stage(spec, instance, to_parent, from_parent, console):
         if console is None:
             os.setsid()  # with -t, attach_terminal does it
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
-        host_network = spec.network["mode"] == "host"
+        host_network = spec.network_plan["mode"] == "host"
         unshare(CHILD_NAMESPACES & ~CLONE_NEWNET if host_network else CHILD_NAMESPACES)
         os.write(to_parent, b"ready\n")
         if os.read(from_parent, 2) != b"go":
@@ -4317,8 +4317,8 @@ def child_stage(spec, instance, to_parent, from_parent, console):
         sethostname(instance.hostname)
         if not host_network:
             bring_up_loopback()
-        if instance.network:  # the host made eth0 for us before "go"
-            configure_eth0(instance.network)
+        if instance.lease:  # the host made eth0 for us before "go"
+            configure_eth0(instance.lease)
         exec_command(spec, instance.hostname)
     except MiniDockerError as err:
         report_and_exit(to_parent, err.code, str(err))
@@ -4742,15 +4742,16 @@ def run_container(spec, paths):
     try:
         cgroups = create_cgroups(cgroup_plan, spec.resources)
         # 5. The network, and the /etc files that name it.
-        network = lease_network(paths, record, spec.network) if spec.network["mode"] == "bridge" else None
+        lease = lease_network(paths, record, spec.network_plan) \
+            if spec.network_plan["mode"] == "bridge" else None
         hostname = spec.hostname or cid[:12]
-        instance = Instance(cid, layer, hostname, network,
-                            write_etc_files(layer, hostname, spec.network, network))
+        instance = Instance(cid, layer, hostname, lease,
+                            write_etc_files(layer, hostname, spec.network_plan, lease))
 
         def on_ready(child):  # 7., while the child waits for "go"
             join_cgroups(cgroups, child)
-            if network:
-                attach_veth(network, child)
+            if lease:
+                attach_veth(lease, child)
 
         # 6. to 9. The child, from fork to the command's execve.
         pid, master, pending = start_container(spec, instance, signals, on_ready)

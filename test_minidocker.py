@@ -3388,13 +3388,13 @@ def test_publish_and_network_flags_parse():
     assert md.parse_publish("8080:80") == ["0.0.0.0", 8080, "tcp", 80]
     assert md.parse_publish("127.0.0.1:5353:53/udp") == ["127.0.0.1", 5353, "udp", 53]
     plan = parse("--subnet", "10.9.0.0/16", "--bridge", "br-test", "-p", "1:2", "--dns", "9.9.9.9",
-                "--add-host", "db:10.1.2.3", "--add-host", "gw:host-gateway", "/", "true").network
+                "--add-host", "db:10.1.2.3", "--add-host", "gw:host-gateway", "/", "true").network_plan
     assert plan == {"mode": "bridge", "bridge": "br-test", "subnet": "10.9.0.0/16",
                     "ports": [["0.0.0.0", 1, "tcp", 2]], "dns": ["9.9.9.9"],
                     "add_hosts": [("db", "10.1.2.3"), ("gw", "host-gateway")]}
-    assert parse("/", "true").network["bridge"] == "mini-br0"
-    assert parse("--network", "none", "/", "true").network["mode"] == "none"
-    assert parse("--net", "host", "/", "true").network["mode"] == "host"  # docker's alias
+    assert parse("/", "true").network_plan["bridge"] == "mini-br0"
+    assert parse("--network", "none", "/", "true").network_plan["mode"] == "none"
+    assert parse("--net", "host", "/", "true").network_plan["mode"] == "host"  # docker's alias
 
 
 @pytest.mark.parametrize("argv, message", [
