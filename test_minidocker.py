@@ -2471,20 +2471,60 @@ def run_bpf(code, nr, arch="x86_64", args=(0,) * 6):
             raise AssertionError("unknown BPF instruction 0x%x" % op)
 
 
+# <linux/seccomp.h>'s return values, written out here and not taken from
+# minidocker, so that the model below shares no code with what it checks.
+MODEL_ACTIONS = {"SCMP_ACT_KILL": 0, "SCMP_ACT_KILL_THREAD": 0,
+                 "SCMP_ACT_KILL_PROCESS": 0x80000000, "SCMP_ACT_TRAP": 0x00030000,
+                 "SCMP_ACT_ERRNO": 0x00050000, "SCMP_ACT_TRACE": 0x7FF00000,
+                 "SCMP_ACT_LOG": 0x7FFC0000, "SCMP_ACT_ALLOW": 0x7FFF0000}
+MODEL_ARCH_NAMES = {"x86_64": ("SCMP_ARCH_X86_64", "amd64"),
+                    "aarch64": ("SCMP_ARCH_AARCH64", "arm64")}
+
+
+def model_action(name, errno_ret):
+    """An action as runc hands it to libseccomp: ERRNO and TRACE carry
+    errnoRet in their low 16 bits, EPERM (1) when it is not given."""
+    value = MODEL_ACTIONS[name]
+    if name in ("SCMP_ACT_ERRNO", "SCMP_ACT_TRACE"):
+        value |= 1 if errno_ret is None else errno_ret
+    return value
+
+
+def model_applies(rule, arch, cap_names, release):
+    """Docker's includes and excludes, read from its profile format: a rule
+    counts when every included cap is held, the architecture is included
+    (by either of its names), the kernel is at least minKernel, and no
+    excluded cap or architecture matches."""
+    includes, excludes = rule.get("includes") or {}, rule.get("excludes") or {}
+    names = set(MODEL_ARCH_NAMES[arch])
+    if not set(includes.get("caps") or []) <= cap_names:
+        return False
+    if includes.get("arches") and not names & set(includes["arches"]):
+        return False
+    if includes.get("minKernel"):
+        wanted = [int(n) for n in includes["minKernel"].split(".")[:2]]
+        if [int(n) for n in release.split(".")[:2]] < wanted:
+            return False
+    return not (set(excludes.get("caps") or []) & cap_names
+                or names & set(excludes.get("arches") or []))
+
+
 def model(profile, nr, args=(0,) * 6, caps=frozenset(), arch="x86_64"):
     """What the profile means, written directly from Docker's and libseccomp's
-    rules and not compiled: the reference the BPF program is checked against."""
+    rules and not compiled: the reference the BPF program is checked against.
+    It uses only minidocker's tables of names (syscall and capability
+    numbers, which other tests check against the kernel's headers)."""
     table = md.syscall_numbers(arch)
-    default = md.action_value(profile.get("defaultAction"), profile.get("defaultErrnoRet"), "")
+    default = model_action(profile.get("defaultAction"), profile.get("defaultErrnoRet"))
     cap_names = {"CAP_" + md.CAP_NAMES[c] for c in caps}
     named, unconditional, conditional = set(), [], []
     nr &= 0xFFFFFFFF
     for rule in profile.get("syscalls") or []:
-        if not md.rule_applies(rule, arch, cap_names, "6.1.0"):
+        if not model_applies(rule, arch, cap_names, "6.1.0"):
             continue
         numbers = {table[name] for name in rule["names"] if name in table}
         named |= numbers
-        action = md.action_value(rule["action"], rule.get("errnoRet"), "")
+        action = model_action(rule["action"], rule.get("errnoRet"))
         if nr not in numbers or action == default:
             continue  # libseccomp refuses a rule with the default action
         conditions = rule.get("args") or []
@@ -2495,16 +2535,17 @@ def model(profile, nr, args=(0,) * 6, caps=frozenset(), arch="x86_64"):
             conditional.append((conditions, action))
         else:  # runc: one rule per condition
             conditional += [([c], action) for c in conditions]
-    if arch == "x86_64" and md.X32_SYSCALL_BIT <= nr < 0xFFFFFFFF:
-        return md.SECCOMP_RET_KILL_PROCESS
+    if arch == "x86_64" and 0x40000000 <= nr < 0xFFFFFFFF:  # __X32_SYSCALL_BIT
+        return MODEL_ACTIONS["SCMP_ACT_KILL_PROCESS"]
     if unconditional:
         return unconditional[0]
     for conditions, action in conditional:
         if all(holds(args[c["index"]], c["op"], c.get("value", 0), c.get("valueTwo", 0))
                for c in conditions):
             return action
-    if named and nr > max(named) and default not in (md.SECCOMP_RET_ALLOW, md.SECCOMP_RET_LOG):
-        return md.SECCOMP_RET_ERRNO | 38
+    if named and nr > max(named) and default not in (MODEL_ACTIONS["SCMP_ACT_ALLOW"],
+                                                     MODEL_ACTIONS["SCMP_ACT_LOG"]):
+        return MODEL_ACTIONS["SCMP_ACT_ERRNO"] | errno.ENOSYS
     return default
 
 
@@ -3112,10 +3153,10 @@ def oci_seccomp(profile, caps):
     names = {"CAP_" + md.CAP_NAMES[c] for c in caps}
     rules = [{key: rule[key] for key in ("names", "action", "errnoRet", "args") if key in rule}
              for rule in profile["syscalls"]
-             if md.rule_applies(rule, md.MACHINE, names, os.uname().release)]
+             if model_applies(rule, md.MACHINE, names, os.uname().release)]
     return {"defaultAction": profile["defaultAction"],
             "defaultErrnoRet": profile["defaultErrnoRet"],
-            "architectures": [md.SCMP_ARCH[md.MACHINE]], "syscalls": rules}
+            "architectures": [MODEL_ARCH_NAMES[md.MACHINE][0]], "syscalls": rules}
 
 
 @root
