@@ -535,9 +535,16 @@ def set_stage_name(name):
 
 
 # === 3. Configuration: flags into one validated spec ===
-# Every flag is checked and turned into plain data here, before anything is
-# created on disk or in the kernel. The rest of the program only reads the
-# spec, and the unit tests check it without root.
+# Every flag is checked and turned into plain data before anything is
+# created on disk or in the kernel; build_spec, at the end of this chapter,
+# gathers them into the spec. The rest of the program only reads the spec,
+# and the unit tests check it without root.
+#
+# One rule places each flag's parser: in the chapter that carries the flag
+# out. The resource flags, --cgroup-parent and --device are parsed in
+# chapter 8, the network's flags in chapter 9, --security-opt and --cap-*
+# in chapter 10; what belongs to no later chapter (volumes, tmpfs, the
+# environment, the user, the host name) is parsed here.
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -607,53 +614,6 @@ def parse_volume(text):
         raise MiniDockerError("invalid volume %r: unknown option %r (use ro or rw)"
                               % (text, ",".join(unknown)))
     return Volume(absolute_path(source), absolute_path(target), "ro" in options)
-
-
-class Device:
-    __slots__ = ("path", "mode", "rdev", "uid", "gid", "access")
-
-    def __init__(self, path, mode, rdev, uid, gid, access):
-        self.path, self.mode, self.rdev = path, mode, rdev
-        self.uid, self.gid, self.access = uid, gid, access
-
-    def rule(self):
-        """Its line in the device cgroup (chapter 8)."""
-        kind = "b" if stat.S_ISBLK(self.mode) else "c"
-        return (kind, os.major(self.rdev), os.minor(self.rdev), self.access)
-
-    def __repr__(self):
-        return "Device(%r, %r)" % (self.path, self.rule())
-
-
-def parse_device(text):
-    """`--device HOST[:CONTAINER][:PERMS]`, as docker reads it: the node is
-    made at CONTAINER (default: HOST's path) with the host node's type,
-    numbers, mode and owner, and the device cgroup lets the container do
-    PERMS with it: r(ead), w(rite), m(knod), default rwm. The second field
-    is PERMS when it is made of those letters."""
-    parts = text.split(":")
-    if len(parts) > 3 or not parts[0]:
-        raise MiniDockerError("invalid --device %r: expected HOST[:CONTAINER][:PERMS]" % text)
-    host = parts[0]
-    if len(parts) == 2 and re.fullmatch("[rwm]+", parts[1]):
-        target, access = host, parts[1]
-    else:
-        target = parts[1] if len(parts) > 1 and parts[1] else host
-        access = parts[2] if len(parts) == 3 else "rwm"
-    if not re.fullmatch("[rwm]+", access) or len(set(access)) != len(access):
-        raise MiniDockerError("invalid --device %r: permissions %r are not a set of r, w "
-                              "and m" % (text, access))
-    try:
-        st = os.stat(host)
-    except OSError as err:
-        raise MiniDockerError("invalid --device %r: %s: %s" % (text, host, err.strerror))
-    if not stat.S_ISCHR(st.st_mode) and not stat.S_ISBLK(st.st_mode):
-        raise MiniDockerError("invalid --device %r: %s is not a device node" % (text, host))
-    target = os.path.normpath(target)
-    if not target.startswith("/dev/"):
-        raise MiniDockerError("invalid --device %r: the container path must be in /dev, "
-                              "the only place the container's devices can be used" % text)
-    return Device(target, st.st_mode, st.st_rdev, st.st_uid, st.st_gid, access)
 
 
 # Options that mount(8) spells as words but mount(2) takes as flags.
@@ -741,125 +701,6 @@ def check_hostname(name, flag):
                               "in dot-separated labels, at most 64 characters"
                               % (flag, quote(name)))
     return name
-
-
-def check_cgroup_parent(path):
-    """--cgroup-parent is a path inside the hierarchy: no '..' to climb out
-    of it."""
-    if path is None:
-        return None
-    parts = path.split("/")
-    if ".." in parts or "\0" in path or not path.strip("/") or not path.isprintable():
-        raise MiniDockerError("invalid --cgroup-parent %s: expected a path below the cgroup "
-                              "root, without '..'" % quote(path))
-    return "/".join(p for p in parts if p not in ("", "."))
-
-
-def parse_security_opts(options):
-    """Docker's --security-opt: seccomp=PATH or seccomp=unconfined (also the
-    older seccomp:PATH), and no-new-privileges, which minidocker always sets.
-    Returns the seccomp choice: None for the default profile."""
-    choice = None
-    for option in options:
-        key, sep, value = option.partition("=")
-        if not sep:
-            key, _, value = option.partition(":")
-        if key == "seccomp" and value:
-            choice = value
-        elif key == "no-new-privileges" and value in ("", "true"):
-            continue
-        elif key == "no-new-privileges":
-            raise MiniDockerError("--security-opt %s: minidocker always sets no_new_privs" % option)
-        else:
-            raise MiniDockerError("--security-opt %r: minidocker knows seccomp=PATH, "
-                                  "seccomp=unconfined and no-new-privileges" % option)
-    return choice
-
-
-NETWORK_MODES = ("bridge", "none", "host")
-DEFAULT_BRIDGE = "mini-br0"
-DEFAULT_SUBNET = "10.0.0.0/24"
-
-
-def parse_port(text, spec):
-    if not is_number(text) or not 0 < int(text) < 65536:
-        raise MiniDockerError("invalid --publish %r: port %r is not a number from 1 to 65535"
-                              % (spec, text))
-    return int(text)
-
-
-def parse_publish(text):
-    """`-p [IP:]HOSTPORT:CTRPORT[/tcp|/udp]` -> [ip, host port, proto, port]."""
-    import ipaddress
-    rest, _, proto = text.partition("/")
-    parts = rest.split(":")
-    if len(parts) not in (2, 3) or proto not in ("", "tcp", "udp"):
-        raise MiniDockerError("invalid --publish %r: expected [IP:]HOSTPORT:CTRPORT[/tcp|/udp]" % text)
-    host_ip = parts[0] if len(parts) == 3 else "0.0.0.0"
-    try:
-        host_ip = str(ipaddress.IPv4Address(host_ip))
-    except ValueError:
-        raise MiniDockerError("invalid --publish %r: %r is not an IPv4 address" % (text, host_ip))
-    return [host_ip, parse_port(parts[-2], text), proto or "tcp", parse_port(parts[-1], text)]
-
-
-def parse_add_host(text):
-    """`--add-host NAME:IP`; IP may be host-gateway (the bridge's address)."""
-    import ipaddress
-    name, sep, ip = text.partition(":")
-    if not sep or not name or not ip:
-        raise MiniDockerError("invalid --add-host %s: expected NAME:IP" % quote(text))
-    check_hostname(name, "--add-host name")
-    if ip != "host-gateway":
-        try:
-            ip = str(ipaddress.ip_address(ip))
-        except ValueError:
-            raise MiniDockerError("invalid --add-host %r: %r is not an IP address" % (text, ip))
-    return (name, ip)
-
-
-def plan_network(mode, subnet, bridge, publish, dns, add_hosts):
-    """--network and friends -> the network plan (chapter 9 carries it out)."""
-    import ipaddress
-    if mode not in NETWORK_MODES:
-        raise MiniDockerError("unknown --network %r: minidocker knows bridge, none and host" % mode)
-    if mode != "bridge" and (subnet or bridge or publish):
-        raise MiniDockerError("--subnet, --bridge and --publish need --network bridge, not %s" % mode)
-    try:
-        network = ipaddress.IPv4Network(subnet or DEFAULT_SUBNET)
-    except ValueError as err:
-        raise MiniDockerError("invalid --subnet %r: %s" % (subnet, err))
-    if network.prefixlen > 30:
-        raise MiniDockerError("invalid --subnet %r: a /%d has no room for a gateway and a container"
-                              % (subnet, network.prefixlen))
-    check_ifname(bridge or DEFAULT_BRIDGE, "--bridge")
-    ports = [parse_publish(text) for text in publish]
-    seen = set()
-    for host_ip, host_port, proto, _ in ports:
-        if (host_ip, host_port, proto) in seen:
-            raise MiniDockerError("--publish %s:%d/%s is given twice" % (host_ip, host_port, proto))
-        seen.add((host_ip, host_port, proto))
-    for server in dns:
-        try:
-            ipaddress.ip_address(server)
-        except ValueError:
-            raise MiniDockerError("invalid --dns %r: not an IP address" % server)
-    hosts = [parse_add_host(text) for text in add_hosts]
-    if mode != "bridge" and any(ip == "host-gateway" for _, ip in hosts):
-        raise MiniDockerError("--add-host NAME:host-gateway needs --network bridge")
-    return {"mode": mode, "bridge": bridge or DEFAULT_BRIDGE, "subnet": str(network),
-            "ports": ports, "dns": list(dns), "add_hosts": hosts}
-
-
-def plan_security(choice, caps, privileged):
-    """The seccomp filter for the container: the built-in default profile,
-    a profile file, or none. --privileged means unconfined, as in Docker,
-    unless a profile file is named."""
-    if choice == "unconfined" or privileged and choice is None:
-        return None, ["seccomp: unconfined"]
-    if choice is None:
-        return plan_seccomp(DEFAULT_PROFILE, caps, "default")
-    return plan_seccomp(read_profile(choice), caps, choice)
 
 
 def build_spec(args):
@@ -2010,6 +1851,18 @@ def parse_resources(args, host_cpus, online_cpus, online_mems):
     return res
 
 
+def check_cgroup_parent(path):
+    """--cgroup-parent is a path inside the hierarchy: no '..' to climb out
+    of it."""
+    if path is None:
+        return None
+    parts = path.split("/")
+    if ".." in parts or "\0" in path or not path.strip("/") or not path.isprintable():
+        raise MiniDockerError("invalid --cgroup-parent %s: expected a path below the cgroup "
+                              "root, without '..'" % quote(path))
+    return "/".join(p for p in parts if p not in ("", "."))
+
+
 def cpu_weight(shares):
     """cpu.shares (2..262144, default 1024) -> cpu.weight (1..10000, default
     100), the linear map crun documents."""
@@ -2105,6 +1958,53 @@ def device_rule_text(rule):
     kind, major, minor, access = rule
     return "%s %s:%s %s" % (kind, "*" if major is None else major,
                             "*" if minor is None else minor, access)
+
+
+class Device:
+    __slots__ = ("path", "mode", "rdev", "uid", "gid", "access")
+
+    def __init__(self, path, mode, rdev, uid, gid, access):
+        self.path, self.mode, self.rdev = path, mode, rdev
+        self.uid, self.gid, self.access = uid, gid, access
+
+    def rule(self):
+        """Its line in the device cgroup (chapter 8)."""
+        kind = "b" if stat.S_ISBLK(self.mode) else "c"
+        return (kind, os.major(self.rdev), os.minor(self.rdev), self.access)
+
+    def __repr__(self):
+        return "Device(%r, %r)" % (self.path, self.rule())
+
+
+def parse_device(text):
+    """`--device HOST[:CONTAINER][:PERMS]`, as docker reads it: the node is
+    made at CONTAINER (default: HOST's path) with the host node's type,
+    numbers, mode and owner, and the device cgroup lets the container do
+    PERMS with it: r(ead), w(rite), m(knod), default rwm. The second field
+    is PERMS when it is made of those letters."""
+    parts = text.split(":")
+    if len(parts) > 3 or not parts[0]:
+        raise MiniDockerError("invalid --device %r: expected HOST[:CONTAINER][:PERMS]" % text)
+    host = parts[0]
+    if len(parts) == 2 and re.fullmatch("[rwm]+", parts[1]):
+        target, access = host, parts[1]
+    else:
+        target = parts[1] if len(parts) > 1 and parts[1] else host
+        access = parts[2] if len(parts) == 3 else "rwm"
+    if not re.fullmatch("[rwm]+", access) or len(set(access)) != len(access):
+        raise MiniDockerError("invalid --device %r: permissions %r are not a set of r, w "
+                              "and m" % (text, access))
+    try:
+        st = os.stat(host)
+    except OSError as err:
+        raise MiniDockerError("invalid --device %r: %s: %s" % (text, host, err.strerror))
+    if not stat.S_ISCHR(st.st_mode) and not stat.S_ISBLK(st.st_mode):
+        raise MiniDockerError("invalid --device %r: %s is not a device node" % (text, host))
+    target = os.path.normpath(target)
+    if not target.startswith("/dev/"):
+        raise MiniDockerError("invalid --device %r: the container path must be in /dev, "
+                              "the only place the container's devices can be used" % text)
+    return Device(target, st.st_mode, st.st_rdev, st.st_uid, st.st_gid, access)
 
 
 # <linux/bpf.h>: what a BPF_PROG_TYPE_CGROUP_DEVICE program is asked, in r1:
@@ -2536,6 +2436,85 @@ IFNAMSIZ = 16
 MESSAGE_NAMES = {RTM_NEWLINK: "RTM_NEWLINK", RTM_DELLINK: "RTM_DELLINK",
                  RTM_GETLINK: "RTM_GETLINK", RTM_NEWADDR: "RTM_NEWADDR",
                  RTM_GETADDR: "RTM_GETADDR", RTM_NEWROUTE: "RTM_NEWROUTE"}
+
+
+# The flags of `run` that ask for a network, checked and turned into the
+# plan that the rest of this chapter carries out (build_spec, in chapter 3,
+# calls plan_network).
+
+NETWORK_MODES = ("bridge", "none", "host")
+DEFAULT_BRIDGE = "mini-br0"
+DEFAULT_SUBNET = "10.0.0.0/24"
+
+
+def parse_port(text, spec):
+    if not is_number(text) or not 0 < int(text) < 65536:
+        raise MiniDockerError("invalid --publish %r: port %r is not a number from 1 to 65535"
+                              % (spec, text))
+    return int(text)
+
+
+def parse_publish(text):
+    """`-p [IP:]HOSTPORT:CTRPORT[/tcp|/udp]` -> [ip, host port, proto, port]."""
+    import ipaddress
+    rest, _, proto = text.partition("/")
+    parts = rest.split(":")
+    if len(parts) not in (2, 3) or proto not in ("", "tcp", "udp"):
+        raise MiniDockerError("invalid --publish %r: expected [IP:]HOSTPORT:CTRPORT[/tcp|/udp]" % text)
+    host_ip = parts[0] if len(parts) == 3 else "0.0.0.0"
+    try:
+        host_ip = str(ipaddress.IPv4Address(host_ip))
+    except ValueError:
+        raise MiniDockerError("invalid --publish %r: %r is not an IPv4 address" % (text, host_ip))
+    return [host_ip, parse_port(parts[-2], text), proto or "tcp", parse_port(parts[-1], text)]
+
+
+def parse_add_host(text):
+    """`--add-host NAME:IP`; IP may be host-gateway (the bridge's address)."""
+    import ipaddress
+    name, sep, ip = text.partition(":")
+    if not sep or not name or not ip:
+        raise MiniDockerError("invalid --add-host %s: expected NAME:IP" % quote(text))
+    check_hostname(name, "--add-host name")
+    if ip != "host-gateway":
+        try:
+            ip = str(ipaddress.ip_address(ip))
+        except ValueError:
+            raise MiniDockerError("invalid --add-host %r: %r is not an IP address" % (text, ip))
+    return (name, ip)
+
+
+def plan_network(mode, subnet, bridge, publish, dns, add_hosts):
+    """--network and friends -> the network plan (chapter 9 carries it out)."""
+    import ipaddress
+    if mode not in NETWORK_MODES:
+        raise MiniDockerError("unknown --network %r: minidocker knows bridge, none and host" % mode)
+    if mode != "bridge" and (subnet or bridge or publish):
+        raise MiniDockerError("--subnet, --bridge and --publish need --network bridge, not %s" % mode)
+    try:
+        network = ipaddress.IPv4Network(subnet or DEFAULT_SUBNET)
+    except ValueError as err:
+        raise MiniDockerError("invalid --subnet %r: %s" % (subnet, err))
+    if network.prefixlen > 30:
+        raise MiniDockerError("invalid --subnet %r: a /%d has no room for a gateway and a container"
+                              % (subnet, network.prefixlen))
+    check_ifname(bridge or DEFAULT_BRIDGE, "--bridge")
+    ports = [parse_publish(text) for text in publish]
+    seen = set()
+    for host_ip, host_port, proto, _ in ports:
+        if (host_ip, host_port, proto) in seen:
+            raise MiniDockerError("--publish %s:%d/%s is given twice" % (host_ip, host_port, proto))
+        seen.add((host_ip, host_port, proto))
+    for server in dns:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise MiniDockerError("invalid --dns %r: not an IP address" % server)
+    hosts = [parse_add_host(text) for text in add_hosts]
+    if mode != "bridge" and any(ip == "host-gateway" for _, ip in hosts):
+        raise MiniDockerError("--add-host NAME:host-gateway needs --network bridge")
+    return {"mode": mode, "bridge": bridge or DEFAULT_BRIDGE, "subnet": str(network),
+            "ports": ports, "dns": list(dns), "add_hosts": hosts}
 
 
 def nl_attr(kind, payload):
@@ -3919,6 +3898,38 @@ def plan_seccomp(profile, caps, source, machine=MACHINE, release=None):
         notes.append("seccomp: names not in the %s table, ignored: %s"
                      % (machine, " ".join(sorted(set(unknown)))))
     return b"".join(struct.pack(SOCK_FILTER, *i) for i in instructions), notes
+
+
+def parse_security_opts(options):
+    """Docker's --security-opt: seccomp=PATH or seccomp=unconfined (also the
+    older seccomp:PATH), and no-new-privileges, which minidocker always sets.
+    Returns the seccomp choice: None for the default profile."""
+    choice = None
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep:
+            key, _, value = option.partition(":")
+        if key == "seccomp" and value:
+            choice = value
+        elif key == "no-new-privileges" and value in ("", "true"):
+            continue
+        elif key == "no-new-privileges":
+            raise MiniDockerError("--security-opt %s: minidocker always sets no_new_privs" % option)
+        else:
+            raise MiniDockerError("--security-opt %r: minidocker knows seccomp=PATH, "
+                                  "seccomp=unconfined and no-new-privileges" % option)
+    return choice
+
+
+def plan_security(choice, caps, privileged):
+    """The seccomp filter for the container: the built-in default profile,
+    a profile file, or none. --privileged means unconfined, as in Docker,
+    unless a profile file is named."""
+    if choice == "unconfined" or privileged and choice is None:
+        return None, ["seccomp: unconfined"]
+    if choice is None:
+        return plan_seccomp(DEFAULT_PROFILE, caps, "default")
+    return plan_seccomp(read_profile(choice), caps, choice)
 
 
 def load_filter(program):
