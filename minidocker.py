@@ -1218,7 +1218,10 @@ def make_rootfs(dest, use_busybox=True):
     import shutil
     if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
         raise MiniDockerError("mkrootfs: %s exists and is not an empty directory" % dest)
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    parent = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(parent):
+        raise MiniDockerError("mkrootfs: %s: no such directory" % parent)
+    check_safe_destination(parent, is_dest=False)  # before anything is made through it
     with contextlib.suppress(FileExistsError):  # made now, or someone's: then checked
         os.mkdir(dest, 0o755)
     check_safe_destination(dest)
@@ -1236,34 +1239,55 @@ def make_rootfs(dest, use_busybox=True):
     return "host tools: %s" % " ".join(copied)
 
 
-def check_safe_destination(dest):
+def check_safe_destination(dest, is_dest=True):
     """mkrootfs writes by path, as root: no other user may be able to swap
-    a directory on that path for a symlink meanwhile (to /etc, say, whose
-    files would then be overwritten or made world-writable). So dest, if it
-    exists, and every directory above it must be owned by root (or by us)
-    and writable by no one else, or sticky (/tmp: others cannot rename what
-    they do not own there)."""
-    path = os.path.abspath(dest)
-    path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    anything on that path meanwhile (a directory for a symlink to /etc, say,
+    whose files would then be overwritten or made world-writable). So the
+    path is walked as the kernel will walk it, symlinks followed by hand,
+    and every directory it passes must be owned by root (or by us) and
+    writable by no one else, or sticky (/tmp: others cannot rename what they
+    do not own there); every symlink on the way must be root's (or ours) as
+    well; dest itself must be a directory only we can change (is_dest=False
+    checks a parent, which may be sticky as the others)."""
     mine = os.geteuid()
-    checks, here = [], path
-    while True:
-        checks.append(here)
-        if here == "/":
-            break
-        here = os.path.dirname(here)
-    for index, directory in enumerate(checks):
-        try:
-            st = os.lstat(directory)
-        except FileNotFoundError:
+    todo = [part for part in os.path.abspath(dest).split("/") if part]
+    current, hops = "/", 0
+    check_safe_directory("/", os.lstat("/"), mine, last=is_dest and not todo)
+    while todo:
+        name = todo.pop(0)
+        if name in (".", ".."):
+            current = current if name == "." else os.path.dirname(current)
             continue
-        shared = st.st_mode & 0o022 and not (index and st.st_mode & stat.S_ISVTX)
-        if stat.S_ISLNK(st.st_mode) and index == 0 or st.st_uid not in (0, mine) or shared:
-            raise MiniDockerError("mkrootfs: %s is %s: another user could redirect what is "
-                                  "written there; use a directory only root can change"
-                                  % (directory, "a symlink" if stat.S_ISLNK(st.st_mode)
-                                     else "owned by uid %d" % st.st_uid
-                                     if st.st_uid not in (0, mine) else "writable by others"))
+        path = os.path.join(current, name)
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            if not todo and is_dest:
+                raise unsafe_destination(path, "a symlink")
+            if st.st_uid not in (0, mine):
+                raise unsafe_destination(path, "a symlink owned by uid %d" % st.st_uid)
+            hops += 1
+            if hops > MAX_SYMLINKS:
+                raise syscall_error(errno.ELOOP, "mkrootfs %s" % dest)
+            target = os.readlink(path)
+            current = "/" if target.startswith("/") else current
+            todo[:0] = [part for part in target.split("/") if part]
+            continue
+        check_safe_directory(path, st, mine, last=is_dest and not todo)
+        current = path
+
+
+def check_safe_directory(path, st, mine, last):
+    if not stat.S_ISDIR(st.st_mode):
+        raise unsafe_destination(path, "not a directory")
+    if st.st_uid not in (0, mine):
+        raise unsafe_destination(path, "owned by uid %d" % st.st_uid)
+    if st.st_mode & 0o022 and (last or not st.st_mode & stat.S_ISVTX):
+        raise unsafe_destination(path, "writable by others")
+
+
+def unsafe_destination(path, what):
+    return MiniDockerError("mkrootfs: %s is %s: another user could redirect what is written "
+                           "there; use a directory only root can change" % (path, what))
 
 
 def install_busybox(busybox, dest):

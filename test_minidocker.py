@@ -1205,7 +1205,7 @@ def test_escape_review_flag_files_that_never_end(rootfs, tmp_path):
 
 
 @root
-def test_escape_review_mkrootfs_refuses_a_destination_others_control(tmp_path):
+def test_escape_review_mkrootfs_refuses_a_destination_others_control(tmp_path, state):
     shared = tmp_path / "shared"
     shared.mkdir()
     os.chmod(str(shared), 0o1777)
@@ -1220,6 +1220,23 @@ def test_escape_review_mkrootfs_refuses_a_destination_others_control(tmp_path):
     bad(["mkrootfs", str(open_dir / "rootfs")], "is writable by others")
     os.symlink(str(tmp_path / "elsewhere"), str(shared / "link"))
     bad(["mkrootfs", str(shared / "link")], "a symlink")
+    # A path through another user's directory, or through their symlink,
+    # even when it ends in a directory that is root's: they could point it
+    # elsewhere between the check and the writes.
+    safe = tmp_path / "safe"
+    safe.mkdir()
+    att = tmp_path / "att"
+    att.mkdir()
+    os.symlink(str(safe), str(att / "link"))
+    os.chown(str(att), 1000, 1000)
+    bad(["mkrootfs", str(att / "link" / "rootfs")], "att is owned by uid 1000")
+    os.symlink(str(safe), str(shared / "theirlink"))
+    os.lchown(str(shared / "theirlink"), 1000, 1000)
+    bad(["mkrootfs", str(shared / "theirlink" / "rootfs")], "a symlink owned by uid 1000")
+    assert os.listdir(str(safe)) == []
+    os.symlink(str(safe), str(tmp_path / "rootlink"))  # root's own symlink: fine
+    made = minidocker("mkrootfs", str(tmp_path / "rootlink" / "rootfs"))
+    assert made.returncode == 0, made.err
     made = minidocker("mkrootfs", str(shared / "mine"))  # sticky: others cannot swap it
     assert made.returncode == 0, made.err
 
