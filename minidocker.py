@@ -833,9 +833,25 @@ RECORD_FIELDS = {"id": str, "status": str, "rootfs": str, "cgroups": list, "comm
 
 
 def valid_record(record, name):
-    return isinstance(record, dict) and record.get("id") == name[:-len(".json")] and all(
-        isinstance(record.get(key), kinds) for key, kinds in RECORD_FIELDS.items()) and \
-        isinstance(record.get("owner_start"), (int, type(None)))
+    """A record is data that decides what is killed and removed, so every
+    part is checked: the id is one minidocker makes (64 hex digits: never
+    "..", which would turn the layer's path into lib/ itself), each cgroup
+    is the container's own (its last component names the id), and the
+    optional parts have their types."""
+    if not isinstance(record, dict) or not all(
+            isinstance(record.get(key), kinds) for key, kinds in RECORD_FIELDS.items()):
+        return False
+    cid = record["id"]
+    own_cgroup = (cid, "minidocker-" + cid)
+    return re.fullmatch("[0-9a-f]{64}", cid) is not None and cid == name[:-len(".json")] \
+        and all(isinstance(path, str) and os.path.basename(path) in own_cgroup
+                for path in record["cgroups"]) \
+        and isinstance(record.get("cgroup_parents", []), list) \
+        and all(isinstance(path, str) for path in record.get("cgroup_parents", [])) \
+        and isinstance(record.get("network", {}), dict) \
+        and isinstance(record.get("exit_code", 0), int) \
+        and isinstance(record.get("owner_start"), (int, type(None))) \
+        and isinstance(record.get("pid_start"), (int, type(None)))
 
 
 def read_records(paths, malformed=None):
@@ -865,7 +881,8 @@ def read_records(paths, malformed=None):
 
 def owner_alive(record):
     """Is the minidocker process that started this container still running?"""
-    return process_start_time(record["owner"]) == record["owner_start"]
+    started = process_start_time(record["owner"])
+    return started is not None and started == record["owner_start"]
 
 
 class Instance:
@@ -904,6 +921,11 @@ def create_container(paths, spec, cid, cgroups, parents=()):
     return record
 
 
+class LayerError(MiniDockerError):
+    """A layer that cannot be removed (a file made immutable, a full or
+    broken filesystem): the other commands warn and go on."""
+
+
 def remove_container(paths, record):
     """Remove what a stopped container leaves: cgroups, layer, record. The
     record goes last, and only once the layer is gone, so that a layer that
@@ -914,7 +936,7 @@ def remove_container(paths, record):
     try:
         remove_tree(paths.layer(cid))
     except OSError as err:
-        raise MiniDockerError("container %s: cannot remove its layer %s: %s%s"
+        raise LayerError("container %s: cannot remove its layer %s: %s%s"
                               % (cid[:12], paths.layer(cid), err,
                                  " (hint: the container made a file immutable or append-only:"
                                  " chattr -ia it, then rm again)" if err.errno == errno.EPERM
@@ -924,37 +946,49 @@ def remove_container(paths, record):
 
 
 def remove_tree(path):
-    """rm -rf, by directory handles and without recursion: a container's
-    layer may nest directories thousands deep (deeper than Python's
-    recursion limit, which shutil.rmtree hits, and than PATH_MAX), and it
-    may hold symlinks, which are removed, never followed."""
+    """rm -rf, by directory handles, without recursion and with two
+    handles open at most: a container's layer may nest directories
+    thousands deep (deeper than Python's recursion limit, which
+    shutil.rmtree hits, than PATH_MAX, and than the open-file limit), and
+    it may hold symlinks, which are removed, never followed. Going back up
+    is by "..", checked against the directory noted on the way down."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        stack = [(os.open(path, flags), None)]  # (directory, its name in the one below)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         return
+    above = []  # (device, inode) of each directory passed, and the name taken from it
     try:
-        while stack:
-            fd = stack[-1][0]
+        while True:
             child = None
             with os.scandir(fd) as entries:
                 for entry in entries:
                     if entry.is_dir(follow_symlinks=False):
                         child = entry.name
                         break
-                    os.unlink(entry.name, dir_fd=fd)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.name, dir_fd=fd)
             if child is not None:
-                stack.append((os.open(child, flags, dir_fd=fd), child))
+                here = os.fstat(fd)
+                below = os.open(child, flags, dir_fd=fd)
+                os.close(fd)
+                fd = below
+                above.append((here.st_dev, here.st_ino, child))
                 continue
+            if not above:
+                break
+            device, inode, name = above.pop()
+            parent = os.open("..", flags, dir_fd=fd)
             os.close(fd)
-            _, name = stack.pop()
-            if stack:
-                os.rmdir(name, dir_fd=stack[-1][0])
+            fd = parent
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (device, inode):
+                raise syscall_error(errno.EBUSY, "remove %s: a directory moved meanwhile" % path)
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(name, dir_fd=fd)
     finally:
-        for fd, _ in stack:
-            os.close(fd)
+        os.close(fd)
     os.rmdir(path)
-
 
 def reclaim_dead(paths):
     """Containers whose minidocker died (kill -9) are finished here: their
@@ -1009,7 +1043,7 @@ def reclaim_locked(paths):
         if record["remove"]:
             try:
                 remove_container(paths, record)
-            except MiniDockerError as err:  # one bad layer must not stop every command
+            except LayerError as err:  # one bad layer must not stop every command
                 warn(str(err))
         else:
             remove_cgroups(record.get("cgroups", []))
@@ -4791,7 +4825,7 @@ def run_container(spec, paths):
         # 6. to 9. The child, from fork to the command's execve.
         pid, master, pending = start_container(spec, instance, signals, on_ready)
         started = True
-        record.update(status="running", pid=pid)
+        record.update(status="running", pid=pid, pid_start=process_start_time(pid))
         write_record(paths, record)
         # 10. Until the command ends; then everything the run made goes.
         code = exit_code(wait_for_container(pid, signals, master, spec.interactive, pending))
@@ -4809,7 +4843,7 @@ def run_container(spec, paths):
             if spec.remove or not started:
                 try:
                     remove_container(paths, record)
-                except MiniDockerError as err:  # the exit code (or first error) comes first
+                except LayerError as err:  # the exit code (or first error) comes first
                     warn(str(err))
     if not spec.remove:
         record.update(status="exited", exit_code=code)
@@ -4845,14 +4879,24 @@ def cmd_rm(args):
         if args.force and remove_malformed(paths, prefix):
             continue
         record = find_container(paths, prefix)
-        if record["status"] == "running" and owner_alive(record):
+        if record["status"] in ("created", "running") and owner_alive(record):
             if not args.force:
                 raise MiniDockerError("container %s is running: stop it or use rm -f"
                                       % record["id"][:12])
-            os.kill(record["pid"], signal.SIGKILL)
-            deadline = time.monotonic() + 10
+            # Only the container's own init: its pid may have ended and been
+            # reused while its minidocker cleans up (the start time tells).
+            started = process_start_time(record["pid"]) if record["pid"] else None
+            if started is not None and started == record.get("pid_start"):
+                os.kill(record["pid"], signal.SIGKILL)
+            deadline = time.monotonic() + 30
             while owner_alive(record) and time.monotonic() < deadline:
                 time.sleep(0.02)
+            if owner_alive(record):
+                raise MiniDockerError("container %s: its minidocker (pid %d) is still removing "
+                                      "it; try again" % (record["id"][:12], record["owner"]))
+            if not os.path.exists(paths.record(record["id"])):
+                print(record["id"][:12])  # its minidocker removed it (--rm)
+                continue
         remove_container(paths, record)
         print(record["id"][:12])
     return 0

@@ -1154,14 +1154,23 @@ def test_scratch_image_runs_as_root_without_passwd(rootfs, tmp_path):
 def test_escape_review_deep_layer_does_not_wedge_minidocker(rootfs):
     """1,200 nested directories in a layer: shutil.rmtree's recursion gave
     up, the run lost its exit code, and every later command failed."""
+    import resource
     deep = "cd /tmp; i=0; while [ $i -lt 1200 ]; do mkdir d; cd d; i=$((i+1)); done; exit 3"
-    assert sh(rootfs, deep).returncode == 3
-    kept = minidocker("run", "--network=none", rootfs, "sh", "-c", deep)
-    assert kept.returncode == 3, kept.err
-    (record,) = records_now()
-    assert minidocker("ps", "-a").returncode == 0
-    removed = minidocker("rm", record["id"])
-    assert removed.returncode == 0 and removed.err == "", removed.err
+    # Deeper than a common open-file limit too: one handle per level would
+    # run out (EMFILE) where the recursion no longer does.
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, limits[1]))
+    try:
+        result = sh(rootfs, deep)
+        assert result.returncode == 3 and result.err == "", result.err
+        kept = minidocker("run", "--network=none", rootfs, "sh", "-c", deep)
+        assert kept.returncode == 3, kept.err
+        (record,) = records_now()
+        assert minidocker("ps", "-a").returncode == 0
+        removed = minidocker("rm", record["id"])
+        assert removed.returncode == 0 and removed.err == "", removed.err
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
     assert_nothing_left()
 
 
@@ -1576,6 +1585,93 @@ def test_fault_malformed_records_are_skipped_and_removable(rootfs):
         removed = minidocker("rm", "-f", name)
         assert removed.returncode == 0, removed.err
     assert os.listdir(paths.records) == []
+    assert_nothing_left()
+
+
+@root
+def test_fault_records_that_look_right_but_are_not(rootfs, state):
+    """Records a careless script (or an attacker with root) could leave:
+    an id of "..", which made the layer's path lib/ itself, and parts of the
+    wrong type or that name another's cgroup. Each is skipped, and nothing
+    else is touched."""
+    paths = md.Paths()
+    os.makedirs(paths.records, exist_ok=True)
+    keep = os.path.join(paths.containers, "f" * 64)
+    os.makedirs(keep)  # a layer that must survive
+    good = {"status": "running", "rootfs": "/", "cgroups": [], "command": ["true"],
+            "remove": True, "pid": 1, "owner": 999999, "owner_start": 1, "created": 0}
+    cid = "e" * 64
+    cases = [("..", dict(good, id="..")), (cid, dict(good, id=cid, network=5)),
+             (cid, dict(good, id=cid, cgroup_parents=7)),
+             (cid, dict(good, id=cid, cgroups=["/sys/fs/cgroup/pids"])),
+             (cid, dict(good, id=cid, exit_code="3"))]
+    for name, record in cases:
+        with open(os.path.join(paths.records, name + ".json"), "w") as handle:
+            json.dump(record, handle)
+        listing = minidocker("ps", "-a")
+        assert listing.returncode == 0 and "is not a valid container record" in listing.err
+        assert "Traceback" not in listing.err and "internal error" not in listing.err
+        assert os.path.isdir(keep) and os.path.isdir(paths.containers)
+        assert minidocker("rm", "-f", name).returncode == 0
+    os.rmdir(keep)
+    # A dead owner whose start time was lost (null) is dead, not alive forever.
+    with open(paths.record(cid), "w") as handle:
+        json.dump(dict(good, id=cid, owner_start=None, remove=False), handle)
+    assert " exited(?) " in minidocker("ps", "-a").out
+    assert minidocker("rm", cid).returncode == 0
+    assert_nothing_left()
+
+
+@root
+def test_fault_rm_f_kills_no_stranger_with_a_reused_pid(rootfs):
+    """While a --rm container's layer is being removed, its init is gone
+    and its pid may be given to another process: rm -f must not kill it."""
+    script = "cd /tmp; i=0; while [ $i -lt 6000 ]; do mkdir d$i; i=$((i+1)); done"
+    for _ in range(5):
+        proc = subprocess.Popen(MINIDOCKER + ["run", "--network=none", "--rm", rootfs, "sh",
+                                              "-c", script], stdin=subprocess.DEVNULL)
+        stranger = None
+        try:
+            record = running_record()
+            init = record["pid"]
+            while os.path.exists("/proc/%d" % init):
+                time.sleep(0.005)
+            if proc.poll() is not None or not os.path.exists(md.Paths().record(record["id"])):
+                continue  # the cleanup was too quick to catch: again
+            with open("/proc/sys/kernel/ns_last_pid", "w") as handle:
+                handle.write(str(init - 1))
+            stranger = subprocess.Popen(["sleep", "60"])
+            if stranger.pid != init:
+                continue
+            assert minidocker("rm", "-f", record["id"]).returncode == 0
+            assert stranger.poll() is None, "rm -f killed a process that was not the container"
+            break
+        finally:
+            if stranger is not None:
+                stranger.kill()
+                stranger.wait()
+            proc.wait(timeout=60)
+    else:
+        raise AssertionError("never caught the cleanup with the pid reused")
+    assert_nothing_left()
+
+
+@root
+def test_fault_ctrl_c_during_reclaim_ends_ps(rootfs):
+    """SIGINT while ps reclaims a big layer: ps ends (130, one line), it
+    does not take the interrupt for one more layer it could not remove."""
+    script = "cd /tmp; i=0; while [ $i -lt 8000 ]; do mkdir d$i; i=$((i+1)); done; " \
+        "echo made; sleep 60"
+    with started(rootfs, "sh", "-c", script) as proc:
+        assert proc.stdout.readline() == b"made\n"
+        proc.kill()
+    listing = subprocess.Popen(MINIDOCKER + ["ps", "-a"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    os.kill(listing.pid, signal.SIGINT)
+    err = listing.communicate(timeout=60)[1].decode()
+    assert listing.returncode == 130 and err == "minidocker: error: interrupted by SIGINT\n", err
+    assert minidocker("ps", "-a").returncode == 0  # the next one finishes the reclaim
     assert_nothing_left()
 
 
