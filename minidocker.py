@@ -2251,12 +2251,7 @@ def create_cgroups(cgroup_plan, res):
                                       controllers - BPF_CONTROLLERS)
             elif "cpuset" in controllers:
                 inherit_cpuset(mount_point, os.path.dirname(path))
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                os.mkdir(path)
-            except FileNotFoundError:  # a parent another container just removed
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                os.mkdir(path)
+            make_cgroup(path)
             made.append(path)
             if version == 1 and "cpuset" in controllers:
                 inherit_cpuset(mount_point, path)
@@ -2269,6 +2264,22 @@ def create_cgroups(cgroup_plan, res):
         remove_cgroups(made)
         raise
     return made
+
+
+def make_cgroup(path):
+    """mkdir a cgroup and what is missing above it; a parent that another
+    container removed meanwhile is made again. A path through a file of the
+    hierarchy (--cgroup-parent cgroup.procs) is one line."""
+    for attempt in (1, 2):
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.mkdir(path)
+            return
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+        except OSError as err:
+            raise MiniDockerError("cgroup: cannot make %s: %s" % (path, err.strerror))
 
 
 def missing_parents(cgroup_plan):

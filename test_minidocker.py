@@ -1325,6 +1325,7 @@ def test_submounts_from_mountinfo():
     (["--hostname", "x" * 65], "invalid --hostname 'xxxx"),
     (["--cgroup-parent", "../../x"], "invalid --cgroup-parent '../../x'"),
     (["--cgroup-parent", "a/../.."], "invalid --cgroup-parent"),
+    (["--cgroup-parent", "cgroup.procs"], "cgroup: cannot make "),
 ])
 def test_bad_identity_and_names(rootfs, args, message):
     bad(["run", "--rm"] + args + [rootfs, "true"], message)
