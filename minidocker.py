@@ -2332,7 +2332,11 @@ def enable_v2_controllers(mount_point, parent, controllers):
         if step is not None:
             directory = os.path.join(directory, step)
             if not os.path.isdir(directory):
-                os.mkdir(directory)
+                try:
+                    os.mkdir(directory)
+                except OSError as err:  # a file of the hierarchy on the way
+                    raise MiniDockerError("cgroup: cannot make %s: %s"
+                                          % (directory, err.strerror))
         enabled = read_text(os.path.join(directory, "cgroup.subtree_control")).split()
         for controller in sorted(controllers - set(enabled)):
             write_cgroup_file(directory, "cgroup.subtree_control", "+" + controller)
