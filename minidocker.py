@@ -166,9 +166,11 @@ def debug(enabled, message):
 
 # === 2. libc bindings and kernel constants ===
 # Every libc function and raw system call is bound here, once, with its
-# argument types, and the wrappers raise SyscallError naming the call on a
-# failure (-1). (Chapters 10 and 11 still build a few ctypes buffers for
-# capset, seccomp and the BPF program's bytes.) Constants carry the header
+# argument types and its error check: a binding that returns -1 raises
+# SyscallError by itself, so no caller can forget to look. The wrappers
+# below only rename the error after what they were doing, and add a hint
+# for the errno that has a usual cause. (Chapter 10 still builds the
+# buffers that capset, seccomp and bpf read.) Constants carry the header
 # they come from.
 
 _libc = ctypes.CDLL(None, use_errno=True)  # the libc this python links against
@@ -178,17 +180,34 @@ _c_ulong = ctypes.c_ulong
 _c_long = ctypes.c_long
 
 
-def _bind(name, argtypes, restype=_c_int):
+def _fail_on_minus_one(result, func, args):
+    """The errcheck of every binding: ctypes calls it with each result.
+    libc and syscall(2) report a failure as -1 with errno set."""
+    if result == -1:
+        raise syscall_error(ctypes.get_errno(), func.call)
+    return result
+
+
+def _bind(name, argtypes, restype=_c_int, call=None):
+    """libc's `name`, typed and checked. `call` names a raw system call
+    made through syscall(2), for the error of a caller that does not
+    rename it."""
     func = _libc[name]  # a new function object: argtypes belong to one binding
     func.argtypes = argtypes
     func.restype = restype
+    func.call = call or name
+    func.errcheck = _fail_on_minus_one
     return func
 
 
-def _check(result, call):
-    if result == -1:
-        raise syscall_error(ctypes.get_errno(), call)
-    return result
+@contextlib.contextmanager
+def failing_as(call, hints=None):
+    """Rename a failed binding's error after what the caller was doing
+    (`mount overlay on /x`), with the hint that `hints` gives its errno."""
+    try:
+        yield
+    except SyscallError as err:
+        raise syscall_error(err.errno, call, (hints or {}).get(err.errno)) from None
 
 
 def _b(text):
@@ -387,63 +406,62 @@ _sethostname = _bind("sethostname", [_c_str, ctypes.c_size_t])
 _prctl = _bind("prctl", [_c_int, _c_ulong, _c_ulong, _c_ulong, _c_ulong])
 _capset = _bind("capset", [ctypes.c_void_p, ctypes.c_void_p])
 _socket = _bind("socket", [_c_int, _c_int, _c_int])
-_syscall = _bind("syscall", [_c_long, _c_str, _c_str], _c_long)  # pivot_root
+_pivot_root = _bind("syscall", [_c_long, _c_str, _c_str], _c_long, "pivot_root")
 _seccomp = _bind("syscall", [_c_long, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p],
-                 _c_long)
-_bpf = _bind("syscall", [_c_long, _c_int, ctypes.c_void_p, ctypes.c_uint], _c_long)
+                 _c_long, "seccomp")
+_bpf = _bind("syscall", [_c_long, _c_int, ctypes.c_void_p, ctypes.c_uint], _c_long, "bpf")
 _mount_setattr = _bind("syscall", [_c_long, _c_int, _c_str, ctypes.c_uint, ctypes.c_void_p,
-                                   ctypes.c_size_t], _c_long)
+                                   ctypes.c_size_t], _c_long, "mount_setattr")
 
 
 def mount(source, target, fstype, flags=0, data=None, shown=None):
     """mount(2). `shown` is the path to name in errors when `target` is a
     /proc/self/fd/N handle that would mean nothing to the user."""
-    result = _mount(_b(source), _b(target), _b(fstype), flags, _b(data))
-    if result == -1:
-        err = ctypes.get_errno()
-        what = "mount %s on %s" % (fstype or source or "(remount)", shown or target)
-        raise syscall_error(err, what, MOUNT_HINTS.get((fstype, err)))
+    what = "mount %s on %s" % (fstype or source or "(remount)", shown or target)
+    with failing_as(what, MOUNT_HINTS.get(fstype)):
+        _mount(_b(source), _b(target), _b(fstype), flags, _b(data))
 
 
-MOUNT_HINTS = {
-    ("overlay", errno.EINVAL): "the state directory (MINIDOCKER_ROOT) must be on a "
-                     "filesystem that can hold an overlay upper layer, such "
-                     "as ext4, xfs or tmpfs, and ROOTFS must not contain it",
-    ("overlay", errno.ENODEV): "the overlay module is not loaded: modprobe overlay",
-}
+MOUNT_HINTS = {"overlay": {
+    errno.EINVAL: "the state directory (MINIDOCKER_ROOT) must be on a "
+                  "filesystem that can hold an overlay upper layer, such "
+                  "as ext4, xfs or tmpfs, and ROOTFS must not contain it",
+    errno.ENODEV: "the overlay module is not loaded: modprobe overlay",
+}}
 
 
 def umount2(target, flags):
-    _check(_umount2(_b(target), flags), "umount2(%s)" % target)
+    with failing_as("umount2(%s)" % target):
+        _umount2(_b(target), flags)
 
 
 def unshare(flags):
-    if _unshare(flags) == -1:
-        err = ctypes.get_errno()
-        names = ",".join(n for f, n in NAMESPACE_NAMES.items() if flags & f)
-        raise syscall_error(err, "unshare(%s)" % names,
-                            "needs root in the initial user namespace" if err == errno.EPERM else None)
+    names = ",".join(n for f, n in NAMESPACE_NAMES.items() if flags & f)
+    with failing_as("unshare(%s)" % names,
+                    {errno.EPERM: "needs root in the initial user namespace"}):
+        _unshare(flags)
 
 
 def sethostname(name):
     raw = name.encode()
-    _check(_sethostname(raw, len(raw)), "sethostname(%s)" % name)
+    with failing_as("sethostname(%s)" % name):
+        _sethostname(raw, len(raw))
 
 
 def prctl(option, arg2=0, what="prctl"):
-    _check(_prctl(option, arg2, 0, 0, 0), what)
+    with failing_as(what):
+        _prctl(option, arg2, 0, 0, 0)
 
 
 def pivot_root(new_root, put_old):
     if "pivot_root" not in SYSCALLS:
         raise MiniDockerError("pivot_root: unsupported architecture %s" % MACHINE)
-    if _syscall(SYSCALLS["pivot_root"], _b(new_root), _b(put_old)) == -1:
-        err = ctypes.get_errno()
-        # EINVAL is what pivot_root(2) says when the current root is the
-        # initramfs (rootfs), which cannot be pivoted away from.
-        raise syscall_error(err, "pivot_root(%s)" % new_root,
-                            "the host's root must not be an initramfs (rootfs); run from a "
-                            "real root filesystem" if err == errno.EINVAL else None)
+    # EINVAL is what pivot_root(2) says when the current root is the
+    # initramfs (rootfs), which cannot be pivoted away from.
+    with failing_as("pivot_root(%s)" % new_root,
+                    {errno.EINVAL: "the host's root must not be an initramfs (rootfs); "
+                                   "run from a real root filesystem"}):
+        _pivot_root(SYSCALLS["pivot_root"], _b(new_root), _b(put_old))
 
 
 # <linux/mount.h>: mount_setattr(2), Linux 5.12, which changes one attribute
@@ -463,9 +481,9 @@ def mount_setattr(fd, attr_set, shown):
     """mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE): set attr_set on
     the mount that fd names and on every mount under it."""
     attr = ctypes.create_string_buffer(struct.pack(MOUNT_ATTR, attr_set, 0, 0, 0))
-    if _mount_setattr(SYSCALLS["mount_setattr"], fd, b"", AT_EMPTY_PATH | AT_RECURSIVE,
-                      attr, len(attr.raw)) == -1:
-        raise syscall_error(ctypes.get_errno(), "mount_setattr(%s)" % shown)
+    with failing_as("mount_setattr(%s)" % shown):
+        _mount_setattr(SYSCALLS["mount_setattr"], fd, b"", AT_EMPTY_PATH | AT_RECURSIVE,
+                       attr, len(attr.raw))
 
 
 # <linux/bpf.h>: bpf(2), which glibc does not wrap, for the device cgroup's
@@ -508,30 +526,31 @@ def bpf_prog_load(prog_type, code, name):
             ctypes.addressof(license), level, BPF_LOG_SIZE if level else 0,
             ctypes.addressof(log) if level else 0, 0, 0, name.encode()))
 
-    fd = load(0)
-    if fd == -1:
-        err = ctypes.get_errno()
-        if err in (errno.EINVAL, errno.EACCES) and load(1) == -1:
-            lines = log.value.decode(errors="replace").strip().splitlines()
-            raise syscall_error(err, "bpf(BPF_PROG_LOAD, %s)" % name,
-                                "verifier: %s" % lines[-1] if lines
-                                else "the kernel needs CONFIG_CGROUP_BPF")
-        raise syscall_error(err, "bpf(BPF_PROG_LOAD, %s)" % name)
-    return fd
+    call = "bpf(BPF_PROG_LOAD, %s)" % name
+    try:
+        return load(0)
+    except SyscallError as err:
+        if err.errno not in (errno.EINVAL, errno.EACCES):
+            raise syscall_error(err.errno, call) from None
+    try:
+        return load(1)
+    except SyscallError as err:
+        lines = log.value.decode(errors="replace").strip().splitlines()
+        raise syscall_error(err.errno, call, "verifier: %s" % lines[-1] if lines
+                            else "the kernel needs CONFIG_CGROUP_BPF") from None
 
 
 def bpf_prog_attach(target_fd, prog_fd, attach_type, flags):
     attr = struct.pack(BPF_ATTR_PROG_ATTACH, target_fd, prog_fd, attach_type, flags)
-    if _bpf_call(BPF_PROG_ATTACH, attr) == -1:
-        err = ctypes.get_errno()
-        raise syscall_error(err, "bpf(BPF_PROG_ATTACH)",
-                            "the kernel needs CONFIG_CGROUP_BPF" if err == errno.EINVAL else None)
+    with failing_as("bpf(BPF_PROG_ATTACH)",
+                    {errno.EINVAL: "the kernel needs CONFIG_CGROUP_BPF"}):
+        _bpf_call(BPF_PROG_ATTACH, attr)
 
 
 def set_stage_name(name):
     """Name this process for ps(1) (comm is 15 bytes at most)."""
     buffer = ctypes.create_string_buffer(name.encode())
-    _check(_prctl(PR_SET_NAME, ctypes.addressof(buffer), 0, 0, 0), "prctl(PR_SET_NAME)")
+    prctl(PR_SET_NAME, ctypes.addressof(buffer), what="prctl(PR_SET_NAME)")
 
 
 # === 3. Configuration: flags into one validated spec ===
@@ -1722,7 +1741,8 @@ CHILD_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET
 def bring_up_loopback():
     """`ip link set lo up` through the SIOCSIFFLAGS ioctl of netdevice(7):
     a new network namespace has only lo, and it is down."""
-    fd = _check(_socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket(AF_INET)")
+    with failing_as("socket(AF_INET)"):
+        fd = _socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)
     try:
         request = struct.pack("16sh22x", b"lo", 0)  # struct ifreq: name, flags
         flags = struct.unpack_from("16sh", fcntl.ioctl(fd, SIOCGIFFLAGS, request))[1]
@@ -2266,20 +2286,34 @@ def create_cgroups(cgroup_plan, res):
     return made
 
 
+def mkdir_cgroup(path, exist_ok=False):
+    """mkdir one cgroup directory, on either version. Every failure is the
+    same one line naming it: a path through a file of the hierarchy (as
+    --cgroup-parent x/cgroup.procs) is EEXIST or ENOTDIR here."""
+    try:
+        os.mkdir(path)
+    except OSError as err:
+        if not (exist_ok and err.errno == errno.EEXIST and os.path.isdir(path)):
+            raise MiniDockerError("cgroup: cannot make %s: %s" % (path, err.strerror))
+
+
 def make_cgroup(path):
     """mkdir a cgroup and what is missing above it; a parent that another
-    container removed meanwhile is made again. A path through a file of the
-    hierarchy (--cgroup-parent cgroup.procs) is one line."""
+    container removed meanwhile is made again, once."""
     for attempt in (1, 2):
+        missing = []
+        directory = os.path.dirname(path)
+        while not os.path.isdir(directory):
+            missing.insert(0, directory)
+            directory = os.path.dirname(directory)
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            os.mkdir(path)
+            for directory in missing:
+                mkdir_cgroup(directory, exist_ok=True)
+            mkdir_cgroup(path)
             return
-        except FileNotFoundError:
-            if attempt == 2:
+        except MiniDockerError:  # ENOENT: a parent was removed under us
+            if attempt == 2 or os.path.isdir(os.path.dirname(path)):
                 raise
-        except OSError as err:
-            raise MiniDockerError("cgroup: cannot make %s: %s" % (path, err.strerror))
 
 
 def missing_parents(cgroup_plan):
@@ -2332,11 +2366,7 @@ def enable_v2_controllers(mount_point, parent, controllers):
         if step is not None:
             directory = os.path.join(directory, step)
             if not os.path.isdir(directory):
-                try:
-                    os.mkdir(directory)
-                except OSError as err:  # a file of the hierarchy on the way
-                    raise MiniDockerError("cgroup: cannot make %s: %s"
-                                          % (directory, err.strerror))
+                mkdir_cgroup(directory, exist_ok=True)
         enabled = read_text(os.path.join(directory, "cgroup.subtree_control")).split()
         for controller in sorted(controllers - set(enabled)):
             write_cgroup_file(directory, "cgroup.subtree_control", "+" + controller)
@@ -3571,7 +3601,8 @@ def set_capabilities(effective_permitted):
     data = ctypes.create_string_buffer(
         struct.pack(CAP_DATA, mask & 0xFFFFFFFF, mask & 0xFFFFFFFF, 0)
         + struct.pack(CAP_DATA, mask >> 32, mask >> 32, 0))
-    _check(_capset(header, data), "capset(0x%x)" % mask)
+    with failing_as("capset(0x%x)" % mask):
+        _capset(header, data)
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
 
 
@@ -4012,11 +4043,9 @@ def load_filter(program):
     code = ctypes.create_string_buffer(program, len(program))
     fprog = ctypes.create_string_buffer(
         struct.pack(SOCK_FPROG, len(program) // 8, ctypes.addressof(code)))
-    if _seccomp(SYSCALLS["seccomp"], SECCOMP_SET_MODE_FILTER, 0, fprog) == -1:
-        err = ctypes.get_errno()
-        raise syscall_error(err, "seccomp(SECCOMP_SET_MODE_FILTER)",
-                            "the kernel needs CONFIG_SECCOMP_FILTER" if err == errno.EINVAL
-                            else None)
+    with failing_as("seccomp(SECCOMP_SET_MODE_FILTER)",
+                    {errno.EINVAL: "the kernel needs CONFIG_SECCOMP_FILTER"}):
+        _seccomp(SYSCALLS["seccomp"], SECCOMP_SET_MODE_FILTER, 0, fprog)
 
 
 # The default profile: an allowlist, Docker's approach. What a process

@@ -336,6 +336,30 @@ def test_capset_struct_bytes():
         bytes.fromhex("2205082000000000")
 
 
+def test_every_binding_checks_its_errors():
+    """Each libc binding carries its error check where it is declared, so no
+    caller can forget it: a failed call raises SyscallError naming the call,
+    and a wrapper renames it with a hint only for the errno that the hint
+    explains."""
+    bindings = [value for name, value in vars(md).items()
+                if isinstance(value, md._libc._FuncPtr)]
+    assert len(bindings) == 11
+    assert all(binding.errcheck is md._fail_on_minus_one for binding in bindings)
+    with pytest.raises(md.SyscallError) as raw:
+        md._pivot_root(md.SYSCALLS["pivot_root"], b"/nonexistent/md", b"/nonexistent/md")
+    assert str(raw.value).startswith("pivot_root: ")
+    with pytest.raises(md.SyscallError) as renamed:
+        md.pivot_root("/nonexistent/md", "/nonexistent/md")
+    # ENOENT (as root) or EPERM: either way not the initramfs's EINVAL
+    assert renamed.value.errno in (errno.ENOENT, errno.EPERM)
+    assert str(renamed.value) == "pivot_root(/nonexistent/md): " + os.strerror(renamed.value.errno)
+    with pytest.raises(md.SyscallError) as unhinted:  # overlay's hints: EINVAL, ENODEV
+        md.mount("overlay", "/nonexistent/md", "overlay", data="lowerdir=/")
+    assert unhinted.value.errno in (errno.ENOENT, errno.EPERM)
+    assert str(unhinted.value) == "mount overlay on /nonexistent/md: " + \
+        os.strerror(unhinted.value.errno)
+
+
 def test_resolve_user():
     passwd = md.parse_passwd("root:x:0:0:root:/root:/bin/sh\n"
                              "alice:x:1000:1000::/home/alice:/bin/sh\nbroken line\n")
