@@ -13,7 +13,7 @@ to its first instruction. `grep -n '^# ===' minidocker.py` prints them:
     4. state on disk               11. the process: stages, init, terminal
     5. images: mkrootfs, ELF       12. commands
     6. filesystem: overlay, mounts, /dev, pivot_root
-    7. namespaces                  13. argparse and main()
+    7. namespaces, loopback        13. argparse and main()
 
 Needs: Linux >= 4.14 (TIOCGPTPEER for the terminal, SECCOMP_RET_KILL_PROCESS;
 4.15 on cgroup v2, for the device cgroup's BPF program), overlayfs, root
@@ -53,10 +53,13 @@ import time
 # extension module (fcntl is one in many builds) would fail to load.
 
 # === 1. Errors and messages ===
-# Helpers raise; only main() prints and exits (as tini does). Exit codes follow
-# `docker run`: 125 when minidocker itself fails, 126 when the command exists
-# but cannot be executed, 127 when it is not found, 128+N when the container's
-# process was killed by signal N, and otherwise the command's own status.
+# Helpers raise; only main() writes messages and exits (as tini does): the
+# commands write nothing but their output (ps's table, rm's ids). Exit codes
+# follow `docker run`: 125 when minidocker itself fails, 126 when the command
+# exists but cannot be executed, 127 when it is not found, 128+N when the
+# container's process was killed by signal N (and when minidocker's own
+# start-up is ended by signal N, as a shell reports it), and otherwise the
+# command's own status.
 
 EXIT_RUNTIME = 125
 EXIT_CANNOT_EXEC = 126
@@ -155,7 +158,7 @@ WARNINGS = []  # what the user should know and that did not stop the command
 
 def warn(message):
     """Noted for main() to print once the command is done: only main()
-    writes to the user (as tini does), apart from --debug's trace."""
+    writes messages (as tini does), apart from --debug's trace."""
     WARNINGS.append(message)
 
 
@@ -169,9 +172,10 @@ def debug(enabled, message):
 # argument types and its error check: a binding that returns -1 raises
 # SyscallError by itself, so no caller can forget to look. The wrappers
 # below only rename the error after what they were doing, and add a hint
-# for the errno that has a usual cause. (Chapter 10 still builds the
-# buffers that capset, seccomp and bpf read.) Constants carry the header
-# they come from.
+# for the errno that has a usual cause. The buffers that a call reads
+# (struct mount_attr, bpf_attr, the capability sets, the seccomp program)
+# are built with struct beside the call that takes them. Constants carry
+# the header they come from.
 
 _libc = ctypes.CDLL(None, use_errno=True)  # the libc this python links against
 _c_str = ctypes.c_char_p
@@ -256,11 +260,18 @@ TIOCGWINSZ = 0x5413
 TIOCSWINSZ = 0x5414
 TIOCSPTLCK = 0x40045431  # _IOW('T', 0x31, int)
 TIOCGPTPEER = 0x5441     # _IO('T', 0x41), Linux 4.13
+WINSIZE_ZERO = struct.pack("=HHHH", 0, 0, 0, 0)  # struct winsize: rows, cols, x and y pixels
 
-# <linux/sockios.h>, <net/if.h>: bringing loopback up without netlink.
+# <linux/sockios.h>, <net/if.h>: bringing loopback up without netlink, on
+# a socket of <sys/socket.h>'s kinds (bits/socket.h, bits/socket_type.h).
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
+IFNAMSIZ = 16           # <linux/if.h>: an interface name, NUL included
+# struct ifreq (40 bytes): the name, then a union of which the flags'
+# ioctls use one short.
+IFREQ_FLAGS = "=%dsh22x" % IFNAMSIZ
+assert struct.calcsize(IFREQ_FLAGS) == 40
 AF_INET = 2
 SOCK_DGRAM = 2
 SOCK_CLOEXEC = 0o2000000
@@ -456,11 +467,14 @@ def prctl(option, arg2=0, what="prctl"):
 def pivot_root(new_root, put_old):
     if "pivot_root" not in SYSCALLS:
         raise MiniDockerError("pivot_root: unsupported architecture %s" % MACHINE)
-    # EINVAL is what pivot_root(2) says when the current root is the
-    # initramfs (rootfs), which cannot be pivoted away from.
+    # pivot_root(2) lists six causes of EINVAL. Four cannot happen here:
+    # new_root is our own overlay mount, put_old is new_root itself, and
+    # every mount was made private first. Two remain, both the host's: the
+    # current root is the initramfs (rootfs), or it is not a mount point at
+    # all (minidocker run inside a chroot).
     with failing_as("pivot_root(%s)" % new_root,
-                    {errno.EINVAL: "the host's root must not be an initramfs (rootfs); "
-                                   "run from a real root filesystem"}):
+                    {errno.EINVAL: "the current root must be a mount point of a real "
+                                   "filesystem: not an initramfs (rootfs), not a chroot"}):
         _pivot_root(SYSCALLS["pivot_root"], _b(new_root), _b(put_old))
 
 
@@ -492,7 +506,7 @@ BPF_PROG_LOAD = 5                  # enum bpf_cmd
 BPF_PROG_ATTACH = 8
 BPF_PROG_TYPE_CGROUP_DEVICE = 15   # enum bpf_prog_type, Linux 4.15
 BPF_CGROUP_DEVICE = 6              # enum bpf_attach_type
-BPF_F_ALLOW_MULTI = 1 << 1         # the parent's programs run too, ours after them
+BPF_F_ALLOW_MULTI = 1 << 1         # our cgroup's descendants may add programs of their own
 BPF_LOG_SIZE = 1 << 16             # the verifier's explanation, asked for on refusal
 
 #   union bpf_attr, as BPF_PROG_LOAD reads it (the first 64 bytes):
@@ -535,9 +549,12 @@ def bpf_prog_load(prog_type, code, name):
     try:
         return load(1)
     except SyscallError as err:
+        # No log: not the verifier. EINVAL then means the program type is
+        # unknown to this kernel; EACCES, a security module's refusal.
         lines = log.value.decode(errors="replace").strip().splitlines()
-        raise syscall_error(err.errno, call, "verifier: %s" % lines[-1] if lines
-                            else "the kernel needs CONFIG_CGROUP_BPF") from None
+        hint = "verifier: %s" % lines[-1] if lines else \
+            "the kernel needs CONFIG_CGROUP_BPF" if err.errno == errno.EINVAL else None
+        raise syscall_error(err.errno, call, hint) from None
 
 
 def bpf_prog_attach(target_fd, prog_fd, attach_type, flags):
@@ -584,7 +601,7 @@ class Spec:
         self.privileged = False
         self.read_only = False
         self.volumes = []         # Volume objects (-v)
-        self.devices = []         # Device tuples: --device nodes made in /dev
+        self.devices = []         # Device: --device nodes made in /dev
         self.tmpfs = []           # (path, flags, data)
         self.tty = False
         self.interactive = False
@@ -692,7 +709,7 @@ def expand_env(entries):
     return result
 
 
-ID_MAX = 0xFFFFFFFE  # uid_t is 32 bits, and (uid_t)-1 means "unchanged" to setuid(2)
+ID_MAX = 0xFFFFFFFE  # uid_t is 32 bits; (uid_t)-1 is EINVAL to setuid(2), "unchanged" to setresuid
 
 
 def check_user(text, flag):
@@ -725,8 +742,10 @@ def check_hostname(name, flag):
 def build_spec(args):
     """argparse's namespace for `run` -> a validated Spec. Makes nothing; it
     reads only what checking needs: ROOTFS, the env files, a seccomp
-    profile, the host's online CPUs, --device nodes, whether stdin is a
-    terminal."""
+    profile, the host's online CPUs and memory nodes, --device nodes and
+    the block devices of --device-*-bps, the capabilities we hold and the
+    kernel's last one, the host name (--network host), and whether stdin
+    and stdout are a terminal."""
     if not args.command:
         raise MiniDockerError("run: no command given: usage: run [OPTIONS] ROOTFS CMD [ARG...]")
     rootfs = os.path.abspath(args.rootfs)
@@ -783,6 +802,7 @@ def build_spec(args):
 #   /run/minidocker/containers/<id>.json   what a running container is (tmpfs),
 #                                          with its network lease (chapter 9)
 #   /run/minidocker/network.lock           taken while leases change
+#   /run/minidocker/reclaim.lock           taken while dead containers go
 # MINIDOCKER_ROOT=DIR moves both to DIR/lib and DIR/run, so that tests and the
 # cgroup-v2 VM keep them on a filesystem of their choice.
 
@@ -1057,7 +1077,7 @@ def reclaim_locked(paths):
     # Another namespace's rules are that namespace's next run's to rebuild.
     networked = [record for record in dead if record.get("network", {}).get("netns") == current_netns()]
     if networked:
-        release_networks(paths, networked)
+        release_leases(paths, networked)
     for record in dead:
         if record["remove"]:
             try:
@@ -1086,8 +1106,11 @@ def find_container(paths, prefix):
 # the host's busybox if it has one, otherwise the host's own shell and core
 # utilities with the shared libraries and dynamic loader they need. Which
 # libraries those are is read from the ELF files themselves (PT_INTERP and
-# DT_NEEDED), as ld.so would, instead of running ldd, which executes the
-# program it inspects.
+# DT_NEEDED), as ld.so would, instead of running ldd, which is a script of
+# glibc's that is not on every host and that loads the program it inspects.
+# The one program mkrootfs runs is the host's own busybox, once, to ask where
+# its applets go (`--list-full`): busybox keeps that in a packed table only
+# it reads.
 
 HOST_TOOLS = ("sh bash ls cat echo env id mkdir rmdir rm cp mv ln touch chmod "
               "grep sed head tail wc sort tr cut sleep true false test uname "
@@ -1195,7 +1218,7 @@ def ld_so_conf_dirs(path="/etc/ld.so.conf", seen=None):
     try:
         with open(path) as handle:
             lines = handle.read().splitlines()
-    except OSError:
+    except OSError:  # ENOENT: a host without the file, or an include to nothing
         return []
     dirs = []
     for line in (l.split("#")[0].strip() for l in lines):
@@ -1439,7 +1462,9 @@ def plan_mounts(spec, etc_files=()):
               "mode=755,size=65536k", kernel_fs=True),
         Mount("devices", "/dev"),
         # newinstance: a devpts of our own, so the container sees only its
-        # own terminals; ptmxmode=0666 lets any user open /dev/ptmx in it.
+        # own terminals; ptmxmode=0666 lets any user open /dev/ptmx in it;
+        # gid=5 is the group `tty` of Debian's and Alpine's /etc/group, which
+        # Docker and runc give the slaves too.
         Mount("fs", "/dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
               "newinstance,ptmxmode=0666,mode=0620,gid=5"),
         Mount("fs", "/dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NOEXEC | MS_NODEV,
@@ -1524,9 +1549,10 @@ def fd_path(fd):
 
 def mount_overlay(spec, layer):
     """Mount the root: ROOTFS read-only below, layer/upper for writes. It is
-    nodev: a device node shipped in the image, or made in a volume, opens
-    nothing; only the fresh /dev tmpfs holds usable nodes (and the device
-    cgroup of chapter 8 decides which of those open)."""
+    nodev (but under --privileged): a device node shipped in the image opens
+    nothing through it. Volumes are made nodev the same way (apply_nodev), so
+    nodes open in the fresh /dev tmpfs and in a `--tmpfs PATH:dev` only, and
+    the device cgroup of chapter 8 decides which of those open."""
     merged = os.path.join(layer, "merged")
     data = "lowerdir=%s,upperdir=%s/upper,workdir=%s/work" % (spec.rootfs, layer, layer)
     mount("overlay", merged, "overlay", root_flags(spec), data, shown=merged)
@@ -1606,10 +1632,20 @@ def apply_nodev(rootfd, target):
     except OSError as err:
         if err.errno != errno.ENOSYS:
             raise
-        kept = MS_RDONLY if os.statvfs(fd_path(fd)).f_flag & os.ST_RDONLY else 0
+        kept = flags_of_mount(fd_path(fd), with_rdonly=True)
         mount(None, fd_path(fd), None, MS_BIND | MS_REMOUNT | MS_NODEV | kept, shown=target)
     finally:
         os.close(fd)
+
+
+def flags_of_mount(path, with_rdonly=False):
+    """The flags of the mount holding `path` that a bind remount must repeat,
+    or it clears them (mount(2): MS_REMOUNT|MS_BIND sets exactly the flags
+    given; only the atime ones are kept when none is given): a volume from
+    a host mount that is nosuid or noexec stays so. statvfs(3)'s ST_*
+    values are the MS_* ones."""
+    wanted = MS_NOSUID | MS_NODEV | MS_NOEXEC | (MS_RDONLY if with_rdonly else 0)
+    return os.statvfs(path).f_flag & wanted
 
 
 def remount_read_only(rootfd, target, flags, recursive=False, follow=False):
@@ -1625,6 +1661,7 @@ def remount_read_only(rootfd, target, flags, recursive=False, follow=False):
     the root and all (a volume's target may pass through one)."""
     fd = open_in_root(rootfd, target, follow=follow)
     try:
+        flags |= flags_of_mount(fd_path(fd))
         mount(None, fd_path(fd), None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags, shown=target)
         if recursive:
             try:
@@ -1727,7 +1764,7 @@ def enter_root(rootfd, read_only, flags):
         mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags, shown="/ (--read-only)")
 
 
-# === 7. Namespaces and the host name ===
+# === 7. Namespaces, and the loopback of a new network namespace ===
 # The parent unshares the pid namespace for its children only (unshare(2):
 # CLONE_NEWPID applies to the next child), so the one child it forks is pid 1
 # there. The child unshares the rest itself, which keeps minidocker's own
@@ -1744,9 +1781,9 @@ def bring_up_loopback():
     with failing_as("socket(AF_INET)"):
         fd = _socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)
     try:
-        request = struct.pack("16sh22x", b"lo", 0)  # struct ifreq: name, flags
-        flags = struct.unpack_from("16sh", fcntl.ioctl(fd, SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(fd, SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags | IFF_UP))
+        request = struct.pack(IFREQ_FLAGS, b"lo", 0)
+        flags = struct.unpack(IFREQ_FLAGS, fcntl.ioctl(fd, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(fd, SIOCSIFFLAGS, struct.pack(IFREQ_FLAGS, b"lo", flags | IFF_UP))
     finally:
         os.close(fd)
 
@@ -1763,7 +1800,9 @@ def bring_up_loopback():
 #
 # Hosts mix them ("hybrid": controllers on v1 beside an empty cgroup2), so the
 # layout is detected per controller from /proc/self/mountinfo. Placement:
-# on v2 /sys/fs/cgroup/mini-docker/<id>, as the original design has it; on
+# on v2 /sys/fs/cgroup/mini-docker/<id>: beside minidocker's own cgroup, as
+# a v2 cgroup whose children have controllers may hold no process itself
+# (the "no internal processes" rule of cgroup-v2.rst), and ours holds us; on
 # v1 under the cgroup minidocker itself is in, in each hierarchy, as runc
 # does, so that limits set on the caller still bind the container.
 # --cgroup-parent names the parent instead.
@@ -2081,7 +2120,7 @@ def parse_device(text):
     target = os.path.normpath(target)
     if not target.startswith("/dev/"):
         raise MiniDockerError("invalid --device %r: the container path must be in /dev, "
-                              "the only place the container's devices can be used" % text)
+                              "where the container's device nodes open" % text)
     return Device(target, st.st_mode, st.st_rdev, st.st_uid, st.st_gid, access)
 
 
@@ -2341,8 +2380,11 @@ def remove_empty_cgroups(paths):
 
 def attach_device_program(path, rules):
     """cgroup v2: load the device list's program and attach it to the
-    container's cgroup. BPF_F_ALLOW_MULTI, as runc: programs an ancestor
-    holds still run, and a device must pass them all. The cgroup keeps the
+    container's cgroup. An ancestor's programs attached with
+    BPF_F_ALLOW_MULTI (a systemd unit's device policy) still run after ours
+    (the child's first, <linux/bpf.h>), and a device must pass them all; an
+    ancestor attached without it would refuse our attach (EPERM). We attach
+    with BPF_F_ALLOW_MULTI ourselves, as runc does. The cgroup keeps the
     program; it goes with the cgroup's rmdir."""
     program = bpf_prog_load(BPF_PROG_TYPE_CGROUP_DEVICE, compile_device_program(rules),
                             "minidocker_dev")
@@ -2444,7 +2486,7 @@ def cgroup_usage(paths):
             "pids": number("pids.current")}
 
 
-# === 9. Networking: netlink spoken by hand, then bridge, veth, NAT ===
+# === 9. Networking: netlink spoken by hand, and rtnetlink's requests ===
 # `ip` and `nft` are thin clients of netlink(7): a datagram socket to the
 # kernel that carries requests and answers in one binary format. minidocker
 # builds those messages itself, so it needs neither binary:
@@ -2473,7 +2515,7 @@ def cgroup_usage(paths):
 #     as docker0 is;
 #   - per container, a veth pair: the host end on the bridge, the other end
 #     born in the container's namespace as eth0 (IFLA_NET_NS_PID), then
-#     configured from inside by the container's own stage 1;
+#     configured from inside by the container's own stage 2;
 #   - addresses leased in the container records under a lock file;
 #   - one nf_tables table, `ip minidocker`, rebuilt whole in one atomic batch
 #     from the live records each time a container comes or goes. Its chains:
@@ -2496,7 +2538,8 @@ NLA_TYPE_MASK = 0x3FFF
 
 NLMSG_HDR = "=IHHII"  # struct nlmsghdr: len, type, flags, seq, pid
 NLA_HDR = "=HH"       # struct nlattr: len, type
-assert struct.calcsize(NLMSG_HDR) == 16 and struct.calcsize(NLA_HDR) == 4
+NLMSG_HDRLEN, NLA_HDRLEN = struct.calcsize(NLMSG_HDR), struct.calcsize(NLA_HDR)
+assert (NLMSG_HDRLEN, NLA_HDRLEN) == (16, 4)
 
 # <linux/rtnetlink.h>: message types and the struct that opens each body.
 #
@@ -2528,13 +2571,12 @@ IFLA_INFO_DATA = 2
 VETH_INFO_PEER = 1      # <linux/veth.h>: the peer's ifinfomsg and attributes
 IFA_ADDRESS = 1         # <linux/if_addr.h>
 IFA_LOCAL = 2
-RTA_GATEWAY = 5
+RTA_GATEWAY = 5         # <linux/rtnetlink.h>
 RT_TABLE_MAIN = 254
 RTPROT_BOOT = 3         # "installed during boot": what `ip route add` sends by default
 RT_SCOPE_UNIVERSE = 0
 RTN_UNICAST = 1
 RTN_LOCAL = 2
-IFNAMSIZ = 16
 
 MESSAGE_NAMES = {RTM_NEWLINK: "RTM_NEWLINK", RTM_DELLINK: "RTM_DELLINK",
                  RTM_GETLINK: "RTM_GETLINK", RTM_NEWADDR: "RTM_NEWADDR",
@@ -2622,7 +2664,7 @@ def plan_network(mode, subnet, bridge, publish, dns, add_hosts):
 
 def nl_attr(kind, payload):
     """One attribute, padded to 4 bytes."""
-    return struct.pack(NLA_HDR, 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
+    return struct.pack(NLA_HDR, NLA_HDRLEN + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
 
 
 def nl_nest(kind, *attrs):
@@ -2638,17 +2680,17 @@ def nl_u32(kind, value):
 
 
 def nl_message(kind, flags, seq, body):
-    return struct.pack(NLMSG_HDR, 16 + len(body), kind, flags, seq, 0) + body
+    return struct.pack(NLMSG_HDR, NLMSG_HDRLEN + len(body), kind, flags, seq, 0) + body
 
 
 def parse_messages(data):
     """A datagram from the kernel -> [(type, flags, seq, body)]."""
     messages, offset = [], 0
-    while offset + 16 <= len(data):
+    while offset + NLMSG_HDRLEN <= len(data):
         length, kind, flags, seq, _ = struct.unpack_from(NLMSG_HDR, data, offset)
-        if length < 16:
+        if length < NLMSG_HDRLEN:
             raise MiniDockerError("netlink: malformed message of %d bytes" % length)
-        messages.append((kind, flags, seq, data[offset + 16:offset + length]))
+        messages.append((kind, flags, seq, data[offset + NLMSG_HDRLEN:offset + length]))
         offset += (length + 3) & ~3
     return messages
 
@@ -2656,11 +2698,11 @@ def parse_messages(data):
 def parse_attrs(data):
     """Attributes -> {type: payload}, flags (NLA_F_NESTED) masked off."""
     attrs, offset = {}, 0
-    while offset + 4 <= len(data):
+    while offset + NLA_HDRLEN <= len(data):
         length, kind = struct.unpack_from(NLA_HDR, data, offset)
-        if length < 4:
+        if length < NLA_HDRLEN:
             break
-        attrs[kind & NLA_TYPE_MASK] = data[offset + 4:offset + length]
+        attrs[kind & NLA_TYPE_MASK] = data[offset + NLA_HDRLEN:offset + length]
         offset += (length + 3) & ~3
     return attrs
 
@@ -2747,13 +2789,14 @@ def parse_addresses(messages):
         if kind != RTM_NEWADDR:
             continue
         _, prefix, _, _, index = struct.unpack_from(IFADDRMSG, body)
-        attrs = parse_attrs(body[8:])
+        attrs = parse_attrs(body[struct.calcsize(IFADDRMSG):])
         raw = attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS))
         if raw:
             found.append((index, ipaddress.ip_interface("%s/%d" % (ipaddress.ip_address(raw), prefix))))
     return found
 
 
+# === 9. (continued) nf_tables: the NAT table's messages ===
 # nf_tables (<linux/netfilter/nf_tables.h>, <linux/netfilter/nfnetlink.h>).
 # Changes go in a batch: BATCH_BEGIN, the requests, BATCH_END, sent as one
 # datagram and applied all or nothing. A request's type is the subsystem
@@ -2813,7 +2856,7 @@ NF_CT_STATE_ESTABLISHED, NF_CT_STATE_RELATED = 1 << 1, 1 << 2
 IPS_DST_NAT = 1 << 5
 NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PROTO_SPECIFIED = 1, 2   # <linux/netfilter/nf_nat.h>
 NAT_TABLE = "minidocker"
-IPPROTO = {"tcp": 6, "udp": 17}
+IPPROTO = {"tcp": 6, "udp": 17}  # <netinet/in.h>: IPPROTO_TCP, IPPROTO_UDP
 
 
 def nft_be32(kind, value):
@@ -2965,9 +3008,9 @@ def action_dnat(address, port):
 LOOPBACK = "127.0.0.0/8"
 
 
-def nat_rules(networks):
+def nat_rules(leases):
     """The table's rules for the live containers: [(chain, [expressions])].
-    networks: the records' "network" entries of containers still running.
+    leases: those of the containers still running.
 
     - postrouting: the subnet's traffic leaving by another interface is
       masqueraded (takes the outgoing interface's address), so containers
@@ -2988,19 +3031,19 @@ def nat_rules(networks):
     - forward: what other hosts may open into the bridge (forward_rules)."""
     import ipaddress
     rules, seen = [], set()
-    for net in networks:
-        subnet = ipaddress.ip_network(net["subnet"])
-        if (net["bridge"], subnet) not in seen:
-            seen.add((net["bridge"], subnet))
+    for lease in leases:
+        subnet = ipaddress.ip_network(lease["subnet"])
+        if (lease["bridge"], subnet) not in seen:
+            seen.add((lease["bridge"], subnet))
             rules.append(("postrouting", match_saddr(subnet)
-                          + match_ifname(NFT_META_OIFNAME, net["bridge"], NFT_CMP_NEQ)
+                          + match_ifname(NFT_META_OIFNAME, lease["bridge"], NFT_CMP_NEQ)
                           + action_masquerade()))
             rules.append(("postrouting", match_saddr(subnet)
-                          + match_ifname(NFT_META_OIFNAME, net["bridge"], NFT_CMP_EQ)
+                          + match_ifname(NFT_META_OIFNAME, lease["bridge"], NFT_CMP_EQ)
                           + match_dnat_status() + action_masquerade()))
-        rules += publish_rules(ipaddress.ip_address(net["address"]), net["ports"])
+        rules += publish_rules(ipaddress.ip_address(lease["address"]), lease["ports"])
     loopback = ipaddress.ip_network(LOOPBACK)
-    for bridge in sorted({net["bridge"] for net in networks}):
+    for bridge in sorted({lease["bridge"] for lease in leases}):
         rules.append(("postrouting", match_saddr(loopback)
                       + match_ifname(NFT_META_OIFNAME, bridge, NFT_CMP_EQ) + action_masquerade()))
         # route_localnet's other side (CVE-2020-8558): a container could
@@ -3012,7 +3055,7 @@ def nat_rules(networks):
     return rules
 
 
-def publish_rules(container, ports):
+def publish_rules(container_ip, ports):
     """-p [IP:]HOSTPORT:CTRPORT: DNAT rules in output, for the host's own
     processes, and in prerouting, for other hosts, but never for a loopback
     address there. A packet for 127.0.0.1 that comes in from another host
@@ -3028,7 +3071,7 @@ def publish_rules(container, ports):
     loopback = ipaddress.ip_network(LOOPBACK)
     rules = []
     for host_ip, host_port, proto, port in ports:
-        to = match_dport(proto, host_port) + action_dnat(container, port)
+        to = match_dport(proto, host_port) + action_dnat(container_ip, port)
         if host_ip == "0.0.0.0":
             rules += [("prerouting", match_local_daddr() + match_daddr(loopback, NFT_CMP_NEQ) + to),
                       ("output", match_local_daddr() + to)]
@@ -3097,6 +3140,9 @@ def nat_batch(rules, seq=1):
     return b"".join(datagram), names
 
 
+# === 9. (continued) The socket, then bridge, veth, NAT and leases ===
+
+
 class NetlinkError(MiniDockerError):
     """A request the kernel refused; .errno says why."""
 
@@ -3107,8 +3153,12 @@ class NetlinkError(MiniDockerError):
 
 
 NETLINK_TIMEOUT = 10   # seconds: the kernel answers in milliseconds, a busy rtnl lock in seconds
-NFTABLES_HINT = ("the kernel needs nf_tables with nat, masq, fib and ct; "
+NFTABLES_HINT = ("the kernel has no nf_tables (CONFIG_NF_TABLES); "
                  "--network none and --network host need none")
+# A rule whose expression type the kernel lacks, after it tried to load the
+# module, is refused with ENOENT (nf_tables_api.c, nft_expr_type_get).
+NFT_EXPRESSIONS_HINT = ("the kernel may lack one of the nf_tables expressions the rules "
+                        "use: nat, masq, fib, ct (CONFIG_NFT_NAT, _MASQ, _FIB_INET, _CT)")
 
 
 class Netlink:
@@ -3178,7 +3228,9 @@ class Netlink:
                     continue  # the rest of an earlier batch's answers, left when it failed
                 err = error_of(body)
                 if err and seq in names:
-                    raise NetlinkError(err, names[seq])
+                    raise NetlinkError(err, names[seq], hint=NFT_EXPRESSIONS_HINT
+                                       if err == errno.ENOENT
+                                       and names[seq].startswith("NFT_MSG_NEWRULE") else None)
                 if err:  # at BATCH_BEGIN's
                     raise NetlinkError(err, "nf_tables batch", verb="refused",
                                        hint=NFTABLES_HINT if err == errno.EOPNOTSUPP else None)
@@ -3212,7 +3264,7 @@ def link_index(nl, name, kind=None):
         info = parse_attrs(parse_attrs(body[struct.calcsize(IFINFOMSG):]).get(IFLA_LINKINFO, b""))
         found = info.get(IFLA_INFO_KIND, b"").rstrip(b"\0").decode(errors="replace")
         if found != kind:
-            raise MiniDockerError("--bridge %s: that interface exists and is a %s, not a %s"
+            raise MiniDockerError("interface %s exists and is a %s, not a %s"
                                   % (name, found or "device of no kind", kind))
     return struct.unpack_from(IFINFOMSG, body)[2]
 
@@ -3238,7 +3290,9 @@ def write_sysctl(name, value):
 
 def ensure_bridge(nl, name, gateway):
     """The network's bridge with the gateway address, up; made on first use
-    and then kept, as docker0 is. Returns its index. An existing interface
+    and then kept, as docker0 is; and ip_forward on in this network
+    namespace, as Docker sets it, or the containers' packets would not pass
+    through it. Returns the bridge's index. An existing interface
     of that name must be a bridge: route_localnet would otherwise be set
     on a real uplink, with no guard of ours for it."""
     index = link_index(nl, name, "bridge")
@@ -3278,7 +3332,7 @@ def attach_veth(lease, pid):
 
 
 def configure_eth0(lease):
-    """Container side, in stage 1: a socket opened here speaks for the
+    """Container side, in stage 2: a socket opened here speaks for the
     container's namespace. Address, link up, then the default route, which
     needs the link up (a gateway must be reachable)."""
     import ipaddress
@@ -3294,12 +3348,12 @@ def configure_eth0(lease):
 NFTABLES_SOCKET = []  # one per process, opened on first use
 
 
-def apply_nat(networks):
+def apply_nat(leases):
     """Rebuild the table. The socket stays open until minidocker exits:
     closing it makes the kernel first finish freeing what the last batch
     deleted (nf_tables waits for an RCU grace period, 13-22 ms measured),
     and the container's start should not wait for that."""
-    rules = nat_rules(networks)
+    rules = nat_rules(leases)
     if not NFTABLES_SOCKET:
         try:
             NFTABLES_SOCKET.append(Netlink(NETLINK_NETFILTER))
@@ -3317,9 +3371,9 @@ def apply_nat(networks):
             raise  # EOPNOTSUPP: nfnetlink without nf_tables, so again no table of ours
 
 
-# Leases. A container's network lives in its record (chapter 4) as
-# {"mode", "bridge", "subnet", "gateway", "address", "veth", "ports",
-# "container", "netns"}. Under an exclusive flock(2) on run/network.lock, a
+# Leases. A container's lease lives in its record (chapter 4), under the key
+# "network", as {"mode", "bridge", "subnet", "gateway", "address", "veth",
+# "ports", "container" (its short id), "netns"}. Under an exclusive flock(2) on run/network.lock, a
 # run reads the records of live containers, takes the first free address,
 # checks its ports, writes its record and rebuilds the table `ip
 # minidocker`; the end of a run (or the reclaim after a kill -9) drops the
@@ -3338,9 +3392,9 @@ def current_netns():
     return "%d:%d" % (found.st_dev, found.st_ino)
 
 
-def live_networks(paths, excluded=()):
-    """The network entries of bridge containers in our network namespace
-    whose minidocker still runs."""
+def live_leases(paths, excluded=()):
+    """The leases of bridge containers in our network namespace whose
+    minidocker still runs."""
     here = current_netns()
     return [record["network"] for record in read_records(paths)
             if record.get("network", {}).get("netns") == here and record["id"] not in excluded
@@ -3381,28 +3435,28 @@ def check_lease(plan, others):
 
 def lease_network(paths, record, plan):
     """Stage 0, before the fork: an address, the bridge, the nf_tables rules.
-    Returns the record's network entry."""
+    Returns the lease, which the record now holds."""
     import ipaddress
     subnet = ipaddress.ip_network(plan["subnet"])
     gateway = next(subnet.hosts())
     with network_lock(paths):
-        others = live_networks(paths, excluded=[record["id"]])
+        others = live_leases(paths, excluded=[record["id"]])
         check_lease(plan, others)
         used = {other["address"] for other in others if other["bridge"] == plan["bridge"]}
-        entry = {"mode": "bridge", "bridge": plan["bridge"], "subnet": str(subnet),
+        lease = {"mode": "bridge", "bridge": plan["bridge"], "subnet": str(subnet),
                  "gateway": str(gateway), "address": str(allocate_address(subnet, used)),
                  "veth": "veth" + record["id"][:8], "ports": plan["ports"],
                  "container": record["id"][:12], "netns": current_netns()}
-        record["network"] = entry
+        record["network"] = lease
         write_record(paths, record)
         with Netlink() as nl:
             ensure_bridge(nl, plan["bridge"], ipaddress.ip_interface("%s/%d" % (gateway, subnet.prefixlen)))
-        apply_nat(others + [entry])
+        apply_nat(others + [lease])
         set_route_localnet(plan["bridge"], True)
-    return entry
+    return lease
 
 
-def release_networks(paths, records):
+def release_leases(paths, records):
     """The veths of these containers deleted, their leases dropped from
     their records, and the table `ip minidocker` rebuilt from the
     containers still running (removed when none is left). The lease goes under the lock:
@@ -3411,13 +3465,13 @@ def release_networks(paths, records):
         released = set()
         with Netlink() as nl:
             for record in records:
-                network = record.pop("network")
-                released.add(network["bridge"])
-                delete_link(nl, network["veth"])
+                lease = record.pop("network")
+                released.add(lease["bridge"])
+                delete_link(nl, lease["veth"])
                 write_record(paths, record)
-        remaining = live_networks(paths)
+        remaining = live_leases(paths)
         apply_nat(remaining)
-        for bridge in released - {network["bridge"] for network in remaining}:
+        for bridge in released - {lease["bridge"] for lease in remaining}:
             set_route_localnet(bridge, False)
 
 
@@ -4112,7 +4166,7 @@ def _allow_all_but(name, index, excluded, comment):
 # and that is TIOCSTI too. (musl passes an ioctl's request sign-extended,
 # so the high half of a real request may be all ones.)
 _TIOCSTI, _TIOCLINUX = 0x5412, 0x541C              # <asm-generic/ioctls.h>
-_AF_ALG, _AF_VSOCK = 38, 40                         # <linux/socket.h>
+_AF_ALG, _AF_VSOCK = 38, 40                         # <bits/socket.h>
 _S_IFMT = 0o170000                                  # <linux/stat.h>
 _FILE_TYPES = (0, 0o100000, 0o010000, 0o140000)     # none (a file), S_IFREG, S_IFIFO, S_IFSOCK
 _HIGH_ZERO = 0xFFFFFFFF00000000
@@ -4225,9 +4279,12 @@ DEFAULT_PROFILE = {
                   "code to an unprivileged process (CVE-2022-0185 went through fsconfig "
                   "in a fresh user namespace)"
     ) + _with_cap("SYS_ADMIN", "mount umount2 pivot_root open_tree move_mount fsopen "
-                  "fsconfig fsmount fspick mount_setattr sethostname setdomainname",
+                  "fsconfig fsmount fspick mount_setattr",
                   "mounts could uncover what the masked and read-only paths of /proc and "
                   "/sys hide"
+    ) + _with_cap("SYS_ADMIN", "sethostname setdomainname",
+                  "the names are the container's (its own uts namespace), set by the "
+                  "runtime; the kernel asks CAP_SYS_ADMIN for them too"
     ) + _with_cap("SYS_ADMIN", "bpf perf_event_open fanotify_init lookup_dcookie quotactl "
                   "quotactl_fd",
                   "the eBPF verifier is a large attack surface; perf, fanotify and quotas "
@@ -4448,7 +4505,8 @@ def close_inherited_fds():
     /proc/self/fd/7/etc/shadow or by `-w /proc/self/fd/7` (runc's
     CVE-2024-21626). Our own descriptors are all close-on-exec (Python
     opens them so) and stay open for the start-up; the kernel closes them
-    at execve. Not close_range(2): it cannot tell the two kinds apart."""
+    at execve. close_range(2) with CLOSE_RANGE_CLOEXEC would do the same in
+    one call, but it needs Linux 5.11."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd > 2:
@@ -4479,13 +4537,13 @@ def build_root(spec, instance, console):
         add_host_devices(rootfd)
     if console is not None:
         attach_terminal(rootfd, console)
-    mount_workdir(rootfd, spec.workdir)
+    make_workdir(rootfd, spec.workdir)
     enter_root(rootfd, spec.read_only, root_flags(spec))
     os.close(rootfd)
     os.umask(0o022)
 
 
-def mount_workdir(rootfd, workdir):
+def make_workdir(rootfd, workdir):
     """-w DIR is created when missing, inside the rootfs, as docker does."""
     try:
         os.close(open_in_root(rootfd, workdir, create="dir"))
@@ -4505,7 +4563,7 @@ def attach_terminal(rootfd, console):
     fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))  # unlockpt(3)
     slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
     if os.isatty(0):
-        fcntl.ioctl(slave, TIOCSWINSZ, fcntl.ioctl(0, TIOCGWINSZ, b"\0" * 8))
+        fcntl.ioctl(slave, TIOCSWINSZ, fcntl.ioctl(0, TIOCGWINSZ, WINSIZE_ZERO))
     consolefd = open_in_root(rootfd, "/dev/console", create="file", follow=False)
     mount(fd_path(slave), fd_path(consolefd), None, MS_BIND, shown="/dev/console")
     os.close(consolefd)
@@ -4520,9 +4578,10 @@ def attach_terminal(rootfd, console):
 
 
 def reset_signals():
-    """Every signal back to its default action, and none blocked. As pid 1
-    of its namespace the process ignores default-action signals until
-    execve, so nothing can kill it in between."""
+    """Every signal back to its default action, and none blocked. (As pid 1
+    of its namespace, the process, and the command after it, still ignores
+    a default-action signal sent from inside the namespace, for its whole
+    life: pid_namespaces(7). One sent from the host's namespace ends it.)"""
     for number in signal.valid_signals():
         if number in (signal.SIGKILL, signal.SIGSTOP):
             continue
@@ -4566,13 +4625,18 @@ def exec_command(spec, hostname):
 def enter_workdir(workdir):
     """chdir into -w DIR, and check that the result is inside the root: a
     path through a magic link (/proc/self/fd/N, /proc/1/cwd) could name a
-    directory of the host that some descriptor still held. getcwd(2) says
-    ENOENT ("unreachable") for a directory outside the process's root."""
+    directory of the host that some descriptor still held. For a directory
+    outside the process's root the getcwd system call returns a path that
+    starts "(unreachable)", which glibc's getcwd(3) turns into ENOENT
+    (glibc 2.27 and later): either means outside."""
     try:
         os.chdir(workdir)
-        inside = os.getcwd().startswith("/")
     except OSError as err:
         raise MiniDockerError("workdir %s: %s" % (workdir, err.strerror))
+    try:
+        inside = os.getcwd().startswith("/")
+    except FileNotFoundError:
+        inside = False
     if not inside:
         raise MiniDockerError("workdir %s: resolves outside the container's root" % workdir)
 
@@ -4764,7 +4828,7 @@ def wait_for_container(pid, signals, master, interactive, pending=()):
     saved = termios.tcgetattr(0) if local else None
 
     def resize():
-        fcntl.ioctl(master, TIOCSWINSZ, fcntl.ioctl(0, TIOCGWINSZ, b"\0" * 8))
+        fcntl.ioctl(master, TIOCSWINSZ, fcntl.ioctl(0, TIOCGWINSZ, WINSIZE_ZERO))
 
     try:
         if local:
@@ -4882,7 +4946,7 @@ def run_container(spec, paths):
         remove_empty_cgroups(parents)
         try:
             if "network" in record:
-                release_networks(paths, [record])
+                release_leases(paths, [record])
         finally:
             if spec.remove or not started:
                 try:
