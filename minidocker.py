@@ -42,7 +42,6 @@ import json
 import os
 import re
 import select
-import socket
 import stat
 import struct
 import sys
@@ -50,7 +49,11 @@ import time
 
 # Every module the container's init uses after pivot_root must be imported
 # before it: from then on the host's Python library is out of reach, and an
-# extension module (fcntl is one in many builds) would fail to load.
+# extension module (fcntl is one in many builds) would fail to load. A
+# module only some runs need is imported where it is needed, to keep the
+# others' start-up short (socket: only the network and -t; ipaddress: only
+# network flags), but always in code that runs before the fork when the
+# child needs it after pivot_root (socket, for eth0 and for -t).
 
 # === 1. Errors and messages ===
 # Helpers raise; only main() writes messages and exits (as tini does): the
@@ -167,6 +170,13 @@ def debug(enabled, message):
         sys.stderr.write("minidocker: debug: %s\n" % message)
 
 
+def trace(enabled, stage):
+    """--debug's start-up trace: a stage done, at so many ms since main()
+    began (perf_counter is CLOCK_MONOTONIC, the same clock in the child),
+    so that a slow host shows where its time goes."""
+    debug(enabled, "%8.2f ms  %s" % ((time.perf_counter() - START) * 1000, stage))
+
+
 # === 2. libc bindings and kernel constants ===
 # Every libc function and raw system call is bound here, once, with its
 # argument types and its error check: a binding that returns -1 raises
@@ -272,7 +282,7 @@ IFNAMSIZ = 16           # <linux/if.h>: an interface name, NUL included
 # ioctls use one short.
 IFREQ_FLAGS = "=%dsh22x" % IFNAMSIZ
 assert struct.calcsize(IFREQ_FLAGS) == 40
-AF_INET = 2
+AF_UNSPEC, AF_INET = 0, 2
 SOCK_DGRAM = 2
 SOCK_CLOEXEC = 0o2000000
 
@@ -739,13 +749,14 @@ def check_hostname(name, flag):
     return name
 
 
-def build_spec(args):
+def build_spec(args, seccomp_cache=None):
     """argparse's namespace for `run` -> a validated Spec. Makes nothing; it
     reads only what checking needs: ROOTFS, the env files, a seccomp
     profile, the host's online CPUs and memory nodes, --device nodes and
     the block devices of --device-*-bps, the capabilities we hold and the
     kernel's last one, the host name (--network host), and whether stdin
-    and stdout are a terminal."""
+    and stdout are a terminal. With `seccomp_cache`, the default profile's
+    filter is read from there, or compiled and kept there."""
     if not args.command:
         raise MiniDockerError("run: no command given: usage: run [OPTIONS] ROOTFS CMD [ARG...]")
     rootfs = os.path.abspath(args.rootfs)
@@ -770,7 +781,8 @@ def build_spec(args):
     if not args.privileged:
         resources["devices"] = DEFAULT_DEVICE_RULES + [device.rule() for device in devices]
     caps = plan_capabilities(args.cap_add, args.cap_drop, args.privileged, held_capabilities())
-    seccomp, notes = plan_security(parse_security_opts(args.security_opt), caps, args.privileged)
+    seccomp, notes = plan_security(parse_security_opts(args.security_opt), caps, args.privileged,
+                                   seccomp_cache)
     interactive, tty = args.interactive, args.tty
     if not interactive and not tty and os.isatty(0) and os.isatty(1):
         # The README's `run ./rootfs /bin/sh` on a terminal is a shell to talk to.
@@ -778,7 +790,7 @@ def build_spec(args):
     return Spec(
         rootfs=rootfs, command=list(args.command),
         hostname=check_hostname(args.hostname, "--hostname") if args.hostname else
-        socket.gethostname() if args.network == "host" else None,
+        os.uname().nodename if args.network == "host" else None,
         env=expand_env(env_entries), workdir=absolute_path(args.workdir),
         user=args.user and check_user(args.user, "--user"),
         group_add=[check_user(g, "--group-add") for g in args.group_add],
@@ -803,6 +815,7 @@ def build_spec(args):
 #                                          with its network lease (chapter 9)
 #   /run/minidocker/network.lock           taken while leases change
 #   /run/minidocker/reclaim.lock           taken while dead containers go
+#   /run/minidocker/seccomp/               the default filter, compiled (chapter 10)
 # MINIDOCKER_ROOT=DIR moves both to DIR/lib and DIR/run, so that tests and the
 # cgroup-v2 VM keep them on a filesystem of their choice.
 
@@ -815,6 +828,7 @@ class Paths:
         self.run = os.path.join(base, "run") if base else "/run/minidocker"
         self.containers = os.path.join(self.lib, "containers")
         self.records = os.path.join(self.run, "containers")
+        self.seccomp_cache = os.path.join(self.run, "seccomp")  # chapter 10
 
     def layer(self, cid):
         return os.path.join(self.containers, cid)
@@ -849,20 +863,33 @@ def process_start_time(pid):
     return None if fields[0] == b"Z" else int(fields[19])
 
 
-def write_record(paths, record):
-    """Replace the record atomically. The temporary's name is the writer's
-    own (pid in it), so writers never rename each other's half-written
-    files; a failed write (ENOSPC) removes its temporary."""
-    os.makedirs(paths.records, mode=0o700, exist_ok=True)
-    temporary = os.path.join(paths.records, ".%s.%d.tmp" % (record["id"], os.getpid()))
+def write_file_atomically(path, data, mode):
+    """Write beside, then rename over: a reader sees the old file or the new
+    one, never half of one. The temporary's name is the writer's own (pid
+    in it), so writers never rename each other's half-written files; a
+    failed write (ENOSPC) removes its temporary."""
+    directory, name = os.path.split(path)
+    temporary = os.path.join(directory, ".%s.%d.tmp" % (name, os.getpid()))
     try:
-        with open(temporary, "w") as handle:
-            json.dump(record, handle)
-        os.replace(temporary, paths.record(record["id"]))
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            os.fchmod(fd, mode)  # whatever the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def write_record(paths, record):
+    """Replace the record atomically."""
+    os.makedirs(paths.records, mode=0o700, exist_ok=True)
+    write_file_atomically(paths.record(record["id"]), json.dumps(record).encode(), 0o644)
 
 
 # What a record must hold to be used; anything else in the directory is
@@ -1061,11 +1088,12 @@ def state_lock(paths, name):
 
 
 def remove_stale_temporaries(paths):
-    """Temporaries of writers that died mid-write (kill -9): .ID.PID.tmp."""
+    """Temporaries of writers that died mid-write (kill -9): .ID.json.PID.tmp
+    (write_file_atomically)."""
     for name in os.listdir(paths.records):
         parts = name.split(".")
-        if name.endswith(".tmp") and len(parts) == 4 and is_number(parts[2]) \
-                and process_start_time(int(parts[2])) is None:
+        if name.startswith(".") and name.endswith(".tmp") and len(parts) >= 4 \
+                and is_number(parts[-2]) and process_start_time(int(parts[-2])) is None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(paths.records, name))
 
@@ -1807,9 +1835,10 @@ def bring_up_loopback():
 # does, so that limits set on the caller still bind the container.
 # --cgroup-parent names the parent instead.
 #
-# The parent writes the child's pid into the cgroups while the child waits
-# for "go", so the command's first instruction already runs under its
-# limits; the child unshares its cgroup namespace only after that.
+# The parent writes the child's pid into the cgroups while the child builds
+# its root, and the child waits for "go" before it runs anything of the
+# image, so the command's first instruction already runs under the limits;
+# the child unshares its cgroup namespace only after "go".
 #
 # On v1 the container joins a cgroup of its own in EVERY mounted hierarchy,
 # the named ones (name=systemd) too, as runc does, not only in those whose
@@ -2725,7 +2754,7 @@ def check_ifname(name, what):
 
 def request_new_bridge(name):
     """ip link add NAME type bridge"""
-    body = struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, 0, 0, 0) + nl_string(IFLA_IFNAME, name) \
+    body = struct.pack(IFINFOMSG, AF_UNSPEC, 0, 0, 0, 0) + nl_string(IFLA_IFNAME, name) \
         + nl_nest(IFLA_LINKINFO, nl_attr(IFLA_INFO_KIND, b"bridge"))  # no NUL, as `ip` sends it
     return RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, "bridge " + name
 
@@ -2733,9 +2762,9 @@ def request_new_bridge(name):
 def request_new_veth(name, peer, pid):
     """ip link add NAME type veth peer name PEER netns PID: the peer is born
     in the namespace of process PID, so it never appears on the host."""
-    peer_info = struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, 0, 0, 0) \
+    peer_info = struct.pack(IFINFOMSG, AF_UNSPEC, 0, 0, 0, 0) \
         + nl_u32(IFLA_NET_NS_PID, pid) + nl_string(IFLA_IFNAME, peer)
-    body = struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, 0, 0, 0) + nl_string(IFLA_IFNAME, name) \
+    body = struct.pack(IFINFOMSG, AF_UNSPEC, 0, 0, 0, 0) + nl_string(IFLA_IFNAME, name) \
         + nl_nest(IFLA_LINKINFO, nl_attr(IFLA_INFO_KIND, b"veth"),
                   nl_nest(IFLA_INFO_DATA, nl_attr(VETH_INFO_PEER, peer_info)))
     return RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, "veth " + name
@@ -2743,7 +2772,7 @@ def request_new_veth(name, peer, pid):
 
 def request_link_up(index, name, master=None):
     """ip link set NAME [master BRIDGE] up"""
-    body = struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP)
+    body = struct.pack(IFINFOMSG, AF_UNSPEC, 0, index, IFF_UP, IFF_UP)
     if master is not None:
         body += nl_u32(IFLA_MASTER, master)
     return RTM_NEWLINK, 0, body, "up " + name
@@ -2751,32 +2780,32 @@ def request_link_up(index, name, master=None):
 
 def request_get_link(name):
     """ip link show NAME: answered by one RTM_NEWLINK, or ENODEV."""
-    body = struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, 0, 0, 0) + nl_string(IFLA_IFNAME, name)
+    body = struct.pack(IFINFOMSG, AF_UNSPEC, 0, 0, 0, 0) + nl_string(IFLA_IFNAME, name)
     return RTM_GETLINK, 0, body, name
 
 
 def request_delete_link(index, name):
     """ip link del NAME (a veth takes its peer with it)."""
-    return RTM_DELLINK, 0, struct.pack(IFINFOMSG, socket.AF_UNSPEC, 0, index, 0, 0), name
+    return RTM_DELLINK, 0, struct.pack(IFINFOMSG, AF_UNSPEC, 0, index, 0, 0), name
 
 
 def request_new_address(index, name, interface):
     """ip addr add ADDRESS/PREFIX dev NAME (IFA_LOCAL is the address itself;
     IFA_ADDRESS the peer's, the same on a broadcast link)."""
     raw = interface.ip.packed
-    body = struct.pack(IFADDRMSG, socket.AF_INET, interface.network.prefixlen, 0,
+    body = struct.pack(IFADDRMSG, AF_INET, interface.network.prefixlen, 0,
                        RT_SCOPE_UNIVERSE, index) + nl_attr(IFA_LOCAL, raw) + nl_attr(IFA_ADDRESS, raw)
     return RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, "%s %s" % (name, interface)
 
 
 def request_get_addresses():
     """ip -4 addr show: a dump of every IPv4 address."""
-    return RTM_GETADDR, NLM_F_DUMP, struct.pack(IFADDRMSG, socket.AF_INET, 0, 0, 0, 0), "addresses"
+    return RTM_GETADDR, NLM_F_DUMP, struct.pack(IFADDRMSG, AF_INET, 0, 0, 0, 0), "addresses"
 
 
 def request_default_route(gateway):
     """ip route add default via GATEWAY"""
-    body = struct.pack(RTMSG, socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
+    body = struct.pack(RTMSG, AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
                        RT_SCOPE_UNIVERSE, RTN_UNICAST, 0) + nl_attr(RTA_GATEWAY, gateway.packed)
     return RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body, "default via %s" % gateway
 
@@ -2870,7 +2899,7 @@ def nft_message(operation, flags, seq, family, attrs):
 
 def nft_batch_edge(kind, seq):
     """BATCH_BEGIN or BATCH_END: res_id names the subsystem the batch is for."""
-    body = struct.pack("=BB", socket.AF_UNSPEC, 0) + struct.pack(">H", NFNL_SUBSYS_NFTABLES)
+    body = struct.pack("=BB", AF_UNSPEC, 0) + struct.pack(">H", NFNL_SUBSYS_NFTABLES)
     return nl_message(kind, NLM_F_REQUEST, seq, body)
 
 
@@ -3167,6 +3196,7 @@ class Netlink:
     the kernel never answers ends in an error, not a hang."""
 
     def __init__(self, protocol=NETLINK_ROUTE, timeout=NETLINK_TIMEOUT):
+        import socket
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
         self.sock.bind((0, 0))  # port 0: the kernel picks ours
         self.sock.settimeout(timeout)
@@ -3180,6 +3210,7 @@ class Netlink:
 
     def receive(self, what):
         """The next datagram of answers to WHAT."""
+        import socket
         try:
             return self.sock.recv(1 << 17)
         except socket.timeout:
@@ -3456,18 +3487,26 @@ def lease_network(paths, record, plan):
     return lease
 
 
-def release_leases(paths, records):
-    """The veths of these containers deleted, their leases dropped from
-    their records, and the table `ip minidocker` rebuilt from the
-    containers still running (removed when none is left). The lease goes under the lock:
-    another run rebuilding the table a moment later must not count it."""
+def release_leases(paths, records, delete_veths=True):
+    """The leases of these containers dropped from their records, their
+    veths deleted, and the table `ip minidocker` rebuilt from the
+    containers still running (removed when none is left). The lease goes
+    under the lock: another run rebuilding the table a moment later must
+    not count it.
+
+    Without `delete_veths`, for a container whose init has been reaped: its
+    network namespace has no process left, and the kernel deletes the veth
+    pair with it (cleanup_net, a moment later, in a kernel worker). Asking
+    first with RTM_DELLINK would wait for that same teardown, which holds
+    the rtnl lock: 9-18 ms of every run measured, for nothing."""
     with network_lock(paths):
         released = set()
         with Netlink() as nl:
             for record in records:
                 lease = record.pop("network")
                 released.add(lease["bridge"])
-                delete_link(nl, lease["veth"])
+                if delete_veths:
+                    delete_link(nl, lease["veth"])
                 write_record(paths, record)
         remaining = live_leases(paths)
         apply_nat(remaining)
@@ -4079,15 +4118,46 @@ def parse_security_opts(options):
     return choice
 
 
-def plan_security(choice, caps, privileged):
+def plan_security(choice, caps, privileged, cache=None):
     """The seccomp filter for the container: the built-in default profile,
     a profile file, or none. --privileged means unconfined, as in Docker,
     unless a profile file is named."""
     if choice == "unconfined" or privileged and choice is None:
         return None, ["seccomp: unconfined"]
     if choice is None:
-        return plan_seccomp(DEFAULT_PROFILE, caps, "default")
+        return default_filter(caps, cache)
     return plan_seccomp(read_profile(choice), caps, choice)
+
+
+def default_filter(caps, cache):
+    """The default profile's filter, compiled once per version of this file,
+    capability set, architecture and kernel, and kept in `cache` (in the
+    run tree: a tmpfs, empty after a reboot, root's alone). Compiling takes
+    3-5 ms of every start; reading it back, a tenth of one. The file's size
+    and mtime stand for the profile, which is part of it: an edited file
+    compiles anew. A profile file (seccomp=PATH) is compiled each time:
+    checking it means reading it anyway."""
+    if cache is None:
+        return plan_seccomp(DEFAULT_PROFILE, caps, "default")
+    source = os.stat(__file__)
+    key = "default-%d-%d-%s-%s-%x.json" % (source.st_size, source.st_mtime_ns, MACHINE,
+                                         os.uname().release, cap_mask(caps))
+    path = os.path.join(cache, key)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # absent or not ours
+        with open(path) as handle:
+            kept = json.load(handle)
+        program = bytes.fromhex(kept["program"])
+        if program and len(program) % struct.calcsize(SOCK_FILTER) == 0:
+            return program, [note + " (cached)" for note in kept["notes"]]
+    program, notes = plan_seccomp(DEFAULT_PROFILE, caps, "default")
+    try:  # into a run tree that make_state_dirs made root's alone, or not at all
+        if os.path.isdir(os.path.dirname(cache)):
+            os.makedirs(cache, mode=0o700, exist_ok=True)
+        write_file_atomically(path, json.dumps({"program": program.hex(),
+                                                "notes": notes}).encode(), 0o600)
+    except OSError:  # EROFS, ENOSPC, EACCES: the next run compiles again
+        pass
+    return program, notes
 
 
 def load_filter(program):
@@ -4345,9 +4415,11 @@ DEFAULT_PROFILE = {
 # namespace in one start-up; without user namespaces two are enough.
 #
 # They talk over two close-on-exec pipes (subprocess.py's trick): the child
-# writes "ready" once its namespaces exist, the parent answers "go" when the
-# host side (cgroups, the network) is done, and the child reports a
-# failure as one "error CODE MESSAGE" line. End of file on the child's pipe
+# writes "ready" once its namespaces exist and goes on building its root;
+# the parent, which has been putting it in its cgroups meanwhile, gives it
+# its veth and answers "go"; the child waits for "go" before anything of
+# the image runs. The child reports a failure as one "error CODE MESSAGE"
+# line. End of file on the child's pipe
 # with no error means the exec succeeded: the kernel closed the pipe in it.
 #
 # One run, in order (run_container at the end of this chapter; the chapter
@@ -4359,12 +4431,12 @@ DEFAULT_PROFILE = {
 #    5. an address leased, the bridge and the nf_tables table       [9]
 #    6. the child forked into a new pid namespace (stage 1): it
 #       unshares mnt, uts, ipc and net, and says "ready"           [7, 11]
-#    7. the parent puts it in its cgroups and gives it its veth,
-#       then says "go"                                             [8, 9]
-#    8. the child: cgroup namespace, overlay, mounts, /dev, masks,
-#       pivot_root                                                 [7, 6]
-#    9. stage 2: host name, eth0, user, capabilities, no_new_privs,
-#       seccomp, execve                                            [9, 10, 11]
+#    7. meanwhile the parent puts it in its cgroups; after "ready"
+#       it gives it its veth, then says "go"                       [8, 9]
+#    8. the child, not waiting: overlay, mounts, /dev, masks,
+#       pivot_root; then it waits for "go"                         [6]
+#    9. stage 2: cgroup namespace, host name, eth0, user,
+#       capabilities, no_new_privs, seccomp, execve               [7, 9, 10, 11]
 #   10. the parent forwards signals and relays the terminal until
 #       the command ends, then removes what the run made           [11, 8, 9, 4]
 
@@ -4479,11 +4551,17 @@ def child_stage(spec, instance, to_parent, from_parent, console):
         host_network = spec.network_plan["mode"] == "host"
         unshare(CHILD_NAMESPACES & ~CLONE_NEWNET if host_network else CHILD_NAMESPACES)
         os.write(to_parent, b"ready\n")
+        trace(spec.debug, "child: namespaces unshared")
+        # The root is built while the parent joins us to our cgroups (on
+        # cgroup v1 the first join waits out an RCU grace period, 10-20 ms)
+        # and gives us eth0; nothing here needs either.
+        build_root(spec, instance, console)
+        trace(spec.debug, "child: root built, pivoted")
+        set_stage_name("md:[2:INIT]")
         if os.read(from_parent, 2) != b"go":
             os._exit(EXIT_RUNTIME)  # the parent is gone
-        unshare(CLONE_NEWCGROUP)
-        build_root(spec, instance, console)
-        set_stage_name("md:[2:INIT]")
+        trace(spec.debug, "child: go")
+        unshare(CLONE_NEWCGROUP)  # after the join: our cgroup is its root
         sethostname(instance.hostname)
         if not host_network:
             bring_up_loopback()
@@ -4557,6 +4635,7 @@ def attach_terminal(rootfd, console):
     over the console socket (SCM_RIGHTS, unix(7)), and keep the slave as
     stdin, stdout and stderr, the controlling terminal of a new session."""
     import array
+    import socket
     ptsfd = open_in_root(rootfd, "/dev/pts", follow=False)
     master = os.open("ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=ptsfd)
     os.close(ptsfd)
@@ -4662,12 +4741,13 @@ def read_account_file(path):
 STOPPING_SIGNALS = frozenset((signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT))
 
 
-def read_child_message(fd, signals, pending):
+def read_child_message(fd, signals, pending, rest):
     """One line from the child, or b'' at end of file. Watches the signal
     pipe meanwhile: a stopping signal ends the start-up, another forwarded
-    one is kept in `pending` for the command."""
-    data = b""
-    while not data.endswith(b"\n"):
+    one is kept in `pending` for the command. `rest` (a bytearray) keeps
+    what came after the line for the next call: the child may write
+    "ready" and its error in one go."""
+    while b"\n" not in rest:
         readable = select.select([fd, signals.read_end], [], [])[0]
         for number in signals.received() if signals.read_end in readable else []:
             if number in STOPPING_SIGNALS:
@@ -4680,8 +4760,10 @@ def read_child_message(fd, signals, pending):
         chunk = os.read(fd, 4096)
         if not chunk:
             break
-        data += chunk
-    return data
+        rest += chunk
+    line, newline, after = bytes(rest).partition(b"\n")
+    rest[:] = after
+    return line + newline
 
 
 def raise_child_error(message):
@@ -4691,15 +4773,17 @@ def raise_child_error(message):
     raise MiniDockerError(text, int(code))
 
 
-def start_container(spec, instance, signals, on_ready):
+def start_container(spec, instance, signals, join, attach):
     """Stage 0: fork the child into its namespaces and see it to its exec.
-    on_ready(pid) runs on the host side while the child waits for "go".
-    Returns (pid of the container's init, pty master or None, the signals
-    that arrived meanwhile and are still to forward)."""
+    On the host side, while the child builds its root: join(pid) at once
+    (the cgroups), attach(pid) once the child's namespaces exist (the
+    veth); then "go". Returns (pid of the container's init, pty master or
+    None, the signals that arrived meanwhile and are still to forward)."""
     child_read, parent_write = os.pipe2(os.O_CLOEXEC)
     parent_read, child_write = os.pipe2(os.O_CLOEXEC)
     console = console_peer = None
     if spec.tty:
+        import socket  # imported here, before the fork: the child needs it after pivot_root
         console, console_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     unshare(CLONE_NEWPID)  # for the child we are about to fork
     pid = os.fork()
@@ -4717,14 +4801,25 @@ def start_container(spec, instance, signals, on_ready):
     os.close(child_write)
     if console_peer is not None:
         console_peer.close()
-    pending = []
+    pending, rest = [], bytearray()
     try:
-        if read_child_message(parent_read, signals, pending) != b"ready\n":
-            raise_child_error(b"")
-        on_ready(pid)  # cgroups and the veth, while the child waits
-        os.write(parent_write, b"go")
+        trace(spec.debug, "forked the child")
+        try:
+            join(pid)
+        except MiniDockerError as err:
+            child_error_first(err, pid, parent_read, signals, pending, rest)
+        trace(spec.debug, "cgroups joined")
+        message = read_child_message(parent_read, signals, pending, rest)
+        if message != b"ready\n":
+            raise_child_error(message)
+        try:
+            attach(pid)
+            os.write(parent_write, b"go")
+        except (MiniDockerError, BrokenPipeError) as err:
+            child_error_first(err, pid, parent_read, signals, pending, rest)
+        trace(spec.debug, "the child's namespaces ready, veth attached, go")
         master = receive_master(console) if console is not None else None
-        message = read_child_message(parent_read, signals, pending)
+        message = read_child_message(parent_read, signals, pending, rest)
         if message:
             raise_child_error(message)
     except BaseException:
@@ -4738,8 +4833,24 @@ def start_container(spec, instance, signals, on_ready):
     return pid, master, pending
 
 
+def child_error_first(err, pid, fd, signals, pending, rest):
+    """A step on the host side failed while the child went on. If the child
+    failed first (the cgroup join then says ESRCH, the "go" EPIPE), its own
+    error is the one that explains: raise that, else `err`."""
+    os.kill(pid, signal.SIGKILL)  # an unreaped child: never ESRCH
+    message = b"ready\n"
+    while message == b"ready\n":
+        message = read_child_message(fd, signals, pending, rest)
+    if message:
+        raise_child_error(message)
+    if isinstance(err, BrokenPipeError):
+        raise_child_error(b"")
+    raise err
+
+
 def receive_master(console):
     import array
+    import socket
     fds = array.array("i")
     _, ancillary, _, _ = console.recvmsg(1, socket.CMSG_LEN(fds.itemsize))
     for level, kind, data in ancillary:
@@ -4903,6 +5014,7 @@ def run_container(spec, paths):
     signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING_SIGNALS)
     # 2. What killed minidockers left behind.
     reclaim_dead(paths)
+    trace(spec.debug, "dead containers reclaimed")
     # 3. The cgroups planned, then the record (naming them) and the layer.
     cid = os.urandom(32).hex()
     layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
@@ -4910,6 +5022,7 @@ def run_container(spec, paths):
     parents = missing_parents(cgroup_plan) if spec.cgroup_parent else []
     record = create_container(paths, spec, cid, [path for _, _, path, _ in cgroup_plan], parents)
     layer = paths.layer(cid)
+    trace(spec.debug, "record and layer made")
     debug(spec.debug, "container %s, layer %s, cgroups %s" % (cid, layer, record["cgroups"]))
     for note in spec.notes:
         debug(spec.debug, note)
@@ -4918,20 +5031,22 @@ def run_container(spec, paths):
     signals = SignalPipe()
     try:
         cgroups = create_cgroups(cgroup_plan, spec.resources)
+        trace(spec.debug, "cgroups made, limits written")
         # 5. The network, and the /etc files that name it.
         lease = lease_network(paths, record, spec.network_plan) \
             if spec.network_plan["mode"] == "bridge" else None
         hostname = spec.hostname or cid[:12]
         instance = Instance(cid, layer, hostname, lease,
                             write_etc_files(layer, hostname, spec.network_plan, lease))
+        trace(spec.debug, "network leased, /etc files written")
 
-        def on_ready(child):  # 7., while the child waits for "go"
-            join_cgroups(cgroups, child)
+        def attach(child):  # 7., once the child's network namespace exists
             if lease:
                 attach_veth(lease, child)
 
         # 6. to 9. The child, from fork to the command's execve.
-        pid, master, pending = start_container(spec, instance, signals, on_ready)
+        pid, master, pending = start_container(
+            spec, instance, signals, lambda child: join_cgroups(cgroups, child), attach)
         started = True
         record.update(status="running", pid=pid, pid_start=process_start_time(pid))
         write_record(paths, record)
@@ -4945,8 +5060,8 @@ def run_container(spec, paths):
         remove_cgroups(cgroups)
         remove_empty_cgroups(parents)
         try:
-            if "network" in record:
-                release_leases(paths, [record])
+            if "network" in record:  # the child is reaped: its veth goes with its namespace
+                release_leases(paths, [record], delete_veths=False)
         finally:
             if spec.remove or not started:
                 try:
@@ -4973,8 +5088,10 @@ def require_root(what):
 
 def cmd_run(args):
     require_root("run")
-    spec = build_spec(args)
-    return run_container(spec, Paths())
+    paths = Paths()
+    spec = build_spec(args, paths.seccomp_cache)
+    trace(spec.debug, "flags parsed into the spec, the seccomp filter ready")
+    return run_container(spec, paths)
 
 
 def cmd_rm(args):
@@ -5061,11 +5178,133 @@ def cmd_mkrootfs(args):
     return 0
 
 
+# `install` copies the file where Python keeps its compiled form. A script
+# named on the command line is compiled whole on every start (a 5,000-line
+# file takes 80 ms here, most of a run), while an imported module is loaded
+# from its cached bytecode (__pycache__/*.pyc, about 2 ms). So the file goes
+# to PREFIX/lib/minidocker/, is compiled there once, and PREFIX/bin/minidocker
+# is a launcher of a few lines that imports it. The launcher's interpreter
+# runs isolated and without site (-IS): no PYTHON* variables, no user's
+# site-packages, no .pth files to run at every start.
+
+LAUNCHER_MARK = "# minidocker's launcher, written by `minidocker.py install`"
+LAUNCHER = """#!{python} -IS
+{mark}: it imports the
+# installed file, so that each start loads its cached bytecode. Removed by
+# `minidocker uninstall --prefix {prefix}`.
+import signal
+# As minidocker.py does first when run as a script: see there.
+signal.pthread_sigmask(signal.SIG_BLOCK, ({held}))
+import sys
+sys.path.insert(0, {library!r})
+import minidocker
+minidocker.exit_now(minidocker.main())
+"""
+
+
+def install_paths(prefix):
+    """(the library directory, the installed file, the launcher)."""
+    library = os.path.join(prefix, "lib", "minidocker")
+    return library, os.path.join(library, "minidocker.py"), os.path.join(prefix, "bin", "minidocker")
+
+
+def is_launcher(path):
+    try:
+        with open(path, "rb") as handle:
+            return LAUNCHER_MARK.encode() in handle.read(512)
+    except OSError:
+        return False
+
+
+def cmd_install(args):
+    """`install [--prefix DIR]`: the file, its bytecode and the launcher."""
+    require_root("install")
+    import importlib.util
+    import py_compile
+    prefix = os.path.abspath(args.prefix)
+    library, installed, launcher = install_paths(prefix)
+    if os.path.lexists(launcher) and not is_launcher(launcher):
+        raise MiniDockerError("install: %s exists and is not minidocker's launcher: "
+                              "remove it or choose another --prefix" % launcher)
+    try:
+        with open(os.path.abspath(__file__), "rb") as handle:
+            source = handle.read()
+        for directory in (library, os.path.dirname(launcher)):
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+        write_file_atomically(installed, source, 0o644)
+        py_compile.compile(installed, cfile=importlib.util.cache_from_source(installed),
+                           doraise=True)
+        held = ", ".join("signal." + name for name in FORWARDED_SIGNALS)
+        write_file_atomically(launcher, LAUNCHER.format(
+            python=sys.executable, mark=LAUNCHER_MARK, prefix=prefix, held=held,
+            library=library).encode(), 0o755)
+    except OSError as err:
+        raise MiniDockerError("install: %s: %s" % (err.filename or prefix, err.strerror))
+    except py_compile.PyCompileError as err:
+        raise MiniDockerError("install: compiling %s: %s" % (installed, err.msg))
+    print(launcher)
+    return 0
+
+
+def cmd_uninstall(args):
+    """`uninstall [--prefix DIR]`: exactly what install made."""
+    require_root("uninstall")
+    import importlib.util
+    prefix = os.path.abspath(args.prefix)
+    library, installed, launcher = install_paths(prefix)
+    if not is_launcher(launcher) and not os.path.exists(installed):
+        raise MiniDockerError("uninstall: minidocker is not installed under %s" % prefix)
+    cache = os.path.dirname(importlib.util.cache_from_source(installed))
+    try:
+        if is_launcher(launcher):
+            os.unlink(launcher)
+        for directory in (cache, library):
+            if os.path.isdir(directory):
+                for name in os.listdir(directory):
+                    if name == "minidocker.py" or (name.startswith("minidocker.")
+                                                   and name.endswith(".pyc")):
+                        os.unlink(os.path.join(directory, name))
+        for directory in (cache, library):
+            try:
+                os.rmdir(directory)
+            except OSError as err:  # ENOTEMPTY: files not ours stay, and so does it
+                if err.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+                    raise
+    except OSError as err:
+        raise MiniDockerError("uninstall: %s: %s" % (err.filename or prefix, err.strerror))
+    print(launcher)
+    return 0
+
+
 # === 13. argparse and main() ===
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse makes a formatter for every add_argument (to try the
+    metavar), and the stock one imports shutil, and with it zlib, bz2 and
+    lzma, to ask the terminal's width: 3-5 ms of every start. The width is
+    asked of stdout here."""
+
+    def __init__(self, prog):
+        try:
+            width = os.get_terminal_size(1).columns
+        except OSError:  # ENOTTY: not a terminal
+            width = 80
+        super().__init__(prog, width=width - 2)
+
+
 def build_parser():
+    # argparse passes each of its own strings through gettext, which looks
+    # for a catalog of the locale's languages on disk every time (8 stat
+    # calls a string, 4 ms a start, and the import of locale). It has none
+    # to find (Python ships none for argparse): the identity does the same.
+    argparse._ = str
+
     class Parser(argparse.ArgumentParser):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("formatter_class", HelpFormatter)  # subcommands' too
+            super().__init__(**kwargs)
+
         def error(self, message):  # exit 125 with one line, as docker does
             raise MiniDockerError("%s: %s" % (self.prog, message))
 
@@ -5137,6 +5376,15 @@ def build_parser():
                           help="copy the host's shell and utilities even if busybox is there")
     mkrootfs.add_argument("dir", metavar="DIR")
     mkrootfs.set_defaults(handler=cmd_mkrootfs)
+
+    for name, handler, what in (
+            ("install", cmd_install, "copy this file to PREFIX/lib/minidocker, compile it, "
+                                     "and write the PREFIX/bin/minidocker launcher"),
+            ("uninstall", cmd_uninstall, "remove what install wrote under PREFIX")):
+        command = commands.add_parser(name, help=what)
+        command.add_argument("--prefix", default="/usr/local", metavar="PREFIX",
+                             help="default /usr/local")
+        command.set_defaults(handler=handler)
     return parser
 
 
@@ -5207,5 +5455,20 @@ def run_command(argv):
                                                                quote(str(err)))
 
 
+def exit_now(code):
+    """End the process without the interpreter's shutdown, which would free
+    every object one by one (10-12 ms measured) for the kernel to free
+    again. Nothing of ours is left to atexit; stdout and stderr are flushed
+    first, and a reader that went away (EPIPE: `minidocker ps | head -1`)
+    is no error."""
+    for stream in (sys.stdout, sys.stderr):  # None when the caller closed the fd
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # EPIPE; ValueError: a closed stream
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -3719,6 +3719,15 @@ class Sandbox:
     def veths(self):
         return self.sh("ip -o link show type veth | grep -v ' s0@'").strip()
 
+    def veths_once_namespaces_go(self, seconds=5):
+        """The veths still there once the kernel has torn down the network
+        namespaces of exited containers: it deletes their veths then, in a
+        kernel worker, a moment after the container's last process."""
+        deadline = time.monotonic() + seconds
+        while self.veths() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.veths()
+
     def ruleset(self):
         return self.sh("nft list ruleset").strip()
 
@@ -3747,7 +3756,7 @@ def container_address(line):
 def assert_network_gone(box):
     """No veth, no NAT table; the bridge stays, with its address (as docker0),
     but without route_localnet, whose guard went with the table."""
-    assert box.veths() == ""
+    assert box.veths_once_namespaces_go() == ""
     assert box.ruleset() == ""
     for bridge in box.sh("ip -o link show type bridge | cut -d: -f2").split():
         assert box.sh("cat /proc/sys/net/ipv4/conf/%s/route_localnet" % bridge) == "0\n", bridge
@@ -3993,9 +4002,7 @@ def test_net_kill_9_of_minidocker_is_reclaimed_by_the_next_run(rootfs, sandbox):
     finally:
         proc.stdout.close()
         proc.stderr.close()
-    deadline = time.monotonic() + 10
-    while sandbox.veths() and time.monotonic() < deadline:
-        time.sleep(0.1)  # the kernel deletes the veth with the dead namespace
+    sandbox.veths_once_namespaces_go(10)
     assert "dport 8080" in sandbox.ruleset()  # the rules wait for the next run
     again = sandbox.run("run", "--rm", rootfs, "true")
     assert again.returncode == 0, again.err
@@ -4313,3 +4320,141 @@ def test_a_kernel_without_a_bridge_driver_gets_a_hint(rootfs):
                        "(hint: the kernel has no bridge driver (CONFIG_BRIDGE); --network none and "
                        "--network host need none)\n")
     assert_nothing_left()
+
+
+# ---------------------------------------------------------------------------
+# 12. install: the launcher, cached bytecode, and the start-up trace
+# ---------------------------------------------------------------------------
+
+def installed(prefix):
+    """(launcher, installed file, its bytecode) under PREFIX."""
+    import importlib.util
+    library = os.path.join(prefix, "lib", "minidocker", "minidocker.py")
+    return (os.path.join(prefix, "bin", "minidocker"), library,
+            importlib.util.cache_from_source(library))
+
+
+def tree(top):
+    return sorted(os.path.relpath(os.path.join(d, n), top)
+                  for d, dirs, files in os.walk(top) for n in dirs + files)
+
+
+@root
+def test_install_runs_from_cached_bytecode_and_uninstall_removes_it(rootfs, tmp_path):
+    """install copies the file, compiles it, and writes a launcher that
+    imports it; a run through the launcher loads that bytecode as it is
+    (a stale or missing one would be rewritten: its bytes and mtime would
+    change). uninstall removes exactly what install wrote."""
+    prefix = str(tmp_path / "prefix")
+    os.makedirs(os.path.join(prefix, "bin"))
+    before = tree(prefix)
+    result = subprocess.run(MINIDOCKER + ["install", "--prefix", prefix], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, timeout=60)
+    launcher, library, bytecode = installed(prefix)
+    assert result.returncode == 0 and result.stdout.decode() == launcher + "\n", result.stderr
+    with open(launcher) as handle:
+        assert handle.readline() == "#!%s -IS\n" % sys.executable
+    assert os.stat(launcher).st_mode & 0o777 == 0o755
+    with open(library, "rb") as copy, open(os.path.join(HERE, "minidocker.py"), "rb") as source:
+        assert copy.read() == source.read()
+    compiled = os.stat(bytecode)
+    with open(bytecode, "rb") as handle:
+        compiled_bytes = handle.read()
+    ran = subprocess.run([launcher, "run", "--rm", "--network=none", rootfs, "echo", "hi"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         timeout=60)
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, b"hi\n", b"")
+    assert os.stat(bytecode).st_mtime_ns == compiled.st_mtime_ns
+    with open(bytecode, "rb") as handle:
+        assert handle.read() == compiled_bytes
+    assert_nothing_left()
+    result = subprocess.run([launcher, "uninstall", "--prefix", prefix], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert tree(prefix) == before + ["lib"]  # lib/ may hold others' files: it stays
+
+
+@root
+def test_the_launcher_ignores_the_callers_python_environment(rootfs, tmp_path):
+    """`sudo -E minidocker` keeps the caller's environment: PYTHONPATH must
+    not choose the module the launcher imports (-I), nor PYTHONSTARTUP or a
+    user site run anything (-S, -I)."""
+    prefix = str(tmp_path / "prefix")
+    subprocess.run(MINIDOCKER + ["install", "--prefix", prefix], check=True,
+                   stdout=subprocess.DEVNULL, timeout=60)
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    (hostile / "minidocker.py").write_text("print('hijacked')\nmain = exit_now = print\n")
+    (hostile / "sitecustomize.py").write_text("print('hijacked')\n")
+    env = dict(os.environ, PYTHONPATH=str(hostile), PYTHONSTARTUP=str(hostile / "minidocker.py"),
+               PYTHONUSERBASE=str(hostile))
+    ran = subprocess.run([installed(prefix)[0], "run", "--rm", "--network=none", rootfs,
+                          "echo", "hi"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env, timeout=60)
+    assert (ran.returncode, ran.stdout) == (0, b"hi\n"), ran.stderr
+    subprocess.run(MINIDOCKER + ["uninstall", "--prefix", prefix], check=True,
+                   stdout=subprocess.DEVNULL, timeout=60)
+
+
+@root
+def test_install_and_uninstall_refuse_what_is_not_theirs(tmp_path):
+    """A launcher path that holds someone else's program is left alone, and
+    uninstall where nothing is installed says so: one line, exit 125."""
+    prefix = tmp_path / "prefix"
+    (prefix / "bin").mkdir(parents=True)
+    theirs = prefix / "bin" / "minidocker"
+    theirs.write_text("#!/bin/sh\necho theirs\n")
+    err = bad(["install", "--prefix", str(prefix)],
+              "install: %s exists and is not minidocker's launcher" % theirs)
+    assert "--prefix" in err and theirs.read_text() == "#!/bin/sh\necho theirs\n"
+    assert tree(str(prefix)) == ["bin", "bin/minidocker"]
+    bad(["uninstall", "--prefix", str(prefix)],
+        "uninstall: minidocker is not installed under %s" % prefix)
+    assert theirs.read_text() == "#!/bin/sh\necho theirs\n"
+    (tmp_path / "file").write_text("")
+    bad(["install", "--prefix", str(tmp_path / "file")], "install: ")
+
+
+@root
+def test_debug_traces_each_stage_in_order(rootfs):
+    """--debug prints a line per start-up stage with the ms since main()
+    began, the child's stages among them (the same clock), and the `own
+    work` line. The times follow the order of the run: the child builds its
+    root after its fork, and gets "go" only after the cgroups are joined."""
+    result = run(rootfs, "true", options=["--debug"])
+    assert result.returncode == 0, result.err
+    times = {}
+    for ms, stage in re.findall(r"^minidocker: debug: +([0-9.]+) ms  (.*)$", result.err, re.M):
+        times[stage.split(",")[0]] = float(ms)
+    order = ["flags parsed into the spec", "dead containers reclaimed", "record and layer made",
+             "cgroups made", "network leased", "forked the child", "child: namespaces unshared",
+             "child: root built", "child: go"]
+    assert [times[stage] for stage in order] == sorted(times[stage] for stage in order), times
+    assert times["cgroups joined"] <= times["child: go"], times
+    assert re.search(r"^minidocker: debug: own work [0-9.]+ ms \(main\(\) to execve\)$",
+                     result.err, re.M), result.err
+
+
+@root
+def test_the_default_filter_is_compiled_once_and_kept(rootfs):
+    """The default profile's program is kept in the run tree after the first
+    run (root's alone), and a second run loads it: the same bytes as a fresh
+    compile, and a forged cache entry (not a multiple of 8 bytes) is
+    compiled anew rather than loaded."""
+    cache = md.Paths().seccomp_cache
+    run(rootfs, "true")  # the run tree exists from here on
+    shutil.rmtree(cache, ignore_errors=True)
+    first = run(rootfs, "true", options=["--debug"])
+    assert first.returncode == 0 and "(cached)" not in first.err, first.err
+    entries = os.listdir(cache)
+    assert len(entries) == 1 and os.stat(cache).st_mode & 0o777 == 0o700
+    with open(os.path.join(cache, entries[0])) as handle:
+        kept = json.load(handle)
+    assert bytes.fromhex(kept["program"]) == \
+        md.plan_seccomp(md.DEFAULT_PROFILE, DEFAULT_CAPS, "default")[0]
+    second = run(rootfs, "true", options=["--debug"])
+    assert "BPF instructions (cached)" in second.err, second.err
+    with open(os.path.join(cache, entries[0]), "w") as handle:
+        json.dump({"program": "00", "notes": []}, handle)
+    third = run(rootfs, "sh", "-c", "grep Seccomp: /proc/self/status", options=["--debug"])
+    assert "BPF instructions (cached)" not in third.err and "Seccomp:\t2" in third.out
