@@ -52,8 +52,8 @@ import time
 # extension module (fcntl is one in many builds) would fail to load. A
 # module only some runs need is imported where it is needed, to keep the
 # others' start-up short (socket: only the network and -t; ipaddress: only
-# network flags), but always in code that runs before the fork when the
-# child needs it after pivot_root (socket, for eth0 and for -t).
+# network flags), but always before the fork when the child needs it after
+# pivot_root (preload, in start_container: socket and ipaddress for eth0).
 
 # === 1. Errors and messages ===
 # Helpers raise; only main() writes messages and exits (as tini does): the
@@ -423,6 +423,7 @@ SYSCALLS = syscall_numbers(MACHINE) if MACHINE in SYSCALL_TABLES else {}
 _mount = _bind("mount", [_c_str, _c_str, _c_str, _c_ulong, _c_str])
 _umount2 = _bind("umount2", [_c_str, _c_int])
 _unshare = _bind("unshare", [_c_int])
+_setns = _bind("setns", [_c_int, _c_int])
 _sethostname = _bind("sethostname", [_c_str, ctypes.c_size_t])
 _prctl = _bind("prctl", [_c_int, _c_ulong, _c_ulong, _c_ulong, _c_ulong])
 _capset = _bind("capset", [ctypes.c_void_p, ctypes.c_void_p])
@@ -461,6 +462,11 @@ def unshare(flags):
     with failing_as("unshare(%s)" % names,
                     {errno.EPERM: "needs root in the initial user namespace"}):
         _unshare(flags)
+
+
+def setns(fd, nstype, what):
+    with failing_as("setns(%s)" % what):
+        _setns(fd, nstype)
 
 
 def sethostname(name):
@@ -954,13 +960,19 @@ def owner_alive(record):
 class Instance:
     """One container's own facts, decided by run_container once it has an
     id (the spec, the same for every run of the same flags, is only read):
-    its layer, its host name (default: the short id), its network lease
-    (None without --network bridge) and the /etc files bound into it."""
-    __slots__ = ("id", "layer", "hostname", "lease", "etc_files")
+    its layer, its host name (default: the short id), the /etc files bound
+    into it, and its network lease (None without --network bridge), which
+    is taken while the child is already starting and reaches it with "go"."""
+    __slots__ = ("id", "layer", "hostname", "lease")
 
-    def __init__(self, cid, layer, hostname, lease, etc_files):
-        self.id, self.layer, self.hostname = cid, layer, hostname
-        self.lease, self.etc_files = lease, etc_files
+    def __init__(self, cid, layer, hostname):
+        self.id, self.layer, self.hostname, self.lease = cid, layer, hostname, None
+
+    @property
+    def etc_files(self):
+        """(file in the layer, /etc/ path it is bound over), as write_etc_files
+        writes them."""
+        return [(os.path.join(self.layer, name), "/etc/" + name) for name in ETC_FILES]
 
 
 def create_container(paths, spec, cid, cgroups, parents=()):
@@ -1065,14 +1077,23 @@ def reclaim_dead(paths):
 
     Any number of minidockers may reclaim at once (forty `run`s after a
     crash): a lock file makes them take turns, and each reads the records
-    only once it holds the lock, so a record another has finished is no
-    longer dead for it. Writing needs free space; a full disk leaves the
+    again once it holds the lock, so a record another has finished is no
+    longer dead for it. The lock is taken only when a first look, without
+    it, finds something dead: a hundred runs started at once would
+    otherwise queue for it one by one, each reading every record (1.5 s
+    for the median one, measured). Writing needs free space; a full disk leaves the
     record as it is (ps still shows it as not running) rather than failing
     the command that only wanted to read or remove."""
-    if not os.path.isdir(paths.records):
+    if not os.path.isdir(paths.records) or not (stale_temporaries(paths) or dead_records(paths)):
         return
     with state_lock(paths, "reclaim.lock"):
         reclaim_locked(paths)
+
+
+def dead_records(paths):
+    """Records of containers said to run whose minidocker is gone."""
+    return [record for record in read_records(paths)
+            if record["status"] in ("created", "running") and not owner_alive(record)]
 
 
 @contextlib.contextmanager
@@ -1087,21 +1108,23 @@ def state_lock(paths, name):
         os.close(fd)  # and with it the lock
 
 
-def remove_stale_temporaries(paths):
+def stale_temporaries(paths):
     """Temporaries of writers that died mid-write (kill -9): .ID.json.PID.tmp
     (write_file_atomically)."""
+    stale = []
     for name in os.listdir(paths.records):
         parts = name.split(".")
         if name.startswith(".") and name.endswith(".tmp") and len(parts) >= 4 \
                 and is_number(parts[-2]) and process_start_time(int(parts[-2])) is None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(paths.records, name))
+            stale.append(name)
+    return stale
 
 
 def reclaim_locked(paths):
-    remove_stale_temporaries(paths)
-    dead = [record for record in read_records(paths)
-            if record["status"] in ("created", "running") and not owner_alive(record)]
+    for name in stale_temporaries(paths):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(paths.records, name))
+    dead = dead_records(paths)
     # Another namespace's rules are that namespace's next run's to rebuild.
     networked = [record for record in dead if record.get("network", {}).get("netns") == current_netns()]
     if networked:
@@ -3562,9 +3585,11 @@ def resolv_conf(host_text, upstream_text, dns, keep_loopback):
         "".join(line + "\n" for line in others)
 
 
+ETC_FILES = ("hostname", "hosts", "resolv.conf")
+
+
 def write_etc_files(layer, hostname, plan, lease):
-    """Write the three files into the state directory; returns the
-    (source, target) pairs to bind."""
+    """Write the three files (ETC_FILES) into the state directory."""
     host = plan["mode"] == "host"
     address = lease["address"] if lease else None
     add_hosts = [(name, lease["gateway"] if ip == "host-gateway" else ip)
@@ -3576,14 +3601,11 @@ def write_etc_files(layer, hostname, plan, lease):
                                    read_text("/run/systemd/resolve/resolv.conf"),
                                    plan["dns"], keep_loopback=host),
     }
-    pairs = []
-    for name, text in contents.items():
+    for name in ETC_FILES:
         source = os.path.join(layer, name)
         with open(source, "w") as handle:
-            handle.write(text)
+            handle.write(contents[name])
         os.chmod(source, 0o644)
-        pairs.append((source, "/etc/" + name))
-    return pairs
 
 
 # === 10. Capabilities, no_new_privs and seccomp ===
@@ -4414,13 +4436,16 @@ DEFAULT_PROFILE = {
 # runc needs a third process because it can enter a user namespace and a pid
 # namespace in one start-up; without user namespaces two are enough.
 #
-# They talk over two close-on-exec pipes (subprocess.py's trick): the child
-# writes "ready" once its namespaces exist and goes on building its root;
-# the parent, which has been putting it in its cgroups meanwhile, gives it
-# its veth and answers "go"; the child waits for "go" before anything of
-# the image runs. The child reports a failure as one "error CODE MESSAGE"
-# line. End of file on the child's pipe
-# with no error means the exec succeeded: the kernel closed the pipe in it.
+# They talk over two close-on-exec pipes (subprocess.py's trick), a line
+# at a time. The parent, right after the fork, puts the child in its
+# cgroups (in a thread: on cgroup v1 that waits out an RCU grace period)
+# while it leases the network and writes the /etc files, then says "root".
+# The child unshares its namespaces, says "ready", builds its root once it
+# has "root", and waits. Once the child's namespaces exist and the cgroups
+# are joined, the parent gives it its veth and says "go" with the lease;
+# nothing of the image runs before. The child reports a failure as one
+# "error CODE MESSAGE" line. End of file on the child's pipe with no error
+# means the exec succeeded: the kernel closed the pipe in it.
 #
 # One run, in order (run_container at the end of this chapter; the chapter
 # of each step in brackets):
@@ -4428,13 +4453,13 @@ DEFAULT_PROFILE = {
 #    2. dead containers reclaimed, under a lock                    [4]
 #    3. the cgroups planned, the record and the layer made          [8, 4]
 #    4. the signal pipe set up; cgroups made, limits written        [11, 8]
-#    5. an address leased, the bridge and the nf_tables table       [9]
-#    6. the child forked into a new pid namespace (stage 1): it
+#    5. the child forked into a new pid namespace (stage 1): it
 #       unshares mnt, uts, ipc and net, and says "ready"           [7, 11]
-#    7. meanwhile the parent puts it in its cgroups; after "ready"
-#       it gives it its veth, then says "go"                       [8, 9]
-#    8. the child, not waiting: overlay, mounts, /dev, masks,
-#       pivot_root; then it waits for "go"                         [6]
+#    6. meanwhile the parent puts it in its cgroups (a thread), and
+#       leases an address (the bridge, the nf_tables table) and
+#       writes the /etc files: "root"                              [8, 9]
+#    7. the child: overlay, mounts, /dev, masks, pivot_root         [6]
+#    8. the parent, once "ready" and joined: the veth, then "go"    [9]
 #    9. stage 2: cgroup namespace, host name, eth0, user,
 #       capabilities, no_new_privs, seccomp, execve               [7, 9, 10, 11]
 #   10. the parent forwards signals and relays the terminal until
@@ -4554,12 +4579,18 @@ def child_stage(spec, instance, to_parent, from_parent, console):
         trace(spec.debug, "child: namespaces unshared")
         # The root is built while the parent joins us to our cgroups (on
         # cgroup v1 the first join waits out an RCU grace period, 10-20 ms)
-        # and gives us eth0; nothing here needs either.
+        # and gives us eth0; nothing here needs either. It needs the /etc
+        # files, written meanwhile ("root").
+        rest = bytearray()
+        if read_line(from_parent, rest) != b"root\n":
+            os._exit(EXIT_RUNTIME)  # the parent is gone
         build_root(spec, instance, console)
         trace(spec.debug, "child: root built, pivoted")
         set_stage_name("md:[2:INIT]")
-        if os.read(from_parent, 2) != b"go":
-            os._exit(EXIT_RUNTIME)  # the parent is gone
+        go = read_line(from_parent, rest)
+        if not go.startswith(b"go "):
+            os._exit(EXIT_RUNTIME)
+        instance.lease = json.loads(go[3:].decode())
         trace(spec.debug, "child: go")
         unshare(CLONE_NEWCGROUP)  # after the join: our cgroup is its root
         sethostname(instance.hostname)
@@ -4593,6 +4624,20 @@ def close_inherited_fds():
                     os.close(fd)
             except OSError:  # EBADF: the directory listdir itself had open
                 pass
+
+
+def read_line(fd, rest):
+    """The child's side of the pipe: the parent's next line, b'' once it is
+    gone. `rest` keeps what came after it ("root" and "go" may come in one
+    read)."""
+    while b"\n" not in rest:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return b""
+        rest += chunk
+    line, newline, after = bytes(rest).partition(b"\n")
+    rest[:] = after
+    return line + newline
 
 
 def report_and_exit(to_parent, code, message):
@@ -4773,17 +4818,22 @@ def raise_child_error(message):
     raise MiniDockerError(text, int(code))
 
 
-def start_container(spec, instance, signals, join, attach):
+def start_container(spec, instance, signals, join, prepare):
     """Stage 0: fork the child into its namespaces and see it to its exec.
-    On the host side, while the child builds its root: join(pid) at once
-    (the cgroups), attach(pid) once the child's namespaces exist (the
-    veth); then "go". Returns (pid of the container's init, pty master or
-    None, the signals that arrived meanwhile and are still to forward)."""
+    On the host side, while the child unshares and builds its root:
+    join(pid) (the cgroups) in a thread of its own, and meanwhile
+    prepare(), which returns the lease (or None) once the /etc files are
+    written ("root"); then, once the child's namespaces exist, its veth,
+    and "go" with the lease. Returns (pid of the container's init, pty
+    master or None, the signals that arrived meanwhile and are still to
+    forward)."""
     child_read, parent_write = os.pipe2(os.O_CLOEXEC)
     parent_read, child_write = os.pipe2(os.O_CLOEXEC)
     console = console_peer = None
+    if spec.network_plan["mode"] == "bridge":
+        preload("socket", "ipaddress")  # configure_eth0 speaks netlink after pivot_root
     if spec.tty:
-        import socket  # imported here, before the fork: the child needs it after pivot_root
+        import socket  # imported here, before the fork: attach_terminal needs it
         console, console_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     unshare(CLONE_NEWPID)  # for the child we are about to fork
     pid = os.fork()
@@ -4804,17 +4854,34 @@ def start_container(spec, instance, signals, join, attach):
     pending, rest = [], bytearray()
     try:
         trace(spec.debug, "forked the child")
+        # unshare(CLONE_NEWPID) sent our next children to the new namespace,
+        # and until that is undone the kernel refuses us a thread (EINVAL:
+        # a thread must share its process's pid namespace). Entering our
+        # own pid namespace again undoes it.
+        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            join(pid)
-        except MiniDockerError as err:
+            setns(own, CLONE_NEWPID, "our own pid namespace")
+        finally:
+            os.close(own)
+        joining = InThread(join, pid)
+        try:
+            try:
+                lease = prepare()
+                os.write(parent_write, b"root\n")
+            finally:
+                failed = joining.wait()
+        except (MiniDockerError, BrokenPipeError) as err:
             child_error_first(err, pid, parent_read, signals, pending, rest)
+        if failed is not None:
+            child_error_first(failed, pid, parent_read, signals, pending, rest)
         trace(spec.debug, "cgroups joined")
         message = read_child_message(parent_read, signals, pending, rest)
         if message != b"ready\n":
             raise_child_error(message)
         try:
-            attach(pid)
-            os.write(parent_write, b"go")
+            if lease:
+                attach_veth(lease, pid)
+            os.write(parent_write, b"go %s\n" % json.dumps(lease).encode())
         except (MiniDockerError, BrokenPipeError) as err:
             child_error_first(err, pid, parent_read, signals, pending, rest)
         trace(spec.debug, "the child's namespaces ready, veth attached, go")
@@ -4831,6 +4898,40 @@ def start_container(spec, instance, signals, join, attach):
         if console is not None:
             console.close()
     return pid, master, pending
+
+
+class InThread:
+    """call(*args) in a thread of its own; wait() returns its exception, or
+    None. (_thread, not threading: importing threading would cost 2 ms of
+    every start.)"""
+
+    def __init__(self, call, *args):
+        import _thread
+        self.error = None
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+
+        def body():
+            try:
+                call(*args)
+            except BaseException as err:
+                self.error = err
+            finally:
+                self.done.release()
+
+        _thread.start_new_thread(body, ())
+
+    def wait(self):
+        with self.done:
+            return self.error
+
+
+def preload(*names):
+    """Import now, in the parent, modules that only the child uses, after
+    pivot_root, when the host's Python library is out of its reach: the
+    child gets them with the fork."""
+    for name in names:
+        __import__(name)
 
 
 def child_error_first(err, pid, fd, signals, pending, rest):
@@ -5032,26 +5133,24 @@ def run_container(spec, paths):
     try:
         cgroups = create_cgroups(cgroup_plan, spec.resources)
         trace(spec.debug, "cgroups made, limits written")
-        # 5. The network, and the /etc files that name it.
-        lease = lease_network(paths, record, spec.network_plan) \
-            if spec.network_plan["mode"] == "bridge" else None
-        hostname = spec.hostname or cid[:12]
-        instance = Instance(cid, layer, hostname, lease,
-                            write_etc_files(layer, hostname, spec.network_plan, lease))
-        trace(spec.debug, "network leased, /etc files written")
+        instance = Instance(cid, layer, spec.hostname or cid[:12])
 
-        def attach(child):  # 7., once the child's network namespace exists
-            if lease:
-                attach_veth(lease, child)
+        def prepare():  # 6., while the child starts and joins its cgroups
+            lease = lease_network(paths, record, spec.network_plan) \
+                if spec.network_plan["mode"] == "bridge" else None
+            write_etc_files(layer, instance.hostname, spec.network_plan, lease)
+            trace(spec.debug, "network leased, /etc files written")
+            return lease
 
-        # 6. to 9. The child, from fork to the command's execve.
+        # 5. to 9. The child, from fork to the command's execve.
         pid, master, pending = start_container(
-            spec, instance, signals, lambda child: join_cgroups(cgroups, child), attach)
+            spec, instance, signals, lambda child: join_cgroups(cgroups, child), prepare)
         started = True
         record.update(status="running", pid=pid, pid_start=process_start_time(pid))
         write_record(paths, record)
         # 10. Until the command ends; then everything the run made goes.
         code = exit_code(wait_for_container(pid, signals, master, spec.interactive, pending))
+        trace(spec.debug, "the command ended (exit code %d)" % code)
         if code == 128 + signal.SIGKILL and oom_killed(cgroups):
             warn("the container hit its memory limit (--memory %s) and the kernel's OOM "
                  "killer ended it" % spec.resources.get("memory", "of its parent cgroup"))
@@ -5074,6 +5173,7 @@ def run_container(spec, paths):
             write_record(paths, record)
         except OSError as err:  # ENOSPC: the code still reaches the caller
             warn("container %s: its record keeps no exit code: %s" % (cid[:12], err.strerror))
+    trace(spec.debug, "cleaned up")
     return code
 
 
