@@ -585,10 +585,12 @@ def test_loopback_is_up(rootfs):
 
 @root
 def test_own_namespaces(rootfs):
-    script = "for n in pid uts mnt ipc net cgroup; do readlink /proc/1/ns/$n; done"
+    names = ("pid", "uts", "mnt", "ipc", "net", "cgroup")
+    script = "for n in %s; do readlink /proc/1/ns/$n; done" % " ".join(names)
     inside = sh(rootfs, script).out.split()
-    for name, value in zip(("pid", "uts", "mnt", "ipc", "net", "cgroup"), inside):
-        assert value != os.readlink("/proc/self/ns/%s" % name), name
+    assert len(inside) == len(names), inside
+    for name, value in zip(names, inside):
+        assert value.startswith(name + ":[") and value != os.readlink("/proc/self/ns/" + name)
     assert sh(rootfs, "cat /proc/self/cgroup").out.strip().endswith(":/")
 
 
