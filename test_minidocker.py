@@ -1582,7 +1582,7 @@ def test_fault_killed_minidocker_not_yet_reaped_owns_nothing(rootfs):
             time.sleep(0.02)
         listing = minidocker("ps", "-a")  # while it is a zombie
         assert record["id"][:12] + "  exited(?)" in listing.out, listing.out
-        assert not any(os.path.exists(path) for path in record["cgroups"])
+        assert record["cgroups"] and not any(os.path.exists(path) for path in record["cgroups"])
     finally:
         proc.wait()
     assert minidocker("rm", record["id"]).returncode == 0
@@ -2181,7 +2181,9 @@ def test_cgroup_placement_namespace_and_removal(rootfs):
         inside = b""
         while not inside.endswith(b"end\n"):
             inside += proc.stdout.readline()
-        for line in inside.decode().splitlines()[:-1]:
+        lines = inside.decode().splitlines()[:-1]
+        assert lines, inside
+        for line in lines:
             assert line.endswith(":/"), line  # the cgroup namespace: its own cgroup is the root
         record = running_record()
         layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
@@ -2208,7 +2210,7 @@ def test_cgroup_removed_after_kill_9_of_minidocker(rootfs):
     with started(rootfs, "sleep", "60", options=["--pids-limit", "10"]) as proc:
         record = running_record()
         proc.kill()
-    assert all(os.path.isdir(path) for path in record["cgroups"])
+    assert record["cgroups"] and all(os.path.isdir(path) for path in record["cgroups"])
     assert sh(rootfs, "true", check_clean=False).returncode == 0  # reclaims
     for path in record["cgroups"]:
         assert not os.path.exists(path), path
@@ -2222,11 +2224,13 @@ def test_cgroup_parent_made_for_a_container_goes_with_it(rootfs):
                                md.read_text("/proc/self/cgroup"))
     mounts = [mount for mount, _ in layout.v1.values()] + [layout.v2_mount]
     tops = [os.path.join(mount, parent.split("/")[0]) for mount in mounts if mount]
+    assert tops
     for kill in (False, True):
         with started(rootfs, "sh", "-c", "echo up; sleep 60",
                      options=["--cgroup-parent", parent]) as proc:
             assert proc.stdout.readline() == b"up\n"
             record = running_record()
+            assert record["cgroups"], record
             assert all(path.startswith(tuple(tops)) for path in record["cgroups"])
             assert all(os.path.isdir(top) for top in tops)
             if kill:
