@@ -1102,7 +1102,7 @@ def test_escape_through_the_callers_terminal(rootfs, probe):
         os.close(master)
         os.close(slave)
     assert b"tty-refused" in output, output
-    assert b"ret -1 errno 1" in output, output  # EPERM: not its controlling terminal
+    assert b"ret -1 errno %d" % errno.EPERM in output, output  # not its controlling terminal
     assert not injected
     assert_nothing_left()
 
@@ -2747,7 +2747,7 @@ def errno_of(name):
     return md.SECCOMP_RET_ERRNO | getattr(errno, name)
 
 
-ALLOW, EPERM = md.SECCOMP_RET_ALLOW, md.SECCOMP_RET_ERRNO | 1
+ALLOW, EPERM = md.SECCOMP_RET_ALLOW, md.SECCOMP_RET_ERRNO | errno.EPERM
 DEFAULT_CAPS = frozenset(md.CAP_NAMES.index(n) for n in md.DOCKER_DEFAULT_CAPS)
 
 
@@ -2756,7 +2756,7 @@ def test_bpf_golden_program():
     profile = {"defaultAction": "SCMP_ACT_ERRNO",
                "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_ALLOW"}]}
     code = compiled(profile)
-    enosys, kill = md.SECCOMP_RET_ERRNO | 38, md.SECCOMP_RET_KILL_PROCESS
+    enosys, kill = md.SECCOMP_RET_ERRNO | errno.ENOSYS, md.SECCOMP_RET_KILL_PROCESS
     expected = [
         (0x20, 0, 0, 4),             # ld [arch]
         (0x15, 1, 0, 0xC000003E),    # jeq AUDIT_ARCH_X86_64
@@ -3104,31 +3104,36 @@ def probe(tmp_path_factory):
 
 # (what, syscall, arguments, errno under the default profile). Pointers are
 # 0: a call that passes the filter fails later with EFAULT, or succeeds.
+# AT_FDCWD (-100) as the unsigned long the probe reads its arguments into.
+AT_FDCWD = (1 << 64) - 100
 DENIALS = [
-    ("unshare(CLONE_NEWUSER)", "unshare", [md.CLONE_NEWUSER], 1),
-    ("mount", "mount", [0, 0, 0, 0, 0], 1),
-    ("keyctl", "keyctl", [0, 0], 1),
-    ("add_key", "add_key", [0, 0, 0, 0, 0], 1),
-    ("socket(AF_ALG)", "socket", [38, 5, 0], 97),
-    ("socket(AF_VSOCK)", "socket", [40, 1, 0], 97),
-    ("clone(CLONE_NEWUSER)", "clone", [md.CLONE_NEWUSER | 17, 0, 0, 0, 0], 1),
-    ("clone3", "clone3", [0, 0], 38),
-    ("bpf", "bpf", [0, 0, 0], 1),
-    ("perf_event_open", "perf_event_open", [0, 0, 0, 0, 0], 1),
-    ("io_uring_setup", "io_uring_setup", [1, 0], 1),
-    ("ptrace(PTRACE_TRACEME)", "ptrace", [0, 0, 0, 0], 1),
-    ("personality(READ_IMPLIES_EXEC)", "personality", [0x400000], 1),
-    ("mknodat(S_IFCHR)", "mknodat", [(1 << 64) - 100, 0, 0o020644, 0x103], 1),
-    ("ioctl(TIOCSTI)", "ioctl", [0, 0x5412, 0], 1),
-    ("syscall 1000", 1000, [], 38),
+    ("unshare(CLONE_NEWUSER)", "unshare", [md.CLONE_NEWUSER], errno.EPERM),
+    ("mount", "mount", [0, 0, 0, 0, 0], errno.EPERM),
+    ("keyctl", "keyctl", [0, 0], errno.EPERM),
+    ("add_key", "add_key", [0, 0, 0, 0, 0], errno.EPERM),
+    ("socket(AF_ALG)", "socket", [socket.AF_ALG, socket.SOCK_SEQPACKET, 0], errno.EAFNOSUPPORT),
+    ("socket(AF_VSOCK)", "socket", [socket.AF_VSOCK, socket.SOCK_STREAM, 0], errno.EAFNOSUPPORT),
+    ("clone(CLONE_NEWUSER)", "clone", [md.CLONE_NEWUSER | signal.SIGCHLD, 0, 0, 0, 0],
+     errno.EPERM),
+    ("clone3", "clone3", [0, 0], errno.ENOSYS),
+    ("bpf", "bpf", [0, 0, 0], errno.EPERM),
+    ("perf_event_open", "perf_event_open", [0, 0, 0, 0, 0], errno.EPERM),
+    ("io_uring_setup", "io_uring_setup", [1, 0], errno.EPERM),
+    ("ptrace(PTRACE_TRACEME)", "ptrace", [0, 0, 0, 0], errno.EPERM),
+    ("personality(READ_IMPLIES_EXEC)", "personality", [0x400000], errno.EPERM),
+    ("mknodat(S_IFCHR)", "mknodat", [AT_FDCWD, 0, stat.S_IFCHR | 0o644, os.makedev(1, 3)],
+     errno.EPERM),
+    ("ioctl(TIOCSTI)", "ioctl", [0, termios.TIOCSTI, 0], errno.EPERM),
+    ("syscall 1000", 1000, [], errno.ENOSYS),
 ]
 ALLOWED = [
     ("getppid", "getppid", [], 0),
-    ("socket(AF_INET)", "socket", [2, 1, 0], 0),
-    ("socket(AF_UNIX)", "socket", [1, 1, 0], 0),
-    ("mknodat(S_IFIFO)", "mknodat", [(1 << 64) - 100, 0, 0o010644, 0], 14),  # EFAULT: passed
+    ("socket(AF_INET)", "socket", [socket.AF_INET, socket.SOCK_STREAM, 0], 0),
+    ("socket(AF_UNIX)", "socket", [socket.AF_UNIX, socket.SOCK_STREAM, 0], 0),
+    ("mknodat(S_IFIFO)", "mknodat", [AT_FDCWD, 0, stat.S_IFIFO | 0o644, 0],
+     errno.EFAULT),  # passed
     ("personality(query)", "personality", [0xFFFFFFFF], 0),
-    ("ioctl(TIOCGWINSZ)", "ioctl", [0, 0x5413, 0], 25),  # ENOTTY: passed
+    ("ioctl(TIOCGWINSZ)", "ioctl", [0, termios.TIOCGWINSZ, 0], errno.ENOTTY),  # passed
 ]
 
 
@@ -3137,7 +3142,7 @@ def probe_script(calls):
     lines = []
     for _, name, args, _ in calls:
         number = md.SYSCALLS[name] if isinstance(name, str) else name
-        lines.append("/probe/probe %s" % " ".join(str(n) for n in [number] + args))
+        lines.append("/probe/probe %s" % " ".join("%d" % n for n in [number] + args))
     return "; ".join(lines)
 
 
@@ -3202,8 +3207,9 @@ def test_foreign_abis_are_killed(rootfs, probe):
     unconfined = ["--security-opt", "seccomp=unconfined"]
     assert run(rootfs, "/probe/probe", "int80", "20", options=probe + unconfined).out.startswith(
         "ret ")  # the i386 getpid works without the filter
-    assert run(rootfs, "/probe/probe", "int80", "20", options=probe).returncode == 128 + 31
-    assert run(rootfs, "/probe/probe", str(0x40000000 | 39), options=probe).returncode == 128 + 31
+    killed = 128 + signal.SIGSYS
+    assert run(rootfs, "/probe/probe", "int80", "20", options=probe).returncode == killed
+    assert run(rootfs, "/probe/probe", str(0x40000000 | 39), options=probe).returncode == killed
 
 
 def kernels_tiocsti_answer():
@@ -3251,9 +3257,10 @@ def test_strict_profile_runs_busybox(rootfs, probe):
     assert lines[:4] == [str(len(os.listdir(rootfs))), "hi",
                          "alice:x:1000:1000:Alice:/home/alice:/bin/sh", "1 root"], lines
     assert "trapped" in lines and lines[-2:] == ["0", "denied"]
-    result = run(rootfs, "/probe/probe", str(md.SYSCALLS["socket"]), "16", "3", "0",
+    result = run(rootfs, "/probe/probe", str(md.SYSCALLS["socket"]), "%d" % socket.AF_NETLINK,
+                 "%d" % socket.SOCK_RAW, "0",
                  options=probe + strict)  # AF_NETLINK is not in the list
-    assert result.out == "ret -1 errno 1\n"
+    assert result.out == "ret -1 errno %d\n" % errno.EPERM
 
 
 @pytest.fixture(scope="session")
@@ -3309,11 +3316,12 @@ def test_profile_from_podman_loads_and_runs(rootfs, debian, probe):
     """containers-common's seccomp.json, unchanged: its default is ENOSYS."""
     podman = ["--security-opt", "seccomp=/usr/share/containers/seccomp.json"]
     result = sh(rootfs, "grep Seccomp: /proc/self/status; ls /bin | wc -l; " + probe_script(
-        [("add_key", "add_key", [0, 0, 0, 0, 0], 38),
-         ("open_by_handle_at", "open_by_handle_at", [0, 0, 0], 1)]), options=probe + podman)
+        [("add_key", "add_key", [0, 0, 0, 0, 0], errno.ENOSYS),
+         ("open_by_handle_at", "open_by_handle_at", [0, 0, 0], errno.EPERM)]),
+        options=probe + podman)
     assert result.returncode == 0, result.err
     assert status_field(result.out, "Seccomp") == "2"
-    assert probe_errnos(result.out) == [38, 1]
+    assert probe_errnos(result.out) == [errno.ENOSYS, errno.EPERM]
     rootfs, options = debian
     result = run(rootfs, "python3", "-c", WEB_CHECK, options=options + podman, timeout=120)
     assert "web 200 True 42 True" in result.out, result.err
