@@ -1108,9 +1108,13 @@ def test_escape_through_the_callers_terminal(rootfs, probe):
 
 
 @root
-def test_escape_stdin_not_a_session_leader_of_ours(rootfs):
+def test_escape_pid_1_leads_a_session_of_its_own(rootfs):
+    """The container's processes are in a session that its pid 1 leads, so
+    the caller's terminal is no controlling terminal in there (the attack
+    itself is test_escape_through_the_callers_terminal). Seen through the
+    pid namespace, a session led outside the container has the id 0."""
     sid = sh(rootfs, "cut -d' ' -f6 /proc/self/stat; cut -d' ' -f6 /proc/1/stat").out.split()
-    assert sid == ["1", "1"]  # pid 1 leads a session of its own
+    assert sid == ["1", "1"]
 
 
 @root
