@@ -10,9 +10,15 @@ Two kinds, as the README says:
   faults, load and bad input. They are marked `root` and skipped only when
   not run as root (CI runs as root and fails on any skip).
 
-The sections follow the book's chapters where they can: the spec (3), the
-mount plan (6), the ELF reader (5), what the process sees (11), escapes and
-faults, cgroups and the device cgroup (8), seccomp (10), networking (9).
+Each section opens with a banner; where it tests one chapter of the book,
+the banner starts with that chapter's number, and
+`grep -nE '^# [0-9]+[.] ' test_minidocker.py` lists them. In file order:
+the spec (3), then the pure helpers it leans on from 10, 2, 11 and 4; the
+mount plan (6); the ELF reader (5); as root, what the process inside sees;
+the terminal (11); bad input; escapes; faults and load; cgroups, the device
+cgroup and release_agent (8); seccomp (10); networking (9). The sections
+without a number (what the process sees, bad input, escapes, faults)
+cross the chapters.
 """
 
 import contextlib
@@ -218,7 +224,7 @@ def wait_for_child(pid, timeout=10):
 
 
 # ---------------------------------------------------------------------------
-# unit tests: the spec
+# 3. unit tests: the spec
 # ---------------------------------------------------------------------------
 
 def parse(*argv):
@@ -304,6 +310,10 @@ def test_env_rules(tmp_path, monkeypatch):
         md.expand_env(["=x"])
 
 
+# ---------------------------------------------------------------------------
+# 10. unit tests: capability rules and names, the capset header
+# ---------------------------------------------------------------------------
+
 def test_capability_rules():
     default = md.plan_capabilities([], [], False, set(range(41)))
     assert md.cap_mask(default) == DOCKER_DEFAULT_CAPS
@@ -336,6 +346,10 @@ def test_capset_struct_bytes():
         bytes.fromhex("2205082000000000")
 
 
+# ---------------------------------------------------------------------------
+# 2. unit tests: every libc binding checks its errors
+# ---------------------------------------------------------------------------
+
 def test_every_binding_checks_its_errors():
     """Each libc binding carries its error check where it is declared, so no
     caller can forget it: a failed call raises SyscallError naming the call,
@@ -359,6 +373,10 @@ def test_every_binding_checks_its_errors():
     assert str(unhinted.value) == "mount overlay on /nonexistent/md: " + \
         os.strerror(unhinted.value.errno)
 
+
+# ---------------------------------------------------------------------------
+# 11. unit tests: the user, the command's path, the exit code
+# ---------------------------------------------------------------------------
 
 def test_resolve_user():
     passwd = md.parse_passwd("root:x:0:0:root:/root:/bin/sh\n"
@@ -395,6 +413,10 @@ def test_exit_code_convention():
     assert md.exit_code(signal.SIGKILL) == 137
 
 
+# ---------------------------------------------------------------------------
+# 4. unit tests: where the state lives
+# ---------------------------------------------------------------------------
+
 def test_paths_follow_minidocker_root():
     assert md.Paths({}).lib == "/var/lib/minidocker"
     assert md.Paths({}).run == "/run/minidocker"
@@ -404,7 +426,7 @@ def test_paths_follow_minidocker_root():
 
 
 # ---------------------------------------------------------------------------
-# unit tests: the mount plan and the walk inside the rootfs
+# 6. unit tests: the mount plan and the walk inside the rootfs
 # ---------------------------------------------------------------------------
 
 def test_mount_plan_order_and_flags(tmp_path):
@@ -498,7 +520,7 @@ def test_walk_refuses_what_it_must(trap_tree):
 
 
 # ---------------------------------------------------------------------------
-# unit tests: the ELF reader, against binutils' readelf
+# 5. unit tests: the ELF reader, against binutils' readelf
 # ---------------------------------------------------------------------------
 
 def readelf(*args):
@@ -562,7 +584,8 @@ def test_elf_closure_of_ls_includes_loader_and_libc():
 
 
 # ---------------------------------------------------------------------------
-# root: what the process inside sees
+# root: what the process inside sees, across chapters: its namespaces,
+# capabilities, user, mounts, exit code and signals, and what a run leaves
 # ---------------------------------------------------------------------------
 
 @root
@@ -840,7 +863,7 @@ def test_kill_9_of_minidocker_is_reclaimed(rootfs):
 
 
 # ---------------------------------------------------------------------------
-# root: the terminal
+# 11. root: the terminal
 # ---------------------------------------------------------------------------
 
 class Terminal:
@@ -1800,7 +1823,7 @@ def test_fuzz_bad_command_lines_in_process(capsys, monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# cgroups: unit tests of sizes, conversions and the plan of writes
+# 8. cgroups: unit tests of sizes, conversions and the plan of writes
 # ---------------------------------------------------------------------------
 
 def resources(*argv, cpus=2, online=frozenset({0, 1}), mems=frozenset({0})):
@@ -1976,7 +1999,7 @@ def test_v2_plan_applied_to_a_fake_tree(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# the device cgroup's eBPF program, unit: golden bytes and an interpreter
+# 8. the device cgroup's eBPF program, unit: golden bytes and an interpreter
 # ---------------------------------------------------------------------------
 
 # Assembled by llvm-mc (llvm-mc -triple bpfel -filetype=obj, then
@@ -2105,8 +2128,8 @@ def test_random_device_lists_agree_with_the_model():
 
 
 # ---------------------------------------------------------------------------
-# cgroups, root: limits the process inside really meets (run on this host and
-# in the cgroup-v2 VM: README's VM command selects them by name)
+# 8. cgroups, root: limits the process inside really meets (run on this host
+# and in the cgroup-v2 VM: README's VM command selects them by name)
 # ---------------------------------------------------------------------------
 
 def running_record(timeout=20):
@@ -2275,7 +2298,7 @@ def test_cgroup_pids_zero_means_unlimited(rootfs):
 
 
 # ---------------------------------------------------------------------------
-# the device cgroup, root: host devices reached through nodes in the image,
+# 8. the device cgroup, root: host devices reached through nodes in the image,
 # made with mknod or given with --device (on this host and in the v2 VM)
 # ---------------------------------------------------------------------------
 
@@ -2515,7 +2538,7 @@ def test_a_device_that_cannot_be_made_is_one_line(rootfs):
 
 
 # ---------------------------------------------------------------------------
-# cgroup release_agent, root: CVE-2022-0492 as it is really done
+# 8. cgroup release_agent, root: CVE-2022-0492 as it is really done
 # ---------------------------------------------------------------------------
 
 # Inside a container with CAP_SYS_ADMIN: mount each cgroup hierarchy; where
@@ -2589,7 +2612,7 @@ def test_release_agent_is_out_of_reach_with_sys_admin(rootfs, tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# seccomp, unit: the syscall tables, a BPF interpreter, the compiler
+# 10. seccomp, unit: the syscall tables, a BPF interpreter, the compiler
 # ---------------------------------------------------------------------------
 
 def header_syscalls(*cpp_args):
@@ -3040,7 +3063,7 @@ def test_strict_profile_is_small_and_loads():
 
 
 # ---------------------------------------------------------------------------
-# seccomp, root: real containers, real system calls
+# 10. seccomp, root: real containers, real system calls
 # ---------------------------------------------------------------------------
 
 PROBE_C = r"""
@@ -3404,7 +3427,7 @@ def test_same_answers_as_runc_with_libseccomp(rootfs, probe, tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# networking, pure: netlink messages against bytes the real tools and the
+# 9. networking, pure: netlink messages against bytes the real tools and the
 # kernel produced
 # ---------------------------------------------------------------------------
 
@@ -3729,7 +3752,7 @@ def test_nat_batch_rebuilds_the_table_whole():
 
 
 # ---------------------------------------------------------------------------
-# networking, root: only inside network namespaces the test makes
+# 9. networking, root: only inside network namespaces the test makes
 # ---------------------------------------------------------------------------
 # `sandbox` is a throwaway namespace where minidocker runs (its bridge, veths
 # and NAT table live there), wired by a veth pair to a second one, `client`,
