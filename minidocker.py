@@ -257,6 +257,7 @@ MNT_DETACH = 0x2  # umount2(2)
 
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
@@ -621,6 +622,7 @@ class Spec:
         self.tmpfs = []           # (path, flags, data)
         self.tty = False
         self.interactive = False
+        self.init = False         # --init: pid 1 is our reaper, the command its child
         self.remove = False
         self.debug = False
         self.resources = {}       # checked resource limits (chapter 8)
@@ -804,7 +806,7 @@ def build_spec(args, seccomp_cache=None):
         privileged=args.privileged, read_only=args.read_only,
         volumes=[parse_volume(v) for v in args.volume], devices=devices,
         tmpfs=[parse_tmpfs(t) for t in args.tmpfs],
-        tty=tty, interactive=interactive, remove=args.rm, debug=args.debug,
+        tty=tty, interactive=interactive, init=args.init, remove=args.rm, debug=args.debug,
         resources=resources,
         cgroup_parent=check_cgroup_parent(args.cgroup_parent),
         network_plan=plan_network(args.network, args.subnet, args.bridge, args.publish, args.dns,
@@ -4431,7 +4433,8 @@ DEFAULT_PROFILE = {
 #   md:[2:INIT]    the same process once inside: becomes the user, drops
 #                  capabilities, sets no_new_privs, loads the seccomp
 #                  filter (compiled by the parent, from the spec), and
-#                  execs the command.
+#                  execs the command. With --init it forks first, and stays
+#                  as pid 1 to reap and forward signals (become_init).
 #
 # runc needs a third process because it can enter a user namespace and a pid
 # namespace in one start-up; without user namespaces two are enough.
@@ -4598,7 +4601,7 @@ def child_stage(spec, instance, to_parent, from_parent, console):
             bring_up_loopback()
         if instance.lease:  # the host made eth0 for us before "go"
             configure_eth0(instance.lease)
-        exec_command(spec, instance.hostname)
+        exec_command(spec, instance.hostname, to_parent)
     except MiniDockerError as err:
         report_and_exit(to_parent, err.code, str(err))
     except OSError as err:
@@ -4716,9 +4719,9 @@ def reset_signals():
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
-def exec_command(spec, hostname):
+def exec_command(spec, hostname, to_parent):
     """Stage 2: identity, environment, privileges, the seccomp filter, then
-    execve(2)."""
+    execve(2) (in a child of ours with --init)."""
     passwd = parse_passwd(read_account_file("/etc/passwd"))
     group = parse_group(read_account_file("/etc/group"))
     uid, gid, gids, home = resolve_user(spec.user, passwd, group, spec.group_add)
@@ -4737,13 +4740,52 @@ def exec_command(spec, hostname):
     reset_signals()
     if spec.debug:
         debug(True, "own work %.2f ms (main() to execve)" % ((time.perf_counter() - START) * 1000))
+    if spec.init:  # before the filter, which may refuse prctl; execve makes the command dumpable
+        prctl(PR_SET_DUMPABLE, 0, what="prctl(PR_SET_DUMPABLE)")
     if spec.seccomp is not None:
         load_filter(spec.seccomp)
+    if spec.init:
+        become_init(to_parent, spec.tty)  # returns in the command's process only
     try:
         os.execve(program, spec.command, env)
     except OSError as err:
         code = EXIT_NOT_FOUND if err.errno == errno.ENOENT else EXIT_CANNOT_EXEC
         raise MiniDockerError("exec %s: %s" % (program, err.strerror), code)
+
+
+def become_init(to_parent, tty):
+    """--init, as tini: fork; the child goes on to execve the command, and
+    we stay as pid 1, reaping every orphan the namespace hands us and
+    forwarding signals to the command, until it ends; then we end with its
+    status. We run under everything the command runs under (user,
+    capabilities, no_new_privs, the seccomp filter, loaded just before),
+    and are made non-dumpable: our /proc/1/exe is the host's python3, and
+    /proc/1/mem our memory, which a process of the container must not
+    open (runc's CVE-2019-5736 class)."""
+    command = os.fork()
+    if command == 0:
+        os.setpgid(0, 0)  # a group of its own: a terminal's ^C reaches it once, not via us too
+        if tty:
+            handler = signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # we are not in the foreground
+            with contextlib.suppress(OSError):  # ENOTTY: stdin is not the terminal
+                os.tcsetpgrp(0, os.getpgrp())
+            signal.signal(signal.SIGTTOU, handler)
+        return
+    os.close(to_parent)  # the command's exec closes its copy: then the parent sees the end
+    for number in FORWARDED_NUMBERS | {signal.SIGWINCH}:
+        signal.signal(number, lambda received, _frame: forward(command, received))
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:  # ECHILD: nothing left, the command among it
+            os._exit(EXIT_RUNTIME)
+        if pid == command:
+            os._exit(exit_code(status))
+
+
+def forward(pid, number):
+    with contextlib.suppress(ProcessLookupError):  # ESRCH: it has just ended
+        os.kill(pid, number)
 
 
 def enter_workdir(workdir):
@@ -5420,6 +5462,8 @@ def build_parser():
     run.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
     run.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
     run.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    run.add_argument("--init", action="store_true",
+                     help="pid 1 is a small reaper that forwards signals to CMD")
     run.add_argument("--hostname", "-h", dest="hostname", help="host name (default: short id)")
     run.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VAL]")
     run.add_argument("--env-file", action="append", default=[], metavar="FILE")

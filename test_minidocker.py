@@ -4562,3 +4562,64 @@ def test_the_default_filter_is_compiled_once_and_kept(rootfs):
         json.dump({"program": "00", "notes": []}, handle)
     third = run(rootfs, "sh", "-c", "grep Seccomp: /proc/self/status", options=["--debug"])
     assert "BPF instructions (cached)" not in third.err and "Seccomp:\t2" in third.out
+
+
+# ---------------------------------------------------------------------------
+# 11. --init: a reaper as pid 1
+# ---------------------------------------------------------------------------
+
+@root
+def test_init_reaps_orphans_and_keeps_the_exit_code(rootfs):
+    """With --init, pid 1 is our reaper and the command its child: an
+    orphan is reaped (no zombie), and the command's exit code is the run's."""
+    script = "(sleep 0.1 &); sleep 0.6; ps -o pid,stat,comm; exit 7"
+    result = sh(rootfs, script, options=["--init"])
+    assert result.returncode == 7, result.err
+    lines = [line.split() for line in result.out.splitlines()[1:]]
+    assert lines[0] == ["1", "S", "md:[2:INIT]"] and lines[1][2] == "sh", result.out
+    # The orphan went to pid 1, the reaper: a reaper that did not wait for
+    # it would show it here as a zombie.
+    assert not [line for line in lines if line[1].startswith("Z")], result.out
+
+
+@root
+def test_init_forwards_signals_to_a_command_without_handlers(rootfs):
+    """pid 1 ignores a signal it has no handler for, so `sleep` as pid 1
+    outlives SIGTERM; under --init the reaper passes it on and sleep dies
+    of it: 143."""
+    command = MINIDOCKER + ["run", "--network=none", "--rm", "--init", rootfs,
+                            "sh", "-c", "echo ready; exec sleep 60"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL) as proc:
+        try:
+            assert proc.stdout.readline() == b"ready\n"
+            time.sleep(0.2)  # sh has exec'd sleep
+            os.kill(proc.pid, signal.SIGTERM)
+            assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert_nothing_left()
+
+
+@root
+def test_init_is_held_as_the_command_and_keeps_its_memory_to_itself(rootfs):
+    """The reaper runs under the command's user, capabilities, no_new_privs
+    and seccomp filter; and it is not dumpable, so not even root in the
+    container opens its /proc/1/exe (the host's python3: runc's
+    CVE-2019-5736 class) or /proc/1/mem."""
+    script = ("grep -E '^(Uid|CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/1/status; echo --; "
+              "grep -E '^(Uid|CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; "
+              "for f in exe mem; do if cat /proc/1/$f >/dev/null 2>&1; then echo $f open; "
+              "else echo $f refused; fi; done")
+    for options in ([], ["-u", "1000"]):
+        result = sh(rootfs, script, options=["--init"] + options)
+        reaper, rest = result.out.split("--\n")
+        command = rest.splitlines()[:5]
+        assert reaper.splitlines() == command and len(command) == 5, result.out
+        assert "Seccomp:\t2" in command and "NoNewPrivs:\t1" in command
+        assert rest.splitlines()[5:] == ["exe refused", "mem refused"], result.out
+
+
+@root
+def test_init_reports_a_command_that_cannot_run(rootfs):
+    bad(["run", "--init", rootfs, "/no/such/program"], "exec /no/such/program", 127)
