@@ -900,8 +900,12 @@ class Terminal:
 
 
 @root
-def test_terminal_interactive_shell(rootfs):
-    term = Terminal(MINIDOCKER + ["run", "--network=none", "--rm", rootfs, "/bin/sh"])  # -it by itself
+@pytest.mark.parametrize("init", [[], ["--init"]])
+def test_terminal_interactive_shell(rootfs, init):
+    """-it by itself on a terminal; with --init the shell, a child of the
+    reaper, is given the terminal's foreground: job control and ^C work the
+    same."""
+    term = Terminal(MINIDOCKER + ["run", "--network=none", "--rm"] + init + [rootfs, "/bin/sh"])
     try:
         term.read_until("# ")
         term.send("tty; stty size; echo $TERM\n")
