@@ -623,6 +623,8 @@ class Spec:
         self.tty = False
         self.interactive = False
         self.init = False         # --init: pid 1 is our reaper, the command its child
+        self.detach = False       # -d: a monitor keeps the container, its output to a log
+        self.name = None          # --name: unique among the records, as an id prefix is
         self.remove = False
         self.debug = False
         self.resources = {}       # checked resource limits (chapter 8)
@@ -749,6 +751,16 @@ def check_user(text, flag):
 HOSTNAME_PATTERN = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*"
 
 
+NAME_PATTERN = "[a-zA-Z0-9][a-zA-Z0-9_.-]+"  # Docker's, for container names
+
+
+def check_name(name):
+    if len(name) > 128 or not re.fullmatch(NAME_PATTERN, name, re.ASCII):
+        raise MiniDockerError("invalid --name %s: a name is [a-zA-Z0-9][a-zA-Z0-9_.-]+, at "
+                              "most 128 characters" % quote(name))
+    return name
+
+
 def check_hostname(name, flag):
     if len(name) > 64 or not re.fullmatch(HOSTNAME_PATTERN, name, re.ASCII):
         raise MiniDockerError("invalid %s %s: a host name is letters, digits, '-' and '_' "
@@ -792,7 +804,10 @@ def build_spec(args, seccomp_cache=None):
     seccomp, notes = plan_security(parse_security_opts(args.security_opt), caps, args.privileged,
                                    seccomp_cache)
     interactive, tty = args.interactive, args.tty
-    if not interactive and not tty and os.isatty(0) and os.isatty(1):
+    if args.detach and (interactive or tty):
+        raise MiniDockerError("run -d keeps no terminal and no stdin: -i and -t need a run "
+                              "without -d")
+    if not args.detach and not interactive and not tty and os.isatty(0) and os.isatty(1):
         # The README's `run ./rootfs /bin/sh` on a terminal is a shell to talk to.
         interactive = tty = True
     return Spec(
@@ -807,6 +822,7 @@ def build_spec(args, seccomp_cache=None):
         volumes=[parse_volume(v) for v in args.volume], devices=devices,
         tmpfs=[parse_tmpfs(t) for t in args.tmpfs],
         tty=tty, interactive=interactive, init=args.init, remove=args.rm, debug=args.debug,
+        detach=args.detach, name=check_name(args.name) if args.name is not None else None,
         resources=resources,
         cgroup_parent=check_cgroup_parent(args.cgroup_parent),
         network_plan=plan_network(args.network, args.subnet, args.bridge, args.publish, args.dns,
@@ -819,10 +835,12 @@ def build_spec(args, seccomp_cache=None):
 #       upper/  work/                      the overlay's writable layer
 #       merged/                            where the root is assembled
 #       hosts hostname resolv.conf         bound over the image's /etc files
+#       json.log                           a detached container's output (run -d)
 #   /run/minidocker/containers/<id>.json   what a running container is (tmpfs),
 #                                          with its network lease (chapter 9)
 #   /run/minidocker/network.lock           taken while leases change
 #   /run/minidocker/reclaim.lock           taken while dead containers go
+#   /run/minidocker/names.lock             taken while a --name is checked and taken
 #   /run/minidocker/seccomp/               the default filter, compiled (chapter 10)
 # MINIDOCKER_ROOT=DIR moves both to DIR/lib and DIR/run, so that tests and the
 # cgroup-v2 VM keep them on a filesystem of their choice.
@@ -924,6 +942,7 @@ def valid_record(record, name):
         and all(isinstance(path, str) for path in record.get("cgroup_parents", [])) \
         and isinstance(record.get("network", {}), dict) \
         and isinstance(record.get("exit_code", 0), int) \
+        and isinstance(record.get("name"), (str, type(None))) \
         and isinstance(record.get("owner_start"), (int, type(None))) \
         and isinstance(record.get("pid_start"), (int, type(None)))
 
@@ -986,9 +1005,19 @@ def create_container(paths, spec, cid, cgroups, parents=()):
               "cgroup_parents": list(parents),
               "command": spec.command, "remove": spec.remove, "pid": 0,
               "owner": os.getpid(), "owner_start": process_start_time(os.getpid()),
-              "created": time.time()}
+              "created": time.time(), "name": spec.name, "detached": spec.detach}
     make_state_dirs(paths)
-    write_record(paths, record)
+    if spec.name is None:
+        write_record(paths, record)
+    else:
+        # Checked and taken under one lock: of twenty runs asking for one
+        # name at once, one gets it.
+        with state_lock(paths, "names.lock"):
+            taken = [r["id"] for r in read_records(paths) if r.get("name") == spec.name]
+            if taken:
+                raise MiniDockerError("the name %s is already in use by container %s: remove "
+                                      "it or choose another name" % (spec.name, taken[0][:12]))
+            write_record(paths, record)
     layer = paths.layer(cid)
     for sub in ("upper", "work", "merged"):
         os.makedirs(os.path.join(layer, sub), mode=0o700)
@@ -1146,7 +1175,12 @@ def reclaim_locked(paths):
 
 
 def find_container(paths, prefix):
-    matches = [r for r in read_records(paths) if r["id"].startswith(prefix)]
+    """By name, or else by a prefix of the id, as docker does."""
+    records = read_records(paths)
+    named = [r for r in records if r.get("name") == prefix]
+    if named:
+        return named[0]
+    matches = [r for r in records if r["id"].startswith(prefix)] if prefix else []
     if not matches:
         raise MiniDockerError("no such container: %s" % prefix)
     if len(matches) > 1:
@@ -4467,6 +4501,10 @@ DEFAULT_PROFILE = {
 #       capabilities, no_new_privs, seccomp, execve               [7, 9, 10, 11]
 #   10. the parent forwards signals and relays the terminal until
 #       the command ends, then removes what the run made           [11, 8, 9, 4]
+#
+# With run -d the parent of all this is a monitor, forked by `run` into a
+# session of its own (run_detached): it reports the start, and copies the
+# command's output into the log (JsonLog) instead of relaying a terminal.
 
 FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 FORWARDED_NUMBERS = frozenset(getattr(signal, name) for name in FORWARDED_SIGNALS)
@@ -5069,9 +5107,10 @@ class SignalPipe:
         os.close(self.write_end)
 
 
-def wait_for_container(pid, signals, master, interactive, pending=()):
+def wait_for_container(pid, signals, master, interactive, pending=(), log=None):
     """Forward the user's signals to the container's init until it exits,
-    relaying its terminal if it has one. Returns the wait status.
+    relaying its terminal if it has one, or copying its output into `log`
+    (run -d). Returns the wait status.
 
     A pid 1 only gets the signals it has a handler for (pid_namespaces(7)),
     exactly as in docker: `docker stop` needs a SIGKILL after the SIGTERM
@@ -5096,10 +5135,14 @@ def wait_for_container(pid, signals, master, interactive, pending=()):
         sources = [signals.read_end]
         if master is not None:
             sources += [master, 0] if interactive else [master]
+        if log is not None:
+            sources += list(log.pipes)
         status = None
-        # The output is complete only when the pty says so (EIO), which may
-        # be a moment after the init's exit: wait for both.
-        while status is None or master in sources:
+        # The output is complete only when the pty says so (EIO), or the log
+        # pipes reach their end, which may be a moment after the init's
+        # exit (or long after, if it left a process holding them, which the
+        # pid namespace's end kills): wait for both.
+        while status is None or set(sources) - {signals.read_end, 0}:
             readable = select.select(sources, [], [])[0]
             received = signals.received() if signals.read_end in readable else []
             for number in received:
@@ -5125,6 +5168,9 @@ def wait_for_container(pid, signals, master, interactive, pending=()):
                     write_all(master, data)
                 else:
                     sources.remove(0)
+            for fd in log.pipes if log is not None else ():
+                if fd in readable and not log.copy(fd):
+                    sources.remove(fd)
         return status
     finally:
         if local:
@@ -5148,9 +5194,151 @@ def write_all(fd, data):
         data = data[os.write(fd, data):]
 
 
-def run_container(spec, paths):
+class JsonLog:
+    """A detached container's output, in Docker's json-file form: one JSON
+    object per line, {"log": the line and its newline, "stream": "stdout" or
+    "stderr", "time": UTC, to the nanosecond}. The container writes into two
+    pipes; the monitor copies them here as they come. A line is written
+    once its newline comes (a partial one waits, per stream; what is left
+    at the end goes without one).
+
+    A chunk at a time: a chunk of printable ASCII without '"' or '\\' (the
+    usual log) becomes its entries by one bytes.replace, at C speed; any
+    other goes line by line through json.dumps. A write that fails (ENOSPC)
+    drops the chunk: the pipes are still read, so a full disk never blocks
+    the container."""
+
+    PLAIN = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e\n]')  # what needs escaping
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.out, out_write = os.pipe2(os.O_CLOEXEC)
+        self.err, err_write = os.pipe2(os.O_CLOEXEC)
+        self.writers = (out_write, err_write)  # become the container's 1 and 2
+        self.pipes = {self.out: "stdout", self.err: "stderr"}
+        self.partial = {self.out: b"", self.err: b""}
+        self.dropped = False
+
+    def copy(self, fd):
+        """One read from a pipe into the log; False at its end."""
+        data = os.read(fd, 65536)
+        if not data:
+            if self.partial[fd]:
+                self.write(self.pipes[fd], [self.partial[fd]])
+            return False
+        data = self.partial[fd] + data
+        end = data.rfind(b"\n") + 1
+        self.partial[fd] = data[end:]
+        if end:
+            self.write(self.pipes[fd], data[:end])
+        return True
+
+    def write(self, stream, lines):
+        """lines: bytes of whole lines, or a list of one unterminated line."""
+        now = time.time_ns()
+        stamp = "%s.%09dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now // 10**9)),
+                              now % 10**9)
+        if isinstance(lines, bytes) and not self.PLAIN.search(lines):
+            tail = ('","stream":"%s","time":"%s"}\n' % (stream, stamp)).encode()
+            entries = b'{"log":"' + lines[:-1].replace(
+                b"\n", b"\\n" + tail + b'{"log":"') + b"\\n" + tail
+        else:
+            lines = lines if isinstance(lines, list) else lines.splitlines(keepends=True)
+            entries = "".join(json.dumps({"log": line.decode("utf-8", "replace"),
+                                          "stream": stream, "time": stamp},
+                                         separators=(",", ":")) + "\n"
+                              for line in lines).encode()
+        try:
+            write_all(self.fd, entries)
+        except OSError:  # ENOSPC, EIO: this chunk is lost, the container goes on
+            self.dropped = True
+
+    def close(self):
+        for fd in list(self.pipes) + [self.fd]:
+            os.close(fd)
+
+
+def log_path(paths, cid):
+    return os.path.join(paths.layer(cid), "json.log")
+
+
+class StartReport:
+    """The pipe over which a detached container's monitor tells `run -d`
+    how the start went: the warnings so far, then "started ID" once the
+    command has been exec'd, or "error CODE MESSAGE"."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def finish(self, kind, text):
+        if self.fd is None:
+            return
+        lines = ["warning %s\n" % one_line(message) for message in WARNINGS]
+        del WARNINGS[:]
+        lines.append("%s %s\n" % (kind, one_line(text)))
+        write_all(self.fd, "".join(lines).encode(errors="replace"))
+        os.close(self.fd)
+        self.fd = None
+
+
+def run_detached(spec, paths):
+    """run -d: a monitor, a child of ours in a session of its own, keeps the
+    container as `run` would (run_container), its output going to the log;
+    it tells us when the command has been exec'd, or why it could not be.
+    We print the id, as docker does, and leave the container to it."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    if os.fork() == 0:
+        os.close(read_end)
+        monitor(spec, paths, StartReport(write_end))
+    os.close(write_end)
+    report = b""
+    chunk = os.read(read_end, 65536)
+    while chunk:
+        report += chunk
+        chunk = os.read(read_end, 65536)
+    os.close(read_end)
+    for line in report.decode(errors="replace").splitlines():
+        kind, _, text = line.partition(" ")
+        if kind == "warning":
+            warn(text)
+        elif kind == "started":
+            print(text)
+            return 0
+        elif kind == "error":
+            code, _, message = text.partition(" ")
+            raise MiniDockerError(message, int(code))
+    raise MiniDockerError("the container's monitor died during start-up")
+
+
+def monitor(spec, paths, report):
+    """The monitor of a detached container (as conmon or containerd's shim):
+    in a session of its own, so that the user's terminal closing (SIGHUP)
+    does not reach it; holding nothing of the user's (no terminal, no
+    working directory, /dev/null for its own output); it runs the container
+    to its end and cleans up, as `run` does. Never returns."""
+    os.setsid()
+    os.chdir("/")
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    code = EXIT_RUNTIME
+    try:
+        code = run_container(spec, paths, report)
+    except MiniDockerError as err:
+        report.finish("error", "%d %s" % (err.code, err))
+    except OSError as err:
+        report.finish("error", "%d %s" % (EXIT_RUNTIME, err))
+    except BaseException as err:  # a bug: still one line
+        report.finish("error", "%d internal error: %r" % (EXIT_RUNTIME, err))
+    os._exit(code)
+
+
+def run_container(spec, paths, report=None):
     """`run`: plan, create, start, wait, clean up (the steps of the map at
-    the top of this chapter; step 1 was build_spec). Returns the exit code."""
+    the top of this chapter; step 1 was build_spec). Returns the exit code.
+    With `report` (run -d, in the monitor), the output goes to the log and
+    the report says when the command runs."""
     set_stage_name("md:[0:PARENT]")
     # From here on something is made: a signal waits for SignalPipe, which
     # ends the start-up cleanly or forwards it to the command.
@@ -5169,7 +5357,7 @@ def run_container(spec, paths):
     debug(spec.debug, "container %s, layer %s, cgroups %s" % (cid, layer, record["cgroups"]))
     for note in spec.notes:
         debug(spec.debug, note)
-    cgroups, started = [], False
+    cgroups, started, log = [], False, None
     # 4. Signals into a pipe from now on; the cgroups made.
     signals = SignalPipe()
     try:
@@ -5184,20 +5372,34 @@ def run_container(spec, paths):
             trace(spec.debug, "network leased, /etc files written")
             return lease
 
+        if report is not None:  # run -d: the child's 1 and 2 are the log's pipes
+            log = JsonLog(log_path(paths, cid))
+            for fd, writer in zip((1, 2), log.writers):
+                os.dup2(writer, fd)
+                os.close(writer)
         # 5. to 9. The child, from fork to the command's execve.
         pid, master, pending = start_container(
             spec, instance, signals, lambda child: join_cgroups(cgroups, child), prepare)
         started = True
         record.update(status="running", pid=pid, pid_start=process_start_time(pid))
         write_record(paths, record)
+        if report is not None:
+            null = os.open("/dev/null", os.O_WRONLY)  # ours closed: the pipes end with the container's
+            for fd in (1, 2):
+                os.dup2(null, fd)
+            os.close(null)
+            report.finish("started", cid)
         # 10. Until the command ends; then everything the run made goes.
-        code = exit_code(wait_for_container(pid, signals, master, spec.interactive, pending))
+        code = exit_code(wait_for_container(pid, signals, master, spec.interactive, pending, log))
         trace(spec.debug, "the command ended (exit code %d)" % code)
         if code == 128 + signal.SIGKILL and oom_killed(cgroups):
+            record["oom_killed"] = True
             warn("the container hit its memory limit (--memory %s) and the kernel's OOM "
                  "killer ended it" % spec.resources.get("memory", "of its parent cgroup"))
     finally:
         signals.close()
+        if log is not None:
+            log.close()
         remove_cgroups(cgroups)
         remove_empty_cgroups(parents)
         try:
@@ -5210,7 +5412,7 @@ def run_container(spec, paths):
                 except LayerError as err:  # the exit code (or first error) comes first
                     warn(str(err))
     if not spec.remove:
-        record.update(status="exited", exit_code=code)
+        record.update(status="exited", exit_code=code, finished=time.time())
         try:
             write_record(paths, record)
         except OSError as err:  # ENOSPC: the code still reaches the caller
@@ -5233,6 +5435,8 @@ def cmd_run(args):
     paths = Paths()
     spec = build_spec(args, paths.seccomp_cache)
     trace(spec.debug, "flags parsed into the spec, the seccomp filter ready")
+    if spec.detach:
+        return run_detached(spec, paths)
     return run_container(spec, paths)
 
 
@@ -5285,8 +5489,9 @@ def cmd_ps(args):
     require_root("ps")  # the state trees are root's alone
     paths = Paths()
     reclaim_dead(paths)
-    row = "%-12s  %-10s  %9s  %8s  %-15s  %-30s  %-30s  %s"
-    print(row % ("CONTAINER ID", "STATUS", "MEMORY", "CPU", "ADDRESS", "PORTS", "COMMAND", "ROOTFS"))
+    row = "%-12s  %-16s  %-10s  %9s  %8s  %-15s  %-30s  %-30s  %s"
+    print(row % ("CONTAINER ID", "NAMES", "STATUS", "MEMORY", "CPU", "ADDRESS", "PORTS", "COMMAND",
+                 "ROOTFS"))
     malformed = []
     for record in read_records(paths, malformed):
         if args.all or record["status"] == "running":
@@ -5306,12 +5511,129 @@ def cmd_ps(args):
                     memory = "%.1fMiB" % (usage["memory"] / (1 << 20))
                 if usage["cpu_seconds"] is not None:
                     cpu = "%.2fs" % usage["cpu_seconds"]
-            print(row % (record["id"][:12], status, memory, cpu, network.get("address", "-"),
+            print(row % (record["id"][:12], record.get("name") or "-", status, memory, cpu,
+                         network.get("address", "-"),
                          ports or "-", " ".join(record["command"])[:30], record["rootfs"]))
     for name in malformed:
         warn("%s is not a valid container record: skipped (rm -f %s removes it)"
              % (os.path.join(paths.records, name), name[:-len(".json")]))
     return 0
+
+
+def cmd_logs(args):
+    """The log of a detached container, as docker prints it: each line to
+    our stdout or stderr as it was written, with -t its time first; --tail
+    N only the last N; -f then follows until the container's monitor ends."""
+    require_root("logs")
+    paths = Paths()
+    record = find_container(paths, args.container)
+    try:
+        fd = os.open(log_path(paths, record["id"]), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise MiniDockerError("container %s has no log: only run -d keeps one"
+                              % record["id"][:12])
+    try:
+        rest = read_log(fd, b"", args.timestamps, args.tail)
+        while args.follow and (rest or owner_alive(record)):
+            time.sleep(0.05)
+            rest = read_log(fd, rest, args.timestamps, None)
+    finally:
+        os.close(fd)
+    return 0
+
+
+def read_log(fd, rest, timestamps, tail):
+    """Print the entries that came since; returns an unfinished last line."""
+    data = rest
+    chunk = os.read(fd, 1 << 20)
+    while chunk:
+        data += chunk
+        chunk = os.read(fd, 1 << 20)
+    end = data.rfind(b"\n") + 1
+    lines = data[:end].splitlines()
+    if tail is not None:
+        lines = lines[-tail:] if tail > 0 else []
+    streams = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            text, stream = entry["log"].encode("utf-8", "replace"), streams[entry["stream"]]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # not an entry of ours: skipped
+        stream.write((entry["time"] + " ").encode() + text if timestamps else text)
+        stream.flush()
+    return data[end:]
+
+
+def cmd_stop(args):
+    """Stop running containers: -s SIGNAL (default SIGTERM) to their init,
+    then, after -t seconds (default 10), SIGKILL; each name once its
+    monitor (or its `run`) has recorded the end and cleaned up."""
+    require_root("stop")
+    paths = Paths()
+    reclaim_dead(paths)
+    number = parse_signal(args.signal)
+    for ref in args.containers:
+        record = find_container(paths, ref)
+        if record["status"] == "running" and owner_alive(record):
+            signal_init(record, number)
+            if not wait_for_owner(record, args.time):
+                signal_init(record, signal.SIGKILL)
+                if not wait_for_owner(record, 30):
+                    raise MiniDockerError("container %s: its minidocker (pid %d) is still "
+                                          "cleaning up; try again"
+                                          % (record["id"][:12], record["owner"]))
+        print(ref)
+    return 0
+
+
+def cmd_wait(args):
+    """Wait until each container has ended; print its exit code."""
+    require_root("wait")
+    paths = Paths()
+    for ref in args.containers:
+        record = find_container(paths, ref)
+        while owner_alive(record):
+            time.sleep(0.05)
+        reclaim_dead(paths)
+        try:
+            with open(paths.record(record["id"])) as handle:
+                ended = json.load(handle)
+        except FileNotFoundError:
+            raise MiniDockerError("container %s was removed when it ended (--rm): its exit "
+                                  "code went with it" % record["id"][:12])
+        print(ended.get("exit_code", "unknown"))
+    return 0
+
+
+def parse_signal(text):
+    """SIGTERM, TERM or 15 -> 15."""
+    name = text.upper()
+    if is_number(text) and 0 < int(text) < signal.NSIG:
+        return int(text)
+    try:
+        return getattr(signal, name if name.startswith("SIG") else "SIG" + name)
+    except AttributeError:
+        raise MiniDockerError("invalid signal %s" % quote(text)) from None
+
+
+def signal_init(record, number):
+    """To the container's init, if it is still the process the record
+    names (its start time): a pid may be reused once it ends."""
+    started = process_start_time(record["pid"]) if record["pid"] else None
+    if started is not None and started == record.get("pid_start"):
+        with contextlib.suppress(ProcessLookupError):  # ESRCH: it has just ended
+            os.kill(record["pid"], number)
+
+
+def wait_for_owner(record, seconds):
+    """True once the container's minidocker has ended (within `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while owner_alive(record):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def cmd_mkrootfs(args):
@@ -5464,6 +5786,9 @@ def build_parser():
     run.add_argument("--rm", action="store_true", help="remove the container when it exits")
     run.add_argument("--init", action="store_true",
                      help="pid 1 is a small reaper that forwards signals to CMD")
+    run.add_argument("-d", "--detach", action="store_true",
+                     help="run in the background; print the id; output to its log")
+    run.add_argument("--name", metavar="NAME", help="a unique name, usable in place of the id")
     run.add_argument("--hostname", "-h", dest="hostname", help="host name (default: short id)")
     run.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VAL]")
     run.add_argument("--env-file", action="append", default=[], metavar="FILE")
@@ -5508,12 +5833,31 @@ def build_parser():
 
     rm = commands.add_parser("rm", help="remove containers")
     rm.add_argument("-f", "--force", action="store_true", help="kill it first if running")
-    rm.add_argument("containers", nargs="+", metavar="ID")
+    rm.add_argument("containers", nargs="+", metavar="NAME|ID")
     rm.set_defaults(handler=cmd_rm)
 
     ps = commands.add_parser("ps", help="list containers")
     ps.add_argument("-a", "--all", action="store_true", help="also stopped ones")
     ps.set_defaults(handler=cmd_ps)
+
+    logs = commands.add_parser("logs", help="print a detached container's output")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow until it ends")
+    logs.add_argument("-t", "--timestamps", action="store_true", help="each line's time first")
+    logs.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    logs.add_argument("container", metavar="NAME|ID")
+    logs.set_defaults(handler=cmd_logs)
+
+    stop = commands.add_parser("stop", help="stop running containers")
+    stop.add_argument("-s", "--signal", default="SIGTERM", metavar="SIGNAL",
+                      help="the first signal (default SIGTERM)")
+    stop.add_argument("-t", "--time", type=float, default=10, metavar="SECONDS",
+                      help="then SIGKILL after this long (default 10)")
+    stop.add_argument("containers", nargs="+", metavar="NAME|ID")
+    stop.set_defaults(handler=cmd_stop)
+
+    wait = commands.add_parser("wait", help="wait for containers to end; print their exit codes")
+    wait.add_argument("containers", nargs="+", metavar="NAME|ID")
+    wait.set_defaults(handler=cmd_wait)
 
     mkrootfs = commands.add_parser("mkrootfs", help="build a small rootfs from the host's tools")
     mkrootfs.add_argument("--no-busybox", action="store_true",

@@ -1612,7 +1612,8 @@ def test_fault_killed_minidocker_not_yet_reaped_owns_nothing(rootfs):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         listing = minidocker("ps", "-a")  # while it is a zombie
-        assert record["id"][:12] + "  exited(?)" in listing.out, listing.out
+        assert re.search(r"^%s  - +exited\(\?\) " % record["id"][:12], listing.out, re.M), \
+            listing.out
         assert record["cgroups"] and not any(os.path.exists(path) for path in record["cgroups"])
     finally:
         proc.wait()
@@ -1635,7 +1636,7 @@ def test_fault_killed_during_start_up_shows_created(rootfs):
         assert len(listing) == 1
         assert minidocker("rm", listing[0].split()[0]).returncode == 0
         if caught:
-            assert listing[0].split()[1] == "created", listing
+            assert listing[0].split()[2] == "created", listing  # after the id and the name
             break
     else:
         raise AssertionError("never caught the container before its execve")
@@ -4627,3 +4628,138 @@ def test_init_is_held_as_the_command_and_keeps_its_memory_to_itself(rootfs):
 @root
 def test_init_reports_a_command_that_cannot_run(rootfs):
     bad(["run", "--init", rootfs, "/no/such/program"], "exec /no/such/program", 127)
+
+
+# ---------------------------------------------------------------------------
+# 12. run -d: the monitor, the log, --name, logs, stop, wait
+# ---------------------------------------------------------------------------
+
+def test_json_log_entries_are_docker_json_file_lines(tmp_path):
+    """The fast path (one bytes.replace over a clean chunk) and the slow one
+    (json.dumps per line) write the same entries: each line, newline and
+    all, with its stream and an RFC 3339 time in UTC to the nanosecond."""
+    log = md.JsonLog(str(tmp_path / "json.log"))
+    try:
+        for data in (b"plain one\nplain two\n", b'a "quote" \\ and \xc3\xa9\n', b"\x01\xff\n"):
+            writer = log.writers[0]
+            os.write(writer, data)
+            assert log.copy(log.out)
+        os.write(log.writers[1], b"no newline")
+        for writer in log.writers:
+            os.close(writer)
+        assert log.copy(log.err)  # the unterminated line waits for the end
+        assert log.copy(log.err) is False and log.copy(log.out) is False
+    finally:
+        log.close()
+    entries = [json.loads(line) for line in (tmp_path / "json.log").read_text().splitlines()]
+    assert [(e["log"], e["stream"]) for e in entries] == [
+        ("plain one\n", "stdout"), ("plain two\n", "stdout"),
+        ('a "quote" \\ and \u00e9\n', "stdout"), ("\x01\ufffd\n", "stdout"),
+        ("no newline", "stderr")]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", e["time"]) for e in entries)
+
+
+@root
+def test_detached_run_logs_stop_and_wait(rootfs):
+    """run -d prints the id and returns while the command runs; the
+    container is found by name; logs gives each stream back (with -t, the
+    time first; --tail); logs -f follows until the end; stop's SIGTERM
+    reaches a trap; wait prints the exit code; rm by name leaves nothing."""
+    script = ('echo hello; echo oops >&2; trap "echo bye; exit 3" TERM; '
+              'while :; do sleep 0.05; done')
+    started = minidocker("run", "-d", "--name", "svc", "--network=none", rootfs, "sh", "-c", script)
+    assert started.returncode == 0 and re.fullmatch(r"[0-9a-f]{64}\n", started.out), started.err
+    cid = started.out.strip()
+    try:
+        listing = minidocker("ps")
+        assert re.search(r"^%s  svc +running " % cid[:12], listing.out, re.M), listing.out
+        deadline = time.monotonic() + 10
+        while "hello" not in minidocker("logs", "svc").out and time.monotonic() < deadline:
+            time.sleep(0.05)
+        logs = minidocker("logs", "svc")
+        assert (logs.out, logs.err) == ("hello\n", "oops\n")
+        stamped = minidocker("logs", "-t", "--tail", "1", cid[:8])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT[0-9:.]{18}Z (hello|oops)\n",
+                            stamped.out + stamped.err), stamped
+        follow = subprocess.Popen(MINIDOCKER + ["logs", "-f", "svc"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL)
+        stopped = minidocker("stop", "-t", "5", "svc")
+        assert stopped.returncode == 0 and stopped.out == "svc\n", stopped.err
+        assert follow.communicate(timeout=20)[0] == b"hello\nbye\n"
+        waited = minidocker("wait", "svc")
+        assert (waited.returncode, waited.out) == (0, "3\n"), waited.err
+        assert re.search(r"^%s  svc +exited\(3\) " % cid[:12], minidocker("ps", "-a").out, re.M)
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_stop_kills_what_ignores_the_signal(rootfs):
+    """sleep as pid 1 ignores SIGTERM (it has no handler): stop sends
+    SIGKILL after -t seconds, and the exit code is 137."""
+    started = minidocker("run", "-d", "--rm", "--network=none", rootfs, "sleep", "60")
+    cid = started.out.strip()
+    assert started.returncode == 0, started.err
+    begun = time.monotonic()
+    assert minidocker("stop", "-t", "1", cid).returncode == 0
+    assert 1 <= time.monotonic() - begun < 10
+    assert "exited" not in minidocker("ps", "-a").out  # --rm: gone
+    assert_nothing_left()
+
+
+@root
+def test_the_monitor_keeps_nothing_of_the_callers(rootfs):
+    """The monitor leads a session of its own (the caller's terminal closing
+    does not reach it), its own 0, 1 and 2 are /dev/null, and its working
+    directory is /."""
+    started = minidocker("run", "-d", "--network=none", rootfs, "sleep", "60")
+    cid = started.out.strip()
+    try:
+        record = md.find_container(md.Paths(), cid)
+        owner = record["owner"]
+        with open("/proc/%d/stat" % owner) as handle:
+            session = int(handle.read().rsplit(")", 1)[1].split()[3])
+        assert session == owner != os.getsid(0)
+        assert [os.readlink("/proc/%d/fd/%d" % (owner, fd)) for fd in (0, 1, 2)] == \
+            ["/dev/null"] * 3
+        assert os.readlink("/proc/%d/cwd" % owner) == "/"
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_run_d_reports_a_failed_start_itself(rootfs):
+    bad(["run", "-d", rootfs, "/no/such/program"], "exec /no/such/program", 127)
+    bad(["run", "-d", "-t", rootfs, "sh"], "run -d keeps no terminal")
+    bad(["run", "--name=-bad", rootfs, "true"], "invalid --name '-bad'")
+    bad(["logs", "nosuch"], "no such container: nosuch")
+
+
+@root
+def test_a_name_is_taken_once_even_by_twenty_at_once(rootfs):
+    """Twenty `run -d --name same` at once: one container gets the name,
+    the others fail with one line each, and nothing of theirs is left."""
+    argv = MINIDOCKER + ["run", "-d", "--name", "same", "--network=none", rootfs, "sleep", "60"]
+    procs = [subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(20)]
+    results = [(p.wait(timeout=120), p.stdout.read().decode(), p.stderr.read().decode())
+               for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    winners = [out.strip() for code, out, _ in results if code == 0]
+    try:
+        assert len(winners) == 1, results
+        losers = [err for code, _, err in results if code != 0]
+        assert all(code == 125 for code, _, _ in results if code != 0)
+        assert all(re.fullmatch(r"minidocker: error: the name same is already in use by "
+                                r"container [0-9a-f]{12}: remove it or choose another name\n",
+                                err) for err in losers), losers
+        again = minidocker("run", "--name", "same", "--network=none", rootfs, "true")
+        assert again.returncode == 125 and "already in use" in again.err
+    finally:
+        for cid in winners:
+            minidocker("rm", "-f", cid)
+    assert_nothing_left()
