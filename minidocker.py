@@ -5194,13 +5194,18 @@ def write_all(fd, data):
         data = data[os.write(fd, data):]
 
 
+LOG_LINE_MAX = 16 << 10
+
+
 class JsonLog:
     """A detached container's output, in Docker's json-file form: one JSON
     object per line, {"log": the line and its newline, "stream": "stdout" or
     "stderr", "time": UTC, to the nanosecond}. The container writes into two
     pipes; the monitor copies them here as they come. A line is written
     once its newline comes (a partial one waits, per stream; what is left
-    at the end goes without one).
+    at the end goes without one). A line longer than LOG_LINE_MAX is cut
+    into entries of that size, as Docker cuts at 16 KiB: a container that
+    never writes a newline must not grow the monitor's memory.
 
     A chunk at a time: a chunk of printable ASCII without '"' or '\\' (the
     usual log) becomes its entries by one bytes.replace, at C speed; any
@@ -5231,6 +5236,9 @@ class JsonLog:
         self.partial[fd] = data[end:]
         if end:
             self.write(self.pipes[fd], data[:end])
+        while len(self.partial[fd]) >= LOG_LINE_MAX:
+            self.write(self.pipes[fd], [self.partial[fd][:LOG_LINE_MAX]])
+            self.partial[fd] = self.partial[fd][LOG_LINE_MAX:]
         return True
 
     def write(self, stream, lines):
@@ -5533,36 +5541,47 @@ def cmd_logs(args):
         raise MiniDockerError("container %s has no log: only run -d keeps one"
                               % record["id"][:12])
     try:
-        rest = read_log(fd, b"", args.timestamps, args.tail)
+        import collections
+        last = collections.deque(maxlen=max(args.tail, 0)) if args.tail is not None else None
+        rest = read_log(fd, b"", last, args.timestamps)
+        for line in last or ():
+            print_entry(line, args.timestamps)
         while args.follow and (rest or owner_alive(record)):
             time.sleep(0.05)
-            rest = read_log(fd, rest, args.timestamps, None)
+            rest = read_log(fd, rest, None, args.timestamps)
     finally:
         os.close(fd)
     return 0
 
 
-def read_log(fd, rest, timestamps, tail):
-    """Print the entries that came since; returns an unfinished last line."""
-    data = rest
+def read_log(fd, rest, last, timestamps):
+    """Print the entries that came since, a megabyte at a time (a log may
+    be larger than memory), or with --tail keep the last ones in `last`.
+    Returns an unfinished last line, for the next call."""
     chunk = os.read(fd, 1 << 20)
     while chunk:
-        data += chunk
+        data = rest + chunk
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].splitlines():
+            if last is not None:
+                last.append(line)
+            else:
+                print_entry(line, timestamps)
+        rest = data[end:]
         chunk = os.read(fd, 1 << 20)
-    end = data.rfind(b"\n") + 1
-    lines = data[:end].splitlines()
-    if tail is not None:
-        lines = lines[-tail:] if tail > 0 else []
+    return rest
+
+
+def print_entry(line, timestamps):
     streams = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
-    for line in lines:
-        try:
-            entry = json.loads(line)
-            text, stream = entry["log"].encode("utf-8", "replace"), streams[entry["stream"]]
-        except (ValueError, KeyError, TypeError, AttributeError):
-            continue  # not an entry of ours: skipped
-        stream.write((entry["time"] + " ").encode() + text if timestamps else text)
-        stream.flush()
-    return data[end:]
+    try:
+        entry = json.loads(line)
+        text, stream = entry["log"].encode("utf-8", "replace"), streams[entry["stream"]]
+        stamp = (entry["time"] + " ").encode() if timestamps else b""
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return  # not an entry of ours: skipped
+    stream.write(stamp + text)
+    stream.flush()
 
 
 def cmd_stop(args):

@@ -4659,6 +4659,26 @@ def test_json_log_entries_are_docker_json_file_lines(tmp_path):
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", e["time"]) for e in entries)
 
 
+def test_json_log_cuts_a_line_that_never_ends(tmp_path):
+    """A container writing without a newline: entries of LOG_LINE_MAX bytes
+    as they come, so the monitor holds at most one such piece."""
+    log = md.JsonLog(str(tmp_path / "json.log"))
+    try:
+        for _ in range(5):
+            os.write(log.writers[0], b"x" * 8192)
+            while log.copy(log.out) and len(log.partial[log.out]) > md.LOG_LINE_MAX:
+                pass
+            assert len(log.partial[log.out]) < md.LOG_LINE_MAX
+        for writer in log.writers:
+            os.close(writer)
+        while log.copy(log.out):
+            pass
+    finally:
+        log.close()
+    entries = [json.loads(line)["log"] for line in (tmp_path / "json.log").read_text().splitlines()]
+    assert [len(entry) for entry in entries] == [md.LOG_LINE_MAX, md.LOG_LINE_MAX, 8192]
+
+
 @root
 def test_detached_run_logs_stop_and_wait(rootfs):
     """run -d prints the id and returns while the command runs; the
