@@ -895,9 +895,13 @@ def write_file_atomically(path, data, mode):
     in it), so writers never rename each other's half-written files; a
     failed write (ENOSPC) removes its temporary."""
     directory, name = os.path.split(path)
-    temporary = os.path.join(directory, ".%s.%d.tmp" % (name, os.getpid()))
+    # A name no one can guess, made new (O_EXCL, O_NOFOLLOW): a symlink
+    # planted under a guessable name would have us write through it.
+    temporary = os.path.join(directory, ".%s.%d.%s.tmp" % (name, os.getpid(),
+                                                            os.urandom(4).hex()))
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, mode)
         try:
             os.fchmod(fd, mode)  # whatever the umask
             view = memoryview(data)
@@ -1077,19 +1081,21 @@ def remove_tree(path):
                         break
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.name, dir_fd=fd)
+            # The handle is replaced before the old one is closed: a signal
+            # that ends us between the two (^C of a ps reclaiming) may leak
+            # one, but the finally never closes one twice (EBADF would
+            # replace the interrupt).
             if child is not None:
                 here = os.fstat(fd)
-                below = os.open(child, flags, dir_fd=fd)
-                os.close(fd)
-                fd = below
+                fd, old = os.open(child, flags, dir_fd=fd), fd
+                os.close(old)
                 above.append((here.st_dev, here.st_ino, child))
                 continue
             if not above:
                 break
             device, inode, name = above.pop()
-            parent = os.open("..", flags, dir_fd=fd)
-            os.close(fd)
-            fd = parent
+            fd, old = os.open("..", flags, dir_fd=fd), fd
+            os.close(old)
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != (device, inode):
                 raise syscall_error(errno.EBUSY, "remove %s: a directory moved meanwhile" % path)
@@ -1098,6 +1104,7 @@ def remove_tree(path):
     finally:
         os.close(fd)
     os.rmdir(path)
+
 
 def reclaim_dead(paths):
     """Containers whose minidocker died (kill -9) are finished here: their
@@ -1140,13 +1147,13 @@ def state_lock(paths, name):
 
 
 def stale_temporaries(paths):
-    """Temporaries of writers that died mid-write (kill -9): .ID.json.PID.tmp
-    (write_file_atomically)."""
+    """Temporaries of writers that died mid-write (kill -9):
+    .ID.json.PID.RANDOM.tmp (write_file_atomically)."""
     stale = []
     for name in os.listdir(paths.records):
         parts = name.split(".")
-        if name.startswith(".") and name.endswith(".tmp") and len(parts) >= 4 \
-                and is_number(parts[-2]) and process_start_time(int(parts[-2])) is None:
+        if name.startswith(".") and name.endswith(".tmp") and len(parts) >= 5 \
+                and is_number(parts[-3]) and process_start_time(int(parts[-3])) is None:
             stale.append(name)
     return stale
 
@@ -1175,11 +1182,12 @@ def reclaim_locked(paths):
 
 
 def find_container(paths, prefix):
-    """By name, or else by a prefix of the id, as docker does."""
+    """By the whole id, by name, or by a prefix of the id, in that order,
+    as docker does."""
     records = read_records(paths)
-    named = [r for r in records if r.get("name") == prefix]
+    named = [r for r in records if prefix in (r["id"], r.get("name"))]
     if named:
-        return named[0]
+        return sorted(named, key=lambda r: r["id"] != prefix)[0]
     matches = [r for r in records if r["id"].startswith(prefix)] if prefix else []
     if not matches:
         raise MiniDockerError("no such container: %s" % prefix)
@@ -1402,7 +1410,7 @@ def make_rootfs(dest, use_busybox=True):
     return "host tools: %s" % " ".join(copied)
 
 
-def check_safe_destination(dest, is_dest=True):
+def check_safe_destination(dest, is_dest=True, command="mkrootfs"):
     """mkrootfs writes by path, as root: no other user may be able to swap
     anything on that path meanwhile (a directory for a symlink to /etc, say,
     whose files would then be overwritten or made world-writable). So the
@@ -1415,7 +1423,7 @@ def check_safe_destination(dest, is_dest=True):
     mine = os.geteuid()
     todo = [part for part in os.path.abspath(dest).split("/") if part]
     current, hops = "/", 0
-    check_safe_directory("/", os.lstat("/"), mine, last=is_dest and not todo)
+    check_safe_directory("/", os.lstat("/"), mine, is_dest and not todo, command)
     while todo:
         name = todo.pop(0)
         if name in (".", ".."):
@@ -1425,32 +1433,32 @@ def check_safe_destination(dest, is_dest=True):
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
             if not todo and is_dest:
-                raise unsafe_destination(path, "a symlink")
+                raise unsafe_destination(path, "a symlink", command)
             if st.st_uid not in (0, mine):
-                raise unsafe_destination(path, "a symlink owned by uid %d" % st.st_uid)
+                raise unsafe_destination(path, "a symlink owned by uid %d" % st.st_uid, command)
             hops += 1
             if hops > MAX_SYMLINKS:
-                raise syscall_error(errno.ELOOP, "mkrootfs %s" % dest)
+                raise syscall_error(errno.ELOOP, "%s %s" % (command, dest))
             target = os.readlink(path)
             current = "/" if target.startswith("/") else current
             todo[:0] = [part for part in target.split("/") if part]
             continue
-        check_safe_directory(path, st, mine, last=is_dest and not todo)
+        check_safe_directory(path, st, mine, is_dest and not todo, command)
         current = path
 
 
-def check_safe_directory(path, st, mine, last):
+def check_safe_directory(path, st, mine, last, command):
     if not stat.S_ISDIR(st.st_mode):
-        raise unsafe_destination(path, "not a directory")
+        raise unsafe_destination(path, "not a directory", command)
     if st.st_uid not in (0, mine):
-        raise unsafe_destination(path, "owned by uid %d" % st.st_uid)
+        raise unsafe_destination(path, "owned by uid %d" % st.st_uid, command)
     if st.st_mode & 0o022 and (last or not st.st_mode & stat.S_ISVTX):
-        raise unsafe_destination(path, "writable by others")
+        raise unsafe_destination(path, "writable by others", command)
 
 
-def unsafe_destination(path, what):
-    return MiniDockerError("mkrootfs: %s is %s: another user could redirect what is written "
-                           "there; use a directory only root can change" % (path, what))
+def unsafe_destination(path, what, command):
+    return MiniDockerError("%s: %s is %s: another user could redirect what is written "
+                           "there; use a directory only root can change" % (command, path, what))
 
 
 def install_busybox(busybox, dest):
@@ -4809,7 +4817,17 @@ def become_init(to_parent, tty):
                 os.tcsetpgrp(0, os.getpgrp())
             signal.signal(signal.SIGTTOU, handler)
         return
-    os.close(to_parent)  # the command's exec closes its copy: then the parent sees the end
+    # The command's exec closes its copies of our descriptors; we never
+    # exec, so we close ours: the pipe to the parent (whose end says the
+    # exec happened), and those of run -d's monitor (its log, its report
+    # to `run -d`, which would wait for us), which a process of the
+    # container with CAP_SYS_PTRACE could otherwise reach through us.
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # EBADF: listdir's own
+            if int(name) > 2:
+                os.close(int(name))
+    with contextlib.suppress(OSError):  # EPERM: a profile that refuses it; then it shows
+        scrub_arguments_and_environment()
     for number in FORWARDED_NUMBERS | {signal.SIGWINCH}:
         signal.signal(number, lambda received, _frame: forward(command, received))
     while True:
@@ -4822,8 +4840,24 @@ def become_init(to_parent, tty):
 
 
 def forward(pid, number):
-    with contextlib.suppress(ProcessLookupError):  # ESRCH: it has just ended
+    # ESRCH: it has just ended; EPERM: it became a user we may not signal
+    # (--cap-drop KILL); either way the reaper goes on.
+    with contextlib.suppress(OSError):
         os.kill(pid, number)
+
+
+def scrub_arguments_and_environment():
+    """Zero the memory that /proc/1/cmdline and /proc/1/environ show: ours
+    are minidocker's command line and the caller's environment (sudo -E
+    passes secrets), which the container has no business reading. The
+    bounds are fields 48 to 51 of /proc/self/stat; /proc/self/mem writes
+    our own memory."""
+    fields = read_text("/proc/self/stat").rsplit(")", 1)[1].split()
+    arg_start, arg_end, env_start, env_end = (int(f) for f in fields[45:49])
+    with open("/proc/self/mem", "r+b", buffering=0) as memory:
+        for start, end in ((arg_start, arg_end), (env_start, env_end)):
+            memory.seek(start)
+            memory.write(b"\0" * (end - start))
 
 
 def enter_workdir(workdir):
@@ -4923,10 +4957,15 @@ def start_container(spec, instance, signals, join, prepare):
         os.close(parent_write)
         if console is not None:
             console.close()
-        if not spec.interactive and not spec.tty:
-            os.dup2(os.open("/dev/null", os.O_RDONLY), 0)  # `docker run` without -i
-        child_stage(spec, instance, child_write, child_read, console_peer)
-        os._exit(EXIT_RUNTIME)  # not reached: child_stage execs or exits
+        try:
+            if not spec.interactive and not spec.tty:
+                os.dup2(os.open("/dev/null", os.O_RDONLY), 0)  # `docker run` without -i
+            child_stage(spec, instance, child_write, child_read, console_peer)
+        finally:
+            # Whatever happens, the child never returns into our frames:
+            # their finally blocks would clean up the parent's run from
+            # inside the container.
+            os._exit(EXIT_RUNTIME)
     os.close(child_read)
     os.close(child_write)
     if console_peer is not None:
@@ -5326,6 +5365,7 @@ def monitor(spec, paths, report):
     to its end and cleans up, as `run` does. Never returns."""
     os.setsid()
     os.chdir("/")
+    close_inherited_fds()  # the caller's own: a `| cat` would wait for us to end
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
@@ -5546,9 +5586,11 @@ def cmd_logs(args):
         rest = read_log(fd, b"", last, args.timestamps)
         for line in last or ():
             print_entry(line, args.timestamps)
-        while args.follow and (rest or owner_alive(record)):
+        while args.follow and owner_alive(record):
             time.sleep(0.05)
             rest = read_log(fd, rest, None, args.timestamps)
+        if args.follow:  # what came last; an unfinished line is no entry
+            read_log(fd, rest, None, args.timestamps)
     finally:
         os.close(fd)
     return 0
@@ -5619,20 +5661,21 @@ def cmd_wait(args):
             with open(paths.record(record["id"])) as handle:
                 ended = json.load(handle)
         except FileNotFoundError:
-            raise MiniDockerError("container %s was removed when it ended (--rm): its exit "
-                                  "code went with it" % record["id"][:12])
+            raise MiniDockerError("container %s was removed (--rm, or rm): its exit code "
+                                  "went with it" % record["id"][:12])
         print(ended.get("exit_code", "unknown"))
     return 0
 
 
 def parse_signal(text):
-    """SIGTERM, TERM or 15 -> 15."""
+    """SIGTERM, TERM or 15 -> 15 (the signal module's other names, such
+    as SIG_IGN, are no signals)."""
     name = text.upper()
     if is_number(text) and 0 < int(text) < signal.NSIG:
         return int(text)
     try:
-        return getattr(signal, name if name.startswith("SIG") else "SIG" + name)
-    except AttributeError:
+        return signal.Signals[name if name.startswith("SIG") else "SIG" + name].value
+    except KeyError:
         raise MiniDockerError("invalid signal %s" % quote(text)) from None
 
 
@@ -5674,7 +5717,8 @@ LAUNCHER_MARK = "# minidocker's launcher, written by `minidocker.py install`"
 LAUNCHER = """#!{python} -IS
 {mark}: it imports the
 # installed file, so that each start loads its cached bytecode. Removed by
-# `minidocker uninstall --prefix {prefix}`.
+# `minidocker uninstall --prefix` and the prefix below.
+# {prefix!r}
 import signal
 # As minidocker.py does first when run as a script: see there.
 signal.pthread_sigmask(signal.SIG_BLOCK, ({held}))
@@ -5699,6 +5743,29 @@ def is_launcher(path):
         return False
 
 
+def install_directories(prefix, command):
+    """PREFIX/lib/minidocker and PREFIX/bin, made if missing, each checked
+    as mkrootfs checks its destination: root (or we) alone may change any
+    directory on the way, or another user could swap the launcher, the
+    bytecode or a directory for a symlink, and root would run or write what
+    they chose."""
+    if not prefix.isprintable():  # a newline in it would be a line of the launcher
+        raise MiniDockerError("%s: the prefix %s has a control character" % (command, quote(prefix)))
+    library, _, launcher = install_paths(prefix)
+    made = []
+    for directory in (library, os.path.dirname(launcher)):
+        existing = directory
+        while not os.path.lexists(existing):
+            existing = os.path.dirname(existing)
+        check_safe_destination(existing, is_dest=False, command=command)
+        if command == "install":
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+        if os.path.lexists(directory):
+            check_safe_destination(directory, command=command)
+            made.append(directory)
+    return made
+
+
 def cmd_install(args):
     """`install [--prefix DIR]`: the file, its bytecode and the launcher."""
     require_root("install")
@@ -5710,10 +5777,9 @@ def cmd_install(args):
         raise MiniDockerError("install: %s exists and is not minidocker's launcher: "
                               "remove it or choose another --prefix" % launcher)
     try:
+        install_directories(prefix, "install")
         with open(os.path.abspath(__file__), "rb") as handle:
             source = handle.read()
-        for directory in (library, os.path.dirname(launcher)):
-            os.makedirs(directory, mode=0o755, exist_ok=True)
         write_file_atomically(installed, source, 0o644)
         py_compile.compile(installed, cfile=importlib.util.cache_from_source(installed),
                            doraise=True)
@@ -5730,34 +5796,34 @@ def cmd_install(args):
 
 
 def cmd_uninstall(args):
-    """`uninstall [--prefix DIR]`: exactly what install made."""
+    """`uninstall [--prefix DIR]`: exactly what install wrote, and only
+    where our launcher says it did."""
     require_root("uninstall")
     import importlib.util
     prefix = os.path.abspath(args.prefix)
     library, installed, launcher = install_paths(prefix)
-    if not is_launcher(launcher) and not os.path.exists(installed):
-        raise MiniDockerError("uninstall: minidocker is not installed under %s" % prefix)
-    cache = os.path.dirname(importlib.util.cache_from_source(installed))
     try:
-        if is_launcher(launcher):
-            os.unlink(launcher)
-        for directory in (cache, library):
-            if os.path.isdir(directory):
-                for name in os.listdir(directory):
-                    if name == "minidocker.py" or (name.startswith("minidocker.")
-                                                   and name.endswith(".pyc")):
-                        os.unlink(os.path.join(directory, name))
+        install_directories(prefix, "uninstall")
+        if not is_launcher(launcher) or os.path.islink(launcher):
+            raise MiniDockerError("uninstall: minidocker is not installed under %s" % prefix)
+        cache = os.path.dirname(importlib.util.cache_from_source(installed))
+        os.unlink(launcher)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(installed)
+        if os.path.isdir(cache) and not os.path.islink(cache):
+            for name in os.listdir(cache):
+                if name.startswith("minidocker.") and name.endswith(".pyc"):
+                    os.unlink(os.path.join(cache, name))
         for directory in (cache, library):
             try:
                 os.rmdir(directory)
             except OSError as err:  # ENOTEMPTY: files not ours stay, and so does it
-                if err.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+                if err.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.ENOTDIR):
                     raise
     except OSError as err:
         raise MiniDockerError("uninstall: %s: %s" % (err.filename or prefix, err.strerror))
     print(launcher)
     return 0
-
 
 # === 13. argparse and main() ===
 

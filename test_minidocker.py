@@ -1745,6 +1745,38 @@ def test_fault_rm_f_kills_no_stranger_with_a_reused_pid(rootfs):
     assert_nothing_left()
 
 
+class Interrupted(Exception):
+    pass
+
+
+def test_remove_tree_interrupted_anywhere_raises_the_interrupt(tmp_path):
+    """A signal whose handler raises (^C: stop_now) may land between any two
+    bytecodes of remove_tree: what comes out is always that exception,
+    never an EBADF from closing a handle twice, which reclaim would take
+    for a layer it could not remove and go on."""
+    def interrupt(_number, _frame):
+        raise Interrupted()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    interrupted = 0
+    try:
+        for trial in range(300):
+            path = top = tmp_path / ("t%d" % trial)
+            for _ in range(30):
+                path = path / "d"
+            path.mkdir(parents=True)
+            try:  # any OSError (EBADF) goes through, and fails the test
+                signal.setitimer(signal.ITIMER_REAL, 0.00001 * (1 + trial % 100))
+                md.remove_tree(str(top))
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            except Interrupted:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                interrupted += 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert interrupted > 50
+
+
 @root
 def test_fault_ctrl_c_during_reclaim_ends_ps(rootfs):
     """SIGINT while ps reclaims a big layer: ps ends (130, one line), it
@@ -4504,7 +4536,7 @@ def test_the_launcher_ignores_the_callers_python_environment(rootfs, tmp_path):
 
 
 @root
-def test_install_and_uninstall_refuse_what_is_not_theirs(tmp_path):
+def test_install_and_uninstall_refuse_what_is_not_theirs(state, tmp_path):
     """A launcher path that holds someone else's program is left alone, and
     uninstall where nothing is installed says so: one line, exit 125."""
     prefix = tmp_path / "prefix"
@@ -4520,6 +4552,29 @@ def test_install_and_uninstall_refuse_what_is_not_theirs(tmp_path):
     assert theirs.read_text() == "#!/bin/sh\necho theirs\n"
     (tmp_path / "file").write_text("")
     bad(["install", "--prefix", str(tmp_path / "file")], "install: ")
+
+
+@root
+def test_install_refuses_a_prefix_another_user_can_change(state, tmp_path):
+    """Root installing into directories a user can write would run that
+    user's launcher or bytecode later, or write through their symlinks
+    (the temporary's name was guessable): refused before anything is
+    written, and uninstall neither follows a symlinked directory nor
+    deletes where no launcher of ours is."""
+    theirs = tmp_path / "theirs"
+    (theirs / "lib").mkdir(parents=True)
+    os.chown(str(theirs), 1000, 1000)
+    victim = tmp_path / "victim"
+    victim.write_text("root's\n")
+    bad(["install", "--prefix", str(theirs)], "install: %s is owned by uid 1000" % theirs)
+    assert tree(str(theirs)) == ["lib"] and victim.read_text() == "root's\n"
+    os.symlink(str(tmp_path), str(theirs / "lib" / "minidocker"))
+    (tmp_path / "minidocker.py").write_text("root's own\n")
+    os.chown(str(theirs), 0, 0)
+    os.lchown(str(theirs / "lib" / "minidocker"), 1000, 1000)
+    bad(["uninstall", "--prefix", str(theirs)], "uninstall: ")
+    assert (tmp_path / "minidocker.py").read_text() == "root's own\n"
+    bad(["install", "--prefix", str(tmp_path / "a\nb")], "has a control character")
 
 
 @root
@@ -4782,4 +4837,75 @@ def test_a_name_is_taken_once_even_by_twenty_at_once(rootfs):
     finally:
         for cid in winners:
             minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_init_holds_nothing_of_the_host_even_for_a_tracer(rootfs):
+    """With CAP_SYS_PTRACE a process of the container may read pid 1's
+    environ, cmdline and descriptors: the reaper's are minidocker's (the
+    caller's environment, the command line, the monitor's log), so it
+    zeroes the first two and keeps no descriptor above 2; and a signal it
+    may not pass on (--cap-drop KILL, the command another user) does not
+    end it: the command's own code comes out."""
+    script = ("tr '\\0' '\\n' </proc/1/environ | grep -c . ; tr '\\0' '\\n' </proc/1/cmdline "
+              "| grep -c . ; ls /proc/1/fd | tr '\\n' ' '")
+    result = subprocess.run(MINIDOCKER + ["run", "--rm", "--network=none", "--init", "--cap-add",
+                                          "SYS_PTRACE", rootfs, "sh", "-c", script],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, timeout=60,
+                            env=dict(os.environ, HOST_SECRET="s3cr3t"))
+    assert result.stdout.decode().split() == ["0", "0", "0", "1", "2"], result.stderr
+    command = MINIDOCKER + ["run", "--network=none", "--rm", "--init", "--cap-drop", "KILL",
+                            rootfs, "su", "nobody", "-s", "/bin/sh", "-c",
+                            'trap "exit 3" TERM; echo ready; while :; do sleep 0.05; done']
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE) as proc:
+        try:
+            assert proc.stdout.readline() == b"ready\n"
+            os.kill(proc.pid, signal.SIGTERM)  # to the reaper, which may not pass it on
+            time.sleep(0.5)
+            assert proc.poll() is None, proc.stderr.read()
+        finally:
+            proc.kill()
+            proc.wait()
+    minidocker("ps")  # reclaims what the killed minidocker left
+    assert_nothing_left()
+
+
+@root
+def test_run_d_returns_at_once_and_keeps_nothing_of_the_caller(rootfs):
+    """run -d --init returns once the command runs (the reaper keeps no end
+    of the report pipe), and a pipe the caller passed as fd 3 is not held
+    by the monitor (`run -d ... 3>&1 | cat` would wait for the container)."""
+    begun = time.monotonic()
+    result = subprocess.run(
+        "%s run -d --rm --init --network=none %s sleep 5 3>&1 | cat" %
+        (" ".join(MINIDOCKER), rootfs), shell=True, stdout=subprocess.PIPE, timeout=60)
+    cid = result.stdout.decode().strip()
+    assert re.fullmatch("[0-9a-f]{64}", cid) and time.monotonic() - begun < 4
+    minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_stop_and_names_take_what_docker_takes(rootfs):
+    """Signal names are the signals' (SIG_IGN is none); a whole id comes
+    before a name that spells it; logs -f ends with the container."""
+    first = minidocker("run", "-d", "--network=none", rootfs, "sleep", "60").out.strip()
+    second = minidocker("run", "-d", "--network=none", "--name", first, rootfs, "sh", "-c",
+                        "echo second; sleep 60").out.strip()
+    try:
+        refused = minidocker("stop", "-s", "SIG_IGN", first)
+        assert (refused.returncode, refused.err) == (
+            125, "minidocker: error: invalid signal 'SIG_IGN'\n")
+        assert minidocker("stop", "-s", "KILL", first).returncode == 0
+        assert minidocker("wait", first).out == "137\n"  # the whole id: the first
+        follow = subprocess.Popen(MINIDOCKER + ["logs", "-f", second], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        assert minidocker("stop", "-t", "0", second).returncode == 0
+        assert follow.communicate(timeout=20)[0] == b"second\n"
+    finally:
+        minidocker("rm", "-f", first, second)
     assert_nothing_left()
