@@ -51,9 +51,11 @@ import time
 # before it: from then on the host's Python library is out of reach, and an
 # extension module (fcntl is one in many builds) would fail to load. A
 # module only some runs need is imported where it is needed, to keep the
-# others' start-up short (socket: only the network and -t; ipaddress: only
-# network flags), but always before the fork when the child needs it after
-# pivot_root (preload, in start_container: socket and ipaddress for eth0).
+# others' start-up short (ipaddress: only network flags), but always before
+# the fork when the child needs it after pivot_root (preload, in
+# start_container). Sockets are made with _socket, the C module that
+# socket.py wraps: socket.py builds its enums at import (4 ms of every run
+# that needs a socket) for conveniences we do not use.
 
 # === 1. Errors and messages ===
 # Helpers raise; only main() writes messages and exits (as tini does): the
@@ -3263,8 +3265,9 @@ class Netlink:
     the kernel never answers ends in an error, not a hang."""
 
     def __init__(self, protocol=NETLINK_ROUTE, timeout=NETLINK_TIMEOUT):
-        import socket
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+        import _socket
+        self.sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC,
+                                   protocol)
         self.sock.bind((0, 0))  # port 0: the kernel picks ours
         self.sock.settimeout(timeout)
         self.seq = 0
@@ -3277,10 +3280,10 @@ class Netlink:
 
     def receive(self, what):
         """The next datagram of answers to WHAT."""
-        import socket
+        import _socket
         try:
             return self.sock.recv(1 << 17)
-        except socket.timeout:
+        except _socket.timeout:
             raise MiniDockerError("%s: no answer from the kernel in %g s"
                                   % (what, self.sock.gettimeout())) from None
 
@@ -4484,11 +4487,11 @@ DEFAULT_PROFILE = {
 # They talk over two close-on-exec pipes (subprocess.py's trick), a line
 # at a time. The parent, right after the fork, puts the child in its
 # cgroups (in a thread: on cgroup v1 that waits out an RCU grace period)
-# while it leases the network and writes the /etc files, then says "root".
-# The child unshares its namespaces, says "ready", builds its root once it
-# has "root", and waits. Once the child's namespaces exist and the cgroups
-# are joined, the parent gives it its veth and says "go" with the lease;
-# nothing of the image runs before. The child reports a failure as one
+# while it leases the network and writes the /etc files (made empty before
+# the fork, so that the child can bind them at once). The child unshares
+# its namespaces, says "ready", builds its root, and waits. Once the
+# child's namespaces exist and the cgroups are joined, the parent gives it
+# its veth and says "go" with the lease; nothing of the image runs before. The child reports a failure as one
 # "error CODE MESSAGE" line. End of file on the child's pipe with no error
 # means the exec succeeded: the kernel closed the pipe in it.
 #
@@ -4502,7 +4505,7 @@ DEFAULT_PROFILE = {
 #       unshares mnt, uts, ipc and net, and says "ready"           [7, 11]
 #    6. meanwhile the parent puts it in its cgroups (a thread), and
 #       leases an address (the bridge, the nf_tables table) and
-#       writes the /etc files: "root"                              [8, 9]
+#       writes the /etc files                                      [8, 9]
 #    7. the child: overlay, mounts, /dev, masks, pivot_root         [6]
 #    8. the parent, once "ready" and joined: the veth, then "go"    [9]
 #    9. stage 2: cgroup namespace, host name, eth0, user,
@@ -4628,11 +4631,10 @@ def child_stage(spec, instance, to_parent, from_parent, console):
         trace(spec.debug, "child: namespaces unshared")
         # The root is built while the parent joins us to our cgroups (on
         # cgroup v1 the first join waits out an RCU grace period, 10-20 ms)
-        # and gives us eth0; nothing here needs either. It needs the /etc
-        # files, written meanwhile ("root").
+        # and leases the network; nothing here needs either. The /etc files
+        # are bound as they are, empty: the parent writes them (the same
+        # files) before "go".
         rest = bytearray()
-        if read_line(from_parent, rest) != b"root\n":
-            os._exit(EXIT_RUNTIME)  # the parent is gone
         build_root(spec, instance, console)
         trace(spec.debug, "child: root built, pivoted")
         set_stage_name("md:[2:INIT]")
@@ -4729,7 +4731,7 @@ def attach_terminal(rootfd, console):
     over the console socket (SCM_RIGHTS, unix(7)), and keep the slave as
     stdin, stdout and stderr, the controlling terminal of a new session."""
     import array
-    import socket
+    import _socket
     ptsfd = open_in_root(rootfd, "/dev/pts", follow=False)
     master = os.open("ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=ptsfd)
     os.close(ptsfd)
@@ -4740,7 +4742,8 @@ def attach_terminal(rootfd, console):
     consolefd = open_in_root(rootfd, "/dev/console", create="file", follow=False)
     mount(fd_path(slave), fd_path(consolefd), None, MS_BIND, shown="/dev/console")
     os.close(consolefd)
-    console.sendmsg([b"M"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [master]))])
+    console.sendmsg([b"M"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                              array.array("i", [master]))])
     os.close(master)
     console.close()
     os.setsid()
@@ -4937,18 +4940,19 @@ def start_container(spec, instance, signals, join, prepare):
     On the host side, while the child unshares and builds its root:
     join(pid) (the cgroups) in a thread of its own, and meanwhile
     prepare(), which returns the lease (or None) once the /etc files are
-    written ("root"); then, once the child's namespaces exist, its veth,
-    and "go" with the lease. Returns (pid of the container's init, pty
+    written; then, once the child's namespaces exist, its veth, and "go"
+    with the lease. Returns (pid of the container's init, pty
     master or None, the signals that arrived meanwhile and are still to
     forward)."""
     child_read, parent_write = os.pipe2(os.O_CLOEXEC)
     parent_read, child_write = os.pipe2(os.O_CLOEXEC)
     console = console_peer = None
     if spec.network_plan["mode"] == "bridge":
-        preload("socket", "ipaddress")  # configure_eth0 speaks netlink after pivot_root
+        preload("_socket", "ipaddress")  # configure_eth0 speaks netlink after pivot_root
     if spec.tty:
-        import socket  # imported here, before the fork: attach_terminal needs it
-        console, console_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        preload("_socket", "array")  # attach_terminal's, after the fork
+        import _socket
+        console, console_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     unshare(CLONE_NEWPID)  # for the child we are about to fork
     pid = os.fork()
     if pid == 0:
@@ -4986,10 +4990,9 @@ def start_container(spec, instance, signals, join, prepare):
         try:
             try:
                 lease = prepare()
-                os.write(parent_write, b"root\n")
             finally:
                 failed = joining.wait()
-        except (MiniDockerError, BrokenPipeError) as err:
+        except MiniDockerError as err:
             child_error_first(err, pid, parent_read, signals, pending, rest)
         if failed is not None:
             child_error_first(failed, pid, parent_read, signals, pending, rest)
@@ -5070,11 +5073,11 @@ def child_error_first(err, pid, fd, signals, pending, rest):
 
 def receive_master(console):
     import array
-    import socket
+    import _socket
     fds = array.array("i")
-    _, ancillary, _, _ = console.recvmsg(1, socket.CMSG_LEN(fds.itemsize))
+    _, ancillary, _, _ = console.recvmsg(1, _socket.CMSG_LEN(fds.itemsize))
     for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             fds.frombytes(data[:fds.itemsize])
     return fds[0] if fds else None
 
@@ -5412,6 +5415,8 @@ def run_container(spec, paths, report=None):
         cgroups = create_cgroups(cgroup_plan, spec.resources)
         trace(spec.debug, "cgroups made, limits written")
         instance = Instance(cid, layer, spec.hostname or cid[:12])
+        for source, _ in instance.etc_files:  # bound by the child, written by prepare()
+            os.close(os.open(source, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
 
         def prepare():  # 6., while the child starts and joins its cgroups
             lease = lease_network(paths, record, spec.network_plan) \

@@ -4581,9 +4581,8 @@ def test_install_refuses_a_prefix_another_user_can_change(state, tmp_path):
 def test_debug_traces_each_stage_in_order(rootfs):
     """--debug prints a line per start-up stage with the ms since main()
     began, the child's stages among them (the same clock), and the `own
-    work` line. The times follow the order of the run: the child builds its
-    root once the /etc files are written, and gets "go" only after the
-    cgroups are joined."""
+    work` line. The times follow the order of the run: the child gets "go"
+    only after the cgroups are joined and the /etc files written."""
     result = run(rootfs, "true", options=["--debug"])
     assert result.returncode == 0, result.err
     times = {}
@@ -4592,7 +4591,7 @@ def test_debug_traces_each_stage_in_order(rootfs):
     for order in (["flags parsed into the spec", "dead containers reclaimed",
                    "record and layer made", "cgroups made", "forked the child",
                    "child: namespaces unshared", "child: root built", "child: go"],
-                  ["forked the child", "network leased", "child: root built"],  # the /etc files
+                  ["forked the child", "network leased", "child: go"],  # the /etc files
                   ["forked the child", "cgroups joined", "child: go"]):
         assert [times[stage] for stage in order] == sorted(times[stage] for stage in order), times
     assert re.search(r"^minidocker: debug: own work [0-9.]+ ms \(main\(\) to execve\)$",
