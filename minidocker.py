@@ -1011,7 +1011,11 @@ def create_container(paths, spec, cid, cgroups, parents=()):
               "cgroup_parents": list(parents),
               "command": spec.command, "remove": spec.remove, "pid": 0,
               "owner": os.getpid(), "owner_start": process_start_time(os.getpid()),
-              "created": time.time(), "name": spec.name, "detached": spec.detach}
+              "created": time.time(), "name": spec.name, "detached": spec.detach,
+              # What inspect shows of the run's configuration:
+              "config": {"env": spec.env, "workdir": spec.workdir, "user": spec.user or "",
+                         "hostname": spec.hostname or cid[:12], "privileged": spec.privileged,
+                         "read_only": spec.read_only, "init": spec.init}}
     make_state_dirs(paths)
     if spec.name is None:
         write_record(paths, record)
@@ -5434,7 +5438,8 @@ def run_container(spec, paths, report=None):
         pid, master, pending = start_container(
             spec, instance, signals, lambda child: join_cgroups(cgroups, child), prepare)
         started = True
-        record.update(status="running", pid=pid, pid_start=process_start_time(pid))
+        record.update(status="running", pid=pid, pid_start=process_start_time(pid),
+                      started=time.time())
         write_record(paths, record)
         if report is not None:
             null = os.open("/dev/null", os.O_WRONLY)  # ours closed: the pipes end with the container's
@@ -5670,6 +5675,70 @@ def cmd_wait(args):
                                   "went with it" % record["id"][:12])
         print(ended.get("exit_code", "unknown"))
     return 0
+
+
+def cmd_kill(args):
+    """A signal (default SIGKILL) to running containers' init."""
+    require_root("kill")
+    paths = Paths()
+    reclaim_dead(paths)
+    number = parse_signal(args.signal)
+    for ref in args.containers:
+        record = find_container(paths, ref)
+        if record["status"] != "running" or not owner_alive(record):
+            raise MiniDockerError("container %s is not running" % record["id"][:12])
+        signal_init(record, number)
+        print(ref)
+    return 0
+
+
+def cmd_inspect(args):
+    """A JSON array, one object per container, in Docker's shape for the
+    fields minidocker keeps."""
+    require_root("inspect")
+    paths = Paths()
+    reclaim_dead(paths)
+    print(json.dumps([inspect_record(find_container(paths, ref)) for ref in args.containers],
+                     indent=4))
+    return 0
+
+
+def rfc3339(seconds):
+    if not seconds:
+        return "0001-01-01T00:00:00Z"  # Docker's zero time
+    whole = int(seconds)
+    return "%s.%06dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)),
+                         int((seconds - whole) * 1e6))
+
+
+def inspect_record(record):
+    running = record["status"] == "running" and owner_alive(record)
+    status = "running" if running else "created" if not record["pid"] else "exited"
+    config = record.get("config", {})
+    lease = record.get("network", {})
+    ports = {}
+    for host_ip, host_port, proto, port in lease.get("ports", []):
+        ports.setdefault("%d/%s" % (port, proto), []).append(
+            {"HostIp": host_ip, "HostPort": str(host_port)})
+    return {
+        "Id": record["id"], "Name": "/" + (record.get("name") or record["id"][:12]),
+        "Created": rfc3339(record["created"]),
+        "Path": record["command"][0] if record["command"] else "",
+        "Args": record["command"][1:],
+        "State": {"Status": status, "Running": running, "Pid": record["pid"] if running else 0,
+                  "ExitCode": record.get("exit_code", 0),
+                  "OOMKilled": bool(record.get("oom_killed")),
+                  "StartedAt": rfc3339(record.get("started")),
+                  "FinishedAt": rfc3339(record.get("finished"))},
+        "Config": {"Cmd": record["command"], "Env": config.get("env", []),
+                   "WorkingDir": config.get("workdir", "/"), "User": config.get("user", ""),
+                   "Hostname": config.get("hostname", record["id"][:12])},
+        "HostConfig": {"Privileged": config.get("privileged", False),
+                       "ReadonlyRootfs": config.get("read_only", False),
+                       "AutoRemove": record["remove"], "Init": config.get("init", False)},
+        "NetworkSettings": {"IPAddress": lease.get("address", ""),
+                            "Gateway": lease.get("gateway", ""), "Ports": ports},
+    }
 
 
 def parse_signal(text):
@@ -5945,6 +6014,16 @@ def build_parser():
     stop.add_argument("containers", nargs="+", metavar="NAME|ID")
     stop.set_defaults(handler=cmd_stop)
 
+    kill = commands.add_parser("kill", help="send a signal to running containers")
+    kill.add_argument("-s", "--signal", default="SIGKILL", metavar="SIGNAL",
+                      help="the signal (default SIGKILL)")
+    kill.add_argument("containers", nargs="+", metavar="NAME|ID")
+    kill.set_defaults(handler=cmd_kill)
+
+    inspect = commands.add_parser("inspect", help="containers as JSON, in Docker's shape")
+    inspect.add_argument("containers", nargs="+", metavar="NAME|ID")
+    inspect.set_defaults(handler=cmd_inspect)
+
     wait = commands.add_parser("wait", help="wait for containers to end; print their exit codes")
     wait.add_argument("containers", nargs="+", metavar="NAME|ID")
     wait.set_defaults(handler=cmd_wait)
@@ -6021,6 +6100,8 @@ def run_command(argv):
         return args.handler(args), None
     except MiniDockerError as err:
         return err.code, "error: %s" % err
+    except BrokenPipeError:  # EPIPE: our output's reader left (`ps | head -1`), as SIGPIPE would
+        return 128 + signal.SIGPIPE, None
     except OSError as err:
         return EXIT_RUNTIME, "error: %s" % err
     except KeyboardInterrupt:

@@ -4908,3 +4908,36 @@ def test_stop_and_names_take_what_docker_takes(rootfs):
     finally:
         minidocker("rm", "-f", first, second)
     assert_nothing_left()
+
+
+@root
+def test_kill_and_inspect(rootfs):
+    """kill sends its signal to the init; inspect shows the container in
+    Docker's shape; a reader that leaves early (`| head`) ends the output
+    quietly, as SIGPIPE would."""
+    cid = minidocker("run", "-d", "--name", "probe", "-e", "A=1", "-w", "/tmp", "--network=none",
+                     rootfs, "sleep", "60").out.strip()
+    try:
+        [shown] = json.loads(minidocker("inspect", "probe").out)
+        assert (shown["Id"], shown["Name"], shown["Path"], shown["Args"]) == \
+            (cid, "/probe", "sleep", ["60"])
+        assert shown["State"]["Running"] and shown["State"]["Status"] == "running"
+        assert shown["State"]["Pid"] == md.find_container(md.Paths(), cid)["pid"]
+        assert (shown["Config"]["Env"], shown["Config"]["WorkingDir"]) == (["A=1"], "/tmp")
+        reader = subprocess.Popen(MINIDOCKER + ["inspect", "probe"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        reader.stdout.close()  # before it writes: Python takes longer than this to start
+        assert reader.wait(timeout=60) == 128 + signal.SIGPIPE
+        assert reader.stderr.read() == b""
+        reader.stderr.close()
+        assert minidocker("kill", "-s", "TERM", "probe").out == "probe\n"  # pid 1: ignored
+        assert minidocker("kill", "probe").returncode == 0
+        assert minidocker("wait", "probe").out == "137\n"
+        [ended] = json.loads(minidocker("inspect", cid).out)
+        assert ended["State"]["Status"] == "exited" and ended["State"]["ExitCode"] == 137
+        refused = minidocker("kill", "probe")
+        assert (refused.returncode, refused.err) == (
+            125, "minidocker: error: container %s is not running\n" % cid[:12])
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
