@@ -978,6 +978,11 @@ def read_records(paths, malformed=None):
     return records
 
 
+def is_running(record):
+    """Said to be starting or running, by a minidocker still alive to say so."""
+    return record["status"] in ("created", "running") and owner_alive(record)
+
+
 def owner_alive(record):
     """Is the minidocker process that started this container still running?"""
     started = process_start_time(record["owner"])
@@ -3503,7 +3508,7 @@ def live_leases(paths, excluded=()):
     here = current_netns()
     return [record["network"] for record in read_records(paths)
             if record.get("network", {}).get("netns") == here and record["id"] not in excluded
-            and record["status"] in ("created", "running") and owner_alive(record)]
+            and is_running(record)]
 
 
 def allocate_address(subnet, used):
@@ -4682,9 +4687,9 @@ def close_inherited_fds():
 
 
 def read_line(fd, rest):
-    """The child's side of the pipe: the parent's next line, b'' once it is
-    gone. `rest` keeps what came after it ("root" and "go" may come in one
-    read)."""
+    """The child's side of the pipe: the parent's next line ("go" and the
+    lease), b'' once the parent is gone. `rest` keeps what a read brought
+    after the line."""
     while b"\n" not in rest:
         chunk = os.read(fd, 4096)
         if not chunk:
@@ -5508,21 +5513,11 @@ def cmd_rm(args):
         if args.force and remove_malformed(paths, prefix):
             continue
         record = find_container(paths, prefix)
-        if record["status"] in ("created", "running") and owner_alive(record):
+        if is_running(record):
             if not args.force:
                 raise MiniDockerError("container %s is running: stop it or use rm -f"
                                       % record["id"][:12])
-            # Only the container's own init: its pid may have ended and been
-            # reused while its minidocker cleans up (the start time tells).
-            started = process_start_time(record["pid"]) if record["pid"] else None
-            if started is not None and started == record.get("pid_start"):
-                os.kill(record["pid"], signal.SIGKILL)
-            deadline = time.monotonic() + 30
-            while owner_alive(record) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if owner_alive(record):
-                raise MiniDockerError("container %s: its minidocker (pid %d) is still removing "
-                                      "it; try again" % (record["id"][:12], record["owner"]))
+            end_container(record, signal.SIGKILL, 0)
             if not os.path.exists(paths.record(record["id"])):
                 print(record["id"][:12])  # its minidocker removed it (--rm)
                 continue
@@ -5646,14 +5641,8 @@ def cmd_stop(args):
     number = parse_signal(args.signal)
     for ref in args.containers:
         record = find_container(paths, ref)
-        if record["status"] == "running" and owner_alive(record):
-            signal_init(record, number)
-            if not wait_for_owner(record, args.time):
-                signal_init(record, signal.SIGKILL)
-                if not wait_for_owner(record, 30):
-                    raise MiniDockerError("container %s: its minidocker (pid %d) is still "
-                                          "cleaning up; try again"
-                                          % (record["id"][:12], record["owner"]))
+        if is_running(record):
+            end_container(record, number, args.time)
         print(ref)
     return 0
 
@@ -5685,7 +5674,7 @@ def cmd_kill(args):
     number = parse_signal(args.signal)
     for ref in args.containers:
         record = find_container(paths, ref)
-        if record["status"] != "running" or not owner_alive(record):
+        if not is_running(record):
             raise MiniDockerError("container %s is not running" % record["id"][:12])
         signal_init(record, number)
         print(ref)
@@ -5712,7 +5701,7 @@ def rfc3339(seconds):
 
 
 def inspect_record(record):
-    running = record["status"] == "running" and owner_alive(record)
+    running = is_running(record) and record["pid"] != 0
     status = "running" if running else "created" if not record["pid"] else "exited"
     config = record.get("config", {})
     lease = record.get("network", {})
@@ -5751,6 +5740,18 @@ def parse_signal(text):
         return signal.Signals[name if name.startswith("SIG") else "SIG" + name].value
     except KeyError:
         raise MiniDockerError("invalid signal %s" % quote(text)) from None
+
+
+def end_container(record, number, seconds):
+    """`number` to the container's init, SIGKILL after `seconds`; returns
+    once its minidocker (the monitor, or `run`) has recorded the end and
+    cleaned up."""
+    signal_init(record, number)
+    if not wait_for_owner(record, seconds):
+        signal_init(record, signal.SIGKILL)
+        if not wait_for_owner(record, 30):
+            raise MiniDockerError("container %s: its minidocker (pid %d) is still cleaning "
+                                  "up; try again" % (record["id"][:12], record["owner"]))
 
 
 def signal_init(record, number):
