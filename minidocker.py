@@ -5245,6 +5245,101 @@ def write_all(fd, data):
         data = data[os.write(fd, data):]
 
 
+def run_container(spec, paths, report=None):
+    """`run`: plan, create, start, wait, clean up (the steps of the map at
+    the top of this chapter; step 1 was build_spec). Returns the exit code.
+    With `report` (run -d, in the monitor), the output goes to the log and
+    the report says when the command runs."""
+    set_stage_name("md:[0:PARENT]")
+    # From here on something is made: a signal waits for SignalPipe, which
+    # ends the start-up cleanly or forwards it to the command.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING_SIGNALS)
+    # 2. What killed minidockers left behind.
+    reclaim_dead(paths)
+    trace(spec.debug, "dead containers reclaimed")
+    # 3. The cgroups planned, then the record (naming them) and the layer.
+    cid = os.urandom(32).hex()
+    layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
+    cgroup_plan = plan_cgroups(spec.resources, layout, cid, spec.cgroup_parent)
+    parents = missing_parents(cgroup_plan) if spec.cgroup_parent else []
+    record = create_container(paths, spec, cid, [path for _, _, path, _ in cgroup_plan], parents)
+    layer = paths.layer(cid)
+    trace(spec.debug, "record and layer made")
+    debug(spec.debug, "container %s, layer %s, cgroups %s" % (cid, layer, record["cgroups"]))
+    for note in spec.notes:
+        debug(spec.debug, note)
+    cgroups, started, log = [], False, None
+    # 4. Signals into a pipe from now on; the cgroups made.
+    signals = SignalPipe()
+    try:
+        cgroups = create_cgroups(cgroup_plan, spec.resources)
+        trace(spec.debug, "cgroups made, limits written")
+        instance = Instance(cid, layer, spec.hostname or cid[:12])
+        for source, _ in instance.etc_files:  # bound by the child, written by prepare()
+            os.close(os.open(source, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+
+        def prepare():  # 6., while the child starts and joins its cgroups
+            lease = lease_network(paths, record, spec.network_plan) \
+                if spec.network_plan["mode"] == "bridge" else None
+            write_etc_files(layer, instance.hostname, spec.network_plan, lease)
+            trace(spec.debug, "network leased, /etc files written")
+            return lease
+
+        if report is not None:  # run -d: the child's 1 and 2 are the log's pipes
+            log = JsonLog(log_path(paths, cid))
+            for fd, writer in zip((1, 2), log.writers):
+                os.dup2(writer, fd)
+                os.close(writer)
+        # 5. to 9. The child, from fork to the command's execve.
+        pid, master, pending = start_container(
+            spec, instance, signals, lambda child: join_cgroups(cgroups, child), prepare)
+        started = True
+        record.update(status="running", pid=pid, pid_start=process_start_time(pid),
+                      started=time.time())
+        write_record(paths, record)
+        if report is not None:
+            null = os.open("/dev/null", os.O_WRONLY)  # ours closed: the pipes end with the container's
+            for fd in (1, 2):
+                os.dup2(null, fd)
+            os.close(null)
+            report.finish("started", cid)
+        # 10. Until the command ends; then everything the run made goes.
+        code = exit_code(wait_for_container(pid, signals, master, spec.interactive, pending, log))
+        trace(spec.debug, "the command ended (exit code %d)" % code)
+        if code == 128 + signal.SIGKILL and oom_killed(cgroups):
+            record["oom_killed"] = True
+            warn("the container hit its memory limit (--memory %s) and the kernel's OOM "
+                 "killer ended it" % spec.resources.get("memory", "of its parent cgroup"))
+    finally:
+        signals.close()
+        if log is not None:
+            log.close()
+        remove_cgroups(cgroups)
+        remove_empty_cgroups(parents)
+        try:
+            if "network" in record:  # the child is reaped: its veth goes with its namespace
+                release_leases(paths, [record], delete_veths=False)
+        finally:
+            if spec.remove or not started:
+                try:
+                    remove_container(paths, record)
+                except LayerError as err:  # the exit code (or first error) comes first
+                    warn(str(err))
+    if not spec.remove:
+        record.update(status="exited", exit_code=code, finished=time.time())
+        try:
+            write_record(paths, record)
+        except OSError as err:  # ENOSPC: the code still reaches the caller
+            warn("container %s: its record keeps no exit code: %s" % (cid[:12], err.strerror))
+    trace(spec.debug, "cleaned up")
+    return code
+
+
+# === 11. (continued) run -d: the monitor and the log ===
+# A detached container is run by run_container as any other, in a process
+# of its own: the monitor. `run -d` forks it, waits for its report of the
+# start, and leaves; the monitor copies the command's output into the log.
+
 LOG_LINE_MAX = 16 << 10
 
 
@@ -5392,96 +5487,6 @@ def monitor(spec, paths, report):
     except BaseException as err:  # a bug: still one line
         report.finish("error", "%d internal error: %r" % (EXIT_RUNTIME, err))
     os._exit(code)
-
-
-def run_container(spec, paths, report=None):
-    """`run`: plan, create, start, wait, clean up (the steps of the map at
-    the top of this chapter; step 1 was build_spec). Returns the exit code.
-    With `report` (run -d, in the monitor), the output goes to the log and
-    the report says when the command runs."""
-    set_stage_name("md:[0:PARENT]")
-    # From here on something is made: a signal waits for SignalPipe, which
-    # ends the start-up cleanly or forwards it to the command.
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING_SIGNALS)
-    # 2. What killed minidockers left behind.
-    reclaim_dead(paths)
-    trace(spec.debug, "dead containers reclaimed")
-    # 3. The cgroups planned, then the record (naming them) and the layer.
-    cid = os.urandom(32).hex()
-    layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
-    cgroup_plan = plan_cgroups(spec.resources, layout, cid, spec.cgroup_parent)
-    parents = missing_parents(cgroup_plan) if spec.cgroup_parent else []
-    record = create_container(paths, spec, cid, [path for _, _, path, _ in cgroup_plan], parents)
-    layer = paths.layer(cid)
-    trace(spec.debug, "record and layer made")
-    debug(spec.debug, "container %s, layer %s, cgroups %s" % (cid, layer, record["cgroups"]))
-    for note in spec.notes:
-        debug(spec.debug, note)
-    cgroups, started, log = [], False, None
-    # 4. Signals into a pipe from now on; the cgroups made.
-    signals = SignalPipe()
-    try:
-        cgroups = create_cgroups(cgroup_plan, spec.resources)
-        trace(spec.debug, "cgroups made, limits written")
-        instance = Instance(cid, layer, spec.hostname or cid[:12])
-        for source, _ in instance.etc_files:  # bound by the child, written by prepare()
-            os.close(os.open(source, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-
-        def prepare():  # 6., while the child starts and joins its cgroups
-            lease = lease_network(paths, record, spec.network_plan) \
-                if spec.network_plan["mode"] == "bridge" else None
-            write_etc_files(layer, instance.hostname, spec.network_plan, lease)
-            trace(spec.debug, "network leased, /etc files written")
-            return lease
-
-        if report is not None:  # run -d: the child's 1 and 2 are the log's pipes
-            log = JsonLog(log_path(paths, cid))
-            for fd, writer in zip((1, 2), log.writers):
-                os.dup2(writer, fd)
-                os.close(writer)
-        # 5. to 9. The child, from fork to the command's execve.
-        pid, master, pending = start_container(
-            spec, instance, signals, lambda child: join_cgroups(cgroups, child), prepare)
-        started = True
-        record.update(status="running", pid=pid, pid_start=process_start_time(pid),
-                      started=time.time())
-        write_record(paths, record)
-        if report is not None:
-            null = os.open("/dev/null", os.O_WRONLY)  # ours closed: the pipes end with the container's
-            for fd in (1, 2):
-                os.dup2(null, fd)
-            os.close(null)
-            report.finish("started", cid)
-        # 10. Until the command ends; then everything the run made goes.
-        code = exit_code(wait_for_container(pid, signals, master, spec.interactive, pending, log))
-        trace(spec.debug, "the command ended (exit code %d)" % code)
-        if code == 128 + signal.SIGKILL and oom_killed(cgroups):
-            record["oom_killed"] = True
-            warn("the container hit its memory limit (--memory %s) and the kernel's OOM "
-                 "killer ended it" % spec.resources.get("memory", "of its parent cgroup"))
-    finally:
-        signals.close()
-        if log is not None:
-            log.close()
-        remove_cgroups(cgroups)
-        remove_empty_cgroups(parents)
-        try:
-            if "network" in record:  # the child is reaped: its veth goes with its namespace
-                release_leases(paths, [record], delete_veths=False)
-        finally:
-            if spec.remove or not started:
-                try:
-                    remove_container(paths, record)
-                except LayerError as err:  # the exit code (or first error) comes first
-                    warn(str(err))
-    if not spec.remove:
-        record.update(status="exited", exit_code=code, finished=time.time())
-        try:
-            write_record(paths, record)
-        except OSError as err:  # ENOSPC: the code still reaches the caller
-            warn("container %s: its record keeps no exit code: %s" % (cid[:12], err.strerror))
-    trace(spec.debug, "cleaned up")
-    return code
 
 
 # === 12. Commands ===
