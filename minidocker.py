@@ -1020,7 +1020,11 @@ def create_container(paths, spec, cid, cgroups, parents=()):
               # What inspect shows of the run's configuration:
               "config": {"env": spec.env, "workdir": spec.workdir, "user": spec.user or "",
                          "hostname": spec.hostname or cid[:12], "privileged": spec.privileged,
-                         "read_only": spec.read_only, "init": spec.init}}
+                         "read_only": spec.read_only, "init": spec.init},
+              # What exec gives a process it adds to the container (its
+              # seccomp filter beside the layer, as seccomp.bpf):
+              "process": {"caps": sorted(spec.caps), "group_add": spec.group_add,
+                          "seccomp": spec.seccomp is not None}}
     make_state_dirs(paths)
     if spec.name is None:
         write_record(paths, record)
@@ -1042,7 +1046,13 @@ def create_container(paths, spec, cid, cgroups, parents=()):
     upper = os.path.join(layer, "upper")
     os.chown(upper, image_root.st_uid, image_root.st_gid)
     os.chmod(upper, stat.S_IMODE(image_root.st_mode))
+    if spec.seccomp is not None:
+        write_file_atomically(seccomp_path(paths, cid), spec.seccomp, 0o600)
     return record
+
+
+def seccomp_path(paths, cid):
+    return os.path.join(paths.layer(cid), "seccomp.bpf")
 
 
 class LayerError(MiniDockerError):
@@ -4739,6 +4749,17 @@ def attach_terminal(rootfd, console):
     /dev/pts/0; bind its slave to /dev/console; pass the master to the parent
     over the console socket (SCM_RIGHTS, unix(7)), and keep the slave as
     stdin, stdout and stderr, the controlling terminal of a new session."""
+    slave = open_pty(rootfd, console)
+    consolefd = open_in_root(rootfd, "/dev/console", create="file", follow=False)
+    mount(fd_path(slave), fd_path(consolefd), None, MS_BIND, shown="/dev/console")
+    os.close(consolefd)
+    take_terminal(slave)
+
+
+def open_pty(rootfd, console):
+    """A new pty of the devpts mounted at ROOT/dev/pts, sized as our own
+    terminal; its master goes to the parent over `console`. Returns the
+    slave."""
     import array
     import _socket
     ptsfd = open_in_root(rootfd, "/dev/pts", follow=False)
@@ -4748,13 +4769,16 @@ def attach_terminal(rootfd, console):
     slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
     if os.isatty(0):
         fcntl.ioctl(slave, TIOCSWINSZ, fcntl.ioctl(0, TIOCGWINSZ, WINSIZE_ZERO))
-    consolefd = open_in_root(rootfd, "/dev/console", create="file", follow=False)
-    mount(fd_path(slave), fd_path(consolefd), None, MS_BIND, shown="/dev/console")
-    os.close(consolefd)
     console.sendmsg([b"M"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
                               array.array("i", [master]))])
     os.close(master)
     console.close()
+    return slave
+
+
+def take_terminal(slave):
+    """The pty's slave as the controlling terminal of a new session, and as
+    stdin, stdout and stderr."""
     os.setsid()
     fcntl.ioctl(slave, TIOCSCTTY, 0)
     for target in (0, 1, 2):
@@ -4777,16 +4801,18 @@ def reset_signals():
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
-def exec_command(spec, hostname, to_parent):
+def exec_command(spec, hostname, to_parent, tied=True):
     """Stage 2: identity, environment, privileges, the seccomp filter, then
-    execve(2) (in a child of ours with --init)."""
+    execve(2) (in a child of ours with --init). `tied`: the command dies
+    with the process that started it (SIGKILL when it ends), as all do but
+    exec -d's."""
     passwd = parse_passwd(read_account_file("/etc/passwd"))
     group = parse_group(read_account_file("/etc/group"))
     uid, gid, gids, home = resolve_user(spec.user, passwd, group, spec.group_add)
     env = container_env(spec, hostname, home)
     drop_privileges(uid, gid, gids, spec.caps, spec.last_cap)
     # setuid cleared the parent-death signal (prctl(2)); ask for it again.
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL if tied else 0, what="prctl(PR_SET_PDEATHSIG)")
     enter_workdir(spec.workdir)
     program = find_executable(spec.command[0], env.get("PATH", DEFAULT_PATH))
     # An ignored signal stays ignored across execve, and the blocked mask is
@@ -5489,6 +5515,211 @@ def monitor(spec, paths, report):
     os._exit(code)
 
 
+# === 11. (continued) exec: one more process in a running container ===
+# exec runs a command beside the container's own, as one of it: in every
+# namespace of its init, in its cgroups, under the container's user,
+# capabilities, no_new_privs and seccomp filter, inside its root. The same
+# two processes as run, with less to do. The parent (minidocker exec)
+# opens the init's namespaces, enters its pid namespace for the child it
+# is about to fork, puts that child in the container's cgroups and says
+# "go". The child enters the other namespaces, the mount namespace last
+# (setns(2) moves its root and working directory to that namespace's root:
+# the container's), then goes through stage 2 as the init did
+# (exec_command). The parent relays the terminal and the signals, and ends
+# with the command's exit code; with -d it leaves once the command runs.
+#
+# The dangerous moment is the one in between: a process of the host
+# (python3, minidocker's memory and descriptors) inside the container's
+# pid namespace, where the container's processes see it in /proc. Through
+# /proc/PID/exe of such a process a container overwrote the host's runc
+# binary (CVE-2019-5736); through a descriptor another leaked, it reached
+# the host's filesystem (CVE-2024-21626). So before it enters anything the
+# child is non-dumpable (the kernel then refuses its exe, mem, fd, environ
+# and ptrace to whoever lacks CAP_SYS_PTRACE, as the container's processes
+# do by default) and keeps no descriptor but 0, 1, 2 and its pipes; each
+# namespace's descriptor is closed as soon as it is used. execve makes the
+# new program dumpable again: from then on it is only the container's.
+
+# In the order they are entered: pid by the parent (for its child), then
+# the cgroup namespace only once the child is in the container's cgroups
+# (its cgroup then reads as "/"), and the mount namespace last.
+EXEC_NAMESPACES = (("pid", CLONE_NEWPID), ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS),
+                   ("net", CLONE_NEWNET), ("cgroup", CLONE_NEWCGROUP), ("mnt", CLONE_NEWNS))
+
+
+def build_exec_spec(args, record, paths):
+    """The spec of the process exec adds: the command, -e, -w and -u on top
+    of what the container's init was given (its record)."""
+    config, process = record.get("config"), record.get("process")
+    if not isinstance(config, dict) or not isinstance(process, dict):
+        raise MiniDockerError("container %s was started by an older minidocker, whose record "
+                              "keeps no process settings to exec with" % record["id"][:12])
+    if not args.command:
+        raise MiniDockerError("exec: no command given: usage: exec [OPTIONS] CONTAINER CMD [ARG...]")
+    if args.detach and (args.interactive or args.tty):
+        raise MiniDockerError("exec -d keeps no terminal and no stdin: -i and -t need an exec "
+                              "without -d")
+    workdir = args.workdir or config["workdir"]
+    if not workdir.startswith("/"):
+        raise MiniDockerError("workdir %r must be an absolute path" % workdir)
+    env_entries = []
+    for path in args.env_file:
+        env_entries += parse_env_file(path)
+    seccomp = None
+    if process["seccomp"]:  # read now: after setns the host's files are out of reach
+        with open(seccomp_path(paths, record["id"]), "rb") as handle:
+            seccomp = handle.read()
+    return Spec(command=list(args.command), hostname=config["hostname"],
+                env=config["env"] + expand_env(env_entries + args.env),
+                workdir=absolute_path(workdir),
+                user=check_user(args.user, "--user") if args.user else config["user"] or None,
+                group_add=process["group_add"], caps=set(process["caps"]), last_cap=last_cap(),
+                seccomp=seccomp, tty=args.tty, interactive=args.interactive, detach=args.detach,
+                debug=args.debug)
+
+
+def open_namespaces(record):
+    """The init's namespaces, as descriptors, in EXEC_NAMESPACES' order. The
+    init is checked by its start time once they are open: a pid that ended
+    and was reused would otherwise hand us a stranger's namespaces."""
+    pid, opened = record["pid"], []
+    try:
+        for name, kind in EXEC_NAMESPACES:
+            path = "/proc/%d/ns/%s" % (pid, name)
+            opened.append((os.open(path, os.O_RDONLY | os.O_CLOEXEC), kind, name))
+        if process_start_time(pid) == record.get("pid_start"):
+            return opened
+    except (FileNotFoundError, ProcessLookupError):  # the init has ended
+        pass
+    except BaseException:
+        close_namespaces(opened)
+        raise
+    close_namespaces(opened)
+    raise MiniDockerError("container %s is not running" % record["id"][:12])
+
+
+def close_namespaces(opened):
+    for fd, _, _ in opened:
+        os.close(fd)
+
+
+def exec_in_container(record, spec):
+    """Run spec.command in the running container of `record`; its exit code
+    (with -d: 0 once it runs)."""
+    namespaces = open_namespaces(record)
+    signals = SignalPipe()
+    console = console_peer = None
+    try:
+        # Inherited by the child through fork: it is never dumpable while
+        # it is python3 (see above).
+        prctl(PR_SET_DUMPABLE, 0, what="prctl(PR_SET_DUMPABLE)")
+        if spec.tty:
+            preload("_socket", "array")  # open_pty's, once the host is out of reach
+            import _socket
+            console, console_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        setns(namespaces[0][0], CLONE_NEWPID, "the container's pid namespace")
+        child_read, parent_write = os.pipe2(os.O_CLOEXEC)
+        parent_read, child_write = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = os.fork()
+        except BlockingIOError:  # EAGAIN: the container's pids limit, or ours
+            raise MiniDockerError("exec: fork: the container's task limit (--pids-limit) or "
+                                  "the host's is reached")
+        except OSError as err:
+            if err.errno != errno.ENOMEM:
+                raise
+            # A pid namespace whose init has died takes no new process.
+            raise MiniDockerError("container %s is not running" % record["id"][:12])
+        if pid == 0:
+            try:
+                exec_child(spec, record, namespaces, child_write, child_read, console_peer)
+            finally:  # never back into the parent's frames
+                os._exit(EXIT_RUNTIME)
+        for fd in (child_read, child_write):
+            os.close(fd)
+        if console_peer is not None:
+            console_peer.close()
+        pending = []
+        try:
+            try:
+                join_cgroups(record["cgroups"], pid)
+                os.write(parent_write, b"go\n")
+            except (MiniDockerError, BrokenPipeError) as err:
+                child_error_first(err, pid, parent_read, signals, pending, bytearray())
+            master = receive_master(console) if console is not None else None
+            message = read_child_message(parent_read, signals, pending, bytearray())
+            if message:
+                raise_child_error(message)
+        except BaseException:
+            kill_and_reap(pid)
+            raise
+        finally:
+            os.close(parent_read)
+            os.close(parent_write)
+        if spec.detach:  # the command goes on without us; the host's init reaps it
+            return 0
+        return exit_code(wait_for_container(pid, signals, master, spec.interactive, pending))
+    finally:
+        signals.close()
+        close_namespaces(namespaces)
+        if console is not None:
+            console.close()
+
+
+def exec_child(spec, record, namespaces, to_parent, from_parent, console):
+    """The process exec adds, from fork to execve. Never returns."""
+    try:
+        set_stage_name("md:[exec]")
+        signal.set_wakeup_fd(-1)  # the parent's signals are not ours to note
+        null = os.open("/dev/null", os.O_RDWR)
+        for target in ((0, 1, 2) if spec.detach else (0,) if not spec.interactive else ()):
+            os.dup2(null, target)
+        os.close(null)
+        # Nothing of the host's beyond this point but what is named here.
+        keep = {to_parent, from_parent} | {fd for fd, _, _ in namespaces}
+        if console is not None:
+            keep.add(console.fileno())
+        close_all_fds_but(keep)
+        # Our cmdline is world-readable in /proc, dumpable or not: it
+        # names the caller's command line and paths.
+        scrub_arguments_and_environment()
+        # Until "go" (the cgroups joined), and through the set-up: it ends
+        # with us.
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
+        if read_line(from_parent, bytearray()) != b"go\n":
+            os._exit(EXIT_RUNTIME)
+        for fd, kind, name in namespaces[1:]:  # pid: already ours, by the parent
+            setns(fd, kind, "the container's %s namespace" % name)
+            os.close(fd)
+        if console is None:
+            os.setsid()  # out of the caller's session: its ^C comes through the parent
+        else:
+            rootfd = os.open("/", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            take_terminal(open_pty(rootfd, console))
+            os.close(rootfd)
+        exec_command(spec, spec.hostname, to_parent, tied=not spec.detach)
+    except MiniDockerError as err:
+        report_and_exit(to_parent, err.code, str(err))
+    except OSError as err:
+        report_and_exit(to_parent, EXIT_RUNTIME, str(err))
+    except BaseException as err:  # a bug: still one line, never a traceback
+        report_and_exit(to_parent, EXIT_RUNTIME, "internal error: %r" % err)
+
+
+def close_all_fds_but(keep):
+    """Close every descriptor above 2 that is not in `keep`, close-on-exec
+    or not (close_inherited_fds spares ours until execve: here even a
+    moment is too long)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:  # EBADF: the directory listdir itself had open
+                pass
+
+
+
 # === 12. Commands ===
 
 
@@ -5684,6 +5915,16 @@ def cmd_kill(args):
         signal_init(record, number)
         print(ref)
     return 0
+
+
+def cmd_exec(args):
+    """Run a command in a running container, as one of its processes."""
+    require_root("exec")
+    paths = Paths()
+    record = find_container(paths, args.container)
+    if record["status"] != "running" or not is_running(record):
+        raise MiniDockerError("container %s is not running" % record["id"][:12])
+    return exec_in_container(record, build_exec_spec(args, record, paths))
 
 
 def cmd_inspect(args):
@@ -6025,6 +6266,25 @@ def build_parser():
                       help="the signal (default SIGKILL)")
     kill.add_argument("containers", nargs="+", metavar="NAME|ID")
     kill.set_defaults(handler=cmd_kill)
+
+    # add_help=False, as in run: -h is not help here either (docker's
+    # exec has no -h flag of its own, but CMD's arguments must not be
+    # mistaken for ours, and argparse.REMAINDER sees to that).
+    exec_ = commands.add_parser("exec", help="run a command in a running container",
+                                add_help=False)
+    exec_.add_argument("--help", action="help", help="show this help and exit")
+    exec_.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    exec_.add_argument("-d", "--detach", action="store_true",
+                       help="leave the command running in the background")
+    exec_.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    exec_.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+    exec_.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VAL]")
+    exec_.add_argument("--env-file", action="append", default=[], metavar="FILE")
+    exec_.add_argument("-w", "--workdir", metavar="DIR", help="default: the container's")
+    exec_.add_argument("-u", "--user", metavar="USER[:GROUP]", help="default: the container's")
+    exec_.add_argument("container", metavar="NAME|ID")
+    exec_.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
+    exec_.set_defaults(handler=cmd_exec)
 
     inspect = commands.add_parser("inspect", help="containers as JSON, in Docker's shape")
     inspect.add_argument("containers", nargs="+", metavar="NAME|ID")

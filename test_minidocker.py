@@ -4941,3 +4941,156 @@ def test_kill_and_inspect(rootfs):
     finally:
         minidocker("rm", "-f", cid)
     assert_nothing_left()
+
+
+# 11. exec: one more process in a running container
+# ---------------------------------------------------------------------------
+
+def detached(rootfs, *options, command=("sleep", "1000")):
+    started = minidocker("run", "-d", "--network=none", *options, rootfs, *command)
+    assert started.returncode == 0, started.err
+    return started.out.strip()
+
+
+def init_pid(cid):
+    return json.loads(minidocker("inspect", cid).out)[0]["State"]["Pid"]
+
+
+@root
+def test_exec_joins_the_namespaces_cgroups_and_confinement(rootfs):
+    """An exec'd process is one of the container's: every namespace the
+    same inode as pid 1's, the same cgroups (seen from the host: it is in
+    their cgroup.procs), the same capabilities, no_new_privs and seccomp
+    mode, the container's root, user and environment, with -e, -w and -u on
+    top; its exit code is exec's."""
+    cid = detached(rootfs, "--cap-drop", "NET_RAW", "-e", "FROM_RUN=1", "-u", "nobody")
+    try:
+        pid = init_pid(cid)
+        names = ("pid", "ipc", "uts", "net", "cgroup", "mnt")
+        script = ("echo joined; read _; for n in %s; do readlink /proc/self/ns/$n; done; "
+                  "grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status; id -un; "
+                  "echo $FROM_RUN $FROM_EXEC $HOSTNAME; pwd; echo /*; "
+                  % " ".join(names))
+        with subprocess.Popen(MINIDOCKER + ["exec", "-i", "-e", "FROM_EXEC=2", "-w", "/tmp", cid,
+                                            "sh", "-c", script], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            assert proc.stdout.readline() == b"joined\n"
+            # While it runs, the host sees it in the container's cgroups.
+            record = md.find_container(md.Paths(), cid)
+            members = [set(open(os.path.join(path, "cgroup.procs")).read().split())
+                       for path in record["cgroups"]]
+            out, err = proc.communicate(b"\n", timeout=30)
+        lines = out.decode().splitlines()
+        assert proc.returncode == 0, err
+        assert lines[:6] == [os.readlink("/proc/%d/ns/%s" % (pid, n)) for n in names]
+        own = [line for line in open("/proc/%d/status" % pid).read().splitlines()
+               if re.match(r"(Cap|NoNewPrivs|Seccomp:)", line)]
+        assert lines[6:6 + len(own)] == own and "Seccomp:\t2" in own, lines
+        rest = lines[6 + len(own):]
+        assert rest[:3] == ["nobody", "1 2 %s" % cid[:12], "/tmp"], rest
+        assert {"/" + name for name in os.listdir(rootfs)} == set(rest[3].split())  # its root
+        assert all(len(m) == 2 and str(pid) in m for m in members), members
+        assert minidocker("exec", cid, "sh", "-c", "exit 7").returncode == 7
+        assert minidocker("exec", "-u", "root", cid, "id", "-u").out == "0\n"
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_exec_with_a_terminal_and_detached(rootfs):
+    """exec -it: a pty of the container's devpts, sized as ours, its exit
+    code; exec -d: returns at once, the command lives on in the container."""
+    cid = detached(rootfs)
+    try:
+        term = Terminal(MINIDOCKER + ["exec", "-it", cid, "sh"], rows=33, cols=77)
+        try:
+            term.send("tty; stty size; exit 5\n")
+            text = term.read_until("33 77")
+            assert re.search(r"/dev/pts/\d+", text), text
+            assert term.proc.wait(timeout=20) == 5
+        finally:
+            term.close()
+        begun = time.monotonic()
+        assert minidocker("exec", "-d", cid, "sleep", "42").returncode == 0
+        assert time.monotonic() - begun < 5
+        listing = minidocker("exec", cid, "ps", "-o", "args").out
+        assert "sleep 42" in listing, listing
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_exec_holds_nothing_of_the_host_while_it_joins(rootfs):
+    """The runc CVE-2019-5736 and CVE-2024-21626 classes, attacked from
+    inside: strace holds the exec'd process at its execve (in the
+    container's namespaces, as confined as the container, still the host's
+    python3), while the container's root (without CAP_SYS_PTRACE, as by
+    default) waits for that moment (its seccomp filter loaded) and tries
+    its /proc/PID/exe (a way to overwrite the host's python3), environ, fd
+    and cmdline. The kernel refuses all but cmdline, which is
+    zeroed. And a directory the caller left open reaches neither the
+    command nor -w."""
+    hunt = ('while :; do for p in /proc/[0-9]*; do '
+            '[ "$(cat $p/comm 2>/dev/null)" = "md:[exec]" ] || continue; '
+            'grep -q "Seccomp:.2" $p/status || continue; '
+            'echo found; cat $p/exe >/dev/null 2>&1 && echo EXE; '
+            'cat $p/environ 2>/dev/null | grep -q . && echo ENVIRON; '
+            'for f in $p/fd/*; do readlink $f; done 2>/dev/null | grep -q . && echo FD; '
+            'tr "\\0" "\\n" <$p/cmdline | grep -q . && echo CMDLINE; '
+            'exit 0; done; done')
+    cid = detached(rootfs, command=("sh", "-c", "sleep 1000"))
+    try:
+        attacker = subprocess.Popen(MINIDOCKER + ["exec", cid, "sh", "-c", hunt],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        # A syscall must be traced for strace to delay it.
+        held = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=execve",
+                               "-e", "inject=execve:delay_enter=3000000"]
+                              + MINIDOCKER + ["exec", cid, "true"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+                              env=dict(os.environ, HOST_SECRET="s3cr3t"))
+        assert held.returncode == 0, held.stderr
+        out, err = attacker.communicate(timeout=30)
+        assert out.decode().split() == ["found"], (out, err)
+        host_dir = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fds = minidocker("exec", cid, "ls", "/proc/self/fd", pass_fds=(host_dir,))
+            assert fds.out.split() == ["0", "1", "2", "3"], fds.out  # 3: ls's own
+            through = minidocker("exec", "-w", "/proc/self/fd/%d" % host_dir, cid, "ls",
+                                 pass_fds=(host_dir,))
+            assert through.returncode == 125 and "workdir" in through.err, through
+        finally:
+            os.close(host_dir)
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_exec_bad_input(rootfs, tmp_path):
+    """One line and the right code for each: a stopped container, an
+    unknown one, no command, -d with -t, a relative -w, a command not found
+    (127) or not executable (126), an unknown user."""
+    cid = detached(rootfs)
+    stopped = minidocker("run", "--network=none", rootfs, "true")
+    assert stopped.returncode == 0
+    gone = [r["id"] for r in md.read_records(md.Paths()) if r["id"] != cid][0]
+    try:
+        for args, code, message in (
+                ([gone, "true"], 125, "container %s is not running" % gone[:12]),
+                (["nosuch", "true"], 125, "no such container: nosuch"),
+                ([cid], 125, "exec: no command given"),
+                (["-d", "-t", cid, "true"], 125, "exec -d keeps no terminal"),
+                (["-w", "tmp", cid, "true"], 125, "workdir 'tmp' must be an absolute path"),
+                ([cid, "nosuchcommand"], 127, 'exec: "nosuchcommand": executable file not found'),
+                ([cid, "/etc/passwd"], 126, "exec /etc/passwd: Permission denied"),
+                (["-u", "nosuchuser", cid, "true"], 125, "unable to find user nosuchuser")):
+            result = minidocker("exec", *args)
+            assert (result.returncode, result.err.count("\n")) == (code, 1), (args, result)
+            assert message in result.err, (args, result.err)
+        assert minidocker("exec", cid, "true").returncode == 0  # none of it harmed the container
+    finally:
+        minidocker("rm", "-f", cid, gone)
+    assert_nothing_left()
