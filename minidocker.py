@@ -625,6 +625,7 @@ class Spec:
         self.tty = False
         self.interactive = False
         self.init = False         # --init: pid 1 is our reaper, the command its child
+        self.restart = ("no", 0)  # --restart: the policy, and on-failure's most retries
         self.detach = False       # -d: a monitor keeps the container, its output to a log
         self.name = None          # --name: unique among the records, as an id prefix is
         self.remove = False
@@ -763,6 +764,25 @@ def check_name(name):
     return name
 
 
+RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
+
+
+def parse_restart(text):
+    """--restart no|on-failure[:MAX]|always|unless-stopped, as docker reads
+    it: MAX (retries, default unlimited) only with on-failure."""
+    policy, colon, count = text.partition(":")
+    if policy not in RESTART_POLICIES:
+        raise MiniDockerError("invalid --restart %s: expected no, on-failure[:MAX], always or "
+                              "unless-stopped" % quote(text))
+    if colon and policy != "on-failure":
+        raise MiniDockerError("invalid --restart %s: a maximum retry count goes only with "
+                              "on-failure" % quote(text))
+    if colon and (not is_number(count) or int(count) > 1 << 31):
+        raise MiniDockerError("invalid --restart %s: the maximum retry count must be a number "
+                              "from 0" % quote(text))
+    return policy, int(count) if colon else 0
+
+
 def check_hostname(name, flag):
     if len(name) > 64 or not re.fullmatch(HOSTNAME_PATTERN, name, re.ASCII):
         raise MiniDockerError("invalid %s %s: a host name is letters, digits, '-' and '_' "
@@ -806,6 +826,13 @@ def build_spec(args, seccomp_cache=None):
     seccomp, notes = plan_security(parse_security_opts(args.security_opt), caps, args.privileged,
                                    seccomp_cache)
     interactive, tty = args.interactive, args.tty
+    restart = parse_restart(args.restart)
+    if restart[0] != "no" and args.rm:
+        raise MiniDockerError("--restart %s and --rm conflict: a container removed at its end "
+                              "cannot be restarted" % args.restart)
+    if restart[0] != "no" and not args.detach:
+        raise MiniDockerError("--restart %s needs -d: a container kept by its run ends with it"
+                              % args.restart)
     if args.detach and (interactive or tty):
         raise MiniDockerError("run -d keeps no terminal and no stdin: -i and -t need a run "
                               "without -d")
@@ -823,7 +850,8 @@ def build_spec(args, seccomp_cache=None):
         privileged=args.privileged, read_only=args.read_only,
         volumes=[parse_volume(v) for v in args.volume], devices=devices,
         tmpfs=[parse_tmpfs(t) for t in args.tmpfs],
-        tty=tty, interactive=interactive, init=args.init, remove=args.rm, debug=args.debug,
+        tty=tty, interactive=interactive, init=args.init, restart=restart, remove=args.rm,
+        debug=args.debug,
         detach=args.detach, name=check_name(args.name) if args.name is not None else None,
         resources=resources,
         cgroup_parent=check_cgroup_parent(args.cgroup_parent),
@@ -947,6 +975,7 @@ def valid_record(record, name):
         and isinstance(record.get("cgroup_parents", []), list) \
         and all(isinstance(path, str) for path in record.get("cgroup_parents", [])) \
         and isinstance(record.get("network", {}), dict) \
+        and isinstance(record.get("last_address", ""), str) \
         and isinstance(record.get("exit_code", 0), int) \
         and isinstance(record.get("name"), (str, type(None))) \
         and isinstance(record.get("owner_start"), (int, type(None))) \
@@ -1020,11 +1049,8 @@ def create_container(paths, spec, cid, cgroups, parents=()):
               # What inspect shows of the run's configuration:
               "config": {"env": spec.env, "workdir": spec.workdir, "user": spec.user or "",
                          "hostname": spec.hostname or cid[:12], "privileged": spec.privileged,
-                         "read_only": spec.read_only, "init": spec.init},
-              # What exec gives a process it adds to the container (its
-              # seccomp filter beside the layer, as seccomp.bpf):
-              "process": {"caps": sorted(spec.caps), "group_add": spec.group_add,
-                          "seccomp": spec.seccomp is not None}}
+                         "read_only": spec.read_only, "init": spec.init,
+                         "restart": spec.restart}}
     make_state_dirs(paths)
     if spec.name is None:
         write_record(paths, record)
@@ -1046,13 +1072,110 @@ def create_container(paths, spec, cid, cgroups, parents=()):
     upper = os.path.join(layer, "upper")
     os.chown(upper, image_root.st_uid, image_root.st_gid)
     os.chmod(upper, stat.S_IMODE(image_root.st_mode))
-    if spec.seccomp is not None:
-        write_file_atomically(seccomp_path(paths, cid), spec.seccomp, 0o600)
+    save_spec(paths, cid, spec)
     return record
 
 
-def seccomp_path(paths, cid):
-    return os.path.join(paths.layer(cid), "seccomp.bpf")
+# The spec is kept beside the layer, fixed when the container is made (as
+# Docker keeps a container's config, and OCI a bundle's config.json): start
+# and the restarts of a policy run it again, exec takes its user,
+# capabilities and filter. Python literals (ast.literal_eval reads them
+# back, tuples and sets as they were); the filter's bytes in a file of
+# their own.
+SPEC_UNSAVED = ("seccomp", "debug", "notes")
+
+
+def save_spec(paths, cid, spec):
+    fields = {key: value for key, value in vars(spec).items() if key not in SPEC_UNSAVED}
+    fields["volumes"] = [(v.source, v.target, v.read_only) for v in spec.volumes]
+    fields["devices"] = [tuple(getattr(d, slot) for slot in Device.__slots__)
+                         for d in spec.devices]
+    fields["seccomp"] = spec.seccomp is not None
+    write_file_atomically(os.path.join(paths.layer(cid), "spec"), repr(fields).encode(), 0o600)
+    if spec.seccomp is not None:
+        write_file_atomically(os.path.join(paths.layer(cid), "seccomp.bpf"), spec.seccomp, 0o600)
+
+
+def load_spec(paths, cid):
+    """The saved spec, or None for a container an older minidocker made."""
+    import ast
+    try:
+        with open(os.path.join(paths.layer(cid), "spec"), "rb") as handle:
+            fields = ast.literal_eval(handle.read().decode())
+        seccomp = None
+        if fields["seccomp"]:
+            with open(os.path.join(paths.layer(cid), "seccomp.bpf"), "rb") as handle:
+                seccomp = handle.read()
+    except FileNotFoundError:
+        return None
+    fields.update(seccomp=seccomp, volumes=[Volume(*v) for v in fields["volumes"]],
+                  devices=[Device(*d) for d in fields["devices"]])
+    return Spec(**fields)
+
+
+@contextlib.contextmanager
+def container_lock(paths, cid):
+    """flock(2) on the container's layer directory, for the verbs that
+    change what it is (start, a restart, stop, rm): two at once end in one
+    consistent result. A directory, not a lock file: it lives exactly as
+    long as the container, and one who waited for a container removed
+    meanwhile finds its record gone (read_record). Without its layer (gone
+    already, or half-removed) there is nothing left to race for: no lock."""
+    try:
+        fd = os.open(paths.layer(cid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_record(paths, cid):
+    """One container's record as it is now, under its lock."""
+    try:
+        with open(paths.record(cid), "rb") as handle:
+            record = json.loads(handle.read(1 << 20).decode("utf-8"))
+    except FileNotFoundError:
+        raise MiniDockerError("no such container: %s" % cid[:12])
+    if not valid_record(record, cid + ".json"):
+        raise MiniDockerError("container %s: its record is not valid" % cid[:12])
+    return record
+
+
+def stop_requested_path(paths, cid):
+    """Made by stop, removed by start: a restart policy does not undo stop."""
+    return os.path.join(paths.layer(cid), "stopped")
+
+
+def claim_container(paths, cid, by_user):
+    """start (`by_user`) or a restart policy makes a stopped container ours
+    again: we are its minidocker from now on. Under its lock: of two starts
+    at once one wins, the other is told; a restart quietly loses (None) to
+    stop, to rm, and to a start."""
+    try:
+        with container_lock(paths, cid):
+            record = read_record(paths, cid)
+            if not os.path.isdir(paths.layer(cid)):
+                raise MiniDockerError("container %s has lost its layer" % cid[:12])
+            if by_user and is_running(record):
+                raise MiniDockerError("container %s is already running" % cid[:12])
+            if by_user:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(stop_requested_path(paths, cid))
+            elif is_running(record) or os.path.exists(stop_requested_path(paths, cid)):
+                return None
+            record.update(status="created", pid=0, pid_start=None, owner=os.getpid(),
+                      owner_start=process_start_time(os.getpid()),
+                          restart_count=0 if by_user else record.get("restart_count", 0) + 1)
+            write_record(paths, record)
+        return record
+    except MiniDockerError:
+        if by_user:
+            raise
+        return None  # removed meanwhile
 
 
 class LayerError(MiniDockerError):
@@ -3521,9 +3644,19 @@ def live_leases(paths, excluded=()):
             and is_running(record)]
 
 
-def allocate_address(subnet, used):
-    """The first host address after the gateway that no live container
+def allocate_address(subnet, used, preferred=None):
+    """`preferred` (the address a restarted container had) if it is free,
+    else the first host address after the gateway that no live container
     holds. hosts() already leaves out the network and broadcast addresses."""
+    import ipaddress
+    if preferred is not None and preferred not in used:
+        try:
+            address = ipaddress.ip_address(preferred)
+        except ValueError:  # not an address (a hand-edited record): no preference
+            address = None
+        if address in subnet and address not in (subnet.network_address,
+                                                 subnet.broadcast_address, next(subnet.hosts())):
+            return address
     hosts = subnet.hosts()
     next(hosts, None)  # the gateway's
     for candidate in hosts:
@@ -3564,7 +3697,8 @@ def lease_network(paths, record, plan):
         check_lease(plan, others)
         used = {other["address"] for other in others if other["bridge"] == plan["bridge"]}
         lease = {"mode": "bridge", "bridge": plan["bridge"], "subnet": str(subnet),
-                 "gateway": str(gateway), "address": str(allocate_address(subnet, used)),
+                 "gateway": str(gateway),
+                 "address": str(allocate_address(subnet, used, record.get("last_address"))),
                  "veth": "veth" + record["id"][:8], "ports": plan["ports"],
                  "container": record["id"][:12], "netns": current_netns()}
         record["network"] = lease
@@ -3593,6 +3727,7 @@ def release_leases(paths, records, delete_veths=True):
         with Netlink() as nl:
             for record in records:
                 lease = record.pop("network")
+                record["last_address"] = lease["address"]  # a restart's first choice
                 released.add(lease["bridge"])
                 if delete_veths:
                     delete_link(nl, lease["veth"])
@@ -5271,11 +5406,14 @@ def write_all(fd, data):
         data = data[os.write(fd, data):]
 
 
-def run_container(spec, paths, report=None):
+def run_container(spec, paths, report=None, cid=None, again=None):
     """`run`: plan, create, start, wait, clean up (the steps of the map at
     the top of this chapter; step 1 was build_spec). Returns the exit code.
     With `report` (run -d, in the monitor), the output goes to the log and
-    the report says when the command runs."""
+    the report says when the command runs. With `again` (start, or a
+    restart policy, by the user or not), container `cid` exists: its layer
+    and record are taken over (claim_container) and kept whatever happens;
+    None when the policy lost to a stop."""
     set_stage_name("md:[0:PARENT]")
     # From here on something is made: a signal waits for SignalPipe, which
     # ends the start-up cleanly or forwards it to the command.
@@ -5284,17 +5422,25 @@ def run_container(spec, paths, report=None):
     reclaim_dead(paths)
     trace(spec.debug, "dead containers reclaimed")
     # 3. The cgroups planned, then the record (naming them) and the layer.
-    cid = os.urandom(32).hex()
+    cid = cid or os.urandom(32).hex()
     layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
     cgroup_plan = plan_cgroups(spec.resources, layout, cid, spec.cgroup_parent)
     parents = missing_parents(cgroup_plan) if spec.cgroup_parent else []
-    record = create_container(paths, spec, cid, [path for _, _, path, _ in cgroup_plan], parents)
+    cgroup_paths = [path for _, _, path, _ in cgroup_plan]
+    if again is None:
+        record = create_container(paths, spec, cid, cgroup_paths, parents)
+    else:
+        record = claim_container(paths, cid, by_user=again == "user")
+        if record is None:
+            return None
+        record.update(cgroups=cgroup_paths, cgroup_parents=list(parents))
+        write_record(paths, record)
     layer = paths.layer(cid)
     trace(spec.debug, "record and layer made")
     debug(spec.debug, "container %s, layer %s, cgroups %s" % (cid, layer, record["cgroups"]))
     for note in spec.notes:
         debug(spec.debug, note)
-    cgroups, started, log = [], False, None
+    cgroups, started, ended, log = [], False, False, None
     # 4. Signals into a pipe from now on; the cgroups made.
     signals = SignalPipe()
     try:
@@ -5331,6 +5477,7 @@ def run_container(spec, paths, report=None):
             report.finish("started", cid)
         # 10. Until the command ends; then everything the run made goes.
         code = exit_code(wait_for_container(pid, signals, master, spec.interactive, pending, log))
+        ended = True
         trace(spec.debug, "the command ended (exit code %d)" % code)
         if code == 128 + signal.SIGKILL and oom_killed(cgroups):
             record["oom_killed"] = True
@@ -5346,11 +5493,15 @@ def run_container(spec, paths, report=None):
             if "network" in record:  # the child is reaped: its veth goes with its namespace
                 release_leases(paths, [record], delete_veths=False)
         finally:
-            if spec.remove or not started:
+            if spec.remove or (not started and again is None):
                 try:
                     remove_container(paths, record)
                 except LayerError as err:  # the exit code (or first error) comes first
                     warn(str(err))
+            elif not ended:  # a start again that failed: kept, not running
+                record.update(status="exited", finished=time.time())
+                with contextlib.suppress(OSError):
+                    write_record(paths, record)
     if not spec.remove:
         record.update(status="exited", exit_code=code, finished=time.time())
         try:
@@ -5461,15 +5612,17 @@ class StartReport:
         self.fd = None
 
 
-def run_detached(spec, paths):
+def run_detached(spec, paths, cid=None, again=None, shown=None):
     """run -d: a monitor, a child of ours in a session of its own, keeps the
     container as `run` would (run_container), its output going to the log;
     it tells us when the command has been exec'd, or why it could not be.
-    We print the id, as docker does, and leave the container to it."""
+    We print the id, as docker does (or `shown`: start prints what it was
+    given), and leave the container to it. `cid` and `again`: start's, as
+    run_container takes them."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     if os.fork() == 0:
         os.close(read_end)
-        monitor(spec, paths, StartReport(write_end))
+        monitor(spec, paths, StartReport(write_end), cid or os.urandom(32).hex(), again)
     os.close(write_end)
     report = b""
     chunk = os.read(read_end, 65536)
@@ -5482,7 +5635,7 @@ def run_detached(spec, paths):
         if kind == "warning":
             warn(text)
         elif kind == "started":
-            print(text)
+            print(shown or text)
             return 0
         elif kind == "error":
             code, _, message = text.partition(" ")
@@ -5490,22 +5643,25 @@ def run_detached(spec, paths):
     raise MiniDockerError("the container's monitor died during start-up")
 
 
-def monitor(spec, paths, report):
+def monitor(spec, paths, report, cid, again):
     """The monitor of a detached container (as conmon or containerd's shim):
     in a session of its own, so that the user's terminal closing (SIGHUP)
     does not reach it; holding nothing of the user's (no terminal, no
-    working directory, /dev/null for its own output); it runs the container
-    to its end and cleans up, as `run` does. Never returns."""
+    working directory, /dev/null for its own output, no descriptor but the
+    report's: a `| cat` would wait for us to end, and a lock of the caller's
+    would be held as long as we live); it runs the container to its end,
+    cleans up as `run` does, and starts it again as its restart policy
+    says. Never returns."""
     os.setsid()
     os.chdir("/")
-    close_inherited_fds()  # the caller's own: a `| cat` would wait for us to end
+    close_all_fds_but({report.fd})
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
     code = EXIT_RUNTIME
     try:
-        code = run_container(spec, paths, report)
+        code = keep_running(spec, paths, report, cid, again)
     except MiniDockerError as err:
         report.finish("error", "%d %s" % (err.code, err))
     except OSError as err:
@@ -5513,6 +5669,43 @@ def monitor(spec, paths, report):
     except BaseException as err:  # a bug: still one line
         report.finish("error", "%d internal error: %r" % (EXIT_RUNTIME, err))
     os._exit(code)
+
+
+RESTART_DELAY = 0.1      # seconds before the first restart, doubled for each next one,
+RESTART_DELAY_MAX = 60   # up to a minute (Docker's back-off),
+RESTART_RESET = 10       # and back to the first once a run has lasted this long
+
+
+def keep_running(spec, paths, report, cid, again):
+    """run_container, and again as --restart says (Docker's rules): after
+    any end with always and unless-stopped (alike here: there is no daemon
+    to restart with the host), after a non-zero exit with on-failure, at
+    most MAX times if given; never after stop or rm (claim_container sees
+    to that). Returns the last exit code."""
+    policy, most = spec.restart
+    delay, code = RESTART_DELAY, EXIT_RUNTIME
+    while True:
+        began = time.monotonic()
+        try:
+            ran = run_container(spec, paths, report, cid, again)
+        except MiniDockerError as err:
+            if report.fd is not None or policy == "no":  # the first start's, or start's: reported
+                raise
+            ran = err.code  # a restart that failed to start counts as an exit
+        if ran is None:  # stopped or removed meanwhile
+            return code
+        code, again = ran, "policy"
+        restarts = read_record(paths, cid).get("restart_count", 0)
+        if policy == "no" or (policy == "on-failure" and (code == 0 or 0 < most <= restarts)):
+            return code
+        if time.monotonic() - began >= RESTART_RESET:
+            delay = RESTART_DELAY
+        # The wait ends early for a stop (or rm), which is waiting for us.
+        deadline = time.monotonic() + delay
+        stop = stop_requested_path(paths, cid)
+        while time.monotonic() < deadline and not os.path.exists(stop):
+            time.sleep(0.05)
+        delay = min(delay * 2, RESTART_DELAY_MAX)
 
 
 # === 11. (continued) exec: one more process in a running container ===
@@ -5549,33 +5742,28 @@ EXEC_NAMESPACES = (("pid", CLONE_NEWPID), ("ipc", CLONE_NEWIPC), ("uts", CLONE_N
 
 def build_exec_spec(args, record, paths):
     """The spec of the process exec adds: the command, -e, -w and -u on top
-    of what the container's init was given (its record)."""
-    config, process = record.get("config"), record.get("process")
-    if not isinstance(config, dict) or not isinstance(process, dict):
-        raise MiniDockerError("container %s was started by an older minidocker, whose record "
-                              "keeps no process settings to exec with" % record["id"][:12])
+    of the container's own spec (its environment, user, capabilities and
+    seccomp filter, read now: after setns the host's files are out of
+    reach)."""
+    spec = saved_spec(paths, record)
     if not args.command:
         raise MiniDockerError("exec: no command given: usage: exec [OPTIONS] CONTAINER CMD [ARG...]")
     if args.detach and (args.interactive or args.tty):
         raise MiniDockerError("exec -d keeps no terminal and no stdin: -i and -t need an exec "
                               "without -d")
-    workdir = args.workdir or config["workdir"]
-    if not workdir.startswith("/"):
-        raise MiniDockerError("workdir %r must be an absolute path" % workdir)
+    if args.workdir is not None and not args.workdir.startswith("/"):
+        raise MiniDockerError("workdir %r must be an absolute path" % args.workdir)
     env_entries = []
     for path in args.env_file:
         env_entries += parse_env_file(path)
-    seccomp = None
-    if process["seccomp"]:  # read now: after setns the host's files are out of reach
-        with open(seccomp_path(paths, record["id"]), "rb") as handle:
-            seccomp = handle.read()
-    return Spec(command=list(args.command), hostname=config["hostname"],
-                env=config["env"] + expand_env(env_entries + args.env),
-                workdir=absolute_path(workdir),
-                user=check_user(args.user, "--user") if args.user else config["user"] or None,
-                group_add=process["group_add"], caps=set(process["caps"]), last_cap=last_cap(),
-                seccomp=seccomp, tty=args.tty, interactive=args.interactive, detach=args.detach,
-                debug=args.debug)
+    spec.command = list(args.command)
+    spec.hostname = record["config"]["hostname"]
+    spec.env = spec.env + expand_env(env_entries + args.env)
+    spec.workdir = absolute_path(args.workdir) if args.workdir else spec.workdir
+    spec.user = check_user(args.user, "--user") if args.user else spec.user
+    spec.tty, spec.interactive, spec.detach = args.tty, args.interactive, args.detach
+    spec.init, spec.debug = False, args.debug
+    return spec
 
 
 def open_namespaces(record):
@@ -5749,15 +5937,17 @@ def cmd_rm(args):
         if args.force and remove_malformed(paths, prefix):
             continue
         record = find_container(paths, prefix)
-        if is_running(record):
-            if not args.force:
-                raise MiniDockerError("container %s is running: stop it or use rm -f"
-                                      % record["id"][:12])
-            end_container(record, signal.SIGKILL, 0)
+        if is_running(record) and args.force:
+            end_container(paths, record, signal.SIGKILL, 0)
+        with container_lock(paths, record["id"]):  # a start at the same time: one wins
             if not os.path.exists(paths.record(record["id"])):
                 print(record["id"][:12])  # its minidocker removed it (--rm)
                 continue
-        remove_container(paths, record)
+            record = read_record(paths, record["id"])
+            if is_running(record):
+                raise MiniDockerError("container %s is running: stop it or use rm -f"
+                                      % record["id"][:12])
+            remove_container(paths, record)
         print(record["id"][:12])
     return 0
 
@@ -5878,7 +6068,9 @@ def cmd_stop(args):
     for ref in args.containers:
         record = find_container(paths, ref)
         if is_running(record):
-            end_container(record, number, args.time)
+            end_container(paths, record, number, args.time)
+        else:  # maybe between two runs of its restart policy
+            request_stop(paths, record["id"])
         print(ref)
     return 0
 
@@ -5917,6 +6109,55 @@ def cmd_kill(args):
     return 0
 
 
+def cmd_start(args):
+    """Run stopped containers' command again, in the same container: its
+    layer (what the command wrote is still there), name, spec and log; in
+    the background under a monitor, as run -d (with -a: in the foreground,
+    as run). One already running is left as it is, as docker does."""
+    require_root("start")
+    paths = Paths()
+    reclaim_dead(paths)
+    if args.attach and len(args.containers) > 1:
+        raise MiniDockerError("start -a takes one container")
+    for ref in args.containers:
+        record = find_container(paths, ref)
+        if is_running(record):
+            print(ref)
+            continue
+        if args.attach:
+            spec = saved_spec(paths, record)
+            spec.detach, spec.interactive = False, args.interactive
+            spec.tty = spec.tty and os.isatty(0) and os.isatty(1)
+            return run_container(spec, paths, cid=record["id"], again="user")
+        run_detached(saved_spec(paths, record, detach=True), paths, record["id"], "user",
+                     shown=ref)
+    return 0
+
+
+def cmd_restart(args):
+    """stop, then start (a stopped container is only started)."""
+    require_root("restart")
+    paths = Paths()
+    reclaim_dead(paths)
+    for ref in args.containers:
+        record = find_container(paths, ref)
+        if is_running(record):
+            end_container(paths, record, signal.SIGTERM, args.time)
+        run_detached(saved_spec(paths, record, detach=True), paths, record["id"], "user",
+                     shown=ref)
+    return 0
+
+
+def saved_spec(paths, record, detach=False):
+    spec = load_spec(paths, record["id"])
+    if spec is None:
+        raise MiniDockerError("container %s was made by an older minidocker, which kept no "
+                              "spec to start it with" % record["id"][:12])
+    if detach:
+        spec.detach, spec.interactive, spec.tty = True, False, False
+    return spec
+
+
 def cmd_exec(args):
     """Run a command in a running container, as one of its processes."""
     require_root("exec")
@@ -5948,8 +6189,10 @@ def rfc3339(seconds):
 
 def inspect_record(record):
     running = is_running(record) and record["pid"] != 0
-    status = "running" if running else "created" if not record["pid"] else "exited"
+    status = "running" if running else "created" if not record["pid"] else \
+        "restarting" if owner_alive(record) else "exited"  # its monitor, between two runs
     config = record.get("config", {})
+    policy, most = config.get("restart", ("no", 0))
     lease = record.get("network", {})
     ports = {}
     for host_ip, host_port, proto, port in lease.get("ports", []):
@@ -5970,7 +6213,9 @@ def inspect_record(record):
                    "Hostname": config.get("hostname", record["id"][:12])},
         "HostConfig": {"Privileged": config.get("privileged", False),
                        "ReadonlyRootfs": config.get("read_only", False),
-                       "AutoRemove": record["remove"], "Init": config.get("init", False)},
+                       "AutoRemove": record["remove"], "Init": config.get("init", False),
+                       "RestartPolicy": {"Name": policy, "MaximumRetryCount": most}},
+        "RestartCount": record.get("restart_count", 0),
         "NetworkSettings": {"IPAddress": lease.get("address", ""),
                             "Gateway": lease.get("gateway", ""), "Ports": ports},
     }
@@ -5988,16 +6233,27 @@ def parse_signal(text):
         raise MiniDockerError("invalid signal %s" % quote(text)) from None
 
 
-def end_container(record, number, seconds):
+def end_container(paths, record, number, seconds):
     """`number` to the container's init, SIGKILL after `seconds`; returns
     once its minidocker (the monitor, or `run`) has recorded the end and
-    cleaned up."""
+    cleaned up. Its restart policy is told first: a stop is not a failure
+    to restart after."""
+    request_stop(paths, record["id"])
     signal_init(record, number)
     if not wait_for_owner(record, seconds):
         signal_init(record, signal.SIGKILL)
         if not wait_for_owner(record, 30):
             raise MiniDockerError("container %s: its minidocker (pid %d) is still cleaning "
                                   "up; try again" % (record["id"][:12], record["owner"]))
+
+
+def request_stop(paths, cid):
+    with container_lock(paths, cid):
+        try:
+            os.close(os.open(stop_requested_path(paths, cid),
+                             os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+        except FileNotFoundError:  # its layer is gone: removed, nothing to restart
+            pass
 
 
 def signal_init(record, number):
@@ -6195,6 +6451,8 @@ def build_parser():
     run.add_argument("-d", "--detach", action="store_true",
                      help="run in the background; print the id; output to its log")
     run.add_argument("--name", metavar="NAME", help="a unique name, usable in place of the id")
+    run.add_argument("--restart", default="no", metavar="POLICY",
+                     help="with -d: no, on-failure[:MAX], always or unless-stopped")
     run.add_argument("--hostname", "-h", dest="hostname", help="host name (default: short id)")
     run.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VAL]")
     run.add_argument("--env-file", action="append", default=[], metavar="FILE")
@@ -6260,6 +6518,19 @@ def build_parser():
                       help="then SIGKILL after this long (default 10)")
     stop.add_argument("containers", nargs="+", metavar="NAME|ID")
     stop.set_defaults(handler=cmd_stop)
+
+    start = commands.add_parser("start", help="run stopped containers' command again")
+    start.add_argument("-a", "--attach", action="store_true",
+                       help="in the foreground, its output to ours, its exit code ours")
+    start.add_argument("-i", "--interactive", action="store_true", help="with -a: keep stdin open")
+    start.add_argument("containers", nargs="+", metavar="NAME|ID")
+    start.set_defaults(handler=cmd_start)
+
+    restart = commands.add_parser("restart", help="stop containers, then start them")
+    restart.add_argument("-t", "--time", type=float, default=10, metavar="SECONDS",
+                         help="SIGKILL after this long (default 10)")
+    restart.add_argument("containers", nargs="+", metavar="NAME|ID")
+    restart.set_defaults(handler=cmd_restart)
 
     kill = commands.add_parser("kill", help="send a signal to running containers")
     kill.add_argument("-s", "--signal", default="SIGKILL", metavar="SIGNAL",

@@ -987,6 +987,13 @@ def bad(args, message, code=125):
     (["run", "--device", "/etc/passwd", "/", "sh"], "/etc/passwd is not a device node"),
     (["run", "--device", "/dev/null:/tmp/null", "/", "sh"], "the container path must be in /dev"),
     (["run", "--device", "/dev/null:/dev/n:x", "/", "sh"], "permissions 'x' are not a set"),
+    (["run", "-d", "--rm", "--restart", "always", "/", "sh"],
+     "--restart always and --rm conflict"),
+    (["run", "--restart", "on-failure:2", "/", "sh"], "--restart on-failure:2 needs -d"),
+    (["run", "-d", "--restart", "always:2", "/", "sh"], "a maximum retry count goes only with"),
+    (["start", "nosuch"], "no such container: nosuch"),
+    (["start", "-a", "one", "two"], "start -a takes one container"),
+    (["restart", "nosuch"], "no such container: nosuch"),
 ])
 def test_bad_flags(args, message, state):
     bad(args, message)
@@ -1786,9 +1793,14 @@ def test_fault_ctrl_c_during_reclaim_ends_ps(rootfs):
     with started(rootfs, "sh", "-c", script) as proc:
         assert proc.stdout.readline() == b"made\n"
         proc.kill()
+    layer = md.Paths().layer(md.read_records(md.Paths())[0]["id"])
     listing = subprocess.Popen(MINIDOCKER + ["ps", "-a"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
-    time.sleep(0.5)
+    # Once the removal has begun (however long the start took on a busy host).
+    deadline = time.monotonic() + 30
+    while len(os.listdir(os.path.join(layer, "upper/tmp"))) == 8000 \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
     os.kill(listing.pid, signal.SIGINT)
     err = listing.communicate(timeout=60)[1].decode()
     assert listing.returncode == 130 and err == "minidocker: error: interrupted by SIGINT\n", err
@@ -1829,6 +1841,8 @@ BAD_VALUES = {
                        "no-new-privileges=false", "seccomp=", "\n", "=", "x=y"],
     "--network": ["mesh", "", "bridge2", "\n", "container:x", "host ", "NONE", "br", "²", "x"],
     "--blkio-weight": ["5", "1001", "x", "-1", "²", "", "1.5", "0x10", "9" * 30, "\n"],
+    "--restart": ["bogus", "always:3", "on-failure:x", "on-failure:-1", "", "²", "no:1",
+                  "on-failure:", "\n", "unless-stopped:1"],
 }
 
 
@@ -5094,3 +5108,138 @@ def test_exec_bad_input(rootfs, tmp_path):
     finally:
         minidocker("rm", "-f", cid, gone)
     assert_nothing_left()
+
+
+# 12. start, restart and restart policies
+# ---------------------------------------------------------------------------
+
+def count_runs(cid):
+    return int(minidocker("exec", cid, "wc", "-l", "/runs").out.split()[0]) \
+        if json.loads(minidocker("inspect", cid).out)[0]["State"]["Running"] else None
+
+
+@root
+def test_start_runs_the_command_again_in_its_cgroups_and_layer(rootfs, state):
+    """A container that ended is started again: the same layer (what it
+    wrote is there), its spec (the pids limit, in fresh cgroups of its own
+    name, gone again at each end), its log growing; start -a in the
+    foreground with its exit code; start of a running one leaves it as it
+    is; restart stops a running one and starts it."""
+    script = "echo run >> /runs; wc -l < /runs; [ -e /stay ] && exec sleep 1000; exit 3"
+    first = minidocker("run", "--name", "again", "--pids-limit", "50", "--network=none", rootfs,
+                       "sh", "-c", script)
+    assert (first.returncode, first.out) == (3, "1\n"), first.err
+    try:
+        started = minidocker("start", "again")
+        assert (started.returncode, started.out) == (0, "again\n"), started.err
+        assert minidocker("wait", "again").out == "3\n"
+        assert minidocker("logs", "again").out == "2\n"
+        attached = minidocker("start", "-a", "again")
+        assert (attached.returncode, attached.out) == (3, "3\n"), attached.err
+        record = md.find_container(md.Paths(), "again")
+        assert record["status"] == "exited" and record["exit_code"] == 3
+        assert not any(os.path.exists(path) for path in record["cgroups"])
+        open(os.path.join(str(state), "lib/containers", record["id"], "upper/stay"), "w").close()
+        assert minidocker("start", "again").returncode == 0
+        before = init_pid("again")
+        pids = cgroup_of(md.find_container(md.Paths(), "again"), "pids")
+        assert md.read_text(os.path.join(pids, "pids.max")).strip() == "50"
+        assert md.read_text(os.path.join(pids, "cgroup.procs")).split() == [str(before)]
+        prefix = record["id"][:10]
+        assert minidocker("start", prefix).out == prefix + "\n" and init_pid("again") == before
+        restarted = minidocker("restart", "-t", "1", "again")
+        assert restarted.returncode == 0, restarted.err
+        assert init_pid("again") != before and count_runs("again") == 5
+    finally:
+        minidocker("rm", "-f", "again")
+    assert_nothing_left()
+
+
+@root
+def test_restart_policies_back_off_and_end_with_stop(rootfs):
+    """on-failure:2 runs a failing command three times and stops there
+    (RestartCount 2); on-failure leaves a clean exit alone; always restarts
+    a clean exit with a doubling back-off (0.1 s, 0.2 s, 0.4 s...), and stop
+    ends it for good, between two runs as during one."""
+    failing = detached(rootfs, "--restart", "on-failure:2",
+                       command=("sh", "-c", "echo run >> /runs; exit 1"))
+    clean = detached(rootfs, "--restart", "on-failure", command=("true",))
+    looping = detached(rootfs, "--restart", "always",
+                       command=("sh", "-c", "cut -d' ' -f1 /proc/uptime"))
+    try:
+        time.sleep(2.5)
+        state = json.loads(minidocker("inspect", failing, clean).out)
+        assert [(s["State"]["Status"], s["State"]["ExitCode"], s["RestartCount"])
+                for s in state] == [("exited", 1, 2), ("exited", 0, 0)]
+        assert state[0]["HostConfig"]["RestartPolicy"] == {"Name": "on-failure",
+                                                           "MaximumRetryCount": 2}
+        times = [float(t) for t in minidocker("logs", looping).out.split()]
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        assert len(times) >= 4 and all(b > a for a, b in zip(gaps, gaps[1:])), times
+        assert minidocker("stop", looping).returncode == 0
+        runs = len(minidocker("logs", looping).out.split())
+        time.sleep(1.5)
+        assert len(minidocker("logs", looping).out.split()) == runs
+        assert json.loads(minidocker("inspect", looping).out)[0]["State"]["Status"] == "exited"
+    finally:
+        minidocker("rm", "-f", failing, clean, looping)
+    assert_nothing_left()
+
+
+@root
+def test_racing_starts_and_stop_with_rm_end_consistently(rootfs):
+    """Ten starts of one stopped container at once: it runs once more, and
+    every start succeeds (it runs) or is told it lost. stop and rm -f of one running
+    container at once: it ends removed, nothing left behind."""
+    cid = detached(rootfs, command=("sh", "-c", "echo run >> /runs; sleep 2"))
+    try:
+        assert minidocker("wait", cid).out == "0\n"
+        starts = [subprocess.Popen(MINIDOCKER + ["start", cid], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE) for _ in range(10)]
+        results = [(p.wait(timeout=60), p.stderr.read().decode()) for p in starts]
+        for proc in starts:
+            proc.stdout.close()
+            proc.stderr.close()
+        assert all(code == 0 or "is already running" in err for code, err in results), results
+        minidocker("wait", cid)
+        layer = os.path.join(os.environ["MINIDOCKER_ROOT"], "lib/containers", cid, "upper")
+        assert open(os.path.join(layer, "runs")).read().split() == ["run", "run"], results
+    finally:
+        minidocker("rm", "-f", cid)
+    for _ in range(3):
+        cid = detached(rootfs, "--restart", "always")
+        racers = [subprocess.Popen(MINIDOCKER + [verb, cid], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE) for verb in ("stop", "rm")]
+        racers.append(subprocess.Popen(MINIDOCKER + ["rm", "-f", cid], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE))
+        for proc in racers:
+            proc.wait(timeout=60)
+            proc.stderr.close()
+        assert racers[2].returncode == 0
+        assert md.read_records(md.Paths()) == []
+        assert_nothing_left()
+
+
+@root
+def test_net_a_restart_keeps_its_address_and_exec_shares_the_network(rootfs, sandbox):
+    """A restart policy's runs keep the container's address even when a
+    lower one is free by then (the first container's, stopped meanwhile),
+    and exec's process sees the container's eth0."""
+    first = sandbox.run("run", "-d", rootfs, "sleep", "1000").out.strip()
+    second = sandbox.run("run", "-d", "--restart", "on-failure:2", rootfs, "sh", "-c",
+                         "sleep 1; tail -1 /etc/hosts; exit 1").out.strip()
+    try:
+        seen = sandbox.run("exec", first, "cat", "/sys/class/net/eth0/operstate")
+        assert seen.out == "up\n", seen.err
+        assert sandbox.run("stop", "-t", "0", first).returncode == 0
+        deadline = time.monotonic() + 20
+        while sandbox.run("inspect", second).out.count('"exited"') == 0 \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        addresses = [container_address(line)
+                     for line in sandbox.run("logs", second).out.splitlines()]
+        assert len(addresses) == 3 and len(set(addresses)) == 1, addresses
+        assert addresses[0] != "10.0.0.2"  # the first's, free since the second run
+    finally:
+        sandbox.run("rm", "-f", first, second)
+    assert_network_gone(sandbox)
