@@ -5468,7 +5468,12 @@ def run_container(spec, paths, report=None, cid=None, again=None):
         started = True
         record.update(status="running", pid=pid, pid_start=process_start_time(pid),
                       started=time.time())
-        write_record(paths, record)
+        try:
+            write_record(paths, record)
+        except OSError as err:  # ENOSPC: the command may just have filled the disk
+            warn("container %s: its record cannot say it runs (%s): stop and kill reach it "
+                 "through this minidocker (pid %d), exec not at all"
+                 % (cid[:12], err.strerror, os.getpid()))
         if report is not None:
             null = os.open("/dev/null", os.O_WRONLY)  # ours closed: the pipes end with the container's
             for fd in (1, 2):
@@ -6239,12 +6244,15 @@ def end_container(paths, record, number, seconds):
     cleaned up. Its restart policy is told first: a stop is not a failure
     to restart after."""
     request_stop(paths, record["id"])
-    signal_init(record, number)
-    if not wait_for_owner(record, seconds):
-        signal_init(record, signal.SIGKILL)
-        if not wait_for_owner(record, 30):
+    killed_owner = signal_init(record, number)
+    if not killed_owner and not wait_for_owner(record, seconds):
+        killed_owner = signal_init(record, signal.SIGKILL)
+        if not killed_owner and not wait_for_owner(record, 30):
             raise MiniDockerError("container %s: its minidocker (pid %d) is still cleaning "
                                   "up; try again" % (record["id"][:12], record["owner"]))
+    if killed_owner:  # what it would have cleaned up is ours to
+        wait_for_owner(record, 5)
+        reclaim_dead(paths)
 
 
 def request_stop(paths, cid):
@@ -6258,11 +6266,23 @@ def request_stop(paths, cid):
 
 def signal_init(record, number):
     """To the container's init, if it is still the process the record
-    names (its start time): a pid may be reused once it ends."""
-    started = process_start_time(record["pid"]) if record["pid"] else None
-    if started is not None and started == record.get("pid_start"):
-        with contextlib.suppress(ProcessLookupError):  # ESRCH: it has just ended
-            os.kill(record["pid"], number)
+    names (its start time): a pid may be reused once it ends. A container
+    whose record names no init yet (still starting, or its record could
+    not be written on a full disk) is reached through its minidocker: a
+    signal it forwards goes on to the command (or ends a start-up), and for
+    one it cannot (SIGKILL), it is killed itself, and its container dies
+    with it (the parent-death signal). Returns True in that last case."""
+    if record["pid"]:
+        started = process_start_time(record["pid"])
+        if started is not None and started == record.get("pid_start"):
+            with contextlib.suppress(ProcessLookupError):  # ESRCH: it has just ended
+                os.kill(record["pid"], number)
+        return False
+    if not owner_alive(record):
+        return False
+    with contextlib.suppress(ProcessLookupError):  # ESRCH: it has just ended
+        os.kill(record["owner"], number if number in FORWARDED_NUMBERS else signal.SIGKILL)
+    return number not in FORWARDED_NUMBERS
 
 
 def wait_for_owner(record, seconds):
