@@ -6293,8 +6293,8 @@ def tty_name(number):
 
 
 def process_row(pid, clock):
-    """One line of `ps -ef` for this pid, from /proc, computed as procps
-    does; None once the process is gone. `clock`: (ticks a second, the
+    """One line of `ps -ef` for this pid, from /proc, computed as
+    procps-ng 4 does; None once the process is gone. `clock`: (ticks a second, the
     boot time, seconds since boot). CMD is the process's own text, so what
     is not printable shows as "?", as ps shows it: a container must not
     write escape sequences to the terminal of whoever looks."""
@@ -6311,8 +6311,8 @@ def process_row(pid, clock):
     fields = rest.split()  # fields[0] is stat's field 3, the state
     ppid, tty, started = int(fields[1]), int(fields[4]), int(fields[19])
     ticks = int(fields[11]) + int(fields[12])  # utime + stime
-    alive = max(int(uptime) - started // hertz, 0)
-    cpu = min(ticks * 100 // hertz // alive, 99) if alive else 0
+    alive = uptime * hertz - started  # in ticks
+    cpu = min(int(ticks * 100 / alive), 99) if alive > 0 else 0  # C: percent of its life, on CPU
     start = time.localtime(boot + started // hertz)
     today = time.localtime()
     when = "%Y" if start.tm_year != today.tm_year else \
