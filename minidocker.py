@@ -2663,7 +2663,8 @@ def cgroup_processes(paths):
     pids = set()
     for path in paths:
         for directory, _, _ in os.walk(path):
-            pids.update(int(pid) for pid in read_text(os.path.join(directory, "cgroup.procs")).split())
+            procs = read_text(os.path.join(directory, "cgroup.procs"))
+            pids.update(int(pid) for pid in procs.split())
     return sorted(pids)
 
 
@@ -6060,7 +6061,8 @@ def ps_row(record, now, truncate):
     ports = record.get("network", {}).get("ports", [])
     return {"ID": record["id"][:12] if truncate else record["id"], "Image": record["rootfs"],
             "Command": go_quote(command),
-            "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z %Z", time.localtime(record["created"])),
+            "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z %Z",
+                                       time.localtime(record["created"])),
             "RunningFor": human_duration(now - record["created"]) + " ago",
             "Ports": ", ".join("%s:%d->%d/%s" % (ip, host, port, proto)
                                for ip, host, proto, port in ports),
@@ -6071,7 +6073,8 @@ def ps_row(record, now, truncate):
 PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND",
               "CreatedAt": "CREATED AT", "RunningFor": "CREATED", "Ports": "PORTS",
               "State": "STATE", "Status": "STATUS", "Names": "NAMES", "Labels": "LABELS"}
-PS_TABLE = "table {{.ID}}\\t{{.Image}}\\t{{.Command}}\\t{{.RunningFor}}\\t{{.Status}}\\t{{.Ports}}\\t{{.Names}}"
+PS_TABLE = ("table {{.ID}}\\t{{.Image}}\\t{{.Command}}\\t{{.RunningFor}}\\t{{.Status}}"
+            "\\t{{.Ports}}\\t{{.Names}}")
 # What -f status= may ask for: docker's states (minidocker has no paused,
 # restarting, removing or dead ones, so those match nothing).
 PS_STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
@@ -6132,7 +6135,8 @@ def parse_ps_filters(texts):
         if not equals:
             raise MiniDockerError("bad format of filter %s (expected name=value)" % quote(text))
         if key not in ("status", "name", "id"):
-            raise MiniDockerError("invalid filter %s: ps filters by status, name or id" % quote(key))
+            raise MiniDockerError("invalid filter %s: ps filters by status, name or id"
+                                  % quote(key))
         if key == "status" and value not in PS_STATES:
             raise MiniDockerError("invalid filter 'status=%s': a status is one of %s"
                                   % (one_line(value, 80), ", ".join(PS_STATES)))
@@ -6187,7 +6191,8 @@ def cmd_ps(args):
     return 0
 
 
-PRUNE_WARNING = "WARNING! This will remove all stopped containers.\nAre you sure you want to continue?"
+PRUNE_WARNING = ("WARNING! This will remove all stopped containers.\n"
+                 "Are you sure you want to continue?")
 
 
 def confirmed(question):
@@ -6293,8 +6298,8 @@ def tty_name(number):
 
 
 def process_row(pid, clock):
-    """One line of `ps -ef` for this pid, from /proc, computed as
-    procps-ng 4 does; None once the process is gone. `clock`: (ticks a second, the
+    """One line of `ps -ef` for this pid, from /proc, computed as procps-ng
+    4 does; None once the process is gone. `clock`: (ticks a second, the
     boot time, seconds since boot). CMD is the process's own text, so what
     is not printable shows as "?", as ps shows it: a container must not
     write escape sequences to the terminal of whoever looks."""
@@ -6323,7 +6328,7 @@ def process_row(pid, clock):
         used = "%d-%s" % (seconds // 86400, used)
     command = b" ".join(argv).rstrip(b" ") if argv[0] else b""
     if not command:  # a kernel thread, or a zombie: its name in brackets
-        command = b"[" + head.partition(b"(")[2] + b"]" + (b" <defunct>" if fields[0] == b"Z" else b"")
+        command = b"[%s]%s" % (head.partition(b"(")[2], b" <defunct>" if fields[0] == b"Z" else b"")
     try:
         user = pwd.getpwuid(uid).pw_name
     except KeyError:  # not in the host's /etc/passwd: the number, as ps

@@ -4257,7 +4257,7 @@ def test_net_port_published_twice_is_refused(rootfs, sandbox):
         assert "port 0.0.0.0:8080/tcp is already published by container" in second.err
         assert len(sandbox.veths().splitlines()) == 1  # the first one's only
         listing = subprocess.run(sandbox.minidocker("ps"), stdout=subprocess.PIPE).stdout.decode()
-        assert re.search(r" \"sh -c 'echo up; sl…\" .* 0\.0\.0\.0:8080->80/tcp ", listing), listing
+        assert re.search(r" \"sh -c 'echo up; sle…\" .* 0\.0\.0\.0:8080->80/tcp ", listing), listing
     finally:
         first.kill()
         first.wait()
@@ -5161,12 +5161,13 @@ def test_rename_race_one_wins(rootfs):
     """Two renames to one name at once, ten times, with a run -d --name of
     that name in the race too: one gets it each time."""
     cids = [detached(rootfs, "sleep", "1000") for _ in range(2)]
+    made = []  # by the runs that won
     try:
         for round in range(10):
             name = "race%d" % round
             racers = [subprocess.Popen(MINIDOCKER + ["rename", cid, name], stdin=subprocess.DEVNULL,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                      for cid in cids]
+                      for cid in cids[:2]]
             racers.append(subprocess.Popen(MINIDOCKER + ["run", "-d", "--network=none", "--name",
                                                          name, rootfs, "sleep", "1000"],
                                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -5177,9 +5178,9 @@ def test_rename_race_one_wins(rootfs):
             named = [r["id"] for r in md.read_records(md.Paths()) if r.get("name") == name]
             assert len(named) == 1
             if results[2][0] == 0:
-                cids.append(results[2][1][0].decode().strip())
+                made.append(results[2][1][0].decode().strip())
     finally:
-        minidocker("rm", "-f", *cids)
+        minidocker("rm", "-f", *cids, *made)
     assert_nothing_left()
 
 
