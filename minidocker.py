@@ -757,10 +757,10 @@ HOSTNAME_PATTERN = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A
 NAME_PATTERN = "[a-zA-Z0-9][a-zA-Z0-9_.-]+"  # Docker's, for container names
 
 
-def check_name(name):
+def check_name(name, what="--name"):
     if len(name) > 128 or not re.fullmatch(NAME_PATTERN, name, re.ASCII):
-        raise MiniDockerError("invalid --name %s: a name is [a-zA-Z0-9][a-zA-Z0-9_.-]+, at "
-                              "most 128 characters" % quote(name))
+        raise MiniDockerError("invalid %s %s: a name is [a-zA-Z0-9][a-zA-Z0-9_.-]+, at "
+                              "most 128 characters" % (what, quote(name)))
     return name
 
 
@@ -870,7 +870,8 @@ def build_spec(args, seccomp_cache=None):
 #                                          with its network lease (chapter 9)
 #   /run/minidocker/network.lock           taken while leases change
 #   /run/minidocker/reclaim.lock           taken while dead containers go
-#   /run/minidocker/names.lock             taken while a --name is checked and taken
+#   /run/minidocker/names.lock             taken while a name is checked and taken, and
+#                                          while a record is written or removed
 #   /run/minidocker/seccomp/               the default filter, compiled (chapter 10)
 # MINIDOCKER_ROOT=DIR moves both to DIR/lib and DIR/run, so that tests and the
 # cgroup-v2 VM keep them on a filesystem of their choice.
@@ -947,9 +948,25 @@ def write_file_atomically(path, data, mode):
 
 
 def write_record(paths, record):
-    """Replace the record atomically."""
+    """Replace the record atomically, keeping the name it has on disk:
+    `rename` may have changed it since this writer read the record (a run
+    writes its record again when the command starts and when it ends).
+    rename changes names under names.lock, held here from the read to the
+    write, so neither write undoes the other."""
+    with state_lock(paths, "names.lock"):
+        on_disk = read_record(paths, record["id"])
+        if on_disk is not None:
+            record["name"] = on_disk.get("name")
+        store_record(paths, record)
+
+
+def store_record(paths, record):
+    """write_record without the name kept: for a record not written yet,
+    or under names.lock."""
     os.makedirs(paths.records, mode=0o700, exist_ok=True)
     write_file_atomically(paths.record(record["id"]), json.dumps(record).encode(), 0o644)
+
+
 
 
 # What a record must hold to be used; anything else in the directory is
@@ -994,17 +1011,36 @@ def read_records(paths, malformed=None):
     for name in names:
         if name.endswith(".json"):
             try:
-                with open(os.path.join(paths.records, name), "rb") as handle:
-                    record = json.loads(handle.read(1 << 20).decode("utf-8"))
+                record = load_record(os.path.join(paths.records, name))
             except FileNotFoundError:  # removed meanwhile by another minidocker
                 continue
-            except (OSError, ValueError, RecursionError):
-                record = None
             if valid_record(record, name):
                 records.append(record)
             elif malformed is not None:
                 malformed.append(name)
     return records
+
+
+def load_record(path):
+    """What a record file holds, or None when it is no JSON; a file removed
+    meanwhile is FileNotFoundError, for the caller to decide."""
+    try:
+        with open(path, "rb") as handle:
+            return json.loads(handle.read(1 << 20).decode("utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def read_record(paths, cid):
+    """The record of this id as it is on disk now, or None (removed, or not
+    a valid record)."""
+    try:
+        record = load_record(paths.record(cid))
+    except FileNotFoundError:
+        return None
+    return record if valid_record(record, cid + ".json") else None
 
 
 def is_running(record):
@@ -1053,7 +1089,7 @@ def create_container(paths, spec, cid, cgroups, parents=()):
                          "restart": spec.restart}}
     make_state_dirs(paths)
     if spec.name is None:
-        write_record(paths, record)
+        store_record(paths, record)
     else:
         # Checked and taken under one lock: of twenty runs asking for one
         # name at once, one gets it.
@@ -1062,7 +1098,7 @@ def create_container(paths, spec, cid, cgroups, parents=()):
             if taken:
                 raise MiniDockerError("the name %s is already in use by container %s: remove "
                                       "it or choose another name" % (spec.name, taken[0][:12]))
-            write_record(paths, record)
+            store_record(paths, record)
     layer = paths.layer(cid)
     for sub in ("upper", "work", "merged"):
         os.makedirs(os.path.join(layer, sub), mode=0o700)
@@ -1133,15 +1169,12 @@ def container_lock(paths, cid):
         os.close(fd)
 
 
-def read_record(paths, cid):
-    """One container's record as it is now, under its lock."""
-    try:
-        with open(paths.record(cid), "rb") as handle:
-            record = json.loads(handle.read(1 << 20).decode("utf-8"))
-    except FileNotFoundError:
+def current_record(paths, cid):
+    """One container's record as it is now (under its lock, so that it
+    stays so): read_record, which must find one."""
+    record = read_record(paths, cid)
+    if record is None:
         raise MiniDockerError("no such container: %s" % cid[:12])
-    if not valid_record(record, cid + ".json"):
-        raise MiniDockerError("container %s: its record is not valid" % cid[:12])
     return record
 
 
@@ -1157,7 +1190,7 @@ def claim_container(paths, cid, by_user):
     stop, to rm, and to a start."""
     try:
         with container_lock(paths, cid):
-            record = read_record(paths, cid)
+            record = current_record(paths, cid)
             if not os.path.isdir(paths.layer(cid)):
                 raise MiniDockerError("container %s has lost its layer" % cid[:12])
             if by_user and is_running(record):
@@ -1198,7 +1231,9 @@ def remove_container(paths, record):
                                  " (hint: the container made a file immutable or append-only:"
                                  " chattr -ia it, then rm again)" if err.errno == errno.EPERM
                                  else ""))
-    with contextlib.suppress(FileNotFoundError):
+    # Under names.lock: a rename reading the record meanwhile would write
+    # it back.
+    with state_lock(paths, "names.lock"), contextlib.suppress(FileNotFoundError):
         os.unlink(paths.record(cid))
 
 
@@ -2703,27 +2738,64 @@ def oom_killed(paths):
     return False
 
 
+# What memory.limit_in_bytes reads when no limit is set: PAGE_COUNTER_MAX
+# pages (<linux/page_counter.h>: LONG_MAX / PAGE_SIZE), in bytes, so a little under 2^63.
+V1_UNLIMITED = ((1 << 63) - 1) // os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PAGE_SIZE")
+
+
 def cgroup_usage(paths):
-    """What the container uses now: memory (current, peak) in bytes, CPU
-    time in seconds, tasks. None where this kernel keeps no count."""
+    """What the container uses now, as its cgroups count it: memory in
+    bytes, and how much of it is page cache not used lately (docker's
+    stats leaves that out), the memory limit (None: unlimited), CPU time in
+    seconds, tasks. None where this kernel keeps no count.
+
+        count           cgroup v2                  cgroup v1
+        memory          memory.current             memory.usage_in_bytes
+        inactive cache  memory.stat inactive_file  memory.stat total_inactive_file
+        limit           memory.max ("max")         memory.limit_in_bytes (2^63 - a page)
+        CPU             cpu.stat usage_usec        cpuacct.usage (ns)
+        tasks           pids.current               pids.current"""
     def number(name):
         for path in paths:
             text = read_text(os.path.join(path, name)).strip()
-            if text and text.isdigit():
+            if is_number(text):
                 return int(text)
         return None
 
-    cpu_ns = number("cpuacct.usage")
-    if cpu_ns is None:
+    def field(name, key):
         for path in paths:
-            for line in read_text(os.path.join(path, "cpu.stat")).splitlines():
-                if line.startswith("usage_usec "):
-                    cpu_ns = int(line.split()[1]) * 1000
+            for line in read_text(os.path.join(path, name)).splitlines():
+                if line.startswith(key + " "):
+                    return int(line.split()[1])
+        return None
+
+    cpu_ns = number("cpuacct.usage")
+    if cpu_ns is None:  # v2; a v1 cpu.stat has no usage_usec
+        usec = field("cpu.stat", "usage_usec")
+        cpu_ns = None if usec is None else usec * 1000
     memory = number("memory.current")
-    return {"memory": memory if memory is not None else number("memory.usage_in_bytes"),
-            "memory_peak": number("memory.peak") or number("memory.max_usage_in_bytes"),
+    if memory is not None:
+        inactive, limit = field("memory.stat", "inactive_file"), number("memory.max")
+    else:
+        memory = number("memory.usage_in_bytes")
+        inactive = field("memory.stat", "total_inactive_file")
+        limit = number("memory.limit_in_bytes")
+    return {"memory": memory, "inactive_file": inactive,
+            "memory_limit": None if limit is None or limit >= V1_UNLIMITED else limit,
             "cpu_seconds": None if cpu_ns is None else cpu_ns / 1e9,
             "pids": number("pids.current")}
+
+
+def cgroup_processes(paths):
+    """The processes in these cgroups and in the cgroups below them (a
+    container may make cgroups of its own and move into them), by their
+    cgroup.procs, sorted."""
+    pids = set()
+    for path in paths:
+        for directory, _, _ in os.walk(path):
+            procs = read_text(os.path.join(directory, "cgroup.procs"))
+            pids.update(int(pid) for pid in procs.split())
+    return sorted(pids)
 
 
 # === 9. Networking: netlink spoken by hand, and rtnetlink's requests ===
@@ -5700,7 +5772,7 @@ def keep_running(spec, paths, report, cid, again):
         if ran is None:  # stopped or removed meanwhile
             return code
         code, again = ran, "policy"
-        restarts = read_record(paths, cid).get("restart_count", 0)
+        restarts = current_record(paths, cid).get("restart_count", 0)
         if policy == "no" or (policy == "on-failure" and (code == 0 or 0 < most <= restarts)):
             return code
         if time.monotonic() - began >= RESTART_RESET:
@@ -5948,7 +6020,7 @@ def cmd_rm(args):
             if not os.path.exists(paths.record(record["id"])):
                 print(record["id"][:12])  # its minidocker removed it (--rm)
                 continue
-            record = read_record(paths, record["id"])
+            record = current_record(paths, record["id"])
             if is_running(record):
                 raise MiniDockerError("container %s is running: stop it or use rm -f"
                                       % record["id"][:12])
@@ -5967,41 +6039,6 @@ def remove_malformed(paths, prefix):
     os.unlink(os.path.join(paths.records, names[0]))
     print(names[0][:-len(".json")][:12])
     return True
-
-
-def cmd_ps(args):
-    require_root("ps")  # the state trees are root's alone
-    paths = Paths()
-    reclaim_dead(paths)
-    row = "%-12s  %-16s  %-10s  %9s  %8s  %-15s  %-30s  %-30s  %s"
-    print(row % ("CONTAINER ID", "NAMES", "STATUS", "MEMORY", "CPU", "ADDRESS", "PORTS", "COMMAND",
-                 "ROOTFS"))
-    malformed = []
-    for record in read_records(paths, malformed):
-        if args.all or record["status"] == "running":
-            network = record.get("network", {})
-            ports = ", ".join("%s:%d->%d/%s" % (ip, host, port, proto)
-                              for ip, host, proto, port in network.get("ports", []))
-            status, memory, cpu = record["status"], "-", "-"
-            if status != "exited" and not owner_alive(record):
-                status = "exited"  # a record reclaim could not rewrite (a full disk)
-            if status == "exited" and not record["pid"]:
-                status = "created"  # its minidocker died before the command ran
-            elif status == "exited":
-                status = "exited(%s)" % record.get("exit_code", "?")
-            else:
-                usage = cgroup_usage(record.get("cgroups", []))
-                if usage["memory"] is not None:
-                    memory = "%.1fMiB" % (usage["memory"] / (1 << 20))
-                if usage["cpu_seconds"] is not None:
-                    cpu = "%.2fs" % usage["cpu_seconds"]
-            print(row % (record["id"][:12], record.get("name") or "-", status, memory, cpu,
-                         network.get("address", "-"),
-                         ports or "-", " ".join(record["command"])[:30], record["rootfs"]))
-    for name in malformed:
-        warn("%s is not a valid container record: skipped (rm -f %s removes it)"
-             % (os.path.join(paths.records, name), name[:-len(".json")]))
-    return 0
 
 
 def cmd_logs(args):
@@ -6193,9 +6230,8 @@ def rfc3339(seconds):
 
 
 def inspect_record(record):
-    running = is_running(record) and record["pid"] != 0
-    status = "running" if running else "created" if not record["pid"] else \
-        "restarting" if owner_alive(record) else "exited"  # its monitor, between two runs
+    status = container_state(record)
+    running = status == "running"
     config = record.get("config", {})
     policy, most = config.get("restart", ("no", 0))
     lease = record.get("network", {})
@@ -6422,6 +6458,497 @@ def cmd_uninstall(args):
     print(launcher)
     return 0
 
+
+# === 12. (continued) Listing and housekeeping: ps, top, stats, rename, prune ===
+# The verbs docker users type to see and tidy their containers, in docker's
+# shapes: its columns and its words for ages ("Up 3 minutes"), its filters,
+# its --format templates, its prompt, so that what people and scripts know
+# from docker reads ours. Everything is read from the records (chapter 4),
+# the cgroups (chapter 8) and /proc; only rename and prune write, and only
+# records and layers of stopped containers or names.
+
+
+def emit(lines, prefix=""):
+    """Lines to stdout at once, as UTF-8 whatever the locale (docker's
+    output is UTF-8: the "…" of a cut command)."""
+    sys.stdout.flush()
+    data = prefix + "".join(line + "\n" for line in lines)
+    sys.stdout.buffer.write(data.encode("utf-8", "surrogateescape"))
+    sys.stdout.buffer.flush()
+
+
+def tabulate(lines, minwidth):
+    """Go's text/tabwriter as docker sets it up (padding 3): a cell ends at
+    a tab, each column is as wide as its widest cell plus 3 and at least
+    `minwidth` (10 for ps and stats, 20 for top); a line's last cell is
+    not padded."""
+    rows = [line.split("\t") for line in lines]
+    widths = {}
+    for cells in rows:
+        for column, cell in enumerate(cells[:-1]):
+            widths[column] = max(widths.get(column, minwidth), len(cell) + 3)
+    return ["".join(cell.ljust(widths[column]) for column, cell in enumerate(cells[:-1]))
+            + cells[-1] for cells in rows]
+
+
+def human_duration(seconds):
+    """go-units' HumanDuration, docker's words for an age."""
+    hours = int(seconds / 3600 + 0.5)
+    for limit, text in ((1, "Less than a second"), (2, "1 second"),
+                        (60, "%d seconds" % seconds), (120, "About a minute"),
+                        (3600, "%d minutes" % (seconds // 60))):
+        if seconds < limit:
+            return text
+    if hours == 1:
+        return "About an hour"
+    for limit, text in ((48, "%d hours" % hours), (24 * 7 * 2, "%d days" % (hours // 24)),
+                        (24 * 30 * 2, "%d weeks" % (hours // 24 // 7)),
+                        (24 * 365 * 2, "%d months" % (hours // 24 // 30))):
+        if hours < limit:
+            return text
+    return "%d years" % (seconds // 3600 // 24 // 365)
+
+
+def human_size(size, base=1000, units=("B", "kB", "MB", "GB", "TB", "PB"), precision=4):
+    """go-units' HumanSize (decimal units) and, with base 1024 and binary
+    units, its BytesSize: "0B", "1.234kB", "12.5MiB"."""
+    unit = 0
+    while size >= base and unit < len(units) - 1:
+        size, unit = size / base, unit + 1
+    return "%.*g%s" % (precision, size, units[unit])
+
+
+def bytes_size(size):
+    return human_size(size, 1024, ("B", "KiB", "MiB", "GiB", "TiB", "PiB"))
+
+
+def go_quote(text):
+    """Go's strconv.Quote, as docker quotes a command: double quotes, and
+    escapes for quotes, backslashes and everything not printable."""
+    escapes = {'"': '\\"', "\\": "\\\\", "\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n",
+               "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+    out = []
+    for char in text:
+        if char in escapes:
+            out.append(escapes[char])
+        elif char.isprintable():
+            out.append(char)
+        else:
+            code = ord(char)
+            out.append("\\x%02x" % code if code < 0x80 else "\\u%04x" % code if code < 0x10000
+                       else "\\U%08x" % code)
+    return '"' + "".join(out) + '"'
+
+
+def container_state(record):
+    """docker's State: "running"; "created" for one whose command never
+    ran (its minidocker died before); "restarting" between two runs of a
+    restart policy (its monitor lives on); else "exited"."""
+    if is_running(record) and record["pid"]:
+        return "running"
+    if not record["pid"]:
+        return "created"
+    return "restarting" if owner_alive(record) else "exited"
+
+
+def display_name(record):
+    """The name, or for a container without one its short id (as inspect's
+    Name): something to type back in its place."""
+    return record.get("name") or record["id"][:12]
+
+
+def ps_row(record, now, truncate):
+    """One container as docker's ps formatter shows it: its fields by
+    docker's names, every value a string."""
+    state = container_state(record)
+    command = record["command"][:1] + ["'%s'" % arg if " " in arg else arg
+                                       for arg in record["command"][1:]]
+    command = " ".join(command)
+    if truncate and len(command) > 20:
+        command = command[:19] + "…"
+    if state == "running":
+        status = "Up " + human_duration(now - record.get("started", record["created"]))
+    elif state == "created":
+        status = "Created"
+    else:  # a code or an end its minidocker could not record (killed) is unknown: "?"
+        status = "%s (%s)" % ("Restarting" if state == "restarting" else "Exited",
+                              record.get("exit_code", "?"))
+        if record.get("finished"):
+            status += " %s ago" % human_duration(now - record["finished"])
+    ports = record.get("network", {}).get("ports", [])
+    return {"ID": record["id"][:12] if truncate else record["id"], "Image": record["rootfs"],
+            "Command": go_quote(command),
+            "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z %Z",
+                                       time.localtime(record["created"])),
+            "RunningFor": human_duration(now - record["created"]) + " ago",
+            "Ports": ", ".join("%s:%d->%d/%s" % (ip, host, port, proto)
+                               for ip, host, proto, port in ports),
+            "State": state, "Status": status, "Names": display_name(record), "Labels": ""}
+
+
+# --format's fields, each with its column's header, as docker's ps has them.
+PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND",
+              "CreatedAt": "CREATED AT", "RunningFor": "CREATED", "Ports": "PORTS",
+              "State": "STATE", "Status": "STATUS", "Names": "NAMES", "Labels": "LABELS"}
+PS_TABLE = ("table {{.ID}}\\t{{.Image}}\\t{{.Command}}\\t{{.RunningFor}}\\t{{.Status}}"
+            "\\t{{.Ports}}\\t{{.Names}}")
+# What -f status= may ask for: docker's states (minidocker has no paused,
+# removing or dead ones, so those match nothing).
+PS_STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
+
+
+def parse_format(text, headers):
+    """docker's --format, in the part of Go's templates that scripts use:
+    "table" alone, or "table " before a template (a header line first,
+    columns aligned), "json" (one JSON object a line), or a template of
+    text and {{.Field}} placeholders ({{json .}}: the row; {{json .Field}}:
+    one field, quoted), where \\t and \\n are a tab and a newline as docker
+    reads them. -> (table?, [text, or (field or None for the whole row,
+    as JSON?)])."""
+    table = text in ("", "table") or text.startswith("table ")
+    if text in ("", "table"):
+        text = PS_TABLE
+    elif text == "json":
+        text = "{{json .}}"
+    if text.startswith("table "):
+        text = text[len("table "):]
+    text = text.strip(" ").replace("\\t", "\t").replace("\\n", "\n")
+    parts = []
+    for index, piece in enumerate(re.split(r"{{(.*?)}}", text)):
+        if index % 2 == 0:
+            if "{{" in piece:
+                raise MiniDockerError("invalid --format %s: an action opened with {{ is "
+                                      "not closed" % quote(text))
+            parts.append(piece)
+            continue
+        match = re.fullmatch(r"(json\s+)?\.([A-Za-z0-9_]*)", piece.strip())
+        if not match:
+            raise MiniDockerError("invalid --format: {{%s}} is not a template minidocker knows "
+                                  "({{.Field}}, {{json .}}, {{json .Field}})" % piece)
+        field = match.group(2) or None
+        if field is not None and field not in headers:
+            raise MiniDockerError("invalid --format: no field .%s (the fields are %s)"
+                                  % (field, ", ".join(sorted(headers))))
+        parts.append((field, bool(match.group(1))))
+    return table, parts
+
+
+def render(parts, row):
+    def value(field, as_json):
+        if field is None:
+            return json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(row[field], ensure_ascii=False) if as_json else row[field]
+    return "".join(part if isinstance(part, str) else value(*part) for part in parts)
+
+
+def parse_ps_filters(texts):
+    """-f KEY=VALUE, repeatable: docker's status, name and id -> {key:
+    [values]}. Values of one key: any may match; of different keys: all
+    must."""
+    filters = {}
+    for text in texts:
+        key, equals, value = text.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not equals:
+            raise MiniDockerError("bad format of filter %s (expected name=value)" % quote(text))
+        if key not in ("status", "name", "id"):
+            raise MiniDockerError("invalid filter %s: ps filters by status, name or id"
+                                  % quote(key))
+        if key == "status" and value not in PS_STATES:
+            raise MiniDockerError("invalid filter 'status=%s': a status is one of %s"
+                                  % (one_line(value, 80), ", ".join(PS_STATES)))
+        filters.setdefault(key, []).append(value)
+    return filters
+
+
+def filter_matches(pattern, text):
+    """docker's filters.Args.Match: equal, or the value, a regular
+    expression, found anywhere in the text (so a part of a name or an id
+    matches); one that does not compile matches nothing."""
+    if pattern == text:
+        return True
+    try:
+        return re.search(pattern, text) is not None
+    except (re.error, RecursionError):
+        return False
+
+
+def ps_selected(record, state, filters):
+    targets = {"status": [state], "id": [record["id"]],
+               "name": [display_name(record), "/" + display_name(record)]}
+    return all(any(filter_matches(value, target) for value in values for target in targets[key])
+               for key, values in filters.items())
+
+
+def cmd_ps(args):
+    """docker ps: running containers (-a: all; a status filter implies it),
+    newest first, in docker's table or --format; -q their ids."""
+    require_root("ps")  # the state trees are root's alone
+    paths = Paths()
+    filters = parse_ps_filters(args.filter)
+    table, parts = parse_format(args.format or "", PS_HEADERS)
+    if args.quiet and args.format:
+        warn("ignoring the custom format, because both --format and --quiet are set")
+    reclaim_dead(paths)
+    malformed, rows, now = [], [], time.time()
+    for record in sorted(read_records(paths, malformed), key=lambda r: r["created"], reverse=True):
+        state = container_state(record)
+        if (args.all or "status" in filters or state == "running") \
+                and ps_selected(record, state, filters):
+            rows.append(ps_row(record, now, not args.no_trunc))
+    if args.quiet:
+        emit(row["ID"] for row in rows)
+    elif table:
+        emit(tabulate([render(parts, PS_HEADERS)] + [render(parts, row) for row in rows], 10))
+    else:
+        emit(render(parts, row) for row in rows)
+    for name in malformed:
+        warn("%s is not a valid container record: skipped (rm -f %s removes it)"
+             % (os.path.join(paths.records, name), name[:-len(".json")]))
+    return 0
+
+
+PRUNE_WARNING = ("WARNING! This will remove all stopped containers.\n"
+                 "Are you sure you want to continue?")
+
+
+def confirmed(question):
+    """docker's prompt: the question and " [y/N] " on stdout, then one line
+    from stdin, whatever stdin is (`echo y |` answers too); y or Y is yes,
+    anything else, or no line at all, is no."""
+    emit([], question + " [y/N] ")
+    answer = b""
+    while not answer.endswith(b"\n") and len(answer) < 1024:
+        byte = os.read(0, 1)
+        if not byte:
+            break
+        answer += byte
+    return answer.strip().lower() == b"y"
+
+
+def layer_size(path):
+    """Bytes in the files under a layer's upper/, each inode once (hard
+    links), as docker counts what a container wrote; a part deeper than
+    PATH_MAX (ENAMETOOLONG) goes uncounted."""
+    seen, total, pending = set(), 0, [path]
+    while pending:
+        directory = pending.pop()
+        with contextlib.suppress(OSError):  # ENOENT: gone meanwhile; ENAMETOOLONG
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        pending.append(entry.path)
+                    elif (st.st_dev, st.st_ino) not in seen:
+                        seen.add((st.st_dev, st.st_ino))
+                        total += st.st_size
+    return total
+
+
+def cmd_container_prune(args):
+    """docker container prune: every stopped container removed, as rm
+    removes one; running and starting ones are not touched. Without -f,
+    docker's question first; "no" ends it quietly (exit 0), as docker."""
+    require_root("container prune")
+    paths = Paths()
+    if not args.force and not confirmed(PRUNE_WARNING):
+        return 0
+    reclaim_dead(paths)
+    deleted, space, kept = [], 0, 0
+    for record in read_records(paths):
+        with container_lock(paths, record["id"]):  # a start at the same time: one wins
+            record = read_record(paths, record["id"])
+            if record is None or is_running(record):
+                continue
+            size = layer_size(os.path.join(paths.layer(record["id"]), "upper"))
+            try:
+                remove_container(paths, record)
+            except LayerError as err:  # the others still go
+                warn(str(err))
+                kept += 1
+                continue
+        deleted.append(record["id"])
+        space += size
+    emit((["Deleted Containers:"] + deleted + [""] if deleted else [])
+         + ["Total reclaimed space: " + human_size(space)])
+    if kept:
+        raise MiniDockerError("%d stopped container%s could not be removed (above)"
+                              % (kept, "s" if kept > 1 else ""))
+    return 0
+
+
+def cmd_rename(args):
+    """docker rename: a new name, for a running or a stopped container,
+    checked and written under names.lock (as run --name takes one), so of
+    two renames to one name one wins."""
+    require_root("rename")
+    paths = Paths()
+    new = check_name(args.new[1:] if args.new.startswith("/") else args.new, "new name")
+    cid = find_container(paths, args.container)["id"]
+    with state_lock(paths, "names.lock"):
+        record = read_record(paths, cid)  # as it is now, under the lock
+        if record is None:
+            raise MiniDockerError("no such container: %s (removed meanwhile)" % args.container)
+        if record.get("name") == new:
+            raise MiniDockerError("container %s is already named %s" % (cid[:12], new))
+        taken = [r["id"] for r in read_records(paths) if r.get("name") == new]
+        if taken:
+            raise MiniDockerError("the name %s is already in use by container %s: remove or "
+                                  "rename that container to reuse it" % (new, taken[0][:12]))
+        record["name"] = new
+        store_record(paths, record)
+    return 0
+
+
+# top's columns, those of `ps -ef`, which docker top runs by default.
+TOP_COLUMNS = ("UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD")
+
+
+def tty_name(number):
+    """stat's tty_nr (major in bits 8-15, minor in 0-7 and 20-31) as ps
+    names it (<linux/major.h>: 136-143 are the pseudo-terminals, 4 the
+    virtual consoles and serial ports); "?" for none."""
+    major, minor = (number >> 8) & 0xfff, (number & 0xff) | ((number >> 12) & 0xfff00)
+    if 136 <= major <= 143:
+        return "pts/%d" % ((major - 136) * 256 + minor)
+    if major == 4:
+        return "tty%d" % minor if minor < 64 else "ttyS%d" % (minor - 64)
+    return "console" if (major, minor) == (5, 1) else "?"
+
+
+def process_row(pid, clock):
+    """One line of `ps -ef` for this pid, from /proc, computed as procps-ng
+    4 does; None once the process is gone. `clock`: (ticks a second, the
+    boot time, seconds since boot). CMD is the process's own text, so what
+    is not printable shows as "?", as ps shows it: a container must not
+    write escape sequences to the terminal of whoever looks."""
+    import pwd
+    hertz, boot, uptime = clock
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            head, _, rest = handle.read().rpartition(b")")
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            argv = handle.read().split(b"\0")
+        uid = int(proc_values(read_text("/proc/%d/status" % pid), "Uid")[1])  # effective
+    except (OSError, ValueError, IndexError):  # ENOENT, ESRCH: it ended meanwhile
+        return None
+    fields = rest.split()  # fields[0] is stat's field 3, the state
+    ppid, tty, started = int(fields[1]), int(fields[4]), int(fields[19])
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    alive = uptime * hertz - started  # in ticks
+    cpu = min(int(ticks * 100 / alive), 99) if alive > 0 else 0  # C: percent of its life, on CPU
+    start = time.localtime(boot + started // hertz)
+    today = time.localtime()
+    when = "%Y" if start.tm_year != today.tm_year else \
+        "%b%d" if start.tm_yday != today.tm_yday else "%H:%M"
+    seconds = ticks // hertz
+    used = "%02d:%02d:%02d" % (seconds // 3600 % 24, seconds // 60 % 60, seconds % 60)
+    if seconds >= 86400:
+        used = "%d-%s" % (seconds // 86400, used)
+    command = b" ".join(argv).rstrip(b" ") if argv[0] else b""
+    if not command:  # a kernel thread, or a zombie: its name in brackets
+        command = b"[%s]%s" % (head.partition(b"(")[2], b" <defunct>" if fields[0] == b"Z" else b"")
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:  # not in the host's /etc/passwd: the number, as ps
+        user = str(uid)
+    return (user, str(pid), str(ppid), str(cpu), time.strftime(when, start), tty_name(tty),
+            used, "".join(c if c.isprintable() else "?"
+                          for c in command.decode("utf-8", "replace")))
+
+
+def proc_values(text, name):
+    """The values on the line of `name` ("Name:" in /proc/PID/status and
+    /proc/meminfo, "name" in /proc/stat)."""
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0] in (name, name + ":"):
+            return words[1:]
+    raise ValueError("no %s line" % name)
+
+
+def cmd_top(args):
+    """docker top: the container's processes (those in its cgroups and
+    below), in ps -ef's columns, read from /proc."""
+    require_root("top")
+    paths = Paths()
+    reclaim_dead(paths)
+    record = find_container(paths, args.container)
+    if container_state(record) != "running":
+        raise MiniDockerError("container %s is not running" % record["id"][:12])
+    boot = int(proc_values(read_text("/proc/stat"), "btime")[0])
+    clock = (os.sysconf("SC_CLK_TCK"), boot, float(read_text("/proc/uptime").split()[0]))
+    rows = [row for row in (process_row(pid, clock) for pid in cgroup_processes(record["cgroups"]))
+            if row is not None]
+    emit(tabulate(["\t".join(row) for row in [TOP_COLUMNS] + rows], 20))
+    return 0
+
+
+STATS_COLUMNS = ("CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS")
+
+
+def host_memory():
+    """MemTotal of /proc/meminfo, in bytes: docker's limit for a container
+    that has none."""
+    return int(proc_values(read_text("/proc/meminfo"), "MemTotal")[0]) * 1024
+
+
+def stats_row(record, previous, now, truncate, memory_total):
+    """docker stats' line for one container. CPU % is the CPU time it used
+    since the last sample over the wall time between them (100% is one
+    CPU busy); memory leaves out the inactive page cache, as docker does;
+    the limit is the container's, or the host's memory when it has none
+    (or a larger one). A container not running shows zeros, as docker."""
+    cid = record["id"][:12] if truncate else record["id"]
+    usage = cgroup_usage(record["cgroups"]) if container_state(record) == "running" else {}
+    cpu_seconds, cpu = usage.get("cpu_seconds"), 0.0
+    before = previous.get(record["id"])
+    if cpu_seconds is not None and before is not None and before[1] is not None and now > before[0]:
+        cpu = max(cpu_seconds - before[1], 0) / (now - before[0]) * 100
+    previous[record["id"]] = (now, cpu_seconds)
+    memory, inactive = usage.get("memory") or 0, usage.get("inactive_file") or 0
+    if inactive < memory:
+        memory -= inactive
+    limit = min(usage.get("memory_limit") or memory_total, memory_total) if usage else 0
+    return (cid, display_name(record), "%.2f%%" % cpu,
+            "%s / %s" % (bytes_size(memory), bytes_size(limit)),
+            "%.2f%%" % (memory * 100 / limit if limit else 0), str(usage.get("pids") or 0))
+
+
+def stats_records(paths, chosen):
+    """The containers to show now: those named (as long as they exist), or
+    every running one."""
+    if chosen:
+        return [record for record in (read_record(paths, cid) for cid in chosen) if record]
+    return [record for record in read_records(paths) if container_state(record) == "running"]
+
+
+def cmd_stats(args):
+    """docker stats: CPU, memory and tasks of running containers (or those
+    named) from their cgroups, a new table every second until ^C, over the
+    last one on a terminal; --no-stream: one table, a second after a first
+    sample (CPU % needs two)."""
+    require_root("stats")
+    paths = Paths()
+    reclaim_dead(paths)
+    chosen = [find_container(paths, ref)["id"] for ref in args.containers]
+    memory_total, previous = host_memory(), {}
+    clear = "\033[2J\033[H" if os.isatty(1) and not args.no_stream else ""
+    try:
+        for record in stats_records(paths, chosen):
+            stats_row(record, previous, time.monotonic(), True, memory_total)
+        while True:
+            time.sleep(1)
+            rows = [stats_row(record, previous, time.monotonic(), not args.no_trunc, memory_total)
+                    for record in stats_records(paths, chosen)]
+            emit(tabulate(["\t".join(row) for row in [STATS_COLUMNS] + rows], 10), clear)
+            if args.no_stream:
+                return 0
+    except MiniDockerError as err:  # ^C is how a stream ends: no error line
+        if err.code == 128 + signal.SIGINT and not args.no_stream:
+            return err.code
+        raise
+
 # === 13. argparse and main() ===
 
 
@@ -6522,6 +7049,12 @@ def build_parser():
 
     ps = commands.add_parser("ps", help="list containers")
     ps.add_argument("-a", "--all", action="store_true", help="also stopped ones")
+    ps.add_argument("-q", "--quiet", action="store_true", help="only their ids")
+    ps.add_argument("--no-trunc", action="store_true", help="whole ids and commands")
+    ps.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                    help="status=STATE, name=NAME or id=ID (a part, or a regular expression)")
+    ps.add_argument("--format", metavar="TEMPLATE",
+                    help="table, json, or a template such as '{{.ID}} {{.Names}}'")
     ps.set_defaults(handler=cmd_ps)
 
     logs = commands.add_parser("logs", help="print a detached container's output")
@@ -6584,6 +7117,28 @@ def build_parser():
     wait = commands.add_parser("wait", help="wait for containers to end; print their exit codes")
     wait.add_argument("containers", nargs="+", metavar="NAME|ID")
     wait.set_defaults(handler=cmd_wait)
+
+    rename = commands.add_parser("rename", help="rename a container")
+    rename.add_argument("container", metavar="NAME|ID")
+    rename.add_argument("new", metavar="NEW_NAME")
+    rename.set_defaults(handler=cmd_rename)
+
+    top = commands.add_parser("top", help="a running container's processes")
+    top.add_argument("container", metavar="NAME|ID")
+    top.set_defaults(handler=cmd_top)
+
+    stats = commands.add_parser("stats", help="CPU, memory and tasks of running containers")
+    stats.add_argument("--no-stream", action="store_true", help="one table, then exit")
+    stats.add_argument("--no-trunc", action="store_true", help="whole ids")
+    stats.add_argument("containers", nargs="*", metavar="NAME|ID")
+    stats.set_defaults(handler=cmd_stats)
+
+    container = commands.add_parser("container", help="manage containers: prune")
+    verbs = container.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+    prune = verbs.add_parser("prune", help="remove every stopped container")
+    prune.add_argument("-f", "--force", action="store_true", help="do not ask first")
+    prune.set_defaults(handler=cmd_container_prune)
 
     mkrootfs = commands.add_parser("mkrootfs", help="build a small rootfs from the host's tools")
     mkrootfs.add_argument("--no-busybox", action="store_true",

@@ -842,7 +842,7 @@ def test_without_rm_the_layer_stays_until_rm(rootfs, state):
     cid = records[0][:-5]
     assert open(os.path.join(state, "lib/containers", cid, "upper/kept")).read() == "kept\n"
     listing = subprocess.run(MINIDOCKER + ["ps", "-a"], stdout=subprocess.PIPE).stdout.decode()
-    assert cid[:12] in listing and "exited(0)" in listing
+    assert re.search(r"^%s .* Exited \(0\) " % cid[:12], listing, re.M), listing
     removed = subprocess.run(MINIDOCKER + ["rm", cid[:8]], stdout=subprocess.PIPE)
     assert removed.returncode == 0 and removed.stdout.decode() == cid[:12] + "\n"
     assert_nothing_left()
@@ -1483,7 +1483,7 @@ def test_fault_full_state_filesystem(rootfs, tmp_path):
         listing = minidocker("ps", "-a", env=env)
         assert listing.returncode == 0 and listing.err == "", listing.err
         (line,) = listing.out.splitlines()[1:]
-        assert " exited(?) " in line
+        assert " Exited (?) " in line
         second = minidocker("run", "--network=none", "--rm", rootfs, "true", env=env)
         assert second.returncode == 125 and second.err.count("\n") == 1, second.err
         assert "No space left on device" in second.err
@@ -1622,9 +1622,8 @@ def test_fault_killed_minidocker_not_yet_reaped_owns_nothing(rootfs):
         while not md.read_text("/proc/%d/stat" % proc.pid).split(") ")[-1].startswith("Z"):
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        listing = minidocker("ps", "-a")  # while it is a zombie
-        assert re.search(r"^%s  - +exited\(\?\) " % record["id"][:12], listing.out, re.M), \
-            listing.out
+        listing = minidocker("ps", "-a", "--format", "{{.ID}} {{.Status}}")  # while a zombie
+        assert listing.out == "%s Exited (?)\n" % record["id"][:12], listing.out
         assert record["cgroups"] and not any(os.path.exists(path) for path in record["cgroups"])
     finally:
         proc.wait()
@@ -1643,11 +1642,11 @@ def test_fault_killed_during_start_up_shows_created(rootfs):
         caught = md.read_text("/proc/%d/comm" % child).startswith("md:")
         proc.kill()
         proc.wait()
-        listing = minidocker("ps", "-a").out.splitlines()[1:]
+        listing = minidocker("ps", "-a", "--format", "{{.ID}} {{.State}}").out.splitlines()
         assert len(listing) == 1
         assert minidocker("rm", listing[0].split()[0]).returncode == 0
         if caught:
-            assert listing[0].split()[2] == "created", listing  # after the id and the name
+            assert listing[0].split()[1] == "created", listing
             break
     else:
         raise AssertionError("never caught the container before its execve")
@@ -1717,7 +1716,7 @@ def test_fault_records_that_look_right_but_are_not(rootfs, state):
     # A dead owner whose start time was lost (null) is dead, not alive forever.
     with open(paths.record(cid), "w") as handle:
         json.dump(dict(good, id=cid, owner_start=None, remove=False), handle)
-    assert " exited(?) " in minidocker("ps", "-a").out
+    assert " Exited (?) " in minidocker("ps", "-a").out
     assert minidocker("rm", cid).returncode == 0
     assert_nothing_left()
 
@@ -2049,8 +2048,12 @@ def test_v2_plan_applied_to_a_fake_tree(tmp_path):
     (leaf / "memory.current").write_text("1234\n")
     (leaf / "cpu.stat").write_text("usage_usec 1500000\nuser_usec 1\n")
     assert md.oom_killed(made)
-    assert md.cgroup_usage(made) == {"memory": 1234, "memory_peak": None, "cpu_seconds": 1.5,
-                                     "pids": None}
+    (leaf / "memory.stat").write_text("anon 1000\nfile 234\ninactive_file 200\n")
+    (leaf / "memory.max").write_text("max\n")
+    assert md.cgroup_usage(made) == {"memory": 1234, "inactive_file": 200, "memory_limit": None,
+                                     "cpu_seconds": 1.5, "pids": None}
+    (leaf / "memory.max").write_text("67108864\n")
+    assert md.cgroup_usage(made)["memory_limit"] == 64 << 20
 
 
 # ---------------------------------------------------------------------------
@@ -4274,7 +4277,7 @@ def test_net_port_published_twice_is_refused(rootfs, sandbox):
         assert "port 0.0.0.0:8080/tcp is already published by container" in second.err
         assert len(sandbox.veths().splitlines()) == 1  # the first one's only
         listing = subprocess.run(sandbox.minidocker("ps"), stdout=subprocess.PIPE).stdout.decode()
-        assert re.search(r" 10\.0\.0\.\d+ +0\.0\.0\.0:8080->80/tcp +sh -c echo up", listing), listing
+        assert re.search(r" \"sh -c 'echo up; sle…\" .* 0\.0\.0\.0:8080->80/tcp ", listing), listing
     finally:
         first.kill()
         first.wait()
@@ -4766,7 +4769,7 @@ def test_detached_run_logs_stop_and_wait(rootfs):
     cid = started.out.strip()
     try:
         listing = minidocker("ps")
-        assert re.search(r"^%s  svc +running " % cid[:12], listing.out, re.M), listing.out
+        assert re.search(r"^%s .* Up .* svc$" % cid[:12], listing.out, re.M), listing.out
         deadline = time.monotonic() + 10
         while "hello" not in minidocker("logs", "svc").out and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -4782,7 +4785,7 @@ def test_detached_run_logs_stop_and_wait(rootfs):
         assert follow.communicate(timeout=20)[0] == b"hello\nbye\n"
         waited = minidocker("wait", "svc")
         assert (waited.returncode, waited.out) == (0, "3\n"), waited.err
-        assert re.search(r"^%s  svc +exited\(3\) " % cid[:12], minidocker("ps", "-a").out, re.M)
+        assert re.search(r"^%s .* Exited \(3\) .* svc$" % cid[:12], minidocker("ps", "-a").out, re.M)
     finally:
         minidocker("rm", "-f", cid)
     assert_nothing_left()
@@ -5370,3 +5373,367 @@ def test_net_stop_and_rm_f_reach_a_container_still_starting(rootfs, sandbox, ver
             held.wait()
         sandbox.run("rm", "-f", "slow")
     assert_network_gone(sandbox)
+
+
+# ---------------------------------------------------------------------------
+# 12. ps, top, stats, rename, container prune: docker's shapes, unit and root
+# (top and stats read the cgroups: their names hold "cgroup", so that the
+# README's cgroup-v2 VM command runs them too)
+# ---------------------------------------------------------------------------
+
+def test_docker_words_for_ages_and_sizes():
+    """go-units' HumanDuration, HumanSize and BytesSize, at their edges."""
+    ages = {0: "Less than a second", 0.9: "Less than a second", 1: "1 second",
+            59.9: "59 seconds", 60: "About a minute", 119: "About a minute",
+            120: "2 minutes", 3599: "59 minutes", 3600: "About an hour",
+            5399: "About an hour", 5400: "2 hours", 47 * 3600: "47 hours",
+            48 * 3600: "2 days", 14 * 86400: "2 weeks", 60 * 86400: "2 months",
+            730 * 86400: "2 years"}
+    assert {age: md.human_duration(age) for age in ages} == ages
+    assert [md.human_size(n) for n in (0, 999, 1000, 1234, 1536000, 10 ** 12)] == \
+        ["0B", "999B", "1kB", "1.234kB", "1.536MB", "1TB"]
+    assert [md.bytes_size(n) for n in (0, 164 << 10, 64 << 20, 1536 << 20)] == \
+        ["0B", "164KiB", "64MiB", "1.5GiB"]
+
+
+def test_go_quote_and_tabwriter():
+    # strconv.Quote's output for the same strings (Go 1.19)
+    assert md.go_quote('sh -c \'echo "a\\b"\'') == '"sh -c \'echo \\"a\\\\b\\"\'"'
+    assert md.go_quote("\t\x01\x1b[2Jé\u2028\U0001f600\x9b") == \
+        '"\\t\\x01\\x1b[2Jé\\u2028\U0001f600\\u009b"'
+    # text/tabwriter.NewWriter(out, 10, 1, 3, ' ', 0), as docker's tables
+    assert md.tabulate(["A\tLONGER HEADER\tLAST", "a-long-cell-here\tb\tc"], 10) == [
+        "A" + " " * 18 + "LONGER HEADER   LAST",
+        "a-long-cell-here   b" + " " * 15 + "c"]
+
+
+def test_ps_templates_and_filters():
+    row = {field: field.lower() for field in md.PS_HEADERS}
+    table, parts = md.parse_format("table {{.ID}}\\t{{ .Names }}", md.PS_HEADERS)
+    assert table and md.render(parts, md.PS_HEADERS) == "CONTAINER ID\tNAMES"
+    assert md.render(parts, row) == "id\tnames"
+    table, parts = md.parse_format("json", md.PS_HEADERS)
+    assert not table and json.loads(md.render(parts, row)) == row
+    table, parts = md.parse_format("{{.Names}}={{json .State}}\\n", md.PS_HEADERS)
+    assert not table and md.render(parts, row) == 'names="state"\n'
+    assert md.parse_format("", md.PS_HEADERS) == md.parse_format("table", md.PS_HEADERS)
+    for text, error in (("{{.Nope}}", "no field .Nope (the fields are Command, CreatedAt"),
+                        ("{{.ID}", "is not closed"), ("{{if .ID}}x{{end}}", "is not a template")):
+        with pytest.raises(md.MiniDockerError, match=re.escape(error)):
+            md.parse_format(text, md.PS_HEADERS)
+    assert md.parse_ps_filters(["name=a", "Name = b ", "status=exited"]) == \
+        {"name": ["a", "b"], "status": ["exited"]}
+    for text, error in (("nonsense", "bad format of filter 'nonsense'"),
+                        ("label=x", "invalid filter 'label'"), ("status=up", "status=up")):
+        with pytest.raises(md.MiniDockerError, match=re.escape(error)):
+            md.parse_ps_filters([text])
+    record = {"id": "abc123" + "0" * 58, "name": "web-1"}
+    # docker: a value is a regular expression searched in the name (and in
+    # "/name"), or in the whole id; values of one key OR, keys AND
+    for filters, expected in (({"name": ["eb"]}, True), ({"name": ["^/web"]}, True),
+                              ({"name": ["^web-1$"]}, True), ({"name": ["^eb"]}, False),
+                              ({"name": ["x", "web"]}, True), ({"id": ["abc1"]}, True),
+                              ({"id": ["c12"]}, True), ({"id": ["[", "abd"]}, False),
+                              ({"name": ["web"], "status": ["exited"]}, False),
+                              ({"name": ["web"], "status": ["running"]}, True)):
+        assert md.ps_selected(record, "running", filters) is expected, filters
+
+
+def detach_run(rootfs, *command, options=()):
+    result = minidocker("run", "-d", "--network=none", *options, rootfs, *command)
+    assert result.returncode == 0, result.err
+    return result.out.strip()
+
+
+def ps_lines(*args):
+    result = minidocker("ps", *args)
+    assert result.returncode == 0 and result.err == "", result.err
+    return result.out.splitlines()
+
+
+@root
+def test_ps_shows_filters_and_formats_as_docker(rootfs):
+    alpha = detach_run(rootfs, "sleep", "1000", options=["--name", "alpha"])
+    beta = detach_run(rootfs, "sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait",
+                    options=["--name", "beta"])
+    gamma = minidocker("run", "--network=none", "--name", "gamma", rootfs, "sh", "-c", "exit 3")
+    try:
+        assert gamma.returncode == 3
+        gamma = md.find_container(md.Paths(), "gamma")["id"]
+        header, *rows = ps_lines()
+        assert re.split(r"\s{3,}", header) == ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED",
+                                               "STATUS", "PORTS", "NAMES"]
+        assert header.index("COMMAND") == header.index("IMAGE") + len(rootfs) + 3 == 18 + len(rootfs)
+        assert [row.split()[0] for row in rows] == [beta[:12], alpha[:12]]  # newest first
+        age = r"(Less than a second|\d+ seconds?)"
+        assert re.fullmatch(r"%s +%s +\"sleep 1000\" +%s ago +Up %s +alpha"
+                            % (alpha[:12], re.escape(rootfs), age, age), rows[1]), rows
+        assert ' "sh -c \'trap \'exit 0…" ' in rows[0]  # 19 characters, then the ellipsis
+        assert "\"sh -c 'trap 'exit 0' TERM; sleep 1000 & wait'\"" in ps_lines("--no-trunc")[1]
+        assert re.search(r" Exited \(3\) %s ago +gamma$" % age, ps_lines("-a")[1]), ps_lines("-a")
+        assert ps_lines("-q") == [beta[:12], alpha[:12]]
+        assert ps_lines("-aq", "--no-trunc") == [gamma, beta, alpha]
+        assert ps_lines("-q", "-f", "status=exited") == [gamma[:12]]  # a status filter: all
+        assert ps_lines("-q", "-f", "name=lph") == [alpha[:12]]
+        assert ps_lines("-aq", "-f", "name=^/gam") == [gamma[:12]]
+        assert ps_lines("-q", "-f", "id=" + alpha[:5]) == [alpha[:12]]
+        assert ps_lines("-aq", "-f", "name=alpha", "-f", "name=gamma") == [gamma[:12], alpha[:12]]
+        assert ps_lines("-aq", "-f", "name=alpha", "-f", "status=exited") == []
+        assert ps_lines("-a", "--format", "{{.ID}} {{.Names}} {{.State}}") == [
+            "%s gamma exited" % gamma[:12], "%s beta running" % beta[:12],
+            "%s alpha running" % alpha[:12]]
+        assert ps_lines("-a", "--format", "table {{.Names}}\\t{{.State}}") == [
+            "NAMES     STATE", "gamma     exited", "beta      running", "alpha     running"]
+        shown = [json.loads(line) for line in ps_lines("-a", "--format", "json")]
+        assert [row["ID"] for row in shown] == [gamma[:12], beta[:12], alpha[:12]]
+        assert set(shown[2]) == {"Command", "CreatedAt", "ID", "Image", "Labels", "Names", "Ports",
+                                 "RunningFor", "State", "Status"}
+        assert (shown[2]["Command"], shown[2]["Image"], shown[2]["Names"], shown[2]["State"]) == \
+            ('"sleep 1000"', rootfs, "alpha", "running")
+        assert shown[0]["Status"].startswith("Exited (3) ") and shown[2]["Status"].startswith("Up ")
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} \S+", shown[2]["CreatedAt"])
+        wrong = minidocker("ps", "--format", "{{.Nope}}")
+        assert wrong.returncode == 125 and wrong.err.count("\n") == 1 and "no field .Nope" in wrong.err
+        both = minidocker("ps", "-q", "--format", "{{.Names}}")
+        assert both.out.split() == [beta[:12], alpha[:12]] and "ignoring the custom format" in both.err
+    finally:
+        minidocker("rm", "-f", alpha, beta, "gamma")
+    assert_nothing_left()
+
+
+@root
+@pytest.mark.parametrize("args, message", [
+    (["ps", "-f", "label=x"], "invalid filter 'label'"),
+    (["ps", "-f", "status=up"], "invalid filter 'status=up'"),
+    (["ps", "-f", "nonsense"], "bad format of filter 'nonsense'"),
+    (["ps", "--format", "{{.Nope}}"], "no field .Nope"),
+    (["ps", "--format", "{{.ID}"], "is not closed"),
+    (["top", "nosuch"], "no such container: nosuch"),
+    (["stats", "--no-stream", "nosuch"], "no such container: nosuch"),
+    (["rename", "nosuch", "fine"], "no such container: nosuch"),
+    (["rename", "nosuch", "bad name"], "invalid new name 'bad name'"),
+    (["container", "prune", "extra"], "unrecognized arguments: extra"),
+    (["container"], "required: VERB"),
+])
+def test_bad_listing_and_housekeeping_input(args, message, state):
+    bad(args, message)
+
+
+def layer_bytes(path):
+    """What a layer's files hold, each inode once: the test's own count."""
+    inodes = {}
+    for top, _, files in os.walk(path):
+        for name in files:
+            st = os.lstat(os.path.join(top, name))
+            inodes[st.st_dev, st.st_ino] = st.st_size
+    return sum(inodes.values())
+
+
+@root
+def test_container_prune_removes_only_what_is_stopped(rootfs):
+    paths = md.Paths()
+    running = detach_run(rootfs, "sleep", "1000")
+    stopped = []
+    try:
+        for script in ("dd if=/dev/zero of=/big bs=1k count=1000 2>/dev/null", "exit 4"):
+            assert minidocker("run", "--network=none", rootfs, "sh", "-c", script).returncode != 125
+        stopped = [r["id"] for r in md.read_records(paths) if r["id"] != running]
+        size = sum(layer_bytes(os.path.join(paths.layer(cid), "upper")) for cid in stopped)
+        assert len(stopped) == 2 and size >= 1000 * 1024
+        question = ("WARNING! This will remove all stopped containers.\n"
+                    "Are you sure you want to continue? [y/N] ")
+        for answer in (b"n\n", b"", b"yes\n"):  # docker's yes is y or Y, and nothing else
+            declined = minidocker("container", "prune", stdin=None, input=answer)
+            assert (declined.returncode, declined.out, declined.err) == (0, question, "")
+            assert len(md.read_records(paths)) == 3
+        pruned = minidocker("container", "prune", stdin=None, input=b"Y\n")
+        assert pruned.returncode == 0, pruned.err
+        head, _, rest = pruned.out.partition("Deleted Containers:\n")
+        deleted, _, tail = rest.partition("\n\n")
+        assert head == question and sorted(deleted.splitlines()) == sorted(stopped)
+        assert tail == "Total reclaimed space: %s\n" % md.human_size(size)
+        assert [r["id"] for r in md.read_records(paths)] == [running]
+        assert sorted(os.listdir(paths.containers)) == [running]
+        assert md.container_state(md.find_container(paths, running)) == "running"
+        again = minidocker("container", "prune", "-f")
+        assert (again.returncode, again.out) == (0, "Total reclaimed space: 0B\n")
+    finally:
+        minidocker("rm", "-f", running, *stopped)
+    assert_nothing_left()
+
+
+@root
+def test_rename_running_and_stopped(rootfs):
+    """A running container's new name outlives the writes its run makes
+    later (the end, its exit code), and a stopped one takes one too."""
+    first = detach_run(rootfs, "sleep", "1000", options=["--name", "one"])
+    other = detach_run(rootfs, "sleep", "1000", options=["--name", "other"])
+    try:
+        assert minidocker("rename", "one", "two").returncode == 0
+        assert ps_lines("--format", "{{.Names}}") == ["other", "two"]
+        assert minidocker("top", "one").returncode == 125
+        assert minidocker("stop", "-t", "0", "two").returncode == 0
+        assert ps_lines("-a", "--format", "{{.Names}} {{.State}}") == ["other running", "two exited"]
+        assert minidocker("rename", first[:6], "/three").returncode == 0  # docker's "/" is dropped
+        for new, error in (("other", "the name other is already in use by container %s"
+                            % other[:12]), ("three", "is already named three")):
+            refused = minidocker("rename", "three", new)
+            assert refused.returncode == 125 and error in refused.err, refused.err
+        assert md.find_container(md.Paths(), "three")["id"] == first
+    finally:
+        minidocker("rm", "-f", first, other)
+    assert_nothing_left()
+
+
+@root
+def test_rename_race_one_wins(rootfs):
+    """Two renames to one name at once, ten times, with a run -d --name of
+    that name in the race too: one gets it each time."""
+    cids = [detach_run(rootfs, "sleep", "1000") for _ in range(2)]
+    made = []  # by the runs that won
+    try:
+        for round in range(10):
+            name = "race%d" % round
+            racers = [subprocess.Popen(MINIDOCKER + ["rename", cid, name], stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                      for cid in cids[:2]]
+            racers.append(subprocess.Popen(MINIDOCKER + ["run", "-d", "--network=none", "--name",
+                                                         name, rootfs, "sleep", "1000"],
+                                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE))
+            results = [(racer.wait(timeout=60), racer.communicate()) for racer in racers]
+            assert sorted(code for code, _ in results) == [0, 125, 125], results
+            assert all(b"already in use" in err for code, (_, err) in results if code), results
+            named = [r["id"] for r in md.read_records(md.Paths()) if r.get("name") == name]
+            assert len(named) == 1
+            if results[2][0] == 0:
+                made.append(results[2][1][0].decode().strip())
+    finally:
+        minidocker("rm", "-f", *cids, *made)
+    assert_nothing_left()
+
+
+def cgroup_procs(record):
+    """The container's processes, as the test reads them: every
+    cgroup.procs of its cgroups and below."""
+    pids = set()
+    for path in record["cgroups"]:
+        for top, _, _ in os.walk(path):
+            with open(os.path.join(top, "cgroup.procs")) as handle:
+                pids.update(int(pid) for pid in handle.read().split())
+    return pids
+
+
+@root
+def test_cgroup_top_lists_the_processes_as_ps_does(rootfs):
+    """top's rows are those of procps' ps -f for the processes in the
+    container's cgroups: its init (sh), and the sleep it started, whose
+    host pid /proc shows. A process's own text cannot reach the terminal:
+    an escape in its command line shows as "?"."""
+    cid = detach_run(rootfs, "sh", "-c", "sleep 1000 & wait", "\x1b]0;owned\x07")
+    try:
+        record = md.find_container(md.Paths(), cid)
+        deadline = time.monotonic() + 10
+        while True:  # until the forked shell has become sleep
+            pids = cgroup_procs(record)
+            sleeper = [pid for pid in pids
+                       if md.read_text("/proc/%d/cmdline" % pid) == "sleep\x001000\x00"]
+            if sleeper:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert len(sleeper) == 1 and len(pids) == 2 and record["pid"] in pids
+        shown = minidocker("top", cid[:8])
+        assert shown.returncode == 0, shown.err
+        header, *rows = shown.out.splitlines()
+        assert header.split() == ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+        assert header.index("PID") == 20 and header.index("CMD") == 140  # columns of 20
+        peer = subprocess.run(["ps", "-ww", "-o", "user=,pid=,ppid=,c=,stime=,tty=,time=,args=", "-p",
+                               ",".join(map(str, sorted(pids)))], stdout=subprocess.PIPE,
+                              check=True).stdout.decode().splitlines()
+        ours, theirs = [row.split(None, 7) for row in rows], [line.split(None, 7) for line in peer]
+        # C, the percent of its life a process spent on a CPU, falls as an
+        # idle process ages: ours was read first
+        assert [row[:3] + row[4:] for row in ours] == [row[:3] + row[4:] for row in theirs]
+        assert all(0 <= int(mine[3]) - int(other[3]) <= 10 for mine, other in zip(ours, theirs))
+        assert [row.split()[1:3] for row in rows] == [[str(record["pid"]), str(record["owner"])],
+                                                      [str(sleeper[0]), str(record["pid"])]]
+        assert rows[0].endswith("sh -c sleep 1000 & wait ?]0;owned?") and "\x1b" not in shown.out
+        assert minidocker("stop", "-t", "0", cid).returncode == 0
+        refused = minidocker("top", cid)
+        assert (refused.returncode, refused.err) == (
+            125, "minidocker: error: container %s is not running\n" % cid[:12])
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+def from_bytes_size(text):
+    number, unit = re.fullmatch(r"([\d.]+)(B|KiB|MiB|GiB|TiB)", text).groups()
+    return float(number) * 1024 ** ["B", "KiB", "MiB", "GiB", "TiB"].index(unit)
+
+
+def stats_table(*args):
+    result = minidocker("stats", "--no-stream", *args)
+    assert result.returncode == 0 and result.err == "", result.err
+    header, *rows = result.out.splitlines()
+    assert re.split(r"\s{3,}", header) == ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT",
+                                           "MEM %", "PIDS"]
+    return {row.split()[1]: row.split() for row in rows}
+
+
+def memory_in_use(record):
+    """docker stats' memory, from the cgroup's own files: the usage less
+    the inactive page cache."""
+    path = cgroup_of(record, "memory")
+    stat = dict(line.split() for line in md.read_text(os.path.join(path, "memory.stat")).splitlines())
+    if os.path.exists(os.path.join(path, "memory.current")):
+        return int(md.read_text(os.path.join(path, "memory.current"))) - int(stat["inactive_file"])
+    return int(md.read_text(os.path.join(path, "memory.usage_in_bytes"))) - \
+        int(stat["total_inactive_file"])
+
+
+@root
+def test_cgroup_stats_reads_what_the_cgroups_count(rootfs):
+    """stats --no-stream: memory as the cgroup counts it, its limit the
+    --memory given or the host's memory, tasks as started, a busy loop's
+    CPU % high and an idle container's about 0; without --no-stream a new
+    table each second until ^C, which ends it with no error line."""
+    idle = detach_run(rootfs, "sh", "-c", "sleep 1000 & sleep 1000 & wait",
+                    options=["--name", "idle", "-m", "64m"])
+    busy = detach_run(rootfs, "sh", "-c", "while :; do :; done", options=["--name", "busy"])
+    try:
+        paths = md.Paths()
+        records = {name: md.find_container(paths, name) for name in ("idle", "busy")}
+        deadline = time.monotonic() + 10
+        while len(cgroup_procs(records["idle"])) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        table = stats_table()
+        assert set(table) == {"idle", "busy"} and table["idle"][0] == idle[:12]
+        for name, row in table.items():
+            used, limit = from_bytes_size(row[3]), from_bytes_size(row[5])
+            expected = memory_in_use(records[name])
+            assert abs(used - expected) <= max(expected * 0.05, 64 << 10), (row, expected)
+            assert abs(float(row[6].rstrip("%")) - used * 100 / limit) < 0.01, row
+        assert table["idle"][5] == "64MiB"
+        assert table["busy"][5] == md.bytes_size(md.host_memory())
+        assert table["idle"][7] == "3" and table["busy"][7] == "1"
+        assert float(table["busy"][2].rstrip("%")) >= 50, table["busy"]
+        assert float(table["idle"][2].rstrip("%")) < 5, table["idle"]
+        assert set(stats_table("--no-trunc", "idle")) == {"idle"}
+        assert stats_table("--no-trunc", "idle")["idle"][0] == idle
+        stream = subprocess.Popen(MINIDOCKER + ["stats", "busy"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        assert stream.stdout.readline().startswith(b"CONTAINER ID")
+        assert stream.stdout.readline().startswith(busy[:12].encode())
+        assert stream.stdout.readline().startswith(b"CONTAINER ID")  # a second later
+        stream.send_signal(signal.SIGINT)
+        assert stream.wait(timeout=10) == 130 and stream.stderr.read() == b""
+        stream.stdout.close()
+        stream.stderr.close()
+        assert minidocker("stop", "-t", "0", "busy").returncode == 0
+        assert stats_table("busy")["busy"][2:] == ["0.00%", "0B", "/", "0B", "0.00%", "0"]
+    finally:
+        minidocker("rm", "-f", idle, busy)
+    assert_nothing_left()
