@@ -66,6 +66,8 @@ import time
 # start-up is ended by signal N, as a shell reports it), and otherwise the
 # command's own status.
 
+VERSION = "0.1.0"  # --version
+
 EXIT_RUNTIME = 125
 EXIT_CANNOT_EXEC = 126
 EXIT_NOT_FOUND = 127
@@ -6976,12 +6978,18 @@ def build_parser():
     class Parser(argparse.ArgumentParser):
         def __init__(self, **kwargs):
             kwargs.setdefault("formatter_class", HelpFormatter)  # subcommands' too
+            # No guessing: argparse would take --pid for --pids-limit and
+            # --priv for --privileged, as unique prefixes.
+            kwargs.setdefault("allow_abbrev", False)
             super().__init__(**kwargs)
 
         def error(self, message):  # exit 125 with one line, as docker does
-            raise MiniDockerError("%s: %s" % (self.prog, message))
+            command = self.prog.partition(" ")[2]  # "minidocker run" -> "run"
+            raise MiniDockerError("%s%s" % (command + ": " if command else "", message))
 
     parser = Parser(prog="minidocker", description="A container runtime in one file.")
+    parser.add_argument("--version", action="version", version="minidocker " + VERSION,
+                        help="print the version and exit")
     parser.add_argument("--debug", action="store_true", help="print the plan and timings")
     commands = parser.add_subparsers(dest="command_name", metavar="COMMAND")
     commands.required = True
@@ -7206,7 +7214,10 @@ def run_command(argv):
         for number in STOPPING_SIGNALS:
             signal.signal(number, stop_now)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING_SIGNALS)
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as done:  # --help and --version, printed: done
+            return done.code or 0, None
         if args.handler is not cmd_run:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_NUMBERS)
         return args.handler(args), None

@@ -1855,6 +1855,26 @@ def bad_command_lines():
             yield flag, value
 
 
+def test_the_command_line_never_guesses(capsys, monkeypatch, tmp_path):
+    """No abbreviations (--pid is not --pids-limit, --priv not --privileged),
+    argparse's errors with one prefix and the command's name, --version."""
+    monkeypatch.setenv("MINIDOCKER_ROOT", str(tmp_path))
+    monkeypatch.setattr(md, "require_root", lambda what: None)
+    for argv, line in (
+            (["run", "--pid", "host", "/", "sh"], "unrecognized arguments: --pid"),
+            (["run", "--priv", "/", "sh"], "unrecognized arguments: --priv"),
+            (["run", "--pids", "5", "/", "sh"], "unrecognized arguments: --pids"),
+            (["ps", "--al"], "unrecognized arguments: --al"),
+            (["run", "--pids-limit", "x", "/", "sh"],
+             "run: argument --pids-limit: invalid int value: 'x'"),
+            (["stop"], "stop: the following arguments are required: NAME|ID")):
+        assert md.main(argv) == 125
+        assert capsys.readouterr().err == "minidocker: error: %s\n" % line
+    assert md.main(["--version"]) == 0
+    assert capsys.readouterr().out == "minidocker %s\n" % md.VERSION
+    assert os.listdir(str(tmp_path)) == []
+
+
 def test_fuzz_bad_command_lines_in_process(capsys, monkeypatch, tmp_path):
     """Over 200 bad command lines, through main() in this process (each is
     refused before anything is made, so no root is needed and it is fast)."""
