@@ -7052,6 +7052,8 @@ def build_parser():
 
     rm = commands.add_parser("rm", help="remove containers")
     rm.add_argument("-f", "--force", action="store_true", help="kill it first if running")
+    rm.add_argument("-v", "--volumes", action="store_true",
+                    help="accepted, as docker's: minidocker makes no volumes of its own")
     rm.add_argument("containers", nargs="+", metavar="NAME|ID")
     rm.set_defaults(handler=cmd_rm)
 

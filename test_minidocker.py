@@ -5134,6 +5134,7 @@ def test_exec_bad_input(rootfs, tmp_path):
             assert (result.returncode, result.err.count("\n")) == (code, 1), (args, result)
             assert message in result.err, (args, result.err)
         assert minidocker("exec", cid, "true").returncode == 0  # none of it harmed the container
+        assert minidocker("rm", "-fv", cid, gone).returncode == 0  # -v: as docker's
     finally:
         minidocker("rm", "-f", cid, gone)
     assert_nothing_left()
