@@ -5012,7 +5012,8 @@ def test_exec_joins_the_namespaces_cgroups_and_confinement(rootfs):
         rest = lines[6 + len(own):]
         assert rest[:3] == ["nobody", "1 2 %s" % cid[:12], "/tmp"], rest
         assert {"/" + name for name in os.listdir(rootfs)} == set(rest[3].split())  # its root
-        assert all(len(m) == 2 and str(pid) in m for m in members), members
+        # The init, the command and its reaper (outside the pid namespace).
+        assert all(len(m) == 3 and str(pid) in m for m in members), members
         assert minidocker("exec", cid, "sh", "-c", "exit 7").returncode == 7
         assert minidocker("exec", "-u", "root", cid, "id", "-u").out == "0\n"
     finally:
@@ -5087,6 +5088,42 @@ def test_exec_holds_nothing_of_the_host_while_it_joins(rootfs):
         finally:
             os.close(host_dir)
     finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_exec_is_out_of_reach_of_cap_sys_ptrace_until_confined(rootfs, state):
+    """A container given CAP_SYS_PTRACE (--cap-add SYS_PTRACE, as for a
+    debugger) passes the dumpable check: any process of the host it can see
+    in its pid namespace is open to it, /proc/PID/root, mem and ptrace. So
+    the exec'd process must not appear there until it is in every other
+    namespace, with the container's user, capabilities and filter. strace
+    slows each setns of the exec by half a second; the container's init
+    hunts for it meanwhile and reads a file of the host through its
+    /proc/PID/root."""
+    marker = os.path.join(state, "host-only-%d" % os.getpid())
+    with open(marker, "w") as handle:
+        handle.write("host secret\n")
+    hunt = ('while :; do for p in /proc/[0-9]*; do '
+            '[ "$(cat $p/comm 2>/dev/null)" = "md:[exec]" ] || continue; '
+            'cat $p/root%s 2>/dev/null && exec sleep 1000; '
+            'grep -q "Seccomp:.2" $p/status 2>/dev/null && echo confined && exec sleep 1000; '
+            'done; done' % marker)
+    cid = detached(rootfs, "--cap-add", "SYS_PTRACE", command=("sh", "-c", hunt))
+    try:
+        held = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=setns,execve",
+                               "-e", "inject=setns:delay_enter=500000",
+                               "-e", "inject=execve:delay_enter=2000000"]
+                              + MINIDOCKER + ["exec", cid, "true"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        deadline = time.monotonic() + 10
+        while not minidocker("logs", cid).out and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert minidocker("logs", cid).out == "confined\n"  # not the host's file
+        assert held.returncode == 0, held.stderr
+    finally:
+        os.unlink(marker)
         minidocker("rm", "-f", cid)
     assert_nothing_left()
 
