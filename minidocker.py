@@ -6040,7 +6040,7 @@ def cmd_rm(args):
         if args.force and remove_malformed(paths, prefix):
             continue
         record = find_container(paths, prefix)
-        if is_running(record) and args.force:
+        if owner_alive(record) and args.force:  # running, or about to run again
             end_container(paths, record, signal.SIGKILL, 0)
         with container_lock(paths, record["id"]):  # a start at the same time: one wins
             if not os.path.exists(paths.record(record["id"])):
@@ -6135,9 +6135,9 @@ def cmd_stop(args):
     number = parse_signal(args.signal)
     for ref in args.containers:
         record = find_container(paths, ref)
-        if is_running(record):
+        if owner_alive(record):  # running, or between two runs of its restart policy
             end_container(paths, record, number, args.time)
-        else:  # maybe between two runs of its restart policy
+        else:
             request_stop(paths, record["id"])
         print(ref)
     return 0
@@ -6209,7 +6209,7 @@ def cmd_restart(args):
     reclaim_dead(paths)
     for ref in args.containers:
         record = find_container(paths, ref)
-        if is_running(record):
+        if owner_alive(record):  # running, or about to run again
             end_container(paths, record, signal.SIGTERM, args.time)
         run_detached(saved_spec(paths, record, detach=True), paths, record["id"], "user",
                      shown=ref)
@@ -6306,6 +6306,10 @@ def end_container(paths, record, number, seconds):
     cleaned up. Its restart policy is told first: a stop is not a failure
     to restart after."""
     request_stop(paths, record["id"])
+    # Read again: a restart policy may have begun a run since `record` was
+    # read (whose init it names, or none); none begins once the mark is
+    # down, so this is the last.
+    record = read_record(paths, record["id"]) or record
     killed_owner = signal_init(record, number)
     if not killed_owner and not wait_for_owner(record, seconds):
         killed_owner = signal_init(record, signal.SIGKILL)

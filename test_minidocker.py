@@ -5233,6 +5233,36 @@ def test_restart_policies_back_off_and_end_with_stop(rootfs):
 
 
 @root
+def test_stop_during_a_restart_back_off_ends_the_run_that_begins_meanwhile(rootfs):
+    """stop reads the record of a container between two runs of its
+    restart policy; before stop's mark is down, the back-off ends and the
+    next run begins (strace slows stop's flock by a second and a half).
+    stop still ends that run, and the policy, before it returns."""
+    script = ('echo run >> /runs; [ $(wc -l < /runs) -ge 5 ] && exec sleep 1000; exit 1')
+    cid = detached(rootfs, "--restart", "always", command=("sh", "-c", script))
+    try:
+        deadline = time.monotonic() + 20
+        state = {}
+        while time.monotonic() < deadline:  # the 4th run has ended: a back-off of 0.8 s
+            state = json.loads(minidocker("inspect", cid).out)[0]
+            if state["RestartCount"] == 3 and state["State"]["Status"] == "restarting":
+                break
+        assert state["RestartCount"] == 3, state
+        stopped = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=flock",
+                                  "-e", "inject=flock:delay_enter=1500000"]
+                                 + MINIDOCKER + ["stop", "-t", "1", cid],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+        record = md.find_container(md.Paths(), cid)
+        assert not md.owner_alive(record) and record["status"] == "exited", record
+        assert md.read_text(os.path.join(os.environ["MINIDOCKER_ROOT"], "lib/containers", cid,
+                                         "upper/runs")).split() == ["run"] * 5
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
 def test_racing_starts_and_stop_with_rm_end_consistently(rootfs):
     """Ten starts of one stopped container at once: it runs once more, and
     every start succeeds (it runs) or is told it lost. stop and rm -f of one running
