@@ -4875,6 +4875,11 @@ def child_stage(spec, instance, to_parent, from_parent, console):
             bring_up_loopback()
         if instance.lease:  # the host made eth0 for us before "go"
             configure_eth0(instance.lease)
+        if spec.init:
+            # The reaper shows its argv for the container's whole life;
+            # zeroed now, as root: once it is the container's user it is
+            # non-dumpable, which makes its /proc/self/mem root's.
+            scrub_arguments_and_environment()
         exec_command(spec, instance.hostname, to_parent)
     except MiniDockerError as err:
         report_and_exit(to_parent, err.code, str(err))
@@ -5080,15 +5085,13 @@ def become_init(to_parent, tty, tied=True):
     # to `run -d`, which would wait for us), which a process of the
     # container with CAP_SYS_PTRACE could otherwise reach through us.
     # exec's child, outside the pid namespace whose /proc it now sees,
-    # finds no /proc/self there; it closed the rest and zeroed its argv
-    # and environ before it entered anything: the pipe is all it holds.
+    # finds no /proc/self there; it closed the rest before it entered
+    # anything: the pipe is all it holds.
     if os.path.exists("/proc/self"):
         for name in os.listdir("/proc/self/fd"):
             with contextlib.suppress(OSError):  # EBADF: listdir's own
                 if int(name) > 2:
                     os.close(int(name))
-        with contextlib.suppress(OSError):  # EPERM: a profile that refuses it; then it shows
-            scrub_arguments_and_environment()
     else:
         os.close(to_parent)
     wait_for_command(command)

@@ -4896,6 +4896,17 @@ def test_init_holds_nothing_of_the_host_even_for_a_tracer(rootfs):
 
 
 @root
+@pytest.mark.parametrize("user", ["root", "alice"])
+def test_init_shows_no_host_command_line_whatever_its_user(rootfs, user):
+    """/proc/1/cmdline is world-readable; the --init reaper's is
+    minidocker's own command line (host paths, every flag). It is zeroed
+    for a non-root user too, who may not write its own /proc/self/mem."""
+    result = sh(rootfs, "tr '\\0' '\\n' </proc/1/cmdline | grep -c .; id -un",
+                options=["--init", "-u", user])
+    assert result.out.split() == ["0", user], (result.out, result.err)
+
+
+@root
 def test_run_d_returns_at_once_and_keeps_nothing_of_the_caller(rootfs):
     """run -d --init returns once the command runs (the reaper keeps no end
     of the report pipe), and a pipe the caller passed as fd 3 is not held
