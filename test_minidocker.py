@@ -5247,27 +5247,28 @@ def test_restart_policies_back_off_and_end_with_stop(rootfs):
 def test_stop_during_a_restart_back_off_ends_the_run_that_begins_meanwhile(rootfs):
     """stop reads the record of a container between two runs of its
     restart policy; before stop's mark is down, the back-off ends and the
-    next run begins (strace slows stop's flock by a second and a half).
-    stop still ends that run, and the policy, before it returns."""
-    script = ('echo run >> /runs; [ $(wc -l < /runs) -ge 5 ] && exec sleep 1000; exit 1')
+    next run begins (strace slows stop's flock by four seconds). stop
+    still ends that run, and the policy, before it returns."""
+    script = ('echo run >> /runs; [ $(wc -l < /runs) -ge 7 ] && exec sleep 1000; exit 1')
     cid = detached(rootfs, "--restart", "always", command=("sh", "-c", script))
     try:
         deadline = time.monotonic() + 20
-        state = {}
-        while time.monotonic() < deadline:  # the 4th run has ended: a back-off of 0.8 s
-            state = json.loads(minidocker("inspect", cid).out)[0]
-            if state["RestartCount"] == 3 and state["State"]["Status"] == "restarting":
+        record = {}
+        while time.monotonic() < deadline:  # the 6th run has ended: a back-off of 3.2 s
+            record = md.read_record(md.Paths(), cid) or {}
+            if record.get("restart_count") == 5 and md.container_state(record) == "restarting":
                 break
-        assert state["RestartCount"] == 3, state
+            time.sleep(0.01)
+        assert record.get("restart_count") == 5, record
         stopped = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=flock",
-                                  "-e", "inject=flock:delay_enter=1500000"]
+                                  "-e", "inject=flock:delay_enter=4000000"]
                                  + MINIDOCKER + ["stop", "-t", "1", cid],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
         assert stopped.returncode == 0, stopped.stderr
         record = md.find_container(md.Paths(), cid)
         assert not md.owner_alive(record) and record["status"] == "exited", record
         assert md.read_text(os.path.join(os.environ["MINIDOCKER_ROOT"], "lib/containers", cid,
-                                         "upper/runs")).split() == ["run"] * 5
+                                         "upper/runs")).split() == ["run"] * 7
     finally:
         minidocker("rm", "-f", cid)
     assert_nothing_left()
