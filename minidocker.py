@@ -4877,6 +4877,11 @@ def child_stage(spec, instance, to_parent, from_parent, console):
             bring_up_loopback()
         if instance.lease:  # the host made eth0 for us before "go"
             configure_eth0(instance.lease)
+        if spec.init:
+            # The reaper shows its argv for the container's whole life;
+            # zeroed now, as root: once it is the container's user it is
+            # non-dumpable, which makes its /proc/self/mem root's.
+            scrub_arguments_and_environment()
         exec_command(spec, instance.hostname, to_parent)
     except MiniDockerError as err:
         report_and_exit(to_parent, err.code, str(err))
@@ -5038,7 +5043,7 @@ def exec_command(spec, hostname, to_parent, tied=True):
     if spec.seccomp is not None:
         load_filter(spec.seccomp)
     if spec.init:
-        become_init(to_parent, spec.tty)  # returns in the command's process only
+        become_init(to_parent, spec.tty, tied)  # returns in the command's process only
     try:
         os.execve(program, spec.command, env)
     except OSError as err:
@@ -5046,7 +5051,7 @@ def exec_command(spec, hostname, to_parent, tied=True):
         raise MiniDockerError("exec %s: %s" % (program, err.strerror), code)
 
 
-def become_init(to_parent, tty):
+def become_init(to_parent, tty, tied=True):
     """--init, as tini: fork; the child goes on to execve the command, and
     we stay as pid 1, reaping every orphan the namespace hands us and
     forwarding signals to the command, until it ends; then we end with its
@@ -5054,9 +5059,21 @@ def become_init(to_parent, tty):
     capabilities, no_new_privs, the seccomp filter, loaded just before),
     and are made non-dumpable: our /proc/1/exe is the host's python3, and
     /proc/1/mem our memory, which a process of the container must not
-    open (runc's CVE-2019-5736 class)."""
-    command = os.fork()
+    open (runc's CVE-2019-5736 class). exec's child does the same from
+    outside the pid namespace, where our fork puts the command (chapter
+    11, exec); `tied`: the command dies with us, unless exec -d."""
+    try:
+        command = os.fork()
+    except BlockingIOError:  # EAGAIN
+        raise MiniDockerError("fork: the container's task limit (--pids-limit) or the host's "
+                              "is reached")
+    except OSError as err:
+        raise syscall_error(err.errno, "fork", "a pid namespace whose init has ended takes no "
+                            "new process" if err.errno == errno.ENOMEM else None)
     if command == 0:
+        if tied:  # the filter may refuse prctl: then only the namespace's end takes it
+            with contextlib.suppress(OSError):
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
         os.setpgid(0, 0)  # a group of its own: a terminal's ^C reaches it once, not via us too
         if tty:
             handler = signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # we are not in the foreground
@@ -5069,12 +5086,22 @@ def become_init(to_parent, tty):
     # exec happened), and those of run -d's monitor (its log, its report
     # to `run -d`, which would wait for us), which a process of the
     # container with CAP_SYS_PTRACE could otherwise reach through us.
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):  # EBADF: listdir's own
-            if int(name) > 2:
-                os.close(int(name))
-    with contextlib.suppress(OSError):  # EPERM: a profile that refuses it; then it shows
-        scrub_arguments_and_environment()
+    # exec's child, outside the pid namespace whose /proc it now sees,
+    # finds no /proc/self there; it closed the rest before it entered
+    # anything: the pipe is all it holds.
+    if os.path.exists("/proc/self"):
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # EBADF: listdir's own
+                if int(name) > 2:
+                    os.close(int(name))
+    else:
+        os.close(to_parent)
+    wait_for_command(command)
+
+
+def wait_for_command(command):
+    """The reaper's life: forward signals to the command, reap, and end
+    with the command's status. Never returns."""
     for number in FORWARDED_NUMBERS | {signal.SIGWINCH}:
         signal.signal(number, lambda received, _frame: forward(command, received))
     while True:
@@ -5790,31 +5817,41 @@ def keep_running(spec, paths, report, cid, again):
 # === 11. (continued) exec: one more process in a running container ===
 # exec runs a command beside the container's own, as one of it: in every
 # namespace of its init, in its cgroups, under the container's user,
-# capabilities, no_new_privs and seccomp filter, inside its root. The same
-# two processes as run, with less to do. The parent (minidocker exec)
-# opens the init's namespaces, enters its pid namespace for the child it
-# is about to fork, puts that child in the container's cgroups and says
-# "go". The child enters the other namespaces, the mount namespace last
-# (setns(2) moves its root and working directory to that namespace's root:
-# the container's), then goes through stage 2 as the init did
-# (exec_command). The parent relays the terminal and the signals, and ends
-# with the command's exit code; with -d it leaves once the command runs.
+# capabilities, no_new_privs and seccomp filter, inside its root. The
+# parent (minidocker exec) opens the init's namespaces, forks a child,
+# puts it in the container's cgroups and says "go". The child enters the
+# namespaces, the mount namespace last (setns(2) moves its root and
+# working directory to that namespace's root: the container's), then goes
+# through stage 2 as an --init container's init does (exec_command): it
+# becomes the container's user with its capabilities and filter, and only
+# then forks the command, the first of these processes to be in the
+# container's pid namespace (setns(CLONE_NEWPID) places a caller's next
+# children there, never the caller); it stays outside as the command's
+# reaper, forwarding signals (become_init). The parent relays the
+# terminal and the signals, and ends with the command's exit code; with
+# -d it leaves once the command runs.
 #
 # The dangerous moment is the one in between: a process of the host
-# (python3, minidocker's memory and descriptors) inside the container's
-# pid namespace, where the container's processes see it in /proc. Through
-# /proc/PID/exe of such a process a container overwrote the host's runc
-# binary (CVE-2019-5736); through a descriptor another leaked, it reached
-# the host's filesystem (CVE-2024-21626). So before it enters anything the
-# child is non-dumpable (the kernel then refuses its exe, mem, fd, environ
-# and ptrace to whoever lacks CAP_SYS_PTRACE, as the container's processes
-# do by default) and keeps no descriptor but 0, 1, 2 and its pipes; each
-# namespace's descriptor is closed as soon as it is used. execve makes the
-# new program dumpable again: from then on it is only the container's.
+# (python3, minidocker's memory and descriptors) entering the container.
+# Through /proc/PID/exe of such a process a container overwrote the host's
+# runc binary (CVE-2019-5736); through a descriptor another leaked, it
+# reached the host's filesystem (CVE-2024-21626). So before it enters
+# anything the child is non-dumpable (the kernel then refuses its exe,
+# mem, fd, root, environ and ptrace to whoever lacks CAP_SYS_PTRACE) and
+# keeps no descriptor but 0, 1, 2 and its pipes; each namespace's
+# descriptor is closed as soon as it is used. Non-dumpable is no defence
+# against a container given CAP_SYS_PTRACE (--cap-add SYS_PTRACE, for a
+# debugger): a process of the host it could see in its pid namespace
+# while still in the host's mount namespace, or with all of root's
+# capabilities, would hand it the host (its /proc/PID/root, or code
+# injected with ptrace). Hence the command is forked into the pid
+# namespace only once it is no more than the container's own processes
+# are. execve makes it dumpable again: from then on it is only the
+# container's.
 
-# In the order they are entered: pid by the parent (for its child), then
-# the cgroup namespace only once the child is in the container's cgroups
-# (its cgroup then reads as "/"), and the mount namespace last.
+# In the order the child enters them: pid first (for the command it will
+# fork), the cgroup namespace only once the child is in the container's
+# cgroups (its cgroup then reads as "/"), and the mount namespace last.
 EXEC_NAMESPACES = (("pid", CLONE_NEWPID), ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS),
                    ("net", CLONE_NEWNET), ("cgroup", CLONE_NEWCGROUP), ("mnt", CLONE_NEWNS))
 
@@ -5841,7 +5878,8 @@ def build_exec_spec(args, record, paths):
     spec.workdir = absolute_path(args.workdir) if args.workdir else spec.workdir
     spec.user = check_user(args.user, "--user") if args.user else spec.user
     spec.tty, spec.interactive, spec.detach = args.tty, args.interactive, args.detach
-    spec.init, spec.debug = False, args.debug
+    # The command is forked by a reaper of ours, once confined (above).
+    spec.init, spec.debug = True, args.debug
     return spec
 
 
@@ -5884,19 +5922,9 @@ def exec_in_container(record, spec):
             preload("_socket", "array")  # open_pty's, once the host is out of reach
             import _socket
             console, console_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        setns(namespaces[0][0], CLONE_NEWPID, "the container's pid namespace")
         child_read, parent_write = os.pipe2(os.O_CLOEXEC)
         parent_read, child_write = os.pipe2(os.O_CLOEXEC)
-        try:
-            pid = os.fork()
-        except BlockingIOError:  # EAGAIN: the container's pids limit, or ours
-            raise MiniDockerError("exec: fork: the container's task limit (--pids-limit) or "
-                                  "the host's is reached")
-        except OSError as err:
-            if err.errno != errno.ENOMEM:
-                raise
-            # A pid namespace whose init has died takes no new process.
-            raise MiniDockerError("container %s is not running" % record["id"][:12])
+        pid = os.fork()
         if pid == 0:
             try:
                 exec_child(spec, record, namespaces, child_write, child_read, console_peer)
@@ -5955,7 +5983,8 @@ def exec_child(spec, record, namespaces, to_parent, from_parent, console):
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
         if read_line(from_parent, bytearray()) != b"go\n":
             os._exit(EXIT_RUNTIME)
-        for fd, kind, name in namespaces[1:]:  # pid: already ours, by the parent
+        os.close(from_parent)  # the reaper keeps nothing but the pipe that says the exec is done
+        for fd, kind, name in namespaces:
             setns(fd, kind, "the container's %s namespace" % name)
             os.close(fd)
         if console is None:
@@ -6016,7 +6045,7 @@ def cmd_rm(args):
         if args.force and remove_malformed(paths, prefix):
             continue
         record = find_container(paths, prefix)
-        if is_running(record) and args.force:
+        if owner_alive(record) and args.force:  # running, or about to run again
             end_container(paths, record, signal.SIGKILL, 0)
         with container_lock(paths, record["id"]):  # a start at the same time: one wins
             if not os.path.exists(paths.record(record["id"])):
@@ -6111,9 +6140,9 @@ def cmd_stop(args):
     number = parse_signal(args.signal)
     for ref in args.containers:
         record = find_container(paths, ref)
-        if is_running(record):
+        if owner_alive(record):  # running, or between two runs of its restart policy
             end_container(paths, record, number, args.time)
-        else:  # maybe between two runs of its restart policy
+        else:
             request_stop(paths, record["id"])
         print(ref)
     return 0
@@ -6185,7 +6214,7 @@ def cmd_restart(args):
     reclaim_dead(paths)
     for ref in args.containers:
         record = find_container(paths, ref)
-        if is_running(record):
+        if owner_alive(record):  # running, or about to run again
             end_container(paths, record, signal.SIGTERM, args.time)
         run_detached(saved_spec(paths, record, detach=True), paths, record["id"], "user",
                      shown=ref)
@@ -6282,6 +6311,10 @@ def end_container(paths, record, number, seconds):
     cleaned up. Its restart policy is told first: a stop is not a failure
     to restart after."""
     request_stop(paths, record["id"])
+    # Read again: a restart policy may have begun a run since `record` was
+    # read (whose init it names, or none); none begins once the mark is
+    # down, so this is the last.
+    record = read_record(paths, record["id"]) or record
     killed_owner = signal_init(record, number)
     if not killed_owner and not wait_for_owner(record, seconds):
         killed_owner = signal_init(record, signal.SIGKILL)

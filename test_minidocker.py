@@ -4916,6 +4916,17 @@ def test_init_holds_nothing_of_the_host_even_for_a_tracer(rootfs):
 
 
 @root
+@pytest.mark.parametrize("user", ["root", "alice"])
+def test_init_shows_no_host_command_line_whatever_its_user(rootfs, user):
+    """/proc/1/cmdline is world-readable; the --init reaper's is
+    minidocker's own command line (host paths, every flag). It is zeroed
+    for a non-root user too, who may not write its own /proc/self/mem."""
+    result = sh(rootfs, "tr '\\0' '\\n' </proc/1/cmdline | grep -c .; id -un",
+                options=["--init", "-u", user])
+    assert result.out.split() == ["0", user], (result.out, result.err)
+
+
+@root
 def test_run_d_returns_at_once_and_keeps_nothing_of_the_caller(rootfs):
     """run -d --init returns once the command runs (the reaper keeps no end
     of the report pipe), and a pipe the caller passed as fd 3 is not held
@@ -5032,7 +5043,8 @@ def test_exec_joins_the_namespaces_cgroups_and_confinement(rootfs):
         rest = lines[6 + len(own):]
         assert rest[:3] == ["nobody", "1 2 %s" % cid[:12], "/tmp"], rest
         assert {"/" + name for name in os.listdir(rootfs)} == set(rest[3].split())  # its root
-        assert all(len(m) == 2 and str(pid) in m for m in members), members
+        # The init, the command and its reaper (outside the pid namespace).
+        assert all(len(m) == 3 and str(pid) in m for m in members), members
         assert minidocker("exec", cid, "sh", "-c", "exit 7").returncode == 7
         assert minidocker("exec", "-u", "root", cid, "id", "-u").out == "0\n"
     finally:
@@ -5107,6 +5119,42 @@ def test_exec_holds_nothing_of_the_host_while_it_joins(rootfs):
         finally:
             os.close(host_dir)
     finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_exec_is_out_of_reach_of_cap_sys_ptrace_until_confined(rootfs, state):
+    """A container given CAP_SYS_PTRACE (--cap-add SYS_PTRACE, as for a
+    debugger) passes the dumpable check: any process of the host it can see
+    in its pid namespace is open to it, /proc/PID/root, mem and ptrace. So
+    the exec'd process must not appear there until it is in every other
+    namespace, with the container's user, capabilities and filter. strace
+    slows each setns of the exec by half a second; the container's init
+    hunts for it meanwhile and reads a file of the host through its
+    /proc/PID/root."""
+    marker = os.path.join(state, "host-only-%d" % os.getpid())
+    with open(marker, "w") as handle:
+        handle.write("host secret\n")
+    hunt = ('while :; do for p in /proc/[0-9]*; do '
+            '[ "$(cat $p/comm 2>/dev/null)" = "md:[exec]" ] || continue; '
+            'cat $p/root%s 2>/dev/null && exec sleep 1000; '
+            'grep -q "Seccomp:.2" $p/status 2>/dev/null && echo confined && exec sleep 1000; '
+            'done; done' % marker)
+    cid = detached(rootfs, "--cap-add", "SYS_PTRACE", command=("sh", "-c", hunt))
+    try:
+        held = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=setns,execve",
+                               "-e", "inject=setns:delay_enter=500000",
+                               "-e", "inject=execve:delay_enter=2000000"]
+                              + MINIDOCKER + ["exec", cid, "true"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        deadline = time.monotonic() + 10
+        while not minidocker("logs", cid).out and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert minidocker("logs", cid).out == "confined\n"  # not the host's file
+        assert held.returncode == 0, held.stderr
+    finally:
+        os.unlink(marker)
         minidocker("rm", "-f", cid)
     assert_nothing_left()
 
@@ -5213,6 +5261,37 @@ def test_restart_policies_back_off_and_end_with_stop(rootfs):
         assert json.loads(minidocker("inspect", looping).out)[0]["State"]["Status"] == "exited"
     finally:
         minidocker("rm", "-f", failing, clean, looping)
+    assert_nothing_left()
+
+
+@root
+def test_stop_during_a_restart_back_off_ends_the_run_that_begins_meanwhile(rootfs):
+    """stop reads the record of a container between two runs of its
+    restart policy; before stop's mark is down, the back-off ends and the
+    next run begins (strace slows stop's flock by four seconds). stop
+    still ends that run, and the policy, before it returns."""
+    script = ('echo run >> /runs; [ $(wc -l < /runs) -ge 7 ] && exec sleep 1000; exit 1')
+    cid = detached(rootfs, "--restart", "always", command=("sh", "-c", script))
+    try:
+        deadline = time.monotonic() + 20
+        record = {}
+        while time.monotonic() < deadline:  # the 6th run has ended: a back-off of 3.2 s
+            record = md.read_record(md.Paths(), cid) or {}
+            if record.get("restart_count") == 5 and md.container_state(record) == "restarting":
+                break
+            time.sleep(0.01)
+        assert record.get("restart_count") == 5, record
+        stopped = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=flock",
+                                  "-e", "inject=flock:delay_enter=4000000"]
+                                 + MINIDOCKER + ["stop", "-t", "1", cid],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+        record = md.find_container(md.Paths(), cid)
+        assert not md.owner_alive(record) and record["status"] == "exited", record
+        assert md.read_text(os.path.join(os.environ["MINIDOCKER_ROOT"], "lib/containers", cid,
+                                         "upper/runs")).split() == ["run"] * 7
+    finally:
+        minidocker("rm", "-f", cid)
     assert_nothing_left()
 
 
