@@ -4688,13 +4688,24 @@ def test_init_reports_a_command_that_cannot_run(rootfs):
 # 12. run -d: the monitor, the log, --name, logs, stop, wait
 # ---------------------------------------------------------------------------
 
+def lean_part():
+    """The lean monitor's part of minidocker.py, run alone as the monitor
+    runs it (md.lean_program): a name it uses from the rest of the file
+    fails here."""
+    namespace = {"__name__": "lean"}
+    exec(md.lean_program(), namespace)
+    return namespace
+
+
 def test_json_log_entries_are_docker_json_file_lines(tmp_path):
     """The fast path (one bytes.replace over a clean chunk) and the slow one
-    (json.dumps per line) write the same entries: each line, newline and
-    all, with its stream and an RFC 3339 time in UTC to the nanosecond."""
-    log = md.JsonLog(str(tmp_path / "json.log"))
+    (_json's encoder per line) write the same entries: each line, newline
+    and all (a '\\r' stays in its line, as in Docker's), with its stream and
+    an RFC 3339 time in UTC to the nanosecond."""
+    log = lean_part()["JsonLog"](str(tmp_path / "json.log"))
     try:
-        for data in (b"plain one\nplain two\n", b'a "quote" \\ and \xc3\xa9\n', b"\x01\xff\n"):
+        for data in (b"plain one\nplain two\n", b'a "quote" \\ and \xc3\xa9\n', b"\x01\xff\n",
+                     b"50%\r100%\n"):
             writer = log.writers[0]
             os.write(writer, data)
             assert log.copy(log.out)
@@ -4709,14 +4720,14 @@ def test_json_log_entries_are_docker_json_file_lines(tmp_path):
     assert [(e["log"], e["stream"]) for e in entries] == [
         ("plain one\n", "stdout"), ("plain two\n", "stdout"),
         ('a "quote" \\ and \u00e9\n', "stdout"), ("\x01\ufffd\n", "stdout"),
-        ("no newline", "stderr")]
+        ("50%\r100%\n", "stdout"), ("no newline", "stderr")]
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", e["time"]) for e in entries)
 
 
 def test_json_log_cuts_a_line_that_never_ends(tmp_path):
     """A container writing without a newline: entries of LOG_LINE_MAX bytes
     as they come, so the monitor holds at most one such piece."""
-    log = md.JsonLog(str(tmp_path / "json.log"))
+    log = lean_part()["JsonLog"](str(tmp_path / "json.log"))
     try:
         for _ in range(5):
             os.write(log.writers[0], b"x" * 8192)
@@ -4731,6 +4742,64 @@ def test_json_log_cuts_a_line_that_never_ends(tmp_path):
         log.close()
     entries = [json.loads(line)["log"] for line in (tmp_path / "json.log").read_text().splitlines()]
     assert [len(entry) for entry in entries] == [md.LOG_LINE_MAX, md.LOG_LINE_MAX, 8192]
+
+
+def test_json_log_rotates_as_docker_does(tmp_path):
+    """max-size and max-file: the log is rotated before an entry once the
+    file has reached max-size (so each rotated file ends with the entry
+    that took it there), json.log.1 is the newest rotated file, only
+    max-file files are kept, and together, oldest first, they hold the
+    last entries in order; with max-file 1 only json.log is kept."""
+    lean = lean_part()
+    for max_files in (3, 1):
+        directory = tmp_path / str(max_files)
+        directory.mkdir()
+        log = lean["JsonLog"](str(directory / "json.log"), 1000, max_files)
+        try:
+            for chunk in range(40):  # ten lines a chunk, by the fast path and the slow one
+                os.write(log.writers[0], b"".join(b"line %d%s\n" % (chunk * 10 + i, b"\xc3\xa9"
+                                                  if chunk % 2 else b"") for i in range(10)))
+                assert log.copy(log.out)
+        finally:
+            for writer in log.writers:
+                os.close(writer)
+            log.close()
+        names = ["json.log.%d" % n for n in range(max_files - 1, 0, -1)] + ["json.log"]
+        assert sorted(os.listdir(str(directory))) == sorted(names)
+        files = [(directory / name).read_bytes() for name in names]
+        for data in files[:-1]:
+            last = data.splitlines(keepends=True)[-1]
+            assert len(data) - len(last) < 1000 <= len(data)
+        assert len(files[-1]) < 1000 + 100
+        lines = [json.loads(line)["log"] for data in files for line in data.splitlines()]
+        numbers = [int(line.split()[1].rstrip("\u00e9")) for line in lines]
+        assert numbers == list(range(400 - len(numbers), 400))
+        assert sum(map(len, files)) >= 1000 * (max_files - 1)
+
+
+def test_json_log_rotation_waits_for_no_reader(tmp_path):
+    """A reader holding the directory's lock (logs, opening the files) puts
+    the rotation off to a later write: the entries go on into the full
+    file meanwhile, and the copy never waits."""
+    log = lean_part()["JsonLog"](str(tmp_path / "json.log"), 100, 2)
+    try:
+        held = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(held, fcntl.LOCK_SH)
+            os.write(log.writers[0], b"held\n" * 10)
+            assert log.copy(log.out)
+            assert os.listdir(str(tmp_path)) == ["json.log"]
+        finally:
+            os.close(held)
+        os.write(log.writers[0], b"free\n")
+        assert log.copy(log.out)
+    finally:
+        for writer in log.writers:
+            os.close(writer)
+        log.close()
+    rotated = (tmp_path / "json.log.1").read_text().splitlines()
+    assert [json.loads(line)["log"] for line in rotated] == ["held\n"] * 10
+    assert json.loads((tmp_path / "json.log").read_text())["log"] == "free\n"
 
 
 @root
