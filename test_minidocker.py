@@ -21,6 +21,7 @@ without a number (what the process sees, bad input, escapes, faults)
 cross the chapters.
 """
 
+import calendar
 import contextlib
 import errno
 import fcntl
@@ -5007,6 +5008,245 @@ def test_kill_and_inspect(rootfs):
         refused = minidocker("kill", "probe")
         assert (refused.returncode, refused.err) == (
             125, "minidocker: error: container %s is not running\n" % cid[:12])
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+# ---------------------------------------------------------------------------
+# 12. run -d: the lean monitor, log rotation, --since and --until
+# ---------------------------------------------------------------------------
+
+def test_log_options_are_read_as_dockers_json_file_driver_reads_them():
+    """max-size in go-units' decimal sizes (10k is 10,000 bytes, its i and b
+    read and ignored), -1 or absent for none; max-file a whole number."""
+    assert md.parse_log_options("json-file", []) == ("json-file", -1, 1)
+    assert md.parse_log_options("none", []) == ("none", -1, 1)
+    for text, size in (("10k", 10000), ("10KiB", 10000), ("1.5m", 1500000), ("2g", 2 * 10**9),
+                       ("100", 100), ("64 MB", 64 * 10**6), ("-1", -1)):
+        assert md.parse_log_options("json-file", ["max-size=" + text]) == ("json-file", size, 1)
+    assert md.parse_log_options("json-file", ["max-file=3", "max-size=1m"]) == \
+        ("json-file", 10**6, 3)
+
+
+@root
+@pytest.mark.parametrize("args, message", [
+    (["--log-opt", "max-size=0"], "max-size must be a positive number"),
+    (["--log-opt", "max-size=10x"], "invalid max-size '10x': expected a size such as 10m"),
+    (["--log-opt", "max-file=0"], "max-file cannot be less than 1"),
+    (["--log-opt", "max-size=1m", "--log-opt", "max-file=two"], "invalid max-file 'two'"),
+    (["--log-opt", "max-file=3"], "max-file 3 needs max-size"),
+    (["--log-opt", "compress=true"], "unknown log opt 'compress' for json-file log driver"),
+    (["--log-opt", "max-size"], "invalid --log-opt 'max-size': expected KEY=VALUE"),
+    (["--log-driver", "syslog"], "unknown log driver 'syslog'"),
+    (["--log-driver", "none", "--log-opt", "max-size=1m"], "invalid logging opts for driver none"),
+])
+def test_bad_log_options(args, message, state):
+    bad(["run", "-d"] + args + ["/", "sh"], message)
+
+
+def test_log_times_take_dockers_forms():
+    """--since and --until: a duration before now (Go's), RFC 3339 with a
+    zone, an offset or none (the local one), a date or a prefix of a time,
+    Unix seconds with or without a fraction."""
+    now = 1714557600 * 10**9  # 2024-05-01T10:00:00Z
+    local = time.localtime(1714557600).tm_gmtoff * 10**9
+
+    def parsed(text):
+        return md.parse_log_time(text, "--since", now)
+
+    assert parsed("10m") == now - 600 * 10**9
+    assert parsed("1h30m") == parsed("1.5h") == now - 5400 * 10**9
+    assert parsed("250ms") == now - 250 * 10**6
+    assert parsed("-1m") == now + 60 * 10**9
+    assert parsed("0") == 0
+    assert parsed("1714557600") == parsed("2024-05-01T10:00:00Z") == now
+    assert parsed("1714557600.5") == parsed("2024-05-01T10:00:00.5Z") == now + 5 * 10**8
+    assert parsed("2024-05-01T12:00:00.000000001+02:00") == now + 1
+    assert parsed("2024-05-01T10Z") == parsed("2024-05-01T10:00Z") == now
+    assert parsed("2024-05-01Z") == now - 10 * 3600 * 10**9
+    assert parsed("2024-05-01T10:00") == parsed("2024-05-01T10:00:00") == now - local
+    assert parsed("2024-05-01") == now - 10 * 3600 * 10**9 - local
+    for text in ("yesterday", "2024-13-01", "2024-05-01T24:00Z", "10 m", "1d", "1.2.3", ""):
+        with pytest.raises(md.MiniDockerError, match="invalid --since"):
+            parsed(text)
+
+
+@root
+def test_bad_log_times(state):
+    bad(["logs", "--since", "yesterday", "nosuch"], "invalid --since 'yesterday': expected an "
+        "RFC 3339 time")
+    bad(["logs", "--until", "2024-13-01", "nosuch"], "invalid --until '2024-13-01': month")
+
+
+def wait_for_output(proc, expected, timeout=30):
+    """Read a pipe of `proc` until `expected` has come; what came."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while expected not in seen:
+        assert time.monotonic() < deadline, seen
+        if select.select([proc.stdout], [], [], 1)[0]:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk, seen
+            seen += chunk
+    return seen
+
+
+@root
+def test_log_rotation_in_a_real_container(rootfs, tmp_path):
+    """--log-opt max-size=2k --log-opt max-file=5: 300 numbered lines,
+    written after `logs -f` has begun, in bursts. Left on disk: json.log
+    and json.log.1 to .4, each rotated file ending with the entry that took
+    it to 2,000 bytes (decimal, as Docker's k). logs prints exactly the
+    lines the files keep, oldest first: the last ones, up to 300, no line
+    twice, none missing at a rotation. logs -f saw every line, across every
+    rotation (the file it read renamed away under it)."""
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    script = ('echo ready; while [ ! -e /sync/go ]; do sleep 0.05; done; i=1; '
+              'while [ $i -le 300 ]; do echo "line $i"; '
+              '[ $((i % 10)) -eq 0 ] && sleep 0.1; i=$((i + 1)); done; exit 0')
+    started = minidocker("run", "-d", "--network=none", "--log-opt", "max-size=2k", "--log-opt",
+                         "max-file=5", "-v", "%s:/sync" % sync, rootfs, "sh", "-c", script)
+    cid = started.out.strip()
+    assert started.returncode == 0, started.err
+    follow = subprocess.Popen(MINIDOCKER + ["logs", "-f", cid], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        first = wait_for_output(follow, b"ready\n")
+        (sync / "go").touch()
+        rest, err = follow.communicate(timeout=120)
+        assert (first + rest).decode().splitlines() == \
+            ["ready"] + ["line %d" % i for i in range(1, 301)], err
+        assert minidocker("wait", cid).out == "0\n"
+        layer = md.Paths().layer(cid)
+        names = ["json.log.%d" % n for n in range(4, 0, -1)] + ["json.log"]
+        assert sorted(n for n in os.listdir(layer) if n.startswith("json.log")) == sorted(names)
+        files = [open(os.path.join(layer, name), "rb").read() for name in names]
+        for data in files[:-1]:
+            last = data.splitlines(keepends=True)[-1]
+            assert len(data) - len(last) < 2000 <= len(data)
+        kept = [json.loads(line)["log"] for data in files for line in data.splitlines()]
+        logs = minidocker("logs", cid)
+        assert logs.out == "".join(kept) and logs.err == ""
+        numbers = [int(line.split()[1]) for line in logs.out.splitlines()]
+        assert numbers == list(range(301 - len(numbers), 301)) and len(numbers) > 50
+        assert minidocker("logs", "--tail", "3", cid).out == "line 298\nline 299\nline 300\n"
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.communicate()
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_logs_since_and_until(rootfs):
+    """--since and --until pick the lines by the times json.log gives them,
+    whatever form the time is written in: RFC 3339 in UTC, at an offset, or
+    without a zone (the local time), Unix seconds, or a time ago."""
+    cid = minidocker("run", "-d", "--network=none", rootfs, "sh", "-c",
+                     "echo one; sleep 1.2; echo two; sleep 1.2; echo three").out.strip()
+    try:
+        assert minidocker("wait", cid).out == "0\n"
+        with open(md.log_path(md.Paths(), cid)) as handle:
+            stamp = [json.loads(line)["time"] for line in handle][1]  # of "two"
+        seconds = calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+        fraction = stamp[19:-1]  # ".123456789"
+
+        def logs(*flags):
+            result = minidocker("logs", *flags, cid)
+            assert result.returncode == 0, result.err
+            return result.out
+
+        assert logs("--since", stamp) == "two\nthree\n"
+        assert logs("--until", stamp) == "one\ntwo\n"
+        assert logs("--since", stamp, "--until", stamp) == "two\n"
+        assert logs("--since", "%d%s" % (seconds, fraction)) == "two\nthree\n"
+        assert logs("--since", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds + 5400))
+                    + fraction + "+01:30") == "two\nthree\n"
+        assert logs("--until", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(seconds))
+                    + fraction) == "one\ntwo\n"
+        assert logs("--since", "1h") == "one\ntwo\nthree\n"
+        assert logs("--until", "1h") == ""
+        assert logs("--tail", "1", "--until", stamp) == "two\n"
+        assert logs("-f", "--since", stamp) == "two\nthree\n"  # the container has ended
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_log_driver_none_keeps_no_log(rootfs):
+    cid = minidocker("run", "-d", "--network=none", "--log-driver", "none", rootfs, "sh", "-c",
+                     "echo hidden; exit 4").out.strip()
+    try:
+        assert minidocker("wait", cid).out == "4\n"
+        assert not any(n.startswith("json.log") for n in os.listdir(md.Paths().layer(cid)))
+        refused = minidocker("logs", cid)
+        assert (refused.returncode, refused.err) == (125, "minidocker: error: container %s keeps "
+                                                     "no log: it runs with --log-driver none\n"
+                                                     % cid[:12])
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+def monitor_of(cid):
+    record = md.find_container(md.Paths(), cid)
+    return record["owner"], record["pid"]
+
+
+@root
+def test_the_lean_monitor_keeps_every_duty(rootfs):
+    """Once the command runs, the monitor is a lean Python (-IS, its
+    program in a memfd, none of minidocker's modules), which still does
+    what the monitor did: it passes on a signal it receives to the init;
+    the exit code, the end and an OOM kill are recorded; --rm removes
+    everything; and a kill -9 of it ends the container, whose remains the
+    next command reclaims."""
+    script = 'trap "exit 3" TERM; echo ready; while :; do sleep 0.05; done'
+    cid = minidocker("run", "-d", "--network=none", rootfs, "sh", "-c", script).out.strip()
+    try:
+        owner, _ = monitor_of(cid)
+        deadline = time.monotonic() + 20
+        while minidocker("logs", cid).out != "ready\n":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with open("/proc/%d/cmdline" % owner, "rb") as handle:
+            argv = handle.read().split(b"\0")[:-1]
+        assert argv[1:2] == [b"-IS"] and argv[2].startswith(b"/proc/self/fd/") \
+            and argv[3:] == [cid.encode()], argv
+        assert md.read_text("/proc/%d/comm" % owner) == "md:[0:PARENT]\n"
+        os.kill(owner, signal.SIGTERM)  # passed on to the init, whose trap exits 3
+        assert minidocker("wait", cid).out == "3\n"
+        [shown] = json.loads(minidocker("inspect", cid).out)
+        assert (shown["State"]["Status"], shown["State"]["ExitCode"]) == ("exited", 3)
+        assert shown["State"]["FinishedAt"] > shown["State"]["StartedAt"]
+    finally:
+        minidocker("rm", "-f", cid)
+    cid = minidocker("run", "-d", "--network=none", "-m", "32m", rootfs, "dd", "if=/dev/zero",
+                     "of=/dev/null", "bs=64M", "count=1").out.strip()
+    try:
+        assert minidocker("wait", cid).out == "137\n"
+        assert json.loads(minidocker("inspect", cid).out)[0]["State"]["OOMKilled"] is True
+    finally:
+        minidocker("rm", "-f", cid)
+    cid = minidocker("run", "-d", "--rm", "--network=none", rootfs, "true").out.strip()
+    deadline = time.monotonic() + 20
+    while any(record["id"] == cid for record in records_now()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert_nothing_left()
+    cid = minidocker("run", "-d", "--network=none", rootfs, "sleep", "60").out.strip()
+    try:
+        owner, init = monitor_of(cid)
+        os.kill(owner, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while md.process_start_time(init) is not None:  # the parent-death signal
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert re.search(r"^%s  -  +exited\(\?\) " % cid[:12], minidocker("ps", "-a").out, re.M)
     finally:
         minidocker("rm", "-f", cid)
     assert_nothing_left()
