@@ -5548,10 +5548,10 @@ END_PROGRAM = ("import importlib.machinery, importlib.util, sys\n"
                "module.exit_now(module.end_detached(sys.argv[2], int(sys.argv[3])))\n")
 
 
-def lean_program(source=SOURCE_FILE):
+def lean_program():
     """The lean monitor's Python source: this file's part between the two
     lines that begin and end it."""
-    with open(source, encoding="utf-8") as handle:
+    with open(SOURCE_FILE, encoding="utf-8") as handle:
         text = handle.read()
     start = text.index(LEAN_BEGIN)
     return LEAN_PROLOGUE + text[start:text.index(LEAN_END, start)]
@@ -5924,17 +5924,17 @@ def cmd_logs(args):
         raise MiniDockerError("container %s has no log: only run -d keeps one"
                               % record["id"][:12])
     reader = LogReader(args.tail, args.timestamps, since, until)
-    fd = reader.read_files(files)
     try:
+        reader.read_files(files)
         reader.print_kept()
         while args.follow and owner_alive(record) and not reader.ended \
                 and (until is None or time.time_ns() <= until):
             time.sleep(0.05)
-            fd = reader.follow(fd, layer)
+            reader.follow(layer)
         if args.follow:  # what came last; an unfinished line is no entry
-            fd = reader.follow(fd, layer)
+            reader.follow(layer)
     finally:
-        os.close(fd)
+        reader.close()
     return 0
 
 
@@ -5983,6 +5983,7 @@ class LogReader:
         self.until = JsonLog.stamp(until) if until is not None else None
         self.ended = False  # an entry after --until came: nothing more is printed
         self.rest = b""     # an unfinished last line, for the next read
+        self.fd = None      # the file followed: json.log when it was opened
 
     def read(self, fd):
         """The entries that came since the last read, a megabyte at a time
@@ -5997,34 +5998,41 @@ class LogReader:
             chunk = os.read(fd, 1 << 20)
 
     def read_files(self, fds):
-        """Each file read to its end and closed, but the last, which is
-        returned to be followed. A file ends with whole entries: one cut
-        short (ENOSPC) is no entry."""
+        """Each file read to its end and closed, but the last, which becomes
+        the one followed. A file ends with whole entries: one cut short
+        (ENOSPC) is no entry."""
         for fd in fds[:-1]:
-            self.read(fd)
-            self.rest = b""
-            os.close(fd)
-        self.read(fds[-1])
-        return fds[-1]
+            try:
+                self.read(fd)
+                self.rest = b""
+            finally:
+                os.close(fd)
+        self.fd = fds[-1]
+        self.read(self.fd)
 
-    def follow(self, fd, layer):
-        """-f: what came since into `fd`, and, once json.log is no longer
-        its file (rotated: renamed, or removed with max-file 1), the rest
-        of it and then the newer files. Returns the file to follow."""
+    def follow(self, layer):
+        """-f: what came since into the file followed, and, once json.log
+        is no longer that file (rotated: renamed, or removed with max-file
+        1), the rest of it, then the newer files."""
         while True:
-            self.read(fd)
+            self.read(self.fd)
             try:
                 rotated = not os.path.samestat(os.stat(os.path.join(layer, "json.log")),
-                                               os.fstat(fd))
+                                               os.fstat(self.fd))
             except FileNotFoundError:  # halfway through a rotation, or the layer gone (--rm)
                 rotated = False
-            newer = open_log_files(layer, after=os.fstat(fd)) if rotated else []
+            newer = open_log_files(layer, after=os.fstat(self.fd)) if rotated else []
             if not newer:
-                return fd
-            self.read(fd)  # its last entries, written before the rotation
+                return
+            self.read(self.fd)  # its last entries, written before the rotation
             self.rest = b""
-            os.close(fd)
-            fd = self.read_files(newer)
+            self.close()
+            self.read_files(newer)
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def entry(self, line):
         try:
