@@ -5140,14 +5140,33 @@ def test_log_rotation_in_a_real_container(rootfs, tmp_path):
     assert_nothing_left()
 
 
+def wait_for_the_lean_monitor(cid, timeout=60):
+    """Until the monitor of `cid` is the lean Python, copying: a line's time
+    is when the monitor reads it, and the lean one takes a moment to start
+    (seconds in the emulated cgroup-v2 VM)."""
+    owner = md.find_container(md.Paths(), cid)["owner"]
+    deadline = time.monotonic() + timeout
+    while True:
+        with open("/proc/%d/cmdline" % owner, "rb") as handle:
+            lean = handle.read().split(b"\0")[1:2] == [b"-IS"]
+        if lean and md.read_text("/proc/%d/comm" % owner) == "md:[0:PARENT]\n":
+            return
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 @root
-def test_logs_since_and_until(rootfs):
+def test_logs_since_and_until(rootfs, tmp_path):
     """--since and --until pick the lines by the times json.log gives them,
     whatever form the time is written in: RFC 3339 in UTC, at an offset, or
     without a zone (the local time), Unix seconds, or a time ago."""
-    cid = minidocker("run", "-d", "--network=none", rootfs, "sh", "-c",
-                     "echo one; sleep 1.2; echo two; sleep 1.2; echo three").out.strip()
+    script = ("while [ ! -e /sync/go ]; do sleep 0.05; done; "
+              "echo one; sleep 1.2; echo two; sleep 1.2; echo three")
+    cid = minidocker("run", "-d", "--network=none", "-v", "%s:/sync" % tmp_path, rootfs,
+                     "sh", "-c", script).out.strip()
     try:
+        wait_for_the_lean_monitor(cid)
+        (tmp_path / "go").touch()
         assert minidocker("wait", cid).out == "0\n"
         with open(md.log_path(md.Paths(), cid)) as handle:
             stamp = [json.loads(line)["time"] for line in handle][1]  # of "two"
