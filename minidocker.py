@@ -66,6 +66,8 @@ import time
 # start-up is ended by signal N, as a shell reports it), and otherwise the
 # command's own status.
 
+VERSION = "0.1.0"  # --version
+
 EXIT_RUNTIME = 125
 EXIT_CANNOT_EXEC = 126
 EXIT_NOT_FOUND = 127
@@ -625,6 +627,7 @@ class Spec:
         self.tty = False
         self.interactive = False
         self.init = False         # --init: pid 1 is our reaper, the command its child
+        self.restart = ("no", 0)  # --restart: the policy, and on-failure's most retries
         self.detach = False       # -d: a monitor keeps the container, its output to a log
         self.log_driver = "json-file"  # or "none" (chapter 11 continued)
         self.log_max_size = -1    # --log-opt max-size: bytes at which json.log rotates; -1 never
@@ -759,11 +762,30 @@ HOSTNAME_PATTERN = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A
 NAME_PATTERN = "[a-zA-Z0-9][a-zA-Z0-9_.-]+"  # Docker's, for container names
 
 
-def check_name(name):
+def check_name(name, what="--name"):
     if len(name) > 128 or not re.fullmatch(NAME_PATTERN, name, re.ASCII):
-        raise MiniDockerError("invalid --name %s: a name is [a-zA-Z0-9][a-zA-Z0-9_.-]+, at "
-                              "most 128 characters" % quote(name))
+        raise MiniDockerError("invalid %s %s: a name is [a-zA-Z0-9][a-zA-Z0-9_.-]+, at "
+                              "most 128 characters" % (what, quote(name)))
     return name
+
+
+RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
+
+
+def parse_restart(text):
+    """--restart no|on-failure[:MAX]|always|unless-stopped, as docker reads
+    it: MAX (retries, default unlimited) only with on-failure."""
+    policy, colon, count = text.partition(":")
+    if policy not in RESTART_POLICIES:
+        raise MiniDockerError("invalid --restart %s: expected no, on-failure[:MAX], always or "
+                              "unless-stopped" % quote(text))
+    if colon and policy != "on-failure":
+        raise MiniDockerError("invalid --restart %s: a maximum retry count goes only with "
+                              "on-failure" % quote(text))
+    if colon and (not is_number(count) or int(count) > 1 << 31):
+        raise MiniDockerError("invalid --restart %s: the maximum retry count must be a number "
+                              "from 0" % quote(text))
+    return policy, int(count) if colon else 0
 
 
 def check_hostname(name, flag):
@@ -809,6 +831,13 @@ def build_spec(args, seccomp_cache=None):
     seccomp, notes = plan_security(parse_security_opts(args.security_opt), caps, args.privileged,
                                    seccomp_cache)
     interactive, tty = args.interactive, args.tty
+    restart = parse_restart(args.restart)
+    if restart[0] != "no" and args.rm:
+        raise MiniDockerError("--restart %s and --rm conflict: a container removed at its end "
+                              "cannot be restarted" % args.restart)
+    if restart[0] != "no" and not args.detach:
+        raise MiniDockerError("--restart %s needs -d: a container kept by its run ends with it"
+                              % args.restart)
     if args.detach and (interactive or tty):
         raise MiniDockerError("run -d keeps no terminal and no stdin: -i and -t need a run "
                               "without -d")
@@ -827,7 +856,8 @@ def build_spec(args, seccomp_cache=None):
         privileged=args.privileged, read_only=args.read_only,
         volumes=[parse_volume(v) for v in args.volume], devices=devices,
         tmpfs=[parse_tmpfs(t) for t in args.tmpfs],
-        tty=tty, interactive=interactive, init=args.init, remove=args.rm, debug=args.debug,
+        tty=tty, interactive=interactive, init=args.init, restart=restart, remove=args.rm,
+        debug=args.debug,
         detach=args.detach, name=check_name(args.name) if args.name is not None else None,
         log_driver=log_driver, log_max_size=log_max_size, log_max_files=log_max_files,
         resources=resources,
@@ -847,7 +877,8 @@ def build_spec(args, seccomp_cache=None):
 #                                          with its network lease (chapter 9)
 #   /run/minidocker/network.lock           taken while leases change
 #   /run/minidocker/reclaim.lock           taken while dead containers go
-#   /run/minidocker/names.lock             taken while a --name is checked and taken
+#   /run/minidocker/names.lock             taken while a name is checked and taken, and
+#                                          while a record is written or removed
 #   /run/minidocker/seccomp/               the default filter, compiled (chapter 10)
 #   /run/minidocker/bytecode/              this file, compiled, for monitors' ends (chapter 11)
 # MINIDOCKER_ROOT=DIR moves both to DIR/lib and DIR/run, so that tests and the
@@ -926,9 +957,25 @@ def write_file_atomically(path, data, mode):
 
 
 def write_record(paths, record):
-    """Replace the record atomically."""
+    """Replace the record atomically, keeping the name it has on disk:
+    `rename` may have changed it since this writer read the record (a run
+    writes its record again when the command starts and when it ends).
+    rename changes names under names.lock, held here from the read to the
+    write, so neither write undoes the other."""
+    with state_lock(paths, "names.lock"):
+        on_disk = read_record(paths, record["id"])
+        if on_disk is not None:
+            record["name"] = on_disk.get("name")
+        store_record(paths, record)
+
+
+def store_record(paths, record):
+    """write_record without the name kept: for a record not written yet,
+    or under names.lock."""
     os.makedirs(paths.records, mode=0o700, exist_ok=True)
     write_file_atomically(paths.record(record["id"]), json.dumps(record).encode(), 0o644)
+
+
 
 
 # What a record must hold to be used; anything else in the directory is
@@ -954,7 +1001,9 @@ def valid_record(record, name):
         and isinstance(record.get("cgroup_parents", []), list) \
         and all(isinstance(path, str) for path in record.get("cgroup_parents", [])) \
         and isinstance(record.get("network", {}), dict) \
+        and isinstance(record.get("last_address", ""), str) \
         and isinstance(record.get("exit_code", 0), int) \
+        and isinstance(record.get("restart_delay", 0), (int, float)) \
         and isinstance(record.get("name"), (str, type(None))) \
         and isinstance(record.get("log_driver", ""), str) \
         and isinstance(record.get("owner_start"), (int, type(None))) \
@@ -973,17 +1022,36 @@ def read_records(paths, malformed=None):
     for name in names:
         if name.endswith(".json"):
             try:
-                with open(os.path.join(paths.records, name), "rb") as handle:
-                    record = json.loads(handle.read(1 << 20).decode("utf-8"))
+                record = load_record(os.path.join(paths.records, name))
             except FileNotFoundError:  # removed meanwhile by another minidocker
                 continue
-            except (OSError, ValueError, RecursionError):
-                record = None
             if valid_record(record, name):
                 records.append(record)
             elif malformed is not None:
                 malformed.append(name)
     return records
+
+
+def load_record(path):
+    """What a record file holds, or None when it is no JSON; a file removed
+    meanwhile is FileNotFoundError, for the caller to decide."""
+    try:
+        with open(path, "rb") as handle:
+            return json.loads(handle.read(1 << 20).decode("utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def read_record(paths, cid):
+    """The record of this id as it is on disk now, or None (removed, or not
+    a valid record)."""
+    try:
+        record = load_record(paths.record(cid))
+    except FileNotFoundError:
+        return None
+    return record if valid_record(record, cid + ".json") else None
 
 
 def is_running(record):
@@ -1029,10 +1097,11 @@ def create_container(paths, spec, cid, cgroups, parents=()):
               # What inspect shows of the run's configuration:
               "config": {"env": spec.env, "workdir": spec.workdir, "user": spec.user or "",
                          "hostname": spec.hostname or cid[:12], "privileged": spec.privileged,
-                         "read_only": spec.read_only, "init": spec.init}}
+                         "read_only": spec.read_only, "init": spec.init,
+                         "restart": spec.restart}}
     make_state_dirs(paths)
     if spec.name is None:
-        write_record(paths, record)
+        store_record(paths, record)
     else:
         # Checked and taken under one lock: of twenty runs asking for one
         # name at once, one gets it.
@@ -1041,7 +1110,7 @@ def create_container(paths, spec, cid, cgroups, parents=()):
             if taken:
                 raise MiniDockerError("the name %s is already in use by container %s: remove "
                                       "it or choose another name" % (spec.name, taken[0][:12]))
-            write_record(paths, record)
+            store_record(paths, record)
     layer = paths.layer(cid)
     for sub in ("upper", "work", "merged"):
         os.makedirs(os.path.join(layer, sub), mode=0o700)
@@ -1051,7 +1120,108 @@ def create_container(paths, spec, cid, cgroups, parents=()):
     upper = os.path.join(layer, "upper")
     os.chown(upper, image_root.st_uid, image_root.st_gid)
     os.chmod(upper, stat.S_IMODE(image_root.st_mode))
+    save_spec(paths, cid, spec)
     return record
+
+
+# The spec is kept beside the layer, fixed when the container is made (as
+# Docker keeps a container's config, and OCI a bundle's config.json): start
+# and the restarts of a policy run it again, exec takes its user,
+# capabilities and filter. Python literals (ast.literal_eval reads them
+# back, tuples and sets as they were); the filter's bytes in a file of
+# their own.
+SPEC_UNSAVED = ("seccomp", "debug", "notes")
+
+
+def save_spec(paths, cid, spec):
+    fields = {key: value for key, value in vars(spec).items() if key not in SPEC_UNSAVED}
+    fields["volumes"] = [(v.source, v.target, v.read_only) for v in spec.volumes]
+    fields["devices"] = [tuple(getattr(d, slot) for slot in Device.__slots__)
+                         for d in spec.devices]
+    fields["seccomp"] = spec.seccomp is not None
+    write_file_atomically(os.path.join(paths.layer(cid), "spec"), repr(fields).encode(), 0o600)
+    if spec.seccomp is not None:
+        write_file_atomically(os.path.join(paths.layer(cid), "seccomp.bpf"), spec.seccomp, 0o600)
+
+
+def load_spec(paths, cid):
+    """The saved spec, or None for a container an older minidocker made."""
+    import ast
+    try:
+        with open(os.path.join(paths.layer(cid), "spec"), "rb") as handle:
+            fields = ast.literal_eval(handle.read().decode())
+        seccomp = None
+        if fields["seccomp"]:
+            with open(os.path.join(paths.layer(cid), "seccomp.bpf"), "rb") as handle:
+                seccomp = handle.read()
+    except FileNotFoundError:
+        return None
+    fields.update(seccomp=seccomp, volumes=[Volume(*v) for v in fields["volumes"]],
+                  devices=[Device(*d) for d in fields["devices"]])
+    return Spec(**fields)
+
+
+@contextlib.contextmanager
+def container_lock(paths, cid):
+    """flock(2) on the container's layer directory, for the verbs that
+    change what it is (start, a restart, stop, rm): two at once end in one
+    consistent result. A directory, not a lock file: it lives exactly as
+    long as the container, and one who waited for a container removed
+    meanwhile finds its record gone (read_record). Without its layer (gone
+    already, or half-removed) there is nothing left to race for: no lock."""
+    try:
+        fd = os.open(paths.layer(cid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def current_record(paths, cid):
+    """One container's record as it is now (under its lock, so that it
+    stays so): read_record, which must find one."""
+    record = read_record(paths, cid)
+    if record is None:
+        raise MiniDockerError("no such container: %s" % cid[:12])
+    return record
+
+
+def stop_requested_path(paths, cid):
+    """Made by stop, removed by start: a restart policy does not undo stop."""
+    return os.path.join(paths.layer(cid), "stopped")
+
+
+def claim_container(paths, cid, by_user):
+    """start (`by_user`) or a restart policy makes a stopped container ours
+    again: we are its minidocker from now on. Under its lock: of two starts
+    at once one wins, the other is told; a restart quietly loses (None) to
+    stop, to rm, and to a start."""
+    try:
+        with container_lock(paths, cid):
+            record = current_record(paths, cid)
+            if not os.path.isdir(paths.layer(cid)):
+                raise MiniDockerError("container %s has lost its layer" % cid[:12])
+            if by_user and is_running(record):
+                raise MiniDockerError("container %s is already running" % cid[:12])
+            if by_user:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(stop_requested_path(paths, cid))
+                record.pop("restart_delay", None)  # the back-off begins anew
+            elif is_running(record) or os.path.exists(stop_requested_path(paths, cid)):
+                return None
+            record.update(status="created", pid=0, pid_start=None, owner=os.getpid(),
+                      owner_start=process_start_time(os.getpid()),
+                          restart_count=0 if by_user else record.get("restart_count", 0) + 1)
+            write_record(paths, record)
+        return record
+    except MiniDockerError:
+        if by_user:
+            raise
+        return None  # removed meanwhile
 
 
 class LayerError(MiniDockerError):
@@ -1074,7 +1244,9 @@ def remove_container(paths, record):
                                  " (hint: the container made a file immutable or append-only:"
                                  " chattr -ia it, then rm again)" if err.errno == errno.EPERM
                                  else ""))
-    with contextlib.suppress(FileNotFoundError):
+    # Under names.lock: a rename reading the record meanwhile would write
+    # it back.
+    with state_lock(paths, "names.lock"), contextlib.suppress(FileNotFoundError):
         os.unlink(paths.record(cid))
 
 
@@ -2579,27 +2751,64 @@ def oom_killed(paths):
     return False
 
 
+# What memory.limit_in_bytes reads when no limit is set: PAGE_COUNTER_MAX
+# pages (<linux/page_counter.h>: LONG_MAX / PAGE_SIZE), in bytes, so a little under 2^63.
+V1_UNLIMITED = ((1 << 63) - 1) // os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PAGE_SIZE")
+
+
 def cgroup_usage(paths):
-    """What the container uses now: memory (current, peak) in bytes, CPU
-    time in seconds, tasks. None where this kernel keeps no count."""
+    """What the container uses now, as its cgroups count it: memory in
+    bytes, and how much of it is page cache not used lately (docker's
+    stats leaves that out), the memory limit (None: unlimited), CPU time in
+    seconds, tasks. None where this kernel keeps no count.
+
+        count           cgroup v2                  cgroup v1
+        memory          memory.current             memory.usage_in_bytes
+        inactive cache  memory.stat inactive_file  memory.stat total_inactive_file
+        limit           memory.max ("max")         memory.limit_in_bytes (2^63 - a page)
+        CPU             cpu.stat usage_usec        cpuacct.usage (ns)
+        tasks           pids.current               pids.current"""
     def number(name):
         for path in paths:
             text = read_text(os.path.join(path, name)).strip()
-            if text and text.isdigit():
+            if is_number(text):
                 return int(text)
         return None
 
-    cpu_ns = number("cpuacct.usage")
-    if cpu_ns is None:
+    def field(name, key):
         for path in paths:
-            for line in read_text(os.path.join(path, "cpu.stat")).splitlines():
-                if line.startswith("usage_usec "):
-                    cpu_ns = int(line.split()[1]) * 1000
+            for line in read_text(os.path.join(path, name)).splitlines():
+                if line.startswith(key + " "):
+                    return int(line.split()[1])
+        return None
+
+    cpu_ns = number("cpuacct.usage")
+    if cpu_ns is None:  # v2; a v1 cpu.stat has no usage_usec
+        usec = field("cpu.stat", "usage_usec")
+        cpu_ns = None if usec is None else usec * 1000
     memory = number("memory.current")
-    return {"memory": memory if memory is not None else number("memory.usage_in_bytes"),
-            "memory_peak": number("memory.peak") or number("memory.max_usage_in_bytes"),
+    if memory is not None:
+        inactive, limit = field("memory.stat", "inactive_file"), number("memory.max")
+    else:
+        memory = number("memory.usage_in_bytes")
+        inactive = field("memory.stat", "total_inactive_file")
+        limit = number("memory.limit_in_bytes")
+    return {"memory": memory, "inactive_file": inactive,
+            "memory_limit": None if limit is None or limit >= V1_UNLIMITED else limit,
             "cpu_seconds": None if cpu_ns is None else cpu_ns / 1e9,
             "pids": number("pids.current")}
+
+
+def cgroup_processes(paths):
+    """The processes in these cgroups and in the cgroups below them (a
+    container may make cgroups of its own and move into them), by their
+    cgroup.procs, sorted."""
+    pids = set()
+    for path in paths:
+        for directory, _, _ in os.walk(path):
+            procs = read_text(os.path.join(directory, "cgroup.procs"))
+            pids.update(int(pid) for pid in procs.split())
+    return sorted(pids)
 
 
 # === 9. Networking: netlink spoken by hand, and rtnetlink's requests ===
@@ -3520,9 +3729,19 @@ def live_leases(paths, excluded=()):
             and is_running(record)]
 
 
-def allocate_address(subnet, used):
-    """The first host address after the gateway that no live container
+def allocate_address(subnet, used, preferred=None):
+    """`preferred` (the address a restarted container had) if it is free,
+    else the first host address after the gateway that no live container
     holds. hosts() already leaves out the network and broadcast addresses."""
+    import ipaddress
+    if preferred is not None and preferred not in used:
+        try:
+            address = ipaddress.ip_address(preferred)
+        except ValueError:  # not an address (a hand-edited record): no preference
+            address = None
+        if address in subnet and address not in (subnet.network_address,
+                                                 subnet.broadcast_address, next(subnet.hosts())):
+            return address
     hosts = subnet.hosts()
     next(hosts, None)  # the gateway's
     for candidate in hosts:
@@ -3563,7 +3782,8 @@ def lease_network(paths, record, plan):
         check_lease(plan, others)
         used = {other["address"] for other in others if other["bridge"] == plan["bridge"]}
         lease = {"mode": "bridge", "bridge": plan["bridge"], "subnet": str(subnet),
-                 "gateway": str(gateway), "address": str(allocate_address(subnet, used)),
+                 "gateway": str(gateway),
+                 "address": str(allocate_address(subnet, used, record.get("last_address"))),
                  "veth": "veth" + record["id"][:8], "ports": plan["ports"],
                  "container": record["id"][:12], "netns": current_netns()}
         record["network"] = lease
@@ -3592,6 +3812,7 @@ def release_leases(paths, records, delete_veths=True):
         with Netlink() as nl:
             for record in records:
                 lease = record.pop("network")
+                record["last_address"] = lease["address"]  # a restart's first choice
                 released.add(lease["bridge"])
                 if delete_veths:
                     delete_link(nl, lease["veth"])
@@ -4668,6 +4889,11 @@ def child_stage(spec, instance, to_parent, from_parent, console):
             bring_up_loopback()
         if instance.lease:  # the host made eth0 for us before "go"
             configure_eth0(instance.lease)
+        if spec.init:
+            # The reaper shows its argv for the container's whole life;
+            # zeroed now, as root: once it is the container's user it is
+            # non-dumpable, which makes its /proc/self/mem root's.
+            scrub_arguments_and_environment()
         exec_command(spec, instance.hostname, to_parent)
     except MiniDockerError as err:
         report_and_exit(to_parent, err.code, str(err))
@@ -4749,6 +4975,17 @@ def attach_terminal(rootfd, console):
     /dev/pts/0; bind its slave to /dev/console; pass the master to the parent
     over the console socket (SCM_RIGHTS, unix(7)), and keep the slave as
     stdin, stdout and stderr, the controlling terminal of a new session."""
+    slave = open_pty(rootfd, console)
+    consolefd = open_in_root(rootfd, "/dev/console", create="file", follow=False)
+    mount(fd_path(slave), fd_path(consolefd), None, MS_BIND, shown="/dev/console")
+    os.close(consolefd)
+    take_terminal(slave)
+
+
+def open_pty(rootfd, console):
+    """A new pty of the devpts mounted at ROOT/dev/pts, sized as our own
+    terminal; its master goes to the parent over `console`. Returns the
+    slave."""
     import array
     import _socket
     ptsfd = open_in_root(rootfd, "/dev/pts", follow=False)
@@ -4758,13 +4995,16 @@ def attach_terminal(rootfd, console):
     slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
     if os.isatty(0):
         fcntl.ioctl(slave, TIOCSWINSZ, fcntl.ioctl(0, TIOCGWINSZ, WINSIZE_ZERO))
-    consolefd = open_in_root(rootfd, "/dev/console", create="file", follow=False)
-    mount(fd_path(slave), fd_path(consolefd), None, MS_BIND, shown="/dev/console")
-    os.close(consolefd)
     console.sendmsg([b"M"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
                               array.array("i", [master]))])
     os.close(master)
     console.close()
+    return slave
+
+
+def take_terminal(slave):
+    """The pty's slave as the controlling terminal of a new session, and as
+    stdin, stdout and stderr."""
     os.setsid()
     fcntl.ioctl(slave, TIOCSCTTY, 0)
     for target in (0, 1, 2):
@@ -4787,16 +5027,18 @@ def reset_signals():
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
-def exec_command(spec, hostname, to_parent):
+def exec_command(spec, hostname, to_parent, tied=True):
     """Stage 2: identity, environment, privileges, the seccomp filter, then
-    execve(2) (in a child of ours with --init)."""
+    execve(2) (in a child of ours with --init). `tied`: the command dies
+    with the process that started it (SIGKILL when it ends), as all do but
+    exec -d's."""
     passwd = parse_passwd(read_account_file("/etc/passwd"))
     group = parse_group(read_account_file("/etc/group"))
     uid, gid, gids, home = resolve_user(spec.user, passwd, group, spec.group_add)
     env = container_env(spec, hostname, home)
     drop_privileges(uid, gid, gids, spec.caps, spec.last_cap)
     # setuid cleared the parent-death signal (prctl(2)); ask for it again.
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL if tied else 0, what="prctl(PR_SET_PDEATHSIG)")
     enter_workdir(spec.workdir)
     program = find_executable(spec.command[0], env.get("PATH", DEFAULT_PATH))
     # An ignored signal stays ignored across execve, and the blocked mask is
@@ -4813,7 +5055,7 @@ def exec_command(spec, hostname, to_parent):
     if spec.seccomp is not None:
         load_filter(spec.seccomp)
     if spec.init:
-        become_init(to_parent, spec.tty)  # returns in the command's process only
+        become_init(to_parent, spec.tty, tied)  # returns in the command's process only
     try:
         os.execve(program, spec.command, env)
     except OSError as err:
@@ -4821,7 +5063,7 @@ def exec_command(spec, hostname, to_parent):
         raise MiniDockerError("exec %s: %s" % (program, err.strerror), code)
 
 
-def become_init(to_parent, tty):
+def become_init(to_parent, tty, tied=True):
     """--init, as tini: fork; the child goes on to execve the command, and
     we stay as pid 1, reaping every orphan the namespace hands us and
     forwarding signals to the command, until it ends; then we end with its
@@ -4829,9 +5071,21 @@ def become_init(to_parent, tty):
     capabilities, no_new_privs, the seccomp filter, loaded just before),
     and are made non-dumpable: our /proc/1/exe is the host's python3, and
     /proc/1/mem our memory, which a process of the container must not
-    open (runc's CVE-2019-5736 class)."""
-    command = os.fork()
+    open (runc's CVE-2019-5736 class). exec's child does the same from
+    outside the pid namespace, where our fork puts the command (chapter
+    11, exec); `tied`: the command dies with us, unless exec -d."""
+    try:
+        command = os.fork()
+    except BlockingIOError:  # EAGAIN
+        raise MiniDockerError("fork: the container's task limit (--pids-limit) or the host's "
+                              "is reached")
+    except OSError as err:
+        raise syscall_error(err.errno, "fork", "a pid namespace whose init has ended takes no "
+                            "new process" if err.errno == errno.ENOMEM else None)
     if command == 0:
+        if tied:  # the filter may refuse prctl: then only the namespace's end takes it
+            with contextlib.suppress(OSError):
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
         os.setpgid(0, 0)  # a group of its own: a terminal's ^C reaches it once, not via us too
         if tty:
             handler = signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # we are not in the foreground
@@ -4844,12 +5098,22 @@ def become_init(to_parent, tty):
     # exec happened), and those of run -d's monitor (its log, its report
     # to `run -d`, which would wait for us), which a process of the
     # container with CAP_SYS_PTRACE could otherwise reach through us.
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):  # EBADF: listdir's own
-            if int(name) > 2:
-                os.close(int(name))
-    with contextlib.suppress(OSError):  # EPERM: a profile that refuses it; then it shows
-        scrub_arguments_and_environment()
+    # exec's child, outside the pid namespace whose /proc it now sees,
+    # finds no /proc/self there; it closed the rest before it entered
+    # anything: the pipe is all it holds.
+    if os.path.exists("/proc/self"):
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # EBADF: listdir's own
+                if int(name) > 2:
+                    os.close(int(name))
+    else:
+        os.close(to_parent)
+    wait_for_command(command)
+
+
+def wait_for_command(command):
+    """The reaper's life: forward signals to the command, reap, and end
+    with the command's status. Never returns."""
     for number in FORWARDED_NUMBERS | {signal.SIGWINCH}:
         signal.signal(number, lambda received, _frame: forward(command, received))
     while True:
@@ -5275,12 +5539,16 @@ def record_exit(paths, record, code):
                                                                    err.strerror))
 
 
-def run_container(spec, paths, report=None):
+def run_container(spec, paths, report=None, cid=None, again=None):
     """`run`: plan, create, start, wait, clean up (the steps of the map at
     the top of this chapter; step 1 was build_spec). Returns the exit code.
     With `report` (run -d, in the monitor), the output goes to the log, the
     report says when the command runs, and the monitor then becomes the
-    lean one (become_lean_monitor): this call never returns."""
+    lean one (become_lean_monitor): this call never returns once the
+    command runs. With `again` (start, or a restart policy, by the user or
+    not), container `cid` exists: its layer and record are taken over
+    (claim_container) and kept whatever happens; None when the policy lost
+    to a stop."""
     set_stage_name("md:[0:PARENT]")
     # From here on something is made: a signal waits for SignalPipe, which
     # ends the start-up cleanly or forwards it to the command.
@@ -5289,17 +5557,25 @@ def run_container(spec, paths, report=None):
     reclaim_dead(paths)
     trace(spec.debug, "dead containers reclaimed")
     # 3. The cgroups planned, then the record (naming them) and the layer.
-    cid = os.urandom(32).hex()
+    cid = cid or os.urandom(32).hex()
     layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
     cgroup_plan = plan_cgroups(spec.resources, layout, cid, spec.cgroup_parent)
     parents = missing_parents(cgroup_plan) if spec.cgroup_parent else []
-    record = create_container(paths, spec, cid, [path for _, _, path, _ in cgroup_plan], parents)
+    cgroup_paths = [path for _, _, path, _ in cgroup_plan]
+    if again is None:
+        record = create_container(paths, spec, cid, cgroup_paths, parents)
+    else:
+        record = claim_container(paths, cid, by_user=again == "user")
+        if record is None:
+            return None
+        record.update(cgroups=cgroup_paths, cgroup_parents=list(parents))
+        write_record(paths, record)
     layer = paths.layer(cid)
     trace(spec.debug, "record and layer made")
     debug(spec.debug, "container %s, layer %s, cgroups %s" % (cid, layer, record["cgroups"]))
     for note in spec.notes:
         debug(spec.debug, note)
-    cgroups, started, log = [], False, None
+    cgroups, started, ended, log = [], False, False, None
     # 4. Signals into a pipe from now on; the cgroups made.
     signals = SignalPipe()
     try:
@@ -5329,7 +5605,12 @@ def run_container(spec, paths, report=None):
         started = True
         record.update(status="running", pid=pid, pid_start=process_start_time(pid),
                       started=time.time())
-        write_record(paths, record)
+        try:
+            write_record(paths, record)
+        except OSError as err:  # ENOSPC: the command may just have filled the disk
+            warn("container %s: its record cannot say it runs (%s): stop and kill reach it "
+                 "through this minidocker (pid %d), exec not at all"
+                 % (cid[:12], err.strerror, os.getpid()))
         if report is not None:
             null = os.open("/dev/null", os.O_WRONLY)  # ours closed: the pipes end with the container's
             for fd in (1, 2):
@@ -5343,6 +5624,7 @@ def run_container(spec, paths, report=None):
                 raise
         # 10. Until the command ends; then everything the run made goes.
         code = exit_code(wait_for_container(pid, signals, master, spec.interactive, pending))
+        ended = True
         trace(spec.debug, "the command ended (exit code %d)" % code)
         if code == 128 + signal.SIGKILL and oom_killed(cgroups):
             record["oom_killed"] = True
@@ -5352,7 +5634,12 @@ def run_container(spec, paths, report=None):
         signals.close()
         if log is not None:
             log.close()
-        release_run(paths, record, cgroups, parents, spec.remove or not started)
+        removed = spec.remove or (not started and again is None)
+        release_run(paths, record, cgroups, parents, removed)
+        if not ended and not removed:  # a start again that failed: kept, not running
+            record.update(status="exited", finished=time.time())
+            with contextlib.suppress(OSError):
+                write_record(paths, record)
     if not spec.remove:
         record_exit(paths, record, code)
     trace(spec.debug, "cleaned up")
@@ -5476,15 +5763,17 @@ class StartReport:
         self.fd = None
 
 
-def run_detached(spec, paths):
+def run_detached(spec, paths, cid=None, again=None, shown=None):
     """run -d: a monitor, a child of ours in a session of its own, keeps the
     container as `run` would (run_container), its output going to the log;
     it tells us when the command has been exec'd, or why it could not be.
-    We print the id, as docker does, and leave the container to it."""
+    We print the id, as docker does (or `shown`: start prints what it was
+    given), and leave the container to it. `cid` and `again`: start's, as
+    run_container takes them."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     if os.fork() == 0:
         os.close(read_end)
-        monitor(spec, paths, StartReport(write_end))
+        monitor(spec, paths, StartReport(write_end), cid or os.urandom(32).hex(), again)
     os.close(write_end)
     report = b""
     chunk = os.read(read_end, 65536)
@@ -5497,7 +5786,7 @@ def run_detached(spec, paths):
         if kind == "warning":
             warn(text)
         elif kind == "started":
-            print(text)
+            print(shown or text)
             return 0
         elif kind == "error":
             code, _, message = text.partition(" ")
@@ -5505,29 +5794,31 @@ def run_detached(spec, paths):
     raise MiniDockerError("the container's monitor died during start-up")
 
 
-def monitor(spec, paths, report):
+def monitor(spec, paths, report, cid, again):
     """The monitor's first life: in a session of its own, so that the
     user's terminal closing (SIGHUP) does not reach it; holding nothing of
     the user's (no terminal, no working directory, /dev/null for its own
-    output); it starts the container as `run` does, and becomes the lean
-    monitor. Never returns."""
+    output, no descriptor but the report's: a `| cat` would wait for us to
+    end, and a lock of the caller's would be held as long as we live); it
+    starts the container as `run` does (or again, for start: `cid` and
+    `again` as run_container takes them), and becomes the lean monitor.
+    Returns only by exiting: the start failed."""
     os.setsid()
     os.chdir("/")
-    close_inherited_fds()  # the caller's own: a `| cat` would wait for us to end
+    close_all_fds_but({report.fd})
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    code = EXIT_RUNTIME
     try:
-        code = run_container(spec, paths, report)
+        run_container(spec, paths, report, cid, again)  # once the command runs: the lean monitor
     except MiniDockerError as err:
         report.finish("error", "%d %s" % (err.code, err))
     except OSError as err:
         report.finish("error", "%d %s" % (EXIT_RUNTIME, err))
     except BaseException as err:  # a bug: still one line
         report.finish("error", "%d internal error: %r" % (EXIT_RUNTIME, err))
-    os._exit(code)
+    os._exit(EXIT_RUNTIME)
 
 
 # The file itself, run or imported: the lean monitor's code is read from it,
@@ -5797,28 +6088,271 @@ def lean_monitor(program, pid, log_args, forwarded, end):
 # --- The lean monitor ends ---
 
 
+RESTART_DELAY = 0.1      # seconds before the first restart, doubled for each next one,
+RESTART_DELAY_MAX = 60   # up to a minute (Docker's back-off),
+RESTART_RESET = 10       # and back to the first once a run has lasted this long
+
+
 def end_detached(cid, status):
     """The monitor's third life: the container's init has ended with
     `status` (a wait status). Record it and clean up as run_container does
     after its wait; what the run made is named in the record, which the
-    first life wrote. Returns the exit code."""
+    first life wrote. Then the restart policy decides (restart_by_policy).
+    The back-off goes from one end to the next in the record
+    ("restart_delay"), as each end is a new program. Returns the exit
+    code, or never: the container runs again."""
     set_stage_name("md:[0:PARENT]")
     paths = Paths()
-    try:
-        with open(paths.record(cid), "rb") as handle:
-            record = json.loads(handle.read(1 << 20).decode("utf-8"))
-    except (OSError, ValueError):  # ENOENT: removed meanwhile (rm -f of a malformed record)
-        return EXIT_RUNTIME
-    if not valid_record(record, cid + ".json"):
+    record = read_record(paths, cid)
+    if record is None:  # removed meanwhile (rm -f of a malformed record)
         return EXIT_RUNTIME
     code = exit_code(status)
     if code == 128 + signal.SIGKILL and oom_killed(record["cgroups"]):
         record["oom_killed"] = True
+    delay = record.get("restart_delay", RESTART_DELAY)
+    if time.time() - record.get("started", 0) >= RESTART_RESET:
+        delay = RESTART_DELAY
+    record["restart_delay"] = min(delay * 2, RESTART_DELAY_MAX)  # the next end's
     release_run(paths, record, record["cgroups"], record.get("cgroup_parents", []),
                 record["remove"])
-    if not record["remove"]:
-        record_exit(paths, record, code)
-    return code
+    if record["remove"]:
+        return code
+    record_exit(paths, record, code)
+    try:
+        spec = saved_spec(paths, record, detach=True)
+    except MiniDockerError:  # an older minidocker's container: it kept no policy
+        return code
+    return restart_by_policy(spec, paths, cid, code, delay)
+
+
+def restart_by_policy(spec, paths, cid, code, delay):
+    """Run the container again as --restart says (Docker's rules), after
+    `delay`: after any end with always and unless-stopped (alike here:
+    there is no daemon to restart with the host), after a non-zero exit
+    with on-failure, at most MAX times if given; never after stop or rm
+    (claim_container sees to that). A run that starts makes us the lean
+    monitor again (run_container, with a report that tells nobody); one
+    that fails to start counts as an exit. Returns the last exit code."""
+    policy, most = spec.restart
+    while True:
+        record = read_record(paths, cid)
+        if record is None or policy == "no" or (policy == "on-failure" and (
+                code == 0 or 0 < most <= record.get("restart_count", 0))):
+            return code
+        # The wait ends early for a stop (or rm), which is waiting for us.
+        deadline = time.monotonic() + delay
+        stop = stop_requested_path(paths, cid)
+        while time.monotonic() < deadline and not os.path.exists(stop):
+            time.sleep(0.05)
+        try:
+            ran = run_container(spec, paths, StartReport(None), cid, "policy")
+        except MiniDockerError as err:
+            ran = err.code
+        if ran is None:  # stopped or removed meanwhile
+            return code
+        code, delay = ran, min(delay * 2, RESTART_DELAY_MAX)
+
+
+# === 11. (continued) exec: one more process in a running container ===
+# exec runs a command beside the container's own, as one of it: in every
+# namespace of its init, in its cgroups, under the container's user,
+# capabilities, no_new_privs and seccomp filter, inside its root. The
+# parent (minidocker exec) opens the init's namespaces, forks a child,
+# puts it in the container's cgroups and says "go". The child enters the
+# namespaces, the mount namespace last (setns(2) moves its root and
+# working directory to that namespace's root: the container's), then goes
+# through stage 2 as an --init container's init does (exec_command): it
+# becomes the container's user with its capabilities and filter, and only
+# then forks the command, the first of these processes to be in the
+# container's pid namespace (setns(CLONE_NEWPID) places a caller's next
+# children there, never the caller); it stays outside as the command's
+# reaper, forwarding signals (become_init). The parent relays the
+# terminal and the signals, and ends with the command's exit code; with
+# -d it leaves once the command runs.
+#
+# The dangerous moment is the one in between: a process of the host
+# (python3, minidocker's memory and descriptors) entering the container.
+# Through /proc/PID/exe of such a process a container overwrote the host's
+# runc binary (CVE-2019-5736); through a descriptor another leaked, it
+# reached the host's filesystem (CVE-2024-21626). So before it enters
+# anything the child is non-dumpable (the kernel then refuses its exe,
+# mem, fd, root, environ and ptrace to whoever lacks CAP_SYS_PTRACE) and
+# keeps no descriptor but 0, 1, 2 and its pipes; each namespace's
+# descriptor is closed as soon as it is used. Non-dumpable is no defence
+# against a container given CAP_SYS_PTRACE (--cap-add SYS_PTRACE, for a
+# debugger): a process of the host it could see in its pid namespace
+# while still in the host's mount namespace, or with all of root's
+# capabilities, would hand it the host (its /proc/PID/root, or code
+# injected with ptrace). Hence the command is forked into the pid
+# namespace only once it is no more than the container's own processes
+# are. execve makes it dumpable again: from then on it is only the
+# container's.
+
+# In the order the child enters them: pid first (for the command it will
+# fork), the cgroup namespace only once the child is in the container's
+# cgroups (its cgroup then reads as "/"), and the mount namespace last.
+EXEC_NAMESPACES = (("pid", CLONE_NEWPID), ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS),
+                   ("net", CLONE_NEWNET), ("cgroup", CLONE_NEWCGROUP), ("mnt", CLONE_NEWNS))
+
+
+def build_exec_spec(args, record, paths):
+    """The spec of the process exec adds: the command, -e, -w and -u on top
+    of the container's own spec (its environment, user, capabilities and
+    seccomp filter, read now: after setns the host's files are out of
+    reach)."""
+    spec = saved_spec(paths, record)
+    if not args.command:
+        raise MiniDockerError("exec: no command given: usage: exec [OPTIONS] CONTAINER CMD [ARG...]")
+    if args.detach and (args.interactive or args.tty):
+        raise MiniDockerError("exec -d keeps no terminal and no stdin: -i and -t need an exec "
+                              "without -d")
+    if args.workdir is not None and not args.workdir.startswith("/"):
+        raise MiniDockerError("workdir %r must be an absolute path" % args.workdir)
+    env_entries = []
+    for path in args.env_file:
+        env_entries += parse_env_file(path)
+    spec.command = list(args.command)
+    spec.hostname = record["config"]["hostname"]
+    spec.env = spec.env + expand_env(env_entries + args.env)
+    spec.workdir = absolute_path(args.workdir) if args.workdir else spec.workdir
+    spec.user = check_user(args.user, "--user") if args.user else spec.user
+    spec.tty, spec.interactive, spec.detach = args.tty, args.interactive, args.detach
+    # The command is forked by a reaper of ours, once confined (above).
+    spec.init, spec.debug = True, args.debug
+    return spec
+
+
+def open_namespaces(record):
+    """The init's namespaces, as descriptors, in EXEC_NAMESPACES' order. The
+    init is checked by its start time once they are open: a pid that ended
+    and was reused would otherwise hand us a stranger's namespaces."""
+    pid, opened = record["pid"], []
+    try:
+        for name, kind in EXEC_NAMESPACES:
+            path = "/proc/%d/ns/%s" % (pid, name)
+            opened.append((os.open(path, os.O_RDONLY | os.O_CLOEXEC), kind, name))
+        if process_start_time(pid) == record.get("pid_start"):
+            return opened
+    except (FileNotFoundError, ProcessLookupError):  # the init has ended
+        pass
+    except BaseException:
+        close_namespaces(opened)
+        raise
+    close_namespaces(opened)
+    raise MiniDockerError("container %s is not running" % record["id"][:12])
+
+
+def close_namespaces(opened):
+    for fd, _, _ in opened:
+        os.close(fd)
+
+
+def exec_in_container(record, spec):
+    """Run spec.command in the running container of `record`; its exit code
+    (with -d: 0 once it runs)."""
+    namespaces = open_namespaces(record)
+    signals = SignalPipe()
+    console = console_peer = None
+    try:
+        # Inherited by the child through fork: it is never dumpable while
+        # it is python3 (see above).
+        prctl(PR_SET_DUMPABLE, 0, what="prctl(PR_SET_DUMPABLE)")
+        if spec.tty:
+            preload("_socket", "array")  # open_pty's, once the host is out of reach
+            import _socket
+            console, console_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        child_read, parent_write = os.pipe2(os.O_CLOEXEC)
+        parent_read, child_write = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                exec_child(spec, record, namespaces, child_write, child_read, console_peer)
+            finally:  # never back into the parent's frames
+                os._exit(EXIT_RUNTIME)
+        for fd in (child_read, child_write):
+            os.close(fd)
+        if console_peer is not None:
+            console_peer.close()
+        pending = []
+        try:
+            try:
+                join_cgroups(record["cgroups"], pid)
+                os.write(parent_write, b"go\n")
+            except (MiniDockerError, BrokenPipeError) as err:
+                child_error_first(err, pid, parent_read, signals, pending, bytearray())
+            master = receive_master(console) if console is not None else None
+            message = read_child_message(parent_read, signals, pending, bytearray())
+            if message:
+                raise_child_error(message)
+        except BaseException:
+            kill_and_reap(pid)
+            raise
+        finally:
+            os.close(parent_read)
+            os.close(parent_write)
+        if spec.detach:  # the command goes on without us; the host's init reaps it
+            return 0
+        return exit_code(wait_for_container(pid, signals, master, spec.interactive, pending))
+    finally:
+        signals.close()
+        close_namespaces(namespaces)
+        if console is not None:
+            console.close()
+
+
+def exec_child(spec, record, namespaces, to_parent, from_parent, console):
+    """The process exec adds, from fork to execve. Never returns."""
+    try:
+        set_stage_name("md:[exec]")
+        signal.set_wakeup_fd(-1)  # the parent's signals are not ours to note
+        null = os.open("/dev/null", os.O_RDWR)
+        for target in ((0, 1, 2) if spec.detach else (0,) if not spec.interactive else ()):
+            os.dup2(null, target)
+        os.close(null)
+        # Nothing of the host's beyond this point but what is named here.
+        keep = {to_parent, from_parent} | {fd for fd, _, _ in namespaces}
+        if console is not None:
+            keep.add(console.fileno())
+        close_all_fds_but(keep)
+        # Our cmdline is world-readable in /proc, dumpable or not: it
+        # names the caller's command line and paths.
+        scrub_arguments_and_environment()
+        # Until "go" (the cgroups joined), and through the set-up: it ends
+        # with us.
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
+        if read_line(from_parent, bytearray()) != b"go\n":
+            os._exit(EXIT_RUNTIME)
+        os.close(from_parent)  # the reaper keeps nothing but the pipe that says the exec is done
+        for fd, kind, name in namespaces:
+            setns(fd, kind, "the container's %s namespace" % name)
+            os.close(fd)
+        if console is None:
+            os.setsid()  # out of the caller's session: its ^C comes through the parent
+        else:
+            rootfd = os.open("/", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            take_terminal(open_pty(rootfd, console))
+            os.close(rootfd)
+        exec_command(spec, spec.hostname, to_parent, tied=not spec.detach)
+    except MiniDockerError as err:
+        report_and_exit(to_parent, err.code, str(err))
+    except OSError as err:
+        report_and_exit(to_parent, EXIT_RUNTIME, str(err))
+    except BaseException as err:  # a bug: still one line, never a traceback
+        report_and_exit(to_parent, EXIT_RUNTIME, "internal error: %r" % err)
+
+
+def close_all_fds_but(keep):
+    """Close every descriptor above 2 that is not in `keep`, close-on-exec
+    or not (close_inherited_fds spares ours until execve: here even a
+    moment is too long)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:  # EBADF: the directory listdir itself had open
+                pass
+
 
 
 # === 12. Commands ===
@@ -5850,15 +6384,17 @@ def cmd_rm(args):
         if args.force and remove_malformed(paths, prefix):
             continue
         record = find_container(paths, prefix)
-        if is_running(record):
-            if not args.force:
-                raise MiniDockerError("container %s is running: stop it or use rm -f"
-                                      % record["id"][:12])
-            end_container(record, signal.SIGKILL, 0)
+        if owner_alive(record) and args.force:  # running, or about to run again
+            end_container(paths, record, signal.SIGKILL, 0)
+        with container_lock(paths, record["id"]):  # a start at the same time: one wins
             if not os.path.exists(paths.record(record["id"])):
                 print(record["id"][:12])  # its minidocker removed it (--rm)
                 continue
-        remove_container(paths, record)
+            record = current_record(paths, record["id"])
+            if is_running(record):
+                raise MiniDockerError("container %s is running: stop it or use rm -f"
+                                      % record["id"][:12])
+            remove_container(paths, record)
         print(record["id"][:12])
     return 0
 
@@ -5873,41 +6409,6 @@ def remove_malformed(paths, prefix):
     os.unlink(os.path.join(paths.records, names[0]))
     print(names[0][:-len(".json")][:12])
     return True
-
-
-def cmd_ps(args):
-    require_root("ps")  # the state trees are root's alone
-    paths = Paths()
-    reclaim_dead(paths)
-    row = "%-12s  %-16s  %-10s  %9s  %8s  %-15s  %-30s  %-30s  %s"
-    print(row % ("CONTAINER ID", "NAMES", "STATUS", "MEMORY", "CPU", "ADDRESS", "PORTS", "COMMAND",
-                 "ROOTFS"))
-    malformed = []
-    for record in read_records(paths, malformed):
-        if args.all or record["status"] == "running":
-            network = record.get("network", {})
-            ports = ", ".join("%s:%d->%d/%s" % (ip, host, port, proto)
-                              for ip, host, proto, port in network.get("ports", []))
-            status, memory, cpu = record["status"], "-", "-"
-            if status != "exited" and not owner_alive(record):
-                status = "exited"  # a record reclaim could not rewrite (a full disk)
-            if status == "exited" and not record["pid"]:
-                status = "created"  # its minidocker died before the command ran
-            elif status == "exited":
-                status = "exited(%s)" % record.get("exit_code", "?")
-            else:
-                usage = cgroup_usage(record.get("cgroups", []))
-                if usage["memory"] is not None:
-                    memory = "%.1fMiB" % (usage["memory"] / (1 << 20))
-                if usage["cpu_seconds"] is not None:
-                    cpu = "%.2fs" % usage["cpu_seconds"]
-            print(row % (record["id"][:12], record.get("name") or "-", status, memory, cpu,
-                         network.get("address", "-"),
-                         ports or "-", " ".join(record["command"])[:30], record["rootfs"]))
-    for name in malformed:
-        warn("%s is not a valid container record: skipped (rm -f %s removes it)"
-             % (os.path.join(paths.records, name), name[:-len(".json")]))
-    return 0
 
 
 def cmd_logs(args):
@@ -6135,8 +6636,10 @@ def cmd_stop(args):
     number = parse_signal(args.signal)
     for ref in args.containers:
         record = find_container(paths, ref)
-        if is_running(record):
-            end_container(record, number, args.time)
+        if owner_alive(record):  # running, or between two runs of its restart policy
+            end_container(paths, record, number, args.time)
+        else:
+            request_stop(paths, record["id"])
         print(ref)
     return 0
 
@@ -6175,6 +6678,65 @@ def cmd_kill(args):
     return 0
 
 
+def cmd_start(args):
+    """Run stopped containers' command again, in the same container: its
+    layer (what the command wrote is still there), name, spec and log; in
+    the background under a monitor, as run -d (with -a: in the foreground,
+    as run). One already running is left as it is, as docker does."""
+    require_root("start")
+    paths = Paths()
+    reclaim_dead(paths)
+    if args.attach and len(args.containers) > 1:
+        raise MiniDockerError("start -a takes one container")
+    for ref in args.containers:
+        record = find_container(paths, ref)
+        if is_running(record):
+            print(ref)
+            continue
+        if args.attach:
+            spec = saved_spec(paths, record)
+            spec.detach, spec.interactive = False, args.interactive
+            spec.tty = spec.tty and os.isatty(0) and os.isatty(1)
+            return run_container(spec, paths, cid=record["id"], again="user")
+        run_detached(saved_spec(paths, record, detach=True), paths, record["id"], "user",
+                     shown=ref)
+    return 0
+
+
+def cmd_restart(args):
+    """stop, then start (a stopped container is only started)."""
+    require_root("restart")
+    paths = Paths()
+    reclaim_dead(paths)
+    for ref in args.containers:
+        record = find_container(paths, ref)
+        if owner_alive(record):  # running, or about to run again
+            end_container(paths, record, signal.SIGTERM, args.time)
+        run_detached(saved_spec(paths, record, detach=True), paths, record["id"], "user",
+                     shown=ref)
+    return 0
+
+
+def saved_spec(paths, record, detach=False):
+    spec = load_spec(paths, record["id"])
+    if spec is None:
+        raise MiniDockerError("container %s was made by an older minidocker, which kept no "
+                              "spec to start it with" % record["id"][:12])
+    if detach:
+        spec.detach, spec.interactive, spec.tty = True, False, False
+    return spec
+
+
+def cmd_exec(args):
+    """Run a command in a running container, as one of its processes."""
+    require_root("exec")
+    paths = Paths()
+    record = find_container(paths, args.container)
+    if record["status"] != "running" or not is_running(record):
+        raise MiniDockerError("container %s is not running" % record["id"][:12])
+    return exec_in_container(record, build_exec_spec(args, record, paths))
+
+
 def cmd_inspect(args):
     """A JSON array, one object per container, in Docker's shape for the
     fields minidocker keeps."""
@@ -6195,9 +6757,10 @@ def rfc3339(seconds):
 
 
 def inspect_record(record):
-    running = is_running(record) and record["pid"] != 0
-    status = "running" if running else "created" if not record["pid"] else "exited"
+    status = container_state(record)
+    running = status == "running"
     config = record.get("config", {})
+    policy, most = config.get("restart", ("no", 0))
     lease = record.get("network", {})
     ports = {}
     for host_ip, host_port, proto, port in lease.get("ports", []):
@@ -6218,7 +6781,9 @@ def inspect_record(record):
                    "Hostname": config.get("hostname", record["id"][:12])},
         "HostConfig": {"Privileged": config.get("privileged", False),
                        "ReadonlyRootfs": config.get("read_only", False),
-                       "AutoRemove": record["remove"], "Init": config.get("init", False)},
+                       "AutoRemove": record["remove"], "Init": config.get("init", False),
+                       "RestartPolicy": {"Name": policy, "MaximumRetryCount": most}},
+        "RestartCount": record.get("restart_count", 0),
         "NetworkSettings": {"IPAddress": lease.get("address", ""),
                             "Gateway": lease.get("gateway", ""), "Ports": ports},
     }
@@ -6236,25 +6801,55 @@ def parse_signal(text):
         raise MiniDockerError("invalid signal %s" % quote(text)) from None
 
 
-def end_container(record, number, seconds):
+def end_container(paths, record, number, seconds):
     """`number` to the container's init, SIGKILL after `seconds`; returns
     once its minidocker (the monitor, or `run`) has recorded the end and
-    cleaned up."""
-    signal_init(record, number)
-    if not wait_for_owner(record, seconds):
-        signal_init(record, signal.SIGKILL)
-        if not wait_for_owner(record, 30):
+    cleaned up. Its restart policy is told first: a stop is not a failure
+    to restart after."""
+    request_stop(paths, record["id"])
+    # Read again: a restart policy may have begun a run since `record` was
+    # read (whose init it names, or none); none begins once the mark is
+    # down, so this is the last.
+    record = read_record(paths, record["id"]) or record
+    killed_owner = signal_init(record, number)
+    if not killed_owner and not wait_for_owner(record, seconds):
+        killed_owner = signal_init(record, signal.SIGKILL)
+        if not killed_owner and not wait_for_owner(record, 30):
             raise MiniDockerError("container %s: its minidocker (pid %d) is still cleaning "
                                   "up; try again" % (record["id"][:12], record["owner"]))
+    if killed_owner:  # what it would have cleaned up is ours to
+        wait_for_owner(record, 5)
+        reclaim_dead(paths)
+
+
+def request_stop(paths, cid):
+    with container_lock(paths, cid):
+        try:
+            os.close(os.open(stop_requested_path(paths, cid),
+                             os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+        except FileNotFoundError:  # its layer is gone: removed, nothing to restart
+            pass
 
 
 def signal_init(record, number):
     """To the container's init, if it is still the process the record
-    names (its start time): a pid may be reused once it ends."""
-    started = process_start_time(record["pid"]) if record["pid"] else None
-    if started is not None and started == record.get("pid_start"):
-        with contextlib.suppress(ProcessLookupError):  # ESRCH: it has just ended
-            os.kill(record["pid"], number)
+    names (its start time): a pid may be reused once it ends. A container
+    whose record names no init yet (still starting, or its record could
+    not be written on a full disk) is reached through its minidocker: a
+    signal it forwards goes on to the command (or ends a start-up), and for
+    one it cannot (SIGKILL), it is killed itself, and its container dies
+    with it (the parent-death signal). Returns True in that last case."""
+    if record["pid"]:
+        started = process_start_time(record["pid"])
+        if started is not None and started == record.get("pid_start"):
+            with contextlib.suppress(ProcessLookupError):  # ESRCH: it has just ended
+                os.kill(record["pid"], number)
+        return False
+    if not owner_alive(record):
+        return False
+    with contextlib.suppress(ProcessLookupError):  # ESRCH: it has just ended
+        os.kill(record["owner"], number if number in FORWARDED_NUMBERS else signal.SIGKILL)
+    return number not in FORWARDED_NUMBERS
 
 
 def wait_for_owner(record, seconds):
@@ -6394,6 +6989,497 @@ def cmd_uninstall(args):
     print(launcher)
     return 0
 
+
+# === 12. (continued) Listing and housekeeping: ps, top, stats, rename, prune ===
+# The verbs docker users type to see and tidy their containers, in docker's
+# shapes: its columns and its words for ages ("Up 3 minutes"), its filters,
+# its --format templates, its prompt, so that what people and scripts know
+# from docker reads ours. Everything is read from the records (chapter 4),
+# the cgroups (chapter 8) and /proc; only rename and prune write, and only
+# records and layers of stopped containers or names.
+
+
+def emit(lines, prefix=""):
+    """Lines to stdout at once, as UTF-8 whatever the locale (docker's
+    output is UTF-8: the "…" of a cut command)."""
+    sys.stdout.flush()
+    data = prefix + "".join(line + "\n" for line in lines)
+    sys.stdout.buffer.write(data.encode("utf-8", "surrogateescape"))
+    sys.stdout.buffer.flush()
+
+
+def tabulate(lines, minwidth):
+    """Go's text/tabwriter as docker sets it up (padding 3): a cell ends at
+    a tab, each column is as wide as its widest cell plus 3 and at least
+    `minwidth` (10 for ps and stats, 20 for top); a line's last cell is
+    not padded."""
+    rows = [line.split("\t") for line in lines]
+    widths = {}
+    for cells in rows:
+        for column, cell in enumerate(cells[:-1]):
+            widths[column] = max(widths.get(column, minwidth), len(cell) + 3)
+    return ["".join(cell.ljust(widths[column]) for column, cell in enumerate(cells[:-1]))
+            + cells[-1] for cells in rows]
+
+
+def human_duration(seconds):
+    """go-units' HumanDuration, docker's words for an age."""
+    hours = int(seconds / 3600 + 0.5)
+    for limit, text in ((1, "Less than a second"), (2, "1 second"),
+                        (60, "%d seconds" % seconds), (120, "About a minute"),
+                        (3600, "%d minutes" % (seconds // 60))):
+        if seconds < limit:
+            return text
+    if hours == 1:
+        return "About an hour"
+    for limit, text in ((48, "%d hours" % hours), (24 * 7 * 2, "%d days" % (hours // 24)),
+                        (24 * 30 * 2, "%d weeks" % (hours // 24 // 7)),
+                        (24 * 365 * 2, "%d months" % (hours // 24 // 30))):
+        if hours < limit:
+            return text
+    return "%d years" % (seconds // 3600 // 24 // 365)
+
+
+def human_size(size, base=1000, units=("B", "kB", "MB", "GB", "TB", "PB"), precision=4):
+    """go-units' HumanSize (decimal units) and, with base 1024 and binary
+    units, its BytesSize: "0B", "1.234kB", "12.5MiB"."""
+    unit = 0
+    while size >= base and unit < len(units) - 1:
+        size, unit = size / base, unit + 1
+    return "%.*g%s" % (precision, size, units[unit])
+
+
+def bytes_size(size):
+    return human_size(size, 1024, ("B", "KiB", "MiB", "GiB", "TiB", "PiB"))
+
+
+def go_quote(text):
+    """Go's strconv.Quote, as docker quotes a command: double quotes, and
+    escapes for quotes, backslashes and everything not printable."""
+    escapes = {'"': '\\"', "\\": "\\\\", "\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n",
+               "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+    out = []
+    for char in text:
+        if char in escapes:
+            out.append(escapes[char])
+        elif char.isprintable():
+            out.append(char)
+        else:
+            code = ord(char)
+            out.append("\\x%02x" % code if code < 0x80 else "\\u%04x" % code if code < 0x10000
+                       else "\\U%08x" % code)
+    return '"' + "".join(out) + '"'
+
+
+def container_state(record):
+    """docker's State: "running"; "created" for one whose command never
+    ran (its minidocker died before); "restarting" between two runs of a
+    restart policy (its monitor lives on); else "exited"."""
+    if is_running(record) and record["pid"]:
+        return "running"
+    if not record["pid"]:
+        return "created"
+    return "restarting" if owner_alive(record) else "exited"
+
+
+def display_name(record):
+    """The name, or for a container without one its short id (as inspect's
+    Name): something to type back in its place."""
+    return record.get("name") or record["id"][:12]
+
+
+def ps_row(record, now, truncate):
+    """One container as docker's ps formatter shows it: its fields by
+    docker's names, every value a string."""
+    state = container_state(record)
+    command = record["command"][:1] + ["'%s'" % arg if " " in arg else arg
+                                       for arg in record["command"][1:]]
+    command = " ".join(command)
+    if truncate and len(command) > 20:
+        command = command[:19] + "…"
+    if state == "running":
+        status = "Up " + human_duration(now - record.get("started", record["created"]))
+    elif state == "created":
+        status = "Created"
+    else:  # a code or an end its minidocker could not record (killed) is unknown: "?"
+        status = "%s (%s)" % ("Restarting" if state == "restarting" else "Exited",
+                              record.get("exit_code", "?"))
+        if record.get("finished"):
+            status += " %s ago" % human_duration(now - record["finished"])
+    ports = record.get("network", {}).get("ports", [])
+    return {"ID": record["id"][:12] if truncate else record["id"], "Image": record["rootfs"],
+            "Command": go_quote(command),
+            "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z %Z",
+                                       time.localtime(record["created"])),
+            "RunningFor": human_duration(now - record["created"]) + " ago",
+            "Ports": ", ".join("%s:%d->%d/%s" % (ip, host, port, proto)
+                               for ip, host, proto, port in ports),
+            "State": state, "Status": status, "Names": display_name(record), "Labels": ""}
+
+
+# --format's fields, each with its column's header, as docker's ps has them.
+PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND",
+              "CreatedAt": "CREATED AT", "RunningFor": "CREATED", "Ports": "PORTS",
+              "State": "STATE", "Status": "STATUS", "Names": "NAMES", "Labels": "LABELS"}
+PS_TABLE = ("table {{.ID}}\\t{{.Image}}\\t{{.Command}}\\t{{.RunningFor}}\\t{{.Status}}"
+            "\\t{{.Ports}}\\t{{.Names}}")
+# What -f status= may ask for: docker's states (minidocker has no paused,
+# removing or dead ones, so those match nothing).
+PS_STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
+
+
+def parse_format(text, headers):
+    """docker's --format, in the part of Go's templates that scripts use:
+    "table" alone, or "table " before a template (a header line first,
+    columns aligned), "json" (one JSON object a line), or a template of
+    text and {{.Field}} placeholders ({{json .}}: the row; {{json .Field}}:
+    one field, quoted), where \\t and \\n are a tab and a newline as docker
+    reads them. -> (table?, [text, or (field or None for the whole row,
+    as JSON?)])."""
+    table = text in ("", "table") or text.startswith("table ")
+    if text in ("", "table"):
+        text = PS_TABLE
+    elif text == "json":
+        text = "{{json .}}"
+    if text.startswith("table "):
+        text = text[len("table "):]
+    text = text.strip(" ").replace("\\t", "\t").replace("\\n", "\n")
+    parts = []
+    for index, piece in enumerate(re.split(r"{{(.*?)}}", text)):
+        if index % 2 == 0:
+            if "{{" in piece:
+                raise MiniDockerError("invalid --format %s: an action opened with {{ is "
+                                      "not closed" % quote(text))
+            parts.append(piece)
+            continue
+        match = re.fullmatch(r"(json\s+)?\.([A-Za-z0-9_]*)", piece.strip())
+        if not match:
+            raise MiniDockerError("invalid --format: {{%s}} is not a template minidocker knows "
+                                  "({{.Field}}, {{json .}}, {{json .Field}})" % piece)
+        field = match.group(2) or None
+        if field is not None and field not in headers:
+            raise MiniDockerError("invalid --format: no field .%s (the fields are %s)"
+                                  % (field, ", ".join(sorted(headers))))
+        parts.append((field, bool(match.group(1))))
+    return table, parts
+
+
+def render(parts, row):
+    def value(field, as_json):
+        if field is None:
+            return json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(row[field], ensure_ascii=False) if as_json else row[field]
+    return "".join(part if isinstance(part, str) else value(*part) for part in parts)
+
+
+def parse_ps_filters(texts):
+    """-f KEY=VALUE, repeatable: docker's status, name and id -> {key:
+    [values]}. Values of one key: any may match; of different keys: all
+    must."""
+    filters = {}
+    for text in texts:
+        key, equals, value = text.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not equals:
+            raise MiniDockerError("bad format of filter %s (expected name=value)" % quote(text))
+        if key not in ("status", "name", "id"):
+            raise MiniDockerError("invalid filter %s: ps filters by status, name or id"
+                                  % quote(key))
+        if key == "status" and value not in PS_STATES:
+            raise MiniDockerError("invalid filter 'status=%s': a status is one of %s"
+                                  % (one_line(value, 80), ", ".join(PS_STATES)))
+        filters.setdefault(key, []).append(value)
+    return filters
+
+
+def filter_matches(pattern, text):
+    """docker's filters.Args.Match: equal, or the value, a regular
+    expression, found anywhere in the text (so a part of a name or an id
+    matches); one that does not compile matches nothing."""
+    if pattern == text:
+        return True
+    try:
+        return re.search(pattern, text) is not None
+    except (re.error, RecursionError):
+        return False
+
+
+def ps_selected(record, state, filters):
+    targets = {"status": [state], "id": [record["id"]],
+               "name": [display_name(record), "/" + display_name(record)]}
+    return all(any(filter_matches(value, target) for value in values for target in targets[key])
+               for key, values in filters.items())
+
+
+def cmd_ps(args):
+    """docker ps: running containers (-a: all; a status filter implies it),
+    newest first, in docker's table or --format; -q their ids."""
+    require_root("ps")  # the state trees are root's alone
+    paths = Paths()
+    filters = parse_ps_filters(args.filter)
+    table, parts = parse_format(args.format or "", PS_HEADERS)
+    if args.quiet and args.format:
+        warn("ignoring the custom format, because both --format and --quiet are set")
+    reclaim_dead(paths)
+    malformed, rows, now = [], [], time.time()
+    for record in sorted(read_records(paths, malformed), key=lambda r: r["created"], reverse=True):
+        state = container_state(record)
+        if (args.all or "status" in filters or state == "running") \
+                and ps_selected(record, state, filters):
+            rows.append(ps_row(record, now, not args.no_trunc))
+    if args.quiet:
+        emit(row["ID"] for row in rows)
+    elif table:
+        emit(tabulate([render(parts, PS_HEADERS)] + [render(parts, row) for row in rows], 10))
+    else:
+        emit(render(parts, row) for row in rows)
+    for name in malformed:
+        warn("%s is not a valid container record: skipped (rm -f %s removes it)"
+             % (os.path.join(paths.records, name), name[:-len(".json")]))
+    return 0
+
+
+PRUNE_WARNING = ("WARNING! This will remove all stopped containers.\n"
+                 "Are you sure you want to continue?")
+
+
+def confirmed(question):
+    """docker's prompt: the question and " [y/N] " on stdout, then one line
+    from stdin, whatever stdin is (`echo y |` answers too); y or Y is yes,
+    anything else, or no line at all, is no."""
+    emit([], question + " [y/N] ")
+    answer = b""
+    while not answer.endswith(b"\n") and len(answer) < 1024:
+        byte = os.read(0, 1)
+        if not byte:
+            break
+        answer += byte
+    return answer.strip().lower() == b"y"
+
+
+def layer_size(path):
+    """Bytes in the files under a layer's upper/, each inode once (hard
+    links), as docker counts what a container wrote; a part deeper than
+    PATH_MAX (ENAMETOOLONG) goes uncounted."""
+    seen, total, pending = set(), 0, [path]
+    while pending:
+        directory = pending.pop()
+        with contextlib.suppress(OSError):  # ENOENT: gone meanwhile; ENAMETOOLONG
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        pending.append(entry.path)
+                    elif (st.st_dev, st.st_ino) not in seen:
+                        seen.add((st.st_dev, st.st_ino))
+                        total += st.st_size
+    return total
+
+
+def cmd_container_prune(args):
+    """docker container prune: every stopped container removed, as rm
+    removes one; running and starting ones are not touched. Without -f,
+    docker's question first; "no" ends it quietly (exit 0), as docker."""
+    require_root("container prune")
+    paths = Paths()
+    if not args.force and not confirmed(PRUNE_WARNING):
+        return 0
+    reclaim_dead(paths)
+    deleted, space, kept = [], 0, 0
+    for record in read_records(paths):
+        with container_lock(paths, record["id"]):  # a start at the same time: one wins
+            record = read_record(paths, record["id"])
+            if record is None or is_running(record):
+                continue
+            size = layer_size(os.path.join(paths.layer(record["id"]), "upper"))
+            try:
+                remove_container(paths, record)
+            except LayerError as err:  # the others still go
+                warn(str(err))
+                kept += 1
+                continue
+        deleted.append(record["id"])
+        space += size
+    emit((["Deleted Containers:"] + deleted + [""] if deleted else [])
+         + ["Total reclaimed space: " + human_size(space)])
+    if kept:
+        raise MiniDockerError("%d stopped container%s could not be removed (above)"
+                              % (kept, "s" if kept > 1 else ""))
+    return 0
+
+
+def cmd_rename(args):
+    """docker rename: a new name, for a running or a stopped container,
+    checked and written under names.lock (as run --name takes one), so of
+    two renames to one name one wins."""
+    require_root("rename")
+    paths = Paths()
+    new = check_name(args.new[1:] if args.new.startswith("/") else args.new, "new name")
+    cid = find_container(paths, args.container)["id"]
+    with state_lock(paths, "names.lock"):
+        record = read_record(paths, cid)  # as it is now, under the lock
+        if record is None:
+            raise MiniDockerError("no such container: %s (removed meanwhile)" % args.container)
+        if record.get("name") == new:
+            raise MiniDockerError("container %s is already named %s" % (cid[:12], new))
+        taken = [r["id"] for r in read_records(paths) if r.get("name") == new]
+        if taken:
+            raise MiniDockerError("the name %s is already in use by container %s: remove or "
+                                  "rename that container to reuse it" % (new, taken[0][:12]))
+        record["name"] = new
+        store_record(paths, record)
+    return 0
+
+
+# top's columns, those of `ps -ef`, which docker top runs by default.
+TOP_COLUMNS = ("UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD")
+
+
+def tty_name(number):
+    """stat's tty_nr (major in bits 8-15, minor in 0-7 and 20-31) as ps
+    names it (<linux/major.h>: 136-143 are the pseudo-terminals, 4 the
+    virtual consoles and serial ports); "?" for none."""
+    major, minor = (number >> 8) & 0xfff, (number & 0xff) | ((number >> 12) & 0xfff00)
+    if 136 <= major <= 143:
+        return "pts/%d" % ((major - 136) * 256 + minor)
+    if major == 4:
+        return "tty%d" % minor if minor < 64 else "ttyS%d" % (minor - 64)
+    return "console" if (major, minor) == (5, 1) else "?"
+
+
+def process_row(pid, clock):
+    """One line of `ps -ef` for this pid, from /proc, computed as procps-ng
+    4 does; None once the process is gone. `clock`: (ticks a second, the
+    boot time, seconds since boot). CMD is the process's own text, so what
+    is not printable shows as "?", as ps shows it: a container must not
+    write escape sequences to the terminal of whoever looks."""
+    import pwd
+    hertz, boot, uptime = clock
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            head, _, rest = handle.read().rpartition(b")")
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            argv = handle.read().split(b"\0")
+        uid = int(proc_values(read_text("/proc/%d/status" % pid), "Uid")[1])  # effective
+    except (OSError, ValueError, IndexError):  # ENOENT, ESRCH: it ended meanwhile
+        return None
+    fields = rest.split()  # fields[0] is stat's field 3, the state
+    ppid, tty, started = int(fields[1]), int(fields[4]), int(fields[19])
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    alive = uptime * hertz - started  # in ticks
+    cpu = min(int(ticks * 100 / alive), 99) if alive > 0 else 0  # C: percent of its life, on CPU
+    start = time.localtime(boot + started // hertz)
+    today = time.localtime()
+    when = "%Y" if start.tm_year != today.tm_year else \
+        "%b%d" if start.tm_yday != today.tm_yday else "%H:%M"
+    seconds = ticks // hertz
+    used = "%02d:%02d:%02d" % (seconds // 3600 % 24, seconds // 60 % 60, seconds % 60)
+    if seconds >= 86400:
+        used = "%d-%s" % (seconds // 86400, used)
+    command = b" ".join(argv).rstrip(b" ") if argv[0] else b""
+    if not command:  # a kernel thread, or a zombie: its name in brackets
+        command = b"[%s]%s" % (head.partition(b"(")[2], b" <defunct>" if fields[0] == b"Z" else b"")
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:  # not in the host's /etc/passwd: the number, as ps
+        user = str(uid)
+    return (user, str(pid), str(ppid), str(cpu), time.strftime(when, start), tty_name(tty),
+            used, "".join(c if c.isprintable() else "?"
+                          for c in command.decode("utf-8", "replace")))
+
+
+def proc_values(text, name):
+    """The values on the line of `name` ("Name:" in /proc/PID/status and
+    /proc/meminfo, "name" in /proc/stat)."""
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0] in (name, name + ":"):
+            return words[1:]
+    raise ValueError("no %s line" % name)
+
+
+def cmd_top(args):
+    """docker top: the container's processes (those in its cgroups and
+    below), in ps -ef's columns, read from /proc."""
+    require_root("top")
+    paths = Paths()
+    reclaim_dead(paths)
+    record = find_container(paths, args.container)
+    if container_state(record) != "running":
+        raise MiniDockerError("container %s is not running" % record["id"][:12])
+    boot = int(proc_values(read_text("/proc/stat"), "btime")[0])
+    clock = (os.sysconf("SC_CLK_TCK"), boot, float(read_text("/proc/uptime").split()[0]))
+    rows = [row for row in (process_row(pid, clock) for pid in cgroup_processes(record["cgroups"]))
+            if row is not None]
+    emit(tabulate(["\t".join(row) for row in [TOP_COLUMNS] + rows], 20))
+    return 0
+
+
+STATS_COLUMNS = ("CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS")
+
+
+def host_memory():
+    """MemTotal of /proc/meminfo, in bytes: docker's limit for a container
+    that has none."""
+    return int(proc_values(read_text("/proc/meminfo"), "MemTotal")[0]) * 1024
+
+
+def stats_row(record, previous, now, truncate, memory_total):
+    """docker stats' line for one container. CPU % is the CPU time it used
+    since the last sample over the wall time between them (100% is one
+    CPU busy); memory leaves out the inactive page cache, as docker does;
+    the limit is the container's, or the host's memory when it has none
+    (or a larger one). A container not running shows zeros, as docker."""
+    cid = record["id"][:12] if truncate else record["id"]
+    usage = cgroup_usage(record["cgroups"]) if container_state(record) == "running" else {}
+    cpu_seconds, cpu = usage.get("cpu_seconds"), 0.0
+    before = previous.get(record["id"])
+    if cpu_seconds is not None and before is not None and before[1] is not None and now > before[0]:
+        cpu = max(cpu_seconds - before[1], 0) / (now - before[0]) * 100
+    previous[record["id"]] = (now, cpu_seconds)
+    memory, inactive = usage.get("memory") or 0, usage.get("inactive_file") or 0
+    if inactive < memory:
+        memory -= inactive
+    limit = min(usage.get("memory_limit") or memory_total, memory_total) if usage else 0
+    return (cid, display_name(record), "%.2f%%" % cpu,
+            "%s / %s" % (bytes_size(memory), bytes_size(limit)),
+            "%.2f%%" % (memory * 100 / limit if limit else 0), str(usage.get("pids") or 0))
+
+
+def stats_records(paths, chosen):
+    """The containers to show now: those named (as long as they exist), or
+    every running one."""
+    if chosen:
+        return [record for record in (read_record(paths, cid) for cid in chosen) if record]
+    return [record for record in read_records(paths) if container_state(record) == "running"]
+
+
+def cmd_stats(args):
+    """docker stats: CPU, memory and tasks of running containers (or those
+    named) from their cgroups, a new table every second until ^C, over the
+    last one on a terminal; --no-stream: one table, a second after a first
+    sample (CPU % needs two)."""
+    require_root("stats")
+    paths = Paths()
+    reclaim_dead(paths)
+    chosen = [find_container(paths, ref)["id"] for ref in args.containers]
+    memory_total, previous = host_memory(), {}
+    clear = "\033[2J\033[H" if os.isatty(1) and not args.no_stream else ""
+    try:
+        for record in stats_records(paths, chosen):
+            stats_row(record, previous, time.monotonic(), True, memory_total)
+        while True:
+            time.sleep(1)
+            rows = [stats_row(record, previous, time.monotonic(), not args.no_trunc, memory_total)
+                    for record in stats_records(paths, chosen)]
+            emit(tabulate(["\t".join(row) for row in [STATS_COLUMNS] + rows], 10), clear)
+            if args.no_stream:
+                return 0
+    except MiniDockerError as err:  # ^C is how a stream ends: no error line
+        if err.code == 128 + signal.SIGINT and not args.no_stream:
+            return err.code
+        raise
+
 # === 13. argparse and main() ===
 
 
@@ -6421,12 +7507,18 @@ def build_parser():
     class Parser(argparse.ArgumentParser):
         def __init__(self, **kwargs):
             kwargs.setdefault("formatter_class", HelpFormatter)  # subcommands' too
+            # No guessing: argparse would take --pid for --pids-limit and
+            # --priv for --privileged, as unique prefixes.
+            kwargs.setdefault("allow_abbrev", False)
             super().__init__(**kwargs)
 
         def error(self, message):  # exit 125 with one line, as docker does
-            raise MiniDockerError("%s: %s" % (self.prog, message))
+            command = self.prog.partition(" ")[2]  # "minidocker run" -> "run"
+            raise MiniDockerError("%s%s" % (command + ": " if command else "", message))
 
     parser = Parser(prog="minidocker", description="A container runtime in one file.")
+    parser.add_argument("--version", action="version", version="minidocker " + VERSION,
+                        help="print the version and exit")
     parser.add_argument("--debug", action="store_true", help="print the plan and timings")
     commands = parser.add_subparsers(dest="command_name", metavar="COMMAND")
     commands.required = True
@@ -6447,6 +7539,8 @@ def build_parser():
     run.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
                      help="max-size=SIZE (rotate json.log at SIZE), max-file=N (files kept)")
     run.add_argument("--name", metavar="NAME", help="a unique name, usable in place of the id")
+    run.add_argument("--restart", default="no", metavar="POLICY",
+                     help="with -d: no, on-failure[:MAX], always or unless-stopped")
     run.add_argument("--hostname", "-h", dest="hostname", help="host name (default: short id)")
     run.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VAL]")
     run.add_argument("--env-file", action="append", default=[], metavar="FILE")
@@ -6491,11 +7585,19 @@ def build_parser():
 
     rm = commands.add_parser("rm", help="remove containers")
     rm.add_argument("-f", "--force", action="store_true", help="kill it first if running")
+    rm.add_argument("-v", "--volumes", action="store_true",
+                    help="accepted, as docker's: minidocker makes no volumes of its own")
     rm.add_argument("containers", nargs="+", metavar="NAME|ID")
     rm.set_defaults(handler=cmd_rm)
 
     ps = commands.add_parser("ps", help="list containers")
     ps.add_argument("-a", "--all", action="store_true", help="also stopped ones")
+    ps.add_argument("-q", "--quiet", action="store_true", help="only their ids")
+    ps.add_argument("--no-trunc", action="store_true", help="whole ids and commands")
+    ps.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                    help="status=STATE, name=NAME or id=ID (a part, or a regular expression)")
+    ps.add_argument("--format", metavar="TEMPLATE",
+                    help="table, json, or a template such as '{{.ID}} {{.Names}}'")
     ps.set_defaults(handler=cmd_ps)
 
     logs = commands.add_parser("logs", help="print a detached container's output")
@@ -6516,11 +7618,43 @@ def build_parser():
     stop.add_argument("containers", nargs="+", metavar="NAME|ID")
     stop.set_defaults(handler=cmd_stop)
 
+    start = commands.add_parser("start", help="run stopped containers' command again")
+    start.add_argument("-a", "--attach", action="store_true",
+                       help="in the foreground, its output to ours, its exit code ours")
+    start.add_argument("-i", "--interactive", action="store_true", help="with -a: keep stdin open")
+    start.add_argument("containers", nargs="+", metavar="NAME|ID")
+    start.set_defaults(handler=cmd_start)
+
+    restart = commands.add_parser("restart", help="stop containers, then start them")
+    restart.add_argument("-t", "--time", type=float, default=10, metavar="SECONDS",
+                         help="SIGKILL after this long (default 10)")
+    restart.add_argument("containers", nargs="+", metavar="NAME|ID")
+    restart.set_defaults(handler=cmd_restart)
+
     kill = commands.add_parser("kill", help="send a signal to running containers")
     kill.add_argument("-s", "--signal", default="SIGKILL", metavar="SIGNAL",
                       help="the signal (default SIGKILL)")
     kill.add_argument("containers", nargs="+", metavar="NAME|ID")
     kill.set_defaults(handler=cmd_kill)
+
+    # add_help=False, as in run: -h is not help here either (docker's
+    # exec has no -h flag of its own, but CMD's arguments must not be
+    # mistaken for ours, and argparse.REMAINDER sees to that).
+    exec_ = commands.add_parser("exec", help="run a command in a running container",
+                                add_help=False)
+    exec_.add_argument("--help", action="help", help="show this help and exit")
+    exec_.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    exec_.add_argument("-d", "--detach", action="store_true",
+                       help="leave the command running in the background")
+    exec_.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    exec_.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+    exec_.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VAL]")
+    exec_.add_argument("--env-file", action="append", default=[], metavar="FILE")
+    exec_.add_argument("-w", "--workdir", metavar="DIR", help="default: the container's")
+    exec_.add_argument("-u", "--user", metavar="USER[:GROUP]", help="default: the container's")
+    exec_.add_argument("container", metavar="NAME|ID")
+    exec_.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
+    exec_.set_defaults(handler=cmd_exec)
 
     inspect = commands.add_parser("inspect", help="containers as JSON, in Docker's shape")
     inspect.add_argument("containers", nargs="+", metavar="NAME|ID")
@@ -6529,6 +7663,28 @@ def build_parser():
     wait = commands.add_parser("wait", help="wait for containers to end; print their exit codes")
     wait.add_argument("containers", nargs="+", metavar="NAME|ID")
     wait.set_defaults(handler=cmd_wait)
+
+    rename = commands.add_parser("rename", help="rename a container")
+    rename.add_argument("container", metavar="NAME|ID")
+    rename.add_argument("new", metavar="NEW_NAME")
+    rename.set_defaults(handler=cmd_rename)
+
+    top = commands.add_parser("top", help="a running container's processes")
+    top.add_argument("container", metavar="NAME|ID")
+    top.set_defaults(handler=cmd_top)
+
+    stats = commands.add_parser("stats", help="CPU, memory and tasks of running containers")
+    stats.add_argument("--no-stream", action="store_true", help="one table, then exit")
+    stats.add_argument("--no-trunc", action="store_true", help="whole ids")
+    stats.add_argument("containers", nargs="*", metavar="NAME|ID")
+    stats.set_defaults(handler=cmd_stats)
+
+    container = commands.add_parser("container", help="manage containers: prune")
+    verbs = container.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+    prune = verbs.add_parser("prune", help="remove every stopped container")
+    prune.add_argument("-f", "--force", action="store_true", help="do not ask first")
+    prune.set_defaults(handler=cmd_container_prune)
 
     mkrootfs = commands.add_parser("mkrootfs", help="build a small rootfs from the host's tools")
     mkrootfs.add_argument("--no-busybox", action="store_true",
@@ -6596,7 +7752,10 @@ def run_command(argv):
         for number in STOPPING_SIGNALS:
             signal.signal(number, stop_now)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING_SIGNALS)
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as done:  # --help and --version, printed: done
+            return done.code or 0, None
         if args.handler is not cmd_run:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_NUMBERS)
         return args.handler(args), None
