@@ -5653,15 +5653,19 @@ def run_container(spec, paths, report=None, cid=None, again=None):
 # three lives in one process, so one pid and one start time (the record's
 # "owner") stand for it from the start to the end:
 #
-#   1. minidocker, forked by `run -d`: it starts the container as `run`
-#      does, the command's stdout and stderr going into two pipes, and
-#      reports the start (run_container);
+#   1. minidocker, forked by `run -d` (or by start and restart, for a
+#      container that exists): it starts the container as `run` does, the
+#      command's stdout and stderr going into two pipes, and reports the
+#      start (run_container);
 #   2. a lean Python it execs into (lean_monitor): it copies the pipes into
 #      json.log, rotating it at --log-opt max-size, and waits for the
 #      container's init, which stays its child across execve;
 #   3. minidocker again, which the lean one execs with the init's wait
 #      status (end_detached): it records the exit code, the end and an OOM
-#      kill, applies --rm and removes what the run made, as `run` does.
+#      kill, applies --rm and removes what the run made, as `run` does;
+#      then, as the restart policy says (restart_by_policy), it waits out
+#      the back-off, starts the container again as the first life did, and
+#      goes on as the second, in the same process still.
 #
 # Why not stay minidocker: a fork holds every module minidocker loaded and
 # the code of this whole file, pages shared with `run -d` only until it

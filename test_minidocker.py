@@ -6113,6 +6113,49 @@ def monitor_of(cid):
     return record["owner"], record["pid"]
 
 
+def assert_lean(owner, cid):
+    """The monitor becomes the lean one a moment after the record says the
+    container runs."""
+    deadline = time.monotonic() + 20
+    while True:
+        with open("/proc/%d/cmdline" % owner, "rb") as handle:
+            argv = handle.read().split(b"\0")[:-1]
+        if argv[1:2] == [b"-IS"] and argv[2].startswith(b"/proc/self/fd/") \
+                and argv[3:] == [cid.encode()]:
+            return
+        assert time.monotonic() < deadline, argv
+        time.sleep(0.05)
+
+
+@root
+def test_a_restart_by_policy_or_by_start_is_kept_by_the_lean_monitor(rootfs):
+    """A restart policy's next run is begun by the monitor's end (full
+    minidocker), which then becomes the lean monitor again in the same
+    process: the record's owner keeps its pid. start and restart end in
+    the lean monitor too."""
+    script = "[ -e /again ] && exec sleep 1000; touch /again; echo first; exit 1"
+    cid = minidocker("run", "-d", "--network=none", "--restart", "on-failure", rootfs,
+                     "sh", "-c", script).out.strip()
+    try:
+        owner, first_init = monitor_of(cid)
+        deadline = time.monotonic() + 20
+        while md.find_container(md.Paths(), cid).get("restart_count", 0) < 1 \
+                or md.find_container(md.Paths(), cid)["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        again, init = monitor_of(cid)
+        assert again == owner and init != first_init
+        assert_lean(owner, cid)
+        for verb in (["restart", "-t", "0"], ["stop", "-t", "0"], ["start"]):
+            assert minidocker(*verb, cid).returncode == 0
+        owner, _ = monitor_of(cid)
+        assert_lean(owner, cid)
+        assert minidocker("logs", cid).out == "first\n"
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
 @root
 def test_the_lean_monitor_keeps_every_duty(rootfs):
     """Once the command runs, the monitor is a lean Python (-IS, its
