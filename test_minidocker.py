@@ -21,6 +21,7 @@ without a number (what the process sees, bad input, escapes, faults)
 cross the chapters.
 """
 
+import calendar
 import contextlib
 import errno
 import fcntl
@@ -4733,13 +4734,24 @@ def test_init_reports_a_command_that_cannot_run(rootfs):
 # 12. run -d: the monitor, the log, --name, logs, stop, wait
 # ---------------------------------------------------------------------------
 
+def lean_part():
+    """The lean monitor's part of minidocker.py, run alone as the monitor
+    runs it (md.lean_program): a name it uses from the rest of the file
+    fails here."""
+    namespace = {"__name__": "lean"}
+    exec(md.lean_program(), namespace)
+    return namespace
+
+
 def test_json_log_entries_are_docker_json_file_lines(tmp_path):
     """The fast path (one bytes.replace over a clean chunk) and the slow one
-    (json.dumps per line) write the same entries: each line, newline and
-    all, with its stream and an RFC 3339 time in UTC to the nanosecond."""
-    log = md.JsonLog(str(tmp_path / "json.log"))
+    (_json's encoder per line) write the same entries: each line, newline
+    and all (a '\\r' stays in its line, as in Docker's), with its stream and
+    an RFC 3339 time in UTC to the nanosecond."""
+    log = lean_part()["JsonLog"](str(tmp_path / "json.log"))
     try:
-        for data in (b"plain one\nplain two\n", b'a "quote" \\ and \xc3\xa9\n', b"\x01\xff\n"):
+        for data in (b"plain one\nplain two\n", b'a "quote" \\ and \xc3\xa9\n', b"\x01\xff\n",
+                     b"50%\r100%\n"):
             writer = log.writers[0]
             os.write(writer, data)
             assert log.copy(log.out)
@@ -4754,14 +4766,14 @@ def test_json_log_entries_are_docker_json_file_lines(tmp_path):
     assert [(e["log"], e["stream"]) for e in entries] == [
         ("plain one\n", "stdout"), ("plain two\n", "stdout"),
         ('a "quote" \\ and \u00e9\n', "stdout"), ("\x01\ufffd\n", "stdout"),
-        ("no newline", "stderr")]
+        ("50%\r100%\n", "stdout"), ("no newline", "stderr")]
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", e["time"]) for e in entries)
 
 
 def test_json_log_cuts_a_line_that_never_ends(tmp_path):
     """A container writing without a newline: entries of LOG_LINE_MAX bytes
     as they come, so the monitor holds at most one such piece."""
-    log = md.JsonLog(str(tmp_path / "json.log"))
+    log = lean_part()["JsonLog"](str(tmp_path / "json.log"))
     try:
         for _ in range(5):
             os.write(log.writers[0], b"x" * 8192)
@@ -4776,6 +4788,64 @@ def test_json_log_cuts_a_line_that_never_ends(tmp_path):
         log.close()
     entries = [json.loads(line)["log"] for line in (tmp_path / "json.log").read_text().splitlines()]
     assert [len(entry) for entry in entries] == [md.LOG_LINE_MAX, md.LOG_LINE_MAX, 8192]
+
+
+def test_json_log_rotates_as_docker_does(tmp_path):
+    """max-size and max-file: the log is rotated before an entry once the
+    file has reached max-size (so each rotated file ends with the entry
+    that took it there), json.log.1 is the newest rotated file, only
+    max-file files are kept, and together, oldest first, they hold the
+    last entries in order; with max-file 1 only json.log is kept."""
+    lean = lean_part()
+    for max_files in (3, 1):
+        directory = tmp_path / str(max_files)
+        directory.mkdir()
+        log = lean["JsonLog"](str(directory / "json.log"), 1000, max_files)
+        try:
+            for chunk in range(40):  # ten lines a chunk, by the fast path and the slow one
+                os.write(log.writers[0], b"".join(b"line %d%s\n" % (chunk * 10 + i, b"\xc3\xa9"
+                                                  if chunk % 2 else b"") for i in range(10)))
+                assert log.copy(log.out)
+        finally:
+            for writer in log.writers:
+                os.close(writer)
+            log.close()
+        names = ["json.log.%d" % n for n in range(max_files - 1, 0, -1)] + ["json.log"]
+        assert sorted(os.listdir(str(directory))) == sorted(names)
+        files = [(directory / name).read_bytes() for name in names]
+        for data in files[:-1]:
+            last = data.splitlines(keepends=True)[-1]
+            assert len(data) - len(last) < 1000 <= len(data)
+        assert len(files[-1]) < 1000 + 100
+        lines = [json.loads(line)["log"] for data in files for line in data.splitlines()]
+        numbers = [int(line.split()[1].rstrip("\u00e9")) for line in lines]
+        assert numbers == list(range(400 - len(numbers), 400))
+        assert sum(map(len, files)) >= 1000 * (max_files - 1)
+
+
+def test_json_log_rotation_waits_for_no_reader(tmp_path):
+    """A reader holding the directory's lock (logs, opening the files) puts
+    the rotation off to a later write: the entries go on into the full
+    file meanwhile, and the copy never waits."""
+    log = lean_part()["JsonLog"](str(tmp_path / "json.log"), 100, 2)
+    try:
+        held = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(held, fcntl.LOCK_SH)
+            os.write(log.writers[0], b"held\n" * 10)
+            assert log.copy(log.out)
+            assert os.listdir(str(tmp_path)) == ["json.log"]
+        finally:
+            os.close(held)
+        os.write(log.writers[0], b"free\n")
+        assert log.copy(log.out)
+    finally:
+        for writer in log.writers:
+            os.close(writer)
+        log.close()
+    rotated = (tmp_path / "json.log.1").read_text().splitlines()
+    assert [json.loads(line)["log"] for line in rotated] == ["held\n"] * 10
+    assert json.loads((tmp_path / "json.log").read_text())["log"] == "free\n"
 
 
 @root
@@ -4999,6 +5069,7 @@ def test_kill_and_inspect(rootfs):
     assert_nothing_left()
 
 
+# ---------------------------------------------------------------------------
 # 11. exec: one more process in a running container
 # ---------------------------------------------------------------------------
 
@@ -5838,4 +5909,306 @@ def test_cgroup_stats_reads_what_the_cgroups_count(rootfs):
         assert stats_table("busy")["busy"][2:] == ["0.00%", "0B", "/", "0B", "0.00%", "0"]
     finally:
         minidocker("rm", "-f", idle, busy)
+    assert_nothing_left()
+
+
+# ---------------------------------------------------------------------------
+# 12. run -d: the lean monitor, log rotation, --since and --until
+# ---------------------------------------------------------------------------
+
+def test_log_options_are_read_as_dockers_json_file_driver_reads_them():
+    """max-size in go-units' decimal sizes (10k is 10,000 bytes, its i and b
+    read and ignored), -1 or absent for none; max-file a whole number."""
+    assert md.parse_log_options("json-file", []) == ("json-file", -1, 1)
+    assert md.parse_log_options("none", []) == ("none", -1, 1)
+    for text, size in (("10k", 10000), ("10KiB", 10000), ("1.5m", 1500000), ("2g", 2 * 10**9),
+                       ("100", 100), ("64 MB", 64 * 10**6), ("-1", -1)):
+        assert md.parse_log_options("json-file", ["max-size=" + text]) == ("json-file", size, 1)
+    assert md.parse_log_options("json-file", ["max-file=3", "max-size=1m"]) == \
+        ("json-file", 10**6, 3)
+
+
+@root
+@pytest.mark.parametrize("args, message", [
+    (["--log-opt", "max-size=0"], "max-size must be a positive number"),
+    (["--log-opt", "max-size=10x"], "invalid max-size '10x': expected a size such as 10m"),
+    (["--log-opt", "max-file=0"], "max-file cannot be less than 1"),
+    (["--log-opt", "max-size=1m", "--log-opt", "max-file=two"], "invalid max-file 'two'"),
+    (["--log-opt", "max-file=3"], "max-file 3 needs max-size"),
+    (["--log-opt", "compress=true"], "unknown log opt 'compress' for json-file log driver"),
+    (["--log-opt", "max-size"], "invalid --log-opt 'max-size': expected KEY=VALUE"),
+    (["--log-driver", "syslog"], "unknown log driver 'syslog'"),
+    (["--log-driver", "none", "--log-opt", "max-size=1m"], "invalid logging opts for driver none"),
+])
+def test_bad_log_options(args, message, state):
+    bad(["run", "-d"] + args + ["/", "sh"], message)
+
+
+def test_log_times_take_dockers_forms():
+    """--since and --until: a duration before now (Go's), RFC 3339 with a
+    zone, an offset or none (the local one), a date or a prefix of a time,
+    Unix seconds with or without a fraction."""
+    now = 1714557600 * 10**9  # 2024-05-01T10:00:00Z
+    local = time.localtime(1714557600).tm_gmtoff * 10**9
+
+    def parsed(text):
+        return md.parse_log_time(text, "--since", now)
+
+    assert parsed("10m") == now - 600 * 10**9
+    assert parsed("1h30m") == parsed("1.5h") == now - 5400 * 10**9
+    assert parsed("250ms") == now - 250 * 10**6
+    assert parsed("-1m") == now + 60 * 10**9
+    assert parsed("0") == 0
+    assert parsed("1714557600") == parsed("2024-05-01T10:00:00Z") == now
+    assert parsed("1714557600.5") == parsed("2024-05-01T10:00:00.5Z") == now + 5 * 10**8
+    assert parsed("2024-05-01T12:00:00.000000001+02:00") == now + 1
+    assert parsed("2024-05-01T10Z") == parsed("2024-05-01T10:00Z") == now
+    assert parsed("2024-05-01Z") == now - 10 * 3600 * 10**9
+    assert parsed("2024-05-01T10:00") == parsed("2024-05-01T10:00:00") == now - local
+    assert parsed("2024-05-01") == now - 10 * 3600 * 10**9 - local
+    for text in ("yesterday", "2024-13-01", "2024-05-01T24:00Z", "10 m", "1d", "1.2.3", ""):
+        with pytest.raises(md.MiniDockerError, match="invalid --since"):
+            parsed(text)
+
+
+@root
+def test_bad_log_times(state):
+    bad(["logs", "--since", "yesterday", "nosuch"], "invalid --since 'yesterday': expected an "
+        "RFC 3339 time")
+    bad(["logs", "--until", "2024-13-01", "nosuch"], "invalid --until '2024-13-01': month")
+
+
+def wait_for_output(proc, expected, timeout=30):
+    """Read a pipe of `proc` until `expected` has come; what came."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while expected not in seen:
+        assert time.monotonic() < deadline, seen
+        if select.select([proc.stdout], [], [], 1)[0]:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk, seen
+            seen += chunk
+    return seen
+
+
+@root
+def test_log_rotation_in_a_real_container(rootfs, tmp_path):
+    """--log-opt max-size=2k --log-opt max-file=5: 300 numbered lines,
+    written after `logs -f` has begun, in bursts. Left on disk: json.log
+    and json.log.1 to .4, each rotated file ending with the entry that took
+    it to 2,000 bytes (decimal, as Docker's k). logs prints exactly the
+    lines the files keep, oldest first: the last ones, up to 300, no line
+    twice, none missing at a rotation. logs -f saw every line, across every
+    rotation (the file it read renamed away under it)."""
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    script = ('echo ready; while [ ! -e /sync/go ]; do sleep 0.05; done; i=1; '
+              'while [ $i -le 300 ]; do echo "line $i"; '
+              '[ $((i % 10)) -eq 0 ] && sleep 0.1; i=$((i + 1)); done; exit 0')
+    started = minidocker("run", "-d", "--network=none", "--log-opt", "max-size=2k", "--log-opt",
+                         "max-file=5", "-v", "%s:/sync" % sync, rootfs, "sh", "-c", script)
+    cid = started.out.strip()
+    assert started.returncode == 0, started.err
+    follow = subprocess.Popen(MINIDOCKER + ["logs", "-f", cid], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        first = wait_for_output(follow, b"ready\n")
+        (sync / "go").touch()
+        rest, err = follow.communicate(timeout=120)
+        assert (first + rest).decode().splitlines() == \
+            ["ready"] + ["line %d" % i for i in range(1, 301)], err
+        assert minidocker("wait", cid).out == "0\n"
+        layer = md.Paths().layer(cid)
+        names = ["json.log.%d" % n for n in range(4, 0, -1)] + ["json.log"]
+        assert sorted(n for n in os.listdir(layer) if n.startswith("json.log")) == sorted(names)
+        files = [open(os.path.join(layer, name), "rb").read() for name in names]
+        for data in files[:-1]:
+            last = data.splitlines(keepends=True)[-1]
+            assert len(data) - len(last) < 2000 <= len(data)
+        kept = [json.loads(line)["log"] for data in files for line in data.splitlines()]
+        logs = minidocker("logs", cid)
+        assert logs.out == "".join(kept) and logs.err == ""
+        numbers = [int(line.split()[1]) for line in logs.out.splitlines()]
+        assert numbers == list(range(301 - len(numbers), 301)) and len(numbers) > 50
+        assert minidocker("logs", "--tail", "3", cid).out == "line 298\nline 299\nline 300\n"
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.communicate()
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+def wait_for_the_lean_monitor(cid, timeout=60):
+    """Until the monitor of `cid` is the lean Python, copying: a line's time
+    is when the monitor reads it, and the lean one takes a moment to start
+    (seconds in the emulated cgroup-v2 VM)."""
+    owner = md.find_container(md.Paths(), cid)["owner"]
+    deadline = time.monotonic() + timeout
+    while True:
+        with open("/proc/%d/cmdline" % owner, "rb") as handle:
+            lean = handle.read().split(b"\0")[1:2] == [b"-IS"]
+        if lean and md.read_text("/proc/%d/comm" % owner) == "md:[0:PARENT]\n":
+            return
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@root
+def test_logs_since_and_until(rootfs, tmp_path):
+    """--since and --until pick the lines by the times json.log gives them,
+    whatever form the time is written in: RFC 3339 in UTC, at an offset, or
+    without a zone (the local time), Unix seconds, or a time ago."""
+    script = ("while [ ! -e /sync/go ]; do sleep 0.05; done; "
+              "echo one; sleep 1.2; echo two; sleep 1.2; echo three")
+    cid = minidocker("run", "-d", "--network=none", "-v", "%s:/sync" % tmp_path, rootfs,
+                     "sh", "-c", script).out.strip()
+    try:
+        wait_for_the_lean_monitor(cid)
+        (tmp_path / "go").touch()
+        assert minidocker("wait", cid).out == "0\n"
+        with open(md.log_path(md.Paths(), cid)) as handle:
+            stamp = [json.loads(line)["time"] for line in handle][1]  # of "two"
+        seconds = calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+        fraction = stamp[19:-1]  # ".123456789"
+
+        def logs(*flags):
+            result = minidocker("logs", *flags, cid)
+            assert result.returncode == 0, result.err
+            return result.out
+
+        assert logs("--since", stamp) == "two\nthree\n"
+        assert logs("--until", stamp) == "one\ntwo\n"
+        assert logs("--since", stamp, "--until", stamp) == "two\n"
+        assert logs("--since", "%d%s" % (seconds, fraction)) == "two\nthree\n"
+        assert logs("--since", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds + 5400))
+                    + fraction + "+01:30") == "two\nthree\n"
+        assert logs("--until", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(seconds))
+                    + fraction) == "one\ntwo\n"
+        assert logs("--since", "1h") == "one\ntwo\nthree\n"
+        assert logs("--until", "1h") == ""
+        assert logs("--tail", "1", "--until", stamp) == "two\n"
+        assert logs("-f", "--since", stamp) == "two\nthree\n"  # the container has ended
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_log_driver_none_keeps_no_log(rootfs):
+    cid = minidocker("run", "-d", "--network=none", "--log-driver", "none", rootfs, "sh", "-c",
+                     "echo hidden; exit 4").out.strip()
+    try:
+        assert minidocker("wait", cid).out == "4\n"
+        assert not any(n.startswith("json.log") for n in os.listdir(md.Paths().layer(cid)))
+        refused = minidocker("logs", cid)
+        assert (refused.returncode, refused.err) == (125, "minidocker: error: container %s keeps "
+                                                     "no log: it runs with --log-driver none\n"
+                                                     % cid[:12])
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+def monitor_of(cid):
+    record = md.find_container(md.Paths(), cid)
+    return record["owner"], record["pid"]
+
+
+def assert_lean(owner, cid):
+    """The monitor becomes the lean one a moment after the record says the
+    container runs."""
+    deadline = time.monotonic() + 20
+    while True:
+        with open("/proc/%d/cmdline" % owner, "rb") as handle:
+            argv = handle.read().split(b"\0")[:-1]
+        if argv[1:2] == [b"-IS"] and argv[2].startswith(b"/proc/self/fd/") \
+                and argv[3:] == [cid.encode()]:
+            return
+        assert time.monotonic() < deadline, argv
+        time.sleep(0.05)
+
+
+@root
+def test_a_restart_by_policy_or_by_start_is_kept_by_the_lean_monitor(rootfs):
+    """A restart policy's next run is begun by the monitor's end (full
+    minidocker), which then becomes the lean monitor again in the same
+    process: the record's owner keeps its pid. start and restart end in
+    the lean monitor too."""
+    script = "[ -e /again ] && exec sleep 1000; touch /again; echo first; exit 1"
+    cid = minidocker("run", "-d", "--network=none", "--restart", "on-failure", rootfs,
+                     "sh", "-c", script).out.strip()
+    try:
+        owner, first_init = monitor_of(cid)
+        deadline = time.monotonic() + 20
+        while md.find_container(md.Paths(), cid).get("restart_count", 0) < 1 \
+                or md.find_container(md.Paths(), cid)["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        again, init = monitor_of(cid)
+        assert again == owner and init != first_init
+        assert_lean(owner, cid)
+        for verb in (["restart", "-t", "0"], ["stop", "-t", "0"], ["start"]):
+            assert minidocker(*verb, cid).returncode == 0
+        owner, _ = monitor_of(cid)
+        assert_lean(owner, cid)
+        assert minidocker("logs", cid).out == "first\n"
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_the_lean_monitor_keeps_every_duty(rootfs):
+    """Once the command runs, the monitor is a lean Python (-IS, its
+    program in a memfd, none of minidocker's modules), which still does
+    what the monitor did: it passes on a signal it receives to the init;
+    the exit code, the end and an OOM kill are recorded; --rm removes
+    everything; and a kill -9 of it ends the container, whose remains the
+    next command reclaims."""
+    script = 'trap "exit 3" TERM; echo ready; while :; do sleep 0.05; done'
+    cid = minidocker("run", "-d", "--network=none", rootfs, "sh", "-c", script).out.strip()
+    try:
+        owner, _ = monitor_of(cid)
+        deadline = time.monotonic() + 20
+        while minidocker("logs", cid).out != "ready\n":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with open("/proc/%d/cmdline" % owner, "rb") as handle:
+            argv = handle.read().split(b"\0")[:-1]
+        assert argv[1:2] == [b"-IS"] and argv[2].startswith(b"/proc/self/fd/") \
+            and argv[3:] == [cid.encode()], argv
+        assert md.read_text("/proc/%d/comm" % owner) == "md:[0:PARENT]\n"
+        os.kill(owner, signal.SIGTERM)  # passed on to the init, whose trap exits 3
+        assert minidocker("wait", cid).out == "3\n"
+        [shown] = json.loads(minidocker("inspect", cid).out)
+        assert (shown["State"]["Status"], shown["State"]["ExitCode"]) == ("exited", 3)
+        assert shown["State"]["FinishedAt"] > shown["State"]["StartedAt"]
+    finally:
+        minidocker("rm", "-f", cid)
+    cid = minidocker("run", "-d", "--network=none", "-m", "32m", rootfs, "dd", "if=/dev/zero",
+                     "of=/dev/null", "bs=64M", "count=1").out.strip()
+    try:
+        assert minidocker("wait", cid).out == "137\n"
+        assert json.loads(minidocker("inspect", cid).out)[0]["State"]["OOMKilled"] is True
+    finally:
+        minidocker("rm", "-f", cid)
+    cid = minidocker("run", "-d", "--rm", "--network=none", rootfs, "true").out.strip()
+    deadline = time.monotonic() + 20
+    while any(record["id"] == cid for record in records_now()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert_nothing_left()
+    cid = minidocker("run", "-d", "--network=none", rootfs, "sleep", "60").out.strip()
+    try:
+        owner, init = monitor_of(cid)
+        os.kill(owner, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while md.process_start_time(init) is not None:  # the parent-death signal
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        shown = minidocker("ps", "-a", "--format", "{{.ID}} {{.Status}}").out
+        assert re.search(r"^%s Exited \(\?\)$" % cid[:12], shown, re.M)
+    finally:
+        minidocker("rm", "-f", cid)
     assert_nothing_left()
