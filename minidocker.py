@@ -6305,7 +6305,9 @@ def exec_in_container(record, spec):
 
 
 def exec_child(spec, record, namespaces, to_parent, from_parent, console):
-    """The process exec adds, from fork to execve. Never returns."""
+    """The process exec adds: it enters the container, is confined as its
+    init was, and forks the command as its reaper (become_init). Never
+    returns."""
     try:
         set_stage_name("md:[exec]")
         signal.set_wakeup_fd(-1)  # the parent's signals are not ours to note
