@@ -13,7 +13,7 @@ to its first instruction. `grep -n '^# ===' minidocker.py` prints them:
     4. state on disk               11. the process: stages, init, terminal
     5. images: mkrootfs, ELF       12. commands
     6. filesystem: overlay, mounts, /dev, pivot_root
-    7. namespaces, loopback        13. argparse and main()
+    7. namespaces, loopback        13. the command line, main()
 
 Needs: Linux >= 4.14 (TIOCGPTPEER for the terminal, SECCOMP_RET_KILL_PROCESS;
 4.15 on cgroup v2, for the device cgroup's BPF program), overlayfs, root
@@ -33,8 +33,7 @@ if __name__ == "__main__":
     signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
                                               signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2))
 
-import argparse  # noqa: E402 (the imports come after the mask above)
-import contextlib
+import contextlib  # noqa: E402 (the imports come after the mask above)
 import ctypes
 import errno
 import fcntl
@@ -797,7 +796,7 @@ def check_hostname(name, flag):
 
 
 def build_spec(args, seccomp_cache=None):
-    """argparse's namespace for `run` -> a validated Spec. Makes nothing; it
+    """The parsed command line of `run` -> a validated Spec. Makes nothing; it
     reads only what checking needs: ROOTFS, the env files, a seccomp
     profile, the host's online CPUs and memory nodes, --device nodes and
     the block devices of --device-*-bps, the capabilities we hold and the
@@ -841,7 +840,8 @@ def build_spec(args, seccomp_cache=None):
     if args.detach and (interactive or tty):
         raise MiniDockerError("run -d keeps no terminal and no stdin: -i and -t need a run "
                               "without -d")
-    if not args.detach and not interactive and not tty and os.isatty(0) and os.isatty(1):
+    if not args.detach and interactive is None and tty is None and os.isatty(0) and \
+            os.isatty(1):
         # The README's `run ./rootfs /bin/sh` on a terminal is a shell to talk to.
         interactive = tty = True
     log_driver, log_max_size, log_max_files = parse_log_options(args.log_driver, args.log_opt)
@@ -856,7 +856,8 @@ def build_spec(args, seccomp_cache=None):
         privileged=args.privileged, read_only=args.read_only,
         volumes=[parse_volume(v) for v in args.volume], devices=devices,
         tmpfs=[parse_tmpfs(t) for t in args.tmpfs],
-        tty=tty, interactive=interactive, init=args.init, restart=restart, remove=args.rm,
+        tty=bool(tty), interactive=bool(interactive), init=args.init, restart=restart,
+        remove=args.rm,
         debug=args.debug,
         detach=args.detach, name=check_name(args.name) if args.name is not None else None,
         log_driver=log_driver, log_max_size=log_max_size, log_max_files=log_max_files,
@@ -5673,7 +5674,7 @@ def run_container(spec, paths, report=None, cid=None, again=None):
 # memory, USS, of an idle monitor: .ci/bench goal 6): 6.7 MB as a fork of
 # the installed minidocker, 20 MB of the single file (the compile of 6,000
 # lines leaves its memory in Python's pools); gc.collect(), malloc_trim(0)
-# and dropping argparse and the other modules from sys.modules took back
+# and dropping the modules it had imported from sys.modules took back
 # 0.15 MB of it. The lean Python holds 3.4 MB (3.8 MB after copying a
 # 200 MB burst), and each of the three lives runs nothing of the others'.
 # A monitor killed (kill -9) in any life leaves what one killed before
@@ -7486,55 +7487,347 @@ def cmd_stats(args):
             return err.code
         raise
 
-# === 13. argparse and main() ===
+# === 13. The command line, parsed as Docker's, and main() ===
+# Docker's command line (Go's pflag under cobra) differs from argparse's in
+# ways a Docker user types every day, so minidocker parses its own, in the
+# time argparse took to import (argparse, its gettext and textwrap, and
+# building its parser cost 10-12 ms of every start):
+#   - a flag is spelled out in full: --priv is not --privileged, --pid not
+#     --pids-limit (argparse takes any unique prefix);
+#   - a boolean flag takes a value after `=`: --rm=false, -t=true, -it=0
+#     (what Go's strconv.ParseBool takes: 1 t T TRUE true True, and 0 f F
+#     FALSE false False); the last one given wins;
+#   - a flag's value is the next word whatever it looks like
+#     (--oom-score-adj -500), or follows `=` (--name=web), or is glued to a
+#     one-letter flag (-p8080:80, -p=8080:80);
+#   - one-letter booleans combine (-it, -dit), the last letter may take a
+#     value (-ep=x is -e with "p=x": glued wins, as pflag's);
+#   - `run ROOTFS CMD...` and `exec NAME CMD...`: once the words before CMD
+#     are given, every word after them is CMD's, flags included; other
+#     commands take flags before and after their arguments (`rm web -f`);
+#   - `--` ends the flags.
+# Each failure is one line naming the command and the word, exit 125.
+
+REMAINDER = "..."  # nargs of the last positional of run and exec: CMD [ARG...]
+
+BOOLEAN_WORDS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+                 "0": False, "f": False, "F": False, "FALSE": False, "false": False,
+                 "False": False}
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """argparse makes a formatter for every add_argument (to try the
-    metavar), and the stock one imports shutil, and with it zlib, bz2 and
-    lzma, to ask the terminal's width: 3-5 ms of every start. The width is
-    asked of stdout here."""
+class Flag:
+    """One flag or argument of a command, declared as argparse's
+    add_argument declares it (the same keywords, a smaller set of them)."""
 
-    def __init__(self, prog):
+    __slots__ = ("names", "dest", "action", "default", "metavar", "help", "type",
+                 "choices", "nargs", "version")
+
+    def __init__(self, names, action="store", default=None, metavar=None, help=None,
+                 type=None, dest=None, nargs=None, choices=None, version=None):
+        self.names, self.action, self.default, self.help = names, action, default, help
+        self.type, self.nargs, self.choices, self.version = type, nargs, choices, version
+        longest = max(names, key=len)
+        self.dest = dest or longest.lstrip("-").replace("-", "_")
+        self.metavar = metavar or (self.dest.upper() if names[0].startswith("-") else longest)
+
+    @property
+    def takes_value(self):
+        return self.action in ("store", "append")
+
+    def convert(self, word, label, name):
+        """The word given to this flag (spelled `name`), checked and
+        converted; `label` is the command's, for the error line."""
+        if self.type is not None:
+            try:
+                word = self.type(word)
+            except ValueError:
+                raise MiniDockerError("%sinvalid value %s for %s: %s" % (
+                    label, quote(word), name,
+                    {int: "not an integer", float: "not a number"}.get(self.type, "bad form")))
+        if self.choices is not None and word not in self.choices:
+            raise MiniDockerError("%sinvalid value %s for %s: one of %s" % (
+                label, quote(str(word)), name, ", ".join(self.choices)))
+        return word
+
+
+class Namespace:
+    """The parsed command line: one attribute per flag and argument."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+    def __repr__(self):
+        return "Namespace(%s)" % ", ".join("%s=%r" % kv for kv in sorted(vars(self).items()))
+
+
+class CommandLine:
+    """The flags, arguments and subcommands of one command (or of
+    minidocker itself), with argparse's way of declaring them."""
+
+    def __init__(self, prog, help=None, description=None, add_help=True, epilog=None):
+        self.prog, self.summary, self.description = prog, help, description or help
+        self.epilog = epilog  # a few lines after the options: examples
+        self.flags = {}        # "--name" and "-n" -> Flag
+        self.declared = []     # every Flag, in the order declared (for --help)
+        self.positionals = []  # Flag, in order
+        self.subcommands = None  # name -> CommandLine, once add_subparsers is called
+        self.subcommand_dest = None
+        self.defaults = {}
+        if add_help:
+            self.add_argument("-h", "--help", action="help", help="show this help and exit")
+
+    # -- declaring --
+
+    def add_argument(self, *names, **keywords):
+        flag = Flag(names, **keywords)
+        if not names[0].startswith("-"):
+            self.positionals.append(flag)
+            return flag
+        if flag.action == "store_true" and "default" not in keywords:
+            flag.default = False  # (None: to tell --tty=false from no --tty)
+        self.declared.append(flag)
+        for name in names:
+            assert name not in self.flags, "flag declared twice: " + name
+            self.flags[name] = flag
+        return flag
+
+    def add_subparsers(self, dest, metavar="COMMAND"):
+        self.subcommands, self.subcommand_dest = {}, dest
+        return self
+
+    def add_parser(self, name, help=None, add_help=True, epilog=None):
+        """A subcommand (called on what add_subparsers returned)."""
+        command = CommandLine("%s %s" % (self.prog, name), help=help, add_help=add_help,
+                              epilog=epilog)
+        self.subcommands[name] = command
+        return command
+
+    def set_defaults(self, **values):
+        self.defaults.update(values)
+
+    # -- parsing --
+
+    def parse_args(self, argv=None):
+        namespace = Namespace()
+        words = sys.argv[1:] if argv is None else list(argv)
+        self.parse_into(namespace, words)
+        return namespace
+
+    def parse_into(self, namespace, words):
+        """Set this command's defaults (those an outer command left unset:
+        `minidocker --debug run` keeps --debug), then consume `words`."""
+        for flag in self.declared + self.positionals:
+            if flag.action in ("store", "store_true", "append") and \
+                    not hasattr(namespace, flag.dest):
+                default = flag.default
+                setattr(namespace, flag.dest, list(default) if flag.action == "append" and
+                        default is not None else default)
+        for key, value in self.defaults.items():
+            setattr(namespace, key, value)
+        arguments = []  # the positional words, in order
+        index, only_arguments = 0, False
+        while index < len(words):
+            word = words[index]
+            index += 1
+            if self.rest_is_command(arguments):
+                arguments.extend(words[index - 1:])
+                break
+            if only_arguments or word == "-" or not word.startswith("-"):
+                arguments.append(word)
+                if self.subcommands is not None:
+                    return self.enter(namespace, word, words[index:])
+            elif word == "--":
+                only_arguments = True
+            elif word.startswith("--"):
+                index = self.long_flag(namespace, word, words, index)
+            else:
+                index = self.short_flags(namespace, word, words, index)
+        if self.subcommands is not None:
+            self.print_help()  # `minidocker` or `minidocker container` alone, as docker
+            raise SystemExit(0)
+        self.assign(namespace, arguments)
+
+    def rest_is_command(self, arguments):
+        """True once every argument before a REMAINDER one is given."""
+        return (len(self.positionals) == len(arguments) + 1 and
+                self.positionals[-1].nargs == REMAINDER)
+
+    def enter(self, namespace, name, words):
+        command = self.subcommands.get(name)
+        if command is None:
+            raise MiniDockerError("%sunknown command %s (see '%s --help')" % (
+                self.label(), quote(name), self.prog))
+        setattr(namespace, self.subcommand_dest, name)
+        command.parse_into(namespace, words)
+
+    def label(self):
+        """'run: ' for `minidocker run`, '' for minidocker itself."""
+        command = self.prog.partition(" ")[2]
+        return command + ": " if command else ""
+
+    def long_flag(self, namespace, word, words, index):
+        """--name VALUE, --name=VALUE, --rm, --rm=false -> the next index."""
+        name, equals, value = word.partition("=")
+        flag = self.flags.get(name)
+        if flag is None:
+            raise MiniDockerError("%sunknown flag: %s" % (self.label(), name[:80]))
+        if flag.takes_value and not equals:
+            if index == len(words):
+                raise MiniDockerError("%sflag needs an argument: %s" % (self.label(), name))
+            value, index = words[index], index + 1
+        self.apply(namespace, flag, name, value if equals or flag.takes_value else None)
+        return index
+
+    def short_flags(self, namespace, word, words, index):
+        """-i, -it, -dit=false, -p 80, -p80, -p=80 -> the next index."""
+        position = 1
+        while position < len(word):
+            name = "-" + word[position]
+            flag = self.flags.get(name)
+            if flag is None:
+                raise MiniDockerError("%sunknown shorthand flag: %s in %s" % (
+                    self.label(), quote(word[position]), quote(word)))
+            rest = word[position + 1:]
+            if flag.takes_value:
+                if rest:
+                    value = rest[1:] if rest.startswith("=") else rest
+                elif index < len(words):
+                    value, index = words[index], index + 1
+                else:
+                    raise MiniDockerError("%sflag needs an argument: %s" % (self.label(), name))
+                self.apply(namespace, flag, name, value)
+                break
+            if rest.startswith("="):
+                self.apply(namespace, flag, name, rest[1:])
+                break
+            self.apply(namespace, flag, name, None)
+            position += 1
+        return index
+
+    def apply(self, namespace, flag, name, value):
+        """One flag given, with its value (None: a boolean without one)."""
+        if flag.action == "help":
+            self.print_help()
+            raise SystemExit(0)
+        if flag.action == "version":
+            sys.stdout.write(flag.version + "\n")
+            raise SystemExit(0)
+        if flag.action == "store_true":
+            if value is not None and value not in BOOLEAN_WORDS:
+                raise MiniDockerError("%sinvalid value %s for %s: true or false" % (
+                    self.label(), quote(value), name))
+            setattr(namespace, flag.dest, True if value is None else BOOLEAN_WORDS[value])
+        elif flag.action == "append":
+            getattr(namespace, flag.dest).append(flag.convert(value, self.label(), name))
+        else:
+            setattr(namespace, flag.dest, flag.convert(value, self.label(), name))
+
+    def assign(self, namespace, arguments):
+        """The positional words onto the declared arguments, in order."""
+        words = list(arguments)
+        for flag in self.positionals:
+            if flag.nargs in ("+", "*", REMAINDER):
+                if flag.nargs == "+" and not words:
+                    raise MiniDockerError("%srequires at least 1 %s (usage: %s)" % (
+                        self.label(), flag.metavar, self.usage()))
+                setattr(namespace, flag.dest, [flag.convert(w, self.label(), flag.metavar) for w in words])
+                words = []
+            elif words:
+                setattr(namespace, flag.dest, flag.convert(words.pop(0), self.label(), flag.metavar))
+            elif flag.nargs == "?":
+                setattr(namespace, flag.dest, flag.default)
+            else:
+                raise MiniDockerError("%srequires %s (usage: %s)" % (
+                    self.label(), flag.metavar, self.usage()))
+        if words:
+            raise MiniDockerError("%sunexpected argument %s (usage: %s)" % (
+                self.label(), quote(words[0]), self.usage()))
+
+    # -- help --
+
+    def usage(self):
+        shown = {"+": "%s...", "*": "[%s...]", "?": "[%s]"}
+        words = [self.prog] + (["[OPTIONS]"] if len(self.declared) > 1 else [])
+        words += [shown.get(flag.nargs, "%s") % flag.metavar for flag in self.positionals]
+        if self.subcommands is not None:
+            words.append("COMMAND")
+        return " ".join(words)
+
+    def print_help(self):
+        """usage, what the command does, then a line per flag (or command);
+        Docker's layout, wrapped to the terminal."""
         try:
-            width = os.get_terminal_size(1).columns
+            width = max(os.get_terminal_size(1).columns, 60)
         except OSError:  # ENOTTY: not a terminal
             width = 80
-        super().__init__(prog, width=width - 2)
+        rows = []
+        for flag in self.declared:
+            if flag.help is None:
+                continue
+            names = ", ".join(flag.names)
+            rows.append((names + (" " + flag.metavar if flag.takes_value else ""), flag.help))
+        lines = ["Usage:  " + self.usage(), ""]
+        if self.description:
+            lines += [self.description, ""]
+        if self.subcommands:
+            lines += ["Commands:"] + help_rows(
+                [(name, command.summary or "") for name, command in self.subcommands.items()],
+                width) + [""]
+        arguments = [(flag.metavar, flag.help) for flag in self.positionals if flag.help]
+        if arguments:
+            lines += ["Arguments:"] + help_rows(arguments, width) + [""]
+        if rows:
+            lines += ["Options:"] + help_rows(rows, width) + [""]
+        if self.epilog:
+            lines.append(self.epilog)
+        sys.stdout.write("\n".join(lines).rstrip("\n") + "\n")
+
+
+def help_rows(rows, width):
+    """Two columns, the second wrapped at word boundaries under itself."""
+    column = min(max(len(left) for left, _ in rows) + 4, 30)
+    lines = []
+    for left, text in rows:
+        line = "  " + left
+        if len(line) > column - 2:
+            lines.append(line)
+            line = ""
+        line = line.ljust(column)
+        for word in text.split():
+            if len(line) + 1 + len(word) > width and line.strip():
+                lines.append(line)
+                line = " " * column
+            line += ("" if line.endswith(" ") else " ") + word
+        lines.append(line)
+    return lines
+
+
+RUN_EXAMPLES = """\
+When stdin and stdout are both a terminal, run acts as run -it.
+
+Examples:
+  minidocker mkrootfs ./rootfs && minidocker run ./rootfs /bin/sh
+  minidocker run --rm --network none -m 100m ./rootfs sh -c 'echo hi'
+  minidocker run -d --name web -p 8080:80 ./rootfs httpd -f -p 80
+  minidocker run --rm -v "$PWD":/src -w /src -u 1000 ./rootfs ls"""
 
 
 def build_parser():
-    # argparse passes each of its own strings through gettext, which looks
-    # for a catalog of the locale's languages on disk every time (8 stat
-    # calls a string, 4 ms a start, and the import of locale). It has none
-    # to find (Python ships none for argparse): the identity does the same.
-    argparse._ = str
-
-    class Parser(argparse.ArgumentParser):
-        def __init__(self, **kwargs):
-            kwargs.setdefault("formatter_class", HelpFormatter)  # subcommands' too
-            # No guessing: argparse would take --pid for --pids-limit and
-            # --priv for --privileged, as unique prefixes.
-            kwargs.setdefault("allow_abbrev", False)
-            super().__init__(**kwargs)
-
-        def error(self, message):  # exit 125 with one line, as docker does
-            command = self.prog.partition(" ")[2]  # "minidocker run" -> "run"
-            raise MiniDockerError("%s%s" % (command + ": " if command else "", message))
-
-    parser = Parser(prog="minidocker", description="A container runtime in one file.")
+    parser = CommandLine("minidocker", description="A container runtime in one file.")
     parser.add_argument("--version", action="version", version="minidocker " + VERSION,
                         help="print the version and exit")
     parser.add_argument("--debug", action="store_true", help="print the plan and timings")
     commands = parser.add_subparsers(dest="command_name", metavar="COMMAND")
-    commands.required = True
 
     # add_help=False: -h is --hostname, as in docker run.
-    run = commands.add_parser("run", help="run a command in a new container", add_help=False)
+    run = commands.add_parser("run", help="run a command in a new container", add_help=False,
+                              epilog=RUN_EXAMPLES)
     run.add_argument("--help", action="help", help="show this help and exit")
-    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
-    run.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
-    run.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+    run.add_argument("--debug", action="store_true", help="print the plan and timings")
+    run.add_argument("-i", "--interactive", action="store_true", default=None,
+                     help="keep stdin open")
+    run.add_argument("-t", "--tty", action="store_true", default=None,
+                     help="allocate a terminal")
     run.add_argument("--rm", action="store_true", help="remove the container when it exits")
     run.add_argument("--init", action="store_true",
                      help="pid 1 is a small reaper that forwards signals to CMD")
@@ -7548,16 +7841,25 @@ def build_parser():
     run.add_argument("--restart", default="no", metavar="POLICY",
                      help="with -d: no, on-failure[:MAX], always or unless-stopped")
     run.add_argument("--hostname", "-h", dest="hostname", help="host name (default: short id)")
-    run.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VAL]")
-    run.add_argument("--env-file", action="append", default=[], metavar="FILE")
-    run.add_argument("-w", "--workdir", default="/", metavar="DIR")
-    run.add_argument("-u", "--user", metavar="USER[:GROUP]")
-    run.add_argument("--group-add", action="append", default=[], metavar="GROUP")
-    run.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CTR[:ro]")
-    run.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTS]")
+    run.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VAL]",
+                     help="set a variable; KEY alone: its value here, if set")
+    run.add_argument("--env-file", action="append", default=[], metavar="FILE",
+                     help="KEY=VAL lines (# comments) read from FILE")
+    run.add_argument("-w", "--workdir", default="/", metavar="DIR",
+                     help="the command's working directory (default /)")
+    run.add_argument("-u", "--user", metavar="USER[:GROUP]",
+                     help="name or number, looked up in the container's /etc/passwd")
+    run.add_argument("--group-add", action="append", default=[], metavar="GROUP",
+                     help="one more supplementary group")
+    run.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CTR[:ro]",
+                     help="bind a host directory or file into the container")
+    run.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTS]",
+                     help="a tmpfs at PATH; OPTS as mount's: size=64m,mode=1777")
     run.add_argument("--read-only", action="store_true", help="mount the root read-only")
-    run.add_argument("--cap-add", action="append", default=[], metavar="CAP")
-    run.add_argument("--cap-drop", action="append", default=[], metavar="CAP")
+    run.add_argument("--cap-add", action="append", default=[], metavar="CAP",
+                     help="a capability more than docker's 14 (ALL: every one)")
+    run.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
+                     help="a capability less (ALL: none)")
     run.add_argument("--privileged", action="store_true",
                      help="all capabilities, host devices, nothing masked, no seccomp")
     run.add_argument("--security-opt", action="append", default=[], metavar="OPT",
@@ -7571,8 +7873,10 @@ def build_parser():
     run.add_argument("--cpuset-mems", metavar="LIST", help="memory nodes allowed")
     run.add_argument("--pids-limit", type=int, metavar="N", help="task limit; 0 or -1: none")
     run.add_argument("--blkio-weight", type=int, metavar="N", help="block I/O weight, 10-1000")
-    run.add_argument("--device-read-bps", action="append", default=[], metavar="DEV:RATE")
-    run.add_argument("--device-write-bps", action="append", default=[], metavar="DEV:RATE")
+    run.add_argument("--device-read-bps", action="append", default=[], metavar="DEV:RATE",
+                     help="read rate limit of a block device, e.g. /dev/sda:1mb")
+    run.add_argument("--device-write-bps", action="append", default=[], metavar="DEV:RATE",
+                     help="write rate limit of a block device")
     run.add_argument("--device", action="append", default=[],
                      metavar="HOST[:CTR][:PERMS]", help="a host device node, PERMS of rwm")
     run.add_argument("--cgroup-parent", metavar="PATH", help="parent cgroup of the container's")
@@ -7585,15 +7889,18 @@ def build_parser():
     run.add_argument("--dns", action="append", default=[], metavar="IP", help="a nameserver")
     run.add_argument("--add-host", action="append", default=[], metavar="NAME:IP",
                      help="a line in /etc/hosts; IP may be host-gateway")
-    run.add_argument("rootfs", metavar="ROOTFS")
-    run.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
+    run.add_argument("rootfs", metavar="ROOTFS",
+                     help="a directory: the lower layer of the container's root")
+    run.add_argument("command", nargs=REMAINDER, metavar="CMD [ARG...]",
+                     help="the command and its arguments")
     run.set_defaults(handler=cmd_run)
 
     rm = commands.add_parser("rm", help="remove containers")
     rm.add_argument("-f", "--force", action="store_true", help="kill it first if running")
     rm.add_argument("-v", "--volumes", action="store_true",
                     help="accepted, as docker's: minidocker makes no volumes of its own")
-    rm.add_argument("containers", nargs="+", metavar="NAME|ID")
+    rm.add_argument("containers", nargs="+", metavar="NAME|ID",
+                    help="containers, by name or id (a unique prefix of it)")
     rm.set_defaults(handler=cmd_rm)
 
     ps = commands.add_parser("ps", help="list containers")
@@ -7613,7 +7920,8 @@ def build_parser():
     logs.add_argument("--since", metavar="TIME", help="only lines since TIME: RFC 3339 "
                       "(2024-05-01T10:00:00Z), Unix seconds, or a time ago (10m, 1h30m)")
     logs.add_argument("--until", metavar="TIME", help="only lines until TIME (the same forms)")
-    logs.add_argument("container", metavar="NAME|ID")
+    logs.add_argument("container", metavar="NAME|ID",
+                      help="a container, by name or id")
     logs.set_defaults(handler=cmd_logs)
 
     stop = commands.add_parser("stop", help="stop running containers")
@@ -7621,73 +7929,83 @@ def build_parser():
                       help="the first signal (default SIGTERM)")
     stop.add_argument("-t", "--time", type=float, default=10, metavar="SECONDS",
                       help="then SIGKILL after this long (default 10)")
-    stop.add_argument("containers", nargs="+", metavar="NAME|ID")
+    stop.add_argument("containers", nargs="+", metavar="NAME|ID",
+                      help="running containers, by name or id")
     stop.set_defaults(handler=cmd_stop)
 
     start = commands.add_parser("start", help="run stopped containers' command again")
     start.add_argument("-a", "--attach", action="store_true",
                        help="in the foreground, its output to ours, its exit code ours")
     start.add_argument("-i", "--interactive", action="store_true", help="with -a: keep stdin open")
-    start.add_argument("containers", nargs="+", metavar="NAME|ID")
+    start.add_argument("containers", nargs="+", metavar="NAME|ID",
+                       help="stopped containers, by name or id")
     start.set_defaults(handler=cmd_start)
 
     restart = commands.add_parser("restart", help="stop containers, then start them")
     restart.add_argument("-t", "--time", type=float, default=10, metavar="SECONDS",
                          help="SIGKILL after this long (default 10)")
-    restart.add_argument("containers", nargs="+", metavar="NAME|ID")
+    restart.add_argument("containers", nargs="+", metavar="NAME|ID",
+                         help="containers, by name or id")
     restart.set_defaults(handler=cmd_restart)
 
     kill = commands.add_parser("kill", help="send a signal to running containers")
     kill.add_argument("-s", "--signal", default="SIGKILL", metavar="SIGNAL",
                       help="the signal (default SIGKILL)")
-    kill.add_argument("containers", nargs="+", metavar="NAME|ID")
+    kill.add_argument("containers", nargs="+", metavar="NAME|ID",
+                      help="running containers, by name or id")
     kill.set_defaults(handler=cmd_kill)
 
     # add_help=False, as in run: -h is not help here either (docker's
     # exec has no -h flag of its own, but CMD's arguments must not be
-    # mistaken for ours, and argparse.REMAINDER sees to that).
+    # mistaken for ours, and REMAINDER sees to that).
     exec_ = commands.add_parser("exec", help="run a command in a running container",
                                 add_help=False)
     exec_.add_argument("--help", action="help", help="show this help and exit")
-    exec_.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    exec_.add_argument("--debug", action="store_true", help="print the plan and timings")
     exec_.add_argument("-d", "--detach", action="store_true",
                        help="leave the command running in the background")
     exec_.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
     exec_.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
-    exec_.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VAL]")
-    exec_.add_argument("--env-file", action="append", default=[], metavar="FILE")
+    exec_.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VAL]",
+                       help="set a variable, over the container's")
+    exec_.add_argument("--env-file", action="append", default=[], metavar="FILE",
+                       help="KEY=VAL lines read from FILE")
     exec_.add_argument("-w", "--workdir", metavar="DIR", help="default: the container's")
     exec_.add_argument("-u", "--user", metavar="USER[:GROUP]", help="default: the container's")
-    exec_.add_argument("container", metavar="NAME|ID")
-    exec_.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
+    exec_.add_argument("container", metavar="NAME|ID", help="a running container")
+    exec_.add_argument("command", nargs=REMAINDER, metavar="CMD [ARG...]",
+                       help="the command and its arguments")
     exec_.set_defaults(handler=cmd_exec)
 
     inspect = commands.add_parser("inspect", help="containers as JSON, in Docker's shape")
-    inspect.add_argument("containers", nargs="+", metavar="NAME|ID")
+    inspect.add_argument("containers", nargs="+", metavar="NAME|ID",
+                         help="containers, by name or id")
     inspect.set_defaults(handler=cmd_inspect)
 
     wait = commands.add_parser("wait", help="wait for containers to end; print their exit codes")
-    wait.add_argument("containers", nargs="+", metavar="NAME|ID")
+    wait.add_argument("containers", nargs="+", metavar="NAME|ID",
+                      help="containers, by name or id")
     wait.set_defaults(handler=cmd_wait)
 
     rename = commands.add_parser("rename", help="rename a container")
-    rename.add_argument("container", metavar="NAME|ID")
-    rename.add_argument("new", metavar="NEW_NAME")
+    rename.add_argument("container", metavar="NAME|ID", help="a container, by name or id")
+    rename.add_argument("new", metavar="NEW_NAME", help="its new name")
     rename.set_defaults(handler=cmd_rename)
 
     top = commands.add_parser("top", help="a running container's processes")
-    top.add_argument("container", metavar="NAME|ID")
+    top.add_argument("container", metavar="NAME|ID",
+                     help="a running container, by name or id")
     top.set_defaults(handler=cmd_top)
 
     stats = commands.add_parser("stats", help="CPU, memory and tasks of running containers")
     stats.add_argument("--no-stream", action="store_true", help="one table, then exit")
     stats.add_argument("--no-trunc", action="store_true", help="whole ids")
-    stats.add_argument("containers", nargs="*", metavar="NAME|ID")
+    stats.add_argument("containers", nargs="*", metavar="NAME|ID",
+                       help="containers, by name or id (default: every running one)")
     stats.set_defaults(handler=cmd_stats)
 
     container = commands.add_parser("container", help="manage containers: prune")
     verbs = container.add_subparsers(dest="verb", metavar="VERB")
-    verbs.required = True
     prune = verbs.add_parser("prune", help="remove every stopped container")
     prune.add_argument("-f", "--force", action="store_true", help="do not ask first")
     prune.set_defaults(handler=cmd_container_prune)
@@ -7695,7 +8013,7 @@ def build_parser():
     mkrootfs = commands.add_parser("mkrootfs", help="build a small rootfs from the host's tools")
     mkrootfs.add_argument("--no-busybox", action="store_true",
                           help="copy the host's shell and utilities even if busybox is there")
-    mkrootfs.add_argument("dir", metavar="DIR")
+    mkrootfs.add_argument("dir", metavar="DIR", help="where to build it: a new or empty directory")
     mkrootfs.set_defaults(handler=cmd_mkrootfs)
 
     for name, handler, what in (
