@@ -6869,6 +6869,28 @@ def wait_for_owner(record, seconds):
     return True
 
 
+GO_ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "armv7l": "arm",
+                    "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
+
+
+def cmd_version(args):
+    """docker version's first block, for what minidocker runs on here:
+    its version, the Python running it, the kernel and the cgroup layout."""
+    layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
+    cgroups = ("v1 and v2 (hybrid)" if layout.v1 and layout.v2_mount else
+               "v1" if layout.v1 else "v2" if layout.v2_mount else "none mounted")
+    machine = os.uname().machine
+    rows = (("Version", VERSION),
+            ("Python", "%s (%s)" % (sys.version.split()[0], sys.executable)),
+            ("OS/Arch", "linux/" + GO_ARCHITECTURES.get(machine, machine)),
+            ("Kernel", os.uname().release),
+            ("Cgroups", cgroups))
+    print("minidocker:")
+    for name, value in rows:
+        print(" %-10s %s" % (name + ":", value))
+    return 0
+
+
 def cmd_mkrootfs(args):
     what = make_rootfs(os.path.abspath(args.dir), use_busybox=not args.no_busybox)
     print("rootfs %s: %s" % (args.dir, what))
@@ -8009,6 +8031,9 @@ def build_parser():
     prune = verbs.add_parser("prune", help="remove every stopped container")
     prune.add_argument("-f", "--force", action="store_true", help="do not ask first")
     prune.set_defaults(handler=cmd_container_prune)
+
+    version = commands.add_parser("version", help="minidocker's version, and what it runs on")
+    version.set_defaults(handler=cmd_version)
 
     mkrootfs = commands.add_parser("mkrootfs", help="build a small rootfs from the host's tools")
     mkrootfs.add_argument("--no-busybox", action="store_true",

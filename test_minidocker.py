@@ -1860,7 +1860,7 @@ def bad_command_lines():
 
 def test_the_command_line_never_guesses(capsys, monkeypatch, tmp_path):
     """No abbreviations (--pid is not --pids-limit, --priv not --privileged),
-    argparse's errors with one prefix and the command's name, --version."""
+    errors with one prefix and the command's name, --version and version."""
     monkeypatch.setenv("MINIDOCKER_ROOT", str(tmp_path))
     monkeypatch.setattr(md, "require_root", lambda what: None)
     for argv, line in (
@@ -1882,6 +1882,9 @@ def test_the_command_line_never_guesses(capsys, monkeypatch, tmp_path):
         assert capsys.readouterr().err == "minidocker: error: %s\n" % line
     assert md.main(["--version"]) == 0
     assert capsys.readouterr().out == "minidocker %s\n" % md.VERSION
+    assert md.main(["version"]) == 0
+    out = capsys.readouterr().out
+    assert " Version:   %s\n" % md.VERSION in out and os.uname().release in out
     assert os.listdir(str(tmp_path)) == []
 
 
