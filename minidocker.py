@@ -1215,7 +1215,7 @@ def claim_container(paths, cid, by_user):
             elif is_running(record) or os.path.exists(stop_requested_path(paths, cid)):
                 return None
             record.update(status="created", pid=0, pid_start=None, owner=os.getpid(),
-                      owner_start=process_start_time(os.getpid()),
+                          owner_start=process_start_time(os.getpid()),
                           restart_count=0 if by_user else record.get("restart_count", 0) + 1)
             write_record(paths, record)
         return record
@@ -6398,9 +6398,10 @@ def cmd_rm(args):
                 print(record["id"][:12])  # its minidocker removed it (--rm)
                 continue
             record = current_record(paths, record["id"])
-            if is_running(record):
-                raise MiniDockerError("container %s is running: stop it or use rm -f"
-                                      % record["id"][:12])
+            if owner_alive(record):  # docker's "running" and "restarting"
+                raise MiniDockerError("container %s is %s: stop it or use rm -f"
+                                      % (record["id"][:12], "restarting" if container_state(
+                                          record) == "restarting" else "running"))
             remove_container(paths, record)
         print(record["id"][:12])
     return 0
@@ -6652,13 +6653,19 @@ def cmd_stop(args):
 
 
 def cmd_wait(args):
-    """Wait until each container has ended; print its exit code."""
+    """Wait until each container's run has ended; print its exit code. As
+    docker's, a restart policy does not make it wait longer: the end of the
+    run going on (or, between two runs, the last one's) is the answer."""
     require_root("wait")
     paths = Paths()
     for ref in args.containers:
         record = find_container(paths, ref)
-        while owner_alive(record):
+        this_run = (record["owner_start"], record.get("restart_count", 0))
+        while is_running(record):
             time.sleep(0.05)
+            record = read_record(paths, record["id"]) or record
+            if (record["owner_start"], record.get("restart_count", 0)) != this_run:
+                break  # ended, and a restart policy has begun the next run
         reclaim_dead(paths)
         try:
             with open(paths.record(record["id"])) as handle:

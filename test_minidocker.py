@@ -5404,6 +5404,30 @@ def test_restart_policies_back_off_and_end_with_stop(rootfs):
 
 
 @root
+def test_wait_and_rm_under_a_restart_policy(rootfs):
+    """As docker's: wait returns at the end of the run going on with its
+    exit code, though the policy runs the command again; rm without -f
+    refuses a container whose policy lives, between two runs as during
+    one, and leaves it as it was."""
+    cid = detached(rootfs, "--restart", "always", command=("sh", "-c", "sleep 1; exit 3"))
+    try:
+        began = time.monotonic()
+        waited = minidocker("wait", cid, timeout=15)
+        assert (waited.returncode, waited.out, waited.err) == (0, "3\n", "")
+        assert time.monotonic() - began < 5
+        for _ in range(3):  # whatever the moment: running or restarting
+            removed = minidocker("rm", cid)
+            assert removed.returncode == 125
+            assert re.search(r"container \w{12} is (running|restarting): stop it or use rm -f",
+                             removed.err), removed.err
+            time.sleep(0.4)
+        assert json.loads(minidocker("inspect", cid).out)[0]["Id"] == cid
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
 def test_stop_during_a_restart_back_off_ends_the_run_that_begins_meanwhile(rootfs):
     """stop reads the record of a container between two runs of its
     restart policy; before stop's mark is down, the back-off ends and the
