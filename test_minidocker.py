@@ -3771,12 +3771,12 @@ def test_parse_a_multipart_dump_and_an_error():
 
 
 def test_publish_and_network_flags_parse():
-    assert md.parse_publish("8080:80") == ["0.0.0.0", 8080, "tcp", 80]
-    assert md.parse_publish("127.0.0.1:5353:53/udp") == ["127.0.0.1", 5353, "udp", 53]
+    assert md.parse_publish("8080:80") == [["0.0.0.0", 8080, 8080, "tcp", 80]]
+    assert md.parse_publish("127.0.0.1:5353:53/udp") == [["127.0.0.1", 5353, 5353, "udp", 53]]
     plan = parse("--subnet", "10.9.0.0/16", "--bridge", "br-test", "-p", "1:2", "--dns", "9.9.9.9",
                 "--add-host", "db:10.1.2.3", "--add-host", "gw:host-gateway", "/", "true").network_plan
     assert plan == {"mode": "bridge", "bridge": "br-test", "subnet": "10.9.0.0/16",
-                    "ports": [["0.0.0.0", 1, "tcp", 2]], "dns": ["9.9.9.9"],
+                    "ports": [["0.0.0.0", 1, 1, "tcp", 2]], "expose": [[2, "tcp"]], "dns": ["9.9.9.9"],
                     "add_hosts": [("db", "10.1.2.3"), ("gw", "host-gateway")]}
     assert parse("/", "true").network_plan["bridge"] == "mini-br0"
     assert parse("--network", "none", "/", "true").network_plan["mode"] == "none"
@@ -3785,16 +3785,18 @@ def test_publish_and_network_flags_parse():
 
 @pytest.mark.parametrize("argv, message", [
     (["-p", "70000:80"], "invalid --publish '70000:80': port '70000' is not a number from 1 to 65535"),
-    (["-p", "abc"], "invalid --publish 'abc': expected [IP:]HOSTPORT:CTRPORT[/tcp|/udp]"),
+    (["-p", "abc"], "invalid --publish 'abc': port 'abc' is not a number from 1 to 65535"),
+    (["-p", "1:2:3:4"], "invalid --publish '1:2:3:4': expected [IP:][HOSTPORT:]CTRPORT[/tcp|/udp]"),
     (["-p", "80:0"], "port '0' is not a number"),
     (["-p", "1.2.3:80:80"], "'1.2.3' is not an IPv4 address"),
-    (["-p", "80:80/sctp"], "expected [IP:]HOSTPORT"),
+    (["-p", "80:80/sctp"], "protocol 'sctp': minidocker publishes tcp and udp"),
     (["-p", "80:80", "-p", "80:81"], "--publish 0.0.0.0:80/tcp is given twice"),
     (["--subnet", "10.0.0.0/33"], "invalid --subnet '10.0.0.0/33'"),
     (["--subnet", "10.0.0.1/24"], "has host bits set"),
     (["--subnet", "10.0.0.0/31"], "no room for a gateway and a container"),
     (["--network", "overlay"], "unknown --network 'overlay': minidocker knows bridge, none and host"),
     (["--network", "none", "-p", "80:80"], "need --network bridge, not none"),
+    (["--network", "host", "-P"], "need --network bridge, not host"),
     (["--bridge", "a/b"], "invalid --bridge 'a/b'"),
     (["--bridge", "sixteen-chars-xx"], "invalid --bridge"),
     (["--dns", "resolver"], "invalid --dns 'resolver'"),
@@ -3817,11 +3819,12 @@ def test_address_allocation_skips_gateway_and_used_and_says_when_full():
 
 
 def test_lease_conflicts():
-    mine = {"bridge": "mini-br0", "subnet": "10.0.0.0/24", "ports": [["0.0.0.0", 8080, "tcp", 80]]}
+    mine = {"bridge": "mini-br0", "subnet": "10.0.0.0/24", "ports": [["0.0.0.0", 8080, 8080, "tcp", 80]]}
     other = dict(mine, container="abc", ports=[["127.0.0.1", 8080, "tcp", 81]])
     with pytest.raises(md.MiniDockerError, match="port 0.0.0.0:8080/tcp is already published by container abc"):
-        md.check_lease(mine, [other])
-    md.check_lease(mine, [dict(other, ports=[["0.0.0.0", 8080, "udp", 80]])])
+        md.assign_host_ports(mine["ports"], [other], [], (32768, 60999))
+    assert md.assign_host_ports(mine["ports"], [dict(other, ports=[["0.0.0.0", 8080, "udp", 80]])],
+                                [], (32768, 60999)) == [["0.0.0.0", 8080, "tcp", 80]]
     with pytest.raises(md.MiniDockerError, match="bridge mini-br0 already serves 10.0.0.0/24, not 10.1.0.0/24"):
         md.check_lease(dict(mine, subnet="10.1.0.0/24", ports=[]), [other])
     with pytest.raises(md.MiniDockerError, match="subnet 10.0.0.0/16 overlaps 10.0.0.0/24 of bridge mini-br0"):
