@@ -1098,7 +1098,8 @@ def create_container(paths, spec, cid, cgroups, parents=()):
               "config": {"env": spec.env, "workdir": spec.workdir, "user": spec.user or "",
                          "hostname": spec.hostname or cid[:12], "privileged": spec.privileged,
                          "read_only": spec.read_only, "init": spec.init,
-                         "restart": spec.restart}}
+                         "restart": spec.restart,
+                         "exposed": spec.network_plan.get("expose", [])}}
     make_state_dirs(paths)
     if spec.name is None:
         store_record(paths, record)
@@ -3771,8 +3772,8 @@ def apply_nat(leases):
 # Leases. A container's lease lives in its record (chapter 4), under the key
 # "network", as {"mode", "bridge", "subnet", "gateway", "address", "veth",
 # "ports", "container" (its short id), "netns"}. Under an exclusive flock(2) on run/network.lock, a
-# run reads the records of live containers, takes the first free address,
-# checks its ports, writes its record and rebuilds the table `ip
+# run reads the records of live containers, takes the first free address
+# and its host ports (assign_host_ports), writes its record, rebuilds the table `ip
 # minidocker`; the end of a run (or the reclaim after a kill -9) drops the
 # lease, deletes the veth and rebuilds the table without it. A lease counts
 # only while the minidocker that took it runs, so a crash can never keep an
@@ -6969,10 +6970,9 @@ def inspect_record(record):
     config = record.get("config", {})
     policy, most = config.get("restart", ("no", 0))
     lease = record.get("network", {})
-    ports = {}
-    for host_ip, host_port, proto, port in lease.get("ports", []):
-        ports.setdefault("%d/%s" % (port, proto), []).append(
-            {"HostIp": host_ip, "HostPort": str(host_port)})
+    ports = {key: bindings and [{"HostIp": ip, "HostPort": str(port)} for ip, port in bindings]
+             for key, bindings in port_map(record).items()}
+    exposed = dict(sorted(("%d/%s" % (port, proto), {}) for port, proto in config.get("exposed", [])))
     return {
         "Id": record["id"], "Name": "/" + (record.get("name") or record["id"][:12]),
         "Created": rfc3339(record["created"]),
@@ -6985,7 +6985,8 @@ def inspect_record(record):
                   "FinishedAt": rfc3339(record.get("finished"))},
         "Config": {"Cmd": record["command"], "Env": config.get("env", []),
                    "WorkingDir": config.get("workdir", "/"), "User": config.get("user", ""),
-                   "Hostname": config.get("hostname", record["id"][:12])},
+                   "Hostname": config.get("hostname", record["id"][:12]),
+                   **({"ExposedPorts": exposed} if exposed else {})},
         "HostConfig": {"Privileged": config.get("privileged", False),
                        "ReadonlyRootfs": config.get("read_only", False),
                        "AutoRemove": record["remove"], "Init": config.get("init", False),
@@ -6994,6 +6995,51 @@ def inspect_record(record):
         "NetworkSettings": {"IPAddress": lease.get("address", ""),
                             "Gateway": lease.get("gateway", ""), "Ports": ports},
     }
+
+
+def port_map(record):
+    """Docker's NetworkSettings.Ports while the container has its lease:
+    "80/tcp" -> [(host IP, host port)], or None for a port exposed and not
+    published; keys in the order Go's JSON gives a map's, sorted."""
+    lease = record.get("network")
+    if not lease:
+        return {}
+    ports = {"%d/%s" % (port, proto): None
+             for port, proto in record.get("config", {}).get("exposed", [])}
+    for host_ip, host_port, proto, port in lease["ports"]:
+        key = "%d/%s" % (port, proto)
+        ports[key] = (ports.get(key) or []) + [(host_ip, host_port)]
+    return dict(sorted(ports.items()))
+
+
+def natural_key(text):
+    """Sort "9/tcp" before "10/tcp", as Docker's sortorder.NaturalLess."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"([0-9]+)", text)]
+
+
+def cmd_port(args):
+    """docker port: every published port as "80/tcp -> 0.0.0.0:8080", or
+    the host addresses of one (CTRPORT[/PROTO], tcp by default), from the
+    record's lease; a container not running publishes none."""
+    require_root("port")
+    paths = Paths()
+    reclaim_dead(paths)
+    ports = port_map(find_container(paths, args.container))
+    if args.port is None:
+        lines = ["%s -> %s:%d" % (key, ip, host) for key, bindings in ports.items()
+                 for ip, host in bindings or []]
+    else:
+        port, _, proto = args.port.partition("/")
+        if not is_number(port) or int(port) > 65535:
+            raise MiniDockerError("invalid port %s: not a number from 0 to 65535" % quote(port))
+        bindings = ports.get("%d/%s" % (int(port), proto or "tcp"))
+        if not bindings:
+            raise MiniDockerError("no public port %s published for %s"
+                                  % (quote(args.port), args.container))
+        lines = ["%s:%d" % binding for binding in bindings]
+    for line in sorted(lines, key=natural_key):
+        print(line)
+    return 0
 
 
 def parse_signal(text):
@@ -7313,15 +7359,42 @@ def ps_row(record, now, truncate):
                               record.get("exit_code", "?"))
         if record.get("finished"):
             status += " %s ago" % human_duration(now - record["finished"])
-    ports = record.get("network", {}).get("ports", [])
     return {"ID": record["id"][:12] if truncate else record["id"], "Image": record["rootfs"],
             "Command": go_quote(command),
             "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z %Z",
                                        time.localtime(record["created"])),
             "RunningFor": human_duration(now - record["created"]) + " ago",
-            "Ports": ", ".join("%s:%d->%d/%s" % (ip, host, port, proto)
-                               for ip, host, proto, port in ports),
+            "Ports": displayable_ports(port_map(record)),
             "State": state, "Status": status, "Names": display_name(record), "Labels": ""}
+
+
+def displayable_ports(ports):
+    """ps's PORTS, as Docker's formatter (DisplayablePorts) writes them: a
+    port published on the same host port, and one only exposed, join
+    their neighbours in ranges ("0.0.0.0:80-81->80-81/tcp", "90-91/udp"),
+    a range written out when the next port breaks it, the open ones after;
+    a port published on another host port stands alone, at the end
+    ("0.0.0.0:8080->80/tcp")."""
+    entries = sorted((int(key.split("/")[0]), ip, host, key.split("/")[1])
+                     for key, bindings in ports.items()
+                     for ip, host in bindings or [("", 0)])
+
+    def form(key, first, last):
+        ip, proto = key
+        span = str(first) if first == last else "%d-%d" % (first, last)
+        return "%s/%s" % ("%s:%s->%s" % (ip, span, span) if ip else span, proto)
+
+    shown, alone, groups = [], [], {}  # groups: (ip, proto) -> [first, last], in order of birth
+    for port, ip, host, proto in entries:
+        if ip and host != port:
+            alone.append("%s:%d->%d/%s" % (ip, host, port, proto))
+        elif (ip, proto) in groups and port == groups[ip, proto][1] + 1:
+            groups[ip, proto][1] = port
+        else:
+            if (ip, proto) in groups:
+                shown.append(form((ip, proto), *groups[ip, proto]))
+            groups.setdefault((ip, proto), [port, port])[:] = [port, port]
+    return ", ".join(shown + [form(key, *span) for key, span in groups.items()] + alone)
 
 
 # --format's fields, each with its column's header, as docker's ps has them.
@@ -7871,6 +7944,11 @@ def build_parser():
     inspect = commands.add_parser("inspect", help="containers as JSON, in Docker's shape")
     inspect.add_argument("containers", nargs="+", metavar="NAME|ID")
     inspect.set_defaults(handler=cmd_inspect)
+
+    port = commands.add_parser("port", help="a container's published ports, as docker's")
+    port.add_argument("container", metavar="NAME|ID")
+    port.add_argument("port", nargs="?", metavar="CTRPORT[/PROTO]", help="only this one")
+    port.set_defaults(handler=cmd_port)
 
     wait = commands.add_parser("wait", help="wait for containers to end; print their exit codes")
     wait.add_argument("containers", nargs="+", metavar="NAME|ID")
