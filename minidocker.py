@@ -3948,10 +3948,13 @@ def assign_host_ports(requests, others, listeners, ephemeral, owner=socket_owner
                      if listener[:1] == (proto,) and listener[2] == host_port
                      and shadows(host_ip, listener[1])), None)
 
+    def given(request):
+        return request[1] == request[2] != EPHEMERAL
+
     assigned = {}
-    for n in sorted(range(len(requests)), key=lambda n: requests[n][1] != requests[n][2]):
+    for n in sorted(range(len(requests)), key=lambda n: not given(requests[n])):
         host_ip, first, last, proto, port = requests[n]
-        if first == last != EPHEMERAL:
+        if given(requests[n]):
             found = holder(host_ip, first, proto)
             if isinstance(found, str):
                 raise MiniDockerError("port %s:%d/%s is already published by %s"
@@ -7364,20 +7367,24 @@ def ps_row(record, now, truncate):
             "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z %Z",
                                        time.localtime(record["created"])),
             "RunningFor": human_duration(now - record["created"]) + " ago",
-            "Ports": displayable_ports(port_map(record)),
+            "Ports": displayable_ports(port_entries(port_map(record))),
             "State": state, "Status": status, "Names": display_name(record), "Labels": ""}
 
 
-def displayable_ports(ports):
-    """ps's PORTS, as Docker's formatter (DisplayablePorts) writes them: a
-    port published on the same host port, and one only exposed, join
-    their neighbours in ranges ("0.0.0.0:80-81->80-81/tcp", "90-91/udp"),
-    a range written out when the next port breaks it, the open ones after;
-    a port published on another host port stands alone, at the end
-    ("0.0.0.0:8080->80/tcp")."""
-    entries = sorted((int(key.split("/")[0]), ip, host, key.split("/")[1])
-                     for key, bindings in ports.items()
-                     for ip, host in bindings or [("", 0)])
+def port_entries(ports):
+    """port_map's ports as the API's list: (port, host IP, host port,
+    proto), a port only exposed with no IP and host port 0."""
+    return [(int(key.split("/")[0]), ip, host, key.split("/")[1])
+            for key, bindings in ports.items() for ip, host in bindings or [("", 0)]]
+
+
+def displayable_ports(entries):
+    """ps's PORTS, as Docker's formatter (DisplayablePorts) writes them
+    from port_entries: a port published on the same host port, and one
+    only exposed, join their neighbours in ranges
+    ("0.0.0.0:80-81->80-81/tcp", "90-91/udp"), a range written out when
+    the next port breaks it, the open ones after; a port published on
+    another host port stands alone, at the end ("0.0.0.0:8080->80/tcp")."""
 
     def form(key, first, last):
         ip, proto = key
@@ -7385,7 +7392,7 @@ def displayable_ports(ports):
         return "%s/%s" % ("%s:%s->%s" % (ip, span, span) if ip else span, proto)
 
     shown, alone, groups = [], [], {}  # groups: (ip, proto) -> [first, last], in order of birth
-    for port, ip, host, proto in entries:
+    for port, ip, host, proto in sorted(entries):
         if ip and host != port:
             alone.append("%s:%d->%d/%s" % (ip, host, port, proto))
         elif (ip, proto) in groups and port == groups[ip, proto][1] + 1:
