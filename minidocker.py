@@ -1002,6 +1002,7 @@ def valid_record(record, name):
         and all(isinstance(path, str) for path in record.get("cgroup_parents", [])) \
         and isinstance(record.get("network", {}), dict) \
         and isinstance(record.get("last_address", ""), str) \
+        and isinstance(record.get("last_ports", []), list) \
         and isinstance(record.get("exit_code", 0), int) \
         and isinstance(record.get("restart_delay", 0), (int, float)) \
         and isinstance(record.get("name"), (str, type(None))) \
@@ -3928,13 +3929,15 @@ def ephemeral_range():
     return (int(found[0]), int(found[1])) if len(found) == 2 else DOCKER_EPHEMERAL
 
 
-def assign_host_ports(requests, others, listeners, ephemeral, owner=socket_owner):
+def assign_host_ports(requests, others, listeners, ephemeral, last=(), owner=socket_owner):
     """Each request (see parse_publish) -> [ip, host port, proto, port]: the
-    port given, checked, or the first free one of its range (EPHEMERAL: the
-    kernel's `ephemeral` range). Taken: a port another live container
-    publishes on an overlapping address, a port a listener of this
-    namespace would lose (shadows), and one this container already has.
-    The given ones are checked first, so that a range never takes them."""
+    port given, checked, or a free one of its range (EPHEMERAL: the
+    kernel's `ephemeral` range): the one the container had last time
+    (`last`, as its lease held them) if it still is, else the first. Taken:
+    a port another live container publishes on an overlapping address, a
+    port a listener of this namespace would lose (shadows), and one this
+    container already has. The given ones are checked first, so that a
+    range never takes them."""
     published = [(ip, port, proto, "container " + other["container"])
                  for other in others for ip, port, proto, _ in other["ports"]]
 
@@ -3953,7 +3956,7 @@ def assign_host_ports(requests, others, listeners, ephemeral, owner=socket_owner
 
     assigned = {}
     for n in sorted(range(len(requests)), key=lambda n: not given(requests[n])):
-        host_ip, first, last, proto, port = requests[n]
+        host_ip, first, last_port, proto, port = requests[n]
         if given(requests[n]):
             found = holder(host_ip, first, proto)
             if isinstance(found, str):
@@ -3963,8 +3966,11 @@ def assign_host_ports(requests, others, listeners, ephemeral, owner=socket_owner
                 raise port_in_use(host_ip, first, proto, found, owner)
             chosen = first
         else:
-            low, high = ephemeral if first == EPHEMERAL else (first, last)
-            chosen = next((candidate for candidate in range(low, high + 1)
+            low, high = ephemeral if first == EPHEMERAL else (first, last_port)
+            before = [had[1] for had in last if isinstance(had, list) and len(had) == 4
+                      and (had[0], had[2], had[3]) == (host_ip, proto, port)
+                      and had[1] in range(low, high + 1)]  # a hand-edited record: no preference
+            chosen = next((candidate for candidate in before + list(range(low, high + 1))
                            if holder(host_ip, candidate, proto) is None), None)
             if chosen is None:
                 raise MiniDockerError("no free host port for %d/%s in %d-%d"
@@ -3983,8 +3989,8 @@ def lease_network(paths, record, plan):
     with network_lock(paths):
         others = live_leases(paths, excluded=[record["id"]])
         check_lease(plan, others)
-        ports = assign_host_ports(plan["ports"], others, read_listeners(), ephemeral_range()) \
-            if plan["ports"] else []
+        ports = assign_host_ports(plan["ports"], others, read_listeners(), ephemeral_range(),
+                                  record.get("last_ports", [])) if plan["ports"] else []
         used = {other["address"] for other in others if other["bridge"] == plan["bridge"]}
         lease = {"mode": "bridge", "bridge": plan["bridge"], "subnet": str(subnet),
                  "gateway": str(gateway),
@@ -4018,6 +4024,7 @@ def release_leases(paths, records, delete_veths=True):
             for record in records:
                 lease = record.pop("network")
                 record["last_address"] = lease["address"]  # a restart's first choice
+                record["last_ports"] = lease["ports"]       # and its ports
                 released.add(lease["bridge"])
                 if delete_veths:
                     delete_link(nl, lease["veth"])

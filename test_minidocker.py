@@ -5641,6 +5641,12 @@ def test_host_ports_assigned_around_listeners_and_other_containers():
                              owner=lambda inode: "nc (pid %d)" % inode)
     assert str(caught.value) == ("cannot publish 127.0.0.1:40000/tcp: address already in use by "
                                  "nc (pid 1), listening on [::]:40000")
+    # Started again: the ports it had, when still free, else the first free.
+    last = [["0.0.0.0", 40007, "tcp", 80], ["0.0.0.0", 40001, "udp", 53], ["0.0.0.0", 40008, "tcp", 99]]
+    assert md.assign_host_ports(requests[:2], others, listeners, (40000, 40010), last) == [
+        ["0.0.0.0", 40007, "tcp", 80], ["0.0.0.0", 40000, "udp", 53]]  # udp 40001: listened on
+    assert md.assign_host_ports(requests[:1], others, listeners, (40000, 40005), last + [7, ["x"]]) \
+        == [["0.0.0.0", 40002, "tcp", 80]]  # out of the range now; junk ignored
     with pytest.raises(md.MiniDockerError, match="^no free host port for 80/tcp in 40000-40001$"):
         md.assign_host_ports([["0.0.0.0", 0, 0, "tcp", 80]], others, listeners, (40000, 40001))
 
