@@ -5822,7 +5822,7 @@ def test_net_free_host_ports_skip_listeners_and_each_other(rootfs, sandbox):
     40000: four `run -d -p 80` at once get 40001-40004, each its own (the
     choice is made under the network lock); -P with two exposed ports finds
     one left and is refused, leaving nothing; each server answers on its
-    port from a neighbour."""
+    port from a neighbour. A container started again keeps its port."""
     sandbox.sh("echo '40000 40005' > /proc/sys/net/ipv4/ip_local_port_range")
     listener = subprocess.Popen(sandbox.enter() + [sys.executable, "-c", PY_LISTEN,
                                                    "tcp", "0.0.0.0", "40000"], stdout=subprocess.PIPE)
@@ -5830,7 +5830,7 @@ def test_net_free_host_ports_skip_listeners_and_each_other(rootfs, sandbox):
     try:
         assert listener.stdout.readline() == b"listening\n"
         racers = [sandbox.start("run", "-d", "-p", "80", rootfs, "sh", "-c",
-                                "mkdir /w && hostname > /w/index.html && exec httpd -f -p 80 -h /w")
+                                "mkdir -p /w && hostname > /w/index.html && exec httpd -f -p 80 -h /w")
                   for _ in range(4)]
         for racer in racers:
             out, err = racer.communicate(timeout=60)
@@ -5854,6 +5854,10 @@ def test_net_free_host_ports_skip_listeners_and_each_other(rootfs, sandbox):
             (125, "minidocker: error: no free host port for 81/tcp in 40000-40005\n")
         assert len(sandbox.veths().splitlines()) == 4
         assert len(md.read_records(md.Paths())) == 4
+        # Started again, a container keeps its port though a lower one is free.
+        assert sandbox.run("stop", "-t", "0", ports[40002], ports[40001]).returncode == 0
+        assert sandbox.run("start", ports[40002]).returncode == 0
+        assert sandbox.run("port", ports[40002], "80").out == "0.0.0.0:40002\n"
     finally:
         if ids:
             sandbox.run("rm", "-f", *ids)
