@@ -3929,11 +3929,11 @@ def ephemeral_range():
     return (int(found[0]), int(found[1])) if len(found) == 2 else DOCKER_EPHEMERAL
 
 
-def assign_host_ports(requests, others, listeners, ephemeral, last=(), owner=socket_owner):
+def assign_host_ports(requests, others, listeners, ephemeral, previous=(), owner=socket_owner):
     """Each request (see parse_publish) -> [ip, host port, proto, port]: the
     port given, checked, or a free one of its range (EPHEMERAL: the
     kernel's `ephemeral` range): the one the container had last time
-    (`last`, as its lease held them) if it still is, else the first. Taken:
+    (`previous`, as its lease held them) if it still is, else the first. Taken:
     a port another live container publishes on an overlapping address, a
     port a listener of this namespace would lose (shadows), and one this
     container already has. The given ones are checked first, so that a
@@ -3948,7 +3948,7 @@ def assign_host_ports(requests, others, listeners, ephemeral, last=(), owner=soc
                     ("0.0.0.0" in (host_ip, ip) or host_ip == ip):
                 return name
         return next((listener for listener in listeners
-                     if listener[:1] == (proto,) and listener[2] == host_port
+                     if listener[0] == proto and listener[2] == host_port
                      and shadows(host_ip, listener[1])), None)
 
     def given(request):
@@ -3956,7 +3956,7 @@ def assign_host_ports(requests, others, listeners, ephemeral, last=(), owner=soc
 
     assigned = {}
     for n in sorted(range(len(requests)), key=lambda n: not given(requests[n])):
-        host_ip, first, last_port, proto, port = requests[n]
+        host_ip, first, last, proto, port = requests[n]
         if given(requests[n]):
             found = holder(host_ip, first, proto)
             if isinstance(found, str):
@@ -3966,8 +3966,8 @@ def assign_host_ports(requests, others, listeners, ephemeral, last=(), owner=soc
                 raise port_in_use(host_ip, first, proto, found, owner)
             chosen = first
         else:
-            low, high = ephemeral if first == EPHEMERAL else (first, last_port)
-            before = [had[1] for had in last if isinstance(had, list) and len(had) == 4
+            low, high = ephemeral if first == EPHEMERAL else (first, last)
+            before = [had[1] for had in previous if isinstance(had, list) and len(had) == 4
                       and (had[0], had[2], had[3]) == (host_ip, proto, port)
                       and had[1] in range(low, high + 1)]  # a hand-edited record: no preference
             chosen = next((candidate for candidate in before + list(range(low, high + 1))
@@ -7407,7 +7407,7 @@ def displayable_ports(entries):
         else:
             if (ip, proto) in groups:
                 shown.append(form((ip, proto), *groups[ip, proto]))
-            groups.setdefault((ip, proto), [port, port])[:] = [port, port]
+            groups[ip, proto] = [port, port]  # a key keeps its place when its value changes
     return ", ".join(shown + [form(key, *span) for key, span in groups.items()] + alone)
 
 
