@@ -5820,7 +5820,8 @@ def test_net_port_ranges_expose_and_what_port_inspect_and_ps_show(rootfs, sandbo
 def test_net_free_host_ports_skip_listeners_and_each_other(rootfs, sandbox):
     """The sandbox's ephemeral range cut to 40000-40005, a listener on
     40000: four `run -d -p 80` at once get 40001-40004, each its own (the
-    choice is made under the network lock); -P with two exposed ports finds
+    choice is made under the network lock), and of three asking for 8090
+    at once, one gets it; -P with two exposed ports finds
     one left and is refused, leaving nothing; each server answers on its
     port from a neighbour. A container started again keeps its port."""
     sandbox.sh("echo '40000 40005' > /proc/sys/net/ipv4/ip_local_port_range")
@@ -5849,6 +5850,18 @@ def test_net_free_host_ports_skip_listeners_and_each_other(rootfs, sandbox):
                 page = sandbox.sh("timeout 5 busybox wget -q -O - http://192.168.77.1:%d/" % port,
                                   sandbox.client)
             assert page == cid[:12] + "\n"
+        # One host port asked for by three runs at once: one gets it.
+        same = [sandbox.start("run", "-d", "-p", "8090:80", rootfs, "sleep", "100") for _ in range(3)]
+        for racer in same:
+            out, err = racer.communicate(timeout=60)
+            if racer.returncode == 0:
+                ids.append(out.decode().strip())
+            else:
+                assert racer.returncode == 125 and re.fullmatch(
+                    rb"minidocker: error: port 0\.0\.0\.0:8090/tcp is already published by "
+                    rb"container [0-9a-f]{12}\n", err), err
+        assert len(ids) == 5
+        sandbox.run("rm", "-f", ids.pop())
         full = sandbox.run("run", "--rm", "-P", "--expose", "80-81", rootfs, "true")
         assert (full.returncode, full.err) == \
             (125, "minidocker: error: no free host port for 81/tcp in 40000-40005\n")
