@@ -864,7 +864,7 @@ def build_spec(args, seccomp_cache=None):
         resources=resources,
         cgroup_parent=check_cgroup_parent(args.cgroup_parent),
         network_plan=plan_network(args.network, args.subnet, args.bridge, args.publish, args.dns,
-                             args.add_host))
+                             args.add_host, args.expose, args.publish_all))
 
 
 # === 4. State: where containers live on disk ===
@@ -1003,6 +1003,7 @@ def valid_record(record, name):
         and all(isinstance(path, str) for path in record.get("cgroup_parents", [])) \
         and isinstance(record.get("network", {}), dict) \
         and isinstance(record.get("last_address", ""), str) \
+        and isinstance(record.get("last_ports", []), list) \
         and isinstance(record.get("exit_code", 0), int) \
         and isinstance(record.get("restart_delay", 0), (int, float)) \
         and isinstance(record.get("name"), (str, type(None))) \
@@ -1099,7 +1100,8 @@ def create_container(paths, spec, cid, cgroups, parents=()):
               "config": {"env": spec.env, "workdir": spec.workdir, "user": spec.user or "",
                          "hostname": spec.hostname or cid[:12], "privileged": spec.privileged,
                          "read_only": spec.read_only, "init": spec.init,
-                         "restart": spec.restart}}
+                         "restart": spec.restart,
+                         "exposed": spec.network_plan.get("expose", [])}}
     make_state_dirs(paths)
     if spec.name is None:
         store_record(paths, record)
@@ -2918,26 +2920,80 @@ DEFAULT_BRIDGE = "mini-br0"
 DEFAULT_SUBNET = "10.0.0.0/24"
 
 
-def parse_port(text, spec):
+def parse_port(text, spec, flag="--publish"):
     if not is_number(text) or not 0 < int(text) < 65536:
-        raise MiniDockerError("invalid --publish %r: port %r is not a number from 1 to 65535"
-                              % (spec, text))
+        raise MiniDockerError("invalid %s %r: port %r is not a number from 1 to 65535"
+                              % (flag, spec, text))
     return int(text)
 
 
+def parse_port_range(text, spec, flag="--publish"):
+    """'80' -> (80, 80); '8080-8081' -> (8080, 8081)."""
+    first, dash, last = text.partition("-")
+    low = parse_port(first, spec, flag)
+    high = parse_port(last, spec, flag) if dash else low
+    if high < low:
+        raise MiniDockerError("invalid %s %r: the range %s ends before it begins" % (flag, spec, text))
+    return low, high
+
+
+def parse_protocol(text, spec, flag="--publish"):
+    """Docker's default is tcp; it also knows sctp, which minidocker's NAT
+    rules do not."""
+    proto = (text or "tcp").lower()
+    if proto not in ("tcp", "udp"):
+        raise MiniDockerError("invalid %s %r: protocol %r: minidocker publishes tcp and udp"
+                              % (flag, spec, text))
+    return proto
+
+
+# A published port, once parsed, is a request: [host IP, first, last,
+# proto, container port], the host port to be one of first..last. Docker's
+# forms, and what they ask:
+#   -p 8080:80                one host port:  [ip, 8080, 8080, proto, 80]
+#   -p 80, -p IP::80          any free port of the ephemeral range: first = last = 0
+#   -p 8080-8081:80-81        one request a port, paired in order (equal lengths)
+#   -p 8000-8010:80           one port of the host's range, whichever is free
+# The lease turns each request into the [ip, host port, proto, port] it got
+# (assign_host_ports).
+EPHEMERAL = 0
+
+
 def parse_publish(text):
-    """`-p [IP:]HOSTPORT:CTRPORT[/tcp|/udp]` -> [ip, host port, proto, port]."""
+    """`-p [IP:][HOSTPORT[-END]:]CTRPORT[-END][/tcp|/udp]` -> requests; the
+    errors in Docker's words (go-connections' ParsePortSpec)."""
     import ipaddress
     rest, _, proto = text.partition("/")
     parts = rest.split(":")
-    if len(parts) not in (2, 3) or proto not in ("", "tcp", "udp"):
-        raise MiniDockerError("invalid --publish %r: expected [IP:]HOSTPORT:CTRPORT[/tcp|/udp]" % text)
-    host_ip = parts[0] if len(parts) == 3 else "0.0.0.0"
+    if len(parts) > 3:
+        raise MiniDockerError("invalid --publish %r: expected [IP:][HOSTPORT:]CTRPORT[/tcp|/udp]"
+                              % text)
+    if not parts[-1]:
+        raise MiniDockerError("invalid --publish %r: no port specified: %s<empty>" % (text, text))
+    proto = parse_protocol(proto, text)
+    host_ip = parts[0] if len(parts) == 3 and parts[0] else "0.0.0.0"
     try:
         host_ip = str(ipaddress.IPv4Address(host_ip))
     except ValueError:
         raise MiniDockerError("invalid --publish %r: %r is not an IPv4 address" % (text, host_ip))
-    return [host_ip, parse_port(parts[-2], text), proto or "tcp", parse_port(parts[-1], text)]
+    low, high = parse_port_range(parts[-1], text)
+    if len(parts) == 1 or not parts[-2]:
+        return [[host_ip, EPHEMERAL, EPHEMERAL, proto, port] for port in range(low, high + 1)]
+    first, last = parse_port_range(parts[-2], text)
+    if last - first == high - low:
+        return [[host_ip, first + n, first + n, proto, low + n] for n in range(high - low + 1)]
+    if low != high:
+        raise MiniDockerError("invalid --publish %r: invalid ranges specified for container and "
+                              "host Ports: %s and %s" % (text, parts[-1], parts[-2]))
+    return [[host_ip, first, last, proto, low]]
+
+
+def parse_expose(text):
+    """`--expose PORT[-END][/tcp|/udp]` -> [[port, proto], ...]."""
+    rest, _, proto = text.partition("/")
+    low, high = parse_port_range(rest, text, "--expose")
+    proto = parse_protocol(proto, text, "--expose")
+    return [[port, proto] for port in range(low, high + 1)]
 
 
 def parse_add_host(text):
@@ -2955,13 +3011,14 @@ def parse_add_host(text):
     return (name, ip)
 
 
-def plan_network(mode, subnet, bridge, publish, dns, add_hosts):
+def plan_network(mode, subnet, bridge, publish, dns, add_hosts, expose=(), publish_all=False):
     """--network and friends -> the network plan (chapter 9 carries it out)."""
     import ipaddress
     if mode not in NETWORK_MODES:
         raise MiniDockerError("unknown --network %r: minidocker knows bridge, none and host" % mode)
-    if mode != "bridge" and (subnet or bridge or publish):
-        raise MiniDockerError("--subnet, --bridge and --publish need --network bridge, not %s" % mode)
+    if mode != "bridge" and (subnet or bridge or publish or publish_all):
+        raise MiniDockerError("--subnet, --bridge, --publish and --publish-all need --network "
+                              "bridge, not %s" % mode)
     try:
         network = ipaddress.IPv4Network(subnet or DEFAULT_SUBNET)
     except ValueError as err:
@@ -2970,12 +3027,17 @@ def plan_network(mode, subnet, bridge, publish, dns, add_hosts):
         raise MiniDockerError("invalid --subnet %r: a /%d has no room for a gateway and a container"
                               % (subnet, network.prefixlen))
     check_ifname(bridge or DEFAULT_BRIDGE, "--bridge")
-    ports = [parse_publish(text) for text in publish]
+    ports = [request for text in publish for request in parse_publish(text)]
     seen = set()
-    for host_ip, host_port, proto, _ in ports:
-        if (host_ip, host_port, proto) in seen:
-            raise MiniDockerError("--publish %s:%d/%s is given twice" % (host_ip, host_port, proto))
-        seen.add((host_ip, host_port, proto))
+    for host_ip, first, last, proto, _ in ports:
+        if first == last != EPHEMERAL and (host_ip, first, proto) in seen:
+            raise MiniDockerError("--publish %s:%d/%s is given twice" % (host_ip, first, proto))
+        seen.add((host_ip, first, proto))
+    exposed = plan_exposed(ports, expose)
+    if publish_all:  # -P: what no -p publishes gets a port of the ephemeral range
+        bound = {(port, proto) for _, _, _, proto, port in ports}
+        ports += [["0.0.0.0", EPHEMERAL, EPHEMERAL, proto, port]
+                  for port, proto in exposed if (port, proto) not in bound]
     for server in dns:
         try:
             ipaddress.ip_address(server)
@@ -2985,7 +3047,16 @@ def plan_network(mode, subnet, bridge, publish, dns, add_hosts):
     if mode != "bridge" and any(ip == "host-gateway" for _, ip in hosts):
         raise MiniDockerError("--add-host NAME:host-gateway needs --network bridge")
     return {"mode": mode, "bridge": bridge or DEFAULT_BRIDGE, "subnet": str(network),
-            "ports": ports, "dns": list(dns), "add_hosts": hosts}
+            "ports": ports, "expose": exposed, "dns": list(dns), "add_hosts": hosts}
+
+
+def plan_exposed(ports, expose):
+    """The container's exposed ports, [port, proto] sorted: --expose's (a
+    rootfs directory has no image config to declare any) and every port
+    that -p publishes, as Docker counts them."""
+    exposed = {(port, proto) for _, _, _, proto, port in ports}
+    exposed.update((port, proto) for text in expose for port, proto in parse_expose(text))
+    return [list(pair) for pair in sorted(exposed)]
 
 
 def nl_attr(kind, payload):
@@ -3703,8 +3774,8 @@ def apply_nat(leases):
 # Leases. A container's lease lives in its record (chapter 4), under the key
 # "network", as {"mode", "bridge", "subnet", "gateway", "address", "veth",
 # "ports", "container" (its short id), "netns"}. Under an exclusive flock(2) on run/network.lock, a
-# run reads the records of live containers, takes the first free address,
-# checks its ports, writes its record and rebuilds the table `ip
+# run reads the records of live containers, takes the first free address
+# and its host ports (assign_host_ports), writes its record, rebuilds the table `ip
 # minidocker`; the end of a run (or the reclaim after a kill -9) drops the
 # lease, deletes the veth and rebuilds the table without it. A lease counts
 # only while the minidocker that took it runs, so a crash can never keep an
@@ -3753,7 +3824,7 @@ def allocate_address(subnet, used, preferred=None):
 
 
 def check_lease(plan, others):
-    """One subnet per bridge, subnets apart, and each host port once."""
+    """One subnet per bridge, and subnets apart."""
     import ipaddress
     subnet = ipaddress.ip_network(plan["subnet"])
     for other in others:
@@ -3764,12 +3835,150 @@ def check_lease(plan, others):
         if other["bridge"] != plan["bridge"] and theirs.overlaps(subnet):
             raise MiniDockerError("subnet %s overlaps %s of bridge %s"
                                   % (subnet, theirs, other["bridge"]))
-        for host_ip, host_port, proto, _ in plan["ports"]:
-            for their_ip, their_port, their_proto, _ in other["ports"]:
-                same_address = "0.0.0.0" in (host_ip, their_ip) or host_ip == their_ip
-                if (host_port, proto) == (their_port, their_proto) and same_address:
-                    raise MiniDockerError("port %s:%d/%s is already published by container %s"
-                                          % (host_ip, host_port, proto, other["container"]))
+
+
+# Host ports. A DNAT rule takes a port from under whatever listens on it
+# in this namespace: the rule comes first (prerouting, output), so a host
+# process listening there silently stops getting its connections. Docker's
+# proxy binds the port, and its bind fails "address already in use"; with no
+# proxy, minidocker reads the sockets the kernel lists instead
+# (/proc/net/tcp and the others are this process's network namespace's)
+# and refuses. Listening means a TCP socket in LISTEN, or a UDP socket bound
+# and not connected. Our table is `ip` only: a listener shadowed is one on
+# the IPv4 wildcard or the IPv6 one (which takes IPv4 too, unless
+# IPV6_V6ONLY), or on an IPv4 address the rule matches: the -p address, or
+# with -p 0.0.0.0 any (`fib daddr type local`).
+#
+#   /proc/net/tcp, one line a socket (tcp6, udp, udp6 alike):
+#   sl  local_address rem_address   st tx_queue:rx_queue tr:tm->when retrnsmt  uid timeout inode
+#   0:  0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000    0       0 41726
+#   The address is printed 32 bits at a time, each word in host byte order
+#   (127.0.0.1 on x86: 0100007F); the port in hex (1F90: 8080).
+PROC_NET_SOCKETS = (("tcp", "tcp", "0A"), ("tcp6", "tcp", "0A"),   # TCP_LISTEN
+                    ("udp", "udp", "07"), ("udp6", "udp", "07"))   # TCP_CLOSE: not connected
+LOCAL_PORT_RANGE = "net/ipv4/ip_local_port_range"
+
+
+def proc_net_address(text):
+    """'0100007F' -> '127.0.0.1'; an IPv4-mapped IPv6 address -> its IPv4."""
+    import ipaddress
+    raw = bytes.fromhex(text)
+    words = [struct.pack("=I", int.from_bytes(raw[at:at + 4], "big")) for at in range(0, len(raw), 4)]
+    address = ipaddress.ip_address(b"".join(words))
+    return str(getattr(address, "ipv4_mapped", None) or address)
+
+
+def parse_listeners(text, proto, state):
+    """One /proc/net file's sockets in STATE -> [(proto, address, port, inode)]."""
+    found = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 9 and fields[3] == state:
+            address, port = fields[1].split(":")
+            found.append((proto, proc_net_address(address), int(port, 16), int(fields[9])))
+    return found
+
+
+def read_listeners():
+    """The listening sockets of this network namespace (a file that is not
+    there, read as empty, is a protocol the kernel lacks: no IPv6)."""
+    return [listener for name, proto, state in PROC_NET_SOCKETS
+            for listener in parse_listeners(read_text("/proc/self/net/" + name), proto, state)]
+
+
+def shadows(host_ip, address):
+    """Would a DNAT rule for HOST_IP take the connections of a listener on
+    ADDRESS (its own IPv4 address, or an IPv6 one)?"""
+    if address in ("0.0.0.0", "::") or address == host_ip:
+        return True
+    return host_ip == "0.0.0.0" and ":" not in address
+
+
+def socket_owner(inode):
+    """'nc (pid 1234)' for the process that holds socket INODE, found by
+    its descriptors (/proc/PID/fd/N -> 'socket:[INODE]'), or None. Read
+    only when a port is refused. A process may end meanwhile (ENOENT), and
+    one of another user's may hide its descriptors (EACCES)."""
+    target = "socket:[%d]" % inode
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir("/proc/%s/fd" % pid)
+            if any(os.readlink("/proc/%s/fd/%s" % (pid, fd)) == target for fd in fds):
+                return "%s (pid %s)" % (read_text("/proc/%s/comm" % pid).strip(), pid)
+        except OSError:  # ENOENT, EACCES: gone, or not ours to see
+            continue
+    return None
+
+
+def port_in_use(host_ip, host_port, proto, listener, owner=socket_owner):
+    _, address, port, inode = listener
+    where = ("[%s]:%d" if ":" in address else "%s:%d") % (address, port)
+    held = owner(inode)
+    return MiniDockerError("cannot publish %s:%d/%s: address already in use by %s"
+                           % (host_ip, host_port, proto,
+                              "%s, listening on %s" % (held, where) if held
+                              else "a socket listening on " + where))
+
+
+DOCKER_EPHEMERAL = (49153, 65535)  # Docker's range when the kernel's cannot be read
+
+
+def ephemeral_range():
+    """The ports the kernel hands out to clients, where Docker picks a
+    published port that was not given (-p CTRPORT, -P)."""
+    found = read_text("/proc/sys/" + LOCAL_PORT_RANGE).split()
+    return (int(found[0]), int(found[1])) if len(found) == 2 else DOCKER_EPHEMERAL
+
+
+def assign_host_ports(requests, others, listeners, ephemeral, previous=(), owner=socket_owner):
+    """Each request (see parse_publish) -> [ip, host port, proto, port]: the
+    port given, checked, or a free one of its range (EPHEMERAL: the
+    kernel's `ephemeral` range): the one the container had last time
+    (`previous`, as its lease held them) if it still is, else the first. Taken:
+    a port another live container publishes on an overlapping address, a
+    port a listener of this namespace would lose (shadows), and one this
+    container already has. The given ones are checked first, so that a
+    range never takes them."""
+    published = [(ip, port, proto, "container " + other["container"])
+                 for other in others for ip, port, proto, _ in other["ports"]]
+
+    def holder(host_ip, host_port, proto):
+        """Who has the port: the publisher's name, a listener, or None."""
+        for ip, port, their_proto, name in published:
+            if (port, their_proto) == (host_port, proto) and \
+                    ("0.0.0.0" in (host_ip, ip) or host_ip == ip):
+                return name
+        return next((listener for listener in listeners
+                     if listener[0] == proto and listener[2] == host_port
+                     and shadows(host_ip, listener[1])), None)
+
+    def given(request):
+        return request[1] == request[2] != EPHEMERAL
+
+    assigned = {}
+    for n in sorted(range(len(requests)), key=lambda n: not given(requests[n])):
+        host_ip, first, last, proto, port = requests[n]
+        if given(requests[n]):
+            found = holder(host_ip, first, proto)
+            if isinstance(found, str):
+                raise MiniDockerError("port %s:%d/%s is already published by %s"
+                                      % (host_ip, first, proto, found))
+            if found:
+                raise port_in_use(host_ip, first, proto, found, owner)
+            chosen = first
+        else:
+            low, high = ephemeral if first == EPHEMERAL else (first, last)
+            before = [had[1] for had in previous if isinstance(had, list) and len(had) == 4
+                      and (had[0], had[2], had[3]) == (host_ip, proto, port)
+                      and had[1] in range(low, high + 1)]  # a hand-edited record: no preference
+            chosen = next((candidate for candidate in before + list(range(low, high + 1))
+                           if holder(host_ip, candidate, proto) is None), None)
+            if chosen is None:
+                raise MiniDockerError("no free host port for %d/%s in %d-%d"
+                                      % (port, proto, low, high))
+        published.append((host_ip, chosen, proto, "this container"))
+        assigned[n] = [host_ip, chosen, proto, port]
+    return [assigned[n] for n in range(len(requests))]
 
 
 def lease_network(paths, record, plan):
@@ -3781,11 +3990,13 @@ def lease_network(paths, record, plan):
     with network_lock(paths):
         others = live_leases(paths, excluded=[record["id"]])
         check_lease(plan, others)
+        ports = assign_host_ports(plan["ports"], others, read_listeners(), ephemeral_range(),
+                                  record.get("last_ports", [])) if plan["ports"] else []
         used = {other["address"] for other in others if other["bridge"] == plan["bridge"]}
         lease = {"mode": "bridge", "bridge": plan["bridge"], "subnet": str(subnet),
                  "gateway": str(gateway),
                  "address": str(allocate_address(subnet, used, record.get("last_address"))),
-                 "veth": "veth" + record["id"][:8], "ports": plan["ports"],
+                 "veth": "veth" + record["id"][:8], "ports": ports,
                  "container": record["id"][:12], "netns": current_netns()}
         record["network"] = lease
         write_record(paths, record)
@@ -3814,6 +4025,7 @@ def release_leases(paths, records, delete_veths=True):
             for record in records:
                 lease = record.pop("network")
                 record["last_address"] = lease["address"]  # a restart's first choice
+                record["last_ports"] = lease["ports"]       # and its ports
                 released.add(lease["bridge"])
                 if delete_veths:
                     delete_link(nl, lease["veth"])
@@ -6776,10 +6988,9 @@ def inspect_record(record):
     config = record.get("config", {})
     policy, most = config.get("restart", ("no", 0))
     lease = record.get("network", {})
-    ports = {}
-    for host_ip, host_port, proto, port in lease.get("ports", []):
-        ports.setdefault("%d/%s" % (port, proto), []).append(
-            {"HostIp": host_ip, "HostPort": str(host_port)})
+    ports = {key: bindings and [{"HostIp": ip, "HostPort": str(port)} for ip, port in bindings]
+             for key, bindings in port_map(record).items()}
+    exposed = dict(sorted(("%d/%s" % (port, proto), {}) for port, proto in config.get("exposed", [])))
     return {
         "Id": record["id"], "Name": "/" + (record.get("name") or record["id"][:12]),
         "Created": rfc3339(record["created"]),
@@ -6792,7 +7003,8 @@ def inspect_record(record):
                   "FinishedAt": rfc3339(record.get("finished"))},
         "Config": {"Cmd": record["command"], "Env": config.get("env", []),
                    "WorkingDir": config.get("workdir", "/"), "User": config.get("user", ""),
-                   "Hostname": config.get("hostname", record["id"][:12])},
+                   "Hostname": config.get("hostname", record["id"][:12]),
+                   **({"ExposedPorts": exposed} if exposed else {})},
         "HostConfig": {"Privileged": config.get("privileged", False),
                        "ReadonlyRootfs": config.get("read_only", False),
                        "AutoRemove": record["remove"], "Init": config.get("init", False),
@@ -6801,6 +7013,51 @@ def inspect_record(record):
         "NetworkSettings": {"IPAddress": lease.get("address", ""),
                             "Gateway": lease.get("gateway", ""), "Ports": ports},
     }
+
+
+def port_map(record):
+    """Docker's NetworkSettings.Ports while the container has its lease:
+    "80/tcp" -> [(host IP, host port)], or None for a port exposed and not
+    published; keys in the order Go's JSON gives a map's, sorted."""
+    lease = record.get("network")
+    if not lease:
+        return {}
+    ports = {"%d/%s" % (port, proto): None
+             for port, proto in record.get("config", {}).get("exposed", [])}
+    for host_ip, host_port, proto, port in lease["ports"]:
+        key = "%d/%s" % (port, proto)
+        ports[key] = (ports.get(key) or []) + [(host_ip, host_port)]
+    return dict(sorted(ports.items()))
+
+
+def natural_key(text):
+    """Sort "9/tcp" before "10/tcp", as Docker's sortorder.NaturalLess."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"([0-9]+)", text)]
+
+
+def cmd_port(args):
+    """docker port: every published port as "80/tcp -> 0.0.0.0:8080", or
+    the host addresses of one (CTRPORT[/PROTO], tcp by default), from the
+    record's lease; a container not running publishes none."""
+    require_root("port")
+    paths = Paths()
+    reclaim_dead(paths)
+    ports = port_map(find_container(paths, args.container))
+    if args.port is None:
+        lines = ["%s -> %s:%d" % (key, ip, host) for key, bindings in ports.items()
+                 for ip, host in bindings or []]
+    else:
+        port, _, proto = args.port.partition("/")
+        if not is_number(port) or int(port) > 65535:
+            raise MiniDockerError("invalid port %s: not a number from 0 to 65535" % quote(port))
+        bindings = ports.get("%d/%s" % (int(port), proto or "tcp"))
+        if not bindings:
+            raise MiniDockerError("no public port %s published for %s"
+                                  % (quote(args.port), args.container))
+        lines = ["%s:%d" % binding for binding in bindings]
+    for line in sorted(lines, key=natural_key):
+        print(line)
+    return 0
 
 
 def parse_signal(text):
@@ -7142,15 +7399,46 @@ def ps_row(record, now, truncate):
                               record.get("exit_code", "?"))
         if record.get("finished"):
             status += " %s ago" % human_duration(now - record["finished"])
-    ports = record.get("network", {}).get("ports", [])
     return {"ID": record["id"][:12] if truncate else record["id"], "Image": record["rootfs"],
             "Command": go_quote(command),
             "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z %Z",
                                        time.localtime(record["created"])),
             "RunningFor": human_duration(now - record["created"]) + " ago",
-            "Ports": ", ".join("%s:%d->%d/%s" % (ip, host, port, proto)
-                               for ip, host, proto, port in ports),
+            "Ports": displayable_ports(port_entries(port_map(record))),
             "State": state, "Status": status, "Names": display_name(record), "Labels": ""}
+
+
+def port_entries(ports):
+    """port_map's ports as the API's list: (port, host IP, host port,
+    proto), a port only exposed with no IP and host port 0."""
+    return [(int(key.split("/")[0]), ip, host, key.split("/")[1])
+            for key, bindings in ports.items() for ip, host in bindings or [("", 0)]]
+
+
+def displayable_ports(entries):
+    """ps's PORTS, as Docker's formatter (DisplayablePorts) writes them
+    from port_entries: a port published on the same host port, and one
+    only exposed, join their neighbours in ranges
+    ("0.0.0.0:80-81->80-81/tcp", "90-91/udp"), a range written out when
+    the next port breaks it, the open ones after; a port published on
+    another host port stands alone, at the end ("0.0.0.0:8080->80/tcp")."""
+
+    def form(key, first, last):
+        ip, proto = key
+        span = str(first) if first == last else "%d-%d" % (first, last)
+        return "%s/%s" % ("%s:%s->%s" % (ip, span, span) if ip else span, proto)
+
+    shown, alone, groups = [], [], {}  # groups: (ip, proto) -> [first, last], in order of birth
+    for port, ip, host, proto in sorted(entries):
+        if ip and host != port:
+            alone.append("%s:%d->%d/%s" % (ip, host, port, proto))
+        elif (ip, proto) in groups and port == groups[ip, proto][1] + 1:
+            groups[ip, proto][1] = port
+        else:
+            if (ip, proto) in groups:
+                shown.append(form((ip, proto), *groups[ip, proto]))
+            groups[ip, proto] = [port, port]  # a key keeps its place when its value changes
+    return ", ".join(shown + [form(key, *span) for key, span in groups.items()] + alone)
 
 
 # --format's fields, each with its column's header, as docker's ps has them.
@@ -7914,7 +8202,12 @@ def build_parser():
     run.add_argument("--subnet", metavar="CIDR", help="the bridge's subnet (default 10.0.0.0/24)")
     run.add_argument("--bridge", metavar="NAME", help="the bridge's name (default mini-br0)")
     run.add_argument("-p", "--publish", action="append", default=[],
-                     metavar="[IP:]HOSTPORT:CTRPORT[/PROTO]", help="publish a port (tcp or udp)")
+                     metavar="[IP:][HOSTPORT:]CTRPORT[/PROTO]",
+                     help="publish a port or a range (tcp or udp); no HOSTPORT: a free one")
+    run.add_argument("-P", "--publish-all", action="store_true",
+                     help="publish every exposed port on a free host port")
+    run.add_argument("--expose", action="append", default=[], metavar="PORT[-END][/PROTO]",
+                     help="expose a port or a range (shown by inspect and ps, published by -P)")
     run.add_argument("--dns", action="append", default=[], metavar="IP", help="a nameserver")
     run.add_argument("--add-host", action="append", default=[], metavar="NAME:IP",
                      help="a line in /etc/hosts; IP may be host-gateway")
@@ -8010,6 +8303,11 @@ def build_parser():
     inspect.add_argument("containers", nargs="+", metavar="NAME|ID",
                          help="containers, by name or id")
     inspect.set_defaults(handler=cmd_inspect)
+
+    port = commands.add_parser("port", help="a container's published ports, as docker's")
+    port.add_argument("container", metavar="NAME|ID", help="a container, by name or id")
+    port.add_argument("port", nargs="?", metavar="CTRPORT[/PROTO]", help="only this one")
+    port.set_defaults(handler=cmd_port)
 
     wait = commands.add_parser("wait", help="wait for containers to end; print their exit codes")
     wait.add_argument("containers", nargs="+", metavar="NAME|ID",

@@ -3837,12 +3837,12 @@ def test_parse_a_multipart_dump_and_an_error():
 
 
 def test_publish_and_network_flags_parse():
-    assert md.parse_publish("8080:80") == ["0.0.0.0", 8080, "tcp", 80]
-    assert md.parse_publish("127.0.0.1:5353:53/udp") == ["127.0.0.1", 5353, "udp", 53]
+    assert md.parse_publish("8080:80") == [["0.0.0.0", 8080, 8080, "tcp", 80]]
+    assert md.parse_publish("127.0.0.1:5353:53/udp") == [["127.0.0.1", 5353, 5353, "udp", 53]]
     plan = parse("--subnet", "10.9.0.0/16", "--bridge", "br-test", "-p", "1:2", "--dns", "9.9.9.9",
                 "--add-host", "db:10.1.2.3", "--add-host", "gw:host-gateway", "/", "true").network_plan
     assert plan == {"mode": "bridge", "bridge": "br-test", "subnet": "10.9.0.0/16",
-                    "ports": [["0.0.0.0", 1, "tcp", 2]], "dns": ["9.9.9.9"],
+                    "ports": [["0.0.0.0", 1, 1, "tcp", 2]], "expose": [[2, "tcp"]], "dns": ["9.9.9.9"],
                     "add_hosts": [("db", "10.1.2.3"), ("gw", "host-gateway")]}
     assert parse("/", "true").network_plan["bridge"] == "mini-br0"
     assert parse("--network", "none", "/", "true").network_plan["mode"] == "none"
@@ -3851,16 +3851,18 @@ def test_publish_and_network_flags_parse():
 
 @pytest.mark.parametrize("argv, message", [
     (["-p", "70000:80"], "invalid --publish '70000:80': port '70000' is not a number from 1 to 65535"),
-    (["-p", "abc"], "invalid --publish 'abc': expected [IP:]HOSTPORT:CTRPORT[/tcp|/udp]"),
+    (["-p", "abc"], "invalid --publish 'abc': port 'abc' is not a number from 1 to 65535"),
+    (["-p", "1:2:3:4"], "invalid --publish '1:2:3:4': expected [IP:][HOSTPORT:]CTRPORT[/tcp|/udp]"),
     (["-p", "80:0"], "port '0' is not a number"),
     (["-p", "1.2.3:80:80"], "'1.2.3' is not an IPv4 address"),
-    (["-p", "80:80/sctp"], "expected [IP:]HOSTPORT"),
+    (["-p", "80:80/sctp"], "protocol 'sctp': minidocker publishes tcp and udp"),
     (["-p", "80:80", "-p", "80:81"], "--publish 0.0.0.0:80/tcp is given twice"),
     (["--subnet", "10.0.0.0/33"], "invalid --subnet '10.0.0.0/33'"),
     (["--subnet", "10.0.0.1/24"], "has host bits set"),
     (["--subnet", "10.0.0.0/31"], "no room for a gateway and a container"),
     (["--network", "overlay"], "unknown --network 'overlay': minidocker knows bridge, none and host"),
     (["--network", "none", "-p", "80:80"], "need --network bridge, not none"),
+    (["--network", "host", "-P"], "need --network bridge, not host"),
     (["--bridge", "a/b"], "invalid --bridge 'a/b'"),
     (["--bridge", "sixteen-chars-xx"], "invalid --bridge"),
     (["--dns", "resolver"], "invalid --dns 'resolver'"),
@@ -3883,11 +3885,12 @@ def test_address_allocation_skips_gateway_and_used_and_says_when_full():
 
 
 def test_lease_conflicts():
-    mine = {"bridge": "mini-br0", "subnet": "10.0.0.0/24", "ports": [["0.0.0.0", 8080, "tcp", 80]]}
+    mine = {"bridge": "mini-br0", "subnet": "10.0.0.0/24", "ports": [["0.0.0.0", 8080, 8080, "tcp", 80]]}
     other = dict(mine, container="abc", ports=[["127.0.0.1", 8080, "tcp", 81]])
     with pytest.raises(md.MiniDockerError, match="port 0.0.0.0:8080/tcp is already published by container abc"):
-        md.check_lease(mine, [other])
-    md.check_lease(mine, [dict(other, ports=[["0.0.0.0", 8080, "udp", 80]])])
+        md.assign_host_ports(mine["ports"], [other], [], (32768, 60999))
+    assert md.assign_host_ports(mine["ports"], [dict(other, ports=[["0.0.0.0", 8080, "udp", 80]])],
+                                [], (32768, 60999)) == [["0.0.0.0", 8080, "tcp", 80]]
     with pytest.raises(md.MiniDockerError, match="bridge mini-br0 already serves 10.0.0.0/24, not 10.1.0.0/24"):
         md.check_lease(dict(mine, subnet="10.1.0.0/24", ports=[]), [other])
     with pytest.raises(md.MiniDockerError, match="subnet 10.0.0.0/16 overlaps 10.0.0.0/24 of bridge mini-br0"):
@@ -5635,6 +5638,347 @@ def test_net_stop_and_rm_f_reach_a_container_still_starting(rootfs, sandbox, ver
             held.kill()
             held.wait()
         sandbox.run("rm", "-f", "slow")
+    assert_network_gone(sandbox)
+
+
+# ---------------------------------------------------------------------------
+# Ports: host listeners and other containers, free ports, ranges, --expose,
+# -P, `port`, and what inspect and ps show of them
+# ---------------------------------------------------------------------------
+
+def test_publish_forms_parse_as_docker_reads_them():
+    assert md.parse_publish("80") == [["0.0.0.0", 0, 0, "tcp", 80]]
+    assert md.parse_publish("127.0.0.1::80-81/UDP") == [["127.0.0.1", 0, 0, "udp", 80],
+                                                        ["127.0.0.1", 0, 0, "udp", 81]]
+    assert md.parse_publish("8080-8081:80-81") == [["0.0.0.0", 8080, 8080, "tcp", 80],
+                                                   ["0.0.0.0", 8081, 8081, "tcp", 81]]
+    assert md.parse_publish("8000-8010:80") == [["0.0.0.0", 8000, 8010, "tcp", 80]]
+    assert md.parse_expose("90-91/udp") == [[90, "udp"], [91, "udp"]]
+    plan = parse("-P", "-p", "8080:80", "--expose", "80", "--expose", "90", "/", "true").network_plan
+    assert plan["expose"] == [[80, "tcp"], [90, "tcp"]]  # -p's ports are exposed too
+    assert plan["ports"] == [["0.0.0.0", 8080, 8080, "tcp", 80], ["0.0.0.0", 0, 0, "tcp", 90]]
+    assert parse("-P", "/", "true").network_plan["ports"] == []
+    assert parse("--network", "none", "--expose", "80", "/", "true").network_plan["expose"] == \
+        [[80, "tcp"]]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-p", "8080-8082:80-81"], "invalid --publish '8080-8082:80-81': invalid ranges specified "
+                                "for container and host Ports: 80-81 and 8080-8082"),
+    (["-p", "8080:"], "invalid --publish '8080:': no port specified: 8080:<empty>"),
+    (["-p", "81-80"], "invalid --publish '81-80': the range 81-80 ends before it begins"),
+    (["-p", "127.0.0.1:8080-x:80"], "port 'x' is not a number from 1 to 65535"),
+    (["--expose", "80-x"], "invalid --expose '80-x': port 'x' is not a number from 1 to 65535"),
+    (["--expose", "80/icmp"], "invalid --expose '80/icmp': protocol 'icmp': minidocker publishes "
+                              "tcp and udp"),
+])
+def test_bad_port_forms(argv, message):
+    with pytest.raises(md.MiniDockerError) as caught:
+        parse(*argv, "/", "true")
+    assert str(caught.value) == message or message in str(caught.value)
+
+
+def test_listeners_read_from_the_kernel_and_their_process_named():
+    """The kernel's own /proc/net lines: a TCP listener on 127.0.0.1, one
+    on an IPv4-mapped IPv6 address, an unconnected UDP socket on ::, and a
+    connected TCP socket, which listens on nothing."""
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen()
+    mapped = socket.socket(socket.AF_INET6)
+    mapped.bind(("::ffff:127.0.0.1", 0))
+    mapped.listen()
+    udp6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    udp6.bind(("::", 0))
+    client = socket.create_connection(tcp.getsockname())
+    try:
+        def inode(sock):
+            return os.fstat(sock.fileno()).st_ino
+        found = md.read_listeners()
+        assert ("tcp", "127.0.0.1", tcp.getsockname()[1], inode(tcp)) in found
+        assert ("tcp", "127.0.0.1", mapped.getsockname()[1], inode(mapped)) in found
+        assert ("udp", "::", udp6.getsockname()[1], inode(udp6)) in found
+        assert not [entry for entry in found if entry[3] == inode(client)]
+        with open("/proc/self/comm") as handle:
+            assert md.socket_owner(inode(tcp)) == "%s (pid %d)" % (handle.read().strip(), os.getpid())
+        assert md.socket_owner(1) is None
+    finally:
+        for sock in (tcp, mapped, udp6, client):
+            sock.close()
+
+
+def test_host_ports_assigned_around_listeners_and_other_containers():
+    listeners = [("tcp", "::", 40000, 1), ("tcp", "127.0.0.1", 8080, 2),
+                 ("udp", "0.0.0.0", 40001, 3), ("tcp", "::1", 9000, 4)]
+    others = [{"container": "abc", "ports": [["0.0.0.0", 40001, "tcp", 80]]}]
+    requests = [["0.0.0.0", 0, 0, "tcp", 80], ["0.0.0.0", 0, 0, "udp", 53],
+                ["10.1.2.3", 8080, 8080, "tcp", 81], ["0.0.0.0", 9000, 9000, "tcp", 82],
+                ["0.0.0.0", 40002, 40002, "tcp", 83], ["127.0.0.1", 40000, 40009, "tcp", 84]]
+    assert md.assign_host_ports(requests, others, listeners, (40000, 40010)) == [
+        ["0.0.0.0", 40003, "tcp", 80],    # 40000 listened on, 40001 abc's, 40002 given to 83
+        ["0.0.0.0", 40000, "udp", 53],    # another protocol's ports are not taken
+        ["10.1.2.3", 8080, "tcp", 81],    # the listener has 127.0.0.1 only
+        ["0.0.0.0", 9000, "tcp", 82],     # ::1 is IPv6's: our table is `ip` only
+        ["0.0.0.0", 40002, "tcp", 83],
+        ["127.0.0.1", 40004, "tcp", 84]]  # 40003 went to 80, on 0.0.0.0
+    with pytest.raises(md.MiniDockerError) as caught:
+        md.assign_host_ports([["0.0.0.0", 8080, 8080, "tcp", 80]], [], listeners, (1, 2),
+                             owner=lambda inode: None)
+    assert str(caught.value) == ("cannot publish 0.0.0.0:8080/tcp: address already in use by a "
+                                 "socket listening on 127.0.0.1:8080")
+    with pytest.raises(md.MiniDockerError) as caught:
+        md.assign_host_ports([["127.0.0.1", 40000, 40000, "tcp", 80]], [], listeners, (1, 2),
+                             owner=lambda inode: "nc (pid %d)" % inode)
+    assert str(caught.value) == ("cannot publish 127.0.0.1:40000/tcp: address already in use by "
+                                 "nc (pid 1), listening on [::]:40000")
+    # Started again: the ports it had, when still free, else the first free.
+    last = [["0.0.0.0", 40007, "tcp", 80], ["0.0.0.0", 40001, "udp", 53], ["0.0.0.0", 40008, "tcp", 99]]
+    assert md.assign_host_ports(requests[:2], others, listeners, (40000, 40010), last) == [
+        ["0.0.0.0", 40007, "tcp", 80], ["0.0.0.0", 40000, "udp", 53]]  # udp 40001: listened on
+    assert md.assign_host_ports(requests[:1], others, listeners, (40000, 40005), last + [7, ["x"]]) \
+        == [["0.0.0.0", 40002, "tcp", 80]]  # out of the range now; junk ignored
+    with pytest.raises(md.MiniDockerError, match="^no free host port for 80/tcp in 40000-40001$"):
+        md.assign_host_ports([["0.0.0.0", 0, 0, "tcp", 80]], others, listeners, (40000, 40001))
+
+
+# Docker's own cases (docker/cli, TestDisplayablePorts), as (port, host IP,
+# host port, proto); "" is no IP. Left out: the IPv6 one, which minidocker
+# never publishes.
+DOCKER_DISPLAYABLE_PORTS = [
+    ([(9988, "", 0, "tcp")], "9988/tcp"),
+    ([(9988, "", 0, "udp")], "9988/udp"),
+    ([(9988, "0.0.0.0", 0, "tcp")], "0.0.0.0:0->9988/tcp"),
+    ([(9988, "", 8899, "tcp")], "9988/tcp"),
+    ([(9988, "4.3.2.1", 8899, "tcp")], "4.3.2.1:8899->9988/tcp"),
+    ([(9988, "4.3.2.1", 9988, "tcp")], "4.3.2.1:9988->9988/tcp"),
+    ([(9988, "", 0, "udp"), (9988, "", 0, "udp")], "9988/udp, 9988/udp"),
+    ([(9998, "1.2.3.4", 9998, "udp"), (9999, "1.2.3.4", 9999, "udp")],
+     "1.2.3.4:9998-9999->9998-9999/udp"),
+    ([(9998, "1.2.3.4", 8887, "udp"), (9999, "1.2.3.4", 8888, "udp")],
+     "1.2.3.4:8887->9998/udp, 1.2.3.4:8888->9999/udp"),
+    ([(9998, "", 0, "udp"), (9999, "", 0, "udp")], "9998-9999/udp"),
+    ([(6677, "1.2.3.4", 7766, "tcp"), (9988, "", 8899, "udp")], "9988/udp, 1.2.3.4:7766->6677/tcp"),
+    ([(9988, "1.2.3.4", 8899, "udp"), (9988, "1.2.3.4", 8899, "tcp"), (2233, "4.3.2.1", 3322, "tcp")],
+     "4.3.2.1:3322->2233/tcp, 1.2.3.4:8899->9988/tcp, 1.2.3.4:8899->9988/udp"),
+    ([(9988, "", 8899, "udp"), (6677, "1.2.3.4", 7766, "tcp"), (2233, "4.3.2.1", 3322, "tcp")],
+     "9988/udp, 4.3.2.1:3322->2233/tcp, 1.2.3.4:7766->6677/tcp"),
+    ([(80, "", 0, "tcp"), (1024, "", 0, "tcp"), (80, "", 0, "udp"), (1024, "", 0, "udp"),
+      (1024, "1.1.1.1", 80, "tcp"), (1024, "1.1.1.1", 80, "udp"), (80, "1.1.1.1", 1024, "tcp"),
+      (80, "1.1.1.1", 1024, "udp"), (1024, "2.1.1.1", 80, "tcp"), (1024, "2.1.1.1", 80, "udp"),
+      (80, "2.1.1.1", 1024, "tcp"), (80, "2.1.1.1", 1024, "udp"), (12345, "", 0, "sctp")],
+     "80/tcp, 80/udp, 1024/tcp, 1024/udp, 12345/sctp, 1.1.1.1:1024->80/tcp, 1.1.1.1:1024->80/udp, "
+     "2.1.1.1:1024->80/tcp, 2.1.1.1:1024->80/udp, 1.1.1.1:80->1024/tcp, 1.1.1.1:80->1024/udp, "
+     "2.1.1.1:80->1024/tcp, 2.1.1.1:80->1024/udp"),
+]
+
+
+@pytest.mark.parametrize("entries, expected", DOCKER_DISPLAYABLE_PORTS)
+def test_ps_ports_as_docker_displays_them(entries, expected):
+    assert md.displayable_ports(entries) == expected
+
+
+def test_port_map_of_a_record():
+    record = {"config": {"exposed": [[7, "udp"], [80, "tcp"], [81, "tcp"], [90, "tcp"]]},
+              "network": {"ports": [["0.0.0.0", 8080, "tcp", 80], ["127.0.0.1", 8081, "tcp", 80],
+                                    ["0.0.0.0", 81, "tcp", 81]]}}
+    ports = md.port_map(record)
+    assert ports == {"7/udp": None, "80/tcp": [("0.0.0.0", 8080), ("127.0.0.1", 8081)],
+                     "81/tcp": [("0.0.0.0", 81)], "90/tcp": None}
+    assert list(ports) == ["7/udp", "80/tcp", "81/tcp", "90/tcp"]  # Go's JSON: keys sorted
+    assert md.displayable_ports(md.port_entries(ports)) == \
+        "7/udp, 0.0.0.0:81->81/tcp, 90/tcp, 0.0.0.0:8080->80/tcp, 127.0.0.1:8081->80/tcp"
+    assert md.port_map(dict(record, network={})) == {}  # not running: no lease, nothing shown
+    assert sorted(["10/tcp -> 0.0.0.0:1", "9/tcp -> 0.0.0.0:2"], key=md.natural_key)[0] == \
+        "9/tcp -> 0.0.0.0:2"
+
+
+PY_LISTEN = """
+import socket, sys, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if sys.argv[1] == "tcp" else socket.SOCK_DGRAM)
+sock.bind((sys.argv[2], int(sys.argv[3])))
+if sys.argv[1] == "tcp":
+    sock.listen()
+print("listening", flush=True)
+time.sleep(60)
+"""
+
+
+@root
+def test_net_a_port_a_host_process_listens_on_is_refused(rootfs, sandbox):
+    """A host process's listener keeps its port: busybox nc on [::]:8080,
+    python on 127.0.0.1:8081 (tcp) and 0.0.0.0:5353 (udp) in the sandbox.
+    -p over any of them is refused, naming the process, and leaves nothing;
+    nc still gets its connection afterwards. On an address or protocol
+    they do not hold, the same ports are published."""
+    nc = subprocess.Popen(sandbox.enter() + ["busybox", "nc", "-l", "-p", "8080"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pythons = [subprocess.Popen(sandbox.enter() + [sys.executable, "-c", PY_LISTEN, *where],
+                                stdout=subprocess.PIPE)
+               for where in [("tcp", "127.0.0.1", "8081"), ("udp", "0.0.0.0", "5353")]]
+    try:
+        for listener in pythons:
+            assert listener.stdout.readline() == b"listening\n"
+        deadline = time.monotonic() + 10
+        while ":1F90 " not in sandbox.sh("cat /proc/net/tcp6") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        refused = {
+            "8080:80": "0.0.0.0:8080/tcp: address already in use by busybox (pid %d), "
+                       "listening on [::]:8080" % nc.pid,
+            "192.168.77.1:8080:80": "192.168.77.1:8080/tcp: address already in use by busybox "
+                                    "(pid %d), listening on [::]:8080" % nc.pid,
+            "8081:80": "0.0.0.0:8081/tcp: address already in use by python3 (pid %d), "
+                       "listening on 127.0.0.1:8081" % pythons[0].pid,
+            "5353:53/udp": "0.0.0.0:5353/udp: address already in use by python3 (pid %d), "
+                           "listening on 0.0.0.0:5353" % pythons[1].pid,
+        }
+        for publish, message in refused.items():
+            result = sandbox.run("run", "--rm", "-p", publish, rootfs, "true")
+            assert (result.returncode, result.err) == \
+                (125, "minidocker: error: cannot publish %s\n" % message), publish
+            assert sandbox.veths() == "" and sandbox.ruleset() == ""
+            assert_nothing_left()
+        allowed = sandbox.run("run", "--rm", "-p", "192.168.77.1:8081:80", "-p", "5353:53",
+                              rootfs, "true")
+        assert allowed.returncode == 0, allowed.err
+        sandbox.sh("echo to-the-host | timeout 5 busybox nc 127.0.0.1 8080")
+        assert nc.stdout.readline() == b"to-the-host\n"
+    finally:
+        for process in [nc] + pythons:
+            process.kill()
+            process.wait()
+    assert_network_gone(sandbox)
+
+
+WEB = ("mkdir -p /www/a /www/b && echo page-a > /www/a/index.html && echo page-b > /www/b/index.html"
+       " && httpd -p 81 -h /www/b && exec httpd -f -p 80 -h /www/a")
+
+
+def fetch(box, address, port):
+    """A page through a published port, from the client namespace (the
+    server may take a moment to listen)."""
+    page, deadline = "", time.monotonic() + 20
+    while not page.startswith("page-") and time.monotonic() < deadline:
+        page = box.sh("timeout 5 busybox wget -q -O - http://%s:%d/" % (address, port), box.client)
+    return page
+
+
+@root
+def test_net_port_ranges_expose_and_what_port_inspect_and_ps_show(rootfs, sandbox):
+    """-p 8080-8081:80-81 publishes two servers of one container, reached
+    from a neighbour; 127.0.0.1:9000:80 from the host only; --expose 90
+    shows as exposed and not published. `port`, inspect, ps and the
+    kernel's ruleset agree."""
+    started = sandbox.run("run", "-d", "--name", "web", "-p", "8080-8081:80-81",
+                          "-p", "127.0.0.1:9000:80", "--expose", "90", rootfs, "sh", "-c", WEB)
+    assert started.returncode == 0, started.err
+    try:
+        assert fetch(sandbox, "192.168.77.1", 8080) == "page-a\n"
+        assert fetch(sandbox, "192.168.77.1", 8081) == "page-b\n"
+        assert sandbox.sh("timeout 5 busybox wget -q -O - http://127.0.0.1:9000/") == "page-a\n"
+        assert sandbox.run("port", "web").out == \
+            "80/tcp -> 0.0.0.0:8080\n80/tcp -> 127.0.0.1:9000\n81/tcp -> 0.0.0.0:8081\n"
+        assert sandbox.run("port", "web", "81/tcp").out == "0.0.0.0:8081\n"
+        for asked, message in [("90", "no public port '90' published for web"),
+                               ("80/udp", "no public port '80/udp' published for web"),
+                               ("http", "invalid port 'http': not a number from 0 to 65535")]:
+            refused = sandbox.run("port", "web", asked)
+            assert (refused.returncode, refused.out, refused.err) == \
+                (125, "", "minidocker: error: %s\n" % message)
+        unknown = sandbox.run("port", "nosuch")
+        assert (unknown.returncode, unknown.err) == (125, "minidocker: error: no such container: nosuch\n")
+        [shown] = json.loads(sandbox.run("inspect", "web").out)
+        assert shown["NetworkSettings"]["Ports"] == {
+            "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"},
+                       {"HostIp": "127.0.0.1", "HostPort": "9000"}],
+            "81/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8081"}], "90/tcp": None}
+        assert shown["Config"]["ExposedPorts"] == {"80/tcp": {}, "81/tcp": {}, "90/tcp": {}}
+        assert sandbox.run("ps", "--format", "{{.Ports}}").out == \
+            "90/tcp, 0.0.0.0:8080->80/tcp, 127.0.0.1:9000->80/tcp, 0.0.0.0:8081->81/tcp\n"
+        rules = sandbox.ruleset()
+        address = shown["NetworkSettings"]["IPAddress"]
+        for rule in ["fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 8080 dnat to %s:80",
+                     "fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 8081 dnat to %s:81",
+                     "ip daddr 127.0.0.1 tcp dport 9000 dnat to %s:80"]:
+            assert rule % address in rules, rules
+    finally:
+        sandbox.run("rm", "-f", "web")
+    assert sandbox.run("port", "web").returncode == 125
+    assert_network_gone(sandbox)
+
+
+@root
+def test_net_free_host_ports_skip_listeners_and_each_other(rootfs, sandbox):
+    """The sandbox's ephemeral range cut to 40000-40005, a listener on
+    40000: four `run -d -p 80` at once get 40001-40004, each its own (the
+    choice is made under the network lock), and of three asking for 8090
+    at once, one gets it; -P with two exposed ports finds
+    one left and is refused, leaving nothing; each server answers on its
+    port from a neighbour. A container started again keeps its port."""
+    sandbox.sh("echo '40000 40005' > /proc/sys/net/ipv4/ip_local_port_range")
+    listener = subprocess.Popen(sandbox.enter() + [sys.executable, "-c", PY_LISTEN,
+                                                   "tcp", "0.0.0.0", "40000"], stdout=subprocess.PIPE)
+    ids = []
+    try:
+        assert listener.stdout.readline() == b"listening\n"
+        racers = [sandbox.start("run", "-d", "-p", "80", rootfs, "sh", "-c",
+                                "mkdir -p /w && hostname > /w/index.html && exec httpd -f -p 80 -h /w")
+                  for _ in range(4)]
+        for racer in racers:
+            out, err = racer.communicate(timeout=60)
+            assert racer.returncode == 0, err
+            ids.append(out.decode().strip())
+        ports = {}
+        for cid in ids:
+            [line] = sandbox.run("port", cid).out.splitlines()
+            assert line.startswith("80/tcp -> 0.0.0.0:"), line
+            ports[int(line.rsplit(":", 1)[1])] = cid
+        assert sorted(ports) == [40001, 40002, 40003, 40004]
+        for port, cid in ports.items():
+            page = ""
+            deadline = time.monotonic() + 20
+            while page != cid[:12] + "\n" and time.monotonic() < deadline:
+                page = sandbox.sh("timeout 5 busybox wget -q -O - http://192.168.77.1:%d/" % port,
+                                  sandbox.client)
+            assert page == cid[:12] + "\n"
+        # One host port asked for by three runs at once: one gets it.
+        same = [sandbox.start("run", "-d", "-p", "8090:80", rootfs, "sleep", "100") for _ in range(3)]
+        for racer in same:
+            out, err = racer.communicate(timeout=60)
+            if racer.returncode == 0:
+                ids.append(out.decode().strip())
+            else:
+                assert racer.returncode == 125 and re.fullmatch(
+                    rb"minidocker: error: port 0\.0\.0\.0:8090/tcp is already published by "
+                    rb"container [0-9a-f]{12}\n", err), err
+        assert len(ids) == 5
+        sandbox.run("rm", "-f", ids.pop())
+        full = sandbox.run("run", "--rm", "-P", "--expose", "80-81", rootfs, "true")
+        assert (full.returncode, full.err) == \
+            (125, "minidocker: error: no free host port for 81/tcp in 40000-40005\n")
+        assert len(sandbox.veths().splitlines()) == 4
+        assert len(md.read_records(md.Paths())) == 4
+        # Started again, a container keeps its port though a lower one is free.
+        assert sandbox.run("stop", "-t", "0", ports[40002], ports[40001]).returncode == 0
+        assert sandbox.run("start", ports[40002]).returncode == 0
+        assert sandbox.run("port", ports[40002], "80").out == "0.0.0.0:40002\n"
+    finally:
+        if ids:
+            sandbox.run("rm", "-f", *ids)
+        listener.kill()
+        listener.wait()
+    assert_network_gone(sandbox)
+
+
+@root
+@pytest.mark.parametrize("args, message", [
+    (["-p", "8080-8081:80-82"], "invalid ranges specified for container and host Ports: 80-82 and 8080-8081"),
+    (["--expose", "90/sctp"], "invalid --expose '90/sctp': protocol 'sctp'"),
+])
+def test_net_bad_port_forms_leave_nothing(rootfs, sandbox, args, message):
+    result = sandbox.run("run", "--rm", *args, rootfs, "true")
+    assert result.returncode == 125 and message in result.err and result.err.count("\n") == 1, \
+        result.err
+    assert "mini-br0" not in sandbox.sh("ip link")
     assert_network_gone(sandbox)
 
 
