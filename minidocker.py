@@ -2070,7 +2070,13 @@ def plan_mounts(spec, etc_files=(), volumes=None):
     root. `volumes`: the spec's with their host directories (Instance), by
     default the spec's own. Pure: the unit tests read it."""
     sys_flags = MS_NOSUID | MS_NOEXEC | MS_NODEV | (0 if spec.privileged else MS_RDONLY)
-    plan = [
+    volumes = spec.volumes if volumes is None else volumes
+    # Copy-up first, from the bare root, as Docker copies from the image's
+    # files: no /proc, /sys or other volume mounted yet, so an image's
+    # `/data -> /proc/self` copies its own empty /proc, not the kernel's.
+    plan = [Mount("copy-up", volume.target, volume.source) for volume in volumes
+            if volume.name is not None and volume.copy]
+    plan += [
         Mount("fs", "/proc", "proc", "proc", MS_NOSUID | MS_NOEXEC | MS_NODEV, kernel_fs=True),
         Mount("fs", "/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_STRICTATIME,
               "mode=755,size=65536k", kernel_fs=True),
@@ -2088,9 +2094,7 @@ def plan_mounts(spec, etc_files=(), volumes=None):
     ]
     for source, target in etc_files:  # (state file, /etc/...) bound over the image's
         plan.append(Mount("bind", target, source, flags=MS_BIND))
-    for volume in spec.volumes if volumes is None else volumes:
-        if volume.name is not None and volume.copy:
-            plan.append(Mount("copy-up", volume.target, volume.source))
+    for volume in volumes:
         plan.append(Mount("bind", volume.target, volume.source,
                           flags=MS_BIND | MS_REC | (MS_RDONLY if volume.read_only else 0)))
         if not spec.privileged:
@@ -2259,9 +2263,10 @@ def copy_up(rootfd, target, data):
     """A volume first mounted empty is filled with what the image has at
     its path, as Docker does: the files, and the directory's own owner and
     mode, so that `-v db:/var/lib/db` starts with the image's database
-    directory. The path is resolved in the root as the bind will resolve it
-    (an image's `/data -> /etc` is the image's /etc, never the host's),
-    and nothing below it is followed (copy_tree). flock on the volume's
+    directory. The path is resolved inside the bare root, before anything
+    is mounted on it (plan_mounts): an image's `/data -> /etc` is the
+    image's /etc, never the host's, and nothing below it is followed
+    (copy_tree). flock on the volume's
     directory: of two containers starting on one new volume, one copies
     and the other then finds it full."""
     try:

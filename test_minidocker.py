@@ -5964,9 +5964,11 @@ def test_mount_forms_and_their_aliases(tmp_path, monkeypatch):
         "/t", md.TMPFS_DEFAULT_FLAGS | md.MS_RDONLY, "size=1048576,mode=1770")
     spec = parse("-v", "vv:/v", "--mount", "type=tmpfs,dst=/t", "--mount", "src=ww,dst=/w,"
                  "volume-nocopy", str(tmp_path), "sh")
-    assert [(m.kind, m.target) for m in md.plan_mounts(spec) if m.target in ("/v", "/w", "/t")] \
-        == [("copy-up", "/v"), ("bind", "/v"), ("nodev", "/v"), ("bind", "/w"), ("nodev", "/w"),
-            ("fs", "/t")]
+    plan = [(m.kind, m.target) for m in md.plan_mounts(spec)]
+    assert plan[:2] == [("copy-up", "/v"), ("fs", "/proc")]  # from the bare root: see copy_up
+    assert [m for m in plan if m[1] in ("/v", "/w", "/t")] == [
+        ("copy-up", "/v"), ("bind", "/v"), ("nodev", "/v"), ("bind", "/w"), ("nodev", "/w"),
+        ("fs", "/t")]
 
 
 @pytest.mark.parametrize("text, error", [
@@ -6131,6 +6133,12 @@ def test_bad_volume_input(args, message, state):
 
 
 @root
+def test_a_run_that_cannot_start_leaves_no_volume(rootfs):
+    bad(["run", "-u", "bob", "-v", "fresh:/x", "-v", "/y", rootfs, "id"], "unable to find user bob")
+    assert volumes_now() == []
+
+
+@root
 def test_volume_rm_f_of_a_missing_volume_and_creates_that_race(state):
     assert minidocker("volume", "rm", "-f", "never").out == "never\n"
     racers = [subprocess.Popen(MINIDOCKER + ["volume", "create", "raced"], stdout=subprocess.PIPE,
@@ -6148,10 +6156,12 @@ def test_volume_rm_f_of_a_missing_volume_and_creates_that_race(state):
 
 @root
 def test_escape_volume_copy_up_stays_in_the_rootfs(hostile, tmp_path):
-    """The image points /data at /etc (absolute) and /up at the host's /etc
-    through `..`s, and /links holds links to the host's secrets: copy-up
-    must copy the image's /etc, and the links as links."""
+    """The image points /data at /etc (absolute), /up at the host's /etc
+    through `..`s, /kernel at /proc/self, and /links holds links to the
+    host's secrets: copy-up must copy the image's /etc and its empty /proc,
+    and the links as links."""
     os.symlink("/etc", os.path.join(hostile, "data"))
+    os.symlink("/proc/self", os.path.join(hostile, "kernel"))
     os.symlink("../../../../../../../../../etc", os.path.join(hostile, "up"))
     os.makedirs(os.path.join(hostile, "links"))
     os.symlink("/etc/shadow", os.path.join(hostile, "links/shadow"))
@@ -6159,20 +6169,21 @@ def test_escape_volume_copy_up_stays_in_the_rootfs(hostile, tmp_path):
     volumes = os.path.join(os.environ["MINIDOCKER_ROOT"], "lib/volumes")
     try:
         result = sh(hostile, "true", options=["-v", "etc1:/data", "-v", "etc2:/up",
-                                              "-v", "links:/links"], check_clean=False)
+                                              "-v", "links:/links", "-v", "kernel:/kernel"],
+                    check_clean=False)
         assert result.returncode == 0, result.err
         image_etc = sorted(os.listdir(os.path.join(hostile, "etc")))
         for name in ("etc1", "etc2"):
             copied = os.path.join(volumes, name, "_data")
-            # The image's files, and the mount points of the /etc files bound over them.
-            assert sorted(os.listdir(copied)) == sorted(image_etc + list(md.ETC_FILES))
+            assert sorted(os.listdir(copied)) == image_etc
             with open(os.path.join(copied, "passwd")) as handle:
                 assert "alice" in handle.read()  # the image's, not the host's
         links = os.path.join(volumes, "links/_data")
         assert sorted(os.listdir(links)) == ["name", "shadow"]
         assert all(os.path.islink(os.path.join(links, n)) for n in ("name", "shadow"))
+        assert os.listdir(os.path.join(volumes, "kernel/_data")) == []
     finally:
-        minidocker("volume", "rm", "etc1", "etc2", "links")
+        minidocker("volume", "rm", "etc1", "etc2", "links", "kernel")
     assert_nothing_left()
 
 
