@@ -670,10 +670,11 @@ class Volume:
 
 
 # The options of -v's third part, in Docker's groups: at most one of each.
-# SELinux labels (z, Z) and Docker Desktop's consistency modes mean
-# nothing here and are taken and ignored, as Docker on Linux ignores the
-# latter; of the propagations, only the private ones minidocker gives
-# every mount (build_root makes the whole tree private).
+# SELinux labels (z, Z: there is no SELinux labelling here) and the
+# consistency modes (only Docker Desktop's file sharing reads them; Docker
+# on Linux ignores them too) are taken and ignored. Of the propagations,
+# only the private ones, which every mount is (build_root makes the whole
+# tree private).
 VOLUME_OPTION_GROUPS = (("ro", "rw"), ("z", "Z"), ("consistent", "cached", "delegated"),
                         ("nocopy",), ("private", "rprivate"))
 PROPAGATIONS_REFUSED = ("shared", "rshared", "slave", "rslave")
@@ -1036,11 +1037,11 @@ def build_spec(args, seccomp_cache=None):
 # === 4. State: where containers live on disk ===
 # Two trees, as in Docker and runc:
 #   /var/lib/minidocker/containers/<id>/   what outlives a reboot
-#   /var/lib/minidocker/volumes/<name>/    a volume: _data/ is what is mounted
 #       upper/  work/                      the overlay's writable layer
 #       merged/                            where the root is assembled
 #       hosts hostname resolv.conf         bound over the image's /etc files
 #       json.log                           a detached container's output (run -d)
+#   /var/lib/minidocker/volumes/<name>/    a volume: _data/ is what is mounted
 #   /run/minidocker/containers/<id>.json   what a running container is (tmpfs),
 #                                          with its network lease (chapter 9)
 #   /run/minidocker/network.lock           taken while leases change
@@ -1179,8 +1180,10 @@ def valid_record(record, name):
         and isinstance(record.get("owner_start"), (int, type(None))) \
         and isinstance(record.get("pid_start"), (int, type(None))) \
         and isinstance(record.get("mounts", []), list) \
-        and all(isinstance(mount, dict) for mount in record.get("mounts", [])) \
-        and isinstance(record.get("anonymous_volumes", []), list)
+        and all(isinstance(mount, dict) and isinstance(mount.get("Name", ""), str)
+                for mount in record.get("mounts", [])) \
+        and isinstance(record.get("anonymous_volumes", []), list) \
+        and all(isinstance(name, str) for name in record.get("anonymous_volumes", []))
 
 
 def read_records(paths, malformed=None):
