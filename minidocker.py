@@ -1611,6 +1611,7 @@ def create_volume(paths, name, anonymous=False):
         return False
     make_state_dirs(paths)
     os.makedirs(paths.volumes, 0o700, exist_ok=True)
+    remove_stale_volume_builds(paths)
     temporary = os.path.join(paths.volumes, ".%s.%d.%s.tmp" % (name, os.getpid(),
                                                                 os.urandom(4).hex()))
     try:
@@ -1625,6 +1626,17 @@ def create_volume(paths, name, anonymous=False):
         remove_tree(temporary)
         raise
     return True
+
+
+def remove_stale_volume_builds(paths):
+    """Half-built volumes of creators that died (kill -9) before their
+    rename: .NAME.PID.RANDOM.tmp, whose PID is gone (under volumes.lock, so
+    no live creator's build is taken)."""
+    for entry in os.listdir(paths.volumes):
+        parts = entry.split(".")
+        if entry.startswith(".") and entry.endswith(".tmp") and len(parts) >= 5 \
+                and is_number(parts[-3]) and process_start_time(int(parts[-3])) is None:
+            remove_tree(os.path.join(paths.volumes, entry))
 
 
 def delete_volume(paths, name):

@@ -6078,10 +6078,8 @@ def test_anonymous_volumes_go_with_rm_v_and_run_rm(image_with_data):
             assert (refused.returncode, refused.out, refused.err) == (
                 125, "", "minidocker: error: volume named is in use by container %s\n"
                 % json.loads(minidocker("inspect", "keeper").out)[0]["Id"][:12])
-        with started(img, "sleep", "60", options=["-v", "busy:/b"]):
-            deadline = time.monotonic() + 10
-            while "busy" not in volumes_now() and time.monotonic() < deadline:
-                time.sleep(0.05)
+        with started(img, "sh", "-c", "echo up; sleep 60", options=["-v", "busy:/b"]) as proc:
+            assert proc.stdout.readline() == b"up\n"
             refused = minidocker("volume", "rm", "-f", "busy")
             assert refused.returncode == 125 and "is in use by container" in refused.err
         assert minidocker("volume", "rm", "busy").out == "busy\n"
@@ -6144,6 +6142,11 @@ def test_a_run_that_cannot_start_leaves_no_volume(rootfs):
 @root
 def test_volume_rm_f_of_a_missing_volume_and_creates_that_race(state):
     assert minidocker("volume", "rm", "-f", "never").out == "never\n"
+    # What a creator killed before its rename leaves (its pid is gone: ours
+    # is reused only after a wrap of pid_max), taken by the next create.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    os.makedirs(os.path.join(state, "lib/volumes/.raced.%d.0a1b2c3d.tmp/_data" % dead.pid))
     racers = [subprocess.Popen(MINIDOCKER + ["volume", "create", "raced"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE) for _ in range(6)]
     try:
