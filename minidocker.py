@@ -1012,6 +1012,12 @@ def build_spec(args, seccomp_cache=None):
         interactive = tty = True
     log_driver, log_max_size, log_max_files = parse_log_options(args.log_driver, args.log_opt)
     mounts = [parse_mount(text) for text in args.mount]
+    volumes = [parse_volume(text) for text in args.volume] + \
+        [m for m in mounts if isinstance(m, Volume)]
+    targets = [v.target for v in volumes] + [m[0] for m in mounts if isinstance(m, tuple)]
+    for target in targets:
+        if targets.count(target) > 1:  # one would hide the other, as Docker says
+            raise MiniDockerError("duplicate mount point: %s (-v and --mount)" % target)
     return Spec(
         rootfs=rootfs, command=list(args.command),
         hostname=check_hostname(args.hostname, "--hostname") if args.hostname else
@@ -1021,8 +1027,7 @@ def build_spec(args, seccomp_cache=None):
         group_add=[check_user(g, "--group-add") for g in args.group_add],
         caps=caps, last_cap=last_cap(), seccomp=seccomp, notes=notes,
         privileged=args.privileged, read_only=args.read_only,
-        volumes=[parse_volume(v) for v in args.volume] +
-        [m for m in mounts if isinstance(m, Volume)], devices=devices,
+        volumes=volumes, devices=devices,
         tmpfs=[parse_tmpfs(t) for t in args.tmpfs] + [m for m in mounts if isinstance(m, tuple)],
         tty=tty, interactive=interactive, init=args.init, restart=restart, remove=args.rm,
         debug=args.debug,

@@ -6128,6 +6128,8 @@ def test_mount_flag_and_relative_binds(rootfs, tmp_path):
     (["run", "--mount", "src=..,dst=/x", "/", "true"], "invalid volume name '..'"),
     (["run", "--mount", "type=bind,src=/no/such,dst=/x", "/", "true"],
      "bind source path does not exist: /no/such"),
+    (["run", "-v", "/tmp:/x", "--mount", "type=tmpfs,dst=/x/", "/", "true"],
+     "duplicate mount point: /x"),
 ])
 def test_bad_volume_input(args, message, state):
     bad(args, message)
