@@ -650,33 +650,199 @@ def absolute_path(path):
 
 
 class Volume:
-    __slots__ = ("source", "target", "read_only")
+    """One -v or --mount of a host path (a bind: `name` is None) or of a
+    volume (`name` the volume's; "" for an anonymous one until it is made).
+    `source` is the host directory bound: a volume's is filled in when it
+    is made (make_volumes, chapter 4). `copy`: a new volume is first filled
+    with what the image has at `target` (copy_up, chapter 6)."""
+    __slots__ = ("source", "target", "read_only", "name", "copy", "anonymous")
 
-    def __init__(self, source, target, read_only):
+    def __init__(self, source, target, read_only, name=None, copy=True, anonymous=False):
         self.source, self.target, self.read_only = source, target, read_only
+        self.name, self.copy, self.anonymous = name, copy, anonymous
 
     def __repr__(self):
-        return "Volume(%r, %r, %r)" % (self.source, self.target, self.read_only)
+        if self.name is None:
+            return "Volume(%r, %r, %r)" % (self.source, self.target, self.read_only)
+        return "Volume(%r, %r, %r, name=%r, copy=%r, anonymous=%r)" % (
+            self.source, self.target, self.read_only, self.name, self.copy, self.anonymous)
+
+
+# The options of -v's third part, in Docker's groups: at most one of each.
+# SELinux labels (z, Z: there is no SELinux labelling here) and the
+# consistency modes (only Docker Desktop's file sharing reads them; Docker
+# on Linux ignores them too) are taken and ignored. Of the propagations,
+# only the private ones, which every mount is (build_root makes the whole
+# tree private).
+VOLUME_OPTION_GROUPS = (("ro", "rw"), ("z", "Z"), ("consistent", "cached", "delegated"),
+                        ("nocopy",), ("private", "rprivate"))
+PROPAGATIONS_REFUSED = ("shared", "rshared", "slave", "rslave")
 
 
 def parse_volume(text):
-    """`-v HOST:CTR[:ro|rw]` with absolute paths, as bind mounts."""
+    """`-v` as Docker 23+ reads it: HOST:CTR[:OPTS] binds a host path (a
+    relative one, `./x`, `../x`, from the current directory), NAME:CTR[:OPTS]
+    mounts the named volume NAME, made when missing, and CTR alone a new
+    anonymous volume."""
     parts = text.split(":")
-    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise MiniDockerError("invalid volume %r: expected HOST:CONTAINER[:ro|rw]" % text)
-    source, target = parts[0], parts[1]
-    options = parts[2].split(",") if len(parts) == 3 else []
+    if len(parts) > 3 or "" in parts[:2]:
+        raise MiniDockerError("invalid volume %s: expected [HOST-PATH:|NAME:]CONTAINER-PATH"
+                              "[:OPTIONS]" % quote(text))
+    if len(parts) == 2 and any(parts[1] in group for group in VOLUME_OPTION_GROUPS):
+        raise MiniDockerError("invalid volume %s: options need HOST-PATH:CONTAINER-PATH or "
+                              "NAME:CONTAINER-PATH before them" % quote(text))
+    source, target = (None, parts[0]) if len(parts) == 1 else parts[:2]
+    options = parse_volume_options(text, parts[2] if len(parts) == 3 else "")
+    check_container_path(target, "volume %s" % quote(text))
+    if source is None:
+        return Volume(None, absolute_path(target), False, name="", anonymous=True)
+    if source.startswith(("/", ".")):
+        if "nocopy" in options:
+            raise MiniDockerError("invalid volume %s: nocopy is for a volume, not a host path"
+                                  % quote(text))
+        return Volume(absolute_path(os.path.abspath(source)), absolute_path(target),
+                      "ro" in options)
+    if len(source) > 128 or not re.fullmatch(NAME_PATTERN, source, re.ASCII):
+        raise MiniDockerError("invalid volume %s: %s is no volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]+"
+                              ", at most 128 characters); a host path starts with /, ./ or ../"
+                              % (quote(text), quote(source)))
+    return Volume(None, absolute_path(target), "ro" in options, name=source,
+                  copy="nocopy" not in options)
+
+
+def parse_volume_options(text, field):
+    """-v's options, comma-separated; an empty field is none, as Docker's."""
+    options = field.split(",") if field else []
+    for option in options:
+        if option in PROPAGATIONS_REFUSED:
+            raise MiniDockerError("invalid volume %s: propagation %s is not supported: "
+                                  "minidocker's mounts are all private" % (quote(text), option))
+        if not any(option in group for group in VOLUME_OPTION_GROUPS):
+            raise MiniDockerError("invalid volume %s: unknown option %s (ro, rw, z, Z, nocopy, "
+                                  "consistent, cached, delegated, private, rprivate)"
+                                  % (quote(text), quote(option)))
+    for group in VOLUME_OPTION_GROUPS:
+        if sum(options.count(option) for option in group) > 1:
+            raise MiniDockerError("invalid volume %s: only one of %s may be given"
+                                  % (quote(text), " and ".join(o for o in group if o in options)))
+    return options
+
+
+def check_container_path(path, what):
+    if not path.startswith("/") or absolute_path(path) == "/":
+        raise MiniDockerError("invalid %s: the container path must be absolute and not /"
+                              % what)
+
+
+# --mount's keys, as Docker's command line reads them (each alias to its
+# key); the bare words are the flags that may stand without =VALUE.
+MOUNT_KEYS = {"type": "type", "source": "source", "src": "source", "target": "target",
+              "dst": "target", "destination": "target", "readonly": "readonly",
+              "ro": "readonly", "bind-propagation": "bind-propagation",
+              "volume-nocopy": "volume-nocopy", "tmpfs-size": "tmpfs-size",
+              "tmpfs-mode": "tmpfs-mode", "consistency": "consistency"}
+MOUNT_BARE_WORDS = ("readonly", "ro", "volume-nocopy")
+MOUNT_TYPES = ("bind", "volume", "tmpfs")
+BOOLEANS = {"1": True, "t": True, "true": True, "0": False, "f": False, "false": False}
+
+
+def parse_mount(text):
+    """`--mount type=bind|volume|tmpfs,...` -> a Volume, or a tmpfs as
+    parse_tmpfs gives one. Docker's rules: the type defaults to volume;
+    a bind's source must exist (unlike -v's, which is made); bind-*,
+    volume-* and tmpfs-* keys only with their own type."""
+    fields = mount_fields(text)
+    kind = fields.pop("type", "volume")
+    if kind not in MOUNT_TYPES:
+        raise MiniDockerError("invalid --mount %s: unknown type %s (bind, volume or tmpfs)"
+                              % (quote(text), quote(kind)))
+    for key in fields:
+        if key.partition("-")[0] in ("bind", "volume", "tmpfs") and not key.startswith(kind):
+            raise MiniDockerError("invalid --mount %s: %s goes only with type=%s"
+                                  % (quote(text), key, key.partition("-")[0]))
+    target, source = fields.get("target"), fields.get("source", "")
+    if target is None:
+        raise MiniDockerError("invalid --mount %s: target is required" % quote(text))
+    check_container_path(target, "--mount %s" % quote(text))
+    read_only = mount_boolean(text, fields, "readonly")
+    if kind == "tmpfs":
+        return tmpfs_of_mount(text, fields, absolute_path(target), read_only, source)
+    if kind == "volume":
+        if not source and read_only:
+            raise MiniDockerError("invalid --mount %s: an anonymous volume cannot be read-only"
+                                  % quote(text))
+        return Volume(None, absolute_path(target), read_only,
+                      name=check_name(source, "volume name") if source else "",
+                      copy=not mount_boolean(text, fields, "volume-nocopy"),
+                      anonymous=not source)
+    return bind_of_mount(text, fields, absolute_path(target), read_only, source)
+
+
+def mount_fields(text):
+    """KEY=VALUE,... (a CSV record, as Docker reads it: a field may be
+    quoted) -> {key: value}, aliases to their key, bare words to "true"."""
+    if '"' in text:
+        import csv
+        parts = next(csv.reader([text]), [])
+    else:
+        parts = text.split(",")
+    fields = {}
+    for part in parts:
+        word, eq, value = part.partition("=")
+        key = MOUNT_KEYS.get(word.lower())
+        if key is None:
+            raise MiniDockerError("invalid --mount %s: unknown key %s" % (quote(text),
+                                                                           quote(word)))
+        if key == "consistency" and value not in ("default", "consistent", "cached",
+                                                  "delegated"):
+            raise MiniDockerError("invalid --mount %s: unknown consistency %s"
+                                  % (quote(text), quote(value)))
+        if not eq and word.lower() not in MOUNT_BARE_WORDS:
+            raise MiniDockerError("invalid --mount %s: %s must be a KEY=VALUE pair"
+                                  % (quote(text), quote(part)))
+        fields[key] = value if eq else "true"
+    return fields
+
+
+def mount_boolean(text, fields, key):
+    value = fields.get(key, "false")
+    if value.lower() not in BOOLEANS:
+        raise MiniDockerError("invalid --mount %s: invalid value for %s: %s"
+                              % (quote(text), key, quote(value)))
+    return BOOLEANS[value.lower()]
+
+
+def bind_of_mount(text, fields, target, read_only, source):
+    if fields.get("bind-propagation", "rprivate") not in ("private", "rprivate"):
+        raise MiniDockerError("invalid --mount %s: bind-propagation %s is not supported: "
+                              "minidocker's mounts are all private"
+                              % (quote(text), quote(fields["bind-propagation"])))
+    if not source:
+        raise MiniDockerError("invalid --mount %s: a bind needs a source" % quote(text))
+    if source == "." or source.startswith("./"):
+        source = os.path.abspath(source)  # as Docker's command line, only ./
     if not source.startswith("/"):
-        raise MiniDockerError("invalid volume %r: the host path must be absolute "
-                              "(named volumes are not supported)" % text)
-    if not target.startswith("/") or absolute_path(target) == "/":
-        raise MiniDockerError("invalid volume %r: the container path must be "
-                              "absolute and not /" % text)
-    unknown = [o for o in options if o not in ("ro", "rw")]
-    if unknown or not options and len(parts) == 3:
-        raise MiniDockerError("invalid volume %r: unknown option %r (use ro or rw)"
-                              % (text, ",".join(unknown)))
-    return Volume(absolute_path(source), absolute_path(target), "ro" in options)
+        raise MiniDockerError("invalid --mount %s: the bind source must be an absolute path"
+                              % quote(text))
+    if not os.path.exists(source):
+        raise MiniDockerError("invalid --mount %s: bind source path does not exist: %s"
+                              % (quote(text), source))
+    return Volume(absolute_path(source), target, read_only)
+
+
+def tmpfs_of_mount(text, fields, target, read_only, source):
+    if source:
+        raise MiniDockerError("invalid --mount %s: a tmpfs takes no source" % quote(text))
+    data = []
+    if "tmpfs-size" in fields:
+        data.append("size=%d" % parse_size(fields["tmpfs-size"], "--mount tmpfs-size"))
+    if "tmpfs-mode" in fields:
+        mode = fields["tmpfs-mode"]
+        if not re.fullmatch("[0-7]{1,4}", mode):
+            raise MiniDockerError("invalid --mount %s: invalid value for tmpfs-mode: %s "
+                                  "(octal, such as 1777)" % (quote(text), quote(mode)))
+        data.append("mode=%s" % mode)
+    return (target, TMPFS_DEFAULT_FLAGS | (MS_RDONLY if read_only else 0), ",".join(data))
 
 
 # Options that mount(8) spells as words but mount(2) takes as flags.
@@ -845,6 +1011,13 @@ def build_spec(args, seccomp_cache=None):
         # The README's `run ./rootfs /bin/sh` on a terminal is a shell to talk to.
         interactive = tty = True
     log_driver, log_max_size, log_max_files = parse_log_options(args.log_driver, args.log_opt)
+    mounts = [parse_mount(text) for text in args.mount]
+    volumes = [parse_volume(text) for text in args.volume] + \
+        [m for m in mounts if isinstance(m, Volume)]
+    targets = [v.target for v in volumes] + [m[0] for m in mounts if isinstance(m, tuple)]
+    for target in targets:
+        if targets.count(target) > 1:  # one would hide the other, as Docker says
+            raise MiniDockerError("duplicate mount point: %s (-v and --mount)" % target)
     return Spec(
         rootfs=rootfs, command=list(args.command),
         hostname=check_hostname(args.hostname, "--hostname") if args.hostname else
@@ -854,8 +1027,8 @@ def build_spec(args, seccomp_cache=None):
         group_add=[check_user(g, "--group-add") for g in args.group_add],
         caps=caps, last_cap=last_cap(), seccomp=seccomp, notes=notes,
         privileged=args.privileged, read_only=args.read_only,
-        volumes=[parse_volume(v) for v in args.volume], devices=devices,
-        tmpfs=[parse_tmpfs(t) for t in args.tmpfs],
+        volumes=volumes, devices=devices,
+        tmpfs=[parse_tmpfs(t) for t in args.tmpfs] + [m for m in mounts if isinstance(m, tuple)],
         tty=bool(tty), interactive=bool(interactive), init=args.init, restart=restart,
         remove=args.rm,
         debug=args.debug,
@@ -874,12 +1047,14 @@ def build_spec(args, seccomp_cache=None):
 #       merged/                            where the root is assembled
 #       hosts hostname resolv.conf         bound over the image's /etc files
 #       json.log                           a detached container's output (run -d)
+#   /var/lib/minidocker/volumes/<name>/    a volume: _data/ is what is mounted
 #   /run/minidocker/containers/<id>.json   what a running container is (tmpfs),
 #                                          with its network lease (chapter 9)
 #   /run/minidocker/network.lock           taken while leases change
 #   /run/minidocker/reclaim.lock           taken while dead containers go
 #   /run/minidocker/names.lock             taken while a name is checked and taken, and
 #                                          while a record is written or removed
+#   /run/minidocker/volumes.lock           taken while a volume is made or removed
 #   /run/minidocker/seccomp/               the default filter, compiled (chapter 10)
 #   /run/minidocker/bytecode/              this file, compiled, for monitors' ends (chapter 11)
 # MINIDOCKER_ROOT=DIR moves both to DIR/lib and DIR/run, so that tests and the
@@ -893,6 +1068,7 @@ class Paths:
         self.lib = os.path.join(base, "lib") if base else "/var/lib/minidocker"
         self.run = os.path.join(base, "run") if base else "/run/minidocker"
         self.containers = os.path.join(self.lib, "containers")
+        self.volumes = os.path.join(self.lib, "volumes")
         self.records = os.path.join(self.run, "containers")
         self.seccomp_cache = os.path.join(self.run, "seccomp")  # chapter 10
         self.bytecode = os.path.join(self.run, "bytecode")      # chapter 11
@@ -1009,7 +1185,12 @@ def valid_record(record, name):
         and isinstance(record.get("name"), (str, type(None))) \
         and isinstance(record.get("log_driver", ""), str) \
         and isinstance(record.get("owner_start"), (int, type(None))) \
-        and isinstance(record.get("pid_start"), (int, type(None)))
+        and isinstance(record.get("pid_start"), (int, type(None))) \
+        and isinstance(record.get("mounts", []), list) \
+        and all(isinstance(mount, dict) and isinstance(mount.get("Name", ""), str)
+                for mount in record.get("mounts", [])) \
+        and isinstance(record.get("anonymous_volumes", []), list) \
+        and all(isinstance(name, str) for name in record.get("anonymous_volumes", []))
 
 
 def read_records(paths, malformed=None):
@@ -1071,12 +1252,14 @@ class Instance:
     """One container's own facts, decided by run_container once it has an
     id (the spec, the same for every run of the same flags, is only read):
     its layer, its host name (default: the short id), the /etc files bound
-    into it, and its network lease (None without --network bridge), which
-    is taken while the child is already starting and reaches it with "go"."""
-    __slots__ = ("id", "layer", "hostname", "lease")
+    into it, its volumes with their host directories (make_volumes), and
+    its network lease (None without --network bridge), which is taken
+    while the child is already starting and reaches it with "go"."""
+    __slots__ = ("id", "layer", "hostname", "volumes", "lease")
 
-    def __init__(self, cid, layer, hostname):
+    def __init__(self, cid, layer, hostname, volumes):
         self.id, self.layer, self.hostname, self.lease = cid, layer, hostname, None
+        self.volumes = volumes
 
     @property
     def etc_files(self):
@@ -1086,10 +1269,12 @@ class Instance:
 
 
 def create_container(paths, spec, cid, cgroups, parents=()):
-    """Write the record, then make the writable layer. The record comes first
-    (naming the cgroups about to be made, and the --cgroup-parent
-    directories that do not exist yet) so that a crash at any later step
-    is still found and reclaimed."""
+    """Make the volumes missing, write the record, then make the writable
+    layer. The record comes first (naming the cgroups about to be made, and
+    the --cgroup-parent directories that do not exist yet) so that a crash
+    at any later step is still found and reclaimed. Returns the record and
+    the volumes with their host directories, and the names of the volumes
+    made for it."""
     record = {"id": cid, "status": "created", "rootfs": spec.rootfs, "cgroups": cgroups,
               "cgroup_parents": list(parents),
               "command": spec.command, "remove": spec.remove, "pid": 0,
@@ -1103,17 +1288,17 @@ def create_container(paths, spec, cid, cgroups, parents=()):
                          "restart": spec.restart,
                          "exposed": spec.network_plan.get("expose", [])}}
     make_state_dirs(paths)
-    if spec.name is None:
-        store_record(paths, record)
-    else:
-        # Checked and taken under one lock: of twenty runs asking for one
-        # name at once, one gets it.
-        with state_lock(paths, "names.lock"):
-            taken = [r["id"] for r in read_records(paths) if r.get("name") == spec.name]
-            if taken:
-                raise MiniDockerError("the name %s is already in use by container %s: remove "
-                                      "it or choose another name" % (spec.name, taken[0][:12]))
-            store_record(paths, record)
+    volumes = spec.volumes
+    with state_lock(paths, "volumes.lock") if volumes else contextlib.suppress():
+        volumes, made = make_volumes(paths, spec.volumes)
+        record.update(mounts=mounts_of(volumes),
+                      anonymous_volumes=[v.name for v in volumes if v.anonymous])
+        try:
+            store_named_record(paths, spec.name, record)
+        except BaseException:
+            for name in made:
+                delete_volume(paths, name)
+            raise
     layer = paths.layer(cid)
     for sub in ("upper", "work", "merged"):
         os.makedirs(os.path.join(layer, sub), mode=0o700)
@@ -1123,8 +1308,22 @@ def create_container(paths, spec, cid, cgroups, parents=()):
     upper = os.path.join(layer, "upper")
     os.chown(upper, image_root.st_uid, image_root.st_gid)
     os.chmod(upper, stat.S_IMODE(image_root.st_mode))
-    save_spec(paths, cid, spec)
-    return record
+    save_spec(paths, cid, spec, volumes)
+    return record, volumes, made
+
+
+def store_named_record(paths, name, record):
+    """A new record, with its --name checked and taken under one lock: of
+    twenty runs asking for one name at once, one gets it."""
+    if name is None:
+        store_record(paths, record)
+        return
+    with state_lock(paths, "names.lock"):
+        taken = [r["id"] for r in read_records(paths) if r.get("name") == name]
+        if taken:
+            raise MiniDockerError("the name %s is already in use by container %s: remove "
+                                  "it or choose another name" % (name, taken[0][:12]))
+        store_record(paths, record)
 
 
 # The spec is kept beside the layer, fixed when the container is made (as
@@ -1136,9 +1335,11 @@ def create_container(paths, spec, cid, cgroups, parents=()):
 SPEC_UNSAVED = ("seccomp", "debug", "notes")
 
 
-def save_spec(paths, cid, spec):
+def save_spec(paths, cid, spec, volumes):
+    """`volumes`: the spec's, with their host directories (make_volumes), so
+    that start mounts the same volumes again."""
     fields = {key: value for key, value in vars(spec).items() if key not in SPEC_UNSAVED}
-    fields["volumes"] = [(v.source, v.target, v.read_only) for v in spec.volumes]
+    fields["volumes"] = [tuple(getattr(v, slot) for slot in Volume.__slots__) for v in volumes]
     fields["devices"] = [tuple(getattr(d, slot) for slot in Device.__slots__)
                          for d in spec.devices]
     fields["seccomp"] = spec.seccomp is not None
@@ -1232,9 +1433,10 @@ class LayerError(MiniDockerError):
     broken filesystem): the other commands warn and go on."""
 
 
-def remove_container(paths, record):
-    """Remove what a stopped container leaves: cgroups, layer, record. The
-    record goes last, and only once the layer is gone, so that a layer that
+def remove_container(paths, record, volumes=False):
+    """Remove what a stopped container leaves: cgroups, layer, record, and
+    with `volumes` (rm -v, --rm) its anonymous volumes. The record goes
+    after the layer, and only once the layer is gone, so that a layer that
     cannot be removed stays known (and `rm` says why)."""
     cid = record["id"]
     remove_cgroups(record.get("cgroups", []))
@@ -1251,6 +1453,8 @@ def remove_container(paths, record):
     # it back.
     with state_lock(paths, "names.lock"), contextlib.suppress(FileNotFoundError):
         os.unlink(paths.record(cid))
+    if volumes:
+        remove_unused_volumes(paths, record.get("anonymous_volumes", []))
 
 
 def remove_tree(path):
@@ -1365,7 +1569,7 @@ def reclaim_locked(paths):
     for record in dead:
         if record["remove"]:
             try:
-                remove_container(paths, record)
+                remove_container(paths, record, volumes=True)
             except LayerError as err:  # one bad layer must not stop every command
                 warn(str(err))
         else:
@@ -1389,6 +1593,147 @@ def find_container(paths, prefix):
     if len(matches) > 1:
         raise MiniDockerError("container id %s is ambiguous (%d matches)" % (prefix, len(matches)))
     return matches[0]
+
+
+# Volumes live in lib/volumes/NAME/: _data/ is what is mounted, volume.json
+# when it was made and whether it is anonymous (Docker's local driver keeps
+# the same _data/ under /var/lib/docker/volumes/NAME/). run/volumes.lock is
+# held while a volume is made or removed, and while a container that uses
+# volumes writes its first record: `volume rm` then sees every container
+# that uses a volume, or the volume is gone before the container names it.
+
+def volume_dir(paths, name):
+    """lib/volumes/NAME, for a name checked here again: a name becomes a
+    path, and `..` or `a/b` would lead out of the volumes directory."""
+    check_name(name, "volume name")
+    return os.path.join(paths.volumes, name)
+
+
+def create_volume(paths, name, anonymous=False):
+    """Make volume NAME unless it exists (under volumes.lock, the caller's).
+    It is built beside under a name of this writer's own, then renamed into
+    place: a volume is whole or absent, whatever ends us. Returns whether
+    it was made."""
+    final = volume_dir(paths, name)
+    if os.path.isdir(final):
+        return False
+    make_state_dirs(paths)
+    os.makedirs(paths.volumes, 0o700, exist_ok=True)
+    remove_stale_volume_builds(paths)
+    temporary = os.path.join(paths.volumes, ".%s.%d.%s.tmp" % (name, os.getpid(),
+                                                                os.urandom(4).hex()))
+    try:
+        os.mkdir(temporary, 0o700)
+        os.mkdir(os.path.join(temporary, "_data"))
+        os.chmod(os.path.join(temporary, "_data"), 0o755)  # whatever the umask
+        meta = {"created": time.time(), "anonymous": anonymous}
+        write_file_atomically(os.path.join(temporary, "volume.json"), json.dumps(meta).encode(),
+                              0o600)
+        os.rename(temporary, final)
+    except BaseException:
+        remove_tree(temporary)
+        raise
+    return True
+
+
+def remove_stale_volume_builds(paths):
+    """Half-built volumes of creators that died (kill -9) before their
+    rename: .NAME.PID.RANDOM.tmp, whose PID is gone (under volumes.lock, so
+    no live creator's build is taken)."""
+    for entry in os.listdir(paths.volumes):
+        parts = entry.split(".")
+        if entry.startswith(".") and entry.endswith(".tmp") and len(parts) >= 5 \
+                and is_number(parts[-3]) and process_start_time(int(parts[-3])) is None:
+            remove_tree(os.path.join(paths.volumes, entry))
+
+
+def delete_volume(paths, name):
+    try:
+        remove_tree(volume_dir(paths, name))
+    except OSError as err:
+        raise MiniDockerError("volume %s: cannot remove %s: %s"
+                              % (name, volume_dir(paths, name), err.strerror))
+
+
+def volume_names(paths):
+    """The volumes there are, sorted (a builder's temporary starts with a dot)."""
+    try:
+        return sorted(n for n in os.listdir(paths.volumes)
+                      if not n.startswith(".") and re.fullmatch(NAME_PATTERN, n, re.ASCII))
+    except FileNotFoundError:
+        return []
+
+
+def volume_meta(paths, name):
+    """What volume.json says, or {} (unreadable: the volume is still one)."""
+    try:
+        with open(os.path.join(volume_dir(paths, name), "volume.json"), "rb") as handle:
+            meta = json.loads(handle.read(4096).decode())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def volumes_in_use(paths):
+    """{volume name: [ids of the containers, running or not, that use it]}."""
+    used = {}
+    for record in read_records(paths):
+        for mount in record.get("mounts", []):
+            if mount.get("Type") == "volume":
+                used.setdefault(mount.get("Name"), []).append(record["id"])
+    return used
+
+
+def make_volumes(paths, volumes):
+    """The spec's volumes with their host directories: each volume made
+    when it is missing, an anonymous one under a new random name, as
+    `docker run` does. Under volumes.lock (the caller's). Returns the
+    volumes and the names of those made here."""
+    resolved, made = [], []
+    for volume in volumes:
+        if volume.name is None:
+            resolved.append(volume)
+            continue
+        name = volume.name or os.urandom(32).hex()
+        if create_volume(paths, name, volume.anonymous):
+            made.append(name)
+        resolved.append(Volume(os.path.join(volume_dir(paths, name), "_data"), volume.target,
+                               volume.read_only, name, volume.copy, volume.anonymous))
+    return resolved, made
+
+
+def mounts_of(volumes):
+    """What the record keeps of the volumes, in the shape of Docker's
+    inspect "Mounts"; `volume rm` reads which volumes are in use there."""
+    mounts = []
+    for volume in volumes:
+        if volume.name is None:
+            mounts.append({"Type": "bind", "Source": volume.source, "Destination": volume.target,
+                           "Mode": "", "RW": not volume.read_only, "Propagation": "rprivate"})
+        else:
+            mounts.append({"Type": "volume", "Name": volume.name, "Source": volume.source,
+                           "Destination": volume.target, "Driver": "local", "Mode": "",
+                           "RW": not volume.read_only, "Propagation": ""})
+    return mounts
+
+
+def remove_unused_volumes(paths, names):
+    """rm -v, --rm: the container's anonymous volumes go with it (named ones
+    stay), as Docker's; a run that could not start takes the volumes it
+    made with it. One that another container mounts by its name stays,
+    with a warning. The container's record is gone already."""
+    if not names:
+        return
+    with state_lock(paths, "volumes.lock"):
+        used = volumes_in_use(paths)
+        for name in names:
+            if name in used:
+                warn("volume %s is kept: container %s uses it" % (name, used[name][0][:12]))
+            elif os.path.isdir(volume_dir(paths, name)):
+                try:
+                    delete_volume(paths, name)
+                except MiniDockerError as err:  # the container is gone all the same
+                    warn(str(err))
 
 
 # === 5. Images: a rootfs from what the host has (mkrootfs), and an ELF reader ===
@@ -1729,7 +2074,8 @@ O_PATH = getattr(os, "O_PATH", 0o10000000)
 class Mount:
     """One step of the mount plan. kind: 'fs' mounts a filesystem, 'bind' a
     host path, 'devices' fills /dev, 'mask' hides a path, 'readonly' makes a
-    path read-only, 'nodev' makes device nodes under a path unusable.
+    path read-only, 'nodev' makes device nodes under a path unusable,
+    'copy-up' fills an empty volume with what the image has at the path.
     kernel_fs targets must be real directories."""
     __slots__ = ("kind", "target", "source", "fstype", "flags", "data", "kernel_fs")
 
@@ -1742,11 +2088,18 @@ class Mount:
         return "Mount(%s %s %s)" % (self.kind, self.fstype or self.source or "", self.target)
 
 
-def plan_mounts(spec, etc_files=()):
+def plan_mounts(spec, etc_files=(), volumes=None):
     """The ordered list of mounts that turns the overlay into the container's
-    root. Pure: the unit tests read it."""
+    root. `volumes`: the spec's with their host directories (Instance), by
+    default the spec's own. Pure: the unit tests read it."""
     sys_flags = MS_NOSUID | MS_NOEXEC | MS_NODEV | (0 if spec.privileged else MS_RDONLY)
-    plan = [
+    volumes = spec.volumes if volumes is None else volumes
+    # Copy-up first, from the bare root, as Docker copies from the image's
+    # files: no /proc, /sys or other volume mounted yet, so an image's
+    # `/data -> /proc/self` copies its own empty /proc, not the kernel's.
+    plan = [Mount("copy-up", volume.target, volume.source) for volume in volumes
+            if volume.name is not None and volume.copy]
+    plan += [
         Mount("fs", "/proc", "proc", "proc", MS_NOSUID | MS_NOEXEC | MS_NODEV, kernel_fs=True),
         Mount("fs", "/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_STRICTATIME,
               "mode=755,size=65536k", kernel_fs=True),
@@ -1764,7 +2117,7 @@ def plan_mounts(spec, etc_files=()):
     ]
     for source, target in etc_files:  # (state file, /etc/...) bound over the image's
         plan.append(Mount("bind", target, source, flags=MS_BIND))
-    for volume in spec.volumes:
+    for volume in volumes:
         plan.append(Mount("bind", volume.target, volume.source,
                           flags=MS_BIND | MS_REC | (MS_RDONLY if volume.read_only else 0)))
         if not spec.privileged:
@@ -1859,6 +2212,8 @@ def apply_mounts(rootfd, plan):
             populate_dev(rootfd)
         elif step.kind == "nodev":
             apply_nodev(rootfd, step.target)
+        elif step.kind == "copy-up":
+            copy_up(rootfd, step.target, step.source)
         elif step.kind in ("mask", "readonly"):
             apply_protection(rootfd, step)
         else:
@@ -1926,6 +2281,117 @@ def apply_nodev(rootfd, target):
         mount(None, fd_path(fd), None, MS_BIND | MS_REMOUNT | MS_NODEV | kept, shown=target)
     finally:
         os.close(fd)
+
+def copy_up(rootfd, target, data):
+    """A volume first mounted empty is filled with what the image has at
+    its path, as Docker does: the files, and the directory's own owner and
+    mode, so that `-v db:/var/lib/db` starts with the image's database
+    directory. The path is resolved inside the bare root, before anything
+    is mounted on it (plan_mounts): an image's `/data -> /etc` is the
+    image's /etc, never the host's, and nothing below it is followed
+    (copy_tree). flock on the volume's
+    directory: of two containers starting on one new volume, one copies
+    and the other then finds it full."""
+    try:
+        found = open_in_root(rootfd, target)
+    except (FileNotFoundError, NotADirectoryError):  # nothing there to copy
+        return
+    try:
+        if not stat.S_ISDIR(os.fstat(found).st_mode):
+            return
+        source = os.open(fd_path(found), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    finally:
+        os.close(found)
+    try:
+        volume = os.open(data, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fcntl.flock(volume, fcntl.LOCK_EX)
+            if not os.listdir(volume):
+                copy_attributes(source, volume, os.fstat(source))
+                copy_tree(source, volume)
+        finally:
+            os.close(volume)
+    except OSError as err:
+        raise MiniDockerError("volume at %s: copying the image's files into it: %s"
+                              % (target, err))
+    finally:
+        os.close(source)
+
+
+def copy_tree(source, destination):
+    """Copy the directory `source` into `destination` (two handles) with
+    owners, modes, times and extended attributes. Without recursion: each
+    level holds two handles, and its names are listed once. Every name is
+    opened with O_NOFOLLOW in its parent's handle: a symlink is copied as
+    a symlink, so `/data/x -> /etc/shadow` copies the link, not the host's
+    file, and a link in the destination is never written through."""
+    levels = [(os.dup(source), os.dup(destination), os.listdir(source), None)]
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        while levels:
+            src, dst, names, st = levels[-1]
+            if not names:  # done: its times last, as copying changed them
+                levels.pop()
+                if st is not None:
+                    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.close(src)
+                os.close(dst)
+                continue
+            name = names.pop()
+            st = os.stat(name, dir_fd=src, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                os.mkdir(name, 0o700, dir_fd=dst)
+                inner = os.open(name, flags, dir_fd=src)
+                levels.append((inner, os.open(name, flags, dir_fd=dst), os.listdir(inner), st))
+                copy_attributes(inner, levels[-1][1], st)
+            else:
+                copy_entry(src, dst, name, st)
+    finally:
+        for src, dst, _, _ in levels:
+            os.close(src)
+            os.close(dst)
+
+
+def copy_entry(src, dst, name, st):
+    """One file, symlink, device node or FIFO (a socket is no content:
+    skipped, as cp skips one it cannot open)."""
+    if stat.S_ISREG(st.st_mode):
+        reader = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src)
+        try:
+            writer = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=dst)
+            try:
+                while os.sendfile(writer, reader, None, 1 << 30):
+                    pass
+                copy_attributes(reader, writer, st)
+                os.utime(writer, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(writer)
+        finally:
+            os.close(reader)
+        return
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
+    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        os.mknod(name, st.st_mode, st.st_rdev, dir_fd=dst)  # the umask is 0 (build_root)
+    else:
+        return
+    os.chown(name, st.st_uid, st.st_gid, dir_fd=dst, follow_symlinks=False)
+    os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst, follow_symlinks=False)
+
+
+def copy_attributes(source, destination, st):
+    """Owner, then mode (chown(2) clears the set-id bits), then the
+    extended attributes (a file capability too, which chown clears); one
+    the volume's filesystem cannot keep (ENOTSUP) is left out."""
+    os.fchown(destination, st.st_uid, st.st_gid)
+    os.fchmod(destination, stat.S_IMODE(st.st_mode))
+    for key in os.listxattr(source):
+        try:
+            os.setxattr(destination, key, os.getxattr(source, key))
+        except OSError as err:
+            if err.errno != errno.ENOTSUP:
+                raise
 
 
 def flags_of_mount(path, with_rdonly=False):
@@ -5163,7 +5629,7 @@ def build_root(spec, instance, console):
     # would be copied into the host's namespace (mount_namespaces(7)).
     mount(None, "/", None, MS_REC | MS_PRIVATE, shown="/ (make-rprivate)")
     rootfd = mount_overlay(spec, instance.layer)
-    apply_mounts(rootfd, plan_mounts(spec, instance.etc_files))
+    apply_mounts(rootfd, plan_mounts(spec, instance.etc_files, instance.volumes))
     make_devices(rootfd, spec.devices)
     if spec.privileged:
         add_host_devices(rootfd)
@@ -5738,7 +6204,7 @@ def release_run(paths, record, cgroups, parents, remove):
     finally:
         if remove:
             try:
-                remove_container(paths, record)
+                remove_container(paths, record, volumes=True)
             except LayerError as err:  # the exit code (or first error) comes first
                 warn(str(err))
 
@@ -5775,8 +6241,10 @@ def run_container(spec, paths, report=None, cid=None, again=None):
     cgroup_plan = plan_cgroups(spec.resources, layout, cid, spec.cgroup_parent)
     parents = missing_parents(cgroup_plan) if spec.cgroup_parent else []
     cgroup_paths = [path for _, _, path, _ in cgroup_plan]
+    # A saved spec's volumes (start, a restart) have their host directories.
+    volumes, made = spec.volumes, []
     if again is None:
-        record = create_container(paths, spec, cid, cgroup_paths, parents)
+        record, volumes, made = create_container(paths, spec, cid, cgroup_paths, parents)
     else:
         record = claim_container(paths, cid, by_user=again == "user")
         if record is None:
@@ -5794,7 +6262,7 @@ def run_container(spec, paths, report=None, cid=None, again=None):
     try:
         cgroups = create_cgroups(cgroup_plan, spec.resources)
         trace(spec.debug, "cgroups made, limits written")
-        instance = Instance(cid, layer, spec.hostname or cid[:12])
+        instance = Instance(cid, layer, spec.hostname or cid[:12], volumes)
         for source, _ in instance.etc_files:  # bound by the child, written by prepare()
             os.close(os.open(source, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
 
@@ -5849,6 +6317,9 @@ def run_container(spec, paths, report=None, cid=None, again=None):
             log.close()
         removed = spec.remove or (not started and again is None)
         release_run(paths, record, cgroups, parents, removed)
+        if not started and again is None:  # nothing of a run that could not start is left
+            remove_unused_volumes(paths, [name for name in made
+                                          if name not in record["anonymous_volumes"]])
         if not ended and not removed:  # a start again that failed: kept, not running
             record.update(status="exited", finished=time.time())
             with contextlib.suppress(OSError):
@@ -6614,7 +7085,7 @@ def cmd_rm(args):
                 raise MiniDockerError("container %s is %s: stop it or use rm -f"
                                       % (record["id"][:12], "restarting" if container_state(
                                           record) == "restarting" else "running"))
-            remove_container(paths, record)
+            remove_container(paths, record, volumes=args.volumes)
         print(record["id"][:12])
     return 0
 
@@ -7010,6 +7481,7 @@ def inspect_record(record):
                        "AutoRemove": record["remove"], "Init": config.get("init", False),
                        "RestartPolicy": {"Name": policy, "MaximumRetryCount": most}},
         "RestartCount": record.get("restart_count", 0),
+        "Mounts": record.get("mounts", []),
         "NetworkSettings": {"IPAddress": lease.get("address", ""),
                             "Gateway": lease.get("gateway", ""), "Ports": ports},
     }
@@ -7632,6 +8104,104 @@ def cmd_container_prune(args):
     return 0
 
 
+def cmd_volume_create(args):
+    """docker volume create [NAME]: made when missing (an existing one is
+    fine, as Docker's), a random 64-hex name without one; prints it."""
+    require_root("volume create")
+    paths = Paths()
+    name = check_name(args.name, "volume name") if args.name else os.urandom(32).hex()
+    with state_lock(paths, "volumes.lock"):
+        create_volume(paths, name)
+    print(name)
+    return 0
+
+
+def cmd_volume_ls(args):
+    require_root("volume ls")
+    names = volume_names(Paths())
+    emit(names if args.quiet else
+         tabulate(["DRIVER\tVOLUME NAME"] + ["local\t" + name for name in names], 10))
+    return 0
+
+
+def cmd_volume_inspect(args):
+    """A JSON array, one object per volume, in Docker's shape."""
+    require_root("volume inspect")
+    paths = Paths()
+    found = []
+    for name in args.names:
+        path = volume_dir(paths, name)
+        if not os.path.isdir(path):
+            raise MiniDockerError("no such volume: %s" % name)
+        meta = volume_meta(paths, name)
+        created = meta.get("created") if isinstance(meta.get("created"), (int, float)) \
+            else os.stat(path).st_mtime
+        found.append({
+            "CreatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
+            "Driver": "local",
+            "Labels": {"com.docker.volume.anonymous": ""} if meta.get("anonymous") else {},
+            "Mountpoint": os.path.join(path, "_data"), "Name": name, "Options": {},
+            "Scope": "local"})
+    print(json.dumps(found, indent=4))
+    return 0
+
+
+def cmd_volume_rm(args):
+    """docker volume rm [-f] NAME...: refused while a container uses it,
+    running or stopped, whatever -f says (Docker's -f only makes a missing
+    volume no error). Under volumes.lock: a run taking the volume at the
+    same time either sees it gone and makes it anew, or is seen using it."""
+    require_root("volume rm")
+    paths = Paths()
+    reclaim_dead(paths)
+    failed = []
+    for name in args.names:
+        with state_lock(paths, "volumes.lock"):
+            users = volumes_in_use(paths).get(check_name(name, "volume name"))
+            if users:
+                failed.append("volume %s is in use by container %s" % (name, users[0][:12]))
+                continue
+            if not os.path.isdir(volume_dir(paths, name)):
+                if not args.force:
+                    failed.append("no such volume: %s" % name)
+                    continue
+            else:
+                delete_volume(paths, name)
+        print(name)
+    if failed:  # the others are removed, as Docker's; one line for all
+        raise MiniDockerError("; ".join(failed))
+    return 0
+
+
+VOLUME_PRUNE_WARNINGS = {
+    False: "WARNING! This will remove anonymous local volumes not used by at least one "
+           "container.\nAre you sure you want to continue?",
+    True: "WARNING! This will remove all local volumes not used by at least one container.\n"
+          "Are you sure you want to continue?"}
+
+
+def cmd_volume_prune(args):
+    """docker volume prune [-a] [-f]: the volumes no container uses, running
+    or stopped; since Docker 23 only the anonymous ones unless -a."""
+    require_root("volume prune")
+    paths = Paths()
+    if not args.force and not confirmed(VOLUME_PRUNE_WARNINGS[args.all]):
+        return 0
+    reclaim_dead(paths)
+    deleted, space = [], 0
+    with state_lock(paths, "volumes.lock"):
+        used = volumes_in_use(paths)
+        for name in volume_names(paths):
+            if name in used or not (args.all or volume_meta(paths, name).get("anonymous")):
+                continue
+            size = layer_size(os.path.join(volume_dir(paths, name), "_data"))
+            delete_volume(paths, name)
+            deleted.append(name)
+            space += size
+    emit((["Deleted Volumes:"] + deleted + [""] if deleted else [])
+         + ["Total reclaimed space: " + human_size(space)])
+    return 0
+
 def cmd_rename(args):
     """docker rename: a new name, for a running or a stopped container,
     checked and written under names.lock (as run --name takes one), so of
@@ -8168,8 +8738,13 @@ def build_parser():
                      help="name or number, looked up in the container's /etc/passwd")
     run.add_argument("--group-add", action="append", default=[], metavar="GROUP",
                      help="one more supplementary group")
-    run.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CTR[:ro]",
-                     help="bind a host directory or file into the container")
+    run.add_argument("-v", "--volume", action="append", default=[],
+                     metavar="[HOST:|NAME:]CTR[:OPTS]",
+                     help="bind a host path (./ and ../ from here), mount volume NAME, or a new "
+                     "anonymous volume; OPTS: ro, rw, nocopy (z, Z, cached... ignored)")
+    run.add_argument("--mount", action="append", default=[], metavar="type=TYPE,...",
+                     help="type=bind|volume|tmpfs, source=, target=, readonly, volume-nocopy, "
+                     "tmpfs-size=, tmpfs-mode=")
     run.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTS]",
                      help="a tmpfs at PATH; OPTS as mount's: size=64m,mode=1777")
     run.add_argument("--read-only", action="store_true", help="mount the root read-only")
@@ -8220,7 +8795,7 @@ def build_parser():
     rm = commands.add_parser("rm", help="remove containers")
     rm.add_argument("-f", "--force", action="store_true", help="kill it first if running")
     rm.add_argument("-v", "--volumes", action="store_true",
-                    help="accepted, as docker's: minidocker makes no volumes of its own")
+                    help="also remove the containers' anonymous volumes")
     rm.add_argument("containers", nargs="+", metavar="NAME|ID",
                     help="containers, by name or id (a unique prefix of it)")
     rm.set_defaults(handler=cmd_rm)
@@ -8339,6 +8914,26 @@ def build_parser():
 
     version = commands.add_parser("version", help="minidocker's version, and what it runs on")
     version.set_defaults(handler=cmd_version)
+
+    volume = commands.add_parser("volume", help="manage volumes: create, ls, inspect, rm, prune")
+    verbs = volume.add_subparsers(dest="verb", metavar="VERB")
+    create = verbs.add_parser("create", help="make a volume (a random name without NAME)")
+    create.add_argument("name", nargs="?", metavar="NAME", help="its name (Docker's rule)")
+    create.set_defaults(handler=cmd_volume_create)
+    ls = verbs.add_parser("ls", help="list volumes")
+    ls.add_argument("-q", "--quiet", action="store_true", help="only their names")
+    ls.set_defaults(handler=cmd_volume_ls)
+    inspect = verbs.add_parser("inspect", help="volumes as JSON, in Docker's shape")
+    inspect.add_argument("names", nargs="+", metavar="NAME", help="volumes, by name")
+    inspect.set_defaults(handler=cmd_volume_inspect)
+    rm = verbs.add_parser("rm", help="remove volumes no container uses")
+    rm.add_argument("-f", "--force", action="store_true", help="a missing volume is no error")
+    rm.add_argument("names", nargs="+", metavar="NAME", help="volumes, by name")
+    rm.set_defaults(handler=cmd_volume_rm)
+    prune = verbs.add_parser("prune", help="remove the anonymous volumes no container uses")
+    prune.add_argument("-a", "--all", action="store_true", help="named ones too")
+    prune.add_argument("-f", "--force", action="store_true", help="do not ask first")
+    prune.set_defaults(handler=cmd_volume_prune)
 
     mkrootfs = commands.add_parser("mkrootfs", help="build a small rootfs from the host's tools")
     mkrootfs.add_argument("--no-busybox", action="store_true",

@@ -135,7 +135,7 @@ def sh(rootfs, script, options=(), **kw):
 def assert_nothing_left():
     """No container state, and no mount of ours in the host's namespace."""
     base = os.environ["MINIDOCKER_ROOT"]
-    for sub in ("lib/containers", "run/containers"):
+    for sub in ("lib/containers", "run/containers", "lib/volumes"):
         path = os.path.join(base, sub)
         assert not os.path.exists(path) or os.listdir(path) == [], os.listdir(path)
     with open("/proc/self/mountinfo") as handle:
@@ -279,16 +279,16 @@ def test_combined_short_flags_and_help_is_not_hostname(tmp_path):
 
 
 @pytest.mark.parametrize("text, error", [
-    ("foo", "expected HOST:CONTAINER"),
-    ("/a:/b:/c:/d", "expected HOST:CONTAINER"),
-    (":/b", "expected HOST:CONTAINER"),
-    ("rel:/b", "host path must be absolute"),
+    ("foo", "container path must be absolute"),
+    ("/a:/b:/c:/d", "expected [HOST-PATH:|NAME:]CONTAINER-PATH"),
+    (":/b", "expected [HOST-PATH:|NAME:]CONTAINER-PATH"),
+    ("r:/b", "'r' is no volume name"),
     ("/a:rel", "container path must be absolute"),
     ("/a:/", "container path must be absolute"),
     ("/a:/b:rx", "unknown option"),
 ])
 def test_bad_volumes(text, error):
-    with pytest.raises(md.MiniDockerError, match=error):
+    with pytest.raises(md.MiniDockerError, match=re.escape(error)):
         md.parse_volume(text)
 
 
@@ -980,7 +980,7 @@ def bad(args, message, code=125):
     (["run", "/no/such/rootfs", "sh"], "rootfs /no/such/rootfs: no such directory"),
     (["run", "/etc/passwd", "sh"], "rootfs /etc/passwd: not a directory"),
     (["run", "--bogus", "/", "sh"], "run: unknown flag: --bogus"),
-    (["run", "-v", "nocolon", "/", "sh"], "invalid volume 'nocolon'"),
+    (["run", "-v", "/a:/b:/c:/d", "/", "sh"], "invalid volume '/a:/b:/c:/d'"),
     (["run", "--cap-add", "CAP_NOPE", "/", "sh"], "unknown capability: CAP_NOPE"),
     (["run", "-w", "relative", "/", "sh"], "workdir 'relative' must be an absolute path"),
     (["run", "--env-file", "/no/such/file", "/", "sh"], "--env-file /no/such/file"),
@@ -1837,8 +1837,11 @@ BAD_VALUES = {
     "--cgroup-parent": ["../../x", "a/../..", "..", "/", "a/\nb", "\x00", "./..", "a/..",
                         "../", "x/../../y"],
     "--dns": ["x", "1.2.3", "999.1.1.1", "", "\n", "1.2.3.4/24", "::g", "²", "a b", "-"],
-    "-v": ["nocolon", "relative:/x", "/x:relative", "/x:/y:bogus", ":", "/x:", ":/y",
-           "/x:/y:ro:rw", "a:b:c:d", "/x:/"],
+    "-v": ["nocolon", "a/b:/x", "/x:relative", "/x:/y:bogus", ":", "/x:", ":/y",
+           "/x:/y:ro:rw", "a:b:c:d", "/x:/", "x" * 129 + ":/x", "/x:ro", "v:/x:ro,ro"],
+    "--mount": ["", "type=bind", "dst=/x,src=..", "type=bind,src=/no/such,dst=/x", "dst=/x,ro=2",
+                "type=tmpfs,dst=/x,tmpfs-size=x", "dst=/x,\n", "=", "dst=/x,volume-opt=a=b",
+                "type=volume,dst=/x,bind-propagation=rprivate"],
     "--tmpfs": ["relative", "/", "/x:bogus", "/x:ro,bad", "", ":", "//", "/x:mode",
                 "x:/y", "/x:exec,nope"],
     "-w": ["relative", "", "x/y", ".", "..", "~", "./a", "a/..", "\n", "${HOME}"],
@@ -1924,16 +1927,18 @@ def test_help_for_every_flag_and_argument(capsys):
     docker) lists every flag and argument with a line that says what it
     does; run's ends with examples; `minidocker` and `minidocker container`
     alone print their help, as docker."""
-    parser = md.build_parser()
-    commands = dict(parser.subcommands, prune=parser.subcommands["container"].subcommands["prune"])
+    commands, parents = {}, [md.build_parser()]
+    while parents:  # every command, and every command of a command (volume rm)
+        for command in parents.pop().subcommands.values():
+            commands[command.prog.split(" ", 1)[1]] = command
+            parents += [command] if command.subcommands else []
+    assert {"run", "exec", "container prune", "volume rm", "version"} <= set(commands)
     for name, command in sorted(commands.items()):
         for flag in command.declared + command.positionals:
             assert flag.help, (name, flag.names)
-        argv = ["container", "prune", "--help"] if name == "prune" else [name, "--help"]
-        assert md.main(argv) == 0
+        assert md.main(name.split() + ["--help"]) == 0
         out = capsys.readouterr().out
-        assert out.startswith("Usage:  minidocker %s" % ("container prune" if name == "prune"
-                                                          else name))
+        assert out.startswith("Usage:  minidocker %s" % name)
         for flag in command.declared:
             assert flag.names[-1] in out
     assert md.main(["run", "--help"]) == 0
@@ -6342,6 +6347,286 @@ def test_cgroup_stats_reads_what_the_cgroups_count(rootfs):
         assert stats_table("busy")["busy"][2:] == ["0.00%", "0B", "/", "0B", "0.00%", "0"]
     finally:
         minidocker("rm", "-f", idle, busy)
+    assert_nothing_left()
+
+
+# ---------------------------------------------------------------------------
+# volumes: -v's forms, named and anonymous volumes, copy-up, --mount, `volume`
+# ---------------------------------------------------------------------------
+
+def test_volume_forms_as_docker_reads_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(str(tmp_path))
+    forms = [md.parse_volume(text) for text in (
+        "./dir:/a", "../up:/b:ro,z", ".:/c:Z", "data:/d", "data:/e:ro,nocopy,cached", "/f",
+        "/h:/g:rw,delegated,rprivate", "/h:/i:consistent")]
+    assert repr(forms) == repr([
+        md.Volume(str(tmp_path / "dir"), "/a", False),
+        md.Volume(str(tmp_path.parent / "up"), "/b", True),
+        md.Volume(str(tmp_path), "/c", False),
+        md.Volume(None, "/d", False, name="data"),
+        md.Volume(None, "/e", True, name="data", copy=False),
+        md.Volume(None, "/f", False, name="", anonymous=True),
+        md.Volume("/h", "/g", False), md.Volume("/h", "/i", False)])
+
+
+@pytest.mark.parametrize("text, error", [
+    ("", "expected [HOST-PATH:|NAME:]CONTAINER-PATH[:OPTIONS]"),
+    ("/a:/b:ro:x", "expected [HOST-PATH:|NAME:]CONTAINER-PATH"),
+    ("/data:ro", "options need HOST-PATH:CONTAINER-PATH or NAME:CONTAINER-PATH"),
+    ("/a:/b:ro,rw", "only one of ro and rw may be given"),
+    ("/a:/b:z,Z", "only one of z and Z may be given"),
+    ("/a:/b:nocopy", "nocopy is for a volume, not a host path"),
+    ("/a:/b:rshared", "propagation rshared is not supported"),
+    ("/a:/b:exec", "unknown option 'exec'"),
+    ("x/../..:/x", "'x/../..' is no volume name"),
+    ("a/b:/x", "'a/b' is no volume name"),
+    ("~/x:/y", "'~/x' is no volume name"),
+    ("data:x", "the container path must be absolute"),
+])
+def test_bad_volume_forms(text, error):
+    with pytest.raises(md.MiniDockerError, match=re.escape(error)):
+        md.parse_volume(text)
+
+
+def test_mount_forms_and_their_aliases(tmp_path, monkeypatch):
+    monkeypatch.chdir(str(tmp_path))
+    assert repr([md.parse_mount(text) for text in (
+        "type=bind,src=.,dst=/a,ro", "type=bind,source=%s,destination=/b,readonly=false,"
+        "bind-propagation=rprivate" % tmp_path, "source=vol,target=/c,volume-nocopy",
+        "type=volume,dst=/d", '"type=volume","src=v2",target=/e,readonly=1')]) == repr([
+        md.Volume(str(tmp_path), "/a", True), md.Volume(str(tmp_path), "/b", False),
+        md.Volume(None, "/c", False, name="vol", copy=False),
+        md.Volume(None, "/d", False, name="", anonymous=True),
+        md.Volume(None, "/e", True, name="v2")])
+    assert md.parse_mount("type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=1770,ro") == (
+        "/t", md.TMPFS_DEFAULT_FLAGS | md.MS_RDONLY, "size=1048576,mode=1770")
+    spec = parse("-v", "vv:/v", "--mount", "type=tmpfs,dst=/t", "--mount", "src=ww,dst=/w,"
+                 "volume-nocopy", str(tmp_path), "sh")
+    plan = [(m.kind, m.target) for m in md.plan_mounts(spec)]
+    assert plan[:2] == [("copy-up", "/v"), ("fs", "/proc")]  # from the bare root: see copy_up
+    assert [m for m in plan if m[1] in ("/v", "/w", "/t")] == [
+        ("copy-up", "/v"), ("bind", "/v"), ("nodev", "/v"), ("bind", "/w"), ("nodev", "/w"),
+        ("fs", "/t")]
+
+
+@pytest.mark.parametrize("text, error", [
+    ("type=bind,source=/no/such/dir,target=/x", "bind source path does not exist: /no/such/dir"),
+    ("type=bind,src=../up,dst=/x", "the bind source must be an absolute path"),
+    ("type=bind,target=/x", "a bind needs a source"),
+    ("type=volume,target=/x,readonly", "an anonymous volume cannot be read-only"),
+    ("type=nfs,target=/x", "unknown type 'nfs'"),
+    ("target=/x,size=1", "unknown key 'size'"),
+    ("target", "'target' must be a KEY=VALUE pair"),
+    ("type=bind,src=/,dst=/x,volume-nocopy", "volume-nocopy goes only with type=volume"),
+    ("type=volume,dst=/x,tmpfs-size=1m", "tmpfs-size goes only with type=tmpfs"),
+    ("src=vol", "target is required"),
+    ("src=vol,dst=/", "the container path must be absolute and not /"),
+    ("src=a/b,dst=/x", "invalid volume name 'a/b'"),
+    ("type=tmpfs,dst=/x,tmpfs-mode=rwx", "invalid value for tmpfs-mode: 'rwx'"),
+    ("type=tmpfs,src=x,dst=/x", "a tmpfs takes no source"),
+    ("type=bind,src=/,dst=/x,ro=maybe", "invalid value for readonly: 'maybe'"),
+    ("type=bind,src=/,dst=/x,bind-propagation=rslave", "bind-propagation 'rslave' is not"),
+])
+def test_bad_mounts(text, error):
+    with pytest.raises(md.MiniDockerError, match=re.escape(error)):
+        md.parse_mount(text)
+
+
+def volumes_now():
+    return minidocker("volume", "ls", "-q").out.split()
+
+
+@pytest.fixture
+def image_with_data(rootfs, tmp_path):
+    """A rootfs whose /data holds what copy-up must keep: owners, modes
+    (setuid and sticky too), a symlink, a FIFO, an extended attribute."""
+    path = str(tmp_path / "withdata")
+    subprocess.run(["cp", "-a", rootfs, path], check=True)
+    data = os.path.join(path, "data")
+    os.makedirs(os.path.join(data, "sub"))
+    with open(os.path.join(data, "sub/file"), "w") as handle:
+        handle.write("from the image\n")
+    os.chown(data, 1000, 50)
+    os.chmod(data, 0o1770)
+    os.chown(os.path.join(data, "sub/file"), 1000, 1000)
+    os.chmod(os.path.join(data, "sub/file"), 0o4750)
+    os.symlink("/etc/passwd", os.path.join(data, "link"))
+    os.mkfifo(os.path.join(data, "fifo"))
+    os.setxattr(os.path.join(data, "sub/file"), "user.origin", b"image")
+    return path
+
+
+@root
+def test_named_volume_is_copied_up_once_and_keeps_what_runs_wrote(image_with_data):
+    listing = "stat -c '%n %u %g %a %F' /data /data/sub/file /data/fifo; readlink /data/link"
+    try:
+        first = sh(image_with_data, listing + "; echo kept > /data/new; rm /data/sub/file",
+                   options=["-v", "store:/data"], check_clean=False)
+        assert first.returncode == 0, first.err
+        assert first.out == ("/data 1000 50 1770 directory\n/data/sub/file 1000 1000 4750 "
+                             "regular file\n/data/fifo 0 0 644 fifo\n/etc/passwd\n")
+        data = os.path.join(os.environ["MINIDOCKER_ROOT"], "lib/volumes/store/_data")
+        assert os.listdir(os.path.join(data, "sub")) == []
+        # A second run finds the volume full: no copy again, and read-only.
+        second = sh(image_with_data, "cat /data/new; ls /data/sub; touch /data/x",
+                    options=["-v", "store:/data:ro"], check_clean=False)
+        assert second.out == "kept\n" and "Read-only file system" in second.err
+        assert volumes_now() == ["store"]
+        os.unlink(os.path.join(data, "new"))  # empty again: copied up again, xattr too
+        os.unlink(os.path.join(data, "fifo"))
+        os.unlink(os.path.join(data, "link"))
+        os.rmdir(os.path.join(data, "sub"))
+        third = sh(image_with_data, "cat /data/sub/file", options=["-v", "store:/data"],
+                   check_clean=False)
+        assert third.out == "from the image\n"
+        assert os.getxattr(os.path.join(data, "sub/file"), "user.origin") == b"image"
+    finally:
+        minidocker("volume", "rm", "store")
+    assert_nothing_left()
+
+
+@root
+def test_anonymous_volumes_go_with_rm_v_and_run_rm(image_with_data):
+    """--rm and rm -v remove the container's anonymous volumes, never a
+    named one; a volume in use (running or stopped container) is not
+    removed by volume rm, -f or not; prune takes only anonymous ones."""
+    img = image_with_data
+    assert sh(img, "cat /data/sub/file", options=["-v", "/data"]).out == "from the image\n"
+    assert volumes_now() == []  # run --rm took it
+    try:
+        kept = minidocker("run", "--network=none", "--name", "keeper", "-v", "/data",
+                          "-v", "named:/n", "--mount", "type=volume,dst=/m", img, "true")
+        assert kept.returncode == 0, kept.err
+        mounts = json.loads(minidocker("inspect", "keeper").out)[0]["Mounts"]
+        assert [(m["Type"], m["Destination"], m["RW"]) for m in mounts] == [
+            ("volume", "/data", True), ("volume", "/n", True), ("volume", "/m", True)]
+        anonymous = [mounts[0]["Name"], mounts[2]["Name"]]
+        assert all(re.fullmatch("[0-9a-f]{64}", name) for name in anonymous)
+        assert sorted(volumes_now()) == sorted(anonymous + ["named"])
+        inspected = json.loads(minidocker("volume", "inspect", anonymous[0], "named").out)
+        assert [(v["Name"], v["Driver"], v["Scope"], v["Labels"], v["Mountpoint"])
+                for v in inspected] == [
+            (anonymous[0], "local", "local", {"com.docker.volume.anonymous": ""},
+             mounts[0]["Source"]), ("named", "local", "local", {}, mounts[1]["Source"])]
+        for flags in ([], ["-f"]):
+            refused = minidocker("volume", "rm", *flags, "named")
+            assert (refused.returncode, refused.out, refused.err) == (
+                125, "", "minidocker: error: volume named is in use by container %s\n"
+                % json.loads(minidocker("inspect", "keeper").out)[0]["Id"][:12])
+        with started(img, "sh", "-c", "echo up; sleep 60", options=["-v", "busy:/b"]) as proc:
+            assert proc.stdout.readline() == b"up\n"
+            refused = minidocker("volume", "rm", "-f", "busy")
+            assert refused.returncode == 125 and "is in use by container" in refused.err
+        assert minidocker("volume", "rm", "busy").out == "busy\n"
+        assert minidocker("rm", "-v", "keeper").returncode == 0
+        assert volumes_now() == ["named"]
+        assert minidocker("volume", "prune", "-f").out == "Total reclaimed space: 0B\n"
+        assert minidocker("volume", "prune", "-a", "-f").out.startswith(
+            "Deleted Volumes:\nnamed\n\nTotal reclaimed space: ")
+    finally:
+        minidocker("rm", "-f", "-v", "keeper")
+        minidocker("volume", "rm", "-f", "named", "busy")
+    assert_nothing_left()
+
+
+@root
+def test_mount_flag_and_relative_binds(rootfs, tmp_path):
+    here = tmp_path / "here"
+    (here / "sub").mkdir(parents=True)
+    (here / "sub/in").write_text("relative\n")
+    result = subprocess.run(
+        MINIDOCKER + ["run", "--rm", "--network=none", "-v", "./sub:/rel:ro,z",
+                      "-v", "../here:/up", "--mount", "type=bind,src=.,dst=/dot,readonly",
+                      "--mount", "type=volume,dst=/home,volume-nocopy",
+                      "--mount", "type=tmpfs,dst=/t,tmpfs-size=1m,tmpfs-mode=1770",
+                      rootfs, "sh", "-c", "cat /rel/in /up/sub/in /dot/sub/in; ls -A /home; "
+                      "touch /dot/x; grep ' /t ' /proc/self/mountinfo"],
+        cwd=str(here), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        timeout=60)
+    out = result.stdout.decode()
+    assert out.startswith("relative\nrelative\nrelative\n"), result.stderr
+    assert "size=1024k,mode=1770" in out and "nosuid,nodev,noexec" in out
+    assert "Read-only file system" in result.stderr.decode()
+    assert_nothing_left()  # the volume-nocopy one was anonymous: gone with --rm
+
+
+@root
+@pytest.mark.parametrize("args, message", [
+    (["volume", "create", ".."], "invalid volume name '..'"),
+    (["volume", "create", "a/b"], "invalid volume name 'a/b'"),
+    (["volume", "create", "../containers"], "invalid volume name '../containers'"),
+    (["volume", "inspect", "../../lib"], "invalid volume name '../../lib'"),
+    (["volume", "inspect", "nosuch"], "no such volume: nosuch"),
+    (["volume", "rm", "nosuch"], "no such volume: nosuch"),
+    (["volume", "rm", "-f", ".."], "invalid volume name '..'"),
+    (["run", "-v", "x/../..:/x", "/", "true"], "'x/../..' is no volume name"),
+    (["run", "--mount", "src=..,dst=/x", "/", "true"], "invalid volume name '..'"),
+    (["run", "--mount", "type=bind,src=/no/such,dst=/x", "/", "true"],
+     "bind source path does not exist: /no/such"),
+    (["run", "-v", "/tmp:/x", "--mount", "type=tmpfs,dst=/x/", "/", "true"],
+     "duplicate mount point: /x"),
+])
+def test_bad_volume_input(args, message, state):
+    bad(args, message)
+
+
+@root
+def test_a_run_that_cannot_start_leaves_no_volume(rootfs):
+    bad(["run", "-u", "bob", "-v", "fresh:/x", "-v", "/y", rootfs, "id"], "unable to find user bob")
+    assert volumes_now() == []
+
+
+@root
+def test_volume_rm_f_of_a_missing_volume_and_creates_that_race(state):
+    assert minidocker("volume", "rm", "-f", "never").out == "never\n"
+    # What a creator killed before its rename leaves (its pid is gone: ours
+    # is reused only after a wrap of pid_max), taken by the next create.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    os.makedirs(os.path.join(state, "lib/volumes/.raced.%d.0a1b2c3d.tmp/_data" % dead.pid))
+    racers = [subprocess.Popen(MINIDOCKER + ["volume", "create", "raced"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE) for _ in range(6)]
+    try:
+        assert [p.communicate(timeout=60) for p in racers] == [(b"raced\n", b"")] * 6
+        assert volumes_now() == ["raced"]
+        assert os.listdir(os.path.join(state, "lib/volumes")) == ["raced"]  # no temporary left
+        made = minidocker("volume", "create")
+        assert re.fullmatch("[0-9a-f]{64}\n", made.out)
+    finally:
+        minidocker("volume", "rm", "raced", made.out.strip())
+    assert_nothing_left()
+
+
+@root
+def test_escape_volume_copy_up_stays_in_the_rootfs(hostile, tmp_path):
+    """The image points /data at /etc (absolute), /up at the host's /etc
+    through `..`s, /kernel at /proc/self, and /links holds links to the
+    host's secrets: copy-up must copy the image's /etc and its empty /proc,
+    and the links as links."""
+    os.symlink("/etc", os.path.join(hostile, "data"))
+    os.symlink("/proc/self", os.path.join(hostile, "kernel"))
+    os.symlink("../../../../../../../../../etc", os.path.join(hostile, "up"))
+    os.makedirs(os.path.join(hostile, "links"))
+    os.symlink("/etc/shadow", os.path.join(hostile, "links/shadow"))
+    os.symlink("../../../../../../../../etc/hostname", os.path.join(hostile, "links/name"))
+    volumes = os.path.join(os.environ["MINIDOCKER_ROOT"], "lib/volumes")
+    try:
+        result = sh(hostile, "true", options=["-v", "etc1:/data", "-v", "etc2:/up",
+                                              "-v", "links:/links", "-v", "kernel:/kernel"],
+                    check_clean=False)
+        assert result.returncode == 0, result.err
+        image_etc = sorted(os.listdir(os.path.join(hostile, "etc")))
+        for name in ("etc1", "etc2"):
+            copied = os.path.join(volumes, name, "_data")
+            assert sorted(os.listdir(copied)) == image_etc
+            with open(os.path.join(copied, "passwd")) as handle:
+                assert "alice" in handle.read()  # the image's, not the host's
+        links = os.path.join(volumes, "links/_data")
+        assert sorted(os.listdir(links)) == ["name", "shadow"]
+        assert all(os.path.islink(os.path.join(links, n)) for n in ("name", "shadow"))
+        assert os.listdir(os.path.join(volumes, "kernel/_data")) == []
+    finally:
+        minidocker("volume", "rm", "etc1", "etc2", "links", "kernel")
     assert_nothing_left()
 
 
