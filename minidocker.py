@@ -915,7 +915,7 @@ def build_spec(args, seccomp_cache=None):
         # The README's `run ./rootfs /bin/sh` on a terminal is a shell to talk to.
         interactive = tty = True
     log_driver, log_max_size, log_max_files = parse_log_options(args.log_driver, args.log_opt)
-    namespaces = parse_namespace_modes(args)
+    namespaces = parse_namespace_modes(args, caps)
     if args.hostname and namespaces["uts"] == "host":
         raise MiniDockerError("conflicting options: --hostname and --uts host (the host's "
                               "name is the container's)")
@@ -2169,27 +2169,33 @@ def enter_root(rootfd, read_only, flags):
 # there. The child unshares the rest itself, which keeps minidocker's own
 # process in the host's namespaces, where cgroups and networking are set up.
 # The cgroup namespace is unshared last, after the child has joined its
-# cgroup, so that the container sees that cgroup as its root.
+# cgroup, so that the container sees that cgroup as its root. --pid, --ipc,
+# --uts and --cgroupns host leave one of them out: the container shares the
+# host's, as --network host shares its network.
 
 CHILD_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET
 
 # --pid, --ipc, --uts and --cgroupns: "private" (a namespace of the
 # container's own) or "host" (the host's, shared: no new one is made).
-# Docker's default cgroup namespace depends on the host: private where
-# /sys/fs/cgroup is cgroup2 alone, the host's on cgroup v1 and hybrid hosts
-# (its daemon's DefaultCgroupV1NamespaceMode), where a container's v1
-# hierarchies would show their host paths anyway. A spec saved before these
-# flags existed had every namespace private.
+#
+# The cgroup namespace is private by default on every host. Docker's
+# default is the host's on cgroup v1 and hybrid hosts (its daemon's
+# DefaultCgroupV1NamespaceMode) and private on cgroup2-only ones; but
+# Docker leans on AppArmor there, whose profile forbids mount(2), and
+# minidocker has no LSM: in the host's cgroup namespace a container given
+# CAP_SYS_ADMIN mounts a v1 hierarchy at its root and writes the
+# release_agent the kernel runs as host root (CVE-2022-0492), or mounts
+# cgroup2 and moves itself out of its limits and its device cgroup. For
+# the same reason --cgroupns host is refused with CAP_SYS_ADMIN, unless
+# --privileged (which hands over the host anyway).
 NAMESPACE_DEFAULTS = {"pid": "private", "ipc": "private", "uts": "private", "cgroup": "private"}
 NAMESPACE_FLAGS = (("pid", "--pid"), ("ipc", "--ipc"), ("uts", "--uts"), ("cgroup", "--cgroupns"))
 
 
-def parse_namespace_modes(args, unified=None):
-    """--pid, --ipc, --uts, --cgroupns -> {kind: "private" or "host"}.
-    `unified`: is /sys/fs/cgroup cgroup2 alone (None: look)."""
-    if unified is None:
-        unified = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
-    modes = dict(NAMESPACE_DEFAULTS, cgroup="private" if unified else "host")
+def parse_namespace_modes(args, caps):
+    """--pid, --ipc, --uts, --cgroupns -> {kind: "private" or "host"};
+    `caps`: the capabilities the container keeps."""
+    modes = dict(NAMESPACE_DEFAULTS)
     for kind, flag in NAMESPACE_FLAGS:
         text = getattr(args, kind + "_mode")
         # Docker's own words for a private one: "" (the default), and for
@@ -2200,6 +2206,10 @@ def parse_namespace_modes(args, unified=None):
             raise MiniDockerError("invalid %s %s: expected host or private%s" % (
                 flag, quote(text), " (sharing another container's is not supported)"
                 if text.startswith("container:") else ""))
+    if modes["cgroup"] == "host" and cap_number("SYS_ADMIN") in caps and not args.privileged:
+        raise MiniDockerError("--cgroupns host and CAP_SYS_ADMIN conflict: with both, the "
+                              "container could mount the host's cgroup hierarchies and write "
+                              "their release_agent (CVE-2022-0492) or leave its limits")
     return modes
 
 
@@ -7864,7 +7874,7 @@ def build_parser():
     class Parser(argparse.ArgumentParser):
         def __init__(self, **kwargs):
             kwargs.setdefault("formatter_class", HelpFormatter)  # subcommands' too
-            # No guessing: argparse would take --pid for --pids-limit and
+            # No guessing: argparse would take --entry for --entrypoint and
             # --priv for --privileged, as unique prefixes.
             kwargs.setdefault("allow_abbrev", False)
             super().__init__(**kwargs)
