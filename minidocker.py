@@ -7955,7 +7955,7 @@ def build_parser():
                      metavar="HOST[:CTR][:PERMS]", help="a host device node, PERMS of rwm")
     run.add_argument("--cgroup-parent", metavar="PATH", help="parent cgroup of the container's")
     run.add_argument("--cgroupns", dest="cgroup_mode", metavar="MODE",
-                     help="host or private (default: private on cgroup v2 alone, else host)")
+                     help="private (the default) or host (not with CAP_SYS_ADMIN)")
     run.add_argument("--pid", dest="pid_mode", metavar="MODE",
                      help="host: share the host's pid namespace")
     run.add_argument("--ipc", dest="ipc_mode", metavar="MODE",
