@@ -5287,11 +5287,11 @@ def test_flags_stop_timeout_replaces_stops_ten_seconds(rootfs):
         began = time.monotonic()
         assert minidocker("stop", cid).returncode == 0
         waited = time.monotonic() - began
-        assert 4 <= waited < 9.5
         assert minidocker("start", cid).returncode == 0
         began = time.monotonic()
         assert minidocker("stop", "-t", "0", cid).returncode == 0
-        assert time.monotonic() - began < waited - 2.5
+        overhead = time.monotonic() - began  # a stop's own time (seconds in the emulated VM)
+        assert waited >= 4 and 2.5 < waited - overhead < 8, (waited, overhead)
         assert minidocker("wait", cid).out == "137\n"
     finally:
         minidocker("rm", "-f", cid)
