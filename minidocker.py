@@ -430,6 +430,7 @@ _unshare = _bind("unshare", [_c_int])
 _setns = _bind("setns", [_c_int, _c_int])
 _sethostname = _bind("sethostname", [_c_str, ctypes.c_size_t])
 _prctl = _bind("prctl", [_c_int, _c_ulong, _c_ulong, _c_ulong, _c_ulong])
+_setrlimit = _bind("setrlimit", [_c_int, ctypes.c_char_p])
 _capset = _bind("capset", [ctypes.c_void_p, ctypes.c_void_p])
 _socket = _bind("socket", [_c_int, _c_int, _c_int])
 _pivot_root = _bind("syscall", [_c_long, _c_str, _c_str], _c_long, "pivot_root")
@@ -482,6 +483,31 @@ def sethostname(name):
 def prctl(option, arg2=0, what="prctl"):
     with failing_as(what):
         _prctl(option, arg2, 0, 0, 0)
+
+
+# <asm-generic/resource.h>: the resources of setrlimit(2), by the names
+# Docker's --ulimit gives them (go-units' ulimitNameMapping).
+RLIMITS = {"cpu": 0, "fsize": 1, "data": 2, "stack": 3, "core": 4, "rss": 5, "nproc": 6,
+           "nofile": 7, "memlock": 8, "locks": 10, "sigpending": 11, "msgqueue": 12,
+           "nice": 13, "rtprio": 14, "rttime": 15}
+RLIM_INFINITY = (1 << 64) - 1
+#   struct rlimit (16 bytes)
+#   +------------------+------------------+
+#   | rlim_cur (8)     | rlim_max (8)     |
+#   +------------------+------------------+
+RLIMIT = "=QQ"
+assert struct.calcsize(RLIMIT) == 16
+
+
+def setrlimit(name, soft, hard):
+    """setrlimit(2) of --ulimit NAME (RLIMITS); -1 is RLIM_INFINITY. Raising
+    a hard limit needs CAP_SYS_RESOURCE, and even root is refused one above
+    the kernel's ceiling (fs.nr_open for nofile) or a host's policy."""
+    limits = struct.pack(RLIMIT, *(RLIM_INFINITY if v == -1 else v for v in (soft, hard)))
+    with failing_as("setrlimit(RLIMIT_%s)" % name.upper(),
+                    {errno.EPERM: "raising a hard limit above the current one is refused "
+                                  "here", errno.EINVAL: "above the kernel's ceiling"}):
+        _setrlimit(RLIMITS[name], limits)
 
 
 def pivot_root(new_root, put_old):
@@ -639,6 +665,15 @@ class Spec:
         self.seccomp = None       # the BPF filter's bytes (chapter 10); None: unconfined
         self.notes = []           # what --debug prints about the plan
         self.network_plan = plan_network("none", None, None, [], [], [])  # see plan_network
+        self.entrypoint = None    # --entrypoint: None, or [] ("") or [PROGRAM], first in command
+        self.ulimits = []         # (name, soft, hard) of --ulimit, -1 unlimited (chapter 11)
+        self.oom_score_adj = None  # --oom-score-adj (chapter 11)
+        self.shm_size = SHM_DEFAULT_SIZE  # bytes of /dev/shm (chapter 6)
+        self.sysctls = []         # (key, value) of --sysctl, written in our namespaces (chapter 7)
+        self.namespaces = dict(NAMESPACE_DEFAULTS)  # --pid, --ipc, --uts, --cgroupns (chapter 7)
+        self.labels = {}          # --label and --label-file
+        self.stop_signal = None   # --stop-signal: stop's and restart's without -s (SIGTERM)
+        self.stop_timeout = None  # --stop-timeout: their -t without one (10)
         self.__dict__.update(fields)
 
 
@@ -873,16 +908,16 @@ def parse_tmpfs(text):
     return (absolute_path(path), flags, ",".join(data))
 
 
-def parse_env_file(path):
-    """Docker's --env-file: KEY=VAL lines of UTF-8; `#` comments and blank
-    lines are skipped; a bare KEY takes its value from minidocker's own
-    environment."""
+def parse_env_file(path, flag="--env-file"):
+    """Docker's --env-file (and --label-file): KEY=VAL lines of UTF-8; `#`
+    comments and blank lines are skipped; a bare KEY of --env-file takes
+    its value from minidocker's own environment."""
     try:
-        lines = read_regular_file(path, FLAG_FILE_LIMIT, "--env-file %s" % path) \
+        lines = read_regular_file(path, FLAG_FILE_LIMIT, "%s %s" % (flag, path)) \
             .decode("utf-8").splitlines()
     except UnicodeDecodeError as err:
-        raise MiniDockerError("--env-file %s: not UTF-8 text (byte 0x%02x at offset %d)"
-                              % (path, err.object[err.start], err.start))
+        raise MiniDockerError("%s %s: not UTF-8 text (byte 0x%02x at offset %d)"
+                              % (flag, path, err.object[err.start], err.start))
     return [line for line in (l.strip() for l in lines) if line and not line.startswith("#")]
 
 
@@ -953,6 +988,36 @@ def parse_restart(text):
     return policy, int(count) if colon else 0
 
 
+def parse_labels(texts, files):
+    """--label-file's lines, then -l KEY[=VALUE] on top (a later one wins),
+    as docker reads them: a bare KEY has the empty value."""
+    labels = {}
+    entries = [line for path in files for line in parse_env_file(path, "--label-file")]
+    for text in entries + texts:
+        key, _, value = text.partition("=")
+        if not key.strip():
+            raise MiniDockerError("invalid label %s: empty name" % quote(text))
+        labels[key] = value
+    return labels
+
+
+def parse_stop_options(signal_text, timeout):
+    """--stop-signal SIGNAL (a name, with or without SIG, or a number) and
+    --stop-timeout SECONDS (-1: wait for ever) -> (number or None,
+    seconds or None)."""
+    number = None
+    if signal_text is not None:
+        try:
+            number = parse_signal(signal_text)
+        except MiniDockerError:
+            raise MiniDockerError("invalid --stop-signal %s: expected a signal name (SIGTERM, "
+                                  "TERM) or number" % quote(signal_text)) from None
+    if timeout is not None and (not re.fullmatch(r"-?[0-9]{1,9}", timeout) or int(timeout) < -1):
+        raise MiniDockerError("invalid --stop-timeout %s: expected whole seconds, or -1 to "
+                              "wait for ever" % quote(timeout))
+    return number, None if timeout is None else int(timeout)
+
+
 def check_hostname(name, flag):
     if len(name) > 64 or not re.fullmatch(HOSTNAME_PATTERN, name, re.ASCII):
         raise MiniDockerError("invalid %s %s: a host name is letters, digits, '-' and '_' "
@@ -969,7 +1034,12 @@ def build_spec(args, seccomp_cache=None):
     kernel's last one, the host name (--network host), and whether stdin
     and stdout are a terminal. With `seccomp_cache`, the default profile's
     filter is read from there, or compiled and kept there."""
-    if not args.command:
+    # A rootfs has no image config: --entrypoint's PROGRAM is all the
+    # ENTRYPOINT there is, CMD's arguments follow it; "" is none.
+    entrypoint = None if args.entrypoint is None else [args.entrypoint] if args.entrypoint \
+        else []
+    command = (entrypoint or []) + list(args.command)
+    if not command:
         raise MiniDockerError("run: no command given: usage: run [OPTIONS] ROOTFS CMD [ARG...]")
     rootfs = os.path.abspath(args.rootfs)
     if not os.path.exists(rootfs):
@@ -1018,10 +1088,20 @@ def build_spec(args, seccomp_cache=None):
     for target in targets:
         if targets.count(target) > 1:  # one would hide the other, as Docker says
             raise MiniDockerError("duplicate mount point: %s (-v and --mount)" % target)
+    namespaces = parse_namespace_modes(args, caps)
+    if args.hostname and namespaces["uts"] == "host":
+        raise MiniDockerError("conflicting options: --hostname and --uts host (the host's "
+                              "name is the container's)")
+    stop_signal, stop_timeout = parse_stop_options(args.stop_signal, args.stop_timeout)
     return Spec(
-        rootfs=rootfs, command=list(args.command),
+        rootfs=rootfs, command=command, entrypoint=entrypoint,
         hostname=check_hostname(args.hostname, "--hostname") if args.hostname else
-        os.uname().nodename if args.network == "host" else None,
+        os.uname().nodename if args.network == "host" or namespaces["uts"] == "host" else None,
+        ulimits=parse_ulimits(args.ulimit), oom_score_adj=parse_oom_score_adj(args.oom_score_adj),
+        shm_size=parse_shm_size(args.shm_size, namespaces["ipc"]),
+        sysctls=[parse_sysctl(text, namespaces, args.network) for text in args.sysctl],
+        namespaces=namespaces, labels=parse_labels(args.label, args.label_file),
+        stop_signal=stop_signal, stop_timeout=stop_timeout,
         env=expand_env(env_entries), workdir=absolute_path(args.workdir),
         user=args.user and check_user(args.user, "--user"),
         group_add=[check_user(g, "--group-add") for g in args.group_add],
@@ -1286,7 +1366,13 @@ def create_container(paths, spec, cid, cgroups, parents=()):
                          "hostname": spec.hostname or cid[:12], "privileged": spec.privileged,
                          "read_only": spec.read_only, "init": spec.init,
                          "restart": spec.restart,
-                         "exposed": spec.network_plan.get("expose", [])}}
+                         "exposed": spec.network_plan.get("expose", []),
+                         "entrypoint": spec.entrypoint,
+                         "labels": spec.labels, "stop_signal": spec.stop_signal,
+                         "stop_timeout": spec.stop_timeout, "ulimits": spec.ulimits,
+                         "shm_size": spec.shm_size, "sysctls": spec.sysctls,
+                         "namespaces": spec.namespaces, "oom_score_adj": spec.oom_score_adj,
+                         "oom_kill_disable": bool(spec.resources.get("oom_kill_disable"))}}
     make_state_dirs(paths)
     volumes = spec.volumes
     with state_lock(paths, "volumes.lock") if volumes else contextlib.suppress():
@@ -2110,8 +2196,7 @@ def plan_mounts(spec, etc_files=(), volumes=None):
         # Docker and runc give the slaves too.
         Mount("fs", "/dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
               "newinstance,ptmxmode=0666,mode=0620,gid=5"),
-        Mount("fs", "/dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NOEXEC | MS_NODEV,
-              "mode=1777,size=65536k"),
+        *shm_mounts(spec),
         Mount("fs", "/dev/mqueue", "mqueue", "mqueue", MS_NOSUID | MS_NOEXEC | MS_NODEV),
         Mount("fs", "/sys", "sysfs", "sysfs", sys_flags, kernel_fs=True),
     ]
@@ -2128,6 +2213,34 @@ def plan_mounts(spec, etc_files=(), volumes=None):
         plan += [Mount("mask", path) for path in MASKED_PATHS]
         plan += [Mount("readonly", path) for path in READONLY_PATHS]
     return plan
+
+
+SHM_DEFAULT_SIZE = 64 << 20  # Docker's /dev/shm: 64m, mounted size=65536k
+
+
+def parse_shm_size(text, ipc_mode):
+    """--shm-size SIZE: /dev/shm's size (0: Docker's default 64m). With
+    --ipc host the container's /dev/shm is the host's, whose size is the
+    host's own."""
+    if text is None:
+        return SHM_DEFAULT_SIZE
+    size = parse_size(text, "--shm-size") or SHM_DEFAULT_SIZE
+    if ipc_mode == "host":
+        raise MiniDockerError("conflicting options: --shm-size and --ipc host (the host's "
+                              "/dev/shm keeps its own size)")
+    return size
+
+
+def shm_mounts(spec):
+    """/dev/shm: a tmpfs of --shm-size bytes, the container's own, since
+    its shared memory is the IPC namespace's; with --ipc host, the host's
+    /dev/shm, bound (shm_open(3) names live there), as Docker binds it, and
+    nodev as a volume is."""
+    if spec.namespaces["ipc"] == "host":
+        return [Mount("bind", "/dev/shm", "/dev/shm", flags=MS_BIND)] + \
+            ([] if spec.privileged else [Mount("nodev", "/dev/shm")])
+    return [Mount("fs", "/dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NOEXEC | MS_NODEV,
+                  "mode=1777,size=%d" % spec.shm_size)]
 
 
 def open_in_root(rootfd, path, create=None, follow=True):
@@ -2526,9 +2639,111 @@ def enter_root(rootfd, read_only, flags):
 # there. The child unshares the rest itself, which keeps minidocker's own
 # process in the host's namespaces, where cgroups and networking are set up.
 # The cgroup namespace is unshared last, after the child has joined its
-# cgroup, so that the container sees that cgroup as its root.
+# cgroup, so that the container sees that cgroup as its root. --pid, --ipc,
+# --uts and --cgroupns host leave one of them out: the container shares the
+# host's, as --network host shares its network.
 
 CHILD_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET
+
+# --pid, --ipc, --uts and --cgroupns: "private" (a namespace of the
+# container's own) or "host" (the host's, shared: no new one is made).
+#
+# The cgroup namespace is private by default on every host. Docker's
+# default is the host's on cgroup v1 and hybrid hosts (its daemon's
+# DefaultCgroupV1NamespaceMode) and private on cgroup2-only ones; but
+# Docker leans on AppArmor there, whose profile forbids mount(2), and
+# minidocker has no LSM: in the host's cgroup namespace a container given
+# CAP_SYS_ADMIN mounts a v1 hierarchy at its root and writes the
+# release_agent the kernel runs as host root (CVE-2022-0492), or mounts
+# cgroup2 and moves itself out of its limits and its device cgroup. For
+# the same reason --cgroupns host is refused with CAP_SYS_ADMIN, unless
+# --privileged (which hands over the host anyway).
+NAMESPACE_DEFAULTS = {"pid": "private", "ipc": "private", "uts": "private", "cgroup": "private"}
+NAMESPACE_FLAGS = (("pid", "--pid"), ("ipc", "--ipc"), ("uts", "--uts"), ("cgroup", "--cgroupns"))
+
+
+def parse_namespace_modes(args, caps):
+    """--pid, --ipc, --uts, --cgroupns -> {kind: "private" or "host"};
+    `caps`: the capabilities the container keeps."""
+    modes = dict(NAMESPACE_DEFAULTS)
+    for kind, flag in NAMESPACE_FLAGS:
+        text = getattr(args, kind + "_mode")
+        # Docker's own words for a private one: "" (the default), and for
+        # IPC "private" and "shareable" (ours can be joined by exec only).
+        if text in ("host", "private") or text == "shareable" and kind == "ipc":
+            modes[kind] = "host" if text == "host" else "private"
+        elif text is not None:
+            raise MiniDockerError("invalid %s %s: expected host or private%s" % (
+                flag, quote(text), " (sharing another container's is not supported)"
+                if text.startswith("container:") else ""))
+    if modes["cgroup"] == "host" and cap_number("SYS_ADMIN") in caps and not args.privileged:
+        raise MiniDockerError("--cgroupns host and CAP_SYS_ADMIN conflict: with both, the "
+                              "container could mount the host's cgroup hierarchies and write "
+                              "their release_agent (CVE-2022-0492) or leave its limits")
+    return modes
+
+
+def child_namespaces(spec):
+    """What the child unshares: CHILD_NAMESPACES but those shared with the
+    host (the pid namespace is the parent's to make: start_container)."""
+    flags = CHILD_NAMESPACES
+    for kind, flag in (("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS)):
+        if spec.namespaces[kind] == "host":
+            flags &= ~flag
+    return flags & ~CLONE_NEWNET if spec.network_plan["mode"] == "host" else flags
+
+
+# The sysctls a namespace of the container's own holds, as runc allows
+# them (libcontainer/configs/validate): the IPC ones, the network's (in a
+# network namespace of its own), and the UTS namespace's domain name. Any
+# other would change the host, and is refused.
+IPC_SYSCTLS = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+               "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced")
+SYSCTL_KEY = r"[a-z0-9_]+(\.[A-Za-z0-9_@:+-]+)+"  # no '/', no '..': a path under /proc/sys
+
+
+def parse_sysctl(text, namespaces, network):
+    """--sysctl KEY=VALUE -> (key, value), checked against the namespaces
+    the container will have."""
+    key, equals, value = text.partition("=")
+    if not equals or not re.fullmatch(SYSCTL_KEY, key, re.ASCII) or \
+            any(c in value for c in "\n\0"):
+        raise MiniDockerError("invalid --sysctl %s: expected KEY=VALUE, such as "
+                              "net.ipv4.ip_forward=1" % quote(text))
+    if key in IPC_SYSCTLS or key.startswith("fs.mqueue."):
+        refused = namespaces["ipc"] == "host" and "is not allowed in the host's IPC namespace " \
+                                                  "(--ipc host)"
+    elif key.startswith("net."):
+        refused = network == "host" and "is not allowed in the host's network namespace " \
+                                        "(--network host)"
+    elif key == "kernel.domainname":
+        refused = namespaces["uts"] == "host" and "is not allowed in the host's UTS " \
+                                                  "namespace (--uts host)"
+    elif key == "kernel.hostname":
+        refused = "is not allowed: it conflicts with --hostname"
+    else:
+        refused = "is not in a separate kernel namespace: it would change the host"
+    if refused:
+        raise MiniDockerError("invalid --sysctl %s: sysctl %s %s" % (quote(text), key, refused))
+    return key, value
+
+
+def apply_sysctls(sysctls):
+    """Write each --sysctl under /proc/sys, in the child once it has its
+    namespaces: a file there is the namespace's of the process that opens
+    it (net/ the network namespace's, kernel/msg* and fs/mqueue/ the IPC
+    namespace's, kernel/domainname the UTS one's). The host's /proc
+    serves, before pivot_root, while the container's /proc/sys is still
+    writable by nobody of the image."""
+    for key, value in sysctls:
+        path = "/proc/sys/" + key.replace(".", "/")
+        try:
+            with open(path, "w") as handle:
+                handle.write(value)
+        except OSError as err:
+            raise MiniDockerError("--sysctl %s=%s: writing %s: %s" % (
+                key, value, path, "no such key in this kernel" if err.errno == errno.ENOENT
+                else err.strerror))
 
 
 def bring_up_loopback():
@@ -2718,6 +2933,8 @@ def parse_resources(args, host_cpus, online_cpus, online_mems):
             raise MiniDockerError("invalid --blkio-weight %d: the range is 10 to 1000"
                                   % args.blkio_weight)
         res["io_weight"] = args.blkio_weight
+    if args.oom_kill_disable:
+        res["oom_kill_disable"] = True  # v1 only: see discard_v1_only
     for flag, key, values in (("--device-read-bps", "io_read", args.device_read_bps),
                               ("--device-write-bps", "io_write", args.device_write_bps)):
         if values:
@@ -2751,6 +2968,7 @@ def controllers_needed(res):
                                                "--memory-reservation"),
             ("cpu_quota", "cpu", "--cpus"), ("cpu_shares", "cpu", "--cpu-shares"),
             ("cpuset_cpus", "cpuset", "--cpuset-cpus"), ("cpuset_mems", "cpuset", "--cpuset-mems"),
+            ("oom_kill_disable", "memory", "--oom-kill-disable"),
             ("pids", "pids", "--pids-limit"), ("io_weight", "io", "--blkio-weight"),
             ("io_read", "io", "--device-read-bps"), ("io_write", "io", "--device-write-bps"),
             ("devices", "devices", "the device cgroup")):
@@ -2788,6 +3006,8 @@ def cgroup_writes(res, version):
             writes.append(("memory", "memory.memsw.limit_in_bytes", res["memory_swap"]))
         if "memory_reservation" in res:
             writes.append(("memory", "memory.soft_limit_in_bytes", res["memory_reservation"]))
+        if "oom_kill_disable" in res:  # a task over the limit waits instead of being killed
+            writes.append(("memory", "memory.oom_control", 1))
         if "cpu_quota" in res:
             writes.append(("cpu", "cpu.cfs_period_us", CPU_PERIOD_US))
             writes.append(("cpu", "cpu.cfs_quota_us", res["cpu_quota"]))
@@ -3045,6 +3265,23 @@ def plan_cgroups(res, layout, cid, parent=None):
         dirs[2, layout.v2_mount] = (path, set())
     return [(key[0], key[1], path, controllers)
             for key, (path, controllers) in sorted(dirs.items())]
+
+
+def discard_v1_only(res, layout):
+    """--oom-kill-disable is cgroup v1's memory.oom_control; cgroup v2 has
+    no such knob (memory.oom.group is the opposite: kill all at once). As
+    Docker does on such a host, it is discarded with a warning; and, as
+    Docker warns, without --memory it lets the container take the host's
+    memory with nobody to stop it."""
+    if "oom_kill_disable" not in res:
+        return
+    if layout.version_of("memory") != 1:
+        del res["oom_kill_disable"]
+        warn("your kernel does not support --oom-kill-disable (cgroup v2 has no "
+             "memory.oom_control): discarded")
+    elif "memory" not in res:
+        warn("the OOM killer is disabled for the container, but no memory limit is set, this "
+             "can result in the system running out of resources")
 
 
 def write_cgroup_file(directory, name, value):
@@ -5521,6 +5758,71 @@ def find_executable(command, path):
                           EXIT_NOT_FOUND)
 
 
+def parse_ulimits(texts):
+    """--ulimit NAME=SOFT[:HARD] (HARD defaults to SOFT; -1 is unlimited)
+    -> [(name, soft, hard)], a later one of a name replacing an earlier
+    one, as docker keeps them."""
+    limits = {}
+    for text in texts:
+        name, equals, values = text.partition("=")
+        if not equals:
+            raise MiniDockerError("invalid --ulimit %s: expected NAME=SOFT[:HARD]" % quote(text))
+        if name not in RLIMITS:
+            raise MiniDockerError("invalid --ulimit %s: invalid ulimit type: %s (one of %s)"
+                                  % (quote(text), name, ", ".join(sorted(RLIMITS))))
+        parts = values.split(":")
+        if len(parts) > 2 or not all(re.fullmatch(r"-1|[0-9]{1,19}", p) for p in parts) \
+                or any(int(p) >= RLIM_INFINITY for p in parts):
+            raise MiniDockerError("invalid --ulimit %s: expected SOFT[:HARD], whole numbers, "
+                                  "-1 for unlimited" % quote(text))
+        soft, hard = int(parts[0]), int(parts[-1])
+        if hard != -1 and (soft == -1 or soft > hard):
+            raise MiniDockerError("invalid --ulimit %s: ulimit soft limit must be less than or "
+                                  "equal to hard limit: %s > %d" % (quote(text), parts[0], hard))
+        limits[name] = (name, soft, hard)
+    return list(limits.values())
+
+
+def parse_oom_score_adj(text):
+    """--oom-score-adj N: the OOM killer's bias, -1000 (never) to 1000
+    (first), as /proc/PID/oom_score_adj takes it (proc(5))."""
+    if text is None:
+        return None
+    if not re.fullmatch(r"-?[0-9]{1,5}", text) or not -1000 <= int(text) <= 1000:
+        raise MiniDockerError("invalid --oom-score-adj %s: the range is -1000 to 1000"
+                              % quote(text))
+    return int(text)
+
+
+def apply_ulimits(ulimits):
+    """--ulimit, in the process about to exec, while it is still root with
+    all its capabilities (as runc sets them, before its capabilities go):
+    raising a hard limit needs CAP_SYS_RESOURCE. They pass to the command
+    through fork and execve."""
+    for name, soft, hard in ulimits:
+        try:
+            setrlimit(name, soft, hard)
+        except SyscallError as err:
+            raise MiniDockerError("--ulimit %s=%s:%s: %s" % (name, soft, hard, err))
+
+
+def set_oom_score_adj(value):
+    """--oom-score-adj, through the host's /proc (before pivot_root, or
+    before exec's child enters the container, where no /proc/self of its
+    own would be found): lowering it needs CAP_SYS_RESOURCE, which the
+    process still has. Its children, the command among them, inherit it."""
+    if value is None:
+        return
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write(str(value))
+    except OSError as err:  # EACCES: below the current value without CAP_SYS_RESOURCE
+        raise MiniDockerError("--oom-score-adj %d: writing /proc/self/oom_score_adj: %s%s" % (
+            value, err.strerror, " (hint: lowering it needs CAP_SYS_RESOURCE, which "
+            "minidocker does not hold here)" if err.errno in (errno.EACCES, errno.EPERM)
+            else ""))
+
+
 def drop_privileges(uid, gid, gids, caps, last):
     """Everything stage 2 gives up before the command: the bounding set
     down to the container's capabilities, the user and groups (keeping the
@@ -5545,7 +5847,9 @@ def child_stage(spec, instance, to_parent, from_parent, console):
             os.setsid()  # with -t, attach_terminal does it
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
         host_network = spec.network_plan["mode"] == "host"
-        unshare(CHILD_NAMESPACES & ~CLONE_NEWNET if host_network else CHILD_NAMESPACES)
+        unshare(child_namespaces(spec))
+        apply_sysctls(spec.sysctls)
+        set_oom_score_adj(spec.oom_score_adj)
         os.write(to_parent, b"ready\n")
         trace(spec.debug, "child: namespaces unshared")
         # The root is built while the parent joins us to our cgroups (on
@@ -5562,8 +5866,10 @@ def child_stage(spec, instance, to_parent, from_parent, console):
             os._exit(EXIT_RUNTIME)
         instance.lease = json.loads(go[3:].decode())
         trace(spec.debug, "child: go")
-        unshare(CLONE_NEWCGROUP)  # after the join: our cgroup is its root
-        sethostname(instance.hostname)
+        if spec.namespaces["cgroup"] == "private":
+            unshare(CLONE_NEWCGROUP)  # after the join: our cgroup is its root
+        if spec.namespaces["uts"] == "private":  # the host's name is not ours to change
+            sethostname(instance.hostname)
         if not host_network:
             bring_up_loopback()
         if instance.lease:  # the host made eth0 for us before "go"
@@ -5715,6 +6021,7 @@ def exec_command(spec, hostname, to_parent, tied=True):
     group = parse_group(read_account_file("/etc/group"))
     uid, gid, gids, home = resolve_user(spec.user, passwd, group, spec.group_add)
     env = container_env(spec, hostname, home)
+    apply_ulimits(spec.ulimits)
     drop_privileges(uid, gid, gids, spec.caps, spec.last_cap)
     # setuid cleared the parent-death signal (prctl(2)); ask for it again.
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL if tied else 0, what="prctl(PR_SET_PDEATHSIG)")
@@ -5915,7 +6222,9 @@ def start_container(spec, instance, signals, join, prepare):
         preload("_socket", "array")  # attach_terminal's, after the fork
         import _socket
         console, console_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    unshare(CLONE_NEWPID)  # for the child we are about to fork
+    host_pid = spec.namespaces["pid"] == "host"
+    if not host_pid:
+        unshare(CLONE_NEWPID)  # for the child we are about to fork
     pid = os.fork()
     if pid == 0:
         signal.set_wakeup_fd(-1)  # the parent's signals are not ours to note
@@ -5943,11 +6252,12 @@ def start_container(spec, instance, signals, join, prepare):
         # and until that is undone the kernel refuses us a thread (EINVAL:
         # a thread must share its process's pid namespace). Entering our
         # own pid namespace again undoes it.
-        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            setns(own, CLONE_NEWPID, "our own pid namespace")
-        finally:
-            os.close(own)
+        if not host_pid:
+            own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                setns(own, CLONE_NEWPID, "our own pid namespace")
+            finally:
+                os.close(own)
         joining = InThread(join, pid)
         try:
             try:
@@ -6238,6 +6548,7 @@ def run_container(spec, paths, report=None, cid=None, again=None):
     # 3. The cgroups planned, then the record (naming them) and the layer.
     cid = cid or os.urandom(32).hex()
     layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
+    discard_v1_only(spec.resources, layout)
     cgroup_plan = plan_cgroups(spec.resources, layout, cid, spec.cgroup_parent)
     parents = missing_parents(cgroup_plan) if spec.cgroup_parent else []
     cgroup_paths = [path for _, _, path, _ in cgroup_plan]
@@ -7013,6 +7324,7 @@ def exec_child(spec, record, namespaces, to_parent, from_parent, console):
         if read_line(from_parent, bytearray()) != b"go\n":
             os._exit(EXIT_RUNTIME)
         os.close(from_parent)  # the reaper keeps nothing but the pipe that says the exec is done
+        set_oom_score_adj(spec.oom_score_adj)
         for fd, kind, name in namespaces:
             setns(fd, kind, "the container's %s namespace" % name)
             os.close(fd)
@@ -7324,11 +7636,12 @@ def cmd_stop(args):
     require_root("stop")
     paths = Paths()
     reclaim_dead(paths)
-    number = parse_signal(args.signal)
+    if args.signal is not None:
+        parse_signal(args.signal)  # a bad one stops none
     for ref in args.containers:
         record = find_container(paths, ref)
         if owner_alive(record):  # running, or between two runs of its restart policy
-            end_container(paths, record, number, args.time)
+            end_container(paths, record, *stop_options(args, record))
         else:
             request_stop(paths, record["id"])
         print(ref)
@@ -7405,13 +7718,25 @@ def cmd_restart(args):
     require_root("restart")
     paths = Paths()
     reclaim_dead(paths)
+    if args.signal is not None:
+        parse_signal(args.signal)  # a bad one restarts none
     for ref in args.containers:
         record = find_container(paths, ref)
         if owner_alive(record):  # running, or about to run again
-            end_container(paths, record, signal.SIGTERM, args.time)
+            end_container(paths, record, *stop_options(args, record))
         run_detached(saved_spec(paths, record, detach=True), paths, record["id"], "user",
                      shown=ref)
     return 0
+
+
+def stop_options(args, record):
+    """stop's and restart's -s and -t, else the container's --stop-signal
+    and --stop-timeout, else SIGTERM and 10 seconds (-1: no SIGKILL)."""
+    config = record.get("config", {})
+    number = parse_signal(args.signal) if args.signal is not None else \
+        config.get("stop_signal") or signal.SIGTERM
+    seconds = args.time if args.time is not None else config.get("stop_timeout")
+    return number, 10 if seconds is None else float("inf") if seconds < 0 else seconds
 
 
 def saved_spec(paths, record, detach=False):
@@ -7462,6 +7787,9 @@ def inspect_record(record):
     ports = {key: bindings and [{"HostIp": ip, "HostPort": str(port)} for ip, port in bindings]
              for key, bindings in port_map(record).items()}
     exposed = dict(sorted(("%d/%s" % (port, proto), {}) for port, proto in config.get("exposed", [])))
+    entrypoint = config.get("entrypoint")
+    stop_signal = config.get("stop_signal")
+    namespaces = dict(NAMESPACE_DEFAULTS, **config.get("namespaces", {}))
     return {
         "Id": record["id"], "Name": "/" + (record.get("name") or record["id"][:12]),
         "Created": rfc3339(record["created"]),
@@ -7472,14 +7800,27 @@ def inspect_record(record):
                   "OOMKilled": bool(record.get("oom_killed")),
                   "StartedAt": rfc3339(record.get("started")),
                   "FinishedAt": rfc3339(record.get("finished"))},
-        "Config": {"Cmd": record["command"], "Env": config.get("env", []),
+        "Config": {"Cmd": record["command"][len(entrypoint or []):],
+                   "Entrypoint": entrypoint or None, "Env": config.get("env", []),
                    "WorkingDir": config.get("workdir", "/"), "User": config.get("user", ""),
                    "Hostname": config.get("hostname", record["id"][:12]),
+                   "Labels": config.get("labels", {}),
+                   "StopSignal": signal_name(stop_signal) if stop_signal else None,
+                   "StopTimeout": config.get("stop_timeout"),
                    **({"ExposedPorts": exposed} if exposed else {})},
         "HostConfig": {"Privileged": config.get("privileged", False),
                        "ReadonlyRootfs": config.get("read_only", False),
                        "AutoRemove": record["remove"], "Init": config.get("init", False),
-                       "RestartPolicy": {"Name": policy, "MaximumRetryCount": most}},
+                       "RestartPolicy": {"Name": policy, "MaximumRetryCount": most},
+                       "Ulimits": [{"Name": name, "Soft": soft, "Hard": hard}
+                                   for name, soft, hard in config.get("ulimits", [])],
+                       "ShmSize": config.get("shm_size", SHM_DEFAULT_SIZE),
+                       "Sysctls": dict(config.get("sysctls", [])),
+                       "PidMode": "host" if namespaces["pid"] == "host" else "",
+                       "IpcMode": namespaces["ipc"], "UTSMode": "host" if namespaces["uts"] ==
+                       "host" else "", "CgroupnsMode": namespaces["cgroup"],
+                       "OomScoreAdj": config.get("oom_score_adj") or 0,
+                       "OomKillDisable": config.get("oom_kill_disable", False)},
         "RestartCount": record.get("restart_count", 0),
         "Mounts": record.get("mounts", []),
         "NetworkSettings": {"IPAddress": lease.get("address", ""),
@@ -7530,6 +7871,14 @@ def cmd_port(args):
     for line in sorted(lines, key=natural_key):
         print(line)
     return 0
+
+
+def signal_name(number):
+    """15 -> "SIGTERM"; a real-time signal without a name of its own stays a number."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 def parse_signal(text):
@@ -7877,7 +8226,12 @@ def ps_row(record, now, truncate):
                                        time.localtime(record["created"])),
             "RunningFor": human_duration(now - record["created"]) + " ago",
             "Ports": displayable_ports(port_entries(port_map(record))),
-            "State": state, "Status": status, "Names": display_name(record), "Labels": ""}
+            "State": state, "Status": status, "Names": display_name(record),
+            "Labels": ",".join("%s=%s" % item for item in sorted(labels_of(record).items()))}
+
+
+def labels_of(record):
+    return record.get("config", {}).get("labels", {})
 
 
 def port_entries(ports):
@@ -7969,18 +8323,21 @@ def render(parts, row):
 
 
 def parse_ps_filters(texts):
-    """-f KEY=VALUE, repeatable: docker's status, name and id -> {key:
-    [values]}. Values of one key: any may match; of different keys: all
-    must."""
+    """-f KEY=VALUE, repeatable: docker's status, name, id and label
+    (label=KEY, or label=KEY=VALUE) -> {key: [values]}. Values of one key:
+    any may match; of different keys: all must; but every label must."""
     filters = {}
     for text in texts:
         key, equals, value = text.partition("=")
         key, value = key.strip().lower(), value.strip()
         if not equals:
             raise MiniDockerError("bad format of filter %s (expected name=value)" % quote(text))
-        if key not in ("status", "name", "id"):
-            raise MiniDockerError("invalid filter %s: ps filters by status, name or id"
+        if key not in ("status", "name", "id", "label"):
+            raise MiniDockerError("invalid filter %s: ps filters by status, name, id or label"
                                   % quote(key))
+        if key == "label" and not value.partition("=")[0]:
+            raise MiniDockerError("invalid filter %s: expected label=KEY or label=KEY=VALUE"
+                                  % quote(text))
         if key == "status" and value not in PS_STATES:
             raise MiniDockerError("invalid filter 'status=%s': a status is one of %s"
                                   % (one_line(value, 80), ", ".join(PS_STATES)))
@@ -8003,8 +8360,13 @@ def filter_matches(pattern, text):
 def ps_selected(record, state, filters):
     targets = {"status": [state], "id": [record["id"]],
                "name": [display_name(record), "/" + display_name(record)]}
+    labels = labels_of(record)
+    for value in filters.get("label", []):  # exact, as docker's MatchKVList
+        key, equals, wanted = value.partition("=")
+        if key not in labels or equals and labels[key] != wanted:
+            return False
     return all(any(filter_matches(value, target) for value in values for target in targets[key])
-               for key, values in filters.items())
+               for key, values in filters.items() if key != "label")
 
 
 def cmd_ps(args):
@@ -8728,6 +9090,16 @@ def build_parser():
     run.add_argument("--restart", default="no", metavar="POLICY",
                      help="with -d: no, on-failure[:MAX], always or unless-stopped")
     run.add_argument("--hostname", "-h", dest="hostname", help="host name (default: short id)")
+    run.add_argument("--entrypoint", metavar="PROGRAM",
+                     help="run PROGRAM with CMD as its arguments (\"\": none)")
+    run.add_argument("-l", "--label", action="append", default=[], metavar="KEY[=VALUE]",
+                     help="a label, shown by inspect and ps, matched by ps -f label=")
+    run.add_argument("--label-file", action="append", default=[], metavar="FILE",
+                     help="KEY=VALUE lines of labels")
+    run.add_argument("--stop-signal", metavar="SIGNAL",
+                     help="the signal of stop and restart without -s (default SIGTERM)")
+    run.add_argument("--stop-timeout", metavar="SECONDS",
+                     help="their wait before SIGKILL without -t (default 10; -1: none)")
     run.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VAL]",
                      help="set a variable; KEY alone: its value here, if set")
     run.add_argument("--env-file", action="append", default=[], metavar="FILE",
@@ -8748,6 +9120,7 @@ def build_parser():
     run.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTS]",
                      help="a tmpfs at PATH; OPTS as mount's: size=64m,mode=1777")
     run.add_argument("--read-only", action="store_true", help="mount the root read-only")
+    run.add_argument("--shm-size", metavar="SIZE", help="the size of /dev/shm (default 64m)")
     run.add_argument("--cap-add", action="append", default=[], metavar="CAP",
                      help="a capability more than docker's 14 (ALL: every one)")
     run.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
@@ -8764,6 +9137,12 @@ def build_parser():
     run.add_argument("--cpuset-cpus", metavar="LIST", help="CPUs allowed, e.g. 0-1")
     run.add_argument("--cpuset-mems", metavar="LIST", help="memory nodes allowed")
     run.add_argument("--pids-limit", type=int, metavar="N", help="task limit; 0 or -1: none")
+    run.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
+                     help="a resource limit (nofile, nproc, core, ...); -1: unlimited")
+    run.add_argument("--oom-score-adj", metavar="N",
+                     help="the OOM killer's bias, -1000 (never) to 1000 (first)")
+    run.add_argument("--oom-kill-disable", action="store_true",
+                     help="no OOM kill at the memory limit (cgroup v1 only)")
     run.add_argument("--blkio-weight", type=int, metavar="N", help="block I/O weight, 10-1000")
     run.add_argument("--device-read-bps", action="append", default=[], metavar="DEV:RATE",
                      help="read rate limit of a block device, e.g. /dev/sda:1mb")
@@ -8772,6 +9151,17 @@ def build_parser():
     run.add_argument("--device", action="append", default=[],
                      metavar="HOST[:CTR][:PERMS]", help="a host device node, PERMS of rwm")
     run.add_argument("--cgroup-parent", metavar="PATH", help="parent cgroup of the container's")
+    run.add_argument("--cgroupns", dest="cgroup_mode", metavar="MODE",
+                     help="private (the default) or host (not with CAP_SYS_ADMIN)")
+    run.add_argument("--pid", dest="pid_mode", metavar="MODE",
+                     help="host: share the host's pid namespace")
+    run.add_argument("--ipc", dest="ipc_mode", metavar="MODE",
+                     help="host: share the host's IPC namespace and /dev/shm")
+    run.add_argument("--uts", dest="uts_mode", metavar="MODE",
+                     help="host: share the host's name (UTS namespace)")
+    run.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE",
+                     help="a namespaced sysctl: kernel.msg*, kernel.sem, kernel.shm*, "
+                          "fs.mqueue.*, net.*, kernel.domainname")
     run.add_argument("--network", "--net", default="bridge", metavar="MODE",
                      help="bridge (default: mini-br0, 10.0.0.0/24), none or host")
     run.add_argument("--subnet", metavar="CIDR", help="the bridge's subnet (default 10.0.0.0/24)")
@@ -8822,10 +9212,10 @@ def build_parser():
     logs.set_defaults(handler=cmd_logs)
 
     stop = commands.add_parser("stop", help="stop running containers")
-    stop.add_argument("-s", "--signal", default="SIGTERM", metavar="SIGNAL",
-                      help="the first signal (default SIGTERM)")
-    stop.add_argument("-t", "--time", type=float, default=10, metavar="SECONDS",
-                      help="then SIGKILL after this long (default 10)")
+    stop.add_argument("-s", "--signal", metavar="SIGNAL",
+                      help="the first signal (default: --stop-signal, or SIGTERM)")
+    stop.add_argument("-t", "--time", type=float, metavar="SECONDS",
+                      help="then SIGKILL after this long (default: --stop-timeout, or 10)")
     stop.add_argument("containers", nargs="+", metavar="NAME|ID",
                       help="running containers, by name or id")
     stop.set_defaults(handler=cmd_stop)
@@ -8839,8 +9229,10 @@ def build_parser():
     start.set_defaults(handler=cmd_start)
 
     restart = commands.add_parser("restart", help="stop containers, then start them")
-    restart.add_argument("-t", "--time", type=float, default=10, metavar="SECONDS",
-                         help="SIGKILL after this long (default 10)")
+    restart.add_argument("-s", "--signal", metavar="SIGNAL",
+                         help="the first signal (default: --stop-signal, or SIGTERM)")
+    restart.add_argument("-t", "--time", type=float, metavar="SECONDS",
+                         help="SIGKILL after this long (default: --stop-timeout, or 10)")
     restart.add_argument("containers", nargs="+", metavar="NAME|ID",
                          help="containers, by name or id")
     restart.set_defaults(handler=cmd_restart)

@@ -358,7 +358,7 @@ def test_every_binding_checks_its_errors():
     explains."""
     bindings = [value for name, value in vars(md).items()
                 if isinstance(value, md._libc._FuncPtr)]
-    assert len(bindings) == 12
+    assert len(bindings) == 13
     assert all(binding.errcheck is md._fail_on_minus_one for binding in bindings)
     with pytest.raises(md.SyscallError) as raw:
         md._pivot_root(md.SYSCALLS["pivot_root"], b"/nonexistent/md", b"/nonexistent/md")
@@ -1862,12 +1862,12 @@ def bad_command_lines():
 
 
 def test_the_command_line_never_guesses(capsys, monkeypatch, tmp_path):
-    """No abbreviations (--pid is not --pids-limit, --priv not --privileged),
+    """No abbreviations (--entry is not --entrypoint, --priv not --privileged),
     errors with one prefix and the command's name, --version and version."""
     monkeypatch.setenv("MINIDOCKER_ROOT", str(tmp_path))
     monkeypatch.setattr(md, "require_root", lambda what: None)
     for argv, line in (
-            (["run", "--pidz", "host", "/", "sh"], "run: unknown flag: --pidz"),
+            (["run", "--entry", "sh", "/", "sh"], "run: unknown flag: --entry"),
             (["run", "--priv", "/", "sh"], "run: unknown flag: --priv"),
             (["run", "--pids", "5", "/", "sh"], "run: unknown flag: --pids"),
             (["ps", "--al"], "ps: unknown flag: --al"),
@@ -5144,6 +5144,268 @@ def test_kill_and_inspect(rootfs):
 
 
 # ---------------------------------------------------------------------------
+# FLAGS: run's Docker flags --entrypoint, --ulimit, --shm-size, --sysctl,
+# --pid/--ipc/--uts/--cgroupns host, --label, --stop-signal, --stop-timeout,
+# --oom-score-adj and --oom-kill-disable
+# ---------------------------------------------------------------------------
+
+def test_flags_are_planned_into_the_spec(tmp_path):
+    """The pure part: each flag as data in the spec, /dev/shm's mount in
+    the plan, and the namespaces the child unshares."""
+    spec = parse("--entrypoint", "/bin/echo", "--ulimit", "nofile=100:200", "--ulimit", "core=0",
+                 "--ulimit", "nofile=50", "--shm-size", "10m", "--sysctl", "kernel.msgmax=1234",
+                 "--pid", "host", "--uts", "host", "-l", "a=1", "-l", "b", "--stop-signal", "usr1",
+                 "--stop-timeout", "-1", "--oom-score-adj", "500", str(tmp_path), "hi")
+    assert (spec.entrypoint, spec.command) == (["/bin/echo"], ["/bin/echo", "hi"])
+    assert spec.ulimits == [("nofile", 50, 50), ("core", 0, 0)]  # the later nofile wins
+    assert [m.data for m in md.plan_mounts(spec) if m.target == "/dev/shm"] == \
+        ["mode=1777,size=10485760"]
+    assert spec.sysctls == [("kernel.msgmax", "1234")]
+    assert spec.namespaces["pid"] == spec.namespaces["uts"] == "host"
+    assert spec.hostname == os.uname().nodename
+    assert md.child_namespaces(spec) == md.CLONE_NEWNS | md.CLONE_NEWIPC | md.CLONE_NEWNET
+    assert spec.labels == {"a": "1", "b": ""}
+    assert (spec.stop_signal, spec.stop_timeout, spec.oom_score_adj) == (signal.SIGUSR1, -1, 500)
+    default = parse("--entrypoint", "", str(tmp_path), "sh")
+    assert (default.entrypoint, default.command, default.shm_size) == ([], ["sh"], 64 << 20)
+    assert [m.data for m in md.plan_mounts(default) if m.target == "/dev/shm"] == \
+        ["mode=1777,size=67108864"]
+    shared = parse("--ipc", "host", str(tmp_path), "sh")
+    assert [(m.kind, m.source) for m in md.plan_mounts(shared) if m.target == "/dev/shm"] == \
+        [("bind", "/dev/shm"), ("nodev", None)]
+    assert default.namespaces == {"pid": "private", "ipc": "private", "uts": "private",
+                                  "cgroup": "private"}  # on every host: see the next test
+
+
+@root
+@pytest.mark.parametrize("options, message", [
+    (["--ulimit", "nofile"], "invalid --ulimit 'nofile': expected NAME=SOFT[:HARD]"),
+    (["--ulimit", "files=1"], "invalid --ulimit 'files=1': invalid ulimit type: files"),
+    (["--ulimit", "nofile=2:1"], "ulimit soft limit must be less than or equal to hard limit"),
+    (["--ulimit", "nofile=-1:10"], "ulimit soft limit must be less than or equal to hard limit"),
+    (["--ulimit", "nofile=a"], "invalid --ulimit 'nofile=a': expected SOFT[:HARD]"),
+    (["--ulimit", "nofile=1:2:3"], "invalid --ulimit 'nofile=1:2:3'"),
+    (["--shm-size", "-1"], "invalid --shm-size '-1'"),
+    (["--shm-size", "lots"], "invalid --shm-size 'lots'"),
+    (["--shm-size", "1m", "--ipc", "host"], "conflicting options: --shm-size and --ipc host"),
+    (["--sysctl", "kernel.pid_max=100000"], "sysctl kernel.pid_max is not in a separate kernel"),
+    (["--sysctl", "vm.swappiness=1"], "sysctl vm.swappiness is not in a separate kernel"),
+    (["--sysctl", "kernel.hostname=x"], "sysctl kernel.hostname is not allowed"),
+    (["--sysctl", "net.ipv4.ip_forward=1", "--network", "host"],
+     "sysctl net.ipv4.ip_forward is not allowed in the host's network namespace"),
+    (["--sysctl", "kernel.shmmax=1", "--ipc", "host"],
+     "sysctl kernel.shmmax is not allowed in the host's IPC namespace"),
+    (["--sysctl", "kernel.domainname=x", "--uts", "host"],
+     "sysctl kernel.domainname is not allowed in the host's UTS namespace"),
+    (["--sysctl", "net.ipv4.ip_forward"], "invalid --sysctl 'net.ipv4.ip_forward': expected"),
+    (["--sysctl", "net/../../kernel/pid_max=1"], "invalid --sysctl"),
+    (["--sysctl", "net.ipv4.no_such_key=1"], "net.ipv4.no_such_key=1: writing "
+                                             "/proc/sys/net/ipv4/no_such_key: no such key"),
+    (["--pid", "container:other"], "invalid --pid 'container:other': expected host or private"),
+    (["--ipc", "none"], "invalid --ipc 'none'"),
+    (["--uts", "shared"], "invalid --uts 'shared'"),
+    (["--cgroupns", "both"], "invalid --cgroupns 'both'"),
+    (["--cgroupns", "host", "--cap-add", "SYS_ADMIN"],
+     "--cgroupns host and CAP_SYS_ADMIN conflict"),
+    (["--uts", "host", "--hostname", "box"], "conflicting options: --hostname and --uts host"),
+    (["-l", "=x"], "invalid label '=x': empty name"),
+    (["--label-file", "/no/such/labels"], "--label-file /no/such/labels"),
+    (["--stop-signal", "SIGNOPE"], "invalid --stop-signal 'SIGNOPE'"),
+    (["--stop-timeout", "soon"], "invalid --stop-timeout 'soon'"),
+    (["--stop-timeout", "-2"], "invalid --stop-timeout '-2'"),
+    (["--oom-score-adj", "1001"], "invalid --oom-score-adj '1001': the range is -1000 to 1000"),
+    (["--oom-score-adj", "-1001"], "invalid --oom-score-adj '-1001'"),
+    (["--oom-score-adj", "high"], "invalid --oom-score-adj 'high'"),
+    (["--entrypoint", ""], "run: no command given"),
+])
+def test_flags_bad_values(options, message, rootfs):
+    command = [] if options == ["--entrypoint", ""] else ["true"]
+    bad(["run", "--rm"] + options + [rootfs] + command, message)
+
+
+@root
+def test_flags_ulimit_raising_a_hard_limit_is_refused(rootfs):
+    """A hard limit above the kernel's ceiling (fs.nr_open, which not even
+    CAP_SYS_RESOURCE passes): refused in the child before the command, one
+    line naming the limit, 125, nothing left."""
+    ceiling = int(open("/proc/sys/fs/nr_open").read())
+    bad(["run", "--rm", "--ulimit", "nofile=100:%d" % (ceiling + 1), rootfs, "true"],
+        "--ulimit nofile=100:%d: setrlimit(RLIMIT_NOFILE): Operation not permitted"
+        % (ceiling + 1))
+
+
+def limits_of(text):
+    """/proc/PID/limits -> {name: (soft, hard)}."""
+    limits = {}
+    for line in text.splitlines()[1:]:
+        name, soft, hard = re.match(r"(.+?)\s{2,}(\S+)\s+(\S+)", line).groups()
+        limits[name] = (soft, hard)
+    return limits
+
+
+@root
+def test_flags_entrypoint_ulimit_sysctl_shm_and_namespaces_inside(rootfs):
+    """One container as it sees itself: --entrypoint first and CMD after
+    it, the --ulimit values (for a non-root user too) in /proc/self/limits,
+    the namespaced sysctls in its own namespaces (the host's unchanged),
+    /dev/shm of --shm-size, --oom-score-adj, and the pid, ipc, uts and
+    cgroup namespaces its own."""
+    host_ns = {n: os.readlink("/proc/self/ns/" + n) for n in ("pid", "ipc", "uts", "cgroup")}
+    sysctls = {"kernel/msgmax": "1234", "net/ipv4/ip_forward": "1",
+               "kernel/domainname": "example.org", "fs/mqueue/msg_max": "20"}
+    before = {key: open("/proc/sys/" + key).read() for key in sysctls}
+    options = ["--entrypoint", "/bin/sh", "-u", "1000", "--ulimit", "nofile=100:200",
+               "--ulimit", "core=0", "--ulimit", "cpu=-1", "--shm-size", "10m",
+               "--oom-score-adj", "500", "--cgroupns", "private"]
+    for key, value in sysctls.items():
+        options += ["--sysctl", "%s=%s" % (key.replace("/", "."), value)]
+    script = ("cat /proc/self/limits; echo ==; for k in %s; do cat /proc/sys/$k; done; "
+              "echo ==; grep ' /dev/shm ' /proc/self/mountinfo; cat /proc/self/oom_score_adj; "
+              "for n in pid ipc uts cgroup; do readlink /proc/self/ns/$n; done; "
+              "cat /proc/self/cgroup" % " ".join(sysctls))
+    result = run(rootfs, "-c", script, options=options)
+    assert result.returncode == 0, result.err
+    limits, values, rest = result.out.split("==\n")
+    limits = limits_of(limits)
+    assert limits["Max open files"] == ("100", "200")
+    assert limits["Max core file size"] == ("0", "0")
+    assert limits["Max cpu time"] == ("unlimited", "unlimited")
+    assert values.split() == list(sysctls.values())
+    assert {key: open("/proc/sys/" + key).read() for key in sysctls} == before
+    lines = rest.splitlines()
+    assert re.search(r" /dev/shm rw,nosuid,nodev,noexec,.* tmpfs shm rw,size=10240k", lines[0])
+    assert lines[1] == "500"
+    assert all(ns != host_ns[name] for name, ns in zip(("pid", "ipc", "uts", "cgroup"), lines[2:6]))
+    assert all(line.endswith(":/") for line in lines[6:]), lines  # its cgroup is its root
+
+
+@root
+def test_flags_host_namespaces_and_the_cgroupns_default(rootfs):
+    """--pid, --ipc, --uts and --cgroupns host: no namespace of its own, the
+    host's (the host's processes in /proc, as with Docker; the host's
+    /dev/shm; the host's name), all else the same. By default each is the
+    container's own, the cgroup one too on every host (unlike Docker on
+    cgroup v1: see test_release_agent_is_out_of_reach_with_sys_admin), and
+    /dev/shm is Docker's 64m."""
+    names = ("pid", "ipc", "uts", "cgroup")
+    host_ns = [os.readlink("/proc/self/ns/" + n) for n in names]
+    marker = "/dev/shm/mdtest-flags-%d" % os.getpid()
+    script = ("for n in %s; do readlink /proc/self/ns/$n; done; hostname; "
+              "test -d /proc/%d && echo sees-host; grep ' /dev/shm ' /proc/self/mountinfo; "
+              "touch %s" % (" ".join(names), os.getpid(), marker))
+    try:
+        shared = sh(rootfs, script, options=["--pid", "host", "--ipc", "host", "--uts", "host",
+                                             "--cgroupns", "host"])
+        assert shared.returncode == 0, shared.err
+        lines = shared.out.splitlines()
+        assert lines[:4] == host_ns
+        assert lines[4:6] == [os.uname().nodename, "sees-host"]
+        assert " - tmpfs " in lines[6] and os.path.exists(marker)  # the host's own /dev/shm
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(marker)
+    own = sh(rootfs, script.replace(marker, "/dev/shm/x"))
+    lines = own.out.splitlines()
+    assert all(a != b for a, b in zip(lines[:4], host_ns))
+    assert "sees-host" not in lines and "size=65536k" in lines[-1]
+
+
+@root
+def test_flags_labels_stop_signal_and_timeout_are_kept(rootfs, tmp_path):
+    """-l and --label-file in inspect's Config.Labels, ps's .Labels and
+    -f label=; --stop-signal and --stop-timeout kept in the record: stop
+    and restart without -s and -t use them, and start repeats the
+    container's --entrypoint, limits and score; exec's process has them
+    too."""
+    labels = tmp_path / "labels"
+    labels.write_text("# a comment\ncolor=blue\nshape=round\n")
+    script = "trap 'echo got-usr1; exit 7' USR1; echo up; while :; do sleep 0.1; done"
+    cid = detached(rootfs, "--name", "mdtest-flags", "-l", "shape=square", "--label", "bare",
+                   "--label-file", str(labels), "--stop-signal", "USR1", "--stop-timeout", "60",
+                   "--entrypoint", "/bin/sh", "--ulimit", "nofile=64", "--oom-score-adj", "300",
+                   command=("-c", script))
+    try:
+        [info] = json.loads(minidocker("inspect", cid).out)
+        assert info["Config"]["Labels"] == {"color": "blue", "shape": "square", "bare": ""}
+        assert (info["Config"]["StopSignal"], info["Config"]["StopTimeout"]) == ("SIGUSR1", 60)
+        assert (info["Config"]["Entrypoint"], info["Config"]["Cmd"]) == (["/bin/sh"],
+                                                                          ["-c", script])
+        assert info["HostConfig"]["Ulimits"] == [{"Name": "nofile", "Soft": 64, "Hard": 64}]
+        assert info["HostConfig"]["OomScoreAdj"] == 300
+        ps = minidocker("ps", "--format", "{{.Names}} {{.Labels}}", "-f", "label=color=blue")
+        assert ps.out == "mdtest-flags bare=,color=blue,shape=square\n"
+        for wanted in ("color=red", "nosuch"):
+            assert minidocker("ps", "-q", "-f", "label=" + wanted).out == ""
+        inside = minidocker("exec", cid, "sh", "-c", "cat /proc/self/oom_score_adj /proc/self/limits")
+        assert inside.out.splitlines()[0] == "300"
+        assert limits_of("\n".join(inside.out.splitlines()[1:]))["Max open files"] == ("64", "64")
+        for verb in ("stop", "restart"):  # its USR1 trap ends it at once (not in 60 s), with 7
+            began = time.monotonic()
+            assert minidocker(verb, "mdtest-flags").returncode == 0
+            assert time.monotonic() - began < 30
+        assert minidocker("stop", "mdtest-flags").returncode == 0
+        assert minidocker("wait", cid).out == "7\n"
+        assert minidocker("logs", cid).out.count("got-usr1\n") == 2
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_flags_stop_timeout_replaces_stops_ten_seconds(rootfs):
+    """pid 1 ignores SIGTERM (a signal with no handler, sent to a pid
+    namespace's init): `stop` waits --stop-timeout, 4 s here, not 10,
+    before SIGKILL; -t on the command line wins over it."""
+    cid = detached(rootfs, "--stop-timeout", "4")
+    try:
+        began = time.monotonic()
+        assert minidocker("stop", cid).returncode == 0
+        waited = time.monotonic() - began
+        assert minidocker("start", cid).returncode == 0
+        began = time.monotonic()
+        assert minidocker("stop", "-t", "0", cid).returncode == 0
+        overhead = time.monotonic() - began  # a stop's own time (seconds in the emulated VM)
+        assert waited >= 4 and 2.5 < waited - overhead < 8, (waited, overhead)
+        assert minidocker("wait", cid).out == "137\n"
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_flags_oom_kill_disable_cgroup(rootfs):
+    """cgroup v1: memory.oom_control says oom_kill_disable 1, and a process
+    over --memory waits (under_oom 1) instead of being killed. cgroup v2
+    has no such knob: as Docker, one warning line, and the run goes on."""
+    layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                               md.read_text("/proc/self/cgroup"))
+    if layout.version_of("memory") != 1:
+        result = run(rootfs, "true", options=["-m", "32m", "--oom-kill-disable"])
+        assert result.returncode == 0
+        assert result.err == ("minidocker: warning: your kernel does not support "
+                              "--oom-kill-disable (cgroup v2 has no memory.oom_control): "
+                              "discarded\n")
+        return
+    # The memory is touched from user space (awk copies its string as it
+    # doubles it): a fault in a system call (read(2) into a fresh buffer)
+    # fails the charge with EFAULT instead of waiting.
+    cid = detached(rootfs, "-m", "16m", "--oom-kill-disable",
+                   command=("awk", "BEGIN { s = \"x\"; while (1) s = s s }"))
+    try:
+        control = os.path.join(cgroup_of(md.find_container(md.Paths(), cid), "memory"),
+                               "memory.oom_control")
+        deadline = time.monotonic() + 20
+        while "under_oom 1" not in open(control).read() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert open(control).read().splitlines()[:3] == [
+            "oom_kill_disable 1", "under_oom 1", "oom_kill 0"]
+        assert json.loads(minidocker("inspect", cid).out)[0]["HostConfig"]["OomKillDisable"]
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+# ---------------------------------------------------------------------------
 # 11. exec: one more process in a running container
 # ---------------------------------------------------------------------------
 
@@ -6036,7 +6298,8 @@ def test_ps_templates_and_filters():
     assert md.parse_ps_filters(["name=a", "Name = b ", "status=exited"]) == \
         {"name": ["a", "b"], "status": ["exited"]}
     for text, error in (("nonsense", "bad format of filter 'nonsense'"),
-                        ("label=x", "invalid filter 'label'"), ("status=up", "status=up")):
+                        ("ancestor=x", "invalid filter 'ancestor'"), ("label==x", "label=KEY"),
+                        ("status=up", "status=up")):
         with pytest.raises(md.MiniDockerError, match=re.escape(error)):
             md.parse_ps_filters([text])
     record = {"id": "abc123" + "0" * 58, "name": "web-1"}
@@ -6115,7 +6378,7 @@ def test_ps_shows_filters_and_formats_as_docker(rootfs):
 
 @root
 @pytest.mark.parametrize("args, message", [
-    (["ps", "-f", "label=x"], "invalid filter 'label'"),
+    (["ps", "-f", "ancestor=x"], "invalid filter 'ancestor'"),
     (["ps", "-f", "status=up"], "invalid filter 'status=up'"),
     (["ps", "-f", "nonsense"], "bad format of filter 'nonsense'"),
     (["ps", "--format", "{{.Nope}}"], "no field .Nope"),
