@@ -638,6 +638,7 @@ class Spec:
         self.resources = {}       # checked resource limits (chapter 8)
         self.cgroup_parent = None
         self.seccomp = None       # the BPF filter's bytes (chapter 10); None: unconfined
+        self.no_new_privs = False  # --security-opt no-new-privileges (chapter 10)
         self.notes = []           # what --debug prints about the plan
         self.network_plan = plan_network("none", None, None, [], [], [])  # see plan_network
         self.__dict__.update(fields)
@@ -828,8 +829,8 @@ def build_spec(args, seccomp_cache=None):
     if not args.privileged:
         resources["devices"] = DEFAULT_DEVICE_RULES + [device.rule() for device in devices]
     caps = plan_capabilities(args.cap_add, args.cap_drop, args.privileged, held_capabilities())
-    seccomp, notes = plan_security(parse_security_opts(args.security_opt), caps, args.privileged,
-                                   seccomp_cache)
+    choice, no_new_privs = parse_security_opts(args.security_opt)
+    seccomp, notes = plan_security(choice, caps, args.privileged, seccomp_cache)
     interactive, tty = args.interactive, args.tty
     restart = parse_restart(args.restart)
     if restart[0] != "no" and args.rm:
@@ -853,6 +854,7 @@ def build_spec(args, seccomp_cache=None):
         user=args.user and check_user(args.user, "--user"),
         group_add=[check_user(g, "--group-add") for g in args.group_add],
         caps=caps, last_cap=last_cap(), seccomp=seccomp, notes=notes,
+        no_new_privs=no_new_privs,
         privileged=args.privileged, read_only=args.read_only,
         volumes=[parse_volume(v) for v in args.volume], devices=devices,
         tmpfs=[parse_tmpfs(t) for t in args.tmpfs],
@@ -1156,6 +1158,7 @@ def load_spec(paths, cid):
                 seccomp = handle.read()
     except FileNotFoundError:
         return None
+    fields.setdefault("no_new_privs", True)  # a minidocker before the flag always set it
     fields.update(seccomp=seccomp, volumes=[Volume(*v) for v in fields["volumes"]],
                   devices=[Device(*d) for d in fields["devices"]])
     return Spec(**fields)
@@ -3898,8 +3901,10 @@ def write_etc_files(layer, hostname, plan, lease):
 # A root process has every capability. The container keeps Docker's default
 # fourteen, in the bounding, permitted and effective sets; inheritable and
 # ambient are emptied (CVE-2022-24769: an inheritable set lets file
-# capabilities raise a non-root user). no_new_privs then stops setuid files
-# and file capabilities from giving back what was dropped.
+# capabilities raise a non-root user). As in Docker, a setuid-root file
+# still makes a non-root user root, but only with the bounding set's
+# capabilities; --security-opt no-new-privileges sets no_new_privs, which
+# stops setuid files and file capabilities from raising anyone at all.
 
 CAP_NAMES = [  # <linux/capability.h>, in number order
     "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL",
@@ -4405,25 +4410,32 @@ def plan_seccomp(profile, caps, source, machine=MACHINE, release=None):
     return b"".join(struct.pack(SOCK_FILTER, *i) for i in instructions), notes
 
 
+# strconv.ParseBool's words, which Docker's no-new-privileges=VALUE takes.
+TRUE_WORDS = ("1", "t", "T", "true", "TRUE", "True")
+FALSE_WORDS = ("0", "f", "F", "false", "FALSE", "False")
+
+
 def parse_security_opts(options):
     """Docker's --security-opt: seccomp=PATH or seccomp=unconfined (also the
-    older seccomp:PATH), and no-new-privileges, which minidocker always sets.
-    Returns the seccomp choice: None for the default profile."""
-    choice = None
+    older seccomp:PATH), and no-new-privileges (bare, or =BOOL, :BOOL; the
+    last one given wins). Returns (the seccomp choice, None for the default
+    profile; whether no_new_privs is set, off unless asked for, as in
+    Docker)."""
+    choice, no_new_privs = None, False
     for option in options:
         key, sep, value = option.partition("=")
         if not sep:
             key, _, value = option.partition(":")
         if key == "seccomp" and value:
             choice = value
-        elif key == "no-new-privileges" and value in ("", "true"):
-            continue
-        elif key == "no-new-privileges":
-            raise MiniDockerError("--security-opt %s: minidocker always sets no_new_privs" % option)
+        elif option == "no-new-privileges" or \
+                key == "no-new-privileges" and value in TRUE_WORDS + FALSE_WORDS:
+            no_new_privs = value not in FALSE_WORDS
         else:
             raise MiniDockerError("--security-opt %r: minidocker knows seccomp=PATH, "
-                                  "seccomp=unconfined and no-new-privileges" % option)
-    return choice
+                                  "seccomp=unconfined and no-new-privileges[=true|false]"
+                                  % option)
+    return choice, no_new_privs
 
 
 def plan_security(choice, caps, privileged, cache=None):
@@ -4469,9 +4481,9 @@ def default_filter(caps, cache):
 
 
 def load_filter(program):
-    """seccomp(2). Needs no_new_privs first (or CAP_SYS_ADMIN), else
-    EACCES. Everything after this runs under the filter, so it is the last
-    call before execve(2), which the profile must allow."""
+    """seccomp(2). Needs no_new_privs first, or CAP_SYS_ADMIN, else
+    EACCES. Everything after this runs under the filter, up to and with
+    execve(2), which the profile must allow (exec_command places it)."""
     code = ctypes.create_string_buffer(program, len(program))
     fprog = ctypes.create_string_buffer(
         struct.pack(SOCK_FPROG, len(program) // 8, ctypes.addressof(code)))
@@ -4715,8 +4727,9 @@ DEFAULT_PROFILE = {
 #   md:[1:CHILD]   pid 1 of the new pid namespace. Unshares the other
 #                  namespaces, builds the root filesystem, pivots into it.
 #   md:[2:INIT]    the same process once inside: becomes the user, drops
-#                  capabilities, sets no_new_privs, loads the seccomp
-#                  filter (compiled by the parent, from the spec), and
+#                  capabilities, sets no_new_privs if asked, loads the
+#                  seccomp filter (compiled by the parent, from the spec;
+#                  before the drop when no_new_privs is off), and
 #                  execs the command. With --init it forks first, and stays
 #                  as pid 1 to reap and forward signals (become_init).
 #
@@ -4842,19 +4855,23 @@ def find_executable(command, path):
                           EXIT_NOT_FOUND)
 
 
-def drop_privileges(uid, gid, gids, caps, last):
+def drop_privileges(uid, gid, gids, caps, last, no_new_privs):
     """Everything stage 2 gives up before the command: the bounding set
     down to the container's capabilities, the user and groups (keeping the
     capabilities across setuid, PR_SET_KEEPCAPS, only for root: a non-root
     user ends with empty permitted and effective sets, as with docker), and
-    no_new_privs."""
+    with --security-opt no-new-privileges, no_new_privs. Without it, as in
+    Docker, a setuid-root file run by a non-root user raises it to root,
+    with the bounding set's capabilities and no more: the bounding set is
+    what stands between the container and the rest."""
     drop_bounding_set(caps, last)
     prctl(PR_SET_KEEPCAPS, 1, what="prctl(PR_SET_KEEPCAPS)")
     os.setgroups(gids)
     os.setgid(gid)
     os.setuid(uid)
     set_capabilities(cap_mask(caps) if uid == 0 else 0)
-    prctl(PR_SET_NO_NEW_PRIVS, 1, what="prctl(PR_SET_NO_NEW_PRIVS)")
+    if no_new_privs:
+        prctl(PR_SET_NO_NEW_PRIVS, 1, what="prctl(PR_SET_NO_NEW_PRIVS)")
 
 
 def child_stage(spec, instance, to_parent, from_parent, console):
@@ -5036,7 +5053,17 @@ def exec_command(spec, hostname, to_parent, tied=True):
     group = parse_group(read_account_file("/etc/group"))
     uid, gid, gids, home = resolve_user(spec.user, passwd, group, spec.group_add)
     env = container_env(spec, hostname, home)
-    drop_privileges(uid, gid, gids, spec.caps, spec.last_cap)
+    # seccomp(2) asks for no_new_privs or CAP_SYS_ADMIN. Without
+    # no_new_privs the filter is loaded here, while we still hold every
+    # capability, as runc does; all that follows, up to execve, then runs
+    # under it (prctl, setgroups, setgid, setuid, capset, chdir, stat,
+    # rt_sigaction, and --init's fork: the default profile allows them; a
+    # profile file must too). With no_new_privs it comes last, so that as
+    # little as possible runs under it.
+    filter_first = spec.seccomp is not None and not spec.no_new_privs
+    if filter_first:
+        load_filter(spec.seccomp)
+    drop_privileges(uid, gid, gids, spec.caps, spec.last_cap, spec.no_new_privs)
     # setuid cleared the parent-death signal (prctl(2)); ask for it again.
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL if tied else 0, what="prctl(PR_SET_PDEATHSIG)")
     enter_workdir(spec.workdir)
@@ -5052,7 +5079,7 @@ def exec_command(spec, hostname, to_parent, tied=True):
         debug(True, "own work %.2f ms (main() to execve)" % ((time.perf_counter() - START) * 1000))
     if spec.init:  # before the filter, which may refuse prctl; execve makes the command dumpable
         prctl(PR_SET_DUMPABLE, 0, what="prctl(PR_SET_DUMPABLE)")
-    if spec.seccomp is not None:
+    if spec.seccomp is not None and not filter_first:
         load_filter(spec.seccomp)
     if spec.init:
         become_init(to_parent, spec.tty, tied)  # returns in the command's process only

@@ -625,7 +625,7 @@ def test_capabilities_and_no_new_privs(rootfs):
         assert int(status_field(status, field), 16) == DOCKER_DEFAULT_CAPS
     assert int(status_field(status, "CapInh"), 16) == 0
     assert int(status_field(status, "CapAmb"), 16) == 0
-    assert status_field(status, "NoNewPrivs") == "1"
+    assert status_field(status, "NoNewPrivs") == "0"  # as Docker: off unless asked for
 
 
 @root
@@ -655,7 +655,7 @@ def test_non_root_user_has_no_capabilities(rootfs):
     assert int(status_field(result.out, "CapEff"), 16) == 0
     assert int(status_field(result.out, "CapPrm"), 16) == 0
     assert int(status_field(result.out, "CapBnd"), 16) == DOCKER_DEFAULT_CAPS
-    assert status_field(result.out, "NoNewPrivs") == "1"
+    assert status_field(result.out, "NoNewPrivs") == "0"
 
 
 @root
@@ -1844,7 +1844,7 @@ BAD_VALUES = {
     "-w": ["relative", "", "x/y", ".", "..", "~", "./a", "a/..", "\n", "${HOME}"],
     "--cap-add": ["CAP_NOPE", "", "NOPE", "ALL2", "\n", "SYS_ADMINX", "cap_", "42", "-1", "²"],
     "--security-opt": ["bogus", "seccomp", "seccomp=/no/such", "apparmor=x", "label=x",
-                       "no-new-privileges=false", "seccomp=", "\n", "=", "x=y"],
+                       "no-new-privileges=no", "seccomp=", "\n", "=", "x=y"],
     "--network": ["mesh", "", "bridge2", "\n", "container:x", "host ", "NONE", "br", "²", "x"],
     "--blkio-weight": ["5", "1001", "x", "-1", "²", "", "1.5", "0x10", "9" * 30, "\n"],
     "--restart": ["bogus", "always:3", "on-failure:x", "on-failure:-1", "", "²", "no:1",
@@ -2717,6 +2717,123 @@ def test_release_agent_is_out_of_reach_with_sys_admin(rootfs, tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# defaults: what a Docker user relies on without asking (no_new_privs off,
+# the container's own /sys/fs/cgroup, swap, the /etc files, netns sysctls,
+# --privileged's /dev)
+# ---------------------------------------------------------------------------
+
+SUID_C = r"""
+/* suid: run setuid root by a user of the container, it prints what that
+ * made of it (its ids, capabilities, no_new_privs and seccomp mode), then
+ * the result of keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING),
+ * which the kernel grants anyone and the default profile denies. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int main(void)
+{
+    char line[256];
+    FILE *status = fopen("/proc/self/status", "r");
+    while (status && fgets(line, sizeof line, status))
+        if (!strncmp(line, "Uid:", 4) || !strncmp(line, "Cap", 3)
+                || !strncmp(line, "NoNewPrivs:", 11) || !strncmp(line, "Seccomp:", 8))
+            fputs(line, stdout);
+    long r = syscall(SYS_keyctl, 0, -3, 0);
+    printf("keyctl %s errno %d\n", r == -1 ? "failed" : "passed", r == -1 ? errno : 0);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def suid(tmp_path_factory):
+    """A setuid-root program, static; returns the -v flags that put it at
+    /suid/suid (a bind mount: setuid bits work there, as in Docker)."""
+    directory = tmp_path_factory.mktemp("suid")
+    (directory / "suid.c").write_text(SUID_C)
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(directory / "suid"),
+                    str(directory / "suid.c")], check=True)
+    os.chmod(str(directory / "suid"), 0o4755)
+    os.chmod(str(directory), 0o755)
+    return ["-v", "%s:/suid:ro" % directory]
+
+
+def suid_report(output):
+    """suid's lines -> {field: value}, the Uid field as its four ids."""
+    fields = dict(line.split(":", 1) for line in output.splitlines() if ":" in line)
+    fields = {key: value.strip() for key, value in fields.items()}
+    fields["Uid"] = fields["Uid"].split()
+    return fields
+
+
+@root
+def test_setuid_file_raises_a_user_to_the_bounding_set_and_no_further(rootfs, suid):
+    """no_new_privs is off, as in Docker: a setuid-root file run by a
+    non-root user makes it root, with the bounding set's capabilities
+    (Docker's fourteen), never one more, and still under the seccomp
+    filter, which was loaded before the capabilities were dropped. The
+    --init reaper runs the command as stage 2 does: the same holds."""
+    script = "grep NoNewPrivs /proc/self/status; /suid/suid"
+    for options in ([], ["--init"]):
+        result = sh(rootfs, script, options=suid + ["-u", "alice"] + options)
+        assert result.returncode == 0, result.err
+        assert result.out.startswith("NoNewPrivs:\t0\n"), result.out
+        raised = suid_report(result.out.split("\n", 1)[1])
+        assert raised["Uid"] == ["1000", "0", "0", "0"], result.out  # euid root
+        for field in ("CapPrm", "CapEff", "CapBnd"):
+            assert int(raised[field], 16) == DOCKER_DEFAULT_CAPS, (field, result.out)
+        assert int(raised["CapInh"], 16) == 0 and int(raised["CapAmb"], 16) == 0
+        assert raised["Seccomp"] == "2", result.out
+        assert "keyctl failed errno %d" % errno.EPERM in result.out, result.out
+    # The same call without the filter passes: the probe tells them apart.
+    unconfined = sh(rootfs, "/suid/suid",
+                    options=suid + ["-u", "alice", "--security-opt", "seccomp=unconfined"])
+    assert "keyctl passed" in unconfined.out, unconfined.out
+
+
+@root
+def test_no_new_privileges_keeps_a_setuid_file_from_raising_in_run_and_exec(rootfs, suid):
+    """--security-opt no-new-privileges: the setuid bit raises nobody, in
+    the container's command and in what exec adds to it (exec reads the
+    saved spec)."""
+    def not_raised(output):
+        report = suid_report(output)
+        assert report["Uid"] == ["1000"] * 4, output
+        assert int(report["CapEff"], 16) == 0 and int(report["CapPrm"], 16) == 0, output
+        assert report["NoNewPrivs"] == "1" and report["Seccomp"] == "2", output
+        assert "keyctl failed errno %d" % errno.EPERM in output, output
+    ran = run(rootfs, "/suid/suid",
+              options=suid + ["-u", "alice", "--security-opt", "no-new-privileges"])
+    not_raised(ran.out)
+    cid = detached(rootfs, "--security-opt", "no-new-privileges:true", *suid)
+    try:
+        not_raised(minidocker("exec", "-u", "alice", cid, "/suid/suid").out)
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+def test_no_new_privileges_forms():
+    """Docker's forms: bare, =BOOL and :BOOL with strconv.ParseBool's words;
+    the last one wins; --privileged does not change it (Docker sets it
+    there too when asked)."""
+    assert md.parse_security_opts([]) == (None, False)
+    for on in ("no-new-privileges", "no-new-privileges=true", "no-new-privileges:true",
+               "no-new-privileges=1", "no-new-privileges=True"):
+        assert md.parse_security_opts([on]) == (None, True), on
+    for off in ("no-new-privileges=false", "no-new-privileges:0", "no-new-privileges=F"):
+        assert md.parse_security_opts(["no-new-privileges", off]) == (None, False), off
+    for wrong in ("no-new-privileges=yes", "no-new-privileges=", "no-new-privileges=truex"):
+        with pytest.raises(md.MiniDockerError):
+            md.parse_security_opts([wrong])
+    assert parse("--privileged", "--security-opt", "no-new-privileges", "/", "sh").no_new_privs
+    assert not parse("--privileged", "/", "sh").no_new_privs
+
+
+# ---------------------------------------------------------------------------
 # 10. seccomp, unit: the syscall tables, a BPF interpreter, the compiler
 # ---------------------------------------------------------------------------
 
@@ -3147,11 +3264,11 @@ def test_bad_profiles(profile, error):
 
 
 def test_security_opt_parsing():
-    assert md.parse_security_opts([]) is None
-    assert md.parse_security_opts(["seccomp=unconfined"]) == "unconfined"
-    assert md.parse_security_opts(["seccomp:/p.json", "no-new-privileges"]) == "/p.json"
-    assert md.parse_security_opts(["no-new-privileges:true"]) is None
-    for wrong in (["apparmor=unconfined"], ["seccomp="], ["no-new-privileges=false"]):
+    assert md.parse_security_opts([]) == (None, False)
+    assert md.parse_security_opts(["seccomp=unconfined"]) == ("unconfined", False)
+    assert md.parse_security_opts(["seccomp:/p.json", "no-new-privileges"]) == ("/p.json", True)
+    assert md.parse_security_opts(["no-new-privileges:true"]) == (None, True)
+    for wrong in (["apparmor=unconfined"], ["seccomp="], ["no-new-privileges=no"]):
         with pytest.raises(md.MiniDockerError):
             md.parse_security_opts(wrong)
     assert md.plan_security("unconfined", DEFAULT_CAPS, False)[0] is None
@@ -4716,12 +4833,12 @@ def test_init_is_held_as_the_command_and_keeps_its_memory_to_itself(rootfs):
               "grep -E '^(Uid|CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; "
               "for f in exe mem; do if cat /proc/1/$f >/dev/null 2>&1; then echo $f open; "
               "else echo $f refused; fi; done")
-    for options in ([], ["-u", "1000"]):
+    for options, nnp in (([], "0"), (["-u", "1000", "--security-opt", "no-new-privileges"], "1")):
         result = sh(rootfs, script, options=["--init"] + options)
         reaper, rest = result.out.split("--\n")
         command = rest.splitlines()[:5]
         assert reaper.splitlines() == command and len(command) == 5, result.out
-        assert "Seccomp:\t2" in command and "NoNewPrivs:\t1" in command
+        assert "Seccomp:\t2" in command and "NoNewPrivs:\t" + nnp in command
         assert rest.splitlines()[5:] == ["exe refused", "mem refused"], result.out
 
 
