@@ -1763,7 +1763,9 @@ def plan_mounts(spec, etc_files=()):
         Mount("fs", "/sys", "sysfs", "sysfs", sys_flags, kernel_fs=True),
     ]
     for source, target in etc_files:  # (state file, /etc/...) bound over the image's
-        plan.append(Mount("bind", target, source, flags=MS_BIND))
+        # read-only with the root, as Docker binds them
+        plan.append(Mount("bind", target, source,
+                          flags=MS_BIND | (MS_RDONLY if spec.read_only else 0)))
     for volume in spec.volumes:
         plan.append(Mount("bind", volume.target, volume.source,
                           flags=MS_BIND | MS_REC | (MS_RDONLY if volume.read_only else 0)))
@@ -2078,6 +2080,27 @@ def bring_up_loopback():
         os.close(fd)
 
 
+# What Docker sets in a network namespace of the container's own (not with
+# --network host, where they are the host's): any user may bind a port
+# below 1024 (the namespace's ports are the container's alone), and open
+# an ICMP echo socket (ping without CAP_NET_RAW or a setuid binary).
+NETNS_SYSCTLS = [("net/ipv4/ip_unprivileged_port_start", "0"),
+                 ("net/ipv4/ping_group_range", "0 2147483647")]
+
+
+def set_network_sysctls():
+    """Write NETNS_SYSCTLS. A net sysctl file acts on the namespace of the
+    process that opens it, so this runs in the child right after its
+    unshare(CLONE_NEWNET), still through the host's /proc (the container's
+    /proc/sys is read-only)."""
+    for name, value in NETNS_SYSCTLS:
+        try:
+            with open("/proc/sys/" + name, "w") as handle:
+                handle.write(value)
+        except FileNotFoundError:  # ip_unprivileged_port_start: kernel < 4.11
+            pass
+
+
 # === 8. Cgroups: resource limits, written straight to cgroupfs ===
 # A cgroup is a directory; a limit is a value written to a file in it; a
 # process is put in it by writing its pid to cgroup.procs. Two layouts exist:
@@ -2213,7 +2236,7 @@ def parse_resources(args, host_cpus, online_cpus, online_mems):
         res["memory"] = parse_size(args.memory, "--memory")
         if res["memory"] < MIN_MEMORY:
             raise MiniDockerError("invalid --memory %r: the minimum is 6m" % args.memory)
-    if args.memory_swap is not None:
+    if args.memory_swap is not None and args.memory_swap.strip() != "0":  # 0: unset, as Docker
         if "memory" not in res:
             raise MiniDockerError("--memory-swap needs --memory (it is memory plus swap)")
         swap = -1 if args.memory_swap.strip() == "-1" else parse_size(args.memory_swap,
@@ -2222,6 +2245,12 @@ def parse_resources(args, host_cpus, online_cpus, online_mems):
             raise MiniDockerError("invalid --memory-swap %r: it is memory plus swap, so it "
                                   "cannot be below --memory" % args.memory_swap)
         res["memory_swap"] = swap
+    elif "memory" in res:
+        # Docker's default: memory plus swap is twice the memory, so a
+        # container swaps out at most as much as it may hold. Where the
+        # host does not account swap it is dropped (create_cgroups).
+        res["memory_swap"] = 2 * res["memory"]
+        res["memory_swap_implied"] = True
     if args.memory_reservation is not None:
         res["memory_reservation"] = parse_size(args.memory_reservation, "--memory-reservation")
     if args.cpus is not None:
@@ -2535,6 +2564,81 @@ def detect_cgroups(mountinfo, self_cgroup, read=read_text):
     return layout
 
 
+# The container's own view of its cgroups at /sys/fs/cgroup, as runc
+# mounts it in a cgroup namespace: every hierarchy the host has there is
+# mounted afresh from inside the namespace, so that its root is the
+# container's own cgroup, and a program that sizes itself (a JVM) reads
+# its limits where it looks for them (memory.max, memory.limit_in_bytes).
+# On cgroup v2 that is the one unified hierarchy at /sys/fs/cgroup; on v1
+# and hybrid hosts a tmpfs holds a directory per hierarchy, named as on
+# the host, and a symlink per controller of a co-mounted one (cpu ->
+# cpu,cpuacct). It is read-only, as in Docker (but under --privileged,
+# which Docker mounts read-write): the container must not lift its own
+# limits nor leave its cgroup. Read-only is a bind remount, of these mounts
+# alone: the superblocks are the host's, and no option of theirs is
+# touched (a mount of cgroup2 changes nsdelegate and the memory_ options
+# only from the initial cgroup namespace, so the mounts come after
+# unshare(CLONE_NEWCGROUP)). A volume or --tmpfs at or above
+# /sys/fs/cgroup replaces the view, as a user's mount does in Docker.
+
+CGROUP_VIEW = "/sys/fs/cgroup"
+CGROUP_MOUNT_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
+
+
+def plan_cgroup_view(mountinfo, targets=()):
+    """The host's cgroup mounts at /sys/fs/cgroup (its /proc/self/mountinfo)
+    -> [(name, fstype, options)]: name "" for a unified hierarchy at
+    /sys/fs/cgroup itself, else the directory under it; a v1 hierarchy's
+    options are its superblock's (controllers, name=, xattr), less rw and
+    release_agent, so that the mount matches the hierarchy that exists.
+    [] when the host has none there, or `targets` (the volumes' and
+    --tmpfs paths) cover it."""
+    if any(CGROUP_VIEW.startswith(t.rstrip("/") + "/") or t.startswith(CGROUP_VIEW)
+           for t in targets):
+        return []
+    view, seen = [], set()
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        separator = fields.index("-")
+        point, fstype, options = fields[4], fields[separator + 1], fields[separator + 3]
+        if fstype not in ("cgroup", "cgroup2") or point in seen or "\\" in point:
+            continue  # (mountinfo escapes a space or a backslash: no such name is ours)
+        if point != CGROUP_VIEW and os.path.dirname(point) != CGROUP_VIEW:
+            continue
+        seen.add(point)
+        kept = [o for o in options.split(",") if o not in ("rw", "ro")
+                and not o.startswith("release_agent=")] if fstype == "cgroup" else []
+        view.append(("" if point == CGROUP_VIEW else os.path.basename(point), fstype,
+                     ",".join(kept)))
+    return view
+
+
+def mount_cgroup_view(view, read_only):
+    """Stage 2, once in the container's cgroup namespace and root: mount
+    the planned view at /sys/fs/cgroup (in the fresh sysfs, a directory no
+    image reaches)."""
+    if not view:
+        return
+    mounted = [CGROUP_VIEW]
+    if view[0][0] == "":
+        mount("cgroup2", CGROUP_VIEW, "cgroup2", CGROUP_MOUNT_FLAGS)
+    else:
+        mount("tmpfs", CGROUP_VIEW, "tmpfs", CGROUP_MOUNT_FLAGS, "mode=755,size=64k")
+        names = {name for name, _, _ in view}
+        for name, fstype, options in view:
+            target = os.path.join(CGROUP_VIEW, name)
+            os.mkdir(target, 0o755)
+            mount(fstype, target, fstype, CGROUP_MOUNT_FLAGS, options or None)
+            mounted.append(target)
+            for alias in name.split(",") if "," in name else ():
+                if alias not in names:
+                    os.symlink(name, os.path.join(CGROUP_VIEW, alias))
+    if read_only:
+        for target in reversed(mounted):
+            mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | CGROUP_MOUNT_FLAGS,
+                  shown=target + " (read-only)")
+
+
 def plan_cgroups(res, layout, cid, parent=None):
     """-> [(version, mount point, directory, {controllers})], one per
     hierarchy: every v1 hierarchy and the cgroup2 one. Fails, before
@@ -2606,7 +2710,7 @@ def create_cgroups(cgroup_plan, res):
             if version == 1 and "cpuset" in controllers:
                 inherit_cpuset(mount_point, path)
             for controller, name, value in cgroup_writes(res, version):
-                if controller in controllers:
+                if controller in controllers and not implied_swap_unaccounted(res, path, name):
                     write_cgroup_file(path, name, value)
             if version == 2 and "devices" in controllers:
                 attach_device_program(path, res["devices"])
@@ -2614,6 +2718,23 @@ def create_cgroups(cgroup_plan, res):
         remove_cgroups(made)
         raise
     return made
+
+
+SWAP_FILES = ("memory.swap.max", "memory.memsw.limit_in_bytes")
+
+
+def implied_swap_unaccounted(res, path, name):
+    """Is `name` the swap limit that -m implies, on a host that does not
+    account swap (a kernel without swap accounting, or booted with
+    swapaccount=0: the file is missing)? Then, as Docker does, the memory
+    alone is limited, with a warning; a --memory-swap asked for is written,
+    and fails."""
+    if name not in SWAP_FILES or not res.get("memory_swap_implied") or \
+            os.path.exists(os.path.join(path, name)):
+        return False
+    warn("this kernel does not account swap in cgroups (hint: boot with swapaccount=1): "
+         "memory limited without swap")
+    return True
 
 
 def mkdir_cgroup(path, exist_ok=False):
@@ -4884,6 +5005,8 @@ def child_stage(spec, instance, to_parent, from_parent, console):
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
         host_network = spec.network_plan["mode"] == "host"
         unshare(CHILD_NAMESPACES & ~CLONE_NEWNET if host_network else CHILD_NAMESPACES)
+        if not host_network:
+            set_network_sysctls()  # in our new namespace: never the host's
         os.write(to_parent, b"ready\n")
         trace(spec.debug, "child: namespaces unshared")
         # The root is built while the parent joins us to our cgroups (on
@@ -4892,6 +5015,9 @@ def child_stage(spec, instance, to_parent, from_parent, console):
         # are bound as they are, empty: the parent writes them (the same
         # files) before "go".
         rest = bytearray()
+        cgroup_view = plan_cgroup_view(read_text("/proc/self/mountinfo"),
+                                       [v.target for v in spec.volumes] +
+                                       [t[0] for t in spec.tmpfs])
         build_root(spec, instance, console)
         trace(spec.debug, "child: root built, pivoted")
         set_stage_name("md:[2:INIT]")
@@ -4901,6 +5027,7 @@ def child_stage(spec, instance, to_parent, from_parent, console):
         instance.lease = json.loads(go[3:].decode())
         trace(spec.debug, "child: go")
         unshare(CLONE_NEWCGROUP)  # after the join: our cgroup is its root
+        mount_cgroup_view(cgroup_view, not spec.privileged)
         sethostname(instance.hostname)
         if not host_network:
             bring_up_loopback()

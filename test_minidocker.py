@@ -2833,6 +2833,125 @@ def test_no_new_privileges_forms():
     assert not parse("--privileged", "/", "sh").no_new_privs
 
 
+def test_cgroup_view_plan_follows_the_hosts_mounts():
+    """v1 hierarchies (co-mounted, named, hybrid's cgroup2) or v2's one, as
+    the host has them at /sys/fs/cgroup; a superblock's options but rw and
+    release_agent; nothing when a volume covers the place."""
+    hybrid = ("31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
+              "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n"
+              "40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup "
+              "rw,xattr,release_agent=/x/agent,name=systemd\n"
+              "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate\n"
+              "42 23 0:29 / /mnt/elsewhere rw - cgroup cgroup rw,cpu,cpuacct\n")
+    assert md.plan_cgroup_view(hybrid) == [("cpu,cpuacct", "cgroup", "cpu,cpuacct"),
+                                           ("systemd", "cgroup", "xattr,name=systemd"),
+                                           ("unified", "cgroup2", "")]
+    v2 = "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n"
+    assert md.plan_cgroup_view(v2) == [("", "cgroup2", "")]
+    for targets in (["/sys/fs/cgroup"], ["/sys/fs/cgroup/memory"], ["/sys"], ["/sys/fs/"]):
+        assert md.plan_cgroup_view(v2, targets) == [], targets
+    assert md.plan_cgroup_view(v2, ["/sys/fsx", "/srv"]) != []
+
+
+def cgroup_lines(mountinfo):
+    return [line for line in mountinfo.splitlines() if " - cgroup" in line]
+
+
+@root
+def test_cgroup_view_is_the_containers_own_and_read_only(rootfs):
+    """/sys/fs/cgroup in the container: its own cgroup as the root (no
+    other cgroup below, the shell in the root's cgroup.procs), the
+    limit -m set readable where a JVM reads it, and every write refused
+    with EROFS (cgroup.procs, the limit, release_agent, notify_on_release).
+    Under --privileged the view is read-write, as in Docker. The host's
+    cgroup mounts are as they were."""
+    layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                               md.read_text("/proc/self/cgroup"))
+    memory, limit = ("/sys/fs/cgroup/memory", "memory.limit_in_bytes") \
+        if "memory" in layout.v1 else ("/sys/fs/cgroup", "memory.max")
+    before = cgroup_lines(md.read_text("/proc/self/mountinfo"))
+    script = ("cat %s/%s; echo --; find /sys/fs/cgroup -mindepth %d -type d; "
+              "grep -qx $$ %s/cgroup.procs || echo not in its cgroup.procs; "
+              "echo --; for f in cgroup.procs %s release_agent notify_on_release; do "
+              "(echo 1 >%s/$f) 2>&1 | grep -o 'Read-only file system'; done"
+              % (memory, limit, 2 if layout.v1 else 1, memory, limit, memory))
+    result = sh(rootfs, script, options=["-m", "64m"])
+    assert result.returncode == 0, result.err
+    seen, below, refused = result.out.split("--\n")
+    assert seen == "67108864\n", result.out
+    assert below == "", "cgroups other than its own in the view: %r" % below
+    assert refused.splitlines() == ["Read-only file system"] * 4, result.out
+    # Under --privileged the same mounts are read-write (a write to the
+    # view's root files is then the kernel's to refuse: v2's nsdelegate
+    # keeps a namespace's root limits from inside).
+    options = "awk '$5 == \"%s\" {print substr($6, 1, 3)}' /proc/self/mountinfo" % memory
+    assert sh(rootfs, options, options=["--privileged"]).out == "rw,\n"
+    assert cgroup_lines(md.read_text("/proc/self/mountinfo")) == before
+
+
+def test_memory_alone_implies_as_much_swap_as_memory():
+    """Docker's default: -m without --memory-swap (or with 0) is memory
+    plus swap of twice the memory; an explicit one is as given."""
+    implied = {"memory": 100 << 20, "memory_swap": 200 << 20, "memory_swap_implied": True}
+    assert resources("-m", "100m") == implied
+    assert resources("-m", "100m", "--memory-swap", "0") == implied
+    assert resources("-m", "100m", "--memory-swap", "100m") == {"memory": 100 << 20,
+                                                                "memory_swap": 100 << 20}
+    assert md.cgroup_writes(implied, 2)[:2] == [("memory", "memory.max", 100 << 20),
+                                                ("memory", "memory.swap.max", 100 << 20)]
+    assert md.cgroup_writes(implied, 1)[1] == ("memory", "memory.memsw.limit_in_bytes",
+                                               200 << 20)
+
+
+@root
+def test_memory_swap_default_as_the_container_reads_it(rootfs):
+    """-m 64m alone: the swap limit in the container's own cgroup, read
+    through its /sys/fs/cgroup: v1's memsw limit 128m, v2's swap.max 64m
+    (v2 counts swap alone). A host that does not account swap limits the
+    memory alone, with a warning, as Docker does."""
+    layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                               md.read_text("/proc/self/cgroup"))
+    if "memory" in layout.v1:  # the test's own cgroup (a root cgroup has no limit files)
+        path, expected = "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes", 128 << 20
+        memory_cgroups = [os.path.join(layout.v1["memory"][0], layout.v1["memory"][1].strip("/"))]
+    else:
+        path, expected = "/sys/fs/cgroup/memory.swap.max", 64 << 20
+        memory_cgroups = [d for d, _, files in os.walk(layout.v2_mount) if "memory.max" in files]
+    accounted = any(os.path.exists(os.path.join(d, os.path.basename(path)))
+                    for d in memory_cgroups)
+    result = sh(rootfs, "cat %s 2>/dev/null || echo absent" % path, options=["-m", "64m"])
+    assert result.returncode == 0, result.err
+    if accounted:
+        assert result.out == "%d\n" % expected and result.err == "", result.err
+    else:
+        assert result.out == "absent\n" and "memory limited without swap" in result.err
+
+
+@root
+def test_read_only_covers_the_etc_files(rootfs):
+    """--read-only: /etc/hosts, /etc/hostname and /etc/resolv.conf, bound
+    over the root, are read-only too, as Docker binds them; without it
+    they are writable, as in Docker."""
+    script = ("for f in hosts hostname resolv.conf; do (echo x >> /etc/$f) 2>&1 | "
+              "grep -o 'Read-only file system' || echo $f written; done")
+    assert sh(rootfs, script, options=["--read-only"]).out == "Read-only file system\n" * 3
+    assert sh(rootfs, script).out == "hosts written\nhostname written\nresolv.conf written\n"
+
+
+@root
+def test_own_network_namespace_lets_any_user_bind_low_ports_and_ping(rootfs):
+    """Docker's sysctls in a network namespace of the container's own: a
+    non-root user binds port 80 (on loopback, --network none) and may open
+    ICMP echo sockets; the host's own values are untouched."""
+    names = ["/proc/sys/net/ipv4/ip_unprivileged_port_start", "/proc/sys/net/ipv4/ping_group_range"]
+    host = [md.read_text(name) for name in names]
+    script = ("cat %s; nc -l -p 80 127.0.0.1 & sleep 0.3; netstat -ltn | grep -c 127.0.0.1:80; "
+              "kill $!" % " ".join(names))
+    result = sh(rootfs, script, options=["-u", "alice"])
+    assert result.out.split("\n")[:3] == ["0", "0\t2147483647", "1"], (result.out, result.err)
+    assert [md.read_text(name) for name in names] == host
+
+
 # ---------------------------------------------------------------------------
 # 10. seccomp, unit: the syscall tables, a BPF interpreter, the compiler
 # ---------------------------------------------------------------------------
