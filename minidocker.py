@@ -2025,18 +2025,49 @@ def make_devices(rootfd, devices):
             os.close(parent)
 
 
-def add_host_devices(rootfd):
-    """--privileged: also every character and block device at the top of the
-    host's /dev, as `docker run --privileged` gives."""
-    devfd = open_in_root(rootfd, "/dev", follow=False)
-    try:
-        for entry in os.scandir("/dev"):
+# What --privileged leaves out of the host's /dev, as Docker does
+# (containerd's HostDevices): the host's console, and the directories that
+# are mounts of their own in a container or belong to other runtimes
+# (pts: the host's terminals; shm, mqueue; fd is a symlink). Symlinks and
+# FIFOs are no devices and are left out too.
+HOST_DEV_SKIPPED = {"console"}
+HOST_DEV_SKIPPED_DIRS = {"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"}
+
+
+def host_devices(top="/dev", below=""):
+    """The host's device nodes under /dev, subdirectories too (net/tun,
+    cpu/0/msr, mapper/control), as [(path under /dev, stat result)]."""
+    found = []
+    with os.scandir(os.path.join(top, below)) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            name = os.path.join(below, entry.name)
             st = entry.stat(follow_symlinks=False)
-            if (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) \
-                    and not os.path.lexists("/proc/self/fd/%d/%s" % (devfd, entry.name)):
-                os.mknod(entry.name, st.st_mode, st.st_rdev, dir_fd=devfd)
+            if stat.S_ISDIR(st.st_mode) and entry.name not in HOST_DEV_SKIPPED_DIRS:
+                found += host_devices(top, name)
+            elif (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) \
+                    and entry.name not in HOST_DEV_SKIPPED:
+                found.append((name, st))
+    return found
+
+
+def add_host_devices(rootfd):
+    """--privileged: also the host's device nodes, at the same paths and
+    with the same owners, as `docker run --privileged` gives; the
+    container's own (null, tty, the devpts's ptmx) are kept."""
+    dirs = {}
+    try:
+        for name, st in host_devices():
+            parent = os.path.dirname(name)
+            if parent not in dirs:
+                dirs[parent] = open_in_root(rootfd, "/dev/" + parent, create="dir", follow=False)
+            base = os.path.basename(name)
+            if os.path.lexists("/proc/self/fd/%d/%s" % (dirs[parent], base)):
+                continue
+            os.mknod(base, st.st_mode, st.st_rdev, dir_fd=dirs[parent])
+            os.chown(base, st.st_uid, st.st_gid, dir_fd=dirs[parent], follow_symlinks=False)
     finally:
-        os.close(devfd)
+        for fd in dirs.values():
+            os.close(fd)
 
 
 def enter_root(rootfd, read_only, flags):

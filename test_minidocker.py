@@ -2952,6 +2952,32 @@ def test_own_network_namespace_lets_any_user_bind_low_ports_and_ping(rootfs):
     assert [md.read_text(name) for name in names] == host
 
 
+@root
+def test_privileged_gets_the_hosts_dev_tree_but_its_console_and_terminals(rootfs):
+    """--privileged: every device node of the host's /dev, subdirectories
+    too (net/tun opens), at the same path with the same numbers, mode and
+    owner, as Docker gives; never the host's /dev/console nor its pts (the
+    container's devpts holds only its own ptmx)."""
+    host = {"/dev/" + name: "%x:%x %o %d:%d" % (os.major(st.st_rdev), os.minor(st.st_rdev),
+                                                 st.st_mode, st.st_uid, st.st_gid)
+            for name, st in md.host_devices()}
+    assert "/dev/net/tun" in host and "/dev/console" not in host
+    script = ("find /dev \\( -type c -o -type b \\) -exec stat -c '%n %t:%T %f %u:%g' {} +; "
+              "exec 3<>/dev/net/tun && echo tun opened; test -e /dev/console || echo no console")
+    result = sh(rootfs, script, options=["--privileged"])
+    inside = {}
+    for line in result.out.splitlines()[:-2]:
+        path, numbers, mode, owner = line.split()
+        inside[path] = "%s %o %s" % (numbers, int(mode, 16), owner)
+    assert result.out.splitlines()[-2:] == ["tun opened", "no console"], result.out
+    own = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
+           "/dev/pts/ptmx", "/dev/ptmx"}  # ptmx: a symlink to pts/ptmx, as runc makes it
+    assert {path: inside[path] for path in host if path not in own} == \
+        {path: value for path, value in host.items() if path not in own}
+    assert set(inside) - set(host) <= own and [p for p in inside if p.startswith("/dev/pts/")] \
+        == ["/dev/pts/ptmx"], sorted(set(inside) - set(host))
+
+
 # ---------------------------------------------------------------------------
 # 10. seccomp, unit: the syscall tables, a BPF interpreter, the compiler
 # ---------------------------------------------------------------------------
