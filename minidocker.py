@@ -4912,8 +4912,8 @@ DEFAULT_PROFILE = {
 #       writes the /etc files                                      [8, 9]
 #    7. the child: overlay, mounts, /dev, masks, pivot_root         [6]
 #    8. the parent, once "ready" and joined: the veth, then "go"    [9]
-#    9. stage 2: cgroup namespace, host name, eth0, user,
-#       capabilities, no_new_privs, seccomp, execve               [7, 9, 10, 11]
+#    9. stage 2: cgroup namespace and /sys/fs/cgroup, host name,
+#       eth0, user, capabilities, no_new_privs, seccomp, execve   [7, 8, 9, 10, 11]
 #   10. the parent forwards signals and relays the terminal until
 #       the command ends, then removes what the run made           [11, 8, 9, 4]
 #
