@@ -5221,7 +5221,15 @@ def exec_command(spec, hostname, to_parent, tied=True):
     filter_first = spec.seccomp is not None and not spec.no_new_privs
     if filter_first:
         load_filter(spec.seccomp)
-    drop_privileges(uid, gid, gids, spec.caps, spec.last_cap, spec.no_new_privs)
+    try:
+        drop_privileges(uid, gid, gids, spec.caps, spec.last_cap, spec.no_new_privs)
+    except OSError as err:
+        if not filter_first:
+            raise
+        raise MiniDockerError("dropping privileges under the seccomp filter: %s (hint: without "
+                              "no-new-privileges the filter comes first, so the profile must "
+                              "allow prctl, setgroups, setgid, setuid and capset)"
+                              % err.strerror)
     # setuid cleared the parent-death signal (prctl(2)); ask for it again.
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL if tied else 0, what="prctl(PR_SET_PDEATHSIG)")
     enter_workdir(spec.workdir)

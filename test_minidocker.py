@@ -2816,6 +2816,20 @@ def test_no_new_privileges_keeps_a_setuid_file_from_raising_in_run_and_exec(root
     assert_nothing_left()
 
 
+@root
+def test_a_profile_must_allow_the_privilege_drop_without_no_new_privileges(rootfs, tmp_path):
+    """Without no_new_privs the filter is loaded before the drop (seccomp(2)
+    needs CAP_SYS_ADMIN then): a profile that denies setgroups stops the
+    start with one line that says so; with the flag it loads last."""
+    profile = tmp_path / "p.json"
+    profile.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["setgroups"], "action": "SCMP_ACT_ERRNO"}]}))
+    bad(["run", "--security-opt", "seccomp=%s" % profile, rootfs, "true"],
+        "dropping privileges under the seccomp filter: Operation not permitted (hint: ")
+    assert run(rootfs, "true", options=["--security-opt", "seccomp=%s" % profile,
+                                        "--security-opt", "no-new-privileges"]).returncode == 0
+
+
 def test_no_new_privileges_forms():
     """Docker's forms: bare, =BOOL and :BOOL with strconv.ParseBool's words;
     the last one wins; --privileged does not change it (Docker sets it
