@@ -854,7 +854,7 @@ def build_spec(args, seccomp_cache=None):
         user=args.user and check_user(args.user, "--user"),
         group_add=[check_user(g, "--group-add") for g in args.group_add],
         caps=caps, last_cap=last_cap(), seccomp=seccomp, notes=notes,
-        no_new_privs=no_new_privs,
+        no_new_privs=no_new_privs and not args.privileged,  # as Docker: never privileged
         privileged=args.privileged, read_only=args.read_only,
         volumes=[parse_volume(v) for v in args.volume], devices=devices,
         tmpfs=[parse_tmpfs(t) for t in args.tmpfs],
@@ -4571,8 +4571,8 @@ def parse_security_opts(options):
     """Docker's --security-opt: seccomp=PATH or seccomp=unconfined (also the
     older seccomp:PATH), and no-new-privileges (bare, or =BOOL, :BOOL; the
     last one given wins). Returns (the seccomp choice, None for the default
-    profile; whether no_new_privs is set, off unless asked for, as in
-    Docker)."""
+    profile; whether no_new_privs is asked for: it is off unless asked
+    for, and never set under --privileged, as in Docker)."""
     choice, no_new_privs = None, False
     for option in options:
         key, sep, value = option.partition("=")
