@@ -2647,7 +2647,8 @@ def plan_cgroup_view(mountinfo, targets=()):
 def mount_cgroup_view(view, read_only):
     """Stage 2, once in the container's cgroup namespace and root: mount
     the planned view at /sys/fs/cgroup (in the fresh sysfs, a directory no
-    image reaches)."""
+    image reaches). Never from the host's cgroup namespace: there a mount
+    of cgroup2 without nsdelegate would take it from the host's."""
     if not view:
         return
     mounted = [CGROUP_VIEW]
