@@ -663,6 +663,7 @@ class Spec:
         self.resources = {}       # checked resource limits (chapter 8)
         self.cgroup_parent = None
         self.seccomp = None       # the BPF filter's bytes (chapter 10); None: unconfined
+        self.no_new_privs = False  # --security-opt no-new-privileges (chapter 10)
         self.notes = []           # what --debug prints about the plan
         self.network_plan = plan_network("none", None, None, [], [], [])  # see plan_network
         self.entrypoint = None    # --entrypoint: None, or [] ("") or [PROGRAM], first in command
@@ -1063,8 +1064,8 @@ def build_spec(args, seccomp_cache=None):
     if not args.privileged:
         resources["devices"] = DEFAULT_DEVICE_RULES + [device.rule() for device in devices]
     caps = plan_capabilities(args.cap_add, args.cap_drop, args.privileged, held_capabilities())
-    seccomp, notes = plan_security(parse_security_opts(args.security_opt), caps, args.privileged,
-                                   seccomp_cache)
+    choice, no_new_privs = parse_security_opts(args.security_opt)
+    seccomp, notes = plan_security(choice, caps, args.privileged, seccomp_cache)
     interactive, tty = args.interactive, args.tty
     restart = parse_restart(args.restart)
     if restart[0] != "no" and args.rm:
@@ -1106,6 +1107,7 @@ def build_spec(args, seccomp_cache=None):
         user=args.user and check_user(args.user, "--user"),
         group_add=[check_user(g, "--group-add") for g in args.group_add],
         caps=caps, last_cap=last_cap(), seccomp=seccomp, notes=notes,
+        no_new_privs=no_new_privs and not args.privileged,  # as Docker: never privileged
         privileged=args.privileged, read_only=args.read_only,
         volumes=volumes, devices=devices,
         tmpfs=[parse_tmpfs(t) for t in args.tmpfs] + [m for m in mounts if isinstance(m, tuple)],
@@ -1446,6 +1448,7 @@ def load_spec(paths, cid):
                 seccomp = handle.read()
     except FileNotFoundError:
         return None
+    fields.setdefault("no_new_privs", True)  # a minidocker before the flag always set it
     fields.update(seccomp=seccomp, volumes=[Volume(*v) for v in fields["volumes"]],
                   devices=[Device(*d) for d in fields["devices"]])
     return Spec(**fields)
@@ -2201,7 +2204,9 @@ def plan_mounts(spec, etc_files=(), volumes=None):
         Mount("fs", "/sys", "sysfs", "sysfs", sys_flags, kernel_fs=True),
     ]
     for source, target in etc_files:  # (state file, /etc/...) bound over the image's
-        plan.append(Mount("bind", target, source, flags=MS_BIND))
+        # read-only with the root, as Docker binds them
+        plan.append(Mount("bind", target, source,
+                          flags=MS_BIND | (MS_RDONLY if spec.read_only else 0)))
     for volume in volumes:
         plan.append(Mount("bind", volume.target, volume.source,
                           flags=MS_BIND | MS_REC | (MS_RDONLY if volume.read_only else 0)))
@@ -2602,18 +2607,49 @@ def make_devices(rootfd, devices):
             os.close(parent)
 
 
-def add_host_devices(rootfd):
-    """--privileged: also every character and block device at the top of the
-    host's /dev, as `docker run --privileged` gives."""
-    devfd = open_in_root(rootfd, "/dev", follow=False)
-    try:
-        for entry in os.scandir("/dev"):
+# What --privileged leaves out of the host's /dev, as Docker does
+# (containerd's HostDevices): the host's console, and the directories that
+# are mounts of their own in a container or belong to other runtimes
+# (pts: the host's terminals; shm, mqueue; fd is a symlink). Symlinks and
+# FIFOs are no devices and are left out too.
+HOST_DEV_SKIPPED = {"console"}
+HOST_DEV_SKIPPED_DIRS = {"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"}
+
+
+def host_devices(top="/dev", below=""):
+    """The host's device nodes under /dev, subdirectories too (net/tun,
+    cpu/0/msr, mapper/control), as [(path under /dev, stat result)]."""
+    found = []
+    with os.scandir(os.path.join(top, below)) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            name = os.path.join(below, entry.name)
             st = entry.stat(follow_symlinks=False)
-            if (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) \
-                    and not os.path.lexists("/proc/self/fd/%d/%s" % (devfd, entry.name)):
-                os.mknod(entry.name, st.st_mode, st.st_rdev, dir_fd=devfd)
+            if stat.S_ISDIR(st.st_mode) and entry.name not in HOST_DEV_SKIPPED_DIRS:
+                found += host_devices(top, name)
+            elif (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) \
+                    and entry.name not in HOST_DEV_SKIPPED:
+                found.append((name, st))
+    return found
+
+
+def add_host_devices(rootfd):
+    """--privileged: also the host's device nodes, at the same paths and
+    with the same owners, as `docker run --privileged` gives; the
+    container's own (null, tty, the devpts's ptmx) are kept."""
+    dirs = {}
+    try:
+        for name, st in host_devices():
+            parent = os.path.dirname(name)
+            if parent not in dirs:
+                dirs[parent] = open_in_root(rootfd, "/dev/" + parent, create="dir", follow=False)
+            base = os.path.basename(name)
+            if os.path.lexists("/proc/self/fd/%d/%s" % (dirs[parent], base)):
+                continue
+            os.mknod(base, st.st_mode, st.st_rdev, dir_fd=dirs[parent])
+            os.chown(base, st.st_uid, st.st_gid, dir_fd=dirs[parent], follow_symlinks=False)
     finally:
-        os.close(devfd)
+        for fd in dirs.values():
+            os.close(fd)
 
 
 def enter_root(rootfd, read_only, flags):
@@ -2759,6 +2795,27 @@ def bring_up_loopback():
         os.close(fd)
 
 
+# What Docker sets in a network namespace of the container's own (not with
+# --network host, where they are the host's): any user may bind a port
+# below 1024 (the namespace's ports are the container's alone), and open
+# an ICMP echo socket (ping without CAP_NET_RAW or a setuid binary).
+NETNS_SYSCTLS = [("net/ipv4/ip_unprivileged_port_start", "0"),
+                 ("net/ipv4/ping_group_range", "0 2147483647")]
+
+
+def set_network_sysctls():
+    """Write NETNS_SYSCTLS. A net sysctl file acts on the namespace of the
+    process that opens it, so this runs in the child right after its
+    unshare(CLONE_NEWNET), still through the host's /proc (the container's
+    /proc/sys is read-only)."""
+    for name, value in NETNS_SYSCTLS:
+        try:
+            with open("/proc/sys/" + name, "w") as handle:
+                handle.write(value)
+        except FileNotFoundError:  # ip_unprivileged_port_start: kernel < 4.11
+            pass
+
+
 # === 8. Cgroups: resource limits, written straight to cgroupfs ===
 # A cgroup is a directory; a limit is a value written to a file in it; a
 # process is put in it by writing its pid to cgroup.procs. Two layouts exist:
@@ -2894,7 +2951,7 @@ def parse_resources(args, host_cpus, online_cpus, online_mems):
         res["memory"] = parse_size(args.memory, "--memory")
         if res["memory"] < MIN_MEMORY:
             raise MiniDockerError("invalid --memory %r: the minimum is 6m" % args.memory)
-    if args.memory_swap is not None:
+    if args.memory_swap is not None and args.memory_swap.strip() != "0":  # 0: unset, as Docker
         if "memory" not in res:
             raise MiniDockerError("--memory-swap needs --memory (it is memory plus swap)")
         swap = -1 if args.memory_swap.strip() == "-1" else parse_size(args.memory_swap,
@@ -2903,6 +2960,12 @@ def parse_resources(args, host_cpus, online_cpus, online_mems):
             raise MiniDockerError("invalid --memory-swap %r: it is memory plus swap, so it "
                                   "cannot be below --memory" % args.memory_swap)
         res["memory_swap"] = swap
+    elif "memory" in res:
+        # Docker's default: memory plus swap is twice the memory, so a
+        # container swaps out at most as much as it may hold. Where the
+        # host does not account swap it is dropped (create_cgroups).
+        res["memory_swap"] = 2 * res["memory"]
+        res["memory_swap_implied"] = True
     if args.memory_reservation is not None:
         res["memory_reservation"] = parse_size(args.memory_reservation, "--memory-reservation")
     if args.cpus is not None:
@@ -3221,6 +3284,82 @@ def detect_cgroups(mountinfo, self_cgroup, read=read_text):
     return layout
 
 
+# The container's own view of its cgroups at /sys/fs/cgroup, as runc
+# mounts it in a cgroup namespace: every hierarchy the host has there is
+# mounted afresh from inside the namespace, so that its root is the
+# container's own cgroup, and a program that sizes itself (a JVM) reads
+# its limits where it looks for them (memory.max, memory.limit_in_bytes).
+# On cgroup v2 that is the one unified hierarchy at /sys/fs/cgroup; on v1
+# and hybrid hosts a tmpfs holds a directory per hierarchy, named as on
+# the host, and a symlink per controller of a co-mounted one (cpu ->
+# cpu,cpuacct). It is read-only, as in Docker (but under --privileged,
+# which Docker mounts read-write): the container must not lift its own
+# limits nor leave its cgroup. Read-only is a bind remount, of these mounts
+# alone: the superblocks are the host's, and no option of theirs is
+# touched (a mount of cgroup2 changes nsdelegate and the memory_ options
+# only from the initial cgroup namespace, so the mounts come after
+# unshare(CLONE_NEWCGROUP)). A volume or --tmpfs at or above
+# /sys/fs/cgroup replaces the view, as a user's mount does in Docker.
+
+CGROUP_VIEW = "/sys/fs/cgroup"
+CGROUP_MOUNT_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
+
+
+def plan_cgroup_view(mountinfo, targets=()):
+    """The host's cgroup mounts at /sys/fs/cgroup (its /proc/self/mountinfo)
+    -> [(name, fstype, options)]: name "" for a unified hierarchy at
+    /sys/fs/cgroup itself, else the directory under it; a v1 hierarchy's
+    options are its superblock's (controllers, name=, xattr), less rw and
+    release_agent, so that the mount matches the hierarchy that exists.
+    [] when the host has none there, or `targets` (the volumes' and
+    --tmpfs paths) cover it."""
+    if any(CGROUP_VIEW.startswith(t.rstrip("/") + "/") or t.startswith(CGROUP_VIEW)
+           for t in targets):
+        return []
+    view, seen = [], set()
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        separator = fields.index("-")
+        point, fstype, options = fields[4], fields[separator + 1], fields[separator + 3]
+        if fstype not in ("cgroup", "cgroup2") or point in seen or "\\" in point:
+            continue  # (mountinfo escapes a space or a backslash: no such name is ours)
+        if point != CGROUP_VIEW and os.path.dirname(point) != CGROUP_VIEW:
+            continue
+        seen.add(point)
+        kept = [o for o in options.split(",") if o not in ("rw", "ro")
+                and not o.startswith("release_agent=")] if fstype == "cgroup" else []
+        view.append(("" if point == CGROUP_VIEW else os.path.basename(point), fstype,
+                     ",".join(kept)))
+    return view
+
+
+def mount_cgroup_view(view, read_only):
+    """Stage 2, once in the container's cgroup namespace and root: mount
+    the planned view at /sys/fs/cgroup (in the fresh sysfs, a directory no
+    image reaches). Never from the host's cgroup namespace: there a mount
+    of cgroup2 without nsdelegate would take it from the host's."""
+    if not view:
+        return
+    mounted = [CGROUP_VIEW]
+    if view[0][0] == "":
+        mount("cgroup2", CGROUP_VIEW, "cgroup2", CGROUP_MOUNT_FLAGS)
+    else:
+        mount("tmpfs", CGROUP_VIEW, "tmpfs", CGROUP_MOUNT_FLAGS, "mode=755,size=64k")
+        names = {name for name, _, _ in view}
+        for name, fstype, options in view:
+            target = os.path.join(CGROUP_VIEW, name)
+            os.mkdir(target, 0o755)
+            mount(fstype, target, fstype, CGROUP_MOUNT_FLAGS, options or None)
+            mounted.append(target)
+            for alias in name.split(",") if "," in name else ():
+                if alias not in names:
+                    os.symlink(name, os.path.join(CGROUP_VIEW, alias))
+    if read_only:
+        for target in reversed(mounted):
+            mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | CGROUP_MOUNT_FLAGS,
+                  shown=target + " (read-only)")
+
+
 def plan_cgroups(res, layout, cid, parent=None):
     """-> [(version, mount point, directory, {controllers})], one per
     hierarchy: every v1 hierarchy and the cgroup2 one. Fails, before
@@ -3309,7 +3448,7 @@ def create_cgroups(cgroup_plan, res):
             if version == 1 and "cpuset" in controllers:
                 inherit_cpuset(mount_point, path)
             for controller, name, value in cgroup_writes(res, version):
-                if controller in controllers:
+                if controller in controllers and not implied_swap_unaccounted(res, path, name):
                     write_cgroup_file(path, name, value)
             if version == 2 and "devices" in controllers:
                 attach_device_program(path, res["devices"])
@@ -3317,6 +3456,23 @@ def create_cgroups(cgroup_plan, res):
         remove_cgroups(made)
         raise
     return made
+
+
+SWAP_FILES = ("memory.swap.max", "memory.memsw.limit_in_bytes")
+
+
+def implied_swap_unaccounted(res, path, name):
+    """Is `name` the swap limit that -m implies, on a host that does not
+    account swap (a kernel without swap accounting, or booted with
+    swapaccount=0: the file is missing)? Then, as Docker does, the memory
+    alone is limited, with a warning; a --memory-swap asked for is written,
+    and fails."""
+    if name not in SWAP_FILES or not res.get("memory_swap_implied") or \
+            os.path.exists(os.path.join(path, name)):
+        return False
+    warn("this kernel does not account swap in cgroups (hint: boot with swapaccount=1): "
+         "memory limited without swap")
+    return True
 
 
 def mkdir_cgroup(path, exist_ok=False):
@@ -4814,8 +4970,10 @@ def write_etc_files(layer, hostname, plan, lease):
 # A root process has every capability. The container keeps Docker's default
 # fourteen, in the bounding, permitted and effective sets; inheritable and
 # ambient are emptied (CVE-2022-24769: an inheritable set lets file
-# capabilities raise a non-root user). no_new_privs then stops setuid files
-# and file capabilities from giving back what was dropped.
+# capabilities raise a non-root user). As in Docker, a setuid-root file
+# still makes a non-root user root, but only with the bounding set's
+# capabilities; --security-opt no-new-privileges sets no_new_privs, which
+# stops setuid files and file capabilities from raising anyone at all.
 
 CAP_NAMES = [  # <linux/capability.h>, in number order
     "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL",
@@ -5321,25 +5479,32 @@ def plan_seccomp(profile, caps, source, machine=MACHINE, release=None):
     return b"".join(struct.pack(SOCK_FILTER, *i) for i in instructions), notes
 
 
+# strconv.ParseBool's words, which Docker's no-new-privileges=VALUE takes.
+TRUE_WORDS = ("1", "t", "T", "true", "TRUE", "True")
+FALSE_WORDS = ("0", "f", "F", "false", "FALSE", "False")
+
+
 def parse_security_opts(options):
     """Docker's --security-opt: seccomp=PATH or seccomp=unconfined (also the
-    older seccomp:PATH), and no-new-privileges, which minidocker always sets.
-    Returns the seccomp choice: None for the default profile."""
-    choice = None
+    older seccomp:PATH), and no-new-privileges (bare, or =BOOL, :BOOL; the
+    last one given wins). Returns (the seccomp choice, None for the default
+    profile; whether no_new_privs is asked for: it is off unless asked
+    for, and never set under --privileged, as in Docker)."""
+    choice, no_new_privs = None, False
     for option in options:
         key, sep, value = option.partition("=")
         if not sep:
             key, _, value = option.partition(":")
         if key == "seccomp" and value:
             choice = value
-        elif key == "no-new-privileges" and value in ("", "true"):
-            continue
-        elif key == "no-new-privileges":
-            raise MiniDockerError("--security-opt %s: minidocker always sets no_new_privs" % option)
+        elif option == "no-new-privileges" or \
+                key == "no-new-privileges" and value in TRUE_WORDS + FALSE_WORDS:
+            no_new_privs = value not in FALSE_WORDS
         else:
             raise MiniDockerError("--security-opt %r: minidocker knows seccomp=PATH, "
-                                  "seccomp=unconfined and no-new-privileges" % option)
-    return choice
+                                  "seccomp=unconfined and no-new-privileges[=true|false]"
+                                  % option)
+    return choice, no_new_privs
 
 
 def plan_security(choice, caps, privileged, cache=None):
@@ -5385,9 +5550,9 @@ def default_filter(caps, cache):
 
 
 def load_filter(program):
-    """seccomp(2). Needs no_new_privs first (or CAP_SYS_ADMIN), else
-    EACCES. Everything after this runs under the filter, so it is the last
-    call before execve(2), which the profile must allow."""
+    """seccomp(2). Needs no_new_privs first, or CAP_SYS_ADMIN, else
+    EACCES. Everything after this runs under the filter, up to and with
+    execve(2), which the profile must allow (exec_command places it)."""
     code = ctypes.create_string_buffer(program, len(program))
     fprog = ctypes.create_string_buffer(
         struct.pack(SOCK_FPROG, len(program) // 8, ctypes.addressof(code)))
@@ -5631,8 +5796,9 @@ DEFAULT_PROFILE = {
 #   md:[1:CHILD]   pid 1 of the new pid namespace. Unshares the other
 #                  namespaces, builds the root filesystem, pivots into it.
 #   md:[2:INIT]    the same process once inside: becomes the user, drops
-#                  capabilities, sets no_new_privs, loads the seccomp
-#                  filter (compiled by the parent, from the spec), and
+#                  capabilities, sets no_new_privs if asked, loads the
+#                  seccomp filter (compiled by the parent, from the spec;
+#                  before the drop when no_new_privs is off), and
 #                  execs the command. With --init it forks first, and stays
 #                  as pid 1 to reap and forward signals (become_init).
 #
@@ -5663,8 +5829,8 @@ DEFAULT_PROFILE = {
 #       writes the /etc files                                      [8, 9]
 #    7. the child: overlay, mounts, /dev, masks, pivot_root         [6]
 #    8. the parent, once "ready" and joined: the veth, then "go"    [9]
-#    9. stage 2: cgroup namespace, host name, eth0, user,
-#       capabilities, no_new_privs, seccomp, execve               [7, 9, 10, 11]
+#    9. stage 2: cgroup namespace and /sys/fs/cgroup, host name,
+#       eth0, user, capabilities, no_new_privs, seccomp, execve   [7, 8, 9, 10, 11]
 #   10. the parent forwards signals and relays the terminal until
 #       the command ends, then removes what the run made           [11, 8, 9, 4]
 #
@@ -5823,19 +5989,23 @@ def set_oom_score_adj(value):
             else ""))
 
 
-def drop_privileges(uid, gid, gids, caps, last):
+def drop_privileges(uid, gid, gids, caps, last, no_new_privs):
     """Everything stage 2 gives up before the command: the bounding set
     down to the container's capabilities, the user and groups (keeping the
     capabilities across setuid, PR_SET_KEEPCAPS, only for root: a non-root
     user ends with empty permitted and effective sets, as with docker), and
-    no_new_privs."""
+    with --security-opt no-new-privileges, no_new_privs. Without it, as in
+    Docker, a setuid-root file run by a non-root user raises it to root,
+    with the bounding set's capabilities and no more: the bounding set is
+    what stands between the container and the rest."""
     drop_bounding_set(caps, last)
     prctl(PR_SET_KEEPCAPS, 1, what="prctl(PR_SET_KEEPCAPS)")
     os.setgroups(gids)
     os.setgid(gid)
     os.setuid(uid)
     set_capabilities(cap_mask(caps) if uid == 0 else 0)
-    prctl(PR_SET_NO_NEW_PRIVS, 1, what="prctl(PR_SET_NO_NEW_PRIVS)")
+    if no_new_privs:
+        prctl(PR_SET_NO_NEW_PRIVS, 1, what="prctl(PR_SET_NO_NEW_PRIVS)")
 
 
 def child_stage(spec, instance, to_parent, from_parent, console):
@@ -5848,7 +6018,9 @@ def child_stage(spec, instance, to_parent, from_parent, console):
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
         host_network = spec.network_plan["mode"] == "host"
         unshare(child_namespaces(spec))
-        apply_sysctls(spec.sysctls)
+        if not host_network:
+            set_network_sysctls()  # in our new namespace: never the host's
+        apply_sysctls(spec.sysctls)  # after Docker's defaults: a --sysctl of the same key wins
         set_oom_score_adj(spec.oom_score_adj)
         os.write(to_parent, b"ready\n")
         trace(spec.debug, "child: namespaces unshared")
@@ -5858,6 +6030,9 @@ def child_stage(spec, instance, to_parent, from_parent, console):
         # are bound as they are, empty: the parent writes them (the same
         # files) before "go".
         rest = bytearray()
+        cgroup_view = plan_cgroup_view(read_text("/proc/self/mountinfo"),
+                                       [v.target for v in spec.volumes] +
+                                       [t[0] for t in spec.tmpfs])
         build_root(spec, instance, console)
         trace(spec.debug, "child: root built, pivoted")
         set_stage_name("md:[2:INIT]")
@@ -5868,6 +6043,10 @@ def child_stage(spec, instance, to_parent, from_parent, console):
         trace(spec.debug, "child: go")
         if spec.namespaces["cgroup"] == "private":
             unshare(CLONE_NEWCGROUP)  # after the join: our cgroup is its root
+            # Only inside a cgroup namespace of its own: mounted in the
+            # host's, each hierarchy's root would be the host's (and cgroup2
+            # without nsdelegate would clear the host's).
+            mount_cgroup_view(cgroup_view, not spec.privileged)
         if spec.namespaces["uts"] == "private":  # the host's name is not ours to change
             sethostname(instance.hostname)
         if not host_network:
@@ -6022,7 +6201,25 @@ def exec_command(spec, hostname, to_parent, tied=True):
     uid, gid, gids, home = resolve_user(spec.user, passwd, group, spec.group_add)
     env = container_env(spec, hostname, home)
     apply_ulimits(spec.ulimits)
-    drop_privileges(uid, gid, gids, spec.caps, spec.last_cap)
+    # seccomp(2) asks for no_new_privs or CAP_SYS_ADMIN. Without
+    # no_new_privs the filter is loaded here, while we still hold every
+    # capability, as runc does; all that follows, up to execve, then runs
+    # under it (prctl, setgroups, setgid, setuid, capset, chdir, stat,
+    # rt_sigaction, and --init's fork: the default profile allows them; a
+    # profile file must too). With no_new_privs it comes last, so that as
+    # little as possible runs under it.
+    filter_first = spec.seccomp is not None and not spec.no_new_privs
+    if filter_first:
+        load_filter(spec.seccomp)
+    try:
+        drop_privileges(uid, gid, gids, spec.caps, spec.last_cap, spec.no_new_privs)
+    except OSError as err:
+        if not filter_first:
+            raise
+        raise MiniDockerError("dropping privileges under the seccomp filter: %s (hint: without "
+                              "no-new-privileges the filter comes first, so the profile must "
+                              "allow prctl, setgroups, setgid, setuid and capset)"
+                              % err.strerror)
     # setuid cleared the parent-death signal (prctl(2)); ask for it again.
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL if tied else 0, what="prctl(PR_SET_PDEATHSIG)")
     enter_workdir(spec.workdir)
@@ -6038,7 +6235,7 @@ def exec_command(spec, hostname, to_parent, tied=True):
         debug(True, "own work %.2f ms (main() to execve)" % ((time.perf_counter() - START) * 1000))
     if spec.init:  # before the filter, which may refuse prctl; execve makes the command dumpable
         prctl(PR_SET_DUMPABLE, 0, what="prctl(PR_SET_DUMPABLE)")
-    if spec.seccomp is not None:
+    if spec.seccomp is not None and not filter_first:
         load_filter(spec.seccomp)
     if spec.init:
         become_init(to_parent, spec.tty, tied)  # returns in the command's process only

@@ -625,7 +625,7 @@ def test_capabilities_and_no_new_privs(rootfs):
         assert int(status_field(status, field), 16) == DOCKER_DEFAULT_CAPS
     assert int(status_field(status, "CapInh"), 16) == 0
     assert int(status_field(status, "CapAmb"), 16) == 0
-    assert status_field(status, "NoNewPrivs") == "1"
+    assert status_field(status, "NoNewPrivs") == "0"  # as Docker: off unless asked for
 
 
 @root
@@ -655,7 +655,7 @@ def test_non_root_user_has_no_capabilities(rootfs):
     assert int(status_field(result.out, "CapEff"), 16) == 0
     assert int(status_field(result.out, "CapPrm"), 16) == 0
     assert int(status_field(result.out, "CapBnd"), 16) == DOCKER_DEFAULT_CAPS
-    assert status_field(result.out, "NoNewPrivs") == "1"
+    assert status_field(result.out, "NoNewPrivs") == "0"
 
 
 @root
@@ -1847,7 +1847,7 @@ BAD_VALUES = {
     "-w": ["relative", "", "x/y", ".", "..", "~", "./a", "a/..", "\n", "${HOME}"],
     "--cap-add": ["CAP_NOPE", "", "NOPE", "ALL2", "\n", "SYS_ADMINX", "cap_", "42", "-1", "²"],
     "--security-opt": ["bogus", "seccomp", "seccomp=/no/such", "apparmor=x", "label=x",
-                       "no-new-privileges=false", "seccomp=", "\n", "=", "x=y"],
+                       "no-new-privileges=no", "seccomp=", "\n", "=", "x=y"],
     "--network": ["mesh", "", "bridge2", "\n", "container:x", "host ", "NONE", "br", "²", "x"],
     "--blkio-weight": ["5", "1001", "x", "-1", "²", "", "1.5", "0x10", "9" * 30, "\n"],
     "--restart": ["bogus", "always:3", "on-failure:x", "on-failure:-1", "", "²", "no:1",
@@ -2788,6 +2788,282 @@ def test_release_agent_is_out_of_reach_with_sys_admin(rootfs, tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# defaults: what a Docker user relies on without asking (no_new_privs off,
+# the container's own /sys/fs/cgroup, swap, the /etc files, netns sysctls,
+# --privileged's /dev)
+# ---------------------------------------------------------------------------
+
+SUID_C = r"""
+/* suid: run setuid root by a user of the container, it prints what that
+ * made of it (its ids, capabilities, no_new_privs and seccomp mode), then
+ * the result of keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING),
+ * which the kernel grants anyone and the default profile denies. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int main(void)
+{
+    char line[256];
+    FILE *status = fopen("/proc/self/status", "r");
+    while (status && fgets(line, sizeof line, status))
+        if (!strncmp(line, "Uid:", 4) || !strncmp(line, "Cap", 3)
+                || !strncmp(line, "NoNewPrivs:", 11) || !strncmp(line, "Seccomp:", 8))
+            fputs(line, stdout);
+    long r = syscall(SYS_keyctl, 0, -3, 0);
+    printf("keyctl %s errno %d\n", r == -1 ? "failed" : "passed", r == -1 ? errno : 0);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def suid(tmp_path_factory):
+    """A setuid-root program, static; returns the -v flags that put it at
+    /suid/suid (a bind mount: setuid bits work there, as in Docker)."""
+    directory = tmp_path_factory.mktemp("suid")
+    (directory / "suid.c").write_text(SUID_C)
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(directory / "suid"),
+                    str(directory / "suid.c")], check=True)
+    os.chmod(str(directory / "suid"), 0o4755)
+    os.chmod(str(directory), 0o755)
+    return ["-v", "%s:/suid:ro" % directory]
+
+
+def suid_report(output):
+    """suid's lines -> {field: value}, the Uid field as its four ids."""
+    fields = dict(line.split(":", 1) for line in output.splitlines() if ":" in line)
+    fields = {key: value.strip() for key, value in fields.items()}
+    fields["Uid"] = fields["Uid"].split()
+    return fields
+
+
+@root
+def test_setuid_file_raises_a_user_to_the_bounding_set_and_no_further(rootfs, suid):
+    """no_new_privs is off, as in Docker: a setuid-root file run by a
+    non-root user makes it root, with the bounding set's capabilities
+    (Docker's fourteen), never one more, and still under the seccomp
+    filter, which was loaded before the capabilities were dropped. The
+    --init reaper runs the command as stage 2 does: the same holds."""
+    script = "grep NoNewPrivs /proc/self/status; /suid/suid"
+    for options in ([], ["--init"]):
+        result = sh(rootfs, script, options=suid + ["-u", "alice"] + options)
+        assert result.returncode == 0, result.err
+        assert result.out.startswith("NoNewPrivs:\t0\n"), result.out
+        raised = suid_report(result.out.split("\n", 1)[1])
+        assert raised["Uid"] == ["1000", "0", "0", "0"], result.out  # euid root
+        for field in ("CapPrm", "CapEff", "CapBnd"):
+            assert int(raised[field], 16) == DOCKER_DEFAULT_CAPS, (field, result.out)
+        assert int(raised["CapInh"], 16) == 0 and int(raised["CapAmb"], 16) == 0
+        assert raised["Seccomp"] == "2", result.out
+        assert "keyctl failed errno %d" % errno.EPERM in result.out, result.out
+    # The same call without the filter passes: the probe tells them apart.
+    unconfined = sh(rootfs, "/suid/suid",
+                    options=suid + ["-u", "alice", "--security-opt", "seccomp=unconfined"])
+    assert "keyctl passed" in unconfined.out, unconfined.out
+
+
+@root
+def test_no_new_privileges_keeps_a_setuid_file_from_raising_in_run_and_exec(rootfs, suid):
+    """--security-opt no-new-privileges: the setuid bit raises nobody, in
+    the container's command and in what exec adds to it (exec reads the
+    saved spec)."""
+    def not_raised(output):
+        report = suid_report(output)
+        assert report["Uid"] == ["1000"] * 4, output
+        assert int(report["CapEff"], 16) == 0 and int(report["CapPrm"], 16) == 0, output
+        assert report["NoNewPrivs"] == "1" and report["Seccomp"] == "2", output
+        assert "keyctl failed errno %d" % errno.EPERM in output, output
+    ran = run(rootfs, "/suid/suid",
+              options=suid + ["-u", "alice", "--security-opt", "no-new-privileges"])
+    not_raised(ran.out)
+    cid = detached(rootfs, "--security-opt", "no-new-privileges:true", *suid)
+    try:
+        not_raised(minidocker("exec", "-u", "alice", cid, "/suid/suid").out)
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_a_profile_must_allow_the_privilege_drop_without_no_new_privileges(rootfs, tmp_path):
+    """Without no_new_privs the filter is loaded before the drop (seccomp(2)
+    needs CAP_SYS_ADMIN then): a profile that denies setgroups stops the
+    start with one line that says so; with the flag it loads last."""
+    profile = tmp_path / "p.json"
+    profile.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["setgroups"], "action": "SCMP_ACT_ERRNO"}]}))
+    bad(["run", "--security-opt", "seccomp=%s" % profile, rootfs, "true"],
+        "dropping privileges under the seccomp filter: Operation not permitted (hint: ")
+    assert run(rootfs, "true", options=["--security-opt", "seccomp=%s" % profile,
+                                        "--security-opt", "no-new-privileges"]).returncode == 0
+
+
+def test_no_new_privileges_forms():
+    """Docker's forms: bare, =BOOL and :BOOL with strconv.ParseBool's words;
+    the last one wins; never under --privileged, even when asked for, as
+    Docker, which sets it only for a container that is not privileged."""
+    assert md.parse_security_opts([]) == (None, False)
+    for on in ("no-new-privileges", "no-new-privileges=true", "no-new-privileges:true",
+               "no-new-privileges=1", "no-new-privileges=True"):
+        assert md.parse_security_opts([on]) == (None, True), on
+    for off in ("no-new-privileges=false", "no-new-privileges:0", "no-new-privileges=F"):
+        assert md.parse_security_opts(["no-new-privileges", off]) == (None, False), off
+    for wrong in ("no-new-privileges=yes", "no-new-privileges=", "no-new-privileges=truex"):
+        with pytest.raises(md.MiniDockerError):
+            md.parse_security_opts([wrong])
+    assert parse("--security-opt", "no-new-privileges", "/", "sh").no_new_privs
+    assert not parse("--privileged", "--security-opt", "no-new-privileges", "/", "sh").no_new_privs
+
+
+def test_cgroup_view_plan_follows_the_hosts_mounts():
+    """v1 hierarchies (co-mounted, named, hybrid's cgroup2) or v2's one, as
+    the host has them at /sys/fs/cgroup; a superblock's options but rw and
+    release_agent; nothing when a volume covers the place."""
+    hybrid = ("31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
+              "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n"
+              "40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup "
+              "rw,xattr,release_agent=/x/agent,name=systemd\n"
+              "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate\n"
+              "42 23 0:29 / /mnt/elsewhere rw - cgroup cgroup rw,cpu,cpuacct\n")
+    assert md.plan_cgroup_view(hybrid) == [("cpu,cpuacct", "cgroup", "cpu,cpuacct"),
+                                           ("systemd", "cgroup", "xattr,name=systemd"),
+                                           ("unified", "cgroup2", "")]
+    v2 = "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n"
+    assert md.plan_cgroup_view(v2) == [("", "cgroup2", "")]
+    for targets in (["/sys/fs/cgroup"], ["/sys/fs/cgroup/memory"], ["/sys"], ["/sys/fs/"]):
+        assert md.plan_cgroup_view(v2, targets) == [], targets
+    assert md.plan_cgroup_view(v2, ["/sys/fsx", "/srv"]) != []
+
+
+def cgroup_lines(mountinfo):
+    return [line for line in mountinfo.splitlines() if " - cgroup" in line]
+
+
+@root
+def test_cgroup_view_is_the_containers_own_and_read_only(rootfs):
+    """/sys/fs/cgroup in the container: its own cgroup as the root (no
+    other cgroup below, the shell in the root's cgroup.procs), the
+    limit -m set readable where a JVM reads it, and every write refused
+    with EROFS (cgroup.procs, the limit, release_agent, notify_on_release).
+    Under --privileged the view is read-write, as in Docker. The host's
+    cgroup mounts are as they were."""
+    layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                               md.read_text("/proc/self/cgroup"))
+    memory, limit = ("/sys/fs/cgroup/memory", "memory.limit_in_bytes") \
+        if "memory" in layout.v1 else ("/sys/fs/cgroup", "memory.max")
+    before = cgroup_lines(md.read_text("/proc/self/mountinfo"))
+    script = ("cat %s/%s; echo --; find /sys/fs/cgroup -mindepth %d -type d; "
+              "grep -qx $$ %s/cgroup.procs || echo not in its cgroup.procs; "
+              "echo --; for f in cgroup.procs %s release_agent notify_on_release; do "
+              "(echo 1 >%s/$f) 2>&1 | grep -o 'Read-only file system'; done"
+              % (memory, limit, 2 if layout.v1 else 1, memory, limit, memory))
+    result = sh(rootfs, script, options=["-m", "64m"])
+    assert result.returncode == 0, result.err
+    seen, below, refused = result.out.split("--\n")
+    assert seen == "67108864\n", result.out
+    assert below == "", "cgroups other than its own in the view: %r" % below
+    assert refused.splitlines() == ["Read-only file system"] * 4, result.out
+    # Under --privileged the same mounts are read-write (a write to the
+    # view's root files is then the kernel's to refuse: v2's nsdelegate
+    # keeps a namespace's root limits from inside).
+    options = "awk '$5 == \"%s\" {print substr($6, 1, 3)}' /proc/self/mountinfo" % memory
+    assert sh(rootfs, options, options=["--privileged"]).out == "rw,\n"
+    assert cgroup_lines(md.read_text("/proc/self/mountinfo")) == before
+
+
+def test_memory_alone_implies_as_much_swap_as_memory():
+    """Docker's default: -m without --memory-swap (or with 0) is memory
+    plus swap of twice the memory; an explicit one is as given."""
+    implied = {"memory": 100 << 20, "memory_swap": 200 << 20, "memory_swap_implied": True}
+    assert resources("-m", "100m") == implied
+    assert resources("-m", "100m", "--memory-swap", "0") == implied
+    assert resources("-m", "100m", "--memory-swap", "100m") == {"memory": 100 << 20,
+                                                                "memory_swap": 100 << 20}
+    assert md.cgroup_writes(implied, 2)[:2] == [("memory", "memory.max", 100 << 20),
+                                                ("memory", "memory.swap.max", 100 << 20)]
+    assert md.cgroup_writes(implied, 1)[1] == ("memory", "memory.memsw.limit_in_bytes",
+                                               200 << 20)
+
+
+@root
+def test_memory_swap_default_as_the_container_reads_it(rootfs):
+    """-m 64m alone: the swap limit in the container's own cgroup, read
+    through its /sys/fs/cgroup: v1's memsw limit 128m, v2's swap.max 64m
+    (v2 counts swap alone). A host that does not account swap limits the
+    memory alone, with a warning, as Docker does."""
+    layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                               md.read_text("/proc/self/cgroup"))
+    if "memory" in layout.v1:  # the test's own cgroup (a root cgroup has no limit files)
+        path, expected = "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes", 128 << 20
+        memory_cgroups = [os.path.join(layout.v1["memory"][0], layout.v1["memory"][1].strip("/"))]
+    else:
+        path, expected = "/sys/fs/cgroup/memory.swap.max", 64 << 20
+        memory_cgroups = [d for d, _, files in os.walk(layout.v2_mount) if "memory.max" in files]
+    accounted = any(os.path.exists(os.path.join(d, os.path.basename(path)))
+                    for d in memory_cgroups)
+    result = sh(rootfs, "cat %s 2>/dev/null || echo absent" % path, options=["-m", "64m"])
+    assert result.returncode == 0, result.err
+    if accounted:
+        assert result.out == "%d\n" % expected and result.err == "", result.err
+    else:
+        assert result.out == "absent\n" and "memory limited without swap" in result.err
+
+
+@root
+def test_read_only_covers_the_etc_files(rootfs):
+    """--read-only: /etc/hosts, /etc/hostname and /etc/resolv.conf, bound
+    over the root, are read-only too, as Docker binds them; without it
+    they are writable, as in Docker."""
+    script = ("for f in hosts hostname resolv.conf; do (echo x >> /etc/$f) 2>&1 | "
+              "grep -o 'Read-only file system' || echo $f written; done")
+    assert sh(rootfs, script, options=["--read-only"]).out == "Read-only file system\n" * 3
+    assert sh(rootfs, script).out == "hosts written\nhostname written\nresolv.conf written\n"
+
+
+@root
+def test_own_network_namespace_lets_any_user_bind_low_ports_and_ping(rootfs):
+    """Docker's sysctls in a network namespace of the container's own: a
+    non-root user binds port 80 (on loopback, --network none) and may open
+    ICMP echo sockets; the host's own values are untouched."""
+    names = ["/proc/sys/net/ipv4/ip_unprivileged_port_start", "/proc/sys/net/ipv4/ping_group_range"]
+    host = [md.read_text(name) for name in names]
+    script = ("cat %s; nc -l -p 80 127.0.0.1 & sleep 0.3; netstat -ltn | grep -c 127.0.0.1:80; "
+              "kill $!" % " ".join(names))
+    result = sh(rootfs, script, options=["-u", "alice"])
+    assert result.out.split("\n")[:3] == ["0", "0\t2147483647", "1"], (result.out, result.err)
+    assert [md.read_text(name) for name in names] == host
+
+
+@root
+def test_privileged_gets_the_hosts_dev_tree_but_its_console_and_terminals(rootfs):
+    """--privileged: every device node of the host's /dev, subdirectories
+    too (net/tun opens), at the same path with the same numbers, mode and
+    owner, as Docker gives; never the host's /dev/console nor its pts (the
+    container's devpts holds only its own ptmx)."""
+    host = {"/dev/" + name: "%x:%x %o %d:%d" % (os.major(st.st_rdev), os.minor(st.st_rdev),
+                                                 st.st_mode, st.st_uid, st.st_gid)
+            for name, st in md.host_devices()}
+    assert "/dev/net/tun" in host and "/dev/console" not in host
+    script = ("find /dev \\( -type c -o -type b \\) -exec stat -c '%n %t:%T %f %u:%g' {} +; "
+              "exec 3<>/dev/net/tun && echo tun opened; test -e /dev/console || echo no console")
+    result = sh(rootfs, script, options=["--privileged"])
+    inside = {}
+    for line in result.out.splitlines()[:-2]:
+        path, numbers, mode, owner = line.split()
+        inside[path] = "%s %o %s" % (numbers, int(mode, 16), owner)
+    assert result.out.splitlines()[-2:] == ["tun opened", "no console"], result.out
+    own = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
+           "/dev/pts/ptmx", "/dev/ptmx"}  # ptmx: a symlink to pts/ptmx, as runc makes it
+    assert {path: inside[path] for path in host if path not in own} == \
+        {path: value for path, value in host.items() if path not in own}
+    assert set(inside) - set(host) <= own and [p for p in inside if p.startswith("/dev/pts/")] \
+        == ["/dev/pts/ptmx"], sorted(set(inside) - set(host))
+
+
+# ---------------------------------------------------------------------------
 # 10. seccomp, unit: the syscall tables, a BPF interpreter, the compiler
 # ---------------------------------------------------------------------------
 
@@ -3218,11 +3494,11 @@ def test_bad_profiles(profile, error):
 
 
 def test_security_opt_parsing():
-    assert md.parse_security_opts([]) is None
-    assert md.parse_security_opts(["seccomp=unconfined"]) == "unconfined"
-    assert md.parse_security_opts(["seccomp:/p.json", "no-new-privileges"]) == "/p.json"
-    assert md.parse_security_opts(["no-new-privileges:true"]) is None
-    for wrong in (["apparmor=unconfined"], ["seccomp="], ["no-new-privileges=false"]):
+    assert md.parse_security_opts([]) == (None, False)
+    assert md.parse_security_opts(["seccomp=unconfined"]) == ("unconfined", False)
+    assert md.parse_security_opts(["seccomp:/p.json", "no-new-privileges"]) == ("/p.json", True)
+    assert md.parse_security_opts(["no-new-privileges:true"]) == (None, True)
+    for wrong in (["apparmor=unconfined"], ["seccomp="], ["no-new-privileges=no"]):
         with pytest.raises(md.MiniDockerError):
             md.parse_security_opts(wrong)
     assert md.plan_security("unconfined", DEFAULT_CAPS, False)[0] is None
@@ -3449,7 +3725,10 @@ def test_tiocsti_denied_on_the_containers_terminal(rootfs, probe):
 
 @root
 def test_strict_profile_runs_busybox(rootfs, probe):
-    strict = ["--security-opt", "seccomp=" + os.path.join(HERE, "profiles", "strict.json")]
+    # It refuses setuid and the like, which the privilege drop makes under
+    # the filter without no_new_privs: with the flag the filter loads last.
+    strict = ["--security-opt", "seccomp=" + os.path.join(HERE, "profiles", "strict.json"),
+              "--security-opt", "no-new-privileges"]
     # ps's second line is pid 1 (it lists /proc in pid order), a shell of root's
     result = sh(rootfs, "ls / | wc -l; echo hi > /tmp/f; cat /tmp/f; rm /tmp/f; mkdir /tmp/d; "
                 "rmdir /tmp/d; sort /etc/passwd | head -1; ps | awk 'NR == 2 {print $1, $2}'; "
@@ -4790,12 +5069,12 @@ def test_init_is_held_as_the_command_and_keeps_its_memory_to_itself(rootfs):
               "grep -E '^(Uid|CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; "
               "for f in exe mem; do if cat /proc/1/$f >/dev/null 2>&1; then echo $f open; "
               "else echo $f refused; fi; done")
-    for options in ([], ["-u", "1000"]):
+    for options, nnp in (([], "0"), (["-u", "1000", "--security-opt", "no-new-privileges"], "1")):
         result = sh(rootfs, script, options=["--init"] + options)
         reaper, rest = result.out.split("--\n")
         command = rest.splitlines()[:5]
         assert reaper.splitlines() == command and len(command) == 5, result.out
-        assert "Seccomp:\t2" in command and "NoNewPrivs:\t1" in command
+        assert "Seccomp:\t2" in command and "NoNewPrivs:\t" + nnp in command
         assert rest.splitlines()[5:] == ["exe refused", "mem refused"], result.out
 
 
