@@ -258,6 +258,9 @@ MS_PRIVATE = 1 << 18
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 0x2  # umount2(2)
 
+# <linux/magic.h>: statfs(2)'s f_type, the filesystem a handle is on.
+SYSFS_MAGIC = 0x62656572
+
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -439,6 +442,15 @@ _seccomp = _bind("syscall", [_c_long, ctypes.c_uint, ctypes.c_uint, ctypes.c_voi
 _bpf = _bind("syscall", [_c_long, _c_int, ctypes.c_void_p, ctypes.c_uint], _c_long, "bpf")
 _mount_setattr = _bind("syscall", [_c_long, _c_int, _c_str, ctypes.c_uint, ctypes.c_void_p,
                                    ctypes.c_size_t], _c_long, "mount_setattr")
+_fstatfs = _bind("fstatfs", [_c_int, ctypes.c_void_p])
+
+
+def filesystem_type(fd):
+    """fstatfs(2)'s f_type: struct statfs opens with it, a long on both
+    machines minidocker knows (x86_64, aarch64); the struct is 120 bytes."""
+    buf = ctypes.create_string_buffer(128)
+    _fstatfs(fd, buf)
+    return ctypes.c_long.from_buffer(buf).value
 
 
 def mount(source, target, fstype, flags=0, data=None, shown=None):
@@ -3338,7 +3350,7 @@ def mount_cgroup_view(view, read_only):
     the planned view at /sys/fs/cgroup (in the fresh sysfs, a directory no
     image reaches). Never from the host's cgroup namespace: there a mount
     of cgroup2 without nsdelegate would take it from the host's."""
-    if not view:
+    if not view or not on_fresh_sysfs(CGROUP_VIEW):
         return
     mounted = [CGROUP_VIEW]
     if view[0][0] == "":
@@ -3358,6 +3370,27 @@ def mount_cgroup_view(view, read_only):
         for target in reversed(mounted):
             mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | CGROUP_MOUNT_FLAGS,
                   shown=target + " (read-only)")
+
+
+def on_fresh_sysfs(path):
+    """Whether `path` is a directory of the container's sysfs, its last
+    name no symlink. An image's symlink can lead a volume over /sys or
+    /sys/fs (`/vol -> /sys/fs`, `-v vol:/vol`), where plan_cgroup_view,
+    which knows the volumes by the paths given, does not see it: the view
+    would be mounted by path in a directory that other containers sharing
+    the volume can rename or replace meanwhile, so that a mount lands
+    elsewhere or misses its read-only remount. Such a volume replaces the
+    view, as one given at that path does. The fresh sysfs is no image's
+    and nobody else's, and nothing of the container runs yet: mounts by
+    path under it land where they are meant to."""
+    try:
+        fd = os.open(path, O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):  # ENOTDIR: a symlink (O_PATH opens it)
+        return False
+    try:
+        return filesystem_type(fd) == SYSFS_MAGIC
+    finally:
+        os.close(fd)
 
 
 def plan_cgroups(res, layout, cid, parent=None):

@@ -2974,6 +2974,34 @@ def test_cgroup_view_is_the_containers_own_and_read_only(rootfs):
     assert cgroup_lines(md.read_text("/proc/self/mountinfo")) == before
 
 
+@root
+def test_escape_cgroup_view_is_never_mounted_through_a_volume(hostile):
+    """The image points /vol at /sys/fs, so that `-v vol:/vol` covers the
+    container's /sys/fs with a volume, which other containers may share
+    and change while this one mounts its cgroup view there: the view,
+    mounted by path, would follow whatever they put at cgroup/ (and its
+    read-only remounts could miss a mount that stays writable). A volume
+    led over /sys/fs replaces the view, as `-v vol:/sys/fs` does: the
+    container starts, with no cgroup mount, whether the volume is empty
+    or holds a cgroup/ directory."""
+    os.symlink("/sys/fs", os.path.join(hostile, "vol"))
+    planted = os.path.join(os.environ["MINIDOCKER_ROOT"], "lib/volumes/cgview/_data/cgroup")
+    try:
+        minidocker("volume", "create", "cgview")
+        for prepared in (True, False):  # a volume with cgroup/ in it, then an empty one
+            if prepared:
+                os.mkdir(planted)
+            result = sh(hostile, "grep -c ' - cgroup' /proc/self/mountinfo || :",
+                        options=["-v", "cgview:/vol"], check_clean=False)
+            assert (result.returncode, result.out) == (0, "0\n"), result.err
+            if prepared:
+                assert os.listdir(planted) == []
+                os.rmdir(planted)
+    finally:
+        minidocker("volume", "rm", "cgview")
+    assert_nothing_left()
+
+
 def test_memory_alone_implies_as_much_swap_as_memory():
     """Docker's default: -m without --memory-swap (or with 0) is memory
     plus swap of twice the memory; an explicit one is as given."""
