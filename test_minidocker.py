@@ -358,7 +358,7 @@ def test_every_binding_checks_its_errors():
     explains."""
     bindings = [value for name, value in vars(md).items()
                 if isinstance(value, md._libc._FuncPtr)]
-    assert len(bindings) == 13
+    assert len(bindings) == 14
     assert all(binding.errcheck is md._fail_on_minus_one for binding in bindings)
     with pytest.raises(md.SyscallError) as raw:
         md._pivot_root(md.SYSCALLS["pivot_root"], b"/nonexistent/md", b"/nonexistent/md")
