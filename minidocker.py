@@ -985,6 +985,13 @@ def check_name(name, what="--name"):
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
 
 
+# The words Go's strconv.ParseBool takes, as Docker reads a boolean flag's
+# value (--rm=false) and --security-opt no-new-privileges=VALUE.
+BOOLEAN_WORDS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+                 "0": False, "f": False, "F": False, "FALSE": False, "false": False,
+                 "False": False}
+
+
 def parse_restart(text):
     """--restart no|on-failure[:MAX]|always|unless-stopped, as docker reads
     it: MAX (retries, default unlimited) only with on-failure."""
@@ -5512,11 +5519,6 @@ def plan_seccomp(profile, caps, source, machine=MACHINE, release=None):
     return b"".join(struct.pack(SOCK_FILTER, *i) for i in instructions), notes
 
 
-# strconv.ParseBool's words, which Docker's no-new-privileges=VALUE takes.
-TRUE_WORDS = ("1", "t", "T", "true", "TRUE", "True")
-FALSE_WORDS = ("0", "f", "F", "false", "FALSE", "False")
-
-
 def parse_security_opts(options):
     """Docker's --security-opt: seccomp=PATH or seccomp=unconfined (also the
     older seccomp:PATH), and no-new-privileges (bare, or =BOOL, :BOOL; the
@@ -5531,8 +5533,8 @@ def parse_security_opts(options):
         if key == "seccomp" and value:
             choice = value
         elif option == "no-new-privileges" or \
-                key == "no-new-privileges" and value in TRUE_WORDS + FALSE_WORDS:
-            no_new_privs = value not in FALSE_WORDS
+                key == "no-new-privileges" and value in BOOLEAN_WORDS:
+            no_new_privs = BOOLEAN_WORDS.get(value, True)
         else:
             raise MiniDockerError("--security-opt %r: minidocker knows seccomp=PATH, "
                                   "seccomp=unconfined and no-new-privileges[=true|false]"
@@ -8989,22 +8991,18 @@ def cmd_stats(args):
 
 REMAINDER = "..."  # nargs of the last positional of run and exec: CMD [ARG...]
 
-BOOLEAN_WORDS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
-                 "0": False, "f": False, "F": False, "FALSE": False, "false": False,
-                 "False": False}
-
 
 class Flag:
     """One flag or argument of a command, declared as argparse's
     add_argument declares it (the same keywords, a smaller set of them)."""
 
     __slots__ = ("names", "dest", "action", "default", "metavar", "help", "type",
-                 "choices", "nargs", "version")
+                 "nargs", "version")
 
     def __init__(self, names, action="store", default=None, metavar=None, help=None,
-                 type=None, dest=None, nargs=None, choices=None, version=None):
+                 type=None, dest=None, nargs=None, version=None):
         self.names, self.action, self.default, self.help = names, action, default, help
-        self.type, self.nargs, self.choices, self.version = type, nargs, choices, version
+        self.type, self.nargs, self.version = type, nargs, version
         longest = max(names, key=len)
         self.dest = dest or longest.lstrip("-").replace("-", "_")
         self.metavar = metavar or (self.dest.upper() if names[0].startswith("-") else longest)
@@ -9014,18 +9012,15 @@ class Flag:
         return self.action in ("store", "append")
 
     def convert(self, word, label, name):
-        """The word given to this flag (spelled `name`), checked and
-        converted; `label` is the command's, for the error line."""
+        """The word given to this flag (spelled `name`), converted to its
+        type; `label` is the command's, for the error line."""
         if self.type is not None:
             try:
                 word = self.type(word)
             except ValueError:
                 raise MiniDockerError("%sinvalid value %s for %s: %s" % (
                     label, quote(word), name,
-                    {int: "not an integer", float: "not a number"}.get(self.type, "bad form")))
-        if self.choices is not None and word not in self.choices:
-            raise MiniDockerError("%sinvalid value %s for %s: one of %s" % (
-                label, quote(str(word)), name, ", ".join(self.choices)))
+                    "not an integer" if self.type is int else "not a number"))
         return word
 
 
@@ -9070,7 +9065,7 @@ class CommandLine:
             self.flags[name] = flag
         return flag
 
-    def add_subparsers(self, dest, metavar="COMMAND"):
+    def add_subparsers(self, dest):
         self.subcommands, self.subcommand_dest = {}, dest
         return self
 
@@ -9296,7 +9291,7 @@ def build_parser():
     parser.add_argument("--version", action="version", version="minidocker " + VERSION,
                         help="print the version and exit")
     parser.add_argument("--debug", action="store_true", help="print the plan and timings")
-    commands = parser.add_subparsers(dest="command_name", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command_name")
 
     # add_help=False: -h is --hostname, as in docker run.
     run = commands.add_parser("run", help="run a command in a new container", add_help=False,
@@ -9529,7 +9524,7 @@ def build_parser():
     stats.set_defaults(handler=cmd_stats)
 
     container = commands.add_parser("container", help="manage containers: prune")
-    verbs = container.add_subparsers(dest="verb", metavar="VERB")
+    verbs = container.add_subparsers(dest="verb")
     prune = verbs.add_parser("prune", help="remove every stopped container")
     prune.add_argument("-f", "--force", action="store_true", help="do not ask first")
     prune.set_defaults(handler=cmd_container_prune)
@@ -9538,7 +9533,7 @@ def build_parser():
     version.set_defaults(handler=cmd_version)
 
     volume = commands.add_parser("volume", help="manage volumes: create, ls, inspect, rm, prune")
-    verbs = volume.add_subparsers(dest="verb", metavar="VERB")
+    verbs = volume.add_subparsers(dest="verb")
     create = verbs.add_parser("create", help="make a volume (a random name without NAME)")
     create.add_argument("name", nargs="?", metavar="NAME", help="its name (Docker's rule)")
     create.set_defaults(handler=cmd_volume_create)
