@@ -251,11 +251,22 @@ MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
+MS_SYNCHRONOUS = 0x10
 MS_REMOUNT = 0x20
+MS_MANDLOCK = 0x40
+MS_DIRSYNC = 0x80
+MS_NOSYMFOLLOW = 0x100
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
 MS_BIND = 0x1000
 MS_REC = 0x4000
+MS_UNBINDABLE = 1 << 17
 MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_RELATIME = 1 << 21
 MS_STRICTATIME = 1 << 24
+MS_PROPAGATION = MS_UNBINDABLE | MS_PRIVATE | MS_SLAVE | MS_SHARED
 MNT_DETACH = 0x2  # umount2(2)
 
 # <linux/magic.h>: statfs(2)'s f_type, the filesystem a handle is on.
@@ -269,6 +280,7 @@ PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 # <asm-generic/ioctls.h> (the same numbers on x86_64 and aarch64)
@@ -432,6 +444,8 @@ _umount2 = _bind("umount2", [_c_str, _c_int])
 _unshare = _bind("unshare", [_c_int])
 _setns = _bind("setns", [_c_int, _c_int])
 _sethostname = _bind("sethostname", [_c_str, ctypes.c_size_t])
+_setdomainname = _bind("setdomainname", [_c_str, ctypes.c_size_t])
+_personality = _bind("personality", [_c_ulong])
 _prctl = _bind("prctl", [_c_int, _c_ulong, _c_ulong, _c_ulong, _c_ulong])
 _setrlimit = _bind("setrlimit", [_c_int, ctypes.c_char_p])
 _capset = _bind("capset", [ctypes.c_void_p, ctypes.c_void_p])
@@ -492,15 +506,26 @@ def sethostname(name):
         _sethostname(raw, len(raw))
 
 
-def prctl(option, arg2=0, what="prctl"):
+def setdomainname(name):
+    raw = name.encode()
+    with failing_as("setdomainname(%s)" % name):
+        _setdomainname(raw, len(raw))
+
+
+def personality(domain):
+    with failing_as("personality(0x%x)" % domain):
+        _personality(domain)
+
+
+def prctl(option, arg2=0, what="prctl", arg3=0):
     with failing_as(what):
-        _prctl(option, arg2, 0, 0, 0)
+        _prctl(option, arg2, arg3, 0, 0)
 
 
 # <asm-generic/resource.h>: the resources of setrlimit(2), by the names
 # Docker's --ulimit gives them (go-units' ulimitNameMapping).
 RLIMITS = {"cpu": 0, "fsize": 1, "data": 2, "stack": 3, "core": 4, "rss": 5, "nproc": 6,
-           "nofile": 7, "memlock": 8, "locks": 10, "sigpending": 11, "msgqueue": 12,
+           "nofile": 7, "memlock": 8, "as": 9, "locks": 10, "sigpending": 11, "msgqueue": 12,
            "nice": 13, "rtprio": 14, "rttime": 15}
 RLIM_INFINITY = (1 << 64) - 1
 #   struct rlimit (16 bytes)
@@ -687,6 +712,25 @@ class Spec:
         self.labels = {}          # --label and --label-file
         self.stop_signal = None   # --stop-signal: stop's and restart's without -s (SIGTERM)
         self.stop_timeout = None  # --stop-timeout: their -t without one (10)
+        # What only a bundle's config.json gives (chapter 3, continued):
+        self.bundle = None        # the bundle's directory; None for `run`
+        self.mount_plan = None    # its mounts in order, in place of plan_mounts'
+        self.identity = None      # (uid, gid, [gids]): exactly these, no lookup
+        self.cap_sets = None      # {set: {numbers}}: the five sets, one by one
+        self.umask = None
+        self.console_size = None  # (rows, columns) of its terminal
+        self.cgroup_path = None   # linux.cgroupsPath
+        self.propagation = MS_PRIVATE | MS_REC  # of the container's mounts, first of all
+        self.seccomp_flags = 0    # SECCOMP_FILTER_FLAG_*
+        self.personality = None   # personality(2)'s domain
+        self.domainname = None
+        self.apparmor = None      # the AppArmor profile to exec under
+        self.hooks = {}           # {point: [hook]} (chapter 12, continued)
+        self.annotations = {}
+        self.tied = True          # the container dies with the process that starts it
+        self.preserve_fds = 0     # descriptors 3.. passed on (--preserve-fds, LISTEN_FDS)
+        self.exec_fifo = None     # create's O_PATH descriptor of the fifo `start` opens
+        self.start_state = None   # the OCI state the startContainer hooks read
         self.__dict__.update(fields)
 
 
@@ -1141,6 +1185,491 @@ def build_spec(args, seccomp_cache=None):
                              args.add_host, args.expose, args.publish_all))
 
 
+# === 3. (continued) config.json: an OCI bundle into the same spec ===
+# The OCI runtime spec (opencontainers/runtime-spec: config.md and
+# config-linux.md) describes a container as a bundle: a directory holding
+# config.json and the root filesystem it names. It is `run`'s spec in
+# another shape, and oci_spec turns it into the same Spec, which the
+# chapters that follow carry out alike. What only a bundle has rides in
+# the same object:
+#   - the root is the bundle's own directory, bound onto itself, not an
+#     overlay (spec.bundle names the bundle): the container writes into
+#     it, as the runtime spec says;
+#   - the mounts are the config's list, in its order (spec.mount_plan),
+#     in place of the plan `run` makes (plan_mounts);
+#   - the five capability sets come one by one (spec.cap_sets), the user
+#     as numbers with exactly the groups listed (spec.identity), the
+#     environment exactly as given;
+#   - a namespace is new (listed), the runtime's own (not listed), or
+#     joined (listed with a path: spec.namespaces[kind] is that path);
+#   - hooks run at the lifecycle's points (chapter 12, continued).
+# A field this runtime cannot carry out is refused by its name, never
+# skipped; a field it does not know is ignored, as runc ignores it.
+
+OCI_VERSION = "1.0.2"
+# config-linux.md's namespace types -> /proc/PID/ns names, and our spec's
+# keys ("net" and "mnt" have no key there: network_plan and the always new
+# mount namespace stand for them).
+OCI_NAMESPACES = {"pid": "pid", "network": "net", "mount": "mnt", "ipc": "ipc",
+                  "uts": "uts", "cgroup": "cgroup", "user": "user", "time": "time"}
+
+# mount(8)'s words, as runc reads a mount's "options": word -> (flags
+# cleared, flags set). The propagation words are applied by a second call;
+# any other word goes to the filesystem as data (mode=755, size=64k).
+MOUNT_OPTIONS = {
+    "defaults": (0, 0), "ro": (0, MS_RDONLY), "rw": (MS_RDONLY, 0),
+    "suid": (MS_NOSUID, 0), "nosuid": (0, MS_NOSUID), "dev": (MS_NODEV, 0),
+    "nodev": (0, MS_NODEV), "exec": (MS_NOEXEC, 0), "noexec": (0, MS_NOEXEC),
+    "sync": (0, MS_SYNCHRONOUS), "async": (MS_SYNCHRONOUS, 0), "dirsync": (0, MS_DIRSYNC),
+    "remount": (0, MS_REMOUNT), "mand": (0, MS_MANDLOCK), "nomand": (MS_MANDLOCK, 0),
+    "atime": (MS_NOATIME, 0), "noatime": (0, MS_NOATIME), "diratime": (MS_NODIRATIME, 0),
+    "nodiratime": (0, MS_NODIRATIME), "bind": (0, MS_BIND), "rbind": (0, MS_BIND | MS_REC),
+    "relatime": (0, MS_RELATIME), "norelatime": (MS_RELATIME, 0),
+    "strictatime": (0, MS_STRICTATIME), "nostrictatime": (MS_STRICTATIME, 0),
+    "nosymfollow": (0, MS_NOSYMFOLLOW), "symfollow": (MS_NOSYMFOLLOW, 0),
+}
+PROPAGATION_OPTIONS = {
+    "private": MS_PRIVATE, "rprivate": MS_PRIVATE | MS_REC, "shared": MS_SHARED,
+    "rshared": MS_SHARED | MS_REC, "slave": MS_SLAVE, "rslave": MS_SLAVE | MS_REC,
+    "unbindable": MS_UNBINDABLE, "runbindable": MS_UNBINDABLE | MS_REC,
+}
+HOOK_POINTS = ("prestart", "createRuntime", "createContainer", "startContainer",
+               "poststart", "poststop")
+
+
+def config_error(field, problem):
+    return MiniDockerError("config.json: %s: %s" % (field, problem))
+
+
+def config_field(parent, key, kind, where, default=None):
+    """parent[key], checked to be of `kind` (a type or a tuple of them);
+    `default` when it is absent or null."""
+    value = parent.get(key) if isinstance(parent, dict) else None
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
+        raise config_error(where + key, "expected %s, not %s" % (
+            {"dict": "an object", "list": "a list", "str": "a string", "int": "an integer",
+             "bool": "true or false"}.get(names, names), json.dumps(value)[:60]))
+    return value
+
+
+def load_config(bundle):
+    """BUNDLE/config.json -> the parsed object, with one line for what is
+    wrong with it."""
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path, "rb") as handle:
+            config = json.loads(handle.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise MiniDockerError("bundle %s: no config.json in it" % bundle)
+    except OSError as err:
+        raise MiniDockerError("bundle %s: config.json: %s" % (bundle, err.strerror))
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError alike
+        raise MiniDockerError("bundle %s: config.json is not JSON: %s" % (bundle, err))
+    if not isinstance(config, dict):
+        raise config_error("(top)", "expected an object")
+    version = config_field(config, "ociVersion", str, "")
+    if version is None or not re.fullmatch(r"1\.[0-9]+\.[0-9]+.*", version):
+        raise config_error("ociVersion", "expected a 1.x version, not %s" % json.dumps(version))
+    return config
+
+
+def oci_spec(config, bundle):
+    """A config.json (parsed) of the bundle at `bundle` -> a validated
+    Spec, as build_spec makes one from `run`'s flags."""
+    process = config_field(config, "process", dict, "", None)
+    if process is None:
+        raise config_error("process", "missing: a container needs a process to run")
+    linux = config_field(config, "linux", dict, "", {})
+    spec = Spec(bundle=bundle, interactive=True, tied=False,
+                annotations=config_field(config, "annotations", dict, "", {}))
+    spec.rootfs = oci_root(config, bundle, spec)
+    spec.namespaces, spec.network_plan = oci_namespaces(linux)
+    oci_process(process, spec)
+    spec.hostname = config_field(config, "hostname", str, "")
+    if spec.hostname is not None:
+        if spec.namespaces["uts"] != "private":
+            raise config_error("hostname", "needs a new uts namespace of its own")
+        check_hostname(spec.hostname, "hostname")
+    spec.domainname = config_field(config, "domainname", str, "")
+    if spec.domainname:
+        if spec.namespaces["uts"] != "private":
+            raise config_error("domainname", "needs a new uts namespace of its own")
+        check_hostname(spec.domainname, "domainname")
+    for key, value in sorted(config_field(linux, "sysctl", dict, "linux.", {}).items()):
+        spec.sysctls.append(parse_sysctl("%s=%s" % (key, value), spec.namespaces,
+                                         spec.network_plan["mode"], "linux.sysctl"))
+    spec.mount_plan, spec.devices = oci_mounts(config, linux, bundle, spec)
+    spec.resources = oci_resources(config_field(linux, "resources", dict, "linux.", {}))
+    spec.resources["devices"] = oci_device_rules(
+        config_field(config_field(linux, "resources", dict, "linux.", {}), "devices", list,
+                     "linux.resources.", []), spec.devices)
+    if spec.resources["devices"] is None:
+        del spec.resources["devices"]
+    spec.cgroup_path = config_field(linux, "cgroupsPath", str, "linux.")
+    if spec.cgroup_path is not None and (".." in spec.cgroup_path.split("/") or
+                                         ":" in spec.cgroup_path):
+        raise config_error("linux.cgroupsPath", "%s is not a cgroupfs path (a systemd "
+                           "slice:prefix:name needs --systemd-cgroup, which minidocker "
+                           "does not drive)" % json.dumps(spec.cgroup_path))
+    spec.propagation = PROPAGATION_OPTIONS.get(
+        config_field(linux, "rootfsPropagation", str, "linux.", "rslave"))
+    if spec.propagation is None:
+        raise config_error("linux.rootfsPropagation", "expected one of %s"
+                           % ", ".join(sorted(PROPAGATION_OPTIONS)))
+    spec.seccomp, spec.notes = oci_seccomp(linux, spec)
+    spec.personality = oci_personality(linux)
+    spec.hooks = oci_hooks(config)
+    for field in ("intelRdt", "uidMappings", "gidMappings", "timeOffsets"):
+        if linux.get(field):
+            raise config_error("linux." + field, "not supported by minidocker")
+    if linux.get("mountLabel") and not os.path.isdir("/sys/fs/selinux"):
+        raise config_error("linux.mountLabel", "SELinux is not enabled on this host")
+    return spec
+
+
+def oci_root(config, bundle, spec):
+    """root.path (relative to the bundle) and root.readonly."""
+    root = config_field(config, "root", dict, "", None)
+    if root is None or not config_field(root, "path", str, "root."):
+        raise config_error("root.path", "missing")
+    path = os.path.normpath(os.path.join(bundle, root["path"]))
+    if not os.path.isdir(path):
+        raise config_error("root.path", "%s is not a directory" % path)
+    spec.read_only = config_field(root, "readonly", bool, "root.", False)
+    return path
+
+
+def oci_namespaces(linux):
+    """linux.namespaces -> (spec.namespaces, spec.network_plan). A kind
+    listed without a path is new, with one it is joined, and one not listed
+    is the runtime's own."""
+    modes = {"pid": "host", "ipc": "host", "uts": "host", "cgroup": "host", "net": "host"}
+    listed = set()
+    for entry in config_field(linux, "namespaces", list, "linux.", []):
+        kind = entry.get("type") if isinstance(entry, dict) else None
+        if kind not in OCI_NAMESPACES:
+            raise config_error("linux.namespaces", "unknown namespace type %s"
+                               % json.dumps(kind))
+        if kind in listed:
+            raise config_error("linux.namespaces", "%s is listed twice" % kind)
+        listed.add(kind)
+        path = config_field(entry, "path", str, "linux.namespaces[%s]." % kind)
+        if kind in ("user", "time"):
+            raise config_error("linux.namespaces", "a %s namespace is not supported by "
+                               "minidocker" % kind)
+        if kind == "mount":
+            if path:
+                raise config_error("linux.namespaces", "joining a mount namespace (path "
+                                   "%s) is not supported: the root is built in a new one" % path)
+            continue
+        if path is not None and not os.path.isabs(path):
+            raise config_error("linux.namespaces", "%s path %s is not absolute" % (kind, path))
+        modes[OCI_NAMESPACES[kind]] = path or "private"
+    if "mount" not in listed:
+        raise config_error("linux.namespaces", "a mount namespace is needed: minidocker "
+                           "builds the root in one of its own")
+    network = modes.pop("net")
+    plan = plan_network("none" if network == "private" else "host", None, None, [], [], [])
+    plan["join"] = network if network not in ("host", "private") else None
+    return modes, plan
+
+
+def oci_process(process, spec):
+    """process -> the command, environment, user, capabilities, rlimits and
+    the rest of what stage 2 applies (chapter 11)."""
+    spec.command = config_field(process, "args", list, "process.", [])
+    if not spec.command or not all(isinstance(a, str) for a in spec.command):
+        raise config_error("process.args", "expected a list of strings, the first the program")
+    spec.env = config_field(process, "env", list, "process.", [])
+    if not all(isinstance(e, str) and "=" in e for e in spec.env):
+        raise config_error("process.env", "expected a list of KEY=VALUE strings")
+    spec.workdir = config_field(process, "cwd", str, "process.", "")
+    if not spec.workdir.startswith("/"):
+        raise config_error("process.cwd", "expected an absolute path, not %s"
+                           % json.dumps(spec.workdir))
+    spec.tty = config_field(process, "terminal", bool, "process.", False)
+    size = config_field(process, "consoleSize", dict, "process.")
+    spec.console_size = (size.get("height", 0), size.get("width", 0)) if size else None
+    user = config_field(process, "user", dict, "process.", {})
+    ids = [config_field(user, key, int, "process.user.", 0) for key in ("uid", "gid")]
+    groups = config_field(user, "additionalGids", list, "process.user.", [])
+    if not all(type(g) is int and 0 <= g <= ID_MAX for g in groups + ids):
+        raise config_error("process.user", "uid, gid and additionalGids are numbers from 0 "
+                           "to %d" % ID_MAX)
+    spec.identity = (ids[0], ids[1], groups)
+    spec.umask = config_field(user, "umask", int, "process.user.")
+    spec.cap_sets = oci_capabilities(config_field(process, "capabilities", dict, "process.", {}))
+    spec.caps = spec.cap_sets["bounding"]
+    spec.ulimits = []
+    for limit in config_field(process, "rlimits", list, "process.", []):
+        kind = limit.get("type", "") if isinstance(limit, dict) else ""
+        name = kind[len("RLIMIT_"):].lower()
+        if not kind.startswith("RLIMIT_") or name not in RLIMITS:
+            raise config_error("process.rlimits", "unknown type %s" % json.dumps(kind))
+        soft, hard = (config_field(limit, k, int, "process.rlimits[%s]." % kind, 0)
+                      for k in ("soft", "hard"))
+        spec.ulimits.append((name, -1 if soft >= RLIM_INFINITY else soft,
+                             -1 if hard >= RLIM_INFINITY else hard))
+    spec.no_new_privs = config_field(process, "noNewPrivileges", bool, "process.", False)
+    spec.oom_score_adj = config_field(process, "oomScoreAdj", int, "process.")
+    if spec.oom_score_adj is not None and not -1000 <= spec.oom_score_adj <= 1000:
+        raise config_error("process.oomScoreAdj", "the range is -1000 to 1000")
+    if process.get("apparmorProfile") and not host_has_apparmor():
+        raise config_error("process.apparmorProfile", "AppArmor is not enabled on this host")
+    spec.apparmor = process.get("apparmorProfile") or None
+    if process.get("selinuxLabel") and not os.path.isdir("/sys/fs/selinux"):
+        raise config_error("process.selinuxLabel", "SELinux is not enabled on this host")
+    for field in ("scheduler", "ioPriority", "execCPUAffinity"):
+        if process.get(field):
+            raise config_error("process." + field, "not supported by minidocker")
+
+
+def host_has_apparmor():
+    with contextlib.suppress(OSError):
+        return read_text("/sys/module/apparmor/parameters/enabled").strip() == "Y"
+    return False
+
+
+CAP_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
+
+
+def oci_capabilities(capabilities):
+    """process.capabilities -> {set: {numbers}}; a set not given is empty."""
+    sets = {}
+    for name in CAP_SETS:
+        names = config_field(capabilities, name, list, "process.capabilities.", [])
+        try:
+            sets[name] = {cap_number(n) for n in names if isinstance(n, str)}
+        except MiniDockerError as err:
+            raise config_error("process.capabilities." + name, str(err))
+        if len(sets[name]) != len(set(names)):
+            raise config_error("process.capabilities." + name, "expected capability names")
+    return sets
+
+
+def parse_mount_options(options, where):
+    """A mount's options -> (flags, propagation flags, data or None)."""
+    flags, propagation, data = 0, 0, []
+    for option in options:
+        if not isinstance(option, str):
+            raise config_error(where, "an option must be a string, not %s" % json.dumps(option))
+        if option in MOUNT_OPTIONS:
+            clear, add = MOUNT_OPTIONS[option]
+            flags = flags & ~clear | add
+        elif option in PROPAGATION_OPTIONS:
+            propagation |= PROPAGATION_OPTIONS[option]
+        elif option in ("idmap", "ridmap") or option.startswith("r") and \
+                option[1:] in MOUNT_OPTIONS and option not in ("rw", "rbind", "relatime"):
+            raise config_error(where, "option %s is not supported by minidocker" % option)
+        elif option == "tmpcopyup":
+            raise config_error(where, "option tmpcopyup is not supported by minidocker")
+        else:
+            data.append(option)
+    return flags, propagation, ",".join(data) or None
+
+
+def oci_mounts(config, linux, bundle, spec):
+    """mounts, linux.devices, maskedPaths and readonlyPaths -> (the mount
+    plan, [Device]). A tmpfs at /dev gets the standard nodes and links
+    right after it (populate_dev), as runc makes them; a cgroup mount is
+    the container's view of its cgroups (chapter 8)."""
+    plan = []
+    for index, entry in enumerate(config_field(config, "mounts", list, "", [])):
+        where = "mounts[%d]" % index
+        if not isinstance(entry, dict):
+            raise config_error(where, "expected an object")
+        target = config_field(entry, "destination", str, where + ".", "")
+        if not target.startswith("/"):
+            raise config_error(where + ".destination", "expected an absolute path, not %s"
+                               % json.dumps(target))
+        target = absolute_path(target)
+        fstype = config_field(entry, "type", str, where + ".", "")
+        source = config_field(entry, "source", str, where + ".", "")
+        flags, propagation, data = parse_mount_options(
+            config_field(entry, "options", list, where + ".", []), where + ".options")
+        if fstype == "bind" or flags & MS_BIND:
+            source = os.path.join(bundle, source)
+            if not os.path.exists(source):
+                raise config_error(where + ".source", "%s does not exist" % source)
+            plan.append(Mount("bind", target, source, flags=flags | MS_BIND | propagation))
+        elif fstype == "cgroup" or fstype == "cgroup2":
+            if target != CGROUP_VIEW:
+                raise config_error(where, "a cgroup mount is made at %s only" % CGROUP_VIEW)
+            plan.append(Mount("cgroup", target, flags=flags))
+        elif not fstype:
+            raise config_error(where + ".type", "missing")
+        else:
+            plan.append(Mount("fs", target, source or fstype, fstype, flags | propagation, data,
+                              kernel_fs=fstype in ("proc", "sysfs")))
+            if target == "/dev" and fstype == "tmpfs":
+                plan.append(Mount("devices", "/dev"))
+    devices = [oci_device(entry, index) for index, entry in
+               enumerate(config_field(linux, "devices", list, "linux.", []))]
+    plan += [Mount("mask", absolute_path(p)) for p in
+             config_field(linux, "maskedPaths", list, "linux.", []) if isinstance(p, str)]
+    plan += [Mount("readonly", absolute_path(p)) for p in
+             config_field(linux, "readonlyPaths", list, "linux.", []) if isinstance(p, str)]
+    return plan, devices
+
+
+OCI_DEVICE_TYPES = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
+
+
+def oci_device(entry, index):
+    """One of linux.devices -> a Device made in /dev as --device's are."""
+    where = "linux.devices[%d]." % index
+    path = config_field(entry, "path", str, where, "")
+    kind = config_field(entry, "type", str, where, "")
+    if not path.startswith("/dev/") or kind not in OCI_DEVICE_TYPES:
+        raise config_error(where[:-1], "expected a path in /dev and a type c, u, b or p")
+    numbers = [config_field(entry, key, int, where, 0) for key in ("major", "minor")]
+    mode = config_field(entry, "fileMode", int, where, 0o666) & 0o7777
+    return Device(absolute_path(path), OCI_DEVICE_TYPES[kind] | mode,
+                  os.makedev(*numbers) if kind != "p" else 0,
+                  config_field(entry, "uid", int, where, 0),
+                  config_field(entry, "gid", int, where, 0), "rwm")
+
+
+def oci_device_rules(rules, devices):
+    """linux.resources.devices -> the allow list of chapter 8, or None for
+    no device cgroup. runc's model is an ordered list; the shape every
+    caller writes, "deny all, then allow these", is ours: the rules after
+    the first deny-all are allowed, runc's standard nodes too (as runc
+    appends them), and the linux.devices. A lone "allow all" is no device
+    cgroup (a privileged container). Any other deny is refused."""
+    allowed = []
+    for index, rule in enumerate(rules):
+        where = "linux.resources.devices[%d]" % index
+        if not isinstance(rule, dict) or not isinstance(rule.get("allow"), bool):
+            raise config_error(where, "expected an object with allow true or false")
+        kind = rule.get("type") or "a"
+        major, minor = rule.get("major"), rule.get("minor")
+        access = rule.get("access") or "rwm"
+        if kind not in ("a", "b", "c") or not re.fullmatch("[rwm]+", access) or \
+                any(n is not None and (type(n) is not int or n < -1) for n in (major, minor)):
+            raise config_error(where, "expected type a, b or c, numbers and access of r, w, m")
+        whole = kind == "a" and major in (None, -1) and minor in (None, -1)
+        if not rule["allow"]:
+            if not (whole and set(access) == set("rwm") and not allowed):
+                raise config_error(where, "a deny rule other than a first deny-all is not "
+                                   "supported by minidocker")
+            continue
+        if whole and set(access) == set("rwm"):
+            return None
+        for letter in (("c", "b") if kind == "a" else (kind,)):
+            allowed.append((letter, None if major in (None, -1) else major,
+                            None if minor in (None, -1) else minor, access))
+    return DEFAULT_DEVICE_RULES + allowed + [d.rule() for d in devices
+                                             if not stat.S_ISFIFO(d.mode)]
+
+
+def oci_resources(resources):
+    """linux.resources -> the resource dict of chapter 8 (the device rules
+    apart). The values are written as the runtime spec gives them; the
+    kernel refuses what is out of range, naming the file."""
+    res, where = {}, "linux.resources."
+    memory = config_field(resources, "memory", dict, where, {})
+    for key, name in (("limit", "memory"), ("reservation", "memory_reservation"),
+                      ("swap", "memory_swap"), ("swappiness", "memory_swappiness")):
+        value = config_field(memory, key, int, where + "memory.")
+        if value is not None and not (value == -1 and key != "swappiness"):
+            res[name] = value
+    if "memory_swap" in res and "memory" not in res:
+        raise config_error(where + "memory.swap", "needs memory.limit (it is memory plus swap)")
+    if config_field(memory, "disableOOMKiller", bool, where + "memory.", False):
+        res["oom_kill_disable"] = True
+    cpu = config_field(resources, "cpu", dict, where, {})
+    for key, name in (("shares", "cpu_shares"), ("quota", "cpu_quota"),
+                      ("period", "cpu_period")):
+        value = config_field(cpu, key, int, where + "cpu.")
+        if value:
+            res[name] = value
+    for key, name in (("cpus", "cpuset_cpus"), ("mems", "cpuset_mems")):
+        if config_field(cpu, key, str, where + "cpu."):
+            res[name] = cpu[key]
+    pids = config_field(config_field(resources, "pids", dict, where, {}), "limit", int,
+                        where + "pids.")
+    if pids is not None:
+        res["pids"] = pids if pids > 0 else None
+    block = config_field(resources, "blockIO", dict, where, {})
+    if config_field(block, "weight", int, where + "blockIO."):
+        res["io_weight"] = block["weight"]
+    for key, name in (("throttleReadBpsDevice", "io_read"),
+                      ("throttleWriteBpsDevice", "io_write")):
+        rates = config_field(block, key, list, where + "blockIO.", [])
+        if rates:
+            res[name] = [("%d:%d" % (r["major"], r["minor"]), r["rate"]) for r in rates]
+    unified = config_field(resources, "unified", dict, where, {})
+    if unified:
+        res["unified"] = {k: str(v) for k, v in unified.items()}
+    for field in ("hugepageLimits", "network", "rdma"):
+        if resources.get(field):
+            raise config_error(where + field, "not supported by minidocker")
+    for key in ("realtimeRuntime", "realtimePeriod", "idle"):
+        if cpu.get(key):
+            raise config_error(where + "cpu." + key, "not supported by minidocker")
+    for key in ("weightDevice", "throttleReadIOPSDevice", "throttleWriteIOPSDevice",
+                "leafWeight"):
+        if block.get(key):
+            raise config_error(where + "blockIO." + key, "not supported by minidocker")
+    return res
+
+
+def oci_seccomp(linux, spec):
+    """linux.seccomp, compiled by chapter 10's compiler (its fields are a
+    Docker profile's less includes and excludes)."""
+    profile = config_field(linux, "seccomp", dict, "linux.")
+    if profile is None:
+        return None, ["seccomp: none in config.json"]
+    if profile.get("listenerPath"):
+        raise config_error("linux.seccomp.listenerPath", "a seccomp notification listener "
+                           "is not supported by minidocker")
+    flags = 0
+    for name in config_field(profile, "flags", list, "linux.seccomp.", []):
+        if name not in SECCOMP_FILTER_FLAGS:
+            raise config_error("linux.seccomp.flags", "unknown flag %s" % json.dumps(name))
+        flags |= SECCOMP_FILTER_FLAGS[name]
+    spec.seccomp_flags = flags
+    return plan_seccomp(profile, spec.caps, "config.json linux.seccomp")
+
+
+PERSONALITIES = {"LINUX": 0x0000, "LINUX32": 0x0008}  # <linux/personality.h> PER_LINUX, PER_LINUX32
+
+
+def oci_personality(linux):
+    personality = config_field(linux, "personality", dict, "linux.")
+    if personality is None:
+        return None
+    domain = personality.get("domain")
+    if domain not in PERSONALITIES or personality.get("flags"):
+        raise config_error("linux.personality", "expected domain LINUX or LINUX32, no flags")
+    return PERSONALITIES[domain]
+
+
+def oci_hooks(config):
+    """hooks -> {point: [{"path", "args", "env", "timeout"}]}, checked."""
+    hooks = config_field(config, "hooks", dict, "", {})
+    checked = {}
+    for point, entries in hooks.items():
+        if point not in HOOK_POINTS:
+            raise config_error("hooks", "unknown hook point %s" % json.dumps(point))
+        for index, hook in enumerate(entries if isinstance(entries, list) else [None]):
+            where = "hooks.%s[%d]" % (point, index)
+            if not isinstance(hook, dict) or not os.path.isabs(hook.get("path") or ""):
+                raise config_error(where, "expected an object with an absolute path")
+            args = config_field(hook, "args", list, where + ".", [hook["path"]])
+            env = config_field(hook, "env", list, where + ".", [])
+            timeout = config_field(hook, "timeout", int, where + ".")
+            if timeout is not None and timeout <= 0:
+                raise config_error(where + ".timeout", "must be positive")
+            checked.setdefault(point, []).append(
+                {"path": hook["path"], "args": args, "env": env, "timeout": timeout})
+    return checked
+
+
 # === 4. State: where containers live on disk ===
 # Two trees, as in Docker and runc:
 #   /var/lib/minidocker/containers/<id>/   what outlives a reboot
@@ -1355,12 +1884,22 @@ class Instance:
     its layer, its host name (default: the short id), the /etc files bound
     into it, its volumes with their host directories (make_volumes), and
     its network lease (None without --network bridge), which is taken
-    while the child is already starting and reaches it with "go"."""
-    __slots__ = ("id", "layer", "hostname", "volumes", "lease")
+    while the child is already starting and reaches it with "go". A
+    bundle's container (chapter 12, continued) has no layer; `state` is
+    its OCI state for the hooks, `cgroups` its cgroup directories by their
+    names under /sys/fs/cgroup (bind_cgroup_dirs)."""
+    __slots__ = ("id", "layer", "hostname", "volumes", "lease", "oci_state", "cgroups")
 
-    def __init__(self, cid, layer, hostname, volumes):
+    def __init__(self, cid, layer, hostname, volumes, oci_state=None, cgroups=()):
         self.id, self.layer, self.hostname, self.lease = cid, layer, hostname, None
-        self.volumes = volumes
+        self.volumes, self.oci_state, self.cgroups = volumes, oci_state, cgroups
+
+    def state(self, status):
+        """The OCI state the hooks read on stdin: the bundle's, with this
+        process's pid in the host's pid namespace (the host's /proc is
+        still mounted where hooks run before pivot_root)."""
+        pid = int(os.readlink("/proc/self")) if os.path.exists("/proc/self") else os.getpid()
+        return dict(self.oci_state or {}, status=status, pid=pid)
 
     @property
     def etc_files(self):
@@ -2235,7 +2774,8 @@ def plan_mounts(spec, etc_files=(), volumes=None):
         plan.append(Mount("fs", path, "tmpfs", "tmpfs", flags, data))
     if not spec.privileged:
         plan += [Mount("mask", path) for path in MASKED_PATHS]
-        plan += [Mount("readonly", path) for path in READONLY_PATHS]
+        plan += [Mount("readonly", path, flags=MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                 for path in READONLY_PATHS]
     return plan
 
 
@@ -2340,7 +2880,14 @@ def mount_overlay(spec, layer):
 
 
 def root_flags(spec):
-    return 0 if spec.privileged else MS_NODEV
+    return 0 if spec.privileged or spec.bundle is not None else MS_NODEV
+
+
+def bind_root(rootfs):
+    """A bundle's root: its directory bound onto itself, so that it is a
+    mount, which pivot_root(2) needs of the new root."""
+    mount(rootfs, rootfs, None, MS_BIND | MS_REC, shown=rootfs)
+    return os.open(rootfs, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def apply_mounts(rootfd, plan):
@@ -2353,7 +2900,7 @@ def apply_mounts(rootfd, plan):
             copy_up(rootfd, step.target, step.source)
         elif step.kind in ("mask", "readonly"):
             apply_protection(rootfd, step)
-        else:
+        elif step.kind != "cgroup":  # the cgroup view: build_root and child_stage
             apply_mount(rootfd, step)
 
 
@@ -2371,19 +2918,40 @@ def apply_mount(rootfd, step):
                               % (step.target, err.strerror))
     try:
         if step.kind == "bind":
-            mount(step.source, fd_path(fd), None, MS_BIND | MS_REC, shown=step.target)
-            if step.flags & MS_RDONLY:
-                remount_read_only(rootfd, step.target, 0, recursive=True, follow=True)
+            mount(step.source, fd_path(fd), None, MS_BIND | step.flags & MS_REC,
+                  shown=step.target)
         else:
-            mount(step.source, fd_path(fd), step.fstype, step.flags, step.data, shown=step.target)
+            mount(step.source, fd_path(fd), step.fstype,
+                  step.flags & ~(MS_PROPAGATION | MS_REC), step.data, shown=step.target)
+    finally:
+        os.close(fd)
+    # A bind takes its other flags from a second call, a remount, which
+    # must name the new mount (so the path is opened again), as must a
+    # change of propagation (a bundle's "rshared" and the like).
+    others = step.flags & ~(MS_BIND | MS_REC | MS_PROPAGATION)
+    if step.kind == "bind" and others & MS_RDONLY:
+        remount_read_only(rootfd, step.target, others & ~MS_RDONLY,
+                          recursive=bool(step.flags & MS_REC), follow=True)
+    elif step.kind == "bind" and others:
+        set_mount_flags(rootfd, step.target, MS_BIND | MS_REMOUNT | others)
+    if step.flags & MS_PROPAGATION:
+        set_mount_flags(rootfd, step.target, step.flags & (MS_PROPAGATION | MS_REC))
+
+
+def set_mount_flags(rootfd, target, flags):
+    fd = open_in_root(rootfd, target, follow=True)
+    try:
+        mount(None, fd_path(fd), None, flags, shown=target)
     finally:
         os.close(fd)
 
 
 def apply_protection(rootfd, step):
-    """Mask: /dev/null over a file, an empty read-only tmpfs over a
-    directory. Read-only: bind the path onto itself and remount it read-only.
-    A path this kernel does not have is skipped (ENOENT)."""
+    """Mask: the container's /dev/null (as runc binds it; the host's where
+    the container has none) over a file, an empty read-only tmpfs over a
+    directory. Read-only: bind the path onto itself and remount it
+    read-only, with the step's flags and the mount's own. A path this
+    kernel does not have is skipped (ENOENT)."""
     try:
         fd = open_in_root(rootfd, step.target, follow=False)
     except FileNotFoundError:
@@ -2392,13 +2960,33 @@ def apply_protection(rootfd, step):
         here = fd_path(fd)
         if step.kind == "readonly":
             mount(here, here, None, MS_BIND | MS_REC, shown=step.target)
-            remount_read_only(rootfd, step.target, MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            remount_read_only(rootfd, step.target, step.flags)
         elif stat.S_ISDIR(os.fstat(fd).st_mode):
             mount("tmpfs", here, "tmpfs", MS_RDONLY, "size=0", shown=step.target)
         else:
-            mount("/dev/null", here, None, MS_BIND, shown=step.target)
+            null = container_null(rootfd)
+            try:
+                mount(fd_path(null) if null is not None else "/dev/null", here, None, MS_BIND,
+                      shown=step.target)
+            finally:
+                if null is not None:
+                    os.close(null)
     finally:
         os.close(fd)
+
+
+def container_null(rootfd):
+    """The container's /dev/null, opened (O_PATH), if it is the null device
+    (c 1:3) and not a symlink; else None."""
+    try:
+        fd = open_in_root(rootfd, "/dev/null", follow=False)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3):
+        return fd
+    os.close(fd)
+    return None
 
 
 def apply_nodev(rootfd, target):
@@ -2740,12 +3328,38 @@ def parse_namespace_modes(args, caps):
 
 def child_namespaces(spec):
     """What the child unshares: CHILD_NAMESPACES but those shared with the
-    host (the pid namespace is the parent's to make: start_container)."""
+    host or joined (the pid namespace is the parent's to make:
+    start_container)."""
     flags = CHILD_NAMESPACES
     for kind, flag in (("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS)):
-        if spec.namespaces[kind] == "host":
+        if spec.namespaces[kind] != "private":
             flags &= ~flag
     return flags & ~CLONE_NEWNET if spec.network_plan["mode"] == "host" else flags
+
+
+NAMESPACE_TYPES = {"pid": CLONE_NEWPID, "ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS,
+                   "cgroup": CLONE_NEWCGROUP, "net": CLONE_NEWNET}
+
+
+def join_namespaces(spec, kinds):
+    """A bundle's namespaces given by path (a /proc/PID/ns/KIND or a file
+    bound from one, as `ip netns add` makes): joined with setns(2), which
+    checks that the file is a namespace of that kind."""
+    for kind in kinds:
+        mode = spec.namespaces[kind]
+        if mode not in ("host", "private"):
+            join_namespace(mode, NAMESPACE_TYPES[kind], kind)
+
+
+def join_namespace(path, nstype, kind):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise MiniDockerError("the %s namespace at %s: %s" % (kind, path, err.strerror))
+    try:
+        setns(fd, nstype, "the %s namespace at %s" % (kind, path))
+    finally:
+        os.close(fd)
 
 
 # The sysctls a namespace of the container's own holds, as runc allows
@@ -2757,14 +3371,14 @@ IPC_SYSCTLS = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
 SYSCTL_KEY = r"[a-z0-9_]+(\.[A-Za-z0-9_@:+-]+)+"  # no '/', no '..': a path under /proc/sys
 
 
-def parse_sysctl(text, namespaces, network):
-    """--sysctl KEY=VALUE -> (key, value), checked against the namespaces
-    the container will have."""
+def parse_sysctl(text, namespaces, network, flag="--sysctl"):
+    """--sysctl KEY=VALUE (or config.json's linux.sysctl) -> (key, value),
+    checked against the namespaces the container will have."""
     key, equals, value = text.partition("=")
     if not equals or not re.fullmatch(SYSCTL_KEY, key, re.ASCII) or \
             any(c in value for c in "\n\0"):
-        raise MiniDockerError("invalid --sysctl %s: expected KEY=VALUE, such as "
-                              "net.ipv4.ip_forward=1" % quote(text))
+        raise MiniDockerError("invalid %s %s: expected KEY=VALUE, such as "
+                              "net.ipv4.ip_forward=1" % (flag, quote(text)))
     if key in IPC_SYSCTLS or key.startswith("fs.mqueue."):
         refused = namespaces["ipc"] == "host" and "is not allowed in the host's IPC namespace " \
                                                   "(--ipc host)"
@@ -2779,7 +3393,7 @@ def parse_sysctl(text, namespaces, network):
     else:
         refused = "is not in a separate kernel namespace: it would change the host"
     if refused:
-        raise MiniDockerError("invalid --sysctl %s: sysctl %s %s" % (quote(text), key, refused))
+        raise MiniDockerError("invalid %s %s: sysctl %s %s" % (flag, quote(text), key, refused))
     return key, value
 
 
@@ -3053,9 +3667,14 @@ def controllers_needed(res):
             ("oom_kill_disable", "memory", "--oom-kill-disable"),
             ("pids", "pids", "--pids-limit"), ("io_weight", "io", "--blkio-weight"),
             ("io_read", "io", "--device-read-bps"), ("io_write", "io", "--device-write-bps"),
-            ("devices", "devices", "the device cgroup")):
+            ("devices", "devices", "the device cgroup"),
+            ("memory_swappiness", "memory", "memory.swappiness")):
         if key in res:
             needs.setdefault(controller, flag)
+    for name in res.get("unified", {}):
+        controller = name.split(".")[0]
+        if controller not in ("cgroup",):  # cgroup.* files are the core's, in every cgroup
+            needs.setdefault(controller, "linux.resources.unified " + name)
     return needs
 
 
@@ -3073,7 +3692,8 @@ def cgroup_writes(res, version):
         if "memory_reservation" in res:
             writes.append(("memory", "memory.low", res["memory_reservation"]))
         if "cpu_quota" in res:
-            writes.append(("cpu", "cpu.max", "%d %d" % (res["cpu_quota"], CPU_PERIOD_US)))
+            writes.append(("cpu", "cpu.max", "%d %d" % (res["cpu_quota"],
+                                                        res.get("cpu_period", CPU_PERIOD_US))))
         if "cpu_shares" in res:
             writes.append(("cpu", "cpu.weight", cpu_weight(res["cpu_shares"])))
         if "io_weight" in res:
@@ -3090,8 +3710,10 @@ def cgroup_writes(res, version):
             writes.append(("memory", "memory.soft_limit_in_bytes", res["memory_reservation"]))
         if "oom_kill_disable" in res:  # a task over the limit waits instead of being killed
             writes.append(("memory", "memory.oom_control", 1))
+        if "memory_swappiness" in res:
+            writes.append(("memory", "memory.swappiness", res["memory_swappiness"]))
         if "cpu_quota" in res:
-            writes.append(("cpu", "cpu.cfs_period_us", CPU_PERIOD_US))
+            writes.append(("cpu", "cpu.cfs_period_us", res.get("cpu_period", CPU_PERIOD_US)))
             writes.append(("cpu", "cpu.cfs_quota_us", res["cpu_quota"]))
         if "cpu_shares" in res:
             writes.append(("cpu", "cpu.shares", res["cpu_shares"]))
@@ -3110,6 +3732,9 @@ def cgroup_writes(res, version):
         writes.append(("cpuset", "cpuset.mems", res["cpuset_mems"]))
     if "pids" in res:
         writes.append(("pids", "pids.max", "max" if res["pids"] is None else res["pids"]))
+    if version == 2:  # config.json's linux.resources.unified: cgroup2 files as they are named
+        writes += [(name.split(".")[0], name, value)
+                   for name, value in sorted(res.get("unified", {}).items())]
     return writes
 
 
@@ -3379,6 +4004,48 @@ def mount_cgroup_view(view, read_only):
                   shown=target + " (read-only)")
 
 
+def bind_cgroup_dirs(rootfd, dirs, read_only):
+    """A bundle's cgroup mount without a cgroup namespace, as runc makes
+    it: each hierarchy's directory of the container's own cgroup, bound
+    from the host's tree (`dirs`: [(name under /sys/fs/cgroup, "" for a
+    unified host, host directory)]), in a tmpfs but on a cgroup2-only
+    host. Mounting the hierarchies afresh there would show the host's
+    whole trees. Before pivot_root, in the container's fresh sysfs."""
+    fd = open_in_root(rootfd, CGROUP_VIEW, follow=False)
+    try:
+        top = fd_path(fd)
+        if dirs and dirs[0][0] == "":
+            mount(dirs[0][1], top, None, MS_BIND, shown=CGROUP_VIEW)
+        else:
+            mount("tmpfs", top, "tmpfs", CGROUP_MOUNT_FLAGS, "mode=755,size=64k",
+                  shown=CGROUP_VIEW)
+    finally:
+        os.close(fd)
+    mounted = [CGROUP_VIEW]
+    if not dirs or dirs[0][0] != "":
+        view = open_in_root(rootfd, CGROUP_VIEW, follow=False)
+        try:
+            names = {name for name, _ in dirs}
+            for name, _ in dirs:
+                os.mkdir(name, 0o755, dir_fd=view)
+                for alias in name.split(",") if "," in name else ():
+                    if alias not in names:
+                        os.symlink(name, alias, dir_fd=view)
+        finally:
+            os.close(view)
+        for name, host in dirs:
+            target = os.path.join(CGROUP_VIEW, name)
+            inner = open_in_root(rootfd, target, follow=False)
+            try:
+                mount(host, fd_path(inner), None, MS_BIND, shown=target)
+            finally:
+                os.close(inner)
+            mounted.append(target)
+    if read_only:  # the directories, not the tmpfs that holds them: runc's way
+        for target in reversed(mounted[1:] or mounted):
+            remount_read_only(rootfd, target, CGROUP_MOUNT_FLAGS)
+
+
 def on_fresh_sysfs(path):
     """Whether `path` is a directory of the container's sysfs, its last
     name no symlink. An image's symlink can lead a volume over /sys or
@@ -3400,9 +4067,14 @@ def on_fresh_sysfs(path):
         os.close(fd)
 
 
-def plan_cgroups(res, layout, cid, parent=None):
+def plan_cgroups(res, layout, cid, parent=None, cgroup_path=None):
     """-> [(version, mount point, directory, {controllers})], one per
-    hierarchy: every v1 hierarchy and the cgroup2 one. Fails, before
+    hierarchy: every v1 hierarchy and the cgroup2 one. `cgroup_path` (a
+    bundle's linux.cgroupsPath) names the directory as runc reads it: an
+    absolute path from each hierarchy's root; a relative one under our own
+    cgroup, or on cgroup2 with controllers under its parent (which, unlike
+    ours, holds no process, as cgroup2 requires of a cgroup that hands
+    controllers down). Fails, before
     anything is made, when a controller a flag needs is missing, or when
     no cgroup filesystem is mounted at all (a mount namespace whose /sys
     was mounted afresh, as `ip netns exec` does, sees none)."""
@@ -3425,22 +4097,26 @@ def plan_cgroups(res, layout, cid, parent=None):
             "%s needs the %s cgroup controller, which this host has neither as cgroup v1 "
             "nor enabled in cgroup v2 (%s/cgroup.controllers)"
             % (flag, controller, layout.v2_mount or "/sys/fs/cgroup"))
+    def place(mount_point, base, name, relative_base):
+        if cgroup_path is None:
+            return os.path.join(mount_point, (base if parent is None else parent).strip("/"), name)
+        if cgroup_path.startswith("/"):
+            return os.path.join(mount_point, cgroup_path.strip("/"))
+        return os.path.join(mount_point, relative_base.strip("/"), cgroup_path)
+
     dirs = {}
     for name, (mount_point, own) in sorted(layout.v1.items()):
-        base = parent if parent is not None else own
-        path = os.path.join(mount_point, base.strip("/"), "minidocker-" + cid)
+        path = place(mount_point, own, "minidocker-" + cid, own)
         dirs.setdefault((1, mount_point), (path, set()))[1].add(V2_NAMES.get(name, name))
     for controller in sorted(set(needs) | set(ACCOUNTING)):
         if layout.version_of(controller) == 2:  # (cpuacct exists on v1 only)
-            base = parent if parent is not None else "mini-docker"
-            path = os.path.join(layout.v2_mount, base.strip("/"), cid)
+            path = place(layout.v2_mount, "mini-docker", cid, os.path.dirname(layout.v2_own))
             dirs.setdefault((2, layout.v2_mount), (path, set()))[1].add(controller)
     if layout.v2_mount and (2, layout.v2_mount) not in dirs:
         # A hybrid host's cgroup2 tree holds no controller, but its root
         # would be in reach all the same: joined too, under our own cgroup
         # as on v1 (with no controller enabled, any cgroup can have children).
-        base = parent if parent is not None else layout.v2_own
-        path = os.path.join(layout.v2_mount, base.strip("/"), "minidocker-" + cid)
+        path = place(layout.v2_mount, layout.v2_own, "minidocker-" + cid, layout.v2_own)
         dirs[2, layout.v2_mount] = (path, set())
     return [(key[0], key[1], path, controllers)
             for key, (path, controllers) in sorted(dirs.items())]
@@ -5108,17 +5784,35 @@ def drop_bounding_set(keep, last):
             prctl(PR_CAPBSET_DROP, cap, what="prctl(PR_CAPBSET_DROP, %d)" % cap)
 
 
-def set_capabilities(effective_permitted):
-    """capset(2): effective = permitted = the given mask, inheritable = 0;
-    then clear the ambient set."""
-    mask = effective_permitted
+def capability_sets(spec, uid):
+    """The five sets the command gets. A bundle gives them one by one;
+    `run`'s are Docker's: the kept capabilities bound the set, and are
+    effective and permitted for root only (a non-root user ends with none,
+    as with docker), nothing inheritable or ambient."""
+    if spec.cap_sets is not None:
+        return spec.cap_sets
+    held = set(spec.caps) if uid == 0 else set()
+    return {"bounding": set(spec.caps), "effective": held, "permitted": held,
+            "inheritable": set(), "ambient": set()}
+
+
+def set_capabilities(sets):
+    """capset(2): the effective, permitted and inheritable sets; then the
+    ambient set, cleared and raised capability by capability. The kernel
+    raises an ambient capability only if it is permitted and inheritable
+    (capabilities(7)); runc asks for the others too and is refused, as a
+    config like `runc spec`'s (ambient, no inheritable) shows: they are
+    left out here without asking."""
+    masks = [cap_mask(sets[name]) for name in ("effective", "permitted", "inheritable")]
     header = ctypes.create_string_buffer(struct.pack(CAP_HEADER, _LINUX_CAPABILITY_VERSION_3, 0))
     data = ctypes.create_string_buffer(
-        struct.pack(CAP_DATA, mask & 0xFFFFFFFF, mask & 0xFFFFFFFF, 0)
-        + struct.pack(CAP_DATA, mask >> 32, mask >> 32, 0))
-    with failing_as("capset(0x%x)" % mask):
+        struct.pack(CAP_DATA, *(m & 0xFFFFFFFF for m in masks))
+        + struct.pack(CAP_DATA, *(m >> 32 for m in masks)))
+    with failing_as("capset(0x%x)" % masks[0]):
         _capset(header, data)
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+    for cap in sorted(sets["ambient"] & sets["permitted"] & sets["inheritable"]):
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, "prctl(PR_CAP_AMBIENT_RAISE, %d)" % cap, cap)
 
 
 # === 10. (continued) Seccomp: a BPF compiler for Docker's profiles ===
@@ -5140,6 +5834,8 @@ def set_capabilities(effective_permitted):
 # <linux/seccomp.h>: what the filter can answer. The low 16 bits carry data
 # (the errno for ERRNO, a message for TRACE).
 SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAGS = {"SECCOMP_FILTER_FLAG_TSYNC": 1, "SECCOMP_FILTER_FLAG_LOG": 2,
+                        "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4}
 SECCOMP_RET_KILL_PROCESS = 0x80000000  # Linux 4.14: the whole process dies of SIGSYS
 SECCOMP_RET_KILL_THREAD = 0x00000000   # only the calling thread dies
 SECCOMP_RET_TRAP = 0x00030000          # SIGSYS, which the process may catch
@@ -5584,16 +6280,17 @@ def default_filter(caps, cache):
     return program, notes
 
 
-def load_filter(program):
+def load_filter(program, flags=0):
     """seccomp(2). Needs no_new_privs first, or CAP_SYS_ADMIN, else
     EACCES. Everything after this runs under the filter, up to and with
-    execve(2), which the profile must allow (exec_command places it)."""
+    execve(2), which the profile must allow (exec_command places it).
+    `flags`: SECCOMP_FILTER_FLAG_*, from a bundle's linux.seccomp.flags."""
     code = ctypes.create_string_buffer(program, len(program))
     fprog = ctypes.create_string_buffer(
         struct.pack(SOCK_FPROG, len(program) // 8, ctypes.addressof(code)))
     with failing_as("seccomp(SECCOMP_SET_MODE_FILTER)",
                     {errno.EINVAL: "the kernel needs CONFIG_SECCOMP_FILTER"}):
-        _seccomp(SYSCALLS["seccomp"], SECCOMP_SET_MODE_FILTER, 0, fprog)
+        _seccomp(SYSCALLS["seccomp"], SECCOMP_SET_MODE_FILTER, flags, fprog)
 
 
 # The default profile: an allowlist, Docker's approach. What a process
@@ -5931,7 +6628,13 @@ def lookup_group(name, group):
 
 
 def container_env(spec, hostname, home):
-    """The process's environment: docker's defaults first, -e on top."""
+    """The process's environment: docker's defaults first, -e on top. A
+    bundle's is its process.env as it is, and HOME when that has none, as
+    runc adds it."""
+    if spec.bundle is not None:
+        env = dict(e.partition("=")[::2] for e in spec.env)
+        env.setdefault("HOME", home)
+        return env
     env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": home}
     if spec.tty:
         env["TERM"] = "xterm"
@@ -6024,21 +6727,22 @@ def set_oom_score_adj(value):
             else ""))
 
 
-def drop_privileges(uid, gid, gids, caps, last, no_new_privs):
+def drop_privileges(uid, gid, gids, sets, last, no_new_privs):
     """Everything stage 2 gives up before the command: the bounding set
     down to the container's capabilities, the user and groups (keeping the
-    capabilities across setuid, PR_SET_KEEPCAPS, only for root: a non-root
-    user ends with empty permitted and effective sets, as with docker), and
-    with --security-opt no-new-privileges, no_new_privs. Without it, as in
+    capabilities across setuid, PR_SET_KEEPCAPS, then setting the other
+    sets of capability_sets: for `run`, a non-root user ends with empty
+    permitted and effective sets, as with docker), and with --security-opt
+    no-new-privileges (a bundle's noNewPrivileges), no_new_privs. Without it, as in
     Docker, a setuid-root file run by a non-root user raises it to root,
     with the bounding set's capabilities and no more: the bounding set is
     what stands between the container and the rest."""
-    drop_bounding_set(caps, last)
+    drop_bounding_set(sets["bounding"], last)
     prctl(PR_SET_KEEPCAPS, 1, what="prctl(PR_SET_KEEPCAPS)")
     os.setgroups(gids)
     os.setgid(gid)
     os.setuid(uid)
-    set_capabilities(cap_mask(caps) if uid == 0 else 0)
+    set_capabilities(sets)
     if no_new_privs:
         prctl(PR_SET_NO_NEW_PRIVS, 1, what="prctl(PR_SET_NO_NEW_PRIVS)")
 
@@ -6047,13 +6751,16 @@ def child_stage(spec, instance, to_parent, from_parent, console):
     """Stage 1 and 2, in the child. Never returns: execs or exits."""
     try:
         set_stage_name("md:[1:CHILD]")
-        close_inherited_fds()
+        close_inherited_fds(spec.preserve_fds)
         if console is None:
             os.setsid()  # with -t, attach_terminal does it
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
         host_network = spec.network_plan["mode"] == "host"
+        join_namespaces(spec, ("ipc", "uts"))
+        if spec.network_plan.get("join"):
+            join_namespace(spec.network_plan["join"], CLONE_NEWNET, "net")
         unshare(child_namespaces(spec))
-        if not host_network:
+        if not host_network and spec.bundle is None:
             set_network_sysctls()  # in our new namespace: never the host's
         apply_sysctls(spec.sysctls)  # after Docker's defaults: a --sysctl of the same key wins
         set_oom_score_adj(spec.oom_score_adj)
@@ -6065,9 +6772,17 @@ def child_stage(spec, instance, to_parent, from_parent, console):
         # are bound as they are, empty: the parent writes them (the same
         # files) before "go".
         rest = bytearray()
-        cgroup_view = plan_cgroup_view(read_text("/proc/self/mountinfo"),
-                                       [v.target for v in spec.volumes] +
-                                       [t[0] for t in spec.tmpfs])
+        if spec.hooks:  # startContainer's, once the host's /proc is out of reach
+            spec.start_state = instance.state("created")
+        if spec.bundle is None:
+            cgroup_view = plan_cgroup_view(read_text("/proc/self/mountinfo"),
+                                           [v.target for v in spec.volumes] +
+                                           [t[0] for t in spec.tmpfs])
+            view_read_only = not spec.privileged
+        else:  # a bundle's cgroup mount, if it has one
+            asked = [step for step in spec.mount_plan if step.kind == "cgroup"]
+            cgroup_view = plan_cgroup_view(read_text("/proc/self/mountinfo")) if asked else []
+            view_read_only = bool(asked and asked[0].flags & MS_RDONLY)
         build_root(spec, instance, console)
         trace(spec.debug, "child: root built, pivoted")
         set_stage_name("md:[2:INIT]")
@@ -6081,9 +6796,13 @@ def child_stage(spec, instance, to_parent, from_parent, console):
             # Only inside a cgroup namespace of its own: mounted in the
             # host's, each hierarchy's root would be the host's (and cgroup2
             # without nsdelegate would clear the host's).
-            mount_cgroup_view(cgroup_view, not spec.privileged)
-        if spec.namespaces["uts"] == "private":  # the host's name is not ours to change
-            sethostname(instance.hostname)
+            mount_cgroup_view(cgroup_view, view_read_only)
+        else:
+            join_namespaces(spec, ("cgroup",))
+        if spec.namespaces["uts"] == "private" and instance.hostname:
+            sethostname(instance.hostname)  # (the host's name is not ours to change)
+        if spec.domainname:
+            setdomainname(spec.domainname)
         if not host_network:
             bring_up_loopback()
         if instance.lease:  # the host made eth0 for us before "go"
@@ -6102,7 +6821,7 @@ def child_stage(spec, instance, to_parent, from_parent, console):
         report_and_exit(to_parent, EXIT_RUNTIME, "internal error: %r" % err)
 
 
-def close_inherited_fds():
+def close_inherited_fds(preserved=0):
     """Close every descriptor above 2 that whoever started minidocker left
     open. Such a descriptor would reach the container through execve: an
     open directory of the host (`exec 7</`) is a way out of the root, by
@@ -6113,7 +6832,9 @@ def close_inherited_fds():
     one call, but it needs Linux 5.11."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd > 2:
+        if 2 < fd < 3 + preserved:  # a bundle's --preserve-fds: passed on, as runc does
+            os.set_inheritable(fd, True)
+        elif fd > 2:
             try:
                 if not fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
                     os.close(fd)
@@ -6137,7 +6858,10 @@ def read_line(fd, rest):
 
 def report_and_exit(to_parent, code, message):
     line = "error %d %s\n" % (code, message.replace("\n", " "))
-    os.write(to_parent, line.encode(errors="replace"))
+    try:
+        os.write(to_parent, line.encode(errors="replace"))
+    except OSError:  # EBADF: a bundle's `create` is done and gone; stderr is the caller's
+        os.write(2, ("minidocker: error: %s\n" % message).encode(errors="replace"))
     os._exit(code)
 
 
@@ -6145,17 +6869,27 @@ def build_root(spec, instance, console):
     """Mount namespace work: private propagation, the overlay, the mount
     plan, the terminal, pivot_root."""
     os.umask(0)  # device nodes and mount points get exactly the modes we give
-    # Propagation must be private before anything is mounted, or the mounts
-    # would be copied into the host's namespace (mount_namespaces(7)).
-    mount(None, "/", None, MS_REC | MS_PRIVATE, shown="/ (make-rprivate)")
-    rootfd = mount_overlay(spec, instance.layer)
-    apply_mounts(rootfd, plan_mounts(spec, instance.etc_files, instance.volumes))
+    # Propagation must be private (or a bundle's slave) before anything is
+    # mounted, or the mounts would be copied into the host's namespace
+    # (mount_namespaces(7)).
+    mount(None, "/", None, spec.propagation, shown="/ (propagation)")
+    if spec.bundle is None:
+        rootfd = mount_overlay(spec, instance.layer)
+        plan = plan_mounts(spec, instance.etc_files, instance.volumes)
+    else:
+        rootfd = bind_root(spec.rootfs)
+        plan = spec.mount_plan
+    apply_mounts(rootfd, plan)
+    for step in plan:
+        if step.kind == "cgroup" and spec.namespaces["cgroup"] != "private":
+            bind_cgroup_dirs(rootfd, instance.cgroups, step.flags & MS_RDONLY)
     make_devices(rootfd, spec.devices)
     if spec.privileged:
         add_host_devices(rootfd)
     if console is not None:
-        attach_terminal(rootfd, console)
+        attach_terminal(rootfd, console, spec.console_size)
     make_workdir(rootfd, spec.workdir)
+    run_hooks(spec, "createContainer", lambda: instance.state("creating"))
     enter_root(rootfd, spec.read_only, root_flags(spec))
     os.close(rootfd)
     os.umask(0o022)
@@ -6169,22 +6903,23 @@ def make_workdir(rootfd, workdir):
         raise MiniDockerError("workdir %s: %s" % (workdir, err.strerror))
 
 
-def attach_terminal(rootfd, console):
+def attach_terminal(rootfd, console, size=None):
     """-t: open a pty in the container's own devpts, so that `tty` inside says
     /dev/pts/0; bind its slave to /dev/console; pass the master to the parent
     over the console socket (SCM_RIGHTS, unix(7)), and keep the slave as
-    stdin, stdout and stderr, the controlling terminal of a new session."""
-    slave = open_pty(rootfd, console)
+    stdin, stdout and stderr, the controlling terminal of a new session.
+    `size`: (rows, columns), a bundle's consoleSize."""
+    slave = open_pty(rootfd, console, size)
     consolefd = open_in_root(rootfd, "/dev/console", create="file", follow=False)
     mount(fd_path(slave), fd_path(consolefd), None, MS_BIND, shown="/dev/console")
     os.close(consolefd)
     take_terminal(slave)
 
 
-def open_pty(rootfd, console):
-    """A new pty of the devpts mounted at ROOT/dev/pts, sized as our own
-    terminal; its master goes to the parent over `console`. Returns the
-    slave."""
+def open_pty(rootfd, console, size=None):
+    """A new pty of the devpts mounted at ROOT/dev/pts, sized `size` or as
+    our own terminal; its master goes to the parent (or a bundle's
+    --console-socket) over `console`. Returns the slave."""
     import array
     import _socket
     ptsfd = open_in_root(rootfd, "/dev/pts", follow=False)
@@ -6192,7 +6927,9 @@ def open_pty(rootfd, console):
     os.close(ptsfd)
     fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))  # unlockpt(3)
     slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
-    if os.isatty(0):
+    if size:
+        fcntl.ioctl(slave, TIOCSWINSZ, struct.pack("=HHHH", size[0], size[1], 0, 0))
+    elif os.isatty(0):
         fcntl.ioctl(slave, TIOCSWINSZ, fcntl.ioctl(0, TIOCGWINSZ, WINSIZE_ZERO))
     console.sendmsg([b"M"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
                               array.array("i", [master]))])
@@ -6232,10 +6969,18 @@ def exec_command(spec, hostname, to_parent, tied=True):
     with the process that started it (SIGKILL when it ends), as all do but
     exec -d's."""
     passwd = parse_passwd(read_account_file("/etc/passwd"))
-    group = parse_group(read_account_file("/etc/group"))
-    uid, gid, gids, home = resolve_user(spec.user, passwd, group, spec.group_add)
+    if spec.identity is None:
+        group = parse_group(read_account_file("/etc/group"))
+        uid, gid, gids, home = resolve_user(spec.user, passwd, group, spec.group_add)
+    else:  # a bundle's numbers, exactly; passwd gives the home, as in runc
+        uid, gid, gids = spec.identity
+        home = next((u[3] for u in passwd if u[1] == uid and u[3]), "/")
     env = container_env(spec, hostname, home)
     apply_ulimits(spec.ulimits)
+    if spec.umask is not None:
+        os.umask(spec.umask)
+    if spec.personality is not None:
+        personality(spec.personality)
     # seccomp(2) asks for no_new_privs or CAP_SYS_ADMIN. Without
     # no_new_privs the filter is loaded here, while we still hold every
     # capability, as runc does; all that follows, up to execve, then runs
@@ -6245,9 +6990,10 @@ def exec_command(spec, hostname, to_parent, tied=True):
     # little as possible runs under it.
     filter_first = spec.seccomp is not None and not spec.no_new_privs
     if filter_first:
-        load_filter(spec.seccomp)
+        load_filter(spec.seccomp, spec.seccomp_flags)
     try:
-        drop_privileges(uid, gid, gids, spec.caps, spec.last_cap, spec.no_new_privs)
+        drop_privileges(uid, gid, gids, capability_sets(spec, uid), spec.last_cap,
+                        spec.no_new_privs)
     except OSError as err:
         if not filter_first:
             raise
@@ -6256,6 +7002,7 @@ def exec_command(spec, hostname, to_parent, tied=True):
                               "allow prctl, setgroups, setgid, setuid and capset)"
                               % err.strerror)
     # setuid cleared the parent-death signal (prctl(2)); ask for it again.
+    tied = tied and spec.tied
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL if tied else 0, what="prctl(PR_SET_PDEATHSIG)")
     enter_workdir(spec.workdir)
     program = find_executable(spec.command[0], env.get("PATH", DEFAULT_PATH))
@@ -6268,10 +7015,19 @@ def exec_command(spec, hostname, to_parent, tied=True):
     reset_signals()
     if spec.debug:
         debug(True, "own work %.2f ms (main() to execve)" % ((time.perf_counter() - START) * 1000))
-    if spec.init:  # before the filter, which may refuse prctl; execve makes the command dumpable
+    if spec.init or spec.exec_fifo is not None:
+        # Before the filter, which may refuse prctl; execve makes the
+        # command dumpable. A bundle's init may wait at the fifo for long,
+        # holding a descriptor of the host's state directory: no process
+        # of the container may reach into it meanwhile.
         prctl(PR_SET_DUMPABLE, 0, what="prctl(PR_SET_DUMPABLE)")
+    if spec.exec_fifo is not None:
+        wait_for_start(spec, to_parent)
+    run_hooks(spec, "startContainer", lambda: dict(spec.start_state, status="created"))
+    if spec.apparmor:  # AppArmor's change_onexec(): the profile takes effect at execve
+        write_attr("/proc/self/attr/apparmor/exec", "exec " + spec.apparmor)
     if spec.seccomp is not None and not filter_first:
-        load_filter(spec.seccomp)
+        load_filter(spec.seccomp, spec.seccomp_flags)
     if spec.init:
         become_init(to_parent, spec.tty, tied)  # returns in the command's process only
     try:
@@ -6436,7 +7192,7 @@ def raise_child_error(message):
     raise MiniDockerError(text, int(code))
 
 
-def start_container(spec, instance, signals, join, prepare):
+def start_container(spec, instance, signals, join, prepare, console_socket=None):
     """Stage 0: fork the child into its namespaces and see it to its exec.
     On the host side, while the child unshares and builds its root:
     join(pid) (the cgroups) in a thread of its own, and meanwhile
@@ -6444,19 +7200,23 @@ def start_container(spec, instance, signals, join, prepare):
     written; then, once the child's namespaces exist, its veth, and "go"
     with the lease. Returns (pid of the container's init, pty
     master or None, the signals that arrived meanwhile and are still to
-    forward)."""
+    forward). `console_socket`: a bundle's --console-socket, connected,
+    where the child sends the pty's master instead of to us."""
     child_read, parent_write = os.pipe2(os.O_CLOEXEC)
     parent_read, child_write = os.pipe2(os.O_CLOEXEC)
-    console = console_peer = None
+    console, console_peer = None, console_socket
     if spec.network_plan["mode"] == "bridge":
         preload("_socket", "ipaddress")  # configure_eth0 speaks netlink after pivot_root
     if spec.tty:
         preload("_socket", "array")  # attach_terminal's, after the fork
+    if spec.tty and console_socket is None:
         import _socket
         console, console_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     host_pid = spec.namespaces["pid"] == "host"
-    if not host_pid:
+    if spec.namespaces["pid"] == "private":
         unshare(CLONE_NEWPID)  # for the child we are about to fork
+    else:  # a bundle's pid namespace by path, for the child alike
+        join_namespaces(spec, ("pid",))
     pid = os.fork()
     if pid == 0:
         signal.set_wakeup_fd(-1)  # the parent's signals are not ours to note
@@ -6507,6 +7267,9 @@ def start_container(spec, instance, signals, join, prepare):
         try:
             if lease:
                 attach_veth(lease, pid)
+            for point in ("prestart", "createRuntime"):  # a bundle's, in our namespaces
+                run_hooks(spec, point, lambda: dict(instance.oci_state, status="creating",
+                                                    pid=pid))
             os.write(parent_write, b"go %s\n" % json.dumps(lease).encode())
         except (MiniDockerError, BrokenPipeError) as err:
             child_error_first(err, pid, parent_read, signals, pending, rest)
@@ -7478,18 +8241,21 @@ def close_namespaces(opened):
         os.close(fd)
 
 
-def exec_in_container(record, spec):
+def exec_in_container(record, spec, console_socket=None, started=None):
     """Run spec.command in the running container of `record`; its exit code
-    (with -d: 0 once it runs)."""
+    (with -d: 0 once it runs). For a bundle's exec: `console_socket`, where
+    the pty's master goes (as start_container's), and started(pid) once the
+    process runs."""
     namespaces = open_namespaces(record)
     signals = SignalPipe()
-    console = console_peer = None
+    console, console_peer = None, console_socket
     try:
         # Inherited by the child through fork: it is never dumpable while
         # it is python3 (see above).
         prctl(PR_SET_DUMPABLE, 0, what="prctl(PR_SET_DUMPABLE)")
         if spec.tty:
             preload("_socket", "array")  # open_pty's, once the host is out of reach
+        if spec.tty and console_socket is None:
             import _socket
             console, console_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         child_read, parent_write = os.pipe2(os.O_CLOEXEC)
@@ -7515,6 +8281,8 @@ def exec_in_container(record, spec):
             message = read_child_message(parent_read, signals, pending, bytearray())
             if message:
                 raise_child_error(message)
+            if started is not None:
+                started(pid)
         except BaseException:
             kill_and_reap(pid)
             raise
@@ -7539,7 +8307,9 @@ def exec_child(spec, record, namespaces, to_parent, from_parent, console):
         set_stage_name("md:[exec]")
         signal.set_wakeup_fd(-1)  # the parent's signals are not ours to note
         null = os.open("/dev/null", os.O_RDWR)
-        for target in ((0, 1, 2) if spec.detach else (0,) if not spec.interactive else ()):
+        # (A bundle's exec keeps the caller's: conmon's pipes, its log.)
+        for target in ((0, 1, 2) if spec.detach and spec.bundle is None else
+                       (0,) if not spec.interactive else ()):
             os.dup2(null, target)
         os.close(null)
         # Nothing of the host's beyond this point but what is named here.
@@ -8968,6 +9738,623 @@ def cmd_stats(args):
             return err.code
         raise
 
+# === 12. (continued) The OCI runtime: runc's command line over a bundle ===
+# podman (through conmon), containerd's runc shim and CRI-O reach a runtime
+# through one door: runc's command line. Started as `minidocker.py runc
+# ...`, or under a name ending in "runc" (the `minidocker-runc` link that
+# `install` makes), minidocker speaks it. A container's life, as runc lives
+# it and the runtime spec (runtime.md) describes it:
+#
+#   create ID --bundle DIR   the container is built to the last step before
+#                            its execve: the process waits there, on a fifo
+#                            (exec.fifo) in the state directory; the runtime
+#                            exits, and the caller (conmon, the shim) is left
+#                            with the pid, as a subreaper, to reap it
+#   start ID                 opens the fifo: the process writes a byte to it
+#                            and execs the command
+#   state ID                 the spec's state JSON: creating, created,
+#                            running, paused or stopped, and the pid
+#   kill ID [SIGNAL]         a signal to it (--all: to all of its cgroup)
+#   delete [--force] ID      everything it had goes: the cgroups, the state,
+#                            then the poststop hooks
+#   run ID                   create and start, and with no --detach, wait
+#                            for it and delete it, its exit code ours
+#   exec ID CMD | --process  one more process in it, as `minidocker exec`
+#
+# Its state is a directory per container under --root (ROOT/ID, root's
+# alone): state.json (written atomically, so any command reads the whole
+# of it) and the fifo while the container is created. The container's
+# init is known by its pid and start time, as a record's (chapter 4): a
+# reused pid is no container of ours. Errors are one line on stderr (and
+# in --log, as --log-format says), exit code 1, as runc's.
+
+RUNC_ROOT = "/run/minidocker-runc"  # runc's own is /run/runc: ours never mixes with it
+RUNC_ID = r"[\w+.-]+"  # runc's container id: letters, digits, _ + - .
+RUNC_EXIT = 1
+
+
+class RuncState:
+    """One container's directory under --root, and what state.json says."""
+
+    def __init__(self, root, cid):
+        if not re.fullmatch(RUNC_ID, cid or "", re.ASCII) or cid in (".", ".."):
+            raise MiniDockerError("invalid container id %s: letters, digits and _+-. only"
+                                  % quote(cid or ""))
+        self.id, self.dir = cid, os.path.join(root, cid)
+        self.fifo = os.path.join(self.dir, "exec.fifo")
+        self.data = None
+
+    def load(self):
+        try:
+            with open(os.path.join(self.dir, "state.json")) as handle:
+                self.data = json.load(handle)
+        except FileNotFoundError:
+            raise MiniDockerError("container %s does not exist" % self.id)
+        except ValueError:  # a create killed halfway: reclaimed by delete
+            self.data = {"id": self.id, "pid": 0, "cgroups": [], "bundle": "", "config": {}}
+        return self
+
+    def save(self):
+        write_file_atomically(os.path.join(self.dir, "state.json"),
+                              json.dumps(self.data).encode(), 0o600)
+
+    def alive(self):
+        pid = self.data.get("pid") or 0
+        return pid > 0 and process_start_time(pid) == self.data.get("pid_start")
+
+    def status(self):
+        if not self.data.get("pid"):
+            return "creating" if self.data.get("creating") else "stopped"
+        if not self.alive():
+            return "stopped"
+        if os.path.exists(self.fifo):
+            return "created"
+        return "paused" if cgroups_frozen(self.data["cgroups"]) else "running"
+
+    def oci(self, status=None):
+        """The state the runtime spec defines (what `state` prints and a
+        hook reads), with runc's extra fields."""
+        status = status or self.status()
+        return {"ociVersion": OCI_VERSION, "id": self.id, "status": status,
+                "pid": self.data.get("pid", 0) if status != "stopped" else 0,
+                "bundle": self.data.get("bundle", ""),
+                "rootfs": self.data.get("rootfs", ""), "created": self.data.get("created", ""),
+                "owner": "", "annotations": self.data.get("annotations", {})}
+
+
+def runc_create(args, foreground=False):
+    """create and run: the container built to its fifo (create, run
+    --detach) or to its command (a foreground run, which waits for it).
+    Returns (RuncState, Spec, pid, the pty master or None, the SignalPipe,
+    signals pending); the pipe is closed unless `foreground`."""
+    require_root("runc create")
+    if getattr(args, "no_pivot", False):
+        warn("--no-pivot: the root is entered with pivot_root all the same")
+    bundle = os.path.abspath(args.bundle or ".")
+    config = load_config(bundle)
+    spec = oci_spec(config, bundle)
+    spec.preserve_fds = args.preserve_fds + int(os.environ.get("LISTEN_FDS", "0") or 0)
+    spec.tied = foreground
+    if spec.tty and not foreground and not args.console_socket:
+        raise MiniDockerError("cannot allocate tty if runc will detach without setting "
+                              "console socket")
+    if not spec.tty and args.console_socket:
+        raise MiniDockerError("cannot use console socket if runc will not detach or "
+                              "allocate tty")
+    state = RuncState(args.root, args.container)
+    os.makedirs(args.root, 0o700, exist_ok=True)
+    try:
+        os.mkdir(state.dir, 0o700)  # the one step two creates of one id cannot both take
+    except FileExistsError:
+        raise MiniDockerError("container with id exists: %s" % state.id)
+    state.data = {"id": state.id, "pid": 0, "creating": True, "bundle": bundle,
+                  "rootfs": spec.rootfs, "config": config, "cgroups": [],
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "annotations": spec.annotations}
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING_SIGNALS)
+    signals, made, pid, console = None, [], None, None
+    try:
+        state.save()
+        layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
+        discard_v1_only(spec.resources, layout)
+        plan = plan_cgroups(spec.resources, layout, state.id, None, spec.cgroup_path)
+        state.data["cgroups"] = [path for _, _, path, _ in plan]
+        state.save()
+        made = create_cgroups(plan, spec.resources)
+        if not foreground:
+            os.mkfifo(state.fifo, 0o622)
+            spec.exec_fifo = os.open(state.fifo, O_PATH | os.O_CLOEXEC)
+        if args.console_socket:
+            console = connect_console_socket(args.console_socket)
+        instance = Instance(state.id, None, spec.hostname, [], state.oci("creating"),
+                            [("" if mount_point == CGROUP_VIEW else
+                              os.path.basename(mount_point), path)
+                             for version, mount_point, path, _ in plan
+                             if CGROUP_VIEW in (mount_point, os.path.dirname(mount_point))
+                             and (version == 1 or not layout.v1)])  # as runc: v1's alone
+        signals = SignalPipe()
+        pid, master, pending = start_container(
+            spec, instance, signals, lambda child: join_cgroups(made, child), lambda: None,
+            console)
+        state.data.update(pid=pid, pid_start=process_start_time(pid), creating=False)
+        state.save()
+        if args.pid_file:
+            write_file_atomically(os.path.abspath(args.pid_file), b"%d" % pid, 0o644)
+    except BaseException:
+        if signals is not None:
+            signals.close()
+        remove_cgroups(made)
+        shutil_rmtree(state.dir)
+        raise
+    finally:
+        if spec.exec_fifo is not None:
+            os.close(spec.exec_fifo)
+    if not foreground:
+        signals.close()
+    return state, spec, pid, master, signals, pending
+
+
+def connect_console_socket(path):
+    """--console-socket: the caller's unix socket, where the pty's master
+    goes (SCM_RIGHTS), as runc sends it."""
+    import _socket
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as err:
+        sock.close()
+        raise MiniDockerError("--console-socket %s: %s" % (path, err.strerror))
+    return sock
+
+
+def shutil_rmtree(path):
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_for_start(spec, to_parent):
+    """Stage 2 of a created container, at its last step before execve:
+    tell `create` it is done (the pipe closes, as execve would close it),
+    then wait until `start` opens the fifo, reopened for writing through
+    the O_PATH descriptor create handed down (its path is out of reach
+    since pivot_root). Meanwhile it holds nothing else of ours: a
+    process exec'd into the created container sees no pipe of create's
+    in its init."""
+    os.close(to_parent)
+    close_all_fds_but({spec.exec_fifo} | set(range(3, 3 + spec.preserve_fds)))
+    fifo = os.open("/proc/self/fd/%d" % spec.exec_fifo, os.O_WRONLY | os.O_CLOEXEC)
+    os.write(fifo, b"0")
+    os.close(fifo)
+    os.close(spec.exec_fifo)
+
+
+def write_attr(path, value):
+    with open(path, "w") as handle:
+        handle.write(value)
+
+
+def run_hooks(spec, point, state):
+    """Run the bundle's hooks of `point`, in order, each with the OCI
+    state (state() builds it) on stdin; a hook that fails or outlives its
+    timeout fails the step, naming it."""
+    for hook in spec.hooks.get(point, ()):
+        data = json.dumps(state()).encode()
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.dup2(read_end, 0)
+                os.execve(hook["path"], hook["args"] or [hook["path"]], dict(
+                    e.partition("=")[::2] for e in hook["env"]))
+            finally:
+                os._exit(EXIT_CANNOT_EXEC)
+        os.close(read_end)
+        with contextlib.suppress(BrokenPipeError):  # a hook that reads nothing
+            os.write(write_end, data)
+        os.close(write_end)
+        code = wait_with_timeout(pid, hook["timeout"])
+        if code != 0:
+            raise MiniDockerError("%s hook %s %s" % (point, hook["path"], "timed out after %ds"
+                                  % hook["timeout"] if code is None else
+                                  "exited with %d" % code))
+
+
+def wait_with_timeout(pid, timeout):
+    """The exit code of child `pid`; None (and the child killed) when it
+    is still running after `timeout` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        done, status = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
+        if done:
+            return exit_code(status)
+        if time.monotonic() > deadline:
+            kill_and_reap(pid)
+            return None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def runc_start(args):
+    state = RuncState(args.root, args.container).load()
+    status = state.status()
+    if status != "created":
+        raise MiniDockerError("cannot start a container that has %s" % (
+            "stopped" if status == "stopped" else "already started" if status in (
+                "running", "paused") else "not been created"))
+    spec = oci_spec(state.data["config"], state.data["bundle"])
+    try:
+        fifo = os.open(state.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise MiniDockerError("cannot start an already running container")
+    try:
+        while True:  # the init opens its end at once; it may die instead
+            ready, _, _ = select.select([fifo], [], [], 0.1)
+            if ready and os.read(fifo, 1):
+                break
+            if not state.alive():
+                raise MiniDockerError("container %s: its process ended before start"
+                                      % state.id)
+    finally:
+        os.close(fifo)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(state.fifo)
+    poststart(spec, state)
+    return 0
+
+
+def poststart(spec, state):
+    """The poststart hooks: the runtime spec has their failure logged, the
+    container left running."""
+    try:
+        run_hooks(spec, "poststart", lambda: state.oci("running"))
+    except MiniDockerError as err:
+        warn(str(err))
+
+
+def runc_run(args):
+    """run: create and start; with --detach that is all, else wait for the
+    container, forwarding signals, then delete it: its exit code is ours."""
+    if args.detach:
+        state, spec, pid, _, _, _ = runc_create(args)
+        args.container = state.id
+        return runc_start(args)
+    state, spec, pid, master, signals, pending = runc_create(args, foreground=True)
+    try:
+        poststart(spec, state)
+        return exit_code(wait_for_container(pid, signals, master, True, pending))
+    finally:
+        signals.close()
+        if not args.keep:
+            destroy(state, spec)
+
+
+def runc_state(args):
+    state = RuncState(args.root, args.container).load()
+    emit([json.dumps(state.oci(), indent="  ")])
+    return 0
+
+
+def runc_kill(args):
+    state = RuncState(args.root, args.container).load()
+    number = parse_signal(args.signal or "SIGTERM")
+    if state.status() == "stopped":
+        raise MiniDockerError("container not running")
+    pids = cgroup_processes(state.data["cgroups"]) if args.all else [state.data["pid"]]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, number)
+    return 0
+
+
+def runc_delete(args):
+    state = RuncState(args.root, args.container)
+    if not os.path.exists(os.path.join(state.dir, "state.json")):
+        shutil_rmtree(state.dir)  # a create killed before its first record: nothing else made
+        if args.force:
+            return 0
+    state.load()
+    status = state.status()
+    if status in ("running", "paused") and not args.force:
+        raise MiniDockerError("cannot delete container %s that is not stopped: %s"
+                              % (state.id, status))
+    try:
+        spec = oci_spec(state.data["config"], state.data["bundle"])
+    except MiniDockerError:  # the bundle is gone: no hooks to run, the rest still goes
+        spec = Spec()
+    destroy(state, spec)
+    return 0
+
+
+def destroy(state, spec):
+    """What a container had, gone: its processes (thawed first, to die),
+    its cgroups, its state; then the poststop hooks, whose failure is only
+    logged (the runtime spec)."""
+    if state.alive():
+        freeze(state.data["cgroups"], False)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.data["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while state.alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+    for pid in cgroup_processes([p for p in state.data["cgroups"] if os.path.isdir(p)]):
+        with contextlib.suppress(ProcessLookupError):  # a shared pid namespace's leftovers
+            os.kill(pid, signal.SIGKILL)
+    remove_cgroups(state.data["cgroups"])
+    shutil_rmtree(state.dir)
+    try:
+        run_hooks(spec, "poststop", lambda: state.oci("stopped"))
+    except MiniDockerError as err:
+        warn(str(err))
+
+
+def runc_list(args):
+    states = []
+    for name in sorted(os.listdir(args.root)) if os.path.isdir(args.root) else []:
+        with contextlib.suppress(MiniDockerError):
+            states.append(RuncState(args.root, name).load())
+    if args.quiet:
+        emit([s.id for s in states])
+    elif args.format == "json":
+        emit([json.dumps([s.oci() for s in states])])
+    else:
+        rows = ["ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER"] + [
+            "%s\t%d\t%s\t%s\t%s\troot" % (s.id, s.oci()["pid"], s.status(), s.data["bundle"],
+                                          s.data.get("created", "")) for s in states]
+        emit(tabulate(rows, 0))
+    return 0
+
+
+def runc_ps(args):
+    state = RuncState(args.root, args.container).load()
+    pids = cgroup_processes([p for p in state.data["cgroups"] if os.path.isdir(p)])
+    if args.format == "json":
+        emit([json.dumps(pids)])
+        return 0
+    boot = int(proc_values(read_text("/proc/stat"), "btime")[0])
+    clock = (os.sysconf("SC_CLK_TCK"), boot, float(read_text("/proc/uptime").split()[0]))
+    rows = [row for row in (process_row(pid, clock) for pid in pids) if row is not None]
+    emit(tabulate(["\t".join(row) for row in [TOP_COLUMNS] + rows], 0))
+    return 0
+
+
+def runc_exec(args):
+    """exec: a process described by --process FILE (the config's process
+    object) or by CMD and the flags, in the container's namespaces, cgroups
+    and confinement (exec_in_container, chapter 11 continued)."""
+    state = RuncState(args.root, args.container).load()
+    if state.status() not in ("created", "running"):
+        raise MiniDockerError("cannot exec in a %s container" % state.status())
+    config = state.data["config"]
+    spec = oci_spec(config, state.data["bundle"])
+    if args.process:
+        try:
+            with open(args.process) as handle:
+                process = json.load(handle)
+        except (OSError, ValueError) as err:
+            raise MiniDockerError("--process %s: %s" % (args.process, err))
+    else:
+        process = dict(config["process"], args=list(args.command), terminal=bool(args.tty))
+        if not args.command:
+            raise MiniDockerError("exec: no command given: usage: exec [OPTIONS] ID CMD [ARG...]")
+        process["env"] = list(process.get("env") or []) + list(args.env)
+        if args.cwd:
+            process["cwd"] = args.cwd
+        if args.user:
+            uid, _, gid = args.user.partition(":")
+            if not is_number(uid) or gid and not is_number(gid):
+                raise MiniDockerError("--user %s: expected UID[:GID], numbers" % quote(args.user))
+            process["user"] = dict(process.get("user") or {}, uid=int(uid), gid=int(gid or 0))
+        if args.cap:
+            caps = process.setdefault("capabilities", {})
+            for name in ("bounding", "effective", "permitted", "ambient"):
+                caps[name] = list(caps.get(name) or []) + list(args.cap)
+        if args.no_new_privs:
+            process["noNewPrivileges"] = True
+    oci_process(process, spec)
+    spec.detach, spec.init = args.detach, True
+    spec.tied = not args.detach
+    record = {"id": state.id, "pid": state.data["pid"], "pid_start": state.data["pid_start"],
+              "cgroups": [p for p in state.data["cgroups"] if os.path.isdir(p)]}
+    pid_file = os.path.abspath(args.pid_file) if args.pid_file else None
+    console = connect_console_socket(args.console_socket) if args.console_socket else None
+    return exec_in_container(record, spec, console_socket=console, started=lambda pid: (
+        write_file_atomically(pid_file, b"%d" % pid, 0o644) if pid_file else None))
+
+
+def runc_pause(args, frozen):
+    state = RuncState(args.root, args.container).load()
+    status = state.status()
+    if status not in ("running", "paused"):
+        raise MiniDockerError("container not running" if status == "stopped" else
+                              "container %s is %s, not running" % (state.id, status))
+    freeze(state.data["cgroups"], frozen)
+    return 0
+
+
+def runc_update(args):
+    """update: new limits written to the container's cgroups, from
+    --resources (linux.resources as JSON; - is stdin) or the flags."""
+    state = RuncState(args.root, args.container).load()
+    resources = {}
+    if args.resources:
+        try:
+            text = sys.stdin.read() if args.resources == "-" else read_text(args.resources)
+            resources = json.loads(text)
+        except (OSError, ValueError) as err:
+            raise MiniDockerError("--resources %s: %s" % (args.resources, err))
+    for flag, (group, key) in RUNC_UPDATE_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            resources.setdefault(group, {})[key] = value if key in ("cpus", "mems") else \
+                parse_size(value, "--" + flag.replace("_", "-")) if group == "memory" \
+                else int(value)
+    res = oci_resources(resources)
+    for path in state.data["cgroups"]:
+        version = 2 if os.path.exists(os.path.join(path, "cgroup.controllers")) else 1
+        for _, name, value in cgroup_writes(res, version):
+            if os.path.exists(os.path.join(path, name)):
+                write_cgroup_file(path, name, value)
+    return 0
+
+
+RUNC_UPDATE_FLAGS = {  # runc update's flags -> linux.resources' fields
+    "memory": ("memory", "limit"), "memory_swap": ("memory", "swap"),
+    "memory_reservation": ("memory", "reservation"), "cpu_shares": ("cpu", "shares"),
+    "cpu_quota": ("cpu", "quota"), "cpu_period": ("cpu", "period"),
+    "cpuset_cpus": ("cpu", "cpus"), "cpuset_mems": ("cpu", "mems"),
+    "pids_limit": ("pids", "limit"), "blkio_weight": ("blockIO", "weight"),
+}
+
+
+def runc_events(args):
+    """events: the container's cgroup counters as runc's JSON, once with
+    --stats, else every --interval until the container stops."""
+    state = RuncState(args.root, args.container).load()
+    while True:
+        if state.status() == "stopped":
+            raise MiniDockerError("container with id %s is not running" % state.id)
+        usage = cgroup_usage([p for p in state.data["cgroups"] if os.path.isdir(p)])
+        data = {"cpu": {"usage": {"total": int((usage.get("cpu_seconds") or 0) * 1e9)}},
+                "memory": {"usage": {"usage": usage.get("memory") or 0,
+                                     "limit": usage.get("memory_limit") or 0}},
+                "pids": {"current": usage.get("pids") or 0}}
+        emit([json.dumps({"type": "stats", "id": state.id, "data": data})])
+        if args.stats:
+            return 0
+        time.sleep(parse_duration(args.interval))
+
+
+def parse_duration(text):
+    """Go's durations as events --interval takes them: 5s, 500ms, 1m."""
+    match = re.fullmatch(r"([0-9.]+)(ms|s|m|h)", text or "")
+    if match is None:
+        raise MiniDockerError("invalid --interval %s: expected a duration such as 5s"
+                              % quote(text or ""))
+    return float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def runc_features(args):
+    """features: what this runtime carries out of config.json, in runc's
+    shape, so that a caller can tell before it asks."""
+    emit([json.dumps({
+        "ociVersionMin": "1.0.0", "ociVersionMax": OCI_VERSION,
+        "hooks": list(HOOK_POINTS),
+        "mountOptions": sorted(set(MOUNT_OPTIONS) | set(PROPAGATION_OPTIONS)),
+        "linux": {
+            "namespaces": sorted(k for k in OCI_NAMESPACES if k not in ("user", "time")),
+            "capabilities": ["CAP_" + name for name in CAP_NAMES],
+            "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False},
+            "seccomp": {"enabled": True, "actions": sorted(a for a in SECCOMP_ACTIONS
+                                                           if a != "SCMP_ACT_NOTIFY"),
+                        "operators": sorted(SECCOMP_COMPARISONS),
+                        "archs": [SCMP_ARCH_NAMES.get(MACHINE, MACHINE)]},
+            "apparmor": {"enabled": host_has_apparmor()},
+            "selinux": {"enabled": os.path.isdir("/sys/fs/selinux")},
+        },
+        "annotations": {"org.opencontainers.runc.version": "minidocker " + VERSION},
+    }, indent="    ")])
+    return 0
+
+
+SCMP_ARCH_NAMES = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
+
+
+def runc_spec(args):
+    """spec: a config.json that means what `minidocker run ROOTFS sh` with
+    no flags means (the defaults of chapters 6, 8 and 10), for a rootfs in
+    the bundle's `rootfs` directory."""
+    if args.rootless_spec:
+        raise MiniDockerError("spec --rootless: user namespaces are not supported by minidocker")
+    path = os.path.join(args.bundle or ".", "config.json")
+    if os.path.exists(path):
+        raise MiniDockerError("File %s exists. Remove it first" % path)
+    with open(path, "w") as handle:
+        json.dump(default_config(), handle, indent="\t")
+    return 0
+
+
+def default_config():
+    """`run`'s defaults as a config.json."""
+    caps = ["CAP_" + name for name in DOCKER_DEFAULT_CAPS]
+    cap_names = {"CAP_" + n for n in DOCKER_DEFAULT_CAPS}
+    release = os.uname().release
+    syscalls = [{k: v for k, v in rule.items() if k not in ("includes", "excludes", "comment")}
+                for rule in DEFAULT_PROFILE["syscalls"]
+                if rule_applies(rule, MACHINE, cap_names, release)]
+    flags = ["nosuid", "noexec", "nodev"]
+    return {
+        "ociVersion": OCI_VERSION,
+        "process": {"terminal": True, "user": {"uid": 0, "gid": 0}, "args": ["sh"],
+                    "env": ["PATH=" + DEFAULT_PATH, "TERM=xterm"], "cwd": "/",
+                    "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+                    "noNewPrivileges": False},
+        "root": {"path": "rootfs", "readonly": False},
+        "hostname": "minidocker",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": flags},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
+                         "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": flags + ["mode=1777", "size=%dk" % (SHM_DEFAULT_SIZE >> 10)]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": flags},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": flags + ["ro"]},
+            {"destination": CGROUP_VIEW, "type": "cgroup", "source": "cgroup",
+             "options": flags + ["ro"]},
+        ],
+        "linux": {
+            "resources": {"devices": [{"allow": False, "access": "rwm"}] + [
+                {"allow": True, "type": kind, "major": major, "minor": minor, "access": access}
+                for kind, major, minor, access in DEFAULT_DEVICE_RULES]},
+            "namespaces": [{"type": kind} for kind in
+                           ("pid", "network", "ipc", "uts", "mount", "cgroup")],
+            "maskedPaths": list(MASKED_PATHS), "readonlyPaths": list(READONLY_PATHS),
+            "seccomp": {"defaultAction": DEFAULT_PROFILE["defaultAction"],
+                        "defaultErrnoRet": DEFAULT_PROFILE.get("defaultErrnoRet"),
+                        "architectures": [SCMP_ARCH_NAMES.get(MACHINE, MACHINE)],
+                        "syscalls": syscalls},
+        },
+    }
+
+
+# Pausing: the freezer stops every task of a cgroup where it stands: v1's
+# freezer controller (freezer.state) where the host has it, else cgroup2's
+# own (cgroup.freeze, Linux 5.2). Not both: on a hybrid host, tasks that
+# v1 has frozen never count as frozen to cgroup2, whose cgroup.events
+# would wait for them forever. A write starts it; the file says when all
+# the tasks have stopped.
+
+
+def freezer_files(cgroups):
+    """[(directory, file)] of the container's freezer."""
+    v1 = [(p, "freezer.state") for p in cgroups
+          if os.path.exists(os.path.join(p, "freezer.state"))]
+    return v1 or [(p, "cgroup.freeze") for p in cgroups
+                  if os.path.exists(os.path.join(p, "cgroup.freeze"))]
+
+
+def freeze(cgroups, frozen):
+    for path, name in freezer_files(cgroups):
+        write_cgroup_file(path, name, ("FROZEN" if frozen else "THAWED") if name ==
+                          "freezer.state" else int(frozen))
+    deadline = time.monotonic() + 5
+    while cgroups_frozen(cgroups) != frozen and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def cgroups_frozen(cgroups):
+    """Whether the container's freezer says all of it has stopped."""
+    for path, name in freezer_files(cgroups):
+        with contextlib.suppress(OSError):
+            if name == "freezer.state":
+                return read_text(os.path.join(path, name)).strip() == "FROZEN"
+            return "frozen 1" in read_text(os.path.join(path, "cgroup.events")).splitlines()
+    return False
+
 # === 13. The command line, parsed as Docker's, and main() ===
 # Docker's command line (Go's pflag under cobra) differs from argparse's in
 # ways a Docker user types every day, so minidocker parses its own, in the
@@ -9572,6 +10959,175 @@ def build_parser():
 START = 0.0  # time.perf_counter() when main() was entered, for --debug
 
 
+# runc's command line, as urfave/cli parses it for runc: the global flags
+# first, then the command, its flags, then its arguments.
+
+
+def build_runc_parser():
+    parser = CommandLine("minidocker-runc", description="minidocker speaking runc's command "
+                         "line: an OCI runtime for podman, containerd and CRI-O.")
+    parser.add_argument("--version", "-v", action="version", version="minidocker-runc "
+                        "version %s\nspec: %s" % (VERSION, OCI_VERSION),
+                        help="print the version and exit")
+    parser.add_argument("--root", default=RUNC_ROOT, metavar="DIR",
+                        help="the state directory (default %s)" % RUNC_ROOT)
+    parser.add_argument("--log", metavar="FILE", help="also write errors and warnings here")
+    parser.add_argument("--log-format", default="text", metavar="text|json",
+                        help="the format of --log's lines")
+    parser.add_argument("--debug", action="store_true", help="print the plan and timings")
+    parser.add_argument("--systemd-cgroup", action="store_true",
+                        help="refused: minidocker writes cgroupfs, never through systemd")
+    parser.add_argument("--criu", metavar="PATH", help="accepted; checkpoints are not supported")
+    parser.add_argument("--rootless", metavar="true|false|auto", default="auto",
+                        help="true is refused: user namespaces are not supported yet")
+    commands = parser.add_subparsers(dest="command_name")
+
+    def command(name, help, handler, container=True):
+        sub = commands.add_parser(name, help=help)
+        sub.set_defaults(handler=handler)
+        if container:
+            sub.add_argument("container", metavar="ID", help="the container's id")
+        return sub
+
+    def creating(sub):
+        sub.add_argument("--bundle", "-b", metavar="DIR",
+                         help="the bundle: config.json and its root (default: here)")
+        sub.add_argument("--pid-file", metavar="FILE", help="write the init's pid here")
+        sub.add_argument("--console-socket", metavar="SOCKET",
+                         help="a unix socket to send the terminal's master to")
+        sub.add_argument("--no-pivot", action="store_true",
+                         help="accepted; the root is entered with pivot_root all the same")
+        sub.add_argument("--no-new-keyring", action="store_true",
+                         help="accepted: minidocker makes no session keyring")
+        sub.add_argument("--preserve-fds", type=int, default=0, metavar="N",
+                         help="pass descriptors 3 to 3+N-1 on to the process")
+
+    creating(command("create", "build a container, stopped before its command", runc_create_command))
+    command("start", "run a created container's command", runc_start)
+    run = command("run", "create and start a container, and wait for it", runc_run)
+    creating(run)
+    run.add_argument("--detach", "-d", action="store_true", help="leave it running")
+    run.add_argument("--keep", action="store_true", help="keep its state when it exits")
+    run.add_argument("--no-subreaper", action="store_true", help="accepted")
+    command("state", "print a container's state JSON", runc_state)
+    kill = commands.add_parser("kill", help="send a signal to a container's init")
+    kill.set_defaults(handler=runc_kill)
+    kill.add_argument("--all", "-a", action="store_true",
+                      help="to every process of its cgroups")
+    kill.add_argument("container", metavar="ID", help="the container's id")
+    kill.add_argument("signal", nargs="?", metavar="SIGNAL", help="default SIGTERM")
+    delete = command("delete", "remove a stopped container", runc_delete)
+    delete.add_argument("--force", "-f", action="store_true", help="kill it first if it runs")
+    exec_ = commands.add_parser("exec", help="run one more process in a container")
+    exec_.set_defaults(handler=runc_exec)
+    for names, help in ((("--process", "-p"), "the process as JSON (config.json's process)"),
+                        (("--pid-file",), "write the process's pid here"),
+                        (("--console-socket",), "a unix socket for the terminal's master"),
+                        (("--cwd",), "its working directory"),
+                        (("--user", "-u"), "UID[:GID]"),
+                        (("--process-label",), "refused unless SELinux is enabled"),
+                        (("--apparmor",), "refused unless AppArmor is enabled"),
+                        (("--cgroup",), "accepted: the process joins the container's cgroups")):
+        exec_.add_argument(*names, help=help)
+    for names, help in ((("--env", "-e"), "KEY=VALUE, added"), (("--cap", "-c"), "CAP, added"),
+                        (("--additional-gids", "-g"), "GID, added")):
+        exec_.add_argument(*names, action="append", default=[], help=help)
+    for names, help in ((("--detach", "-d"), "leave it running"),
+                        (("--tty", "-t"), "allocate a terminal"),
+                        (("--no-new-privs",), "set no_new_privs")):
+        exec_.add_argument(*names, action="store_true", help=help)
+    exec_.add_argument("--preserve-fds", type=int, default=0, metavar="N", help="accepted: 0")
+    exec_.add_argument("container", metavar="ID", help="the container's id")
+    exec_.add_argument("command", nargs=REMAINDER, metavar="CMD [ARG...]", help="without --process")
+    ps = command("ps", "list the processes of a container", runc_ps)
+    ps.add_argument("--format", "-f", default="table", metavar="table|json", help="the format")
+    ps.add_argument("ps_options", nargs=REMAINDER, metavar="[PS OPTIONS]", help="ignored")
+    for name in ("list", "ls"):
+        listing = command(name, "list the containers", runc_list, container=False)
+        listing.add_argument("--format", "-f", default="table", metavar="table|json",
+                             help="the format")
+        listing.add_argument("--quiet", "-q", action="store_true", help="ids only")
+    command("pause", "freeze every process of a container",
+            lambda args: runc_pause(args, True))
+    command("resume", "thaw a paused container", lambda args: runc_pause(args, False))
+    update = command("update", "change a running container's limits", runc_update)
+    update.add_argument("--resources", "-r", metavar="FILE",
+                        help="linux.resources as JSON (- for stdin)")
+    for flag in RUNC_UPDATE_FLAGS:
+        update.add_argument("--" + flag.replace("_", "-"), metavar="VALUE", help="as in "
+                            "linux.resources." + ".".join(RUNC_UPDATE_FLAGS[flag]))
+    events = command("events", "print a container's resource usage", runc_events)
+    events.add_argument("--stats", action="store_true", help="once, then exit")
+    events.add_argument("--interval", default="5s", metavar="DURATION",
+                        help="between two (default 5s)")
+    command("features", "print what this runtime supports", runc_features, container=False)
+    spec = command("spec", "write a config.json of minidocker's defaults", runc_spec,
+                   container=False)
+    spec.add_argument("--bundle", "-b", metavar="DIR", help="where (default: here)")
+    spec.add_argument("--rootless", action="store_true", dest="rootless_spec",
+                      help="refused: no user namespaces")
+    for name in ("checkpoint", "restore"):
+        refused = commands.add_parser(name, help="not supported (CRIU)")
+        refused.add_argument("words", nargs=REMAINDER, metavar="...", help="ignored")
+        refused.set_defaults(handler=lambda args: unsupported(args.command_name))
+    return parser
+
+
+def unsupported(name):
+    raise MiniDockerError("%s is not supported by minidocker (it needs CRIU)" % name)
+
+
+def runc_create_command(args):
+    runc_create(args)
+    return 0
+
+
+def run_runc(argv):
+    """runc's command line -> (exit code, the error line or None). An
+    error is runc's exit code 1, on stderr and in --log."""
+    args, code, error = None, RUNC_EXIT, None
+    try:
+        try:
+            args = build_runc_parser().parse_args(argv)
+        except SystemExit as done:  # --help and --version, printed
+            return done.code or 0, None
+        if args.systemd_cgroup:
+            raise MiniDockerError("--systemd-cgroup: minidocker writes cgroupfs itself and "
+                                  "does not drive systemd; configure the caller for cgroupfs")
+        if args.rootless == "true":
+            raise MiniDockerError("--rootless: user namespaces are not supported by minidocker")
+        if args.handler not in (runc_run, runc_create_command):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_NUMBERS)
+        code = args.handler(args)
+    except MiniDockerError as err:
+        error = str(err)
+    except BrokenPipeError:
+        code = 128 + signal.SIGPIPE
+    except OSError as err:
+        error = str(err)
+    except KeyboardInterrupt:
+        code, error = 130, "interrupted"
+    except Exception as err:  # a bug: one line
+        error = "internal error: %s: %s" % (type(err).__name__, quote(str(err)))
+    runc_log(args, [("warning", w) for w in WARNINGS] + ([("error", error)] if error else []))
+    return code, error
+
+
+def runc_log(args, entries):
+    """Warnings and the error into --log, as runc's logrus writes them."""
+    path = getattr(args, "log", None)
+    if not path or not entries:
+        return
+    moment = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with contextlib.suppress(OSError), open(path, "a") as handle:
+        for level, message in entries:
+            if args.log_format == "json":
+                handle.write(json.dumps({"level": level, "msg": message, "time": moment}) + "\n")
+            else:
+                handle.write("time=%s level=%s msg=%s\n" % (json.dumps(moment), level,
+                                                            json.dumps(message)))
+
+
 def open_standard_fds():
     """Descriptors 0, 1 and 2 open, on /dev/null if the caller closed them
     (`minidocker run ... <&-`), before anything else opens a file: or a pipe
@@ -9606,10 +11162,18 @@ def main(argv=None):
 
 
 def run_command(argv):
-    """-> (exit code, the error line or None)."""
+    """-> (exit code, the error line or None). Under a name ending in
+    "runc" (the minidocker-runc link), or as `minidocker runc ...`, the
+    command line is runc's (chapter 12, continued)."""
     global START
     START = time.perf_counter()
     open_standard_fds()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if os.path.basename(sys.argv[0]).endswith("runc") or argv[:1] == ["runc"]:
+        for number in STOPPING_SIGNALS:
+            signal.signal(number, stop_now)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING_SIGNALS)
+        return run_runc(argv[1:] if argv[:1] == ["runc"] else argv)
     args = None
     try:
         # Until something is made, a stopping signal simply ends the command

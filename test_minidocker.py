@@ -359,7 +359,7 @@ def test_every_binding_checks_its_errors():
     explains."""
     bindings = [value for name, value in vars(md).items()
                 if isinstance(value, md._libc._FuncPtr)]
-    assert len(bindings) == 14
+    assert len(bindings) == 16
     assert all(binding.errcheck is md._fail_on_minus_one for binding in bindings)
     with pytest.raises(md.SyscallError) as raw:
         md._pivot_root(md.SYSCALLS["pivot_root"], b"/nonexistent/md", b"/nonexistent/md")
@@ -7559,3 +7559,423 @@ def test_the_lean_monitor_keeps_every_duty(rootfs):
     finally:
         minidocker("rm", "-f", cid)
     assert_nothing_left()
+
+
+# ---------------------------------------------------------------------------
+# The OCI runtime: runc's command line over a bundle
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def runc_link(tmp_path):
+    """minidocker under a name ending in "runc", as callers install it."""
+    link = tmp_path / "bin" / "minidocker-runc"
+    link.parent.mkdir()
+    link.symlink_to(os.path.join(HERE, "minidocker.py"))
+    return str(link)
+
+
+@pytest.fixture
+def bundle(tmp_path, rootfs):
+    """A bundle of our own: a copy of the busybox rootfs (a bundle's root is
+    written to directly) and minidocker's `spec`, the process not on a
+    terminal."""
+    path = tmp_path / "bundle"
+    path.mkdir()
+    shutil.copytree(rootfs, str(path / "rootfs"), symlinks=True)
+    subprocess.run(MINIDOCKER + ["runc", "spec", "--bundle", str(path)], check=True)
+    edit_config(str(path), lambda c: c["process"].update(terminal=False))
+    return str(path)
+
+
+def edit_config(bundle, change):
+    path = os.path.join(bundle, "config.json")
+    with open(path) as handle:
+        config = json.load(handle)
+    change(config)
+    with open(path, "w") as handle:
+        json.dump(config, handle)
+    return config
+
+
+def oci(root, *words, runtime=None, timeout=60):
+    """minidocker-runc --root ROOT WORDS; CompletedProcess with .out, .err.
+    Its output goes to files, not pipes: a created container keeps the
+    descriptors it was given, as conmon's are kept, after create returns."""
+    command = ([sys.executable, runtime] if runtime else MINIDOCKER + ["runc"])
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        result = subprocess.run(command + ["--root", root] + list(words), stdout=out,
+                                stderr=err, stdin=subprocess.DEVNULL, timeout=timeout)
+        out.seek(0)
+        err.seek(0)
+        result.out, result.err = out.read().decode(), err.read().decode()
+    return result
+
+
+def assert_no_oci_left(root):
+    assert not os.path.exists(root) or os.listdir(root) == [], os.listdir(root)
+    assert leftover_cgroups() == []
+
+
+@pytest.fixture
+def oci_root(tmp_path):
+    """A --root of the test's own; what a failed test left there is
+    deleted, so that the next test starts clean."""
+    root = str(tmp_path / "state")
+    yield root
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        oci(root, "delete", "--force", name)
+
+
+OCI_PROBE = r"""
+id; grep -E '^(Cap|NoNewPrivs|Seccomp:|Groups)' /proc/self/status
+ulimit -Sn; ulimit -Hn; umask; pwd; hostname; env | sort
+awk '{ for (i = 7; $i != "-"; i++); print $5, $6, $(i + 1) }' /proc/self/mountinfo | sort
+cat /proc/self/cgroup | sed 's/:\/.*//' | sort
+"""
+
+
+@root
+def test_oci_the_same_bundle_reads_the_same_under_runc(tmp_path, oci_root, bundle, runc_link):
+    """runc itself is the reference: one bundle, `runc spec`'s config with
+    a user, groups, a umask, rlimits, capabilities in all five sets (one
+    ambient that is inheritable too), an extra mount and a host name, run
+    by runc and by minidocker-runc, prints the same identity, capability
+    sets, no_new_privs, seccomp mode, limits, cwd, environment, mounts
+    (point, flags, type) and cgroup hierarchies."""
+    os.remove(os.path.join(bundle, "config.json"))
+    subprocess.run(["runc", "spec", "--bundle", bundle], check=True)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "probe.sh").write_text(OCI_PROBE)
+    probe.chmod(0o755)
+
+    def change(config):
+        process = config["process"]
+        process.update(terminal=False, args=["/bin/sh", "/probe/probe.sh"], cwd="/home/alice",
+                       env=process["env"] + ["FOO=bar baz"])
+        process["user"] = {"uid": 1000, "gid": 1000, "additionalGids": [50, 10], "umask": 0o027}
+        process["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": 512, "hard": 1000}]
+        caps = process["capabilities"]
+        caps["inheritable"] = ["CAP_KILL"]
+        caps["ambient"] = ["CAP_KILL", "CAP_NET_BIND_SERVICE"]
+        config["hostname"] = "probe"
+        config["mounts"] += [
+            {"destination": "/probe", "type": "bind", "source": str(probe),
+             "options": ["rbind", "ro", "nosuid"]},
+            {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nodev", "size=1m"]}]
+    edit_config(bundle, change)
+    reference = subprocess.run(["runc", "--root", str(tmp_path / "runc"), "run", "--bundle",
+                                bundle, "mdtest-ref-%d" % os.getpid()], capture_output=True,
+                               text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert reference.returncode == 0, reference.stderr
+    ours = oci(oci_root, "run", "--bundle", bundle, "probe", runtime=runc_link)
+    assert ours.returncode == 0, ours.err
+    assert ours.out == reference.stdout
+    assert "uid=1000(alice) gid=1000(alice) groups=10(wheel),50(staff)" in ours.out
+    assert "CapAmb:\t0000000000000020\n" in ours.out  # CAP_KILL: permitted and inheritable
+    assert_no_oci_left(oci_root)
+
+
+@root
+def test_oci_create_waits_for_start_and_delete_takes_everything(tmp_path, oci_root, bundle, runc_link):
+    """create leaves the process at its last step before execve: state
+    says created with the pid the --pid-file holds, and the command has not
+    run; start lets it run (running, its output); kill ends it (stopped,
+    pid 0); delete removes the state and the cgroups. run passes the exit
+    code on and deletes the container."""
+    root = oci_root
+    edit_config(bundle, lambda c: c["process"].update(
+        args=["/bin/sh", "-c", "echo ran > /ran; exec sleep 60"]))
+    pid_file = tmp_path / "pid"
+    created = oci(root, "create", "--bundle", bundle, "--pid-file", str(pid_file), "box",
+                  runtime=runc_link)
+    assert created.returncode == 0, created.err
+    state = json.loads(oci(root, "state", "box").out)
+    assert state["status"] == "created" and state["pid"] == int(pid_file.read_text())
+    assert state["bundle"] == bundle and state["ociVersion"].startswith("1.")
+    ran = os.path.join(bundle, "rootfs", "ran")
+    time.sleep(0.2)
+    assert not os.path.exists(ran)
+    assert "box" in oci(root, "list", "-q").out.split()
+    assert oci(root, "start", "box").returncode == 0
+    deadline = time.monotonic() + 10
+    while not os.path.exists(ran) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert json.loads(oci(root, "state", "box").out)["status"] == "running"
+    again = oci(root, "start", "box")
+    assert again.returncode == 1 and "already" in again.err
+    busy = oci(root, "delete", "box")
+    assert busy.returncode == 1 and "not stopped: running" in busy.err
+    assert oci(root, "kill", "box", "KILL").returncode == 0
+    deadline = time.monotonic() + 10
+    while json.loads(oci(root, "state", "box").out)["status"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert json.loads(oci(root, "state", "box").out)["pid"] == 0
+    assert oci(root, "delete", "box").returncode == 0
+    gone = oci(root, "state", "box")
+    assert gone.returncode == 1 and gone.err.count("\n") == 1 and "does not exist" in gone.err
+    edit_config(bundle, lambda c: c["process"].update(args=["/bin/sh", "-c", "exit 7"]))
+    assert oci(root, "run", "--bundle", bundle, "seven").returncode == 7
+    assert_no_oci_left(root)
+
+
+@root
+def test_oci_hooks_run_at_their_points_with_the_state(tmp_path, oci_root, bundle, runc_link):
+    """Every hook point runs its hook with the state on stdin: the runtime's
+    ones (prestart, createRuntime, poststart, poststop) with a host path,
+    createContainer in the container's mount namespace before pivot_root,
+    startContainer inside the container (its path and its output there).
+    A failing prestart hook fails the create, naming it, and leaves
+    nothing."""
+    root = oci_root
+    out = tmp_path / "hooks"
+    out.mkdir()
+
+    def hook(point, inside=False):
+        target = "/hook-%s.json" % point if inside else str(out / point)
+        return [{"path": "/bin/sh", "args": ["sh", "-c", "cat > %s" % target],
+                 "env": ["X=1"], "timeout": 10}]
+    points = ("prestart", "createRuntime", "createContainer", "poststart", "poststop")
+    edit_config(bundle, lambda c: c.update(hooks=dict(
+        {p: hook(p) for p in points}, startContainer=hook("startContainer", True))))
+    edit_config(bundle, lambda c: c["process"].update(args=["/bin/true"]))
+    result = oci(root, "run", "--bundle", bundle, "hooked")
+    assert result.returncode == 0, result.err
+    states = {p: json.loads((out / p).read_text()) for p in points}
+    states["startContainer"] = json.loads(
+        open(os.path.join(bundle, "rootfs", "hook-startContainer.json")).read())
+    assert {s["id"] for s in states.values()} == {"hooked"}
+    assert {s["bundle"] for s in states.values()} == {bundle}
+    assert states["poststop"]["status"] == "stopped"
+    assert states["poststart"]["status"] == "running"
+    pids = {states[p]["pid"] for p in ("prestart", "createRuntime", "createContainer",
+                                       "startContainer", "poststart")}
+    assert len(pids) == 1 and pids.pop() > 1  # the init, as the host numbers it
+    edit_config(bundle, lambda c: c.update(hooks={"prestart": [
+        {"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]}))
+    failed = oci(root, "create", "--bundle", bundle, "failing")
+    assert failed.returncode == 1 and "prestart hook /bin/sh exited with 3" in failed.err
+    assert failed.err.count("\n") == 1
+    assert_no_oci_left(root)
+
+
+@root
+def test_oci_console_socket_receives_the_terminal(tmp_path, oci_root, bundle, runc_link):
+    """With process.terminal, create sends the pty's master over
+    --console-socket (SCM_RIGHTS), as runc does for conmon and the shim:
+    the command's output comes through it, on the container's
+    /dev/pts/0, sized as consoleSize."""
+    import socket as socketlib
+    import array
+    root = oci_root
+    edit_config(bundle, lambda c: c["process"].update(
+        terminal=True, consoleSize={"height": 30, "width": 100},
+        args=["/bin/sh", "-c", "tty; stty size"]))
+    listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    listener.bind(str(tmp_path / "console.sock"))
+    listener.listen(1)
+    no_socket = oci(root, "create", "--bundle", bundle, "tty")
+    assert no_socket.returncode == 1 and "console socket" in no_socket.err
+    created = oci(root, "create", "--bundle", bundle, "--console-socket",
+                  str(tmp_path / "console.sock"), "tty")
+    assert created.returncode == 0, created.err
+    connection, _ = listener.accept()
+    fds = array.array("i")
+    _, ancillary, _, _ = connection.recvmsg(64, socketlib.CMSG_LEN(fds.itemsize))
+    fds.frombytes(ancillary[0][2][:fds.itemsize])
+    master = fds[0]
+    assert oci(root, "start", "tty").returncode == 0
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 1024)
+        except OSError:  # EIO: the terminal's last user is gone
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    assert output.decode().split() == ["/dev/pts/0", "30", "100"]
+    assert oci(root, "delete", "--force", "tty").returncode == 0
+    assert_no_oci_left(root)
+
+
+@root
+def test_oci_exec_joins_the_container(tmp_path, oci_root, bundle, runc_link):
+    """exec by --process FILE and by CMD with --env, --cwd, --user: the new
+    process is in the init's namespaces and cgroups, its exit code ours;
+    --detach writes its pid to --pid-file."""
+    root = oci_root
+    edit_config(bundle, lambda c: c["process"].update(args=["/bin/sleep", "60"]))
+    assert oci(root, "run", "--detach", "--bundle", bundle, "box").returncode == 0
+    init = json.loads(oci(root, "state", "box").out)["pid"]
+    names = ("pid", "net", "ipc", "uts", "mnt")
+    expected = " ".join(os.readlink("/proc/%d/ns/%s" % (init, n)) for n in names)
+    script = "for n in %s; do readlink /proc/self/ns/$n; done | xargs; id -u; pwd; echo $FOO; " \
+             "exit 4" % " ".join(names)
+    result = oci(root, "exec", "--env", "FOO=bar", "--cwd", "/tmp", "--user", "1000:1000",
+                 "box", "/bin/sh", "-c", script)
+    assert result.returncode == 4, result.err
+    assert result.out.splitlines() == [expected, "1000", "/tmp", "bar"]
+    process = tmp_path / "process.json"
+    process.write_text(json.dumps({"args": ["/bin/sh", "-c", "cat /proc/self/cgroup"],
+                                   "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}}))
+    by_file = oci(root, "exec", "--process", str(process), "box")
+    assert by_file.returncode == 0, by_file.err
+    lines = by_file.out.splitlines()  # in the init's cgroups, which its cgroup namespace roots
+    assert len(lines) > 1 and all(line.endswith(":/") for line in lines), lines
+    pid_file = tmp_path / "exec.pid"
+    detached = oci(root, "exec", "--detach", "--pid-file", str(pid_file), "box", "/bin/sleep", "30")
+    assert detached.returncode == 0, detached.err
+    assert int(pid_file.read_text()) in md.cgroup_processes(
+        json.load(open(os.path.join(root, "box", "state.json")))["cgroups"])
+    assert oci(root, "delete", "--force", "box").returncode == 0
+    assert_no_oci_left(root)
+
+
+@root
+def test_oci_pause_resume_update_ps_and_events(tmp_path, oci_root, bundle, runc_link):
+    """pause freezes the container (state paused, its counter stands still),
+    resume thaws it; update writes new limits its cgroup shows; ps lists its
+    processes; events --stats reports them."""
+    root = oci_root
+    edit_config(bundle, lambda c: c["process"].update(
+        args=["/bin/sh", "-c", "while :; do echo x >> /count; done"]))
+    assert oci(root, "run", "--detach", "--bundle", bundle, "busy").returncode == 0
+    count = os.path.join(bundle, "rootfs", "count")
+    time.sleep(0.3)
+    assert oci(root, "pause", "busy").returncode == 0
+    assert json.loads(oci(root, "state", "busy").out)["status"] == "paused"
+    before = os.path.getsize(count)
+    time.sleep(0.3)
+    assert os.path.getsize(count) == before > 0
+    assert oci(root, "resume", "busy").returncode == 0
+    time.sleep(0.3)
+    assert os.path.getsize(count) > before
+    assert oci(root, "update", "--pids-limit", "50", "--memory", "64m", "busy").returncode == 0
+    cgroups = json.load(open(os.path.join(root, "busy", "state.json")))["cgroups"]
+    limits = [md.read_text(os.path.join(p, f)).strip() for p in cgroups
+              for f in ("pids.max", "memory.limit_in_bytes", "memory.max")
+              if os.path.exists(os.path.join(p, f))]
+    assert "50" in limits and str(64 << 20) in limits
+    pids = json.loads(oci(root, "ps", "--format", "json", "busy").out)
+    assert json.loads(oci(root, "state", "busy").out)["pid"] in pids
+    stats = json.loads(oci(root, "events", "--stats", "busy").out)
+    assert stats["type"] == "stats" and stats["data"]["pids"]["current"] >= 1
+    assert oci(root, "delete", "--force", "busy").returncode == 0
+    assert_no_oci_left(root)
+
+
+OCI_BAD_CONFIGS = [
+    (lambda c: c.pop("process"), "process: missing"),
+    (lambda c: c["process"].update(args="sh"), "process.args"),
+    (lambda c: c["process"].update(cwd="tmp"), "process.cwd"),
+    (lambda c: c.update(ociVersion="2.0.0"), "ociVersion"),
+    (lambda c: c["linux"]["namespaces"].append({"type": "user"}), "user namespace"),
+    (lambda c: c["linux"]["namespaces"].append({"type": "bogus"}), "unknown namespace type"),
+    (lambda c: c["linux"].update(namespaces=[{"type": "pid"}]), "mount namespace is needed"),
+    (lambda c: c["process"].update(rlimits=[{"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}]),
+     "process.rlimits"),
+    (lambda c: c["process"]["capabilities"].update(bounding=["CAP_BOGUS"]),
+     "unknown capability"),
+    (lambda c: c["mounts"].append({"destination": "rel", "type": "tmpfs"}), "mounts[7]"),
+    (lambda c: c["mounts"].append({"destination": "/x", "type": "bind", "source": "/nowhere"}),
+     "does not exist"),
+    (lambda c: c["linux"].update(intelRdt={"closID": "x"}), "linux.intelRdt"),
+    (lambda c: c["linux"]["seccomp"].update(listenerPath="/run/x.sock"), "listenerPath"),
+    (lambda c: c["process"].update(apparmorProfile="docker-default"), "AppArmor"),
+    (lambda c: c["root"].update(path="nowhere"), "root.path"),
+    (lambda c: c.update(hostname="bad name"), "hostname"),
+    (lambda c: c["linux"].update(sysctl={"kernel.shmmax": "1", "vm.swappiness": "1"}),
+     "vm.swappiness"),
+    (lambda c: c["linux"]["resources"]["devices"].append(
+        {"allow": False, "type": "c", "major": 1, "minor": 3}), "deny rule"),
+    (lambda c: c["linux"].update(cgroupsPath="system.slice:md:x"), "systemd"),
+]
+
+
+@root
+@pytest.mark.parametrize("change,named", OCI_BAD_CONFIGS, ids=[n for _, n in OCI_BAD_CONFIGS])
+def test_oci_bad_config_is_one_line_exit_1_nothing_left(oci_root, bundle, change, named):
+    root = oci_root
+    edit_config(bundle, change)
+    result = oci(root, "create", "--bundle", bundle, "bad")
+    assert result.returncode == 1
+    assert named in result.err and result.err.count("\n") == 1, result.err
+    assert_no_oci_left(root)
+
+
+@root
+def test_oci_command_line_errors(tmp_path, oci_root, bundle):
+    root = oci_root
+    for words, named in ((["state", "nosuch"], "does not exist"),
+                         (["create", "--bundle", str(tmp_path), "x"], "no config.json"),
+                         (["create", "--bundle", bundle, "../x"], "invalid container id"),
+                         (["--systemd-cgroup", "create", "--bundle", bundle, "x"], "systemd"),
+                         (["checkpoint", "x"], "not supported"),
+                         (["kill", "x", "SIGBOGUS"], "does not exist"),
+                         (["bogus"], "unknown command")):
+        result = oci(root, *words)
+        assert result.returncode == 1 and named in result.err, (words, result.err)
+        assert result.err.count("\n") == 1
+    (tmp_path / "config.json").write_text("{not json")
+    broken = oci(root, "create", "--bundle", str(tmp_path), "x")
+    assert broken.returncode == 1 and "not JSON" in broken.err
+    assert oci(root, "delete", "--force", "nosuch").returncode == 0
+    assert_no_oci_left(root)
+
+
+@root
+def test_oci_spec_means_what_run_means(oci_root, bundle, rootfs):
+    """`spec` writes run's defaults: the bundle it makes, run by
+    minidocker-runc, and `minidocker run` of the same rootfs read the same
+    capabilities, seccomp mode, no_new_privs, masked paths and cgroup view."""
+    probe = ("grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status; "
+             "cat /proc/keys 2>&1 | wc -c; ls /sys/fs/cgroup | sort | xargs; "
+             "(echo x > /proc/sys/kernel/domainname) 2>&1 | grep -o 'Read-only'")
+    edit_config(bundle, lambda c: c["process"].update(args=["/bin/sh", "-c", probe]))
+    ours = oci(oci_root, "run", "--bundle", bundle, "spec")
+    assert ours.returncode == 0, ours.err
+    docker_style = sh(rootfs, probe)
+    assert ours.out == docker_style.out
+    assert "Seccomp:\t2" in ours.out and "Read-only" in ours.out
+    exists = oci(oci_root, "spec", "--bundle", bundle)
+    assert exists.returncode == 1 and "exists" in exists.err
+
+
+@root
+def test_escape_oci_mount_targets_stay_in_the_root_and_nothing_leaks(tmp_path, oci_root,
+                                                                    bundle):
+    """A hostile image in a bundle: a symlink leading a mount's destination
+    out of the root lands the mount inside it (the host's directory is never
+    made or covered); the created init, waiting with a descriptor of the
+    host's state directory, cannot be looked into by another process of the
+    container (non-dumpable), and the command holds no descriptor of ours."""
+    root = oci_root
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(str(outside), os.path.join(bundle, "rootfs", "escape"))
+    edit_config(bundle, lambda c: (c["mounts"].append(
+        {"destination": "/escape/made", "type": "tmpfs", "source": "tmpfs"}),
+        c["process"].update(args=["/bin/sh", "-c", "ls /proc/self/fd | xargs > /fds"])))
+    assert oci(root, "create", "--bundle", bundle, "hostile").returncode == 0
+    peek = oci(root, "exec", "hostile", "/bin/sh", "-c",
+               "ls /proc/1/fd | xargs; readlink /proc/1/fd/3 || echo no-link; "
+               "cat /proc/1/environ | head -c 9")
+    # The fifo's descriptor is all the waiting init holds, and it is not
+    # to be followed: the init is not dumpable.
+    assert peek.out.splitlines() == ["0 1 2 3", "no-link"]
+    assert "/proc/1/environ: Permission denied" in peek.err
+    assert oci(root, "start", "hostile").returncode == 0
+    fds = os.path.join(bundle, "rootfs", "fds")
+    deadline = time.monotonic() + 10
+    while not os.path.exists(fds) or not open(fds).read():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert open(fds).read().split() == ["0", "1", "2", "3"]  # 3: ls's own directory
+    assert not os.path.exists(outside / "made")
+    assert os.path.isdir(os.path.join(bundle, "rootfs", str(outside).lstrip("/"), "made"))
+    assert oci(root, "delete", "--force", "hostile").returncode == 0
+    assert_no_oci_left(root)
