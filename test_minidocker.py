@@ -7967,7 +7967,7 @@ def test_escape_oci_mount_targets_stay_in_the_root_and_nothing_leaks(tmp_path, o
     # The fifo's descriptor is all the waiting init holds, and it is not
     # to be followed: the init is not dumpable.
     assert peek.out.splitlines() == ["0 1 2 3", "no-link"]
-    assert "/proc/1/environ: Permission denied" in peek.err
+    assert "/proc/1/environ': Permission denied" in peek.err
     assert oci(root, "start", "hostile").returncode == 0
     fds = os.path.join(bundle, "rootfs", "fds")
     deadline = time.monotonic() + 10
