@@ -1636,7 +1636,8 @@ def oci_seccomp(linux, spec):
     return plan_seccomp(profile, spec.caps, "config.json linux.seccomp")
 
 
-PERSONALITIES = {"LINUX": 0x0000, "LINUX32": 0x0008}  # <linux/personality.h> PER_LINUX, PER_LINUX32
+# <linux/personality.h>: PER_LINUX and PER_LINUX32, the domains runc knows.
+PERSONALITIES = {"LINUX": 0x0000, "LINUX32": 0x0008}
 
 
 def oci_personality(linux):
@@ -9015,6 +9016,12 @@ def install_paths(prefix):
     return library, os.path.join(library, "minidocker.py"), os.path.join(prefix, "bin", "minidocker")
 
 
+def is_runc_link(path):
+    """PREFIX/bin/minidocker-runc, as install makes it: a link to the
+    launcher beside it, under which name it speaks runc's command line."""
+    return os.path.islink(path) and os.readlink(path) == "minidocker"
+
+
 def is_launcher(path):
     try:
         with open(path, "rb") as handle:
@@ -9056,6 +9063,9 @@ def cmd_install(args):
     if os.path.lexists(launcher) and not is_launcher(launcher):
         raise MiniDockerError("install: %s exists and is not minidocker's launcher: "
                               "remove it or choose another --prefix" % launcher)
+    if os.path.lexists(launcher + "-runc") and not is_runc_link(launcher + "-runc"):
+        raise MiniDockerError("install: %s-runc exists and is not minidocker's link: "
+                              "remove it or choose another --prefix" % launcher)
     try:
         install_directories(prefix, "install")
         with open(os.path.abspath(__file__), "rb") as handle:
@@ -9067,6 +9077,8 @@ def cmd_install(args):
         write_file_atomically(launcher, LAUNCHER.format(
             python=sys.executable, mark=LAUNCHER_MARK, prefix=prefix, held=held,
             library=library).encode(), 0o755)
+        if not os.path.lexists(launcher + "-runc"):  # runc's command line (chapter 12)
+            os.symlink("minidocker", launcher + "-runc")
     except OSError as err:
         raise MiniDockerError("install: %s: %s" % (err.filename or prefix, err.strerror))
     except py_compile.PyCompileError as err:
@@ -9088,6 +9100,8 @@ def cmd_uninstall(args):
             raise MiniDockerError("uninstall: minidocker is not installed under %s" % prefix)
         cache = os.path.dirname(importlib.util.cache_from_source(installed))
         os.unlink(launcher)
+        if is_runc_link(launcher + "-runc"):
+            os.unlink(launcher + "-runc")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(installed)
         if os.path.isdir(cache) and not os.path.islink(cache):
@@ -9982,7 +9996,7 @@ def runc_start(args):
         raise MiniDockerError("cannot start a container that has %s" % (
             "stopped" if status == "stopped" else "already started" if status in (
                 "running", "paused") else "not been created"))
-    spec = oci_spec(state.data["config"], state.data["bundle"])
+    spec = Spec(hooks=oci_hooks(state.data["config"]))  # all start needs of it
     try:
         fifo = os.open(state.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -10058,11 +10072,7 @@ def runc_delete(args):
     if status in ("running", "paused") and not args.force:
         raise MiniDockerError("cannot delete container %s that is not stopped: %s"
                               % (state.id, status))
-    try:
-        spec = oci_spec(state.data["config"], state.data["bundle"])
-    except MiniDockerError:  # the bundle is gone: no hooks to run, the rest still goes
-        spec = Spec()
-    destroy(state, spec)
+    destroy(state, Spec(hooks=oci_hooks(state.data.get("config") or {})))
     return 0
 
 
@@ -10152,6 +10162,7 @@ def runc_exec(args):
         if args.no_new_privs:
             process["noNewPrivileges"] = True
     oci_process(process, spec)
+    spec.hooks = {}  # the container's, run at its own start: none for an exec
     spec.detach, spec.init = args.detach, True
     spec.tied = not args.detach
     record = {"id": state.id, "pid": state.data["pid"], "pid_start": state.data["pid_start"],
@@ -10919,6 +10930,12 @@ def build_parser():
     version = commands.add_parser("version", help="minidocker's version, and what it runs on")
     version.set_defaults(handler=cmd_version)
 
+    # Listed for --help only: run_command hands `runc ...` to run_runc first.
+    runc = commands.add_parser("runc", help="runc's command line over an OCI bundle "
+                               "(minidocker runc --help)")
+    runc.add_argument("words", nargs=REMAINDER, metavar="COMMAND [ARG...]",
+                      help="create, start, run, state, kill, delete, exec, ...")
+
     volume = commands.add_parser("volume", help="manage volumes: create, ls, inspect, rm, prune")
     verbs = volume.add_subparsers(dest="verb")
     create = verbs.add_parser("create", help="make a volume (a random name without NAME)")
@@ -10963,8 +10980,8 @@ START = 0.0  # time.perf_counter() when main() was entered, for --debug
 # first, then the command, its flags, then its arguments.
 
 
-def build_runc_parser():
-    parser = CommandLine("minidocker-runc", description="minidocker speaking runc's command "
+def build_runc_parser(prog="minidocker-runc"):
+    parser = CommandLine(prog, description="minidocker speaking runc's command "
                          "line: an OCI runtime for podman, containerd and CRI-O.")
     parser.add_argument("--version", "-v", action="version", version="minidocker-runc "
                         "version %s\nspec: %s" % (VERSION, OCI_VERSION),
@@ -11002,7 +11019,8 @@ def build_runc_parser():
         sub.add_argument("--preserve-fds", type=int, default=0, metavar="N",
                          help="pass descriptors 3 to 3+N-1 on to the process")
 
-    creating(command("create", "build a container, stopped before its command", runc_create_command))
+    creating(command("create", "build a container, stopped before its command",
+                     runc_create_command))
     command("start", "run a created container's command", runc_start)
     run = command("run", "create and start a container, and wait for it", runc_run)
     creating(run)
@@ -11038,7 +11056,8 @@ def build_runc_parser():
         exec_.add_argument(*names, action="store_true", help=help)
     exec_.add_argument("--preserve-fds", type=int, default=0, metavar="N", help="accepted: 0")
     exec_.add_argument("container", metavar="ID", help="the container's id")
-    exec_.add_argument("command", nargs=REMAINDER, metavar="CMD [ARG...]", help="without --process")
+    exec_.add_argument("command", nargs=REMAINDER, metavar="CMD [ARG...]",
+                       help="the command, without --process")
     ps = command("ps", "list the processes of a container", runc_ps)
     ps.add_argument("--format", "-f", default="table", metavar="table|json", help="the format")
     ps.add_argument("ps_options", nargs=REMAINDER, metavar="[PS OPTIONS]", help="ignored")
@@ -11082,13 +11101,13 @@ def runc_create_command(args):
     return 0
 
 
-def run_runc(argv):
+def run_runc(argv, prog="minidocker-runc"):
     """runc's command line -> (exit code, the error line or None). An
     error is runc's exit code 1, on stderr and in --log."""
     args, code, error = None, RUNC_EXIT, None
     try:
         try:
-            args = build_runc_parser().parse_args(argv)
+            args = build_runc_parser(prog).parse_args(argv)
         except SystemExit as done:  # --help and --version, printed
             return done.code or 0, None
         if args.systemd_cgroup:
@@ -11173,7 +11192,9 @@ def run_command(argv):
         for number in STOPPING_SIGNALS:
             signal.signal(number, stop_now)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING_SIGNALS)
-        return run_runc(argv[1:] if argv[:1] == ["runc"] else argv)
+        if argv[:1] == ["runc"]:
+            return run_runc(argv[1:], "minidocker runc")
+        return run_runc(argv)
     args = None
     try:
         # Until something is made, a stopping signal simply ends the command

@@ -4931,6 +4931,9 @@ def test_install_runs_from_cached_bytecode_and_uninstall_removes_it(rootfs, tmp_
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          timeout=60)
     assert (ran.returncode, ran.stdout, ran.stderr) == (0, b"hi\n", b"")
+    features = subprocess.run([launcher + "-runc", "features"], stdout=subprocess.PIPE,
+                              timeout=60)  # the link speaks runc's command line
+    assert json.loads(features.stdout)["ociVersionMax"] == md.OCI_VERSION
     assert os.stat(bytecode).st_mtime_ns == compiled.st_mtime_ns
     with open(bytecode, "rb") as handle:
         assert handle.read() == compiled_bytes
@@ -7979,3 +7982,195 @@ def test_escape_oci_mount_targets_stay_in_the_root_and_nothing_leaks(tmp_path, o
     assert os.path.isdir(os.path.join(bundle, "rootfs", str(outside).lstrip("/"), "made"))
     assert oci(root, "delete", "--force", "hostile").returncode == 0
     assert_no_oci_left(root)
+
+
+@contextlib.contextmanager
+def podman_with(runtime, tmp_path):
+    """podman run through `runtime`, with ulimits this host lets it set
+    (podman's defaults raise hard limits, refused here); the libpod_parent
+    cgroups its cgroupfs manager makes at each hierarchy's root go again."""
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed (apt-get install podman)")
+    conf = tmp_path / "containers.conf"
+    conf.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=32768:32768"]\n')
+    parents = set(glob.glob("/sys/fs/cgroup/*/libpod_parent"))
+    env = dict(os.environ, CONTAINERS_CONF=str(conf))
+
+    def podman(*words, **kw):
+        return subprocess.run(["podman", "--runtime", runtime] + list(words), env=env,
+                              capture_output=True, text=True, timeout=120, **kw)
+    try:
+        yield podman
+    finally:
+        for made in set(glob.glob("/sys/fs/cgroup/*/libpod_parent")) - parents:
+            for path, _, _ in sorted(os.walk(made), reverse=True):
+                with contextlib.suppress(OSError):  # EBUSY: another user's container
+                    os.rmdir(path)
+
+
+@root
+def test_oci_podman_drives_minidocker_runc(tmp_path, rootfs, runc_link):
+    """podman --runtime minidocker-runc, through conmon: run --rm with
+    limits and a capability; run -d, exec, logs, stop, rm; run -it on a
+    terminal (--console-socket). The executable link is how podman finds a
+    runtime, as it finds runc."""
+    name = "mdtest-podman-%d" % os.getpid()
+    with podman_with(runc_link, tmp_path) as podman:
+        result = podman("run", "--rm", "--network", "none", "--memory", "64m", "--pids-limit",
+                        "50", "--cap-add", "SYS_TIME", "--rootfs", os.path.realpath(rootfs),
+                        "/bin/sh", "-c", "cat /sys/fs/cgroup/pids/pids.max "
+                        "/sys/fs/cgroup/memory/memory.limit_in_bytes; grep CapEff "
+                        "/proc/self/status; exit 3", stdin=subprocess.DEVNULL)
+        assert result.returncode == 3, result.stderr
+        assert result.stdout.split()[:2] == ["50", str(64 << 20)]
+        assert int(result.stdout.split()[-1], 16) & 1 << md.cap_number("SYS_TIME")
+        try:
+            started = podman("run", "-d", "--name", name, "--network", "none", "--rootfs",
+                             os.path.realpath(rootfs), "/bin/sh", "-c",
+                             "echo up; trap 'exit 0' TERM; while :; do sleep 1; done",
+                             stdin=subprocess.DEVNULL)
+            assert started.returncode == 0, started.stderr
+            inside = podman("exec", name, "/bin/sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '",
+                            stdin=subprocess.DEVNULL)
+            assert inside.returncode == 0 and "echo up" in inside.stdout, inside.stderr
+            assert podman("logs", name).stdout == "up\n"
+            stopped = podman("stop", "-t", "10", name)
+            assert stopped.returncode == 0 and "SIGKILL" not in stopped.stderr, stopped.stderr
+        finally:
+            podman("rm", "-f", name)
+        pid, master = os.forkpty()
+        if pid == 0:
+            os.execvpe("podman", ["podman", "--runtime", runc_link, "run", "--rm", "-it",
+                                  "--network", "none", "--rootfs", os.path.realpath(rootfs),
+                                  "/bin/sh", "-c", "tty; exit 5"],
+                       dict(os.environ, CONTAINERS_CONF=str(tmp_path / "containers.conf")))
+        output = b""
+        with contextlib.suppress(OSError):  # EIO once podman is gone
+            while True:
+                chunk = os.read(master, 1024)
+                if not chunk:
+                    break
+                output += chunk
+        _, status = os.waitpid(pid, 0)
+        os.close(master)
+        assert md.exit_code(status) == 5 and b"/dev/pts/0" in output, output
+        assert name not in podman("ps", "-a").stdout
+
+
+def oci_image_archive(rootfs, path, name):
+    """An OCI image layout as a tar, of one uncompressed layer holding
+    `rootfs`: what `ctr images import` reads."""
+    import io
+    import tarfile
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        tar.add(rootfs, arcname=".")
+    blobs = {}
+
+    def blob(data, media):
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        blobs[digest] = data
+        return {"mediaType": media, "digest": digest, "size": len(data)}
+    layer_ref = blob(layer.getvalue(), "application/vnd.oci.image.layer.v1.tar")
+    config = blob(json.dumps({"architecture": "amd64" if md.MACHINE == "x86_64" else "arm64",
+                              "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+                              "rootfs": {"type": "layers", "diff_ids": [layer_ref["digest"]]}}
+                             ).encode(), "application/vnd.oci.image.config.v1+json")
+    manifest = blob(json.dumps({"schemaVersion": 2, "config": config, "layers": [layer_ref],
+                                "mediaType": "application/vnd.oci.image.manifest.v1+json"}
+                               ).encode(), "application/vnd.oci.image.manifest.v1+json")
+    manifest["annotations"] = {"org.opencontainers.image.ref.name": name}
+    files = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
+             "index.json": json.dumps({"schemaVersion": 2, "manifests": [manifest]}).encode()}
+    files.update({"blobs/sha256/" + d[7:]: data for d, data in blobs.items()})
+    with tarfile.open(path, "w") as tar:
+        for member, data in files.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@root
+def test_oci_containerd_drives_minidocker_runc(tmp_path, rootfs, runc_link):
+    """containerd (its own root, state and socket, started here) with an
+    image imported from the busybox rootfs: `ctr run --runc-binary
+    minidocker-runc --rm` passes the exit code, and a detached task takes
+    `ctr task exec` (through the runc shim's create, start, exec --process
+    --detach --pid-file, ps, kill and delete)."""
+    if shutil.which("containerd") is None or shutil.which("ctr") is None:
+        pytest.fail("containerd is not installed (apt-get install containerd)")
+    base = tmp_path / "containerd"
+    base.mkdir()
+    sock = str(base / "c.sock")
+    (base / "config.toml").write_text(
+        'version = 2\nroot = "%s/root"\nstate = "%s/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "%s"\n'
+        '[ttrpc]\n  address = "%s.ttrpc"\n' % (base, base, sock, sock))
+    daemon = subprocess.Popen(["containerd", "--config", str(base / "config.toml")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    name, image = "mdtest-ctr-%d" % os.getpid(), "mdtest/busybox:%d" % os.getpid()
+
+    def ctr(*words):
+        return subprocess.run(["ctr", "--address", sock] + list(words), capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while ctr("version").returncode != 0:
+            assert time.monotonic() < deadline and daemon.poll() is None
+            time.sleep(0.1)
+        oci_image_archive(rootfs, str(base / "image.tar"), image)
+        imported = ctr("images", "import", str(base / "image.tar"))
+        assert imported.returncode == 0, imported.stderr
+        once = ctr("run", "--runc-binary", runc_link, "--rm", "--cgroup", name + "-once", image,
+                   name + "-once", "/bin/sh", "-c", "echo hello; exit 4")
+        assert (once.returncode, once.stdout) == (4, "hello\n"), once.stderr
+        started = ctr("run", "-d", "--runc-binary", runc_link, "--cgroup", name, image, name,
+                      "/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done")
+        assert started.returncode == 0, started.stderr
+        inside = ctr("task", "exec", "--exec-id", "probe", name, "/bin/sh", "-c",
+                     "cat /proc/1/cmdline | tr '\\0' ' '; exit 6")
+        assert inside.returncode == 6 and "trap" in inside.stdout, inside.stderr
+        assert ctr("task", "kill", name).returncode == 0
+        deadline = time.monotonic() + 20
+        while "STOPPED" not in ctr("task", "ls").stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert ctr("task", "rm", name).returncode == 0
+        assert ctr("containers", "rm", name).returncode == 0
+    finally:
+        for task in (name, name + "-once"):
+            ctr("task", "rm", "-f", task)
+            ctr("containers", "rm", task)
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        for place in glob.glob("/run/containerd/runc/default"):
+            with contextlib.suppress(OSError):  # another containerd's containers: theirs
+                os.rmdir(place)
+    layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                               md.read_text("/proc/self/cgroup"))
+    assert [path for mount, own in set(layout.v1.values()) | hybrid_v2(layout)
+            for path in glob.glob(os.path.join(mount, own.strip("/"), name + "*"))] == []
+
+
+def test_oci_help_for_every_command_and_flag(capsys):
+    """runc's command line has a help line for each command, flag and
+    argument, as minidocker's own has."""
+    parser = md.build_runc_parser("minidocker runc")
+    assert {"create", "start", "run", "state", "kill", "delete", "exec", "ps", "list", "pause",
+            "resume", "update", "events", "features", "spec"} <= set(parser.subcommands)
+    for flag in parser.declared:
+        assert flag.help, flag.names
+    for name, command in sorted(parser.subcommands.items()):
+        for flag in command.declared + command.positionals:
+            assert flag.help, (name, flag.names)
+        if name in ("checkpoint", "restore"):  # every word is refused, --help too
+            assert md.main(["runc", name, "--help"]) == 1
+            assert "not supported" in capsys.readouterr().err
+            continue
+        assert md.main(["runc", name, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("Usage:  minidocker runc %s" % name)
+        for flag in command.declared:
+            assert flag.names[0] in out
+    assert md.main(["runc", "--version"]) == 0
+    assert md.OCI_VERSION in capsys.readouterr().out
