@@ -1288,26 +1288,21 @@ def oci_spec(config, bundle):
     spec.rootfs = oci_root(config, bundle, spec)
     spec.namespaces, spec.network_plan = oci_namespaces(linux)
     oci_process(process, spec)
-    spec.hostname = config_field(config, "hostname", str, "")
-    if spec.hostname is not None:
-        if spec.namespaces["uts"] != "private":
-            raise config_error("hostname", "needs a new uts namespace of its own")
-        check_hostname(spec.hostname, "hostname")
-    spec.domainname = config_field(config, "domainname", str, "")
-    if spec.domainname:
-        if spec.namespaces["uts"] != "private":
-            raise config_error("domainname", "needs a new uts namespace of its own")
-        check_hostname(spec.domainname, "domainname")
+    for field in ("hostname", "domainname"):
+        name = config_field(config, field, str, "") or None
+        if name is not None and spec.namespaces["uts"] != "private":
+            raise config_error(field, "needs a new uts namespace of its own")
+        setattr(spec, field, name and check_hostname(name, field))
     for key, value in sorted(config_field(linux, "sysctl", dict, "linux.", {}).items()):
         spec.sysctls.append(parse_sysctl("%s=%s" % (key, value), spec.namespaces,
                                          spec.network_plan["mode"], "linux.sysctl"))
-    spec.mount_plan, spec.devices = oci_mounts(config, linux, bundle, spec)
-    spec.resources = oci_resources(config_field(linux, "resources", dict, "linux.", {}))
-    spec.resources["devices"] = oci_device_rules(
-        config_field(config_field(linux, "resources", dict, "linux.", {}), "devices", list,
-                     "linux.resources.", []), spec.devices)
-    if spec.resources["devices"] is None:
-        del spec.resources["devices"]
+    spec.mount_plan, spec.devices = oci_mounts(config, linux, bundle)
+    resources = config_field(linux, "resources", dict, "linux.", {})
+    spec.resources = oci_resources(resources)
+    rules = oci_device_rules(config_field(resources, "devices", list, "linux.resources.", []),
+                             spec.devices)
+    if rules is not None:
+        spec.resources["devices"] = rules
     spec.cgroup_path = config_field(linux, "cgroupsPath", str, "linux.")
     if spec.cgroup_path is not None and (".." in spec.cgroup_path.split("/") or
                                          ":" in spec.cgroup_path):
@@ -1322,11 +1317,9 @@ def oci_spec(config, bundle):
     spec.seccomp, spec.notes = oci_seccomp(linux, spec)
     spec.personality = oci_personality(linux)
     spec.hooks = oci_hooks(config)
-    for field in ("intelRdt", "uidMappings", "gidMappings", "timeOffsets"):
+    for field in ("intelRdt", "uidMappings", "gidMappings", "timeOffsets", "mountLabel"):
         if linux.get(field):
             raise config_error("linux." + field, "not supported by minidocker")
-    if linux.get("mountLabel") and not os.path.isdir("/sys/fs/selinux"):
-        raise config_error("linux.mountLabel", "SELinux is not enabled on this host")
     return spec
 
 
@@ -1420,8 +1413,9 @@ def oci_process(process, spec):
     if process.get("apparmorProfile") and not host_has_apparmor():
         raise config_error("process.apparmorProfile", "AppArmor is not enabled on this host")
     spec.apparmor = process.get("apparmorProfile") or None
-    if process.get("selinuxLabel") and not os.path.isdir("/sys/fs/selinux"):
-        raise config_error("process.selinuxLabel", "SELinux is not enabled on this host")
+    if process.get("selinuxLabel"):
+        raise config_error("process.selinuxLabel", "SELinux labels are not applied by "
+                           "minidocker")
     for field in ("scheduler", "ioPriority", "execCPUAffinity"):
         if process.get(field):
             raise config_error("process." + field, "not supported by minidocker")
@@ -1471,7 +1465,7 @@ def parse_mount_options(options, where):
     return flags, propagation, ",".join(data) or None
 
 
-def oci_mounts(config, linux, bundle, spec):
+def oci_mounts(config, linux, bundle):
     """mounts, linux.devices, maskedPaths and readonlyPaths -> (the mount
     plan, [Device]). A tmpfs at /dev gets the standard nodes and links
     right after it (populate_dev), as runc makes them; a cgroup mount is
@@ -9841,30 +9835,7 @@ def runc_create(args, foreground=False):
     --detach) or to its command (a foreground run, which waits for it).
     Returns (RuncState, Spec, pid, the pty master or None, the SignalPipe,
     signals pending); the pipe is closed unless `foreground`."""
-    require_root("runc create")
-    if getattr(args, "no_pivot", False):
-        warn("--no-pivot: the root is entered with pivot_root all the same")
-    bundle = os.path.abspath(args.bundle or ".")
-    config = load_config(bundle)
-    spec = oci_spec(config, bundle)
-    spec.preserve_fds = args.preserve_fds + int(os.environ.get("LISTEN_FDS", "0") or 0)
-    spec.tied = foreground
-    if spec.tty and not foreground and not args.console_socket:
-        raise MiniDockerError("cannot allocate tty if runc will detach without setting "
-                              "console socket")
-    if not spec.tty and args.console_socket:
-        raise MiniDockerError("cannot use console socket if runc will not detach or "
-                              "allocate tty")
-    state = RuncState(args.root, args.container)
-    os.makedirs(args.root, 0o700, exist_ok=True)
-    try:
-        os.mkdir(state.dir, 0o700)  # the one step two creates of one id cannot both take
-    except FileExistsError:
-        raise MiniDockerError("container with id exists: %s" % state.id)
-    state.data = {"id": state.id, "pid": 0, "creating": True, "bundle": bundle,
-                  "rootfs": spec.rootfs, "config": config, "cgroups": [],
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "annotations": spec.annotations}
+    spec, state = claim_runc_state(args, foreground)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING_SIGNALS)
     signals, made, pid, console = None, [], None, None
     try:
@@ -9881,11 +9852,7 @@ def runc_create(args, foreground=False):
         if args.console_socket:
             console = connect_console_socket(args.console_socket)
         instance = Instance(state.id, None, spec.hostname, [], state.oci("creating"),
-                            [("" if mount_point == CGROUP_VIEW else
-                              os.path.basename(mount_point), path)
-                             for version, mount_point, path, _ in plan
-                             if CGROUP_VIEW in (mount_point, os.path.dirname(mount_point))
-                             and (version == 1 or not layout.v1)])  # as runc: v1's alone
+                            cgroup_view_dirs(plan, layout))
         signals = SignalPipe()
         pid, master, pending = start_container(
             spec, instance, signals, lambda child: join_cgroups(made, child), lambda: None,
@@ -9906,6 +9873,47 @@ def runc_create(args, foreground=False):
     if not foreground:
         signals.close()
     return state, spec, pid, master, signals, pending
+
+
+def claim_runc_state(args, foreground):
+    """create's checks, then the container's state directory, made: the
+    one step that two creates of one id cannot both take. -> (Spec,
+    RuncState)."""
+    require_root("runc create")
+    if getattr(args, "no_pivot", False):
+        warn("--no-pivot: the root is entered with pivot_root all the same")
+    bundle = os.path.abspath(args.bundle or ".")
+    config = load_config(bundle)
+    spec = oci_spec(config, bundle)
+    spec.preserve_fds = args.preserve_fds + int(os.environ.get("LISTEN_FDS", "0") or 0)
+    spec.tied = foreground
+    if spec.tty and not foreground and not args.console_socket:
+        raise MiniDockerError("cannot allocate tty if runc will detach without setting "
+                              "console socket")
+    if not spec.tty and args.console_socket:
+        raise MiniDockerError("cannot use console socket if runc will not detach or "
+                              "allocate tty")
+    state = RuncState(args.root, args.container)
+    os.makedirs(args.root, 0o700, exist_ok=True)
+    try:
+        os.mkdir(state.dir, 0o700)
+    except FileExistsError:
+        raise MiniDockerError("container with id exists: %s" % state.id)
+    state.data = {"id": state.id, "pid": 0, "creating": True, "bundle": bundle,
+                  "rootfs": spec.rootfs, "config": config, "cgroups": [],
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "annotations": spec.annotations}
+    return spec, state
+
+
+def cgroup_view_dirs(plan, layout):
+    """The cgroup plan -> [(name under /sys/fs/cgroup, the directory)] that
+    bind_cgroup_dirs binds, as runc does: on a v1 or hybrid host the v1
+    hierarchies alone, on a cgroup2 one its one directory (name "")."""
+    return [("" if mount_point == CGROUP_VIEW else os.path.basename(mount_point), path)
+            for version, mount_point, path, _ in plan
+            if CGROUP_VIEW in (mount_point, os.path.dirname(mount_point))
+            and (version == 1 or not layout.v1)]
 
 
 def connect_console_socket(path):
@@ -10135,6 +10143,8 @@ def runc_exec(args):
     state = RuncState(args.root, args.container).load()
     if state.status() not in ("created", "running"):
         raise MiniDockerError("cannot exec in a %s container" % state.status())
+    if args.preserve_fds:
+        raise MiniDockerError("exec --preserve-fds: minidocker's exec passes no descriptor on")
     config = state.data["config"]
     spec = oci_spec(config, state.data["bundle"])
     if args.process:
@@ -11054,7 +11064,8 @@ def build_runc_parser(prog="minidocker-runc"):
                         (("--tty", "-t"), "allocate a terminal"),
                         (("--no-new-privs",), "set no_new_privs")):
         exec_.add_argument(*names, action="store_true", help=help)
-    exec_.add_argument("--preserve-fds", type=int, default=0, metavar="N", help="accepted: 0")
+    exec_.add_argument("--preserve-fds", type=int, default=0, metavar="N",
+                       help="0 only: an exec passes no descriptor on")
     exec_.add_argument("container", metavar="ID", help="the container's id")
     exec_.add_argument("command", nargs=REMAINDER, metavar="CMD [ARG...]",
                        help="the command, without --process")

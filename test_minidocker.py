@@ -8174,3 +8174,45 @@ def test_oci_help_for_every_command_and_flag(capsys):
             assert flag.names[0] in out
     assert md.main(["runc", "--version"]) == 0
     assert md.OCI_VERSION in capsys.readouterr().out
+
+
+@root
+def test_oci_namespaces_joined_by_path_and_descriptors_passed_on(tmp_path, oci_root, bundle):
+    """linux.namespaces with a path: a second container joins the first's
+    pid, ipc and uts namespaces and a network namespace made by `ip netns
+    add` (setns(2) by the path); --preserve-fds hands descriptor 3 on."""
+    edit_config(bundle, lambda c: c["process"].update(args=["/bin/sleep", "60"]))
+    assert oci(oci_root, "run", "--detach", "--bundle", bundle, "first").returncode == 0
+    first = json.loads(oci(oci_root, "state", "first").out)["pid"]
+    netns = "mdtest-oci-%d" % os.getpid()
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        joined = {"pid": "/proc/%d/ns/pid" % first, "ipc": "/proc/%d/ns/ipc" % first,
+                  "uts": "/proc/%d/ns/uts" % first, "network": "/run/netns/" + netns}
+
+        def change(config):
+            config["linux"]["namespaces"] = [
+                {"type": kind, "path": joined[kind]} if kind in joined else {"type": kind}
+                for kind in ("pid", "network", "ipc", "uts", "mount", "cgroup")]
+            config.pop("hostname", None)
+            config["process"]["args"] = ["/bin/sh", "-c", "for n in pid ipc uts net; do "
+                                         "readlink /proc/self/ns/$n; done; cat <&3"]
+        edit_config(bundle, change)
+        (tmp_path / "passed").write_text("passed on\n")
+        with open(tmp_path / "passed") as passed:
+            os.dup2(passed.fileno(), 3)  # as conmon hands its descriptors over
+            try:
+                second = subprocess.run(MINIDOCKER + ["runc", "--root", oci_root, "run",
+                                                      "--preserve-fds", "1", "--bundle",
+                                                      bundle, "second"], pass_fds=(3,),
+                                        capture_output=True, text=True, timeout=60)
+            finally:
+                os.close(3)
+        assert second.returncode == 0, second.stderr
+        expected = [os.readlink("/proc/%d/ns/%s" % (first, n)) for n in ("pid", "ipc", "uts")]
+        expected.append("net:[%d]" % os.stat("/run/netns/" + netns).st_ino)
+        assert second.stdout.splitlines() == expected + ["passed on"]
+    finally:
+        oci(oci_root, "delete", "--force", "first")
+        subprocess.run(["ip", "netns", "delete", netns], check=True)
+    assert_no_oci_left(oci_root)
