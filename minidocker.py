@@ -9941,10 +9941,16 @@ def wait_for_start(spec, to_parent):
     the O_PATH descriptor create handed down (its path is out of reach
     since pivot_root). Meanwhile it holds nothing else of ours: a
     process exec'd into the created container sees no pipe of create's
-    in its init."""
+    in its init. /proc is the config's to mount, or not, and an image's
+    own /proc could lead the open elsewhere: the byte goes only to the
+    fifo the descriptor names (the same inode)."""
     os.close(to_parent)
     close_all_fds_but({spec.exec_fifo} | set(range(3, 3 + spec.preserve_fds)))
     fifo = os.open("/proc/self/fd/%d" % spec.exec_fifo, os.O_WRONLY | os.O_CLOEXEC)
+    opened, meant = os.fstat(fifo), os.fstat(spec.exec_fifo)
+    if (opened.st_dev, opened.st_ino) != (meant.st_dev, meant.st_ino):
+        raise MiniDockerError("the exec fifo: /proc/self/fd/%d is not the fifo (is /proc a "
+                              "procfs in config.json's mounts?)" % spec.exec_fifo)
     os.write(fifo, b"0")
     os.close(fifo)
     os.close(spec.exec_fifo)

@@ -8216,3 +8216,32 @@ def test_oci_namespaces_joined_by_path_and_descriptors_passed_on(tmp_path, oci_r
         oci(oci_root, "delete", "--force", "first")
         subprocess.run(["ip", "netns", "delete", netns], check=True)
     assert_no_oci_left(oci_root)
+
+
+@root
+def test_escape_oci_an_images_own_proc_gets_no_byte_of_the_fifo(oci_root, bundle):
+    """A config that mounts no /proc leaves the image's /proc in place, and
+    the image can make /proc/self/fd/3 a file of its choosing: the waiting
+    init reopens its fifo descriptor through that path, so it must check
+    that it opened the fifo before it writes. Here the start fails, and the
+    image's file is left as it was."""
+    rootfs = os.path.join(bundle, "rootfs")
+    os.makedirs(os.path.join(rootfs, "fake", "fd"))
+    with open(os.path.join(rootfs, "fake", "fd", "3"), "w") as handle:
+        handle.write("untouched")
+    shutil.rmtree(os.path.join(rootfs, "proc"), ignore_errors=True)
+    os.makedirs(os.path.join(rootfs, "proc"))
+    os.symlink("/fake", os.path.join(rootfs, "proc", "self"))
+
+    def change(config):
+        config["mounts"] = [m for m in config["mounts"] if m["destination"] != "/proc"]
+        config["linux"]["maskedPaths"] = config["linux"]["readonlyPaths"] = []
+        config["process"]["args"] = ["/bin/true"]
+    edit_config(bundle, change)
+    assert oci(oci_root, "create", "--bundle", bundle, "noproc").returncode == 0
+    started = oci(oci_root, "start", "noproc")
+    assert started.returncode == 1 and ("ended before start" in started.err or
+                                        "has stopped" in started.err), started.err
+    assert open(os.path.join(rootfs, "fake", "fd", "3")).read() == "untouched"
+    assert oci(oci_root, "delete", "noproc").returncode == 0
+    assert_no_oci_left(oci_root)
