@@ -6884,7 +6884,7 @@ def build_root(spec, instance, console):
     if console is not None:
         attach_terminal(rootfd, console, spec.console_size)
     make_workdir(rootfd, spec.workdir)
-    run_hooks(spec, "createContainer", lambda: instance.state("creating"))
+    run_hooks(spec.hooks, "createContainer", lambda: instance.state("creating"))
     enter_root(rootfd, spec.read_only, root_flags(spec))
     os.close(rootfd)
     os.umask(0o022)
@@ -7018,7 +7018,7 @@ def exec_command(spec, hostname, to_parent, tied=True):
         prctl(PR_SET_DUMPABLE, 0, what="prctl(PR_SET_DUMPABLE)")
     if spec.exec_fifo is not None:
         wait_for_start(spec, to_parent)
-    run_hooks(spec, "startContainer", lambda: dict(spec.start_state, status="created"))
+    run_hooks(spec.hooks, "startContainer", lambda: dict(spec.start_state, status="created"))
     if spec.apparmor:  # AppArmor's change_onexec(): the profile takes effect at execve
         write_attr("/proc/self/attr/apparmor/exec", "exec " + spec.apparmor)
     if spec.seccomp is not None and not filter_first:
@@ -7263,7 +7263,7 @@ def start_container(spec, instance, signals, join, prepare, console_socket=None)
             if lease:
                 attach_veth(lease, pid)
             for point in ("prestart", "createRuntime"):  # a bundle's, in our namespaces
-                run_hooks(spec, point, lambda: dict(instance.oci_state, status="creating",
+                run_hooks(spec.hooks, point, lambda: dict(instance.oci_state, status="creating",
                                                     pid=pid))
             os.write(parent_write, b"go %s\n" % json.dumps(lease).encode())
         except (MiniDockerError, BrokenPipeError) as err:
@@ -9961,11 +9961,11 @@ def write_attr(path, value):
         handle.write(value)
 
 
-def run_hooks(spec, point, state):
-    """Run the bundle's hooks of `point`, in order, each with the OCI
-    state (state() builds it) on stdin; a hook that fails or outlives its
-    timeout fails the step, naming it."""
-    for hook in spec.hooks.get(point, ()):
+def run_hooks(hooks, point, state):
+    """Run a bundle's hooks of `point` (hooks: oci_hooks'), in order, each
+    with the OCI state (state() builds it) on stdin; a hook that fails or
+    outlives its timeout fails the step, naming it."""
+    for hook in hooks.get(point, ()):
         data = json.dumps(state()).encode()
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
@@ -10010,7 +10010,6 @@ def runc_start(args):
         raise MiniDockerError("cannot start a container that has %s" % (
             "stopped" if status == "stopped" else "already started" if status in (
                 "running", "paused") else "not been created"))
-    spec = Spec(hooks=oci_hooks(state.data["config"]))  # all start needs of it
     try:
         fifo = os.open(state.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -10027,15 +10026,15 @@ def runc_start(args):
         os.close(fifo)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(state.fifo)
-    poststart(spec, state)
+    poststart(oci_hooks(state.data["config"]), state)
     return 0
 
 
-def poststart(spec, state):
+def poststart(hooks, state):
     """The poststart hooks: the runtime spec has their failure logged, the
     container left running."""
     try:
-        run_hooks(spec, "poststart", lambda: state.oci("running"))
+        run_hooks(hooks, "poststart", lambda: state.oci("running"))
     except MiniDockerError as err:
         warn(str(err))
 
@@ -10049,12 +10048,12 @@ def runc_run(args):
         return runc_start(args)
     state, spec, pid, master, signals, pending = runc_create(args, foreground=True)
     try:
-        poststart(spec, state)
+        poststart(spec.hooks, state)
         return exit_code(wait_for_container(pid, signals, master, True, pending))
     finally:
         signals.close()
         if not args.keep:
-            destroy(state, spec)
+            destroy(state, spec.hooks)
 
 
 def runc_state(args):
@@ -10086,11 +10085,11 @@ def runc_delete(args):
     if status in ("running", "paused") and not args.force:
         raise MiniDockerError("cannot delete container %s that is not stopped: %s"
                               % (state.id, status))
-    destroy(state, Spec(hooks=oci_hooks(state.data.get("config") or {})))
+    destroy(state, oci_hooks(state.data.get("config") or {}))
     return 0
 
 
-def destroy(state, spec):
+def destroy(state, hooks):
     """What a container had, gone: its processes (thawed first, to die),
     its cgroups, its state; then the poststop hooks, whose failure is only
     logged (the runtime spec)."""
@@ -10107,7 +10106,7 @@ def destroy(state, spec):
     remove_cgroups(state.data["cgroups"])
     shutil_rmtree(state.dir)
     try:
-        run_hooks(spec, "poststop", lambda: state.oci("stopped"))
+        run_hooks(hooks, "poststop", lambda: state.oci("stopped"))
     except MiniDockerError as err:
         warn(str(err))
 

@@ -8199,15 +8199,12 @@ def test_oci_namespaces_joined_by_path_and_descriptors_passed_on(tmp_path, oci_r
                                          "readlink /proc/self/ns/$n; done; cat <&3"]
         edit_config(bundle, change)
         (tmp_path / "passed").write_text("passed on\n")
-        with open(tmp_path / "passed") as passed:
-            os.dup2(passed.fileno(), 3)  # as conmon hands its descriptors over
-            try:
-                second = subprocess.run(MINIDOCKER + ["runc", "--root", oci_root, "run",
-                                                      "--preserve-fds", "1", "--bundle",
-                                                      bundle, "second"], pass_fds=(3,),
-                                        capture_output=True, text=True, timeout=60)
-            finally:
-                os.close(3)
+        # Descriptor 3 opened by a shell, as conmon hands its own over.
+        second = subprocess.run(["/bin/sh", "-c", 'exec 3< "$0"; exec "$@"',
+                                 str(tmp_path / "passed")] + MINIDOCKER +
+                                ["runc", "--root", oci_root, "run", "--preserve-fds", "1",
+                                 "--bundle", bundle, "second"],
+                                capture_output=True, text=True, timeout=60)
         assert second.returncode == 0, second.stderr
         expected = [os.readlink("/proc/%d/ns/%s" % (first, n)) for n in ("pid", "ipc", "uts")]
         expected.append("net:[%d]" % os.stat("/run/netns/" + netns).st_ino)
