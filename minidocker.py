@@ -1090,17 +1090,24 @@ def build_spec(args, seccomp_cache=None):
     if restart[0] != "no" and args.rm:
         raise MiniDockerError("--restart %s and --rm conflict: a container removed at its end "
                               "cannot be restarted" % args.restart)
-    if restart[0] != "no" and not args.detach:
-        raise MiniDockerError("--restart %s needs -d: a container kept by its run ends with it"
-                              % args.restart)
+    # A restart policy without -d: a monitor keeps the container as with
+    # -d, and the run shows its log (run_attached_to_monitor).
+    kept = args.detach or restart[0] != "no"
     if args.detach and (interactive or tty):
         raise MiniDockerError("run -d keeps no terminal and no stdin: -i and -t need a run "
                               "without -d")
-    if not args.detach and interactive is None and tty is None and os.isatty(0) and \
+    if kept and (interactive or tty):
+        raise MiniDockerError("--restart %s keeps the container under a monitor, with no "
+                              "terminal and no stdin: -i and -t need --restart no"
+                              % args.restart)
+    if not kept and interactive is None and tty is None and os.isatty(0) and \
             os.isatty(1):
         # The README's `run ./rootfs /bin/sh` on a terminal is a shell to talk to.
         interactive = tty = True
     log_driver, log_max_size, log_max_files = parse_log_options(args.log_driver, args.log_opt)
+    if kept and not args.detach and log_driver == "none":
+        raise MiniDockerError("--restart %s without -d shows the container's log: "
+                              "--log-driver none keeps none" % args.restart)
     mounts = [parse_mount(text) for text in args.mount]
     volumes = [parse_volume(text) for text in args.volume] + \
         [m for m in mounts if isinstance(m, Volume)]
@@ -1133,7 +1140,7 @@ def build_spec(args, seccomp_cache=None):
         tty=bool(tty), interactive=bool(interactive), init=args.init, restart=restart,
         remove=args.rm,
         debug=args.debug,
-        detach=args.detach, name=check_name(args.name) if args.name is not None else None,
+        detach=kept, name=check_name(args.name) if args.name is not None else None,
         log_driver=log_driver, log_max_size=log_max_size, log_max_files=log_max_files,
         resources=resources,
         cgroup_parent=check_cgroup_parent(args.cgroup_parent),
@@ -6995,12 +7002,20 @@ class StartReport:
 
 
 def run_detached(spec, paths, cid=None, again=None, shown=None):
-    """run -d: a monitor, a child of ours in a session of its own, keeps the
-    container as `run` would (run_container), its output going to the log;
-    it tells us when the command has been exec'd, or why it could not be.
-    We print the id, as docker does (or `shown`: start prints what it was
-    given), and leave the container to it. `cid` and `again`: start's, as
+    """run -d: start the container under a monitor (start_monitor), print
+    its id, as docker does (or `shown`: start prints what it was given),
+    and leave the container to it. `cid` and `again`: start's, as
     run_container takes them."""
+    cid = start_monitor(spec, paths, cid, again)
+    print(shown or cid)
+    return 0
+
+
+def start_monitor(spec, paths, cid=None, again=None):
+    """A monitor, a child of ours in a session of its own, keeps the
+    container as `run` would (run_container), its output going to the log;
+    it tells us when the command has been exec'd (we return the id), or
+    why it could not be (we raise)."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     if os.fork() == 0:
         os.close(read_end)
@@ -7017,8 +7032,7 @@ def run_detached(spec, paths, cid=None, again=None, shown=None):
         if kind == "warning":
             warn(text)
         elif kind == "started":
-            print(shown or text)
-            return 0
+            return text
         elif kind == "error":
             code, _, message = text.partition(" ")
             raise MiniDockerError(message, int(code))
@@ -7603,9 +7617,51 @@ def cmd_run(args):
     paths = Paths()
     spec = build_spec(args, paths.seccomp_cache)
     trace(spec.debug, "flags parsed into the spec, the seccomp filter ready")
+    if spec.detach and not args.detach:  # a restart policy keeps it
+        return run_attached_to_monitor(spec, paths)
     if spec.detach:
         return run_detached(spec, paths)
     return run_container(spec, paths)
+
+
+def run_attached_to_monitor(spec, paths):
+    """run --restart POLICY without -d, as docker's: a monitor keeps the
+    container as with -d (start_monitor), so that the policy outlives us,
+    and we stay attached to its first run: its output as the log takes it
+    (as logs -f reads it), the signals we receive passed on to its init
+    (docker's sig-proxy), its exit code ours. The runs the policy starts
+    later go on in the background until stop or rm -f. The first run's
+    entries are those written before the record took its end ("finished"):
+    the next one begins a back-off (0.1 s at least) later, and each loop
+    looks at the record well within it."""
+    cid = start_monitor(spec, paths)
+    layer = paths.layer(cid)
+
+    def forward(number, _frame):
+        record = read_record(paths, cid)
+        if record is not None and record["status"] == "running":
+            signal_init(record, number)
+    for number in FORWARDED_NUMBERS:
+        signal.signal(number, forward)
+    reader = LogReader(None, False)
+    try:
+        reader.read_files(open_log_files(layer))
+        record = read_record(paths, cid)
+        while record is not None and owner_alive(record) and record["status"] != "exited" \
+                and not record.get("restart_count"):
+            time.sleep(0.05)
+            reader.follow(layer)
+            record = read_record(paths, cid)
+        if record is None:
+            raise MiniDockerError("container %s was removed (rm -f): its exit code went with "
+                                  "it" % cid[:12])
+        if record["status"] != "exited" and not record.get("restart_count"):  # monitor killed
+            raise MiniDockerError("container %s: its monitor ended before it" % cid[:12])
+        reader.until = JsonLog.stamp(int(record["finished"] * 10**9))
+        reader.follow(layer)
+    finally:
+        reader.close()
+    return record["exit_code"]
 
 
 def cmd_rm(args):
@@ -9313,7 +9369,8 @@ def build_parser():
                      help="max-size=SIZE (rotate json.log at SIZE), max-file=N (files kept)")
     run.add_argument("--name", metavar="NAME", help="a unique name, usable in place of the id")
     run.add_argument("--restart", default="no", metavar="POLICY",
-                     help="with -d: no, on-failure[:MAX], always or unless-stopped")
+                     help="no, on-failure[:MAX], always or unless-stopped (without -d: "
+                          "attached to the first run)")
     run.add_argument("--hostname", "-h", dest="hostname", help="host name (default: short id)")
     run.add_argument("--entrypoint", metavar="PROGRAM",
                      help="run PROGRAM with CMD as its arguments (\"\": none)")

@@ -991,7 +991,11 @@ def bad(args, message, code=125):
     (["run", "--device", "/dev/null:/dev/n:x", "/", "sh"], "permissions 'x' are not a set"),
     (["run", "-d", "--rm", "--restart", "always", "/", "sh"],
      "--restart always and --rm conflict"),
-    (["run", "--restart", "on-failure:2", "/", "sh"], "--restart on-failure:2 needs -d"),
+    (["run", "--rm", "--restart", "on-failure:2", "/", "sh"],
+     "--restart on-failure:2 and --rm conflict"),
+    (["run", "-t", "--restart", "always", "/", "sh"], "-i and -t need --restart no"),
+    (["run", "--restart", "always", "--log-driver", "none", "/", "sh"],
+     "--log-driver none keeps none"),
     (["run", "-d", "--restart", "always:2", "/", "sh"], "a maximum retry count goes only with"),
     (["start", "nosuch"], "no such container: nosuch"),
     (["start", "-a", "one", "two"], "start -a takes one container"),
@@ -6272,6 +6276,68 @@ def test_net_stop_and_rm_f_reach_a_container_still_starting(rootfs, sandbox, ver
             held.wait()
         sandbox.run("rm", "-f", "slow")
     assert_network_gone(sandbox)
+
+
+# --- lifecycle leftovers ---
+# ---------------------------------------------------------------------------
+
+@root
+def test_restart_policy_without_d_attaches_to_the_first_run(rootfs):
+    """run --restart always without -d, as docker's: run shows the first
+    run's output (and none of a later one's) and returns its exit code;
+    the policy goes on in the background (RestartCount grows) until stop,
+    and rm -f leaves nothing."""
+    script = "echo run $(cat /proc/uptime); sleep 0.3; exit 3"
+    ran = minidocker("run", "--name", "kept", "--restart", "always", "--network=none", rootfs,
+                     "sh", "-c", script)
+    try:
+        assert ran.returncode == 3, ran.err
+        assert len(ran.out.splitlines()) == 1 and ran.out.startswith("run "), ran.out
+        deadline = time.monotonic() + 20
+        while json.loads(minidocker("inspect", "kept").out)[0]["RestartCount"] < 2:
+            assert time.monotonic() < deadline, "the policy did not run it again"
+            time.sleep(0.1)
+        assert minidocker("logs", "kept").out.startswith(ran.out)
+        assert minidocker("stop", "-t", "1", "kept").returncode == 0
+        runs = minidocker("logs", "kept").out
+        time.sleep(1)
+        assert minidocker("logs", "kept").out == runs
+        assert json.loads(minidocker("inspect", "kept").out)[0]["State"]["Status"] == "exited"
+    finally:
+        minidocker("rm", "-f", "kept")
+    assert_nothing_left()
+
+
+@root
+def test_restart_policy_without_d_passes_a_clean_exit_and_stop_through(rootfs):
+    """The first run's exit code whatever it is (0 with on-failure, which
+    then runs nothing more); a stop during the first run ends the attached
+    run with stop's code (137: sleep, as pid 1, ignores SIGTERM) and the
+    policy."""
+    clean = minidocker("run", "--restart", "on-failure", "--network=none", rootfs,
+                       "sh", "-c", "echo out; echo err >&2")
+    assert (clean.returncode, clean.out, clean.err) == (0, "out\n", "err\n")
+    attached = subprocess.Popen(MINIDOCKER + ["run", "--name", "held", "--restart",
+                                              "unless-stopped", "--network=none", rootfs,
+                                              "sleep", "1000"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while minidocker("inspect", "held").returncode != 0 or not json.loads(
+                minidocker("inspect", "held").out)[0]["State"]["Running"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert minidocker("stop", "-t", "1", "held").returncode == 0
+        assert attached.wait(timeout=20) == 137, attached.stderr.read()
+    finally:
+        attached.kill()
+        attached.wait()
+        minidocker("rm", "-f", "held")
+    for record in records_now():
+        assert record["status"] == "exited", record
+        minidocker("rm", record["id"])
+    assert_nothing_left()
 
 
 # ---------------------------------------------------------------------------
