@@ -267,6 +267,7 @@ PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -6233,11 +6234,11 @@ def reset_signals():
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
-def exec_command(spec, hostname, to_parent, tied=True):
+def exec_command(spec, hostname, to_parent, tied=True, fork=None):
     """Stage 2: identity, environment, privileges, the seccomp filter, then
-    execve(2) (in a child of ours with --init). `tied`: the command dies
-    with the process that started it (SIGKILL when it ends), as all do but
-    exec -d's."""
+    execve(2) (in a child of ours with --init: become_init, or `fork`,
+    exec's). `tied`: the command dies with the process that started it
+    (SIGKILL when it ends), as all do but exec -d's."""
     passwd = parse_passwd(read_account_file("/etc/passwd"))
     group = parse_group(read_account_file("/etc/group"))
     uid, gid, gids, home = resolve_user(spec.user, passwd, group, spec.group_add)
@@ -6279,13 +6280,25 @@ def exec_command(spec, hostname, to_parent, tied=True):
         prctl(PR_SET_DUMPABLE, 0, what="prctl(PR_SET_DUMPABLE)")
     if spec.seccomp is not None and not filter_first:
         load_filter(spec.seccomp)
-    if spec.init:
-        become_init(to_parent, spec.tty, tied)  # returns in the command's process only
+    if spec.init:  # returns in the command's process only
+        (fork or become_init)(to_parent, spec.tty, tied)
     try:
         os.execve(program, spec.command, env)
     except OSError as err:
         code = EXIT_NOT_FOUND if err.errno == errno.ENOENT else EXIT_CANNOT_EXEC
         raise MiniDockerError("exec %s: %s" % (program, err.strerror), code)
+
+
+def fork_in_container():
+    """fork(2), its failures said in the container's terms."""
+    try:
+        return os.fork()
+    except BlockingIOError:  # EAGAIN
+        raise MiniDockerError("fork: the container's task limit (--pids-limit) or the host's "
+                              "is reached")
+    except OSError as err:
+        raise syscall_error(err.errno, "fork", "a pid namespace whose init has ended takes no "
+                            "new process" if err.errno == errno.ENOMEM else None)
 
 
 def become_init(to_parent, tty, tied=True):
@@ -6299,14 +6312,7 @@ def become_init(to_parent, tty, tied=True):
     open (runc's CVE-2019-5736 class). exec's child does the same from
     outside the pid namespace, where our fork puts the command (chapter
     11, exec); `tied`: the command dies with us, unless exec -d."""
-    try:
-        command = os.fork()
-    except BlockingIOError:  # EAGAIN
-        raise MiniDockerError("fork: the container's task limit (--pids-limit) or the host's "
-                              "is reached")
-    except OSError as err:
-        raise syscall_error(err.errno, "fork", "a pid namespace whose init has ended takes no "
-                            "new process" if err.errno == errno.ENOMEM else None)
+    command = fork_in_container()
     if command == 0:
         if tied:  # the filter may refuse prctl: then only the namespace's end takes it
             with contextlib.suppress(OSError):
@@ -7402,18 +7408,31 @@ def restart_by_policy(spec, paths, cid, code, delay):
 # exec runs a command beside the container's own, as one of it: in every
 # namespace of its init, in its cgroups, under the container's user,
 # capabilities, no_new_privs and seccomp filter, inside its root. The
-# parent (minidocker exec) opens the init's namespaces, forks a child,
-# puts it in the container's cgroups and says "go". The child enters the
-# namespaces, the mount namespace last (setns(2) moves its root and
-# working directory to that namespace's root: the container's), then goes
-# through stage 2 as an --init container's init does (exec_command): it
-# becomes the container's user with its capabilities and filter, and only
-# then forks the command, the first of these processes to be in the
-# container's pid namespace (setns(CLONE_NEWPID) places a caller's next
-# children there, never the caller); it stays outside as the command's
-# reaper, forwarding signals (become_init). The parent relays the
-# terminal and the signals, and ends with the command's exit code; with
-# -d it leaves once the command runs.
+# parent (minidocker exec) opens the init's namespaces and forks a child,
+# which enters them, the mount namespace last (setns(2) moves its root and
+# working directory to that namespace's root: the container's), while the
+# parent puts it in the container's cgroups (split_exec_cgroups says
+# which). The child then goes through stage 2 as an --init container's
+# init does (exec_command): it becomes the container's user with its
+# capabilities and filter, waits for the parent's "go" (the cgroups
+# joined), and only then forks the command, the first of these processes
+# to be in the container's pid namespace (setns(CLONE_NEWPID) places a
+# caller's next children there, never the caller). The child reports the
+# command's pid and ends (fork_command); the parent, a child subreaper
+# (PR_SET_CHILD_SUBREAPER), inherits the command, puts it in the cgroup
+# of the pids controller, and says "go" again: the command execs. So an
+# exec costs the container one pid, as runc's does (runc joins its last
+# stage to the cgroups by pid too): a container at --pids-limit N with
+# N-1 tasks still takes one. The parent relays the terminal and the
+# signals, and ends with the command's exit code; with -d it leaves once
+# the command runs.
+#
+# Why the cgroups are joined in two steps: the kernel charges a fork to
+# the pids cgroup of the process that forks, so a child inside it would
+# need a second free pid for a moment; and the first write to a
+# cgroup.procs waits out an RCU grace period (cgroup_threadgroup_rwsem;
+# measured 12 ms on the 2-CPU host, the next writes 0.05 ms), which the
+# parent spends while the child enters the namespaces.
 #
 # The dangerous moment is the one in between: a process of the host
 # (python3, minidocker's memory and descriptors) entering the container.
@@ -7431,7 +7450,11 @@ def restart_by_policy(spec, paths, cid, code, delay):
 # injected with ptrace). Hence the command is forked into the pid
 # namespace only once it is no more than the container's own processes
 # are. execve makes it dumpable again: from then on it is only the
-# container's.
+# container's. Between its fork and the parent's "go" the command is in
+# the pid namespace but not yet in the pids cgroup: a container that
+# could ptrace it then (CAP_SYS_PTRACE) could fork there past its
+# --pids-limit; for such a container the child joins the pids cgroup too,
+# and an exec needs two free pids.
 
 # In the order the child enters them: pid first (for the command it will
 # fork), the cgroup namespace only once the child is in the container's
@@ -7462,7 +7485,7 @@ def build_exec_spec(args, record, paths):
     spec.workdir = absolute_path(args.workdir) if args.workdir else spec.workdir
     spec.user = check_user(args.user, "--user") if args.user else spec.user
     spec.tty, spec.interactive, spec.detach = args.tty, args.interactive, args.detach
-    # The command is forked by a reaper of ours, once confined (above).
+    # The command is forked by our child, once confined (above).
     spec.init, spec.debug = True, args.debug
     return spec
 
@@ -7502,6 +7525,8 @@ def exec_in_container(record, spec):
         # Inherited by the child through fork: it is never dumpable while
         # it is python3 (see above).
         prctl(PR_SET_DUMPABLE, 0, what="prctl(PR_SET_DUMPABLE)")
+        # The command, orphaned when the child that forks it ends, becomes ours.
+        prctl(PR_SET_CHILD_SUBREAPER, 1, what="prctl(PR_SET_CHILD_SUBREAPER)")
         if spec.tty:
             preload("_socket", "array")  # open_pty's, once the host is out of reach
             import _socket
@@ -7518,26 +7543,36 @@ def exec_in_container(record, spec):
             os.close(fd)
         if console_peer is not None:
             console_peer.close()
-        pending = []
+        pending, rest, command = [], bytearray(), None
         try:
             try:
-                join_cgroups(record["cgroups"], pid)
+                first, then = split_exec_cgroups(record["cgroups"], spec.caps)
+                join_cgroups(first, pid)
                 os.write(parent_write, b"go\n")
             except (MiniDockerError, BrokenPipeError) as err:
-                child_error_first(err, pid, parent_read, signals, pending, bytearray())
+                child_error_first(err, pid, parent_read, signals, pending, rest)
             master = receive_master(console) if console is not None else None
-            message = read_child_message(parent_read, signals, pending, bytearray())
+            message = read_child_message(parent_read, signals, pending, rest)
+            if not message.startswith(b"pid "):
+                raise_child_error(message)
+            os.waitpid(pid, 0)  # it has ended: the command it forked is ours now
+            pid, command = None, adopted(int(message[4:]))
+            join_cgroups(then, command)
+            os.write(parent_write, b"go\n")
+            message = read_child_message(parent_read, signals, pending, rest)
             if message:
                 raise_child_error(message)
         except BaseException:
-            kill_and_reap(pid)
+            for process in (pid, command):
+                if process is not None:
+                    kill_and_reap(process)
             raise
         finally:
             os.close(parent_read)
             os.close(parent_write)
         if spec.detach:  # the command goes on without us; the host's init reaps it
             return 0
-        return exit_code(wait_for_container(pid, signals, master, spec.interactive, pending))
+        return exit_code(wait_for_container(command, signals, master, spec.interactive, pending))
     finally:
         signals.close()
         close_namespaces(namespaces)
@@ -7545,10 +7580,41 @@ def exec_in_container(record, spec):
             console.close()
 
 
+def split_exec_cgroups(cgroups, caps):
+    """The container's cgroups -> (those exec's child joins before it
+    forks the command, those the command joins after): the one that holds
+    the pids controller (it has pids.max: the pids hierarchy of cgroup v1,
+    or the only one of v2) waits for the command, unless the container
+    holds CAP_SYS_PTRACE (see above)."""
+    if CAP_NAMES.index("SYS_PTRACE") in caps:
+        return cgroups, []
+    pids = [path for path in cgroups if os.path.exists(os.path.join(path, "pids.max"))]
+    return [path for path in cgroups if path not in pids], pids
+
+
+def adopted(command):
+    """The pid the child reported (the command it forked, in the host's
+    numbering), once the child has ended: the command is then ours (a
+    child subreaper's). Checked, so that no other process is ever moved
+    into the container's cgroups."""
+    if process_parent(command) != os.getpid():
+        raise MiniDockerError("exec: the process forked into the container (pid %d) has ended "
+                              "or is not ours" % command)
+    return command
+
+
+def process_parent(pid):
+    """The fourth field of /proc/PID/stat (after the name, which may hold
+    anything but ends at the last ')'); None if it has gone."""
+    try:
+        return int(read_text("/proc/%d/stat" % pid).rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def exec_child(spec, record, namespaces, to_parent, from_parent, console):
     """The process exec adds: it enters the container, is confined as its
-    init was, and forks the command as its reaper (become_init). Never
-    returns."""
+    init was, and forks the command (fork_command). Never returns."""
     try:
         set_stage_name("md:[exec]")
         signal.set_wakeup_fd(-1)  # the parent's signals are not ours to note
@@ -7564,29 +7630,56 @@ def exec_child(spec, record, namespaces, to_parent, from_parent, console):
         # Our cmdline is world-readable in /proc, dumpable or not: it
         # names the caller's command line and paths.
         scrub_arguments_and_environment()
-        # Until "go" (the cgroups joined), and through the set-up: it ends
-        # with us.
+        # Through the set-up: it ends with us.
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
-        if read_line(from_parent, bytearray()) != b"go\n":
-            os._exit(EXIT_RUNTIME)
-        os.close(from_parent)  # the reaper keeps nothing but the pipe that says the exec is done
         set_oom_score_adj(spec.oom_score_adj)
         for fd, kind, name in namespaces:
             setns(fd, kind, "the container's %s namespace" % name)
             os.close(fd)
-        if console is None:
-            os.setsid()  # out of the caller's session: its ^C comes through the parent
-        else:
+        os.setsid()  # out of the caller's session: its ^C comes through the parent
+        slave = None
+        if console is not None:
             rootfd = os.open("/", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            take_terminal(open_pty(rootfd, console))
+            slave = open_pty(rootfd, console)
             os.close(rootfd)
-        exec_command(spec, spec.hostname, to_parent, tied=not spec.detach)
+        exec_command(spec, spec.hostname, to_parent, tied=not spec.detach,
+                     fork=lambda to_parent, _tty, tied: fork_command(to_parent, from_parent,
+                                                                     slave, tied))
     except MiniDockerError as err:
         report_and_exit(to_parent, err.code, str(err))
     except OSError as err:
         report_and_exit(to_parent, EXIT_RUNTIME, str(err))
     except BaseException as err:  # a bug: still one line, never a traceback
         report_and_exit(to_parent, EXIT_RUNTIME, "internal error: %r" % err)
+
+
+def fork_command(to_parent, from_parent, slave, tied):
+    """exec's child, confined, forks the command into the container's pid
+    namespace once the parent says "go" (its first cgroups joined), tells
+    the parent the command's pid and ends. The command waits for the
+    second "go" (the pids cgroup joined); with `tied` it then dies with
+    the parent, whose child it has become (the parent-death signal, asked
+    for now: the child's end would have sent it); it leads a session of
+    its own, with the pty's `slave` as its terminal under -t. Returns in
+    the command's process only."""
+    if read_line(from_parent, bytearray()) != b"go\n":
+        os._exit(EXIT_RUNTIME)
+    command = fork_in_container()
+    if command != 0:
+        write_all(to_parent, b"pid %d\n" % command)
+        os._exit(0)
+    if read_line(from_parent, bytearray()) != b"go\n":
+        os._exit(EXIT_RUNTIME)
+    if tied:  # the filter may refuse prctl: then only the namespace's end takes it
+        with contextlib.suppress(OSError):
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
+        if select.select([from_parent], [], [], 0)[0]:  # its end: the parent died before
+            os._exit(EXIT_RUNTIME)
+    os.close(from_parent)
+    if slave is not None:
+        take_terminal(slave)
+    else:
+        os.setsid()
 
 
 def close_all_fds_but(keep):

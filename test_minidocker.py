@@ -5822,8 +5822,8 @@ def test_exec_joins_the_namespaces_cgroups_and_confinement(rootfs):
         rest = lines[6 + len(own):]
         assert rest[:3] == ["nobody", "1 2 %s" % cid[:12], "/tmp"], rest
         assert {"/" + name for name in os.listdir(rootfs)} == set(rest[3].split())  # its root
-        # The init, the command and its reaper (outside the pid namespace).
-        assert all(len(m) == 3 and str(pid) in m for m in members), members
+        # The init and the command (the child that forked it has ended).
+        assert all(len(m) == 2 and str(pid) in m for m in members), members
         assert minidocker("exec", cid, "sh", "-c", "exit 7").returncode == 7
         assert minidocker("exec", "-u", "root", cid, "id", "-u").out == "0\n"
     finally:
@@ -6337,6 +6337,61 @@ def test_restart_policy_without_d_passes_a_clean_exit_and_stop_through(rootfs):
     for record in records_now():
         assert record["status"] == "exited", record
         minidocker("rm", record["id"])
+    assert_nothing_left()
+
+
+@root
+def test_exec_takes_the_last_free_pid(rootfs):
+    """exec costs the container one pid, as runc's does: at --pids-limit 2
+    with one process running, an exec still runs (and its exit code comes
+    back), and a third process is refused to it. A container that could
+    ptrace the exec'd process while it joins (CAP_SYS_PTRACE) needs two
+    free pids, and says so in one line."""
+    cid = detached(rootfs, "--pids-limit", "2")
+    traced = detached(rootfs, "--pids-limit", "2", "--cap-add", "SYS_PTRACE")
+    try:
+        ran = minidocker("exec", cid, "sh", "-c", "echo in; exit 4")
+        assert (ran.returncode, ran.out) == (4, "in\n"), ran.err
+        third = minidocker("exec", cid, "sh", "-c", "true & wait")
+        assert third.returncode != 0 and "fork" in third.err, third
+        refused = minidocker("exec", traced, "true")
+        assert refused.returncode == 125, refused
+        assert refused.err.count("\n") == 1 and "--pids-limit" in refused.err, refused.err
+        assert minidocker("exec", cid, "true").returncode == 0  # nothing was left behind
+    finally:
+        minidocker("rm", "-f", cid, traced)
+    assert_nothing_left()
+
+
+@root
+def test_exec_fork_bomb_stops_at_the_pids_limit(rootfs):
+    """What an exec forks is counted in the container's pids cgroup, from
+    the first fork on: a fork bomb started by exec -d (each process forks
+    two more, eight levels deep: 511 at most if nothing stopped it) holds
+    at --pids-limit 8, and the cgroup records the refused forks."""
+    cid = detached(rootfs, "--pids-limit", "8")
+    try:
+        bomb = "b() { [ $1 -gt 0 ] && { b $(($1-1)) & b $(($1-1)) & }; sleep 30; }; b 8"
+        assert minidocker("exec", "-d", cid, "sh", "-c", bomb).returncode == 0
+        pids = cgroup_of(md.find_container(md.Paths(), cid), "pids")
+        deadline = time.monotonic() + 10
+        while "max 0" in md.read_text(os.path.join(pids, "pids.events")):
+            assert time.monotonic() < deadline, "the bomb never reached the limit"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert int(md.read_text(os.path.join(pids, "pids.current"))) <= 8
+        # Each of its processes still alive is in the cgroup (a zombie's
+        # /proc/PID/cgroup says "/").
+        namespace, outside = os.readlink("/proc/%d/ns/pid" % init_pid(cid)), []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # ended meanwhile
+                if os.readlink("/proc/%s/ns/pid" % pid) == namespace and "\nState:\tZ" not in \
+                        md.read_text("/proc/%s/status" % pid) and pid not in \
+                        md.read_text(os.path.join(pids, "cgroup.procs")).split():
+                    outside.append(pid)
+        assert outside == []
+    finally:
+        minidocker("rm", "-f", cid)
     assert_nothing_left()
 
 
