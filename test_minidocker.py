@@ -6384,7 +6384,9 @@ def test_exec_fork_bomb_stops_at_the_pids_limit(rootfs):
         # /proc/PID/cgroup says "/").
         namespace, outside = os.readlink("/proc/%d/ns/pid" % init_pid(cid)), []
         for pid in filter(str.isdigit, os.listdir("/proc")):
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # ended meanwhile
+            # ENOENT, ESRCH: ended meanwhile; EACCES: a host process closed to us (not the
+            # container's, whose processes are all ours to read)
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError, PermissionError):
                 if os.readlink("/proc/%s/ns/pid" % pid) == namespace and "\nState:\tZ" not in \
                         md.read_text("/proc/%s/status" % pid) and pid not in \
                         md.read_text(os.path.join(pids, "cgroup.procs")).split():
