@@ -7529,8 +7529,9 @@ def restart_by_policy(spec, paths, cid, code, delay):
 # and an exec needs two free pids.
 
 # In the order the child enters them: pid first (for the command it will
-# fork), the cgroup namespace only once the child is in the container's
-# cgroups (its cgroup then reads as "/"), and the mount namespace last.
+# fork), and the mount namespace last. The cgroup namespace's root is the
+# init's cgroup whatever the child's own is: the command, in the
+# container's cgroups before it execs, reads its cgroup as "/".
 EXEC_NAMESPACES = (("pid", CLONE_NEWPID), ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS),
                    ("net", CLONE_NEWNET), ("cgroup", CLONE_NEWCGROUP), ("mnt", CLONE_NEWNS))
 
