@@ -278,6 +278,7 @@ PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
@@ -1134,17 +1135,24 @@ def build_spec(args, seccomp_cache=None):
     if restart[0] != "no" and args.rm:
         raise MiniDockerError("--restart %s and --rm conflict: a container removed at its end "
                               "cannot be restarted" % args.restart)
-    if restart[0] != "no" and not args.detach:
-        raise MiniDockerError("--restart %s needs -d: a container kept by its run ends with it"
-                              % args.restart)
+    # A restart policy without -d: a monitor keeps the container as with
+    # -d, and the run shows its log (run_attached_to_monitor).
+    kept = args.detach or restart[0] != "no"
     if args.detach and (interactive or tty):
         raise MiniDockerError("run -d keeps no terminal and no stdin: -i and -t need a run "
                               "without -d")
-    if not args.detach and interactive is None and tty is None and os.isatty(0) and \
+    if kept and (interactive or tty):
+        raise MiniDockerError("--restart %s keeps the container under a monitor, with no "
+                              "terminal and no stdin: -i and -t need --restart no"
+                              % args.restart)
+    if not kept and interactive is None and tty is None and os.isatty(0) and \
             os.isatty(1):
         # The README's `run ./rootfs /bin/sh` on a terminal is a shell to talk to.
         interactive = tty = True
     log_driver, log_max_size, log_max_files = parse_log_options(args.log_driver, args.log_opt)
+    if kept and not args.detach and log_driver == "none":
+        raise MiniDockerError("--restart %s without -d shows the container's log: "
+                              "--log-driver none keeps none" % args.restart)
     mounts = [parse_mount(text) for text in args.mount]
     volumes = [parse_volume(text) for text in args.volume] + \
         [m for m in mounts if isinstance(m, Volume)]
@@ -1177,7 +1185,7 @@ def build_spec(args, seccomp_cache=None):
         tty=bool(tty), interactive=bool(interactive), init=args.init, restart=restart,
         remove=args.rm,
         debug=args.debug,
-        detach=args.detach, name=check_name(args.name) if args.name is not None else None,
+        detach=kept, name=check_name(args.name) if args.name is not None else None,
         log_driver=log_driver, log_max_size=log_max_size, log_max_files=log_max_files,
         resources=resources,
         cgroup_parent=check_cgroup_parent(args.cgroup_parent),
@@ -4582,20 +4590,15 @@ def parse_add_host(text):
 
 
 def plan_network(mode, subnet, bridge, publish, dns, add_hosts, expose=(), publish_all=False):
-    """--network and friends -> the network plan (chapter 9 carries it out)."""
-    import ipaddress
+    """--network and friends -> the network plan (chapter 9 carries it out).
+    ipaddress is imported only for a bridge or --dns: every Spec plans
+    the default network (none), exec's too, and the import took 4 ms of it."""
     if mode not in NETWORK_MODES:
         raise MiniDockerError("unknown --network %r: minidocker knows bridge, none and host" % mode)
     if mode != "bridge" and (subnet or bridge or publish or publish_all):
         raise MiniDockerError("--subnet, --bridge, --publish and --publish-all need --network "
                               "bridge, not %s" % mode)
-    try:
-        network = ipaddress.IPv4Network(subnet or DEFAULT_SUBNET)
-    except ValueError as err:
-        raise MiniDockerError("invalid --subnet %r: %s" % (subnet, err))
-    if network.prefixlen > 30:
-        raise MiniDockerError("invalid --subnet %r: a /%d has no room for a gateway and a container"
-                              % (subnet, network.prefixlen))
+    network = plan_subnet(subnet) if mode == "bridge" else DEFAULT_SUBNET
     check_ifname(bridge or DEFAULT_BRIDGE, "--bridge")
     ports = [request for text in publish for request in parse_publish(text)]
     seen = set()
@@ -4608,6 +4611,8 @@ def plan_network(mode, subnet, bridge, publish, dns, add_hosts, expose=(), publi
         bound = {(port, proto) for _, _, _, proto, port in ports}
         ports += [["0.0.0.0", EPHEMERAL, EPHEMERAL, proto, port]
                   for port, proto in exposed if (port, proto) not in bound]
+    if dns:
+        import ipaddress
     for server in dns:
         try:
             ipaddress.ip_address(server)
@@ -4616,8 +4621,21 @@ def plan_network(mode, subnet, bridge, publish, dns, add_hosts, expose=(), publi
     hosts = [parse_add_host(text) for text in add_hosts]
     if mode != "bridge" and any(ip == "host-gateway" for _, ip in hosts):
         raise MiniDockerError("--add-host NAME:host-gateway needs --network bridge")
-    return {"mode": mode, "bridge": bridge or DEFAULT_BRIDGE, "subnet": str(network),
+    return {"mode": mode, "bridge": bridge or DEFAULT_BRIDGE, "subnet": network,
             "ports": ports, "expose": exposed, "dns": list(dns), "add_hosts": hosts}
+
+
+def plan_subnet(subnet):
+    """--subnet (default DEFAULT_SUBNET), checked, in its normal form."""
+    import ipaddress
+    try:
+        network = ipaddress.IPv4Network(subnet or DEFAULT_SUBNET)
+    except ValueError as err:
+        raise MiniDockerError("invalid --subnet %r: %s" % (subnet, err))
+    if network.prefixlen > 30:
+        raise MiniDockerError("invalid --subnet %r: a /%d has no room for a gateway and a container"
+                              % (subnet, network.prefixlen))
+    return str(network)
 
 
 def plan_exposed(ports, expose):
@@ -6958,11 +6976,11 @@ def reset_signals():
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
-def exec_command(spec, hostname, to_parent, tied=True):
+def exec_command(spec, hostname, to_parent, tied=True, fork=None):
     """Stage 2: identity, environment, privileges, the seccomp filter, then
-    execve(2) (in a child of ours with --init). `tied`: the command dies
-    with the process that started it (SIGKILL when it ends), as all do but
-    exec -d's."""
+    execve(2) (in a child of ours with --init: become_init, or `fork`,
+    exec's). `tied`: the command dies with the process that started it
+    (SIGKILL when it ends), as all do but exec -d's."""
     passwd = parse_passwd(read_account_file("/etc/passwd"))
     if spec.identity is None:
         group = parse_group(read_account_file("/etc/group"))
@@ -7023,13 +7041,25 @@ def exec_command(spec, hostname, to_parent, tied=True):
         write_attr("/proc/self/attr/apparmor/exec", "exec " + spec.apparmor)
     if spec.seccomp is not None and not filter_first:
         load_filter(spec.seccomp, spec.seccomp_flags)
-    if spec.init:
-        become_init(to_parent, spec.tty, tied)  # returns in the command's process only
+    if spec.init:  # returns in the command's process only
+        (fork or become_init)(to_parent, spec.tty, tied)
     try:
         os.execve(program, spec.command, env)
     except OSError as err:
         code = EXIT_NOT_FOUND if err.errno == errno.ENOENT else EXIT_CANNOT_EXEC
         raise MiniDockerError("exec %s: %s" % (program, err.strerror), code)
+
+
+def fork_in_container():
+    """fork(2), its failures said in the container's terms."""
+    try:
+        return os.fork()
+    except BlockingIOError:  # EAGAIN
+        raise MiniDockerError("fork: the container's task limit (--pids-limit) or the host's "
+                              "is reached")
+    except OSError as err:
+        raise syscall_error(err.errno, "fork", "a pid namespace whose init has ended takes no "
+                            "new process" if err.errno == errno.ENOMEM else None)
 
 
 def become_init(to_parent, tty, tied=True):
@@ -7043,14 +7073,7 @@ def become_init(to_parent, tty, tied=True):
     open (runc's CVE-2019-5736 class). exec's child does the same from
     outside the pid namespace, where our fork puts the command (chapter
     11, exec); `tied`: the command dies with us, unless exec -d."""
-    try:
-        command = os.fork()
-    except BlockingIOError:  # EAGAIN
-        raise MiniDockerError("fork: the container's task limit (--pids-limit) or the host's "
-                              "is reached")
-    except OSError as err:
-        raise syscall_error(err.errno, "fork", "a pid namespace whose init has ended takes no "
-                            "new process" if err.errno == errno.ENOMEM else None)
+    command = fork_in_container()
     if command == 0:
         if tied:  # the filter may refuse prctl: then only the namespace's end takes it
             with contextlib.suppress(OSError):
@@ -7418,10 +7441,12 @@ def wait_for_container(pid, signals, master, interactive, pending=()):
     A pid 1 only gets the signals it has a handler for (pid_namespaces(7)),
     exactly as in docker: `docker stop` needs a SIGKILL after the SIGTERM
     for a shell that set no trap."""
-    import termios
-    import tty
     local = master is not None and os.isatty(0)
-    saved = termios.tcgetattr(0) if local else None
+    saved = None
+    if local:  # imported only then: a millisecond of every exec and run
+        import termios
+        import tty
+        saved = termios.tcgetattr(0)
 
     def resize():
         fcntl.ioctl(master, TIOCSWINSZ, fcntl.ioctl(0, TIOCGWINSZ, WINSIZE_ZERO))
@@ -7671,6 +7696,21 @@ def run_container(spec, paths, report=None, cid=None, again=None):
 # escaping, and the lean heap was cut back at every chunk: see
 # become_lean_monitor); cat into a file of the container's layer: 1.0-1.7
 # GB/s. Each line grows to a JSON entry of about twice its size.
+#
+# Where the time of such a container goes, from `run -d` to `wait`
+# (1.5-1.9 s, on the 2-CPU host shared with other work; .ci/bench goal 8):
+# 0.1 s to start; 0.6 s to copy (the monitor's CPU: bytes.translate's
+# check and bytes.replace, 0.35 s, the kernel's pipe reads and page cache
+# writes, 0.25 s); then 0.65-0.9 s between the pipes' end and the init's
+# exit, which is the unmount of the container's overlay when its mount
+# namespace goes: overlayfs' sync_fs syncs the whole filesystem of the
+# upper layer, where json.log is too, so its 340 MB are written to disk
+# then, and the monitor learns of the end only after. So the monitor
+# starts the disk on the log as it goes (JsonLog.write_back), and the
+# pipes are larger (LOG_PIPE_SIZE): 1.6 s, from 1.9 (median of 10,
+# alternating). The disk sets the floor: the same 200 MB cat'ed into a
+# file of the layer take 0.7 s to `wait`, and the log is 1.7 times as
+# many bytes.
 
 LOG_DRIVERS = ("json-file", "none")
 LOG_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
@@ -7753,12 +7793,20 @@ class StartReport:
 
 
 def run_detached(spec, paths, cid=None, again=None, shown=None):
-    """run -d: a monitor, a child of ours in a session of its own, keeps the
-    container as `run` would (run_container), its output going to the log;
-    it tells us when the command has been exec'd, or why it could not be.
-    We print the id, as docker does (or `shown`: start prints what it was
-    given), and leave the container to it. `cid` and `again`: start's, as
+    """run -d: start the container under a monitor (start_monitor), print
+    its id, as docker does (or `shown`: start prints what it was given),
+    and leave the container to it. `cid` and `again`: start's, as
     run_container takes them."""
+    cid = start_monitor(spec, paths, cid, again)
+    print(shown or cid)
+    return 0
+
+
+def start_monitor(spec, paths, cid=None, again=None):
+    """A monitor, a child of ours in a session of its own, keeps the
+    container as `run` would (run_container), its output going to the log;
+    it tells us when the command has been exec'd (we return the id), or
+    why it could not be (we raise)."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     if os.fork() == 0:
         os.close(read_end)
@@ -7775,8 +7823,7 @@ def run_detached(spec, paths, cid=None, again=None, shown=None):
         if kind == "warning":
             warn(text)
         elif kind == "started":
-            print(shown or text)
-            return 0
+            return text
         elif kind == "error":
             code, _, message = text.partition(" ")
             raise MiniDockerError(message, int(code))
@@ -7889,6 +7936,16 @@ def become_lean_monitor(paths, cid, pid, pending, log):
 # escaping. The tests run this part as the lean monitor gets it.
 
 LOG_LINE_MAX = 16 << 10
+# The pipes hold a megabyte (from 64 KiB), so that the container goes on
+# writing while the monitor turns a chunk into entries; a read takes 64
+# KiB, whose entries (about twice its size) stay below glibc's mmap
+# threshold, fixed at 128 KiB once MALLOC_TRIM_THRESHOLD_ is set
+# (mallopt(3)): reads of a megabyte made each chunk's objects mmap'd and
+# faulted in anew, and the copy three times slower, measured.
+LOG_PIPE_SIZE = 1 << 20
+LOG_READ = 64 << 10
+LOG_WRITEBACK = 16 << 20  # the log's bytes written back to disk at a time (write_back)
+F_SETPIPE_SZ = 1031       # <linux/fcntl.h>: F_LINUX_SPECIFIC_BASE + 7 (fcntl's own from 3.10)
 # The bytes a log line may hold and go into its entry as they are:
 # printable ASCII but '"' and '\', and the newline that ends the line.
 LOG_PLAIN = bytes(range(0x20, 0x7f)).replace(b'"', b"").replace(b"\\", b"") + b"\n"
@@ -7918,18 +7975,23 @@ class JsonLog:
         if fds is None:
             out, out_write = os.pipe2(os.O_CLOEXEC)
             err, err_write = os.pipe2(os.O_CLOEXEC)
+            for fd in (out, err):
+                try:
+                    fcntl.fcntl(fd, F_SETPIPE_SZ, LOG_PIPE_SIZE)
+                except OSError:  # EPERM: above /proc/sys/fs/pipe-max-size; 64 KiB then
+                    pass
             self.writers = (out_write, err_write)  # become the container's 1 and 2
             fds = (os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600),
                    out, err)
         self.fd, self.out, self.err = fds
         self.path, self.max_size, self.max_files = path, max_size, max_files
-        self.size = os.fstat(self.fd).st_size
+        self.size = self.written_back = os.fstat(self.fd).st_size
         self.pipes = {self.out: "stdout", self.err: "stderr"}
         self.partial = {self.out: b"", self.err: b""}
 
     def copy(self, fd):
         """One read from a pipe into the log; False at its end."""
-        data = os.read(fd, 65536)
+        data = os.read(fd, LOG_READ)
         if not data:
             if self.partial[fd]:
                 self.write(self.pipes[fd], [self.partial[fd]])
@@ -7986,6 +8048,21 @@ class JsonLog:
             except OSError:  # ENOSPC, EIO: these entries are lost, the container goes on
                 pass
             entries = entries[cut:]
+        if self.size - self.written_back >= LOG_WRITEBACK:
+            self.write_back()
+
+    def write_back(self):
+        """Start the disk writing what the log holds since the last call,
+        and let its pages go from the cache once they are on disk: the
+        kernel starts writeback (without waiting) for POSIX_FADV_DONTNEED
+        of dirty pages. Without it the log's whole burst stays dirty until
+        the container's end, when the unmount of its overlay syncs the
+        filesystem its upper layer is on (overlayfs' sync_fs), and the
+        monitor learns of the end only after that: 0.75 s for a 200 MB
+        burst, measured, during which nothing was copied."""
+        os.posix_fadvise(self.fd, self.written_back, self.size - self.written_back,
+                         os.POSIX_FADV_DONTNEED)
+        self.written_back = self.size
 
     def rotate(self):
         """As Docker's json-file driver: json.log becomes json.log.1, each
@@ -8021,8 +8098,9 @@ class JsonLog:
             return
         finally:
             os.close(dirfd)  # and with it the lock
+        self.write_back()  # what the rotated file still holds
         os.close(self.fd)
-        self.fd, self.size = fd, 0
+        self.fd, self.size, self.written_back = fd, 0, 0
 
     def close(self):
         for fd in list(self.pipes) + [self.fd]:
@@ -8146,18 +8224,45 @@ def restart_by_policy(spec, paths, cid, code, delay):
 # exec runs a command beside the container's own, as one of it: in every
 # namespace of its init, in its cgroups, under the container's user,
 # capabilities, no_new_privs and seccomp filter, inside its root. The
-# parent (minidocker exec) opens the init's namespaces, forks a child,
-# puts it in the container's cgroups and says "go". The child enters the
-# namespaces, the mount namespace last (setns(2) moves its root and
-# working directory to that namespace's root: the container's), then goes
-# through stage 2 as an --init container's init does (exec_command): it
-# becomes the container's user with its capabilities and filter, and only
-# then forks the command, the first of these processes to be in the
-# container's pid namespace (setns(CLONE_NEWPID) places a caller's next
-# children there, never the caller); it stays outside as the command's
-# reaper, forwarding signals (become_init). The parent relays the
-# terminal and the signals, and ends with the command's exit code; with
-# -d it leaves once the command runs.
+# parent (minidocker exec) opens the init's namespaces and forks a child,
+# which enters them, the mount namespace last (setns(2) moves its root and
+# working directory to that namespace's root: the container's), while the
+# parent puts it in the container's cgroups (split_exec_cgroups says
+# which). The child then goes through stage 2 as an --init container's
+# init does (exec_command): it becomes the container's user with its
+# capabilities and filter, waits for the parent's "go" (the cgroups
+# joined), and only then forks the command, the first of these processes
+# to be in the container's pid namespace (setns(CLONE_NEWPID) places a
+# caller's next children there, never the caller). The child reports the
+# command's pid and ends (fork_command); the parent, a child subreaper
+# (PR_SET_CHILD_SUBREAPER), inherits the command, puts it in the cgroup
+# of the pids controller, and says "go" again: the command execs. So an
+# exec costs the container one pid, as runc's does (runc joins its last
+# stage to the cgroups by pid too): a container at --pids-limit N with
+# N-1 tasks still takes one. The parent relays the terminal and the
+# signals, and ends with the command's exit code; with -d it leaves once
+# the command runs.
+#
+# Why the cgroups are joined in two steps: the kernel charges a fork to
+# the pids cgroup of the process that forks, so a child inside it would
+# need a second free pid for a moment; and the first write to a
+# cgroup.procs waits out an RCU grace period (cgroup_threadgroup_rwsem;
+# measured 7-15 ms on the 2-CPU host, the next writes 0.05 ms), which the
+# parent spends while the child enters the namespaces and is confined.
+#
+# Where the time of `exec CONTAINER /bin/true` goes (.ci/bench goal 7:
+# at most 1.5 times `runc exec`, which takes 24-39 ms on the same host),
+# as medians of 20 runs, instrumented, the host busy with other work:
+# Python's start, 14 ms; minidocker's imports, the command line and the
+# record, 27 ms; the container's spec (ast and ipaddress imported), 6 ms;
+# then from the child's fork to the command's execve 19 ms, of which the
+# grace period's wait is the longest part (the child, confined in 6 ms,
+# waits 6 more for "go"), and the forks and the child's end 2 ms each; the
+# command's end seen 4 ms later. 72 ms in all, from 80 with the reaper
+# (the child joining the cgroups before it entered anything, the grace
+# period then waited out alone, and the command's end reported through
+# the reaper's). The 41 ms before the spec are every command's: the goal
+# is out of reach of this part.
 #
 # The dangerous moment is the one in between: a process of the host
 # (python3, minidocker's memory and descriptors) entering the container.
@@ -8175,11 +8280,16 @@ def restart_by_policy(spec, paths, cid, code, delay):
 # injected with ptrace). Hence the command is forked into the pid
 # namespace only once it is no more than the container's own processes
 # are. execve makes it dumpable again: from then on it is only the
-# container's.
+# container's. Between its fork and the parent's "go" the command is in
+# the pid namespace but not yet in the pids cgroup: a container that
+# could ptrace it then (CAP_SYS_PTRACE) could fork there past its
+# --pids-limit; for such a container the child joins the pids cgroup too,
+# and an exec needs two free pids.
 
 # In the order the child enters them: pid first (for the command it will
-# fork), the cgroup namespace only once the child is in the container's
-# cgroups (its cgroup then reads as "/"), and the mount namespace last.
+# fork), and the mount namespace last. The cgroup namespace's root is the
+# init's cgroup whatever the child's own is: the command, in the
+# container's cgroups before it execs, reads its cgroup as "/".
 EXEC_NAMESPACES = (("pid", CLONE_NEWPID), ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS),
                    ("net", CLONE_NEWNET), ("cgroup", CLONE_NEWCGROUP), ("mnt", CLONE_NEWNS))
 
@@ -8206,7 +8316,7 @@ def build_exec_spec(args, record, paths):
     spec.workdir = absolute_path(args.workdir) if args.workdir else spec.workdir
     spec.user = check_user(args.user, "--user") if args.user else spec.user
     spec.tty, spec.interactive, spec.detach = args.tty, args.interactive, args.detach
-    # The command is forked by a reaper of ours, once confined (above).
+    # The command is forked by our child, once confined (above).
     spec.init, spec.debug = True, args.debug
     return spec
 
@@ -8248,6 +8358,8 @@ def exec_in_container(record, spec, console_socket=None, started=None):
         # Inherited by the child through fork: it is never dumpable while
         # it is python3 (see above).
         prctl(PR_SET_DUMPABLE, 0, what="prctl(PR_SET_DUMPABLE)")
+        # The command, orphaned when the child that forks it ends, becomes ours.
+        prctl(PR_SET_CHILD_SUBREAPER, 1, what="prctl(PR_SET_CHILD_SUBREAPER)")
         if spec.tty:
             preload("_socket", "array")  # open_pty's, once the host is out of reach
         if spec.tty and console_socket is None:
@@ -8265,28 +8377,41 @@ def exec_in_container(record, spec, console_socket=None, started=None):
             os.close(fd)
         if console_peer is not None:
             console_peer.close()
-        pending = []
+        pending, rest, command = [], bytearray(), None
         try:
             try:
-                join_cgroups(record["cgroups"], pid)
+                first, then = split_exec_cgroups(record["cgroups"], spec.caps)
+                join_cgroups(first, pid)
                 os.write(parent_write, b"go\n")
             except (MiniDockerError, BrokenPipeError) as err:
-                child_error_first(err, pid, parent_read, signals, pending, bytearray())
+                child_error_first(err, pid, parent_read, signals, pending, rest)
             master = receive_master(console) if console is not None else None
-            message = read_child_message(parent_read, signals, pending, bytearray())
+            message = read_child_message(parent_read, signals, pending, rest)
+            if not message.startswith(b"pid "):
+                raise_child_error(message)
+            command = adopted(int(message[4:]), pid)
+            join_cgroups(then, command)
+            # Its end makes the command ours, before the command asks for
+            # the parent-death signal, which binds to its parent of the moment.
+            os.waitpid(pid, 0)
+            pid = None
+            os.write(parent_write, b"go\n")
+            message = read_child_message(parent_read, signals, pending, rest)
             if message:
                 raise_child_error(message)
             if started is not None:
-                started(pid)
+                started(command)
         except BaseException:
-            kill_and_reap(pid)
+            for process in (pid, command):
+                if process is not None:
+                    kill_and_reap(process)
             raise
         finally:
             os.close(parent_read)
             os.close(parent_write)
         if spec.detach:  # the command goes on without us; the host's init reaps it
             return 0
-        return exit_code(wait_for_container(pid, signals, master, spec.interactive, pending))
+        return exit_code(wait_for_container(command, signals, master, spec.interactive, pending))
     finally:
         signals.close()
         close_namespaces(namespaces)
@@ -8294,10 +8419,41 @@ def exec_in_container(record, spec, console_socket=None, started=None):
             console.close()
 
 
+def split_exec_cgroups(cgroups, caps):
+    """The container's cgroups -> (those exec's child joins before it
+    forks the command, those the command joins after): the one that holds
+    the pids controller (it has pids.max: the pids hierarchy of cgroup v1,
+    or the only one of v2) waits for the command, unless the container
+    holds CAP_SYS_PTRACE (see above)."""
+    if CAP_NAMES.index("SYS_PTRACE") in caps:
+        return cgroups, []
+    pids = [path for path in cgroups if os.path.exists(os.path.join(path, "pids.max"))]
+    return [path for path in cgroups if path not in pids], pids
+
+
+def adopted(command, child):
+    """The pid the child reported (the command it forked, in the host's
+    numbering), checked, so that no other process is ever moved into the
+    container's cgroups: its parent is the child, or we are once the child
+    has ended (a child subreaper's orphan)."""
+    if process_parent(command) not in (child, os.getpid()):
+        raise MiniDockerError("exec: the process forked into the container (pid %d) has ended "
+                              "or is not ours" % command)
+    return command
+
+
+def process_parent(pid):
+    """The fourth field of /proc/PID/stat (after the name, which may hold
+    anything but ends at the last ')'); None if it has gone."""
+    try:
+        return int(read_text("/proc/%d/stat" % pid).rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def exec_child(spec, record, namespaces, to_parent, from_parent, console):
     """The process exec adds: it enters the container, is confined as its
-    init was, and forks the command as its reaper (become_init). Never
-    returns."""
+    init was, and forks the command (fork_command). Never returns."""
     try:
         set_stage_name("md:[exec]")
         signal.set_wakeup_fd(-1)  # the parent's signals are not ours to note
@@ -8315,29 +8471,56 @@ def exec_child(spec, record, namespaces, to_parent, from_parent, console):
         # Our cmdline is world-readable in /proc, dumpable or not: it
         # names the caller's command line and paths.
         scrub_arguments_and_environment()
-        # Until "go" (the cgroups joined), and through the set-up: it ends
-        # with us.
+        # Through the set-up: it ends with us.
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
-        if read_line(from_parent, bytearray()) != b"go\n":
-            os._exit(EXIT_RUNTIME)
-        os.close(from_parent)  # the reaper keeps nothing but the pipe that says the exec is done
         set_oom_score_adj(spec.oom_score_adj)
         for fd, kind, name in namespaces:
             setns(fd, kind, "the container's %s namespace" % name)
             os.close(fd)
-        if console is None:
-            os.setsid()  # out of the caller's session: its ^C comes through the parent
-        else:
+        os.setsid()  # out of the caller's session: its ^C comes through the parent
+        slave = None
+        if console is not None:
             rootfd = os.open("/", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            take_terminal(open_pty(rootfd, console))
+            slave = open_pty(rootfd, console)
             os.close(rootfd)
-        exec_command(spec, spec.hostname, to_parent, tied=not spec.detach)
+        exec_command(spec, spec.hostname, to_parent, tied=not spec.detach,
+                     fork=lambda to_parent, _tty, tied: fork_command(to_parent, from_parent,
+                                                                     slave, tied))
     except MiniDockerError as err:
         report_and_exit(to_parent, err.code, str(err))
     except OSError as err:
         report_and_exit(to_parent, EXIT_RUNTIME, str(err))
     except BaseException as err:  # a bug: still one line, never a traceback
         report_and_exit(to_parent, EXIT_RUNTIME, "internal error: %r" % err)
+
+
+def fork_command(to_parent, from_parent, slave, tied):
+    """exec's child, confined, forks the command into the container's pid
+    namespace once the parent says "go" (its first cgroups joined), tells
+    the parent the command's pid and ends. The command waits for the
+    second "go" (the pids cgroup joined); with `tied` it then dies with
+    the parent, whose child it has become (the parent-death signal, asked
+    for now: the child's end would have sent it); it leads a session of
+    its own, with the pty's `slave` as its terminal under -t. Returns in
+    the command's process only."""
+    if read_line(from_parent, bytearray()) != b"go\n":
+        os._exit(EXIT_RUNTIME)
+    command = fork_in_container()
+    if command != 0:
+        write_all(to_parent, b"pid %d\n" % command)
+        os._exit(0)
+    if read_line(from_parent, bytearray()) != b"go\n":
+        os._exit(EXIT_RUNTIME)
+    if tied:  # the filter may refuse prctl: then only the namespace's end takes it
+        with contextlib.suppress(OSError):
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
+        if select.select([from_parent], [], [], 0)[0]:  # its end: the parent died before
+            os._exit(EXIT_RUNTIME)
+    os.close(from_parent)
+    if slave is not None:
+        take_terminal(slave)
+    else:
+        os.setsid()
 
 
 def close_all_fds_but(keep):
@@ -8368,9 +8551,51 @@ def cmd_run(args):
     paths = Paths()
     spec = build_spec(args, paths.seccomp_cache)
     trace(spec.debug, "flags parsed into the spec, the seccomp filter ready")
+    if spec.detach and not args.detach:  # a restart policy keeps it
+        return run_attached_to_monitor(spec, paths)
     if spec.detach:
         return run_detached(spec, paths)
     return run_container(spec, paths)
+
+
+def run_attached_to_monitor(spec, paths):
+    """run --restart POLICY without -d, as docker's: a monitor keeps the
+    container as with -d (start_monitor), so that the policy outlives us,
+    and we stay attached to its first run: its output as the log takes it
+    (as logs -f reads it), the signals we receive passed on to its init
+    (docker's sig-proxy), its exit code ours. The runs the policy starts
+    later go on in the background until stop or rm -f. The first run's
+    entries are those written before the record took its end ("finished"):
+    the next one begins a back-off (0.1 s at least) later, and each loop
+    looks at the record well within it."""
+    cid = start_monitor(spec, paths)
+    layer = paths.layer(cid)
+
+    def forward(number, _frame):
+        record = read_record(paths, cid)
+        if record is not None and record["status"] == "running":
+            signal_init(record, number)
+    for number in FORWARDED_NUMBERS:
+        signal.signal(number, forward)
+    reader = LogReader(None, False)
+    try:
+        reader.read_files(open_log_files(layer))
+        record = read_record(paths, cid)
+        while record is not None and owner_alive(record) and record["status"] != "exited" \
+                and not record.get("restart_count"):
+            time.sleep(0.05)
+            reader.follow(layer)
+            record = read_record(paths, cid)
+        if record is None:
+            raise MiniDockerError("container %s was removed (rm -f): its exit code went with "
+                                  "it" % cid[:12])
+        if record["status"] != "exited" and not record.get("restart_count"):  # monitor killed
+            raise MiniDockerError("container %s: its monitor ended before it" % cid[:12])
+        reader.until = JsonLog.stamp(int(record["finished"] * 10**9))
+        reader.follow(layer)
+    finally:
+        reader.close()
+    return record["exit_code"]
 
 
 def cmd_rm(args):
@@ -10726,7 +10951,8 @@ def build_parser():
                      help="max-size=SIZE (rotate json.log at SIZE), max-file=N (files kept)")
     run.add_argument("--name", metavar="NAME", help="a unique name, usable in place of the id")
     run.add_argument("--restart", default="no", metavar="POLICY",
-                     help="with -d: no, on-failure[:MAX], always or unless-stopped")
+                     help="no, on-failure[:MAX], always or unless-stopped (without -d: "
+                          "attached to the first run)")
     run.add_argument("--hostname", "-h", dest="hostname", help="host name (default: short id)")
     run.add_argument("--entrypoint", metavar="PROGRAM",
                      help="run PROGRAM with CMD as its arguments (\"\": none)")

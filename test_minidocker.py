@@ -991,7 +991,11 @@ def bad(args, message, code=125):
     (["run", "--device", "/dev/null:/dev/n:x", "/", "sh"], "permissions 'x' are not a set"),
     (["run", "-d", "--rm", "--restart", "always", "/", "sh"],
      "--restart always and --rm conflict"),
-    (["run", "--restart", "on-failure:2", "/", "sh"], "--restart on-failure:2 needs -d"),
+    (["run", "--rm", "--restart", "on-failure:2", "/", "sh"],
+     "--restart on-failure:2 and --rm conflict"),
+    (["run", "-t", "--restart", "always", "/", "sh"], "-i and -t need --restart no"),
+    (["run", "--restart", "always", "--log-driver", "none", "/", "sh"],
+     "--log-driver none keeps none"),
     (["run", "-d", "--restart", "always:2", "/", "sh"], "a maximum retry count goes only with"),
     (["start", "nosuch"], "no such container: nosuch"),
     (["start", "-a", "one", "two"], "start -a takes one container"),
@@ -5821,8 +5825,8 @@ def test_exec_joins_the_namespaces_cgroups_and_confinement(rootfs):
         rest = lines[6 + len(own):]
         assert rest[:3] == ["nobody", "1 2 %s" % cid[:12], "/tmp"], rest
         assert {"/" + name for name in os.listdir(rootfs)} == set(rest[3].split())  # its root
-        # The init, the command and its reaper (outside the pid namespace).
-        assert all(len(m) == 3 and str(pid) in m for m in members), members
+        # The init and the command (the child that forked it has ended).
+        assert all(len(m) == 2 and str(pid) in m for m in members), members
         assert minidocker("exec", cid, "sh", "-c", "exit 7").returncode == 7
         assert minidocker("exec", "-u", "root", cid, "id", "-u").out == "0\n"
     finally:
@@ -6275,6 +6279,125 @@ def test_net_stop_and_rm_f_reach_a_container_still_starting(rootfs, sandbox, ver
             held.wait()
         sandbox.run("rm", "-f", "slow")
     assert_network_gone(sandbox)
+
+
+# --- lifecycle leftovers ---
+# ---------------------------------------------------------------------------
+
+@root
+def test_restart_policy_without_d_attaches_to_the_first_run(rootfs):
+    """run --restart always without -d, as docker's: run shows the first
+    run's output (and none of a later one's) and returns its exit code;
+    the policy goes on in the background (RestartCount grows) until stop,
+    and rm -f leaves nothing."""
+    script = "echo run $(cat /proc/uptime); sleep 0.3; exit 3"
+    ran = minidocker("run", "--name", "kept", "--restart", "always", "--network=none", rootfs,
+                     "sh", "-c", script)
+    try:
+        assert ran.returncode == 3, ran.err
+        assert len(ran.out.splitlines()) == 1 and ran.out.startswith("run "), ran.out
+        deadline = time.monotonic() + 20
+        while json.loads(minidocker("inspect", "kept").out)[0]["RestartCount"] < 2:
+            assert time.monotonic() < deadline, "the policy did not run it again"
+            time.sleep(0.1)
+        assert minidocker("logs", "kept").out.startswith(ran.out)
+        assert minidocker("stop", "-t", "1", "kept").returncode == 0
+        runs = minidocker("logs", "kept").out
+        time.sleep(1)
+        assert minidocker("logs", "kept").out == runs
+        assert json.loads(minidocker("inspect", "kept").out)[0]["State"]["Status"] == "exited"
+    finally:
+        minidocker("rm", "-f", "kept")
+    assert_nothing_left()
+
+
+@root
+def test_restart_policy_without_d_passes_a_clean_exit_and_stop_through(rootfs):
+    """The first run's exit code whatever it is (0 with on-failure, which
+    then runs nothing more); a stop during the first run ends the attached
+    run with stop's code (137: sleep, as pid 1, ignores SIGTERM) and the
+    policy."""
+    clean = minidocker("run", "--restart", "on-failure", "--network=none", rootfs,
+                       "sh", "-c", "echo out; echo err >&2")
+    assert (clean.returncode, clean.out, clean.err) == (0, "out\n", "err\n")
+    attached = subprocess.Popen(MINIDOCKER + ["run", "--name", "held", "--restart",
+                                              "unless-stopped", "--network=none", rootfs,
+                                              "sleep", "1000"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while minidocker("inspect", "held").returncode != 0 or not json.loads(
+                minidocker("inspect", "held").out)[0]["State"]["Running"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert minidocker("stop", "-t", "1", "held").returncode == 0
+        assert attached.wait(timeout=20) == 137, attached.stderr.read()
+    finally:
+        attached.kill()
+        attached.wait()
+        minidocker("rm", "-f", "held")
+    for record in records_now():
+        assert record["status"] == "exited", record
+        minidocker("rm", record["id"])
+    assert_nothing_left()
+
+
+@root
+def test_exec_takes_the_last_free_pid(rootfs):
+    """exec costs the container one pid, as runc's does: at --pids-limit 2
+    with one process running, an exec still runs (and its exit code comes
+    back), and a third process is refused to it. A container that could
+    ptrace the exec'd process while it joins (CAP_SYS_PTRACE) needs two
+    free pids, and says so in one line."""
+    cid = detached(rootfs, "--pids-limit", "2")
+    traced = detached(rootfs, "--pids-limit", "2", "--cap-add", "SYS_PTRACE")
+    try:
+        ran = minidocker("exec", cid, "sh", "-c", "echo in; exit 4")
+        assert (ran.returncode, ran.out) == (4, "in\n"), ran.err
+        third = minidocker("exec", cid, "sh", "-c", "true & wait")
+        assert third.returncode != 0 and "fork" in third.err, third
+        refused = minidocker("exec", traced, "true")
+        assert refused.returncode == 125, refused
+        assert refused.err.count("\n") == 1 and "--pids-limit" in refused.err, refused.err
+        assert minidocker("exec", cid, "true").returncode == 0  # nothing was left behind
+    finally:
+        minidocker("rm", "-f", cid, traced)
+    assert_nothing_left()
+
+
+@root
+def test_exec_fork_bomb_stops_at_the_pids_limit(rootfs):
+    """What an exec forks is counted in the container's pids cgroup, from
+    the first fork on: a fork bomb started by exec -d (each process forks
+    two more, eight levels deep: 511 at most if nothing stopped it) holds
+    at --pids-limit 8, and the cgroup records the refused forks."""
+    cid = detached(rootfs, "--pids-limit", "8")
+    try:
+        bomb = "b() { [ $1 -gt 0 ] && { b $(($1-1)) & b $(($1-1)) & }; sleep 30; }; b 8"
+        assert minidocker("exec", "-d", cid, "sh", "-c", bomb).returncode == 0
+        pids = cgroup_of(md.find_container(md.Paths(), cid), "pids")
+        deadline = time.monotonic() + 10
+        while "max 0" in md.read_text(os.path.join(pids, "pids.events")):
+            assert time.monotonic() < deadline, "the bomb never reached the limit"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert int(md.read_text(os.path.join(pids, "pids.current"))) <= 8
+        # Each of its processes still alive is in the cgroup (a zombie's
+        # /proc/PID/cgroup says "/").
+        namespace, outside = os.readlink("/proc/%d/ns/pid" % init_pid(cid)), []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            # ENOENT, ESRCH: ended meanwhile; EACCES: a host process closed to us (not the
+            # container's, whose processes are all ours to read)
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError, PermissionError):
+                if os.readlink("/proc/%s/ns/pid" % pid) == namespace and "\nState:\tZ" not in \
+                        md.read_text("/proc/%s/status" % pid) and pid not in \
+                        md.read_text(os.path.join(pids, "cgroup.procs")).split():
+                    outside.append(pid)
+        assert outside == []
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
 
 
 # ---------------------------------------------------------------------------
