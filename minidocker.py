@@ -271,6 +271,7 @@ MNT_DETACH = 0x2  # umount2(2)
 
 # <linux/magic.h>: statfs(2)'s f_type, the filesystem a handle is on.
 SYSFS_MAGIC = 0x62656572
+DEVPTS_SUPER_MAGIC = 0x1cd1
 
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
@@ -6918,8 +6919,18 @@ def open_pty(rootfd, console, size=None):
     import array
     import _socket
     ptsfd = open_in_root(rootfd, "/dev/pts", follow=False)
-    master = os.open("ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=ptsfd)
-    os.close(ptsfd)
+    try:
+        # A bundle's config may mount no devpts there: /dev/pts is then
+        # the image's, and its `ptmx -> /dev/ptmx` would be followed, before
+        # pivot_root, to the host's (a pty of the host's, or any host file
+        # opened read-write by root). In a devpts, ptmx is the kernel's own.
+        if filesystem_type(ptsfd) != DEVPTS_SUPER_MAGIC:
+            raise MiniDockerError("a terminal needs a devpts mounted at /dev/pts (config.json: "
+                                  "mounts): /dev/pts is the image's own directory")
+        master = os.open("ptmx", os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=ptsfd)
+    finally:
+        os.close(ptsfd)
     fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))  # unlockpt(3)
     slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
     if size:

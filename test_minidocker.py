@@ -8245,3 +8245,39 @@ def test_escape_oci_an_images_own_proc_gets_no_byte_of_the_fifo(oci_root, bundle
     assert open(os.path.join(rootfs, "fake", "fd", "3")).read() == "untouched"
     assert oci(oci_root, "delete", "noproc").returncode == 0
     assert_no_oci_left(oci_root)
+
+
+# --- OCI hostile review ---
+
+def without_dev_mounts(config):
+    """config.json with no /dev, /dev/pts, /dev/shm or /dev/mqueue mount:
+    the image's own /dev is the container's."""
+    config["mounts"] = [m for m in config["mounts"] if not m["destination"].startswith("/dev")]
+
+
+@root
+def test_escape_oci_an_images_ptmx_symlink_is_not_followed_to_the_host(tmp_path, oci_root,
+                                                                       bundle):
+    """process.terminal, and config.json mounts no devpts: /dev/pts is the
+    image's, whose `ptmx -> /dev/ptmx` create would follow before
+    pivot_root, to the host's ptmx (the container's terminal a pty of the
+    host's devpts; any host file, opened read-write by root). The create
+    is refused, naming what is missing, and leaves nothing."""
+    import socket as socketlib
+    pts = os.path.join(bundle, "rootfs", "dev", "pts")
+    os.makedirs(pts, exist_ok=True)
+    os.symlink("/dev/ptmx", os.path.join(pts, "ptmx"))
+    edit_config(bundle, lambda c: (without_dev_mounts(c), c["process"].update(
+        terminal=True, args=["/bin/true"])))
+    listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    listener.bind(str(tmp_path / "console.sock"))
+    listener.listen(1)
+    try:
+        created = oci(oci_root, "create", "--bundle", bundle, "--console-socket",
+                      str(tmp_path / "console.sock"), "ptmx")
+    finally:
+        listener.close()
+    assert created.returncode == 1, "the host's /dev/ptmx was opened for the container"
+    assert "needs a devpts mounted at /dev/pts" in created.err
+    assert created.err.count("\n") == 1, created.err
+    assert_no_oci_left(oci_root)
