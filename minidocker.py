@@ -732,6 +732,7 @@ class Spec:
         self.preserve_fds = 0     # descriptors 3.. passed on (--preserve-fds, LISTEN_FDS)
         self.exec_fifo = None     # create's O_PATH descriptor of the fifo `start` opens
         self.start_state = None   # the OCI state the startContainer hooks read
+        self.runtime_exe = None   # (st_dev, st_ino) of our interpreter (runtime_binary)
         self.__dict__.update(fields)
 
 
@@ -6747,6 +6748,7 @@ def child_stage(spec, instance, to_parent, from_parent, console):
     """Stage 1 and 2, in the child. Never returns: execs or exits."""
     try:
         set_stage_name("md:[1:CHILD]")
+        spec.runtime_exe = runtime_binary()
         close_inherited_fds(spec.preserve_fds)
         if console is None:
             os.setsid()  # with -t, attach_terminal does it
@@ -7030,6 +7032,7 @@ def exec_command(spec, hostname, to_parent, tied=True):
     if spec.exec_fifo is not None:
         wait_for_start(spec, to_parent)
     run_hooks(spec, "startContainer", lambda: dict(spec.start_state, status="created"))
+    refuse_runtime_binary(program, spec.runtime_exe)
     if spec.apparmor:  # AppArmor's change_onexec(): the profile takes effect at execve
         write_attr("/proc/self/attr/apparmor/exec", "exec " + spec.apparmor)
     if spec.seccomp is not None and not filter_first:
@@ -7041,6 +7044,35 @@ def exec_command(spec, hostname, to_parent, tied=True):
     except OSError as err:
         code = EXIT_NOT_FOUND if err.errno == errno.ENOENT else EXIT_CANNOT_EXEC
         raise MiniDockerError("exec %s: %s" % (program, err.strerror), code)
+
+
+def runtime_binary():
+    """(st_dev, st_ino) of the interpreter running us, from the host's
+    /proc, before anything of the container is entered."""
+    st = os.stat("/proc/self/exe")
+    return st.st_dev, st.st_ino
+
+
+def refuse_runtime_binary(program, runtime_exe):
+    """Until execve, /proc/self/exe is the host's python3, and an image's
+    `/bin/sh -> /proc/self/exe` leads execve there: the command would be
+    the host's interpreter, loading the image's ld.so and libc, and could
+    keep a descriptor of its /proc/self/exe to write the host's python3
+    once no process runs it (runc's CVE-2019-5736, with the image's
+    symlink where runc's binary was). Checked as late as possible: after
+    the fifo's wait and the hooks, when no link of the image can change
+    but by a race with a process already in the container. An error
+    execve would meet as well (ENOENT, EACCES, ...) is left to execve."""
+    try:
+        st = os.stat(program)
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ELOOP,
+                         errno.ENAMETOOLONG):
+            return
+        raise MiniDockerError("exec %s: stat: %s" % (program, err.strerror))
+    if (st.st_dev, st.st_ino) == runtime_exe:
+        raise MiniDockerError("exec %s: it is the runtime's own interpreter (the image leads "
+                              "it to /proc/self/exe): refused" % program, EXIT_CANNOT_EXEC)
 
 
 def become_init(to_parent, tty, tied=True):
@@ -8311,6 +8343,7 @@ def exec_child(spec, record, namespaces, to_parent, from_parent, console):
     returns."""
     try:
         set_stage_name("md:[exec]")
+        spec.runtime_exe = runtime_binary()
         signal.set_wakeup_fd(-1)  # the parent's signals are not ours to note
         null = os.open("/dev/null", os.O_RDWR)
         # (A bundle's exec keeps the caller's: conmon's pipes, its log.)

@@ -8200,6 +8200,10 @@ def test_oci_namespaces_joined_by_path_and_descriptors_passed_on(tmp_path, oci_r
         edit_config(bundle, change)
         (tmp_path / "passed").write_text("passed on\n")
         with open(tmp_path / "passed") as passed:
+            try:
+                saved = os.dup(3)  # pytest's own descriptor 3 (its capture's), put back after
+            except OSError:  # EBADF: none (pytest -s)
+                saved = None
             os.dup2(passed.fileno(), 3)  # as conmon hands its descriptors over
             try:
                 second = subprocess.run(MINIDOCKER + ["runc", "--root", oci_root, "run",
@@ -8207,7 +8211,11 @@ def test_oci_namespaces_joined_by_path_and_descriptors_passed_on(tmp_path, oci_r
                                                       bundle, "second"], pass_fds=(3,),
                                         capture_output=True, text=True, timeout=60)
             finally:
-                os.close(3)
+                if saved is None:
+                    os.close(3)
+                else:
+                    os.dup2(saved, 3)
+                    os.close(saved)
         assert second.returncode == 0, second.stderr
         expected = [os.readlink("/proc/%d/ns/%s" % (first, n)) for n in ("pid", "ipc", "uts")]
         expected.append("net:[%d]" % os.stat("/run/netns/" + netns).st_ino)
@@ -8280,4 +8288,47 @@ def test_escape_oci_an_images_ptmx_symlink_is_not_followed_to_the_host(tmp_path,
     assert created.returncode == 1, "the host's /dev/ptmx was opened for the container"
     assert "needs a devpts mounted at /dev/pts" in created.err
     assert created.err.count("\n") == 1, created.err
+    assert_no_oci_left(oci_root)
+
+
+def give_image_the_interpreters_libraries(rootfs):
+    """Copy the libraries the running python3 loads (ldd's list, the
+    dynamic loader among them) into `rootfs` at the same paths, as an
+    image with a glibc of its own has them: -> the directory of its
+    standard library, for a bind mount."""
+    listed = subprocess.run(["ldd", os.path.realpath(sys.executable)], capture_output=True,
+                            text=True).stdout
+    for path in re.findall(r"(/\S+) \(0x", listed):
+        inside = os.path.join(rootfs, path.lstrip("/"))
+        os.makedirs(os.path.dirname(inside), exist_ok=True)
+        shutil.copy(path, inside)
+    return os.path.dirname(os.__file__)
+
+
+@root
+def test_escape_oci_an_images_link_to_proc_self_exe_runs_no_host_binary(oci_root, bundle,
+                                                                         tmp_path):
+    """runc's CVE-2019-5736 through the image alone: its /bin/evil is a
+    symlink to /proc/self/exe, which until execve is the host's python3.
+    Followed, the command would be the host's interpreter (loading the
+    image's ld.so and libc, code of the image's choosing), free to keep
+    its /proc/self/exe open and write the host's python3 once nothing
+    runs it. Here the host's standard library is bound in, so that the
+    interpreter, if it runs, prints the inode of its executable. The
+    command is refused (as is `minidocker run`'s)."""
+    rootfs = os.path.join(bundle, "rootfs")
+    stdlib = give_image_the_interpreters_libraries(rootfs)
+    os.symlink("/proc/self/exe", os.path.join(rootfs, "bin", "evil"))
+    probe = "import os; print('host exe', os.stat('/proc/self/exe').st_ino)"
+    edit_config(bundle, lambda c: (c["mounts"].append(
+        {"destination": stdlib, "type": "bind", "source": stdlib, "options": ["rbind", "ro"]}),
+        c["process"].update(args=["/bin/evil", "-I", "-c", probe])))
+    result = oci(oci_root, "run", "--bundle", bundle, "evil")
+    host_exe = "host exe %d" % os.stat(sys.executable).st_ino
+    assert host_exe not in result.out, "the container ran the host's python3"
+    assert result.returncode == 1 and "the runtime's own interpreter" in result.err, result.err
+    docker_style = run(rootfs, "/bin/evil", "-I", "-c", probe,
+                       options=["-v", "%s:%s:ro" % (stdlib, stdlib)])
+    assert host_exe not in docker_style.out, "the container ran the host's python3"
+    assert docker_style.returncode == 126 and "own interpreter" in docker_style.err
     assert_no_oci_left(oci_root)
