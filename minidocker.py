@@ -732,7 +732,7 @@ class Spec:
         self.preserve_fds = 0     # descriptors 3.. passed on (--preserve-fds, LISTEN_FDS)
         self.exec_fifo = None     # create's O_PATH descriptor of the fifo `start` opens
         self.start_state = None   # the OCI state the startContainer hooks read
-        self.runtime_exe = None   # (st_dev, st_ino) of our interpreter (runtime_binary)
+        self.runtime_files = None  # {(st_dev, st_ino)} of our interpreter and libraries
         self.__dict__.update(fields)
 
 
@@ -6748,7 +6748,7 @@ def child_stage(spec, instance, to_parent, from_parent, console):
     """Stage 1 and 2, in the child. Never returns: execs or exits."""
     try:
         set_stage_name("md:[1:CHILD]")
-        spec.runtime_exe = runtime_binary()
+        spec.runtime_files = runtime_files()
         close_inherited_fds(spec.preserve_fds)
         if console is None:
             os.setsid()  # with -t, attach_terminal does it
@@ -7032,7 +7032,7 @@ def exec_command(spec, hostname, to_parent, tied=True):
     if spec.exec_fifo is not None:
         wait_for_start(spec, to_parent)
     run_hooks(spec, "startContainer", lambda: dict(spec.start_state, status="created"))
-    refuse_runtime_binary(program, spec.runtime_exe)
+    refuse_runtime_files(program, spec.runtime_files)
     if spec.apparmor:  # AppArmor's change_onexec(): the profile takes effect at execve
         write_attr("/proc/self/attr/apparmor/exec", "exec " + spec.apparmor)
     if spec.seccomp is not None and not filter_first:
@@ -7046,16 +7046,23 @@ def exec_command(spec, hostname, to_parent, tied=True):
         raise MiniDockerError("exec %s: %s" % (program, err.strerror), code)
 
 
-def runtime_binary():
-    """(st_dev, st_ino) of the interpreter running us, from the host's
-    /proc, before anything of the container is entered."""
-    st = os.stat("/proc/self/exe")
-    return st.st_dev, st.st_ino
+def runtime_files():
+    """{(st_dev, st_ino)} of every file mapped into us, the interpreter
+    (/proc/self/exe) and its libraries (libc, ld.so, libpython), from the
+    host's /proc/self/maps, before anything of the container is entered."""
+    files = set()
+    for line in read_text("/proc/self/maps").splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[4] != "0":  # inode 0: anonymous, the heap, the stack
+            major, minor = (int(n, 16) for n in fields[3].split(":"))
+            files.add((os.makedev(major, minor), int(fields[4])))
+    return files
 
 
-def refuse_runtime_binary(program, runtime_exe):
+def refuse_runtime_files(program, runtime_files):
     """Until execve, /proc/self/exe is the host's python3, and an image's
-    `/bin/sh -> /proc/self/exe` leads execve there: the command would be
+    `/bin/sh -> /proc/self/exe` leads execve there (as /proc/self/map_files
+    leads to its libc, given CAP_CHECKPOINT_RESTORE): the command would be
     the host's interpreter, loading the image's ld.so and libc, and could
     keep a descriptor of its /proc/self/exe to write the host's python3
     once no process runs it (runc's CVE-2019-5736, with the image's
@@ -7070,9 +7077,10 @@ def refuse_runtime_binary(program, runtime_exe):
                          errno.ENAMETOOLONG):
             return
         raise MiniDockerError("exec %s: stat: %s" % (program, err.strerror))
-    if (st.st_dev, st.st_ino) == runtime_exe:
-        raise MiniDockerError("exec %s: it is the runtime's own interpreter (the image leads "
-                              "it to /proc/self/exe): refused" % program, EXIT_CANNOT_EXEC)
+    if (st.st_dev, st.st_ino) in runtime_files:
+        raise MiniDockerError("exec %s: it is a file of the runtime's own interpreter (the "
+                              "image leads it to /proc/self/exe): refused" % program,
+                              EXIT_CANNOT_EXEC)
 
 
 def become_init(to_parent, tty, tied=True):
@@ -8343,7 +8351,7 @@ def exec_child(spec, record, namespaces, to_parent, from_parent, console):
     returns."""
     try:
         set_stage_name("md:[exec]")
-        spec.runtime_exe = runtime_binary()
+        spec.runtime_files = runtime_files()
         signal.set_wakeup_fd(-1)  # the parent's signals are not ours to note
         null = os.open("/dev/null", os.O_RDWR)
         # (A bundle's exec keeps the caller's: conmon's pipes, its log.)
