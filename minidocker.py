@@ -10018,6 +10018,8 @@ def run_hooks(spec, point, state):
     state (state() builds it) on stdin; a hook that fails or outlives its
     timeout fails the step, naming it."""
     for hook in spec.hooks.get(point, ()):
+        if point == "startContainer":  # resolved in the container, by a fork of python3
+            refuse_runtime_files(hook["path"], spec.runtime_files)
         data = json.dumps(state()).encode()
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()

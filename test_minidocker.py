@@ -8332,3 +8332,24 @@ def test_escape_oci_an_images_link_to_proc_self_exe_runs_no_host_binary(oci_root
     assert host_exe not in docker_style.out, "the container ran the host's python3"
     assert docker_style.returncode == 126 and "own interpreter" in docker_style.err
     assert_no_oci_left(oci_root)
+
+
+@root
+def test_escape_oci_a_start_container_hook_is_no_way_to_the_host_binary(oci_root, bundle):
+    """The startContainer hook's path is resolved in the container, and its
+    process is a fork of the waiting init, the host's python3: the image's
+    `/bin/hook -> /proc/self/exe` would make the hook the host's
+    interpreter (the CVE-2019-5736 class again). Refused; the start fails."""
+    rootfs = os.path.join(bundle, "rootfs")
+    stdlib = give_image_the_interpreters_libraries(rootfs)
+    os.symlink("/proc/self/exe", os.path.join(rootfs, "bin", "hook"))
+    probe = "import os; print('host exe', os.stat('/proc/self/exe').st_ino)"
+    edit_config(bundle, lambda c: (c["mounts"].append(
+        {"destination": stdlib, "type": "bind", "source": stdlib, "options": ["rbind", "ro"]}),
+        c["process"].update(args=["/bin/true"]), c.update(hooks={"startContainer": [
+            {"path": "/bin/hook", "args": ["hook", "-I", "-c", probe]}]})))
+    result = oci(oci_root, "run", "--bundle", bundle, "hooked")
+    assert "host exe %d" % os.stat(sys.executable).st_ino not in result.out, \
+        "the hook ran the host's python3"
+    assert result.returncode == 1 and "runtime's own interpreter" in result.err, result.err
+    assert_no_oci_left(oci_root)
