@@ -7032,11 +7032,11 @@ def exec_command(spec, hostname, to_parent, tied=True):
     if spec.exec_fifo is not None:
         wait_for_start(spec, to_parent)
     run_hooks(spec, "startContainer", lambda: dict(spec.start_state, status="created"))
-    refuse_runtime_files(program, spec.runtime_files)
     if spec.apparmor:  # AppArmor's change_onexec(): the profile takes effect at execve
         write_attr("/proc/self/attr/apparmor/exec", "exec " + spec.apparmor)
     if spec.seccomp is not None and not filter_first:
         load_filter(spec.seccomp, spec.seccomp_flags)
+    refuse_runtime_files(program, spec.runtime_files)
     if spec.init:
         become_init(to_parent, spec.tty, tied)  # returns in the command's process only
     try:
@@ -7066,10 +7066,12 @@ def refuse_runtime_files(program, runtime_files):
     the host's interpreter, loading the image's ld.so and libc, and could
     keep a descriptor of its /proc/self/exe to write the host's python3
     once no process runs it (runc's CVE-2019-5736, with the image's
-    symlink where runc's binary was). Checked as late as possible: after
-    the fifo's wait and the hooks, when no link of the image can change
-    but by a race with a process already in the container. An error
-    execve would meet as well (ENOENT, EACCES, ...) is left to execve."""
+    symlink where runc's binary was). Checked last before execve (under
+    the seccomp filter, which must allow stat, as glibc needs it): a link
+    the image shipped is caught, one that a process already in the
+    container swaps in between this stat and execve is not (that needs a
+    copy of the interpreter to exec from, as runc clones its binary). An
+    error execve would meet as well (ENOENT, EACCES, ...) is left to it."""
     try:
         st = os.stat(program)
     except OSError as err:
