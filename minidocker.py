@@ -9866,7 +9866,11 @@ class RuncState:
 
     def status(self):
         if not self.data.get("pid"):
-            return "creating" if self.data.get("creating") else "stopped"
+            # Creating while its `create` lives (a create killed halfway
+            # left a stopped container, for delete to reclaim).
+            creator = self.data.get("creator") or 0
+            return "creating" if self.data.get("creating") and creator > 0 and \
+                process_start_time(creator) == self.data.get("creator_start") else "stopped"
         if not self.alive():
             return "stopped"
         if os.path.exists(self.fifo):
@@ -9954,6 +9958,7 @@ def claim_runc_state(args, foreground):
     except FileExistsError:
         raise MiniDockerError("container with id exists: %s" % state.id)
     state.data = {"id": state.id, "pid": 0, "creating": True, "bundle": bundle,
+                  "creator": os.getpid(), "creator_start": process_start_time(os.getpid()),
                   "rootfs": spec.rootfs, "config": config, "cgroups": [],
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "annotations": spec.annotations}
@@ -10139,7 +10144,7 @@ def runc_delete(args):
             return 0
     state.load()
     status = state.status()
-    if status in ("running", "paused") and not args.force:
+    if status in ("creating", "running", "paused") and not args.force:
         raise MiniDockerError("cannot delete container %s that is not stopped: %s"
                               % (state.id, status))
     destroy(state, Spec(hooks=oci_hooks(state.data.get("config") or {})))

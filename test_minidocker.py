@@ -8353,3 +8353,39 @@ def test_escape_oci_a_start_container_hook_is_no_way_to_the_host_binary(oci_root
         "the hook ran the host's python3"
     assert result.returncode == 1 and "runtime's own interpreter" in result.err, result.err
     assert_no_oci_left(oci_root)
+
+
+@root
+def test_oci_delete_leaves_a_container_being_created_alone(tmp_path, oci_root, bundle):
+    """The runtime spec: deleting a container that is not stopped has no
+    effect on it and is an error. While `create` runs (a createRuntime
+    hook holds it here) the container is `creating`: delete fails and the
+    create goes on to `created`. A create killed halfway leaves one that
+    delete reclaims."""
+    edit_config(bundle, lambda c: (c["process"].update(args=["/bin/true"]), c.update(hooks={
+        "createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "2"]}]})))
+    command = MINIDOCKER + ["runc", "--root", oci_root, "create", "--bundle", bundle, "slow"]
+    with open(tmp_path / "create.err", "w+") as err:
+        create = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 10
+        while oci(oci_root, "state", "slow").returncode != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert json.loads(oci(oci_root, "state", "slow").out)["status"] == "creating"
+        busy = oci(oci_root, "delete", "slow")
+        assert busy.returncode == 1 and "not stopped: creating" in busy.err, busy.err
+        assert create.wait(timeout=30) == 0, open(tmp_path / "create.err").read()
+    assert json.loads(oci(oci_root, "state", "slow").out)["status"] == "created"
+    assert oci(oci_root, "delete", "slow").returncode == 0
+    killed = subprocess.Popen(command[:-1] + ["halfway"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while oci(oci_root, "state", "halfway").returncode != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    killed.kill()
+    killed.wait()
+    assert json.loads(oci(oci_root, "state", "halfway").out)["status"] == "stopped"
+    assert oci(oci_root, "delete", "halfway").returncode == 0
+    assert_no_oci_left(oci_root)
