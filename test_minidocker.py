@@ -8362,8 +8362,9 @@ def test_oci_delete_leaves_a_container_being_created_alone(tmp_path, oci_root, b
     hook holds it here) the container is `creating`: delete fails and the
     create goes on to `created`. A create killed halfway leaves one that
     delete reclaims."""
+    hold = "until [ -e %s ]; do sleep 0.05; done" % (tmp_path / "go")
     edit_config(bundle, lambda c: (c["process"].update(args=["/bin/true"]), c.update(hooks={
-        "createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "2"]}]})))
+        "createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", hold], "timeout": 60}]})))
     command = MINIDOCKER + ["runc", "--root", oci_root, "create", "--bundle", bundle, "slow"]
     with open(tmp_path / "create.err", "w+") as err:
         create = subprocess.Popen(command, stdin=subprocess.DEVNULL,
@@ -8375,9 +8376,11 @@ def test_oci_delete_leaves_a_container_being_created_alone(tmp_path, oci_root, b
         assert json.loads(oci(oci_root, "state", "slow").out)["status"] == "creating"
         busy = oci(oci_root, "delete", "slow")
         assert busy.returncode == 1 and "not stopped: creating" in busy.err, busy.err
+        (tmp_path / "go").touch()
         assert create.wait(timeout=30) == 0, open(tmp_path / "create.err").read()
     assert json.loads(oci(oci_root, "state", "slow").out)["status"] == "created"
     assert oci(oci_root, "delete", "slow").returncode == 0
+    os.remove(tmp_path / "go")
     killed = subprocess.Popen(command[:-1] + ["halfway"], stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
@@ -8386,6 +8389,7 @@ def test_oci_delete_leaves_a_container_being_created_alone(tmp_path, oci_root, b
         time.sleep(0.05)
     killed.kill()
     killed.wait()
+    (tmp_path / "go").touch()  # its hook, orphaned, ends
     assert json.loads(oci(oci_root, "state", "halfway").out)["status"] == "stopped"
     assert oci(oci_root, "delete", "halfway").returncode == 0
     assert_no_oci_left(oci_root)
