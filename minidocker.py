@@ -2882,7 +2882,14 @@ def root_flags(spec):
 
 def bind_root(rootfs):
     """A bundle's root: its directory bound onto itself, so that it is a
-    mount, which pivot_root(2) needs of the new root."""
+    mount, which pivot_root(2) needs of the new root. The mount that holds
+    the directory is made private first (in our namespace only), as runc
+    does: with a rootfsPropagation of "shared" or "rshared" it would be
+    shared, and so the bind, which pivot_root(".", ".") refuses (EINVAL:
+    put_old, the new root itself, must not be shared), and whose mounts
+    would reach every peer of it."""
+    holder = mount_point_of(rootfs, read_text("/proc/self/mountinfo"))
+    mount(None, holder, None, MS_PRIVATE, shown=holder + " (propagation)")
     mount(rootfs, rootfs, None, MS_BIND | MS_REC, shown=rootfs)
     return os.open(rootfs, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
@@ -3158,6 +3165,17 @@ def remount_read_only(rootfd, target, flags, recursive=False, follow=False):
 # The per-mount flags of mountinfo's sixth field that a remount must repeat
 # (a bind remount resets the flags it is not given).
 MOUNTINFO_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
+
+
+def mount_point_of(path, mountinfo):
+    """The mount point, of mountinfo's text, under which the absolute
+    `path` lies: the longest one that is `path` or above it."""
+    best = "/"
+    for line in mountinfo.splitlines():
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+        if len(point) > len(best) and (path == point or path.startswith(point + "/")):
+            best = point
+    return best
 
 
 def submounts(mountinfo, top):

@@ -8393,3 +8393,34 @@ def test_oci_delete_leaves_a_container_being_created_alone(tmp_path, oci_root, b
     assert json.loads(oci(oci_root, "state", "halfway").out)["status"] == "stopped"
     assert oci(oci_root, "delete", "halfway").returncode == 0
     assert_no_oci_left(oci_root)
+
+
+@root
+def test_oci_a_shared_root_propagation_starts_as_under_runc(tmp_path, oci_root, bundle):
+    """linux.rootfsPropagation "rshared" (containerd's CRI asks for it when
+    a mount is Bidirectional): the mount holding the bundle is made
+    private in the container's namespace before the root is bound, as runc
+    does, or pivot_root refuses the shared root. The container runs, and
+    its root's propagation reads as under runc."""
+    probe = "awk '$5 == \"/\" { print $7 }' /proc/self/mountinfo"
+    edit_config(bundle, lambda c: (c["linux"].update(rootfsPropagation="rshared"),
+                                   c["process"].update(args=["/bin/sh", "-c", probe])))
+    reference = subprocess.run(["runc", "--root", str(tmp_path / "runc"), "run", "--bundle",
+                                bundle, "mdtest-shared-%d" % os.getpid()], capture_output=True,
+                               text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert reference.returncode == 0, reference.stderr
+    ours = oci(oci_root, "run", "--bundle", bundle, "shared")
+    assert ours.returncode == 0, ours.err
+    assert ours.out == reference.stdout
+    assert_no_oci_left(oci_root)
+
+
+def test_oci_mount_point_of_a_path_from_mountinfo():
+    mountinfo = ("22 1 8:1 / / rw shared:1 - ext4 /dev/sda1 rw\n"
+                 "30 22 0:5 / /tmp rw - tmpfs tmpfs rw\n"
+                 "31 30 0:6 / /tmp/my\\040dir rw - tmpfs tmpfs rw\n"
+                 "32 22 0:7 / /tmpx rw - tmpfs tmpfs rw\n")
+    assert md.mount_point_of("/tmp/my dir/bundle/rootfs", mountinfo) == "/tmp/my dir"
+    assert md.mount_point_of("/tmp/other", mountinfo) == "/tmp"
+    assert md.mount_point_of("/tmpx", mountinfo) == "/tmpx"
+    assert md.mount_point_of("/srv/bundle", mountinfo) == "/"
