@@ -10145,8 +10145,11 @@ def runc_state(args):
 def runc_kill(args):
     state = RuncState(args.root, args.container).load()
     number = parse_signal(args.signal or "SIGTERM")
-    if state.status() == "stopped":
+    status = state.status()
+    if status == "stopped":
         raise MiniDockerError("container not running")
+    if status == "creating":  # no pid yet: kill(0) would signal our own process group
+        raise MiniDockerError("container %s is being created, not running" % state.id)
     pids = cgroup_processes(state.data["cgroups"]) if args.all else [state.data["pid"]]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):

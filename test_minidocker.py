@@ -8359,8 +8359,8 @@ def test_escape_oci_a_start_container_hook_is_no_way_to_the_host_binary(oci_root
 def test_oci_delete_leaves_a_container_being_created_alone(tmp_path, oci_root, bundle):
     """The runtime spec: deleting a container that is not stopped has no
     effect on it and is an error. While `create` runs (a createRuntime
-    hook holds it here) the container is `creating`: delete fails and the
-    create goes on to `created`. A create killed halfway leaves one that
+    hook holds it here) the container is `creating`: delete fails, kill
+    fails (it has no pid to signal), and the create goes on to `created`. A create killed halfway leaves one that
     delete reclaims."""
     hold = "until [ -e %s ]; do sleep 0.05; done" % (tmp_path / "go")
     edit_config(bundle, lambda c: (c["process"].update(args=["/bin/true"]), c.update(hooks={
@@ -8369,15 +8369,23 @@ def test_oci_delete_leaves_a_container_being_created_alone(tmp_path, oci_root, b
     with open(tmp_path / "create.err", "w+") as err:
         create = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + 10
-        while oci(oci_root, "state", "slow").returncode != 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert json.loads(oci(oci_root, "state", "slow").out)["status"] == "creating"
-        busy = oci(oci_root, "delete", "slow")
-        assert busy.returncode == 1 and "not stopped: creating" in busy.err, busy.err
-        (tmp_path / "go").touch()
-        assert create.wait(timeout=30) == 0, open(tmp_path / "create.err").read()
+        try:
+            deadline = time.monotonic() + 10
+            while oci(oci_root, "state", "slow").returncode != 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert json.loads(oci(oci_root, "state", "slow").out)["status"] == "creating"
+            busy = oci(oci_root, "delete", "slow")
+            assert busy.returncode == 1 and "not stopped: creating" in busy.err, busy.err
+            # No pid yet: a kill must not become kill(0), our own process group.
+            signalled = subprocess.run(MINIDOCKER + ["runc", "--root", oci_root, "kill", "slow"],
+                                       capture_output=True, text=True, timeout=60,
+                                       start_new_session=True)
+            assert signalled.returncode == 1 and "being created" in signalled.stderr, signalled
+        finally:
+            (tmp_path / "go").touch()
+            code = create.wait(timeout=30)
+        assert code == 0, open(tmp_path / "create.err").read()
     assert json.loads(oci(oci_root, "state", "slow").out)["status"] == "created"
     assert oci(oci_root, "delete", "slow").returncode == 0
     os.remove(tmp_path / "go")
