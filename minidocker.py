@@ -10097,8 +10097,12 @@ def runc_start(args):
     try:
         while True:  # the init opens its end at once; it may die instead
             ready, _, _ = select.select([fifo], [], [], 0.1)
-            if ready and os.read(fifo, 1):
-                break
+            if ready:
+                if os.read(fifo, 1):
+                    break
+                # End of file: the init wrote its one byte and closed, and
+                # another start read it (select would say so forever).
+                raise MiniDockerError("cannot start an already running container")
             if not state.alive():
                 raise MiniDockerError("container %s: its process ended before start"
                                       % state.id)

@@ -8432,3 +8432,44 @@ def test_oci_mount_point_of_a_path_from_mountinfo():
     assert md.mount_point_of("/tmp/other", mountinfo) == "/tmp"
     assert md.mount_point_of("/tmpx", mountinfo) == "/tmpx"
     assert md.mount_point_of("/srv/bundle", mountinfo) == "/"
+
+
+def holders_of(path):
+    """The pids with a descriptor of `path` open."""
+    found = set()
+    for link in glob.glob("/proc/[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            if os.readlink(link) == path:
+                found.add(int(link.split("/")[2]))
+    return found
+
+
+@root
+def test_oci_two_starts_at_once_run_it_once_and_the_other_fails(oci_root, bundle):
+    """Two starts of one created container, both past the status check:
+    the first opens the fifo (and is held there by strace), the second
+    reads the init's one byte. The first then finds the fifo at its end,
+    which select reports ready again and again: it fails at once, as
+    runc's does, instead of spinning until the container ends."""
+    edit_config(bundle, lambda c: c["process"].update(args=["/bin/sleep", "30"]))
+    assert oci(oci_root, "create", "--bundle", bundle, "twice").returncode == 0
+    held = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null",
+                             "-e", "trace=select,pselect6",
+                             "-e", "inject=select,pselect6:delay_enter=4000000:when=1"]
+                            + MINIDOCKER + ["runc", "--root", oci_root, "start", "twice"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        fifo = os.path.join(oci_root, "twice", "exec.fifo")
+        init = json.loads(oci(oci_root, "state", "twice").out)["pid"]
+        deadline = time.monotonic() + 20
+        while not holders_of(fifo) - {init}:  # the first start has it open, held in strace
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert oci(oci_root, "start", "twice").returncode == 0
+        _, err = held.communicate(timeout=10)
+        assert held.returncode == 1 and "already running" in err, err
+    finally:
+        held.kill()
+        held.wait()
+        oci(oci_root, "delete", "--force", "twice")
+    assert_no_oci_left(oci_root)
