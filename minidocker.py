@@ -10298,10 +10298,15 @@ def runc_update(args):
             raise MiniDockerError("--resources %s: %s" % (args.resources, err))
     for flag, (group, key) in RUNC_UPDATE_FLAGS.items():
         value = getattr(args, flag)
-        if value is not None:
-            resources.setdefault(group, {})[key] = value if key in ("cpus", "mems") else \
-                parse_size(value, "--" + flag.replace("_", "-")) if group == "memory" \
-                else int(value)
+        if value is None:
+            continue
+        if group != "memory" and key not in ("cpus", "mems") and \
+                not re.fullmatch(r"-?[0-9]{1,19}", value):  # sizes and cpu lists apart
+            raise MiniDockerError("invalid --%s %s: expected a whole number"
+                                  % (flag.replace("_", "-"), quote(value)))
+        resources.setdefault(group, {})[key] = value if key in ("cpus", "mems") else \
+            parse_size(value, "--" + flag.replace("_", "-")) if group == "memory" \
+            else int(value)
     res = oci_resources(resources)
     for path in state.data["cgroups"]:
         version = 2 if os.path.exists(os.path.join(path, "cgroup.controllers")) else 1

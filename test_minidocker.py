@@ -8473,3 +8473,15 @@ def test_oci_two_starts_at_once_run_it_once_and_the_other_fails(oci_root, bundle
         held.wait()
         oci(oci_root, "delete", "--force", "twice")
     assert_no_oci_left(oci_root)
+
+
+@root
+def test_oci_update_with_a_bad_number_is_one_line(oci_root, bundle):
+    edit_config(bundle, lambda c: c["process"].update(args=["/bin/sleep", "30"]))
+    assert oci(oci_root, "create", "--bundle", bundle, "upd").returncode == 0
+    for flag in ("--pids-limit", "--cpu-shares", "--blkio-weight"):
+        bad = oci(oci_root, "update", flag, "abc", "upd")
+        assert bad.returncode == 1 and bad.err.count("\n") == 1, bad.err
+        assert "invalid %s 'abc': expected a whole number" % flag in bad.err, bad.err
+    assert oci(oci_root, "delete", "--force", "upd").returncode == 0
+    assert_no_oci_left(oci_root)
