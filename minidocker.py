@@ -1305,7 +1305,8 @@ def oci_spec(config, bundle):
                              spec.devices)
     if rules is not None:
         spec.resources["devices"] = rules
-    spec.cgroup_path = config_field(linux, "cgroupsPath", str, "linux.")
+    # "" is no path, as runc reads it
+    spec.cgroup_path = config_field(linux, "cgroupsPath", str, "linux.") or None
     if spec.cgroup_path is not None and (".." in spec.cgroup_path.split("/") or
                                          ":" in spec.cgroup_path):
         raise config_error("linux.cgroupsPath", "%s is not a cgroupfs path (a systemd "

@@ -8485,3 +8485,14 @@ def test_oci_update_with_a_bad_number_is_one_line(oci_root, bundle):
         assert "invalid %s 'abc': expected a whole number" % flag in bad.err, bad.err
     assert oci(oci_root, "delete", "--force", "upd").returncode == 0
     assert_no_oci_left(oci_root)
+
+
+@root
+def test_oci_an_empty_cgroups_path_is_the_default_one(oci_root, bundle):
+    """linux.cgroupsPath "" is no path, as runc reads it (it was the
+    runtime's own cgroup, which exists: every create failed)."""
+    edit_config(bundle, lambda c: (c["linux"].update(cgroupsPath=""), c["process"].update(
+        args=["/bin/true"])))
+    result = oci(oci_root, "run", "--bundle", bundle, "cgempty")
+    assert result.returncode == 0, result.err
+    assert_no_oci_left(oci_root)
