@@ -10386,9 +10386,17 @@ def runc_spec(args):
     if args.rootless_spec:
         raise MiniDockerError("spec --rootless: user namespaces are not supported by minidocker")
     path = os.path.join(args.bundle or ".", "config.json")
-    if os.path.exists(path):
+    # Made new, never through a symlink: a bundle directory that another
+    # user can write may hold `config.json -> /etc/...`, dangling, which
+    # open(2) would create as root.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+    except FileExistsError:  # a symlink too, dangling or not
         raise MiniDockerError("File %s exists. Remove it first" % path)
-    with open(path, "w") as handle:
+    except OSError as err:
+        raise MiniDockerError("spec: %s: %s" % (path, err.strerror))
+    with open(fd, "w") as handle:
         json.dump(default_config(), handle, indent="\t")
     return 0
 

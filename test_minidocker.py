@@ -8496,3 +8496,19 @@ def test_oci_an_empty_cgroups_path_is_the_default_one(oci_root, bundle):
     result = oci(oci_root, "run", "--bundle", bundle, "cgempty")
     assert result.returncode == 0, result.err
     assert_no_oci_left(oci_root)
+
+
+@root
+def test_escape_oci_spec_writes_through_no_symlink(tmp_path, oci_root):
+    """`spec --bundle DIR` run by root in a directory another user can
+    write: their dangling `config.json -> /elsewhere/file` would be
+    followed and the file made, root's, where they chose. Refused as an
+    existing file; nothing is made at the link's target."""
+    bundle_dir = tmp_path / "theirs"
+    bundle_dir.mkdir()
+    target = tmp_path / "elsewhere" / "made-by-root"
+    target.parent.mkdir()
+    os.symlink(str(target), str(bundle_dir / "config.json"))
+    result = oci(oci_root, "spec", "--bundle", str(bundle_dir))
+    assert not target.exists(), "spec wrote through the symlink"
+    assert result.returncode == 1 and "exists" in result.err, result.err
