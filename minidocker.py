@@ -7068,8 +7068,11 @@ def exec_command(spec, hostname, to_parent, tied=True):
 def runtime_files():
     """{(st_dev, st_ino)} of every file mapped into us, the interpreter
     (/proc/self/exe) and its libraries (libc, ld.so, libpython), from the
-    host's /proc/self/maps, before anything of the container is entered."""
-    files = set()
+    host's /proc/self/maps, before anything of the container is entered;
+    and /proc/self/exe as stat(2) sees it: on overlayfs maps names the
+    file of the layer below, stat the overlay's."""
+    st = os.stat("/proc/self/exe")
+    files = {(st.st_dev, st.st_ino)}
     for line in read_text("/proc/self/maps").splitlines():
         fields = line.split()
         if len(fields) >= 6 and fields[4] != "0":  # inode 0: anonymous, the heap, the stack

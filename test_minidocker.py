@@ -8370,7 +8370,7 @@ def test_oci_delete_leaves_a_container_being_created_alone(tmp_path, oci_root, b
         create = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=err)
         try:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60
             while oci(oci_root, "state", "slow").returncode != 0:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
@@ -8391,7 +8391,7 @@ def test_oci_delete_leaves_a_container_being_created_alone(tmp_path, oci_root, b
     os.remove(tmp_path / "go")
     killed = subprocess.Popen(command[:-1] + ["halfway"], stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while oci(oci_root, "state", "halfway").returncode != 0:
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -8448,25 +8448,36 @@ def holders_of(path):
 def test_oci_two_starts_at_once_run_it_once_and_the_other_fails(oci_root, bundle):
     """Two starts of one created container, both past the status check:
     the first opens the fifo (and is held there by strace), the second
-    reads the init's one byte. The first then finds the fifo at its end,
-    which select reports ready again and again: it fails at once, as
-    runc's does, instead of spinning until the container ends."""
+    (the test itself, as quick as a start can be) reads the init's one
+    byte. The first then finds the fifo at its end, which select reports
+    ready again and again: it fails at once, as runc's does, instead of
+    spinning until the container ends."""
     edit_config(bundle, lambda c: c["process"].update(args=["/bin/sleep", "30"]))
     assert oci(oci_root, "create", "--bundle", bundle, "twice").returncode == 0
     held = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null",
                              "-e", "trace=select,pselect6",
-                             "-e", "inject=select,pselect6:delay_enter=4000000:when=1"]
+                             "-e", "inject=select,pselect6:delay_enter=3000000:when=1"]
                             + MINIDOCKER + ["runc", "--root", oci_root, "start", "twice"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         fifo = os.path.join(oci_root, "twice", "exec.fifo")
         init = json.loads(oci(oci_root, "state", "twice").out)["pid"]
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while not holders_of(fifo) - {init}:  # the first start has it open, held in strace
             assert time.monotonic() < deadline
-            time.sleep(0.02)
-        assert oci(oci_root, "start", "twice").returncode == 0
-        _, err = held.communicate(timeout=10)
+            time.sleep(0.01)
+        other = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                with contextlib.suppress(BlockingIOError):  # EAGAIN: not written yet
+                    if os.read(other, 1) == b"0":
+                        break
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        finally:
+            os.close(other)
+        _, err = held.communicate(timeout=30)
         assert held.returncode == 1 and "already running" in err, err
     finally:
         held.kill()
