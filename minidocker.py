@@ -271,6 +271,7 @@ MNT_DETACH = 0x2  # umount2(2)
 
 # <linux/magic.h>: statfs(2)'s f_type, the filesystem a handle is on.
 SYSFS_MAGIC = 0x62656572
+DEVPTS_SUPER_MAGIC = 0x1cd1
 
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
@@ -732,6 +733,7 @@ class Spec:
         self.preserve_fds = 0     # descriptors 3.. passed on (--preserve-fds, LISTEN_FDS)
         self.exec_fifo = None     # create's O_PATH descriptor of the fifo `start` opens
         self.start_state = None   # the OCI state the startContainer hooks read
+        self.runtime_files = None  # {(st_dev, st_ino)} of our interpreter and libraries
         self.__dict__.update(fields)
 
 
@@ -1311,7 +1313,8 @@ def oci_spec(config, bundle):
                              spec.devices)
     if rules is not None:
         spec.resources["devices"] = rules
-    spec.cgroup_path = config_field(linux, "cgroupsPath", str, "linux.")
+    # "" is no path, as runc reads it
+    spec.cgroup_path = config_field(linux, "cgroupsPath", str, "linux.") or None
     if spec.cgroup_path is not None and (".." in spec.cgroup_path.split("/") or
                                          ":" in spec.cgroup_path):
         raise config_error("linux.cgroupsPath", "%s is not a cgroupfs path (a systemd "
@@ -2888,7 +2891,14 @@ def root_flags(spec):
 
 def bind_root(rootfs):
     """A bundle's root: its directory bound onto itself, so that it is a
-    mount, which pivot_root(2) needs of the new root."""
+    mount, which pivot_root(2) needs of the new root. The mount that holds
+    the directory is made private first (in our namespace only), as runc
+    does: with a rootfsPropagation of "shared" or "rshared" it would be
+    shared, and so the bind, which pivot_root(".", ".") refuses (EINVAL:
+    put_old, the new root itself, must not be shared), and whose mounts
+    would reach every peer of it."""
+    holder = mount_point_of(rootfs, read_text("/proc/self/mountinfo"))
+    mount(None, holder, None, MS_PRIVATE, shown=holder + " (propagation)")
     mount(rootfs, rootfs, None, MS_BIND | MS_REC, shown=rootfs)
     return os.open(rootfs, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
@@ -3164,6 +3174,17 @@ def remount_read_only(rootfd, target, flags, recursive=False, follow=False):
 # The per-mount flags of mountinfo's sixth field that a remount must repeat
 # (a bind remount resets the flags it is not given).
 MOUNTINFO_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
+
+
+def mount_point_of(path, mountinfo):
+    """The mount point, of mountinfo's text, under which the absolute
+    `path` lies: the longest one that is `path` or above it."""
+    best = "/"
+    for line in mountinfo.splitlines():
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+        if len(point) > len(best) and (path == point or path.startswith(point + "/")):
+            best = point
+    return best
 
 
 def submounts(mountinfo, top):
@@ -6764,6 +6785,7 @@ def child_stage(spec, instance, to_parent, from_parent, console):
     """Stage 1 and 2, in the child. Never returns: execs or exits."""
     try:
         set_stage_name("md:[1:CHILD]")
+        spec.runtime_files = runtime_files()
         close_inherited_fds(spec.preserve_fds)
         if console is None:
             os.setsid()  # with -t, attach_terminal does it
@@ -6936,8 +6958,18 @@ def open_pty(rootfd, console, size=None):
     import array
     import _socket
     ptsfd = open_in_root(rootfd, "/dev/pts", follow=False)
-    master = os.open("ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=ptsfd)
-    os.close(ptsfd)
+    try:
+        # A bundle's config may mount no devpts there: /dev/pts is then
+        # the image's, and its `ptmx -> /dev/ptmx` would be followed, before
+        # pivot_root, to the host's (a pty of the host's, or any host file
+        # opened read-write by root). In a devpts, ptmx is the kernel's own.
+        if filesystem_type(ptsfd) != DEVPTS_SUPER_MAGIC:
+            raise MiniDockerError("a terminal needs a devpts mounted at /dev/pts (config.json: "
+                                  "mounts): /dev/pts is the image's own directory")
+        master = os.open("ptmx", os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=ptsfd)
+    finally:
+        os.close(ptsfd)
     fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))  # unlockpt(3)
     slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
     if size:
@@ -7036,11 +7068,13 @@ def exec_command(spec, hostname, to_parent, tied=True, fork=None):
         prctl(PR_SET_DUMPABLE, 0, what="prctl(PR_SET_DUMPABLE)")
     if spec.exec_fifo is not None:
         wait_for_start(spec, to_parent)
-    run_hooks(spec.hooks, "startContainer", lambda: dict(spec.start_state, status="created"))
+    run_hooks(spec.hooks, "startContainer", lambda: dict(spec.start_state, status="created"),
+              spec.runtime_files)
     if spec.apparmor:  # AppArmor's change_onexec(): the profile takes effect at execve
         write_attr("/proc/self/attr/apparmor/exec", "exec " + spec.apparmor)
     if spec.seccomp is not None and not filter_first:
         load_filter(spec.seccomp, spec.seccomp_flags)
+    refuse_runtime_files(program, spec.runtime_files)
     if spec.init:  # returns in the command's process only
         (fork or become_init)(to_parent, spec.tty, tied)
     try:
@@ -7060,6 +7094,46 @@ def fork_in_container():
     except OSError as err:
         raise syscall_error(err.errno, "fork", "a pid namespace whose init has ended takes no "
                             "new process" if err.errno == errno.ENOMEM else None)
+def runtime_files():
+    """{(st_dev, st_ino)} of every file mapped into us, the interpreter
+    (/proc/self/exe) and its libraries (libc, ld.so, libpython), from the
+    host's /proc/self/maps, before anything of the container is entered;
+    and /proc/self/exe as stat(2) sees it: on overlayfs maps names the
+    file of the layer below, stat the overlay's."""
+    st = os.stat("/proc/self/exe")
+    files = {(st.st_dev, st.st_ino)}
+    for line in read_text("/proc/self/maps").splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[4] != "0":  # inode 0: anonymous, the heap, the stack
+            major, minor = (int(n, 16) for n in fields[3].split(":"))
+            files.add((os.makedev(major, minor), int(fields[4])))
+    return files
+
+
+def refuse_runtime_files(program, runtime_files):
+    """Until execve, /proc/self/exe is the host's python3, and an image's
+    `/bin/sh -> /proc/self/exe` leads execve there (as /proc/self/map_files
+    leads to its libc, given CAP_CHECKPOINT_RESTORE): the command would be
+    the host's interpreter, loading the image's ld.so and libc, and could
+    keep a descriptor of its /proc/self/exe to write the host's python3
+    once no process runs it (runc's CVE-2019-5736, with the image's
+    symlink where runc's binary was). Checked last before execve (under
+    the seccomp filter, which must allow stat, as glibc needs it): a link
+    the image shipped is caught, one that a process already in the
+    container swaps in between this stat and execve is not (that needs a
+    copy of the interpreter to exec from, as runc clones its binary). An
+    error execve would meet as well (ENOENT, EACCES, ...) is left to it."""
+    try:
+        st = os.stat(program)
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ELOOP,
+                         errno.ENAMETOOLONG):
+            return
+        raise MiniDockerError("exec %s: stat: %s" % (program, err.strerror))
+    if (st.st_dev, st.st_ino) in runtime_files:
+        raise MiniDockerError("exec %s: it is a file of the runtime's own interpreter (the "
+                              "image leads it to /proc/self/exe): refused" % program,
+                              EXIT_CANNOT_EXEC)
 
 
 def become_init(to_parent, tty, tied=True):
@@ -8456,6 +8530,7 @@ def exec_child(spec, record, namespaces, to_parent, from_parent, console):
     init was, and forks the command (fork_command). Never returns."""
     try:
         set_stage_name("md:[exec]")
+        spec.runtime_files = runtime_files()
         signal.set_wakeup_fd(-1)  # the parent's signals are not ours to note
         null = os.open("/dev/null", os.O_RDWR)
         # (A bundle's exec keeps the caller's: conmon's pipes, its log.)
@@ -10037,7 +10112,11 @@ class RuncState:
 
     def status(self):
         if not self.data.get("pid"):
-            return "creating" if self.data.get("creating") else "stopped"
+            # Creating while its `create` lives (a create killed halfway
+            # left a stopped container, for delete to reclaim).
+            creator = self.data.get("creator") or 0
+            return "creating" if self.data.get("creating") and creator > 0 and \
+                process_start_time(creator) == self.data.get("creator_start") else "stopped"
         if not self.alive():
             return "stopped"
         if os.path.exists(self.fifo):
@@ -10125,6 +10204,7 @@ def claim_runc_state(args, foreground):
     except FileExistsError:
         raise MiniDockerError("container with id exists: %s" % state.id)
     state.data = {"id": state.id, "pid": 0, "creating": True, "bundle": bundle,
+                  "creator": os.getpid(), "creator_start": process_start_time(os.getpid()),
                   "rootfs": spec.rootfs, "config": config, "cgroups": [],
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "annotations": spec.annotations}
@@ -10186,11 +10266,15 @@ def write_attr(path, value):
         handle.write(value)
 
 
-def run_hooks(hooks, point, state):
+def run_hooks(hooks, point, state, runtime_files=()):
     """Run a bundle's hooks of `point` (hooks: oci_hooks'), in order, each
     with the OCI state (state() builds it) on stdin; a hook that fails or
-    outlives its timeout fails the step, naming it."""
+    outlives its timeout fails the step, naming it. `runtime_files`: the
+    startContainer hooks', whose paths resolve in the container and run by
+    a fork of python3 (refuse_runtime_files)."""
     for hook in hooks.get(point, ()):
+        if runtime_files:
+            refuse_runtime_files(hook["path"], runtime_files)
         data = json.dumps(state()).encode()
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
@@ -10242,8 +10326,12 @@ def runc_start(args):
     try:
         while True:  # the init opens its end at once; it may die instead
             ready, _, _ = select.select([fifo], [], [], 0.1)
-            if ready and os.read(fifo, 1):
-                break
+            if ready:
+                if os.read(fifo, 1):
+                    break
+                # End of file: the init wrote its one byte and closed, and
+                # another start read it (select would say so forever).
+                raise MiniDockerError("cannot start an already running container")
             if not state.alive():
                 raise MiniDockerError("container %s: its process ended before start"
                                       % state.id)
@@ -10290,8 +10378,11 @@ def runc_state(args):
 def runc_kill(args):
     state = RuncState(args.root, args.container).load()
     number = parse_signal(args.signal or "SIGTERM")
-    if state.status() == "stopped":
+    status = state.status()
+    if status == "stopped":
         raise MiniDockerError("container not running")
+    if status == "creating":  # no pid yet: kill(0) would signal our own process group
+        raise MiniDockerError("container %s is being created, not running" % state.id)
     pids = cgroup_processes(state.data["cgroups"]) if args.all else [state.data["pid"]]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -10307,7 +10398,7 @@ def runc_delete(args):
             return 0
     state.load()
     status = state.status()
-    if status in ("running", "paused") and not args.force:
+    if status in ("creating", "running", "paused") and not args.force:
         raise MiniDockerError("cannot delete container %s that is not stopped: %s"
                               % (state.id, status))
     destroy(state, oci_hooks(state.data.get("config") or {}))
@@ -10436,10 +10527,15 @@ def runc_update(args):
             raise MiniDockerError("--resources %s: %s" % (args.resources, err))
     for flag, (group, key) in RUNC_UPDATE_FLAGS.items():
         value = getattr(args, flag)
-        if value is not None:
-            resources.setdefault(group, {})[key] = value if key in ("cpus", "mems") else \
-                parse_size(value, "--" + flag.replace("_", "-")) if group == "memory" \
-                else int(value)
+        if value is None:
+            continue
+        if group != "memory" and key not in ("cpus", "mems") and \
+                not re.fullmatch(r"-?[0-9]{1,19}", value):  # sizes and cpu lists apart
+            raise MiniDockerError("invalid --%s %s: expected a whole number"
+                                  % (flag.replace("_", "-"), quote(value)))
+        resources.setdefault(group, {})[key] = value if key in ("cpus", "mems") else \
+            parse_size(value, "--" + flag.replace("_", "-")) if group == "memory" \
+            else int(value)
     res = oci_resources(resources)
     for path in state.data["cgroups"]:
         version = 2 if os.path.exists(os.path.join(path, "cgroup.controllers")) else 1
@@ -10518,9 +10614,17 @@ def runc_spec(args):
     if args.rootless_spec:
         raise MiniDockerError("spec --rootless: user namespaces are not supported by minidocker")
     path = os.path.join(args.bundle or ".", "config.json")
-    if os.path.exists(path):
+    # Made new, never through a symlink: a bundle directory that another
+    # user can write may hold `config.json -> /etc/...`, dangling, which
+    # open(2) would create as root.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+    except FileExistsError:  # a symlink too, dangling or not
         raise MiniDockerError("File %s exists. Remove it first" % path)
-    with open(path, "w") as handle:
+    except OSError as err:
+        raise MiniDockerError("spec: %s: %s" % (path, err.strerror))
+    with open(fd, "w") as handle:
         json.dump(default_config(), handle, indent="\t")
     return 0
 

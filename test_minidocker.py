@@ -8365,3 +8365,273 @@ def test_escape_oci_an_images_own_proc_gets_no_byte_of_the_fifo(oci_root, bundle
     assert open(os.path.join(rootfs, "fake", "fd", "3")).read() == "untouched"
     assert oci(oci_root, "delete", "noproc").returncode == 0
     assert_no_oci_left(oci_root)
+
+
+# --- OCI hostile review ---
+
+def without_dev_mounts(config):
+    """config.json with no /dev, /dev/pts, /dev/shm or /dev/mqueue mount:
+    the image's own /dev is the container's."""
+    config["mounts"] = [m for m in config["mounts"] if not m["destination"].startswith("/dev")]
+
+
+@root
+def test_escape_oci_an_images_ptmx_symlink_is_not_followed_to_the_host(tmp_path, oci_root,
+                                                                       bundle):
+    """process.terminal, and config.json mounts no devpts: /dev/pts is the
+    image's, whose `ptmx -> /dev/ptmx` create would follow before
+    pivot_root, to the host's ptmx (the container's terminal a pty of the
+    host's devpts; any host file, opened read-write by root). The create
+    is refused, naming what is missing, and leaves nothing."""
+    import socket as socketlib
+    pts = os.path.join(bundle, "rootfs", "dev", "pts")
+    os.makedirs(pts, exist_ok=True)
+    os.symlink("/dev/ptmx", os.path.join(pts, "ptmx"))
+    edit_config(bundle, lambda c: (without_dev_mounts(c), c["process"].update(
+        terminal=True, args=["/bin/true"])))
+    listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    listener.bind(str(tmp_path / "console.sock"))
+    listener.listen(1)
+    try:
+        created = oci(oci_root, "create", "--bundle", bundle, "--console-socket",
+                      str(tmp_path / "console.sock"), "ptmx")
+    finally:
+        listener.close()
+    assert created.returncode == 1, "the host's /dev/ptmx was opened for the container"
+    assert "needs a devpts mounted at /dev/pts" in created.err
+    assert created.err.count("\n") == 1, created.err
+    assert_no_oci_left(oci_root)
+
+
+def give_image_the_interpreters_libraries(rootfs):
+    """Copy the libraries the running python3 loads (ldd's list, the
+    dynamic loader among them) into `rootfs` at the same paths, as an
+    image with a glibc of its own has them: -> the directory of its
+    standard library, for a bind mount."""
+    listed = subprocess.run(["ldd", os.path.realpath(sys.executable)], capture_output=True,
+                            text=True).stdout
+    for path in re.findall(r"(/\S+) \(0x", listed):
+        inside = os.path.join(rootfs, path.lstrip("/"))
+        os.makedirs(os.path.dirname(inside), exist_ok=True)
+        shutil.copy(path, inside)
+    return os.path.dirname(os.__file__)
+
+
+@root
+def test_escape_oci_an_images_link_to_proc_self_exe_runs_no_host_binary(oci_root, bundle,
+                                                                         tmp_path):
+    """runc's CVE-2019-5736 through the image alone: its /bin/evil is a
+    symlink to /proc/self/exe, which until execve is the host's python3.
+    Followed, the command would be the host's interpreter (loading the
+    image's ld.so and libc, code of the image's choosing), free to keep
+    its /proc/self/exe open and write the host's python3 once nothing
+    runs it. Here the host's standard library is bound in, so that the
+    interpreter, if it runs, prints the inode of its executable. The
+    command is refused (as is `minidocker run`'s)."""
+    rootfs = os.path.join(bundle, "rootfs")
+    stdlib = give_image_the_interpreters_libraries(rootfs)
+    os.symlink("/proc/self/exe", os.path.join(rootfs, "bin", "evil"))
+    probe = "import os; print('host exe', os.stat('/proc/self/exe').st_ino)"
+    edit_config(bundle, lambda c: (c["mounts"].append(
+        {"destination": stdlib, "type": "bind", "source": stdlib, "options": ["rbind", "ro"]}),
+        c["process"].update(args=["/bin/evil", "-I", "-c", probe])))
+    result = oci(oci_root, "run", "--bundle", bundle, "evil")
+    host_exe = "host exe %d" % os.stat(sys.executable).st_ino
+    assert host_exe not in result.out, "the container ran the host's python3"
+    assert result.returncode == 1 and "a file of the runtime's own interpreter" in result.err, result.err
+    docker_style = run(rootfs, "/bin/evil", "-I", "-c", probe,
+                       options=["-v", "%s:%s:ro" % (stdlib, stdlib)])
+    assert host_exe not in docker_style.out, "the container ran the host's python3"
+    assert docker_style.returncode == 126 and "own interpreter" in docker_style.err
+    assert_no_oci_left(oci_root)
+
+
+@root
+def test_escape_oci_a_start_container_hook_is_no_way_to_the_host_binary(oci_root, bundle):
+    """The startContainer hook's path is resolved in the container, and its
+    process is a fork of the waiting init, the host's python3: the image's
+    `/bin/hook -> /proc/self/exe` would make the hook the host's
+    interpreter (the CVE-2019-5736 class again). Refused; the start fails."""
+    rootfs = os.path.join(bundle, "rootfs")
+    stdlib = give_image_the_interpreters_libraries(rootfs)
+    os.symlink("/proc/self/exe", os.path.join(rootfs, "bin", "hook"))
+    probe = "import os; print('host exe', os.stat('/proc/self/exe').st_ino)"
+    edit_config(bundle, lambda c: (c["mounts"].append(
+        {"destination": stdlib, "type": "bind", "source": stdlib, "options": ["rbind", "ro"]}),
+        c["process"].update(args=["/bin/true"]), c.update(hooks={"startContainer": [
+            {"path": "/bin/hook", "args": ["hook", "-I", "-c", probe]}]})))
+    result = oci(oci_root, "run", "--bundle", bundle, "hooked")
+    assert "host exe %d" % os.stat(sys.executable).st_ino not in result.out, \
+        "the hook ran the host's python3"
+    assert result.returncode == 1 and "runtime's own interpreter" in result.err, result.err
+    assert_no_oci_left(oci_root)
+
+
+@root
+def test_oci_delete_leaves_a_container_being_created_alone(tmp_path, oci_root, bundle):
+    """The runtime spec: deleting a container that is not stopped has no
+    effect on it and is an error. While `create` runs (a createRuntime
+    hook holds it here) the container is `creating`: delete fails, kill
+    fails (it has no pid to signal), and the create goes on to `created`. A create killed halfway leaves one that
+    delete reclaims."""
+    hold = "until [ -e %s ]; do sleep 0.05; done" % (tmp_path / "go")
+    edit_config(bundle, lambda c: (c["process"].update(args=["/bin/true"]), c.update(hooks={
+        "createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", hold], "timeout": 60}]})))
+    command = MINIDOCKER + ["runc", "--root", oci_root, "create", "--bundle", bundle, "slow"]
+    with open(tmp_path / "create.err", "w+") as err:
+        create = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 60
+            while oci(oci_root, "state", "slow").returncode != 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert json.loads(oci(oci_root, "state", "slow").out)["status"] == "creating"
+            busy = oci(oci_root, "delete", "slow")
+            assert busy.returncode == 1 and "not stopped: creating" in busy.err, busy.err
+            # No pid yet: a kill must not become kill(0), our own process group.
+            signalled = subprocess.run(MINIDOCKER + ["runc", "--root", oci_root, "kill", "slow"],
+                                       capture_output=True, text=True, timeout=60,
+                                       start_new_session=True)
+            assert signalled.returncode == 1 and "being created" in signalled.stderr, signalled
+        finally:
+            (tmp_path / "go").touch()
+            code = create.wait(timeout=30)
+        assert code == 0, open(tmp_path / "create.err").read()
+    assert json.loads(oci(oci_root, "state", "slow").out)["status"] == "created"
+    assert oci(oci_root, "delete", "slow").returncode == 0
+    os.remove(tmp_path / "go")
+    killed = subprocess.Popen(command[:-1] + ["halfway"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while oci(oci_root, "state", "halfway").returncode != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    killed.kill()
+    killed.wait()
+    (tmp_path / "go").touch()  # its hook, orphaned, ends
+    assert json.loads(oci(oci_root, "state", "halfway").out)["status"] == "stopped"
+    assert oci(oci_root, "delete", "halfway").returncode == 0
+    assert_no_oci_left(oci_root)
+
+
+@root
+def test_oci_a_shared_root_propagation_starts_as_under_runc(tmp_path, oci_root, bundle):
+    """linux.rootfsPropagation "rshared" (containerd's CRI asks for it when
+    a mount is Bidirectional): the mount holding the bundle is made
+    private in the container's namespace before the root is bound, as runc
+    does, or pivot_root refuses the shared root. The container runs, and
+    its root's propagation reads as under runc."""
+    probe = "awk '$5 == \"/\" { print $7 }' /proc/self/mountinfo"
+    edit_config(bundle, lambda c: (c["linux"].update(rootfsPropagation="rshared"),
+                                   c["process"].update(args=["/bin/sh", "-c", probe])))
+    reference = subprocess.run(["runc", "--root", str(tmp_path / "runc"), "run", "--bundle",
+                                bundle, "mdtest-shared-%d" % os.getpid()], capture_output=True,
+                               text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert reference.returncode == 0, reference.stderr
+    ours = oci(oci_root, "run", "--bundle", bundle, "shared")
+    assert ours.returncode == 0, ours.err
+    assert ours.out == reference.stdout
+    assert_no_oci_left(oci_root)
+
+
+def test_oci_mount_point_of_a_path_from_mountinfo():
+    mountinfo = ("22 1 8:1 / / rw shared:1 - ext4 /dev/sda1 rw\n"
+                 "30 22 0:5 / /tmp rw - tmpfs tmpfs rw\n"
+                 "31 30 0:6 / /tmp/my\\040dir rw - tmpfs tmpfs rw\n"
+                 "32 22 0:7 / /tmpx rw - tmpfs tmpfs rw\n")
+    assert md.mount_point_of("/tmp/my dir/bundle/rootfs", mountinfo) == "/tmp/my dir"
+    assert md.mount_point_of("/tmp/other", mountinfo) == "/tmp"
+    assert md.mount_point_of("/tmpx", mountinfo) == "/tmpx"
+    assert md.mount_point_of("/srv/bundle", mountinfo) == "/"
+
+
+def holders_of(path):
+    """The pids with a descriptor of `path` open."""
+    found = set()
+    for link in glob.glob("/proc/[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            if os.readlink(link) == path:
+                found.add(int(link.split("/")[2]))
+    return found
+
+
+@root
+def test_oci_two_starts_at_once_run_it_once_and_the_other_fails(oci_root, bundle):
+    """Two starts of one created container, both past the status check:
+    the first opens the fifo (and is held there by strace), the second
+    (the test itself, as quick as a start can be) reads the init's one
+    byte. The first then finds the fifo at its end, which select reports
+    ready again and again: it fails at once, as runc's does, instead of
+    spinning until the container ends."""
+    edit_config(bundle, lambda c: c["process"].update(args=["/bin/sleep", "30"]))
+    assert oci(oci_root, "create", "--bundle", bundle, "twice").returncode == 0
+    held = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null",
+                             "-e", "trace=select,pselect6",
+                             "-e", "inject=select,pselect6:delay_enter=3000000:when=1"]
+                            + MINIDOCKER + ["runc", "--root", oci_root, "start", "twice"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        fifo = os.path.join(oci_root, "twice", "exec.fifo")
+        init = json.loads(oci(oci_root, "state", "twice").out)["pid"]
+        deadline = time.monotonic() + 60
+        while not holders_of(fifo) - {init}:  # the first start has it open, held in strace
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        other = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                with contextlib.suppress(BlockingIOError):  # EAGAIN: not written yet
+                    if os.read(other, 1) == b"0":
+                        break
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        finally:
+            os.close(other)
+        _, err = held.communicate(timeout=30)
+        assert held.returncode == 1 and "already running" in err, err
+    finally:
+        held.kill()
+        held.wait()
+        oci(oci_root, "delete", "--force", "twice")
+    assert_no_oci_left(oci_root)
+
+
+@root
+def test_oci_update_with_a_bad_number_is_one_line(oci_root, bundle):
+    edit_config(bundle, lambda c: c["process"].update(args=["/bin/sleep", "30"]))
+    assert oci(oci_root, "create", "--bundle", bundle, "upd").returncode == 0
+    for flag in ("--pids-limit", "--cpu-shares", "--blkio-weight"):
+        bad = oci(oci_root, "update", flag, "abc", "upd")
+        assert bad.returncode == 1 and bad.err.count("\n") == 1, bad.err
+        assert "invalid %s 'abc': expected a whole number" % flag in bad.err, bad.err
+    assert oci(oci_root, "delete", "--force", "upd").returncode == 0
+    assert_no_oci_left(oci_root)
+
+
+@root
+def test_oci_an_empty_cgroups_path_is_the_default_one(oci_root, bundle):
+    """linux.cgroupsPath "" is no path, as runc reads it (it was the
+    runtime's own cgroup, which exists: every create failed)."""
+    edit_config(bundle, lambda c: (c["linux"].update(cgroupsPath=""), c["process"].update(
+        args=["/bin/true"])))
+    result = oci(oci_root, "run", "--bundle", bundle, "cgempty")
+    assert result.returncode == 0, result.err
+    assert_no_oci_left(oci_root)
+
+
+@root
+def test_escape_oci_spec_writes_through_no_symlink(tmp_path, oci_root):
+    """`spec --bundle DIR` run by root in a directory another user can
+    write: their dangling `config.json -> /elsewhere/file` would be
+    followed and the file made, root's, where they chose. Refused as an
+    existing file; nothing is made at the link's target."""
+    bundle_dir = tmp_path / "theirs"
+    bundle_dir.mkdir()
+    target = tmp_path / "elsewhere" / "made-by-root"
+    target.parent.mkdir()
+    os.symlink(str(target), str(bundle_dir / "config.json"))
+    result = oci(oci_root, "spec", "--bundle", str(bundle_dir))
+    assert not target.exists(), "spec wrote through the symlink"
+    assert result.returncode == 1 and "exists" in result.err, result.err
