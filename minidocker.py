@@ -2880,7 +2880,18 @@ def root_flags(spec):
 
 def bind_root(rootfs):
     """A bundle's root: its directory bound onto itself, so that it is a
-    mount, which pivot_root(2) needs of the new root."""
+    mount, which pivot_root(2) needs of the new root.
+
+    pivot_root(2) fails with EINVAL when the new root or the mount it sits
+    on is shared, and a config's rootfsPropagation "shared" or "rshared"
+    (or "private", which leaves the mounts below "/" as the host shares
+    them) keeps the mount that holds the bundle shared: that mount is made
+    private first, in this namespace alone, as runc does. The bind then
+    starts out private too, so nothing mounted in the root can reach the
+    host's copy of that mount."""
+    holder = shared_mount_holding(read_text("/proc/self/mountinfo"), os.path.realpath(rootfs))
+    if holder is not None:
+        mount(None, holder, None, MS_PRIVATE, shown=holder + " (private, under the root)")
     mount(rootfs, rootfs, None, MS_BIND | MS_REC, shown=rootfs)
     return os.open(rootfs, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
@@ -3171,6 +3182,20 @@ def submounts(mountinfo, top):
                 kept |= MOUNTINFO_FLAGS.get(option, 0)
             found.append((point, kept))
     return found
+
+
+def shared_mount_holding(mountinfo, path):
+    """The mount point of the mount a lookup of `path` lands in (of those
+    mounted on the same point, the last), if that mount is shared (an
+    optional field "shared:N" in mountinfo's seventh field on); else None."""
+    holder, tags = None, []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if path == point or path.startswith(point.rstrip("/") + "/"):
+            if holder is None or len(point) >= len(holder):
+                holder, tags = point, fields[6:fields.index("-")]
+    return holder if any(tag.startswith("shared:") for tag in tags) else None
 
 
 def populate_dev(rootfd):
@@ -6886,6 +6911,11 @@ def build_root(spec, instance, console):
     make_workdir(rootfd, spec.workdir)
     run_hooks(spec, "createContainer", lambda: instance.state("creating"))
     enter_root(rootfd, spec.read_only, root_flags(spec))
+    if spec.bundle is not None:
+        # The propagation set above was the old root's, which pivot_root
+        # left behind: the config's rootfsPropagation is for the container's
+        # own "/", so it is set again there, as runc sets it.
+        mount(None, "/", None, spec.propagation, shown="/ (rootfsPropagation)")
     os.close(rootfd)
     os.umask(0o022)
 

@@ -8245,3 +8245,74 @@ def test_escape_oci_an_images_own_proc_gets_no_byte_of_the_fifo(oci_root, bundle
     assert open(os.path.join(rootfs, "fake", "fd", "3")).read() == "untouched"
     assert oci(oci_root, "delete", "noproc").returncode == 0
     assert_no_oci_left(oci_root)
+
+
+# --- OCI conformance ---
+# What runtime-tools' validation suite (the OCI runtime conformance tests,
+# run against runc and minidocker-runc by hand: CI has no Go) found
+# minidocker-runc doing otherwise than runc, each checked here with a real
+# container.
+
+def test_oci_conformance_the_shared_mount_holding_a_bundle():
+    """From mountinfo: the mount a path lands in (the longest mount point
+    that holds it, the last of those stacked on one point, \\040 undone),
+    named only when it is shared."""
+    text = ("27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+            "40 27 0:50 / /srv rw shared:7 - tmpfs a rw\n"
+            "41 40 0:51 / /srv/my\\040b rw master:7 - tmpfs b rw\n"
+            "42 27 0:52 / /data rw - tmpfs c rw\n"
+            "43 42 0:53 / /data rw shared:9 master:2 - tmpfs d rw\n")
+    assert md.shared_mount_holding(text, "/srv/x/rootfs") == "/srv"
+    assert md.shared_mount_holding(text, "/srv/my b/rootfs") is None
+    assert md.shared_mount_holding(text, "/srvx") == "/"
+    assert md.shared_mount_holding(text, "/data/rootfs") == "/data"
+    assert md.shared_mount_holding(text.replace(" shared:1", ""), "/home") is None
+
+
+@root
+@pytest.mark.parametrize("propagation", ["shared", "rshared", "private", "rslave"])
+def test_oci_conformance_rootfs_propagation_from_a_shared_mount(tmp_path, oci_root, bundle,
+                                                                  propagation):
+    """linux.rootfsPropagation (the suite's linux_rootfs_propagation and
+    config_updates_without_affect): the bundle sits on a shared mount, as
+    on a systemd host. pivot_root(2) refuses a shared new root, and a bind
+    made on a shared mount is copied to the host's peer: the container
+    starts all the same, its "/" has the propagation asked for, and not
+    one of its mounts shows in the host's mount table, while it is created
+    nor after it has gone."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "mdtest-shared", str(shared)],
+                   check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(shared)], check=True)
+        moved = str(shared / "bundle")
+        shutil.copytree(bundle, moved, symlinks=True)
+        edit_config(moved, lambda c: (
+            c["linux"].update(rootfsPropagation=propagation),
+            c["process"].update(args=["/bin/sh", "-c", "awk '$5 == \"/\" { for (i = 7; "
+                                      "$i != \"-\"; i++) print $i }' /proc/self/mountinfo "
+                                      "> /propagation"])))
+
+        def host_mounts_below():
+            with open("/proc/self/mountinfo") as handle:
+                return [line.split()[4] for line in handle
+                        if line.split()[4].startswith(moved + "/")]
+        created = oci(oci_root, "create", "--bundle", moved, "propagation")
+        assert created.returncode == 0, created.err
+        assert host_mounts_below() == []
+        assert oci(oci_root, "start", "propagation").returncode == 0
+        deadline = time.time() + 10
+        while json.loads(oci(oci_root, "state", "propagation").out)["status"] != "stopped":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert oci(oci_root, "delete", "propagation").returncode == 0
+        assert host_mounts_below() == []
+        tags = open(os.path.join(moved, "rootfs", "propagation")).read().split()
+        assert any(tag.startswith("shared:") for tag in tags) == propagation.endswith("shared")
+        if propagation == "private":
+            assert tags == []
+    finally:
+        oci(oci_root, "delete", "--force", "propagation")
+        subprocess.run(["umount", "-R", str(shared)], check=True)
+    assert_no_oci_left(oci_root)
