@@ -6912,9 +6912,10 @@ def build_root(spec, instance, console):
     run_hooks(spec, "createContainer", lambda: instance.state("creating"))
     enter_root(rootfd, spec.read_only, root_flags(spec))
     if spec.bundle is not None:
-        # The propagation set above was the old root's, which pivot_root
-        # left behind: the config's rootfsPropagation is for the container's
-        # own "/", so it is set again there, as runc sets it.
+        # The propagation set above went to the old root, which pivot_root
+        # left behind. The config's rootfsPropagation is for the container's
+        # own "/" (runtime-tools' validation checks that a "shared" root
+        # shares), so it is set again there; runc 1.1 leaves "/" private.
         mount(None, "/", None, spec.propagation, shown="/ (rootfsPropagation)")
     os.close(rootfd)
     os.umask(0o022)
