@@ -9983,7 +9983,10 @@ def wait_for_start(spec, to_parent):
         raise MiniDockerError("the exec fifo: /proc/self/fd/%d is not the fifo (is /proc a "
                               "procfs in config.json's mounts?)" % spec.exec_fifo)
     os.write(fifo, b"0")
-    os.close(fifo)
+    # The write end is left open, close-on-exec: `start` reads on to its
+    # EOF, which comes at execve (or when this process dies), so that the
+    # poststart hooks run once the command is executed, as the runtime
+    # spec orders, not while the startContainer hooks still run here.
     os.close(spec.exec_fifo)
 
 
@@ -10054,6 +10057,8 @@ def runc_start(args):
             if not state.alive():
                 raise MiniDockerError("container %s: its process ended before start"
                                       % state.id)
+        os.set_blocking(fifo, True)
+        os.read(fifo, 1)  # EOF: the init has exec'd its command (or is gone)
     finally:
         os.close(fifo)
         with contextlib.suppress(FileNotFoundError):

@@ -8316,3 +8316,31 @@ def test_oci_conformance_rootfs_propagation_from_a_shared_mount(tmp_path, oci_ro
         oci(oci_root, "delete", "--force", "propagation")
         subprocess.run(["umount", "-R", str(shared)], check=True)
     assert_no_oci_left(oci_root)
+
+
+@root
+def test_oci_conformance_poststart_hooks_run_once_the_command_is_executed(tmp_path, oci_root,
+                                                                           bundle):
+    """The suite's poststart: the poststart hooks run after the user's
+    process is executed, before `start` returns. A startContainer hook
+    that takes a second keeps the init short of its execve; the poststart
+    hook reads the container's pid (from the state on its stdin) and
+    finds the command there, not minidocker still on its way to it."""
+    seen = tmp_path / "seen"
+    reader = ("import json, sys; pid = json.load(sys.stdin)['pid']; "
+              "open(%r, 'wb').write(open('/proc/%%d/cmdline' %% pid, 'rb').read())" % str(seen))
+
+    def change(config):
+        config["process"]["args"] = ["/bin/sleep", "30"]
+        config["hooks"] = {
+            "startContainer": [{"path": "/bin/sleep", "args": ["sleep", "1"]}],
+            "poststart": [{"path": sys.executable, "args": ["python3", "-c", reader]}]}
+    edit_config(bundle, change)
+    try:
+        assert oci(oci_root, "create", "--bundle", bundle, "executed").returncode == 0
+        started = oci(oci_root, "start", "executed")
+        assert started.returncode == 0, started.err
+        assert seen.read_bytes() == b"/bin/sleep\0" + b"30\0"
+    finally:
+        oci(oci_root, "delete", "--force", "executed")
+    assert_no_oci_left(oci_root)
