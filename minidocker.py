@@ -7010,8 +7010,8 @@ def exec_command(spec, hostname, to_parent, tied=True):
     # seccomp(2) asks for no_new_privs or CAP_SYS_ADMIN. Without
     # no_new_privs the filter is loaded here, while we still hold every
     # capability, as runc does; all that follows, up to execve, then runs
-    # under it (prctl, setgroups, setgid, setuid, capset, chdir, stat,
-    # rt_sigaction, and --init's fork: the default profile allows them; a
+    # under it (prctl, setgroups, setgid, setuid, capset, chdir, getcwd,
+    # stat, rt_sigaction, and --init's fork: the default profile allows them; a
     # profile file must too). With no_new_privs it comes last, so that as
     # little as possible runs under it.
     filter_first = spec.seccomp is not None and not spec.no_new_privs
@@ -7161,6 +7161,11 @@ def enter_workdir(workdir):
         inside = os.getcwd().startswith("/")
     except FileNotFoundError:
         inside = False
+    except OSError as err:  # EPERM and the like: a seccomp profile refuses getcwd
+        raise MiniDockerError("workdir %s: getcwd: %s (hint: it checks that the workdir is "
+                              "inside the root; without no-new-privileges the seccomp filter "
+                              "comes first, so the profile must allow getcwd)"
+                              % (workdir, err.strerror))
     if not inside:
         raise MiniDockerError("workdir %s: resolves outside the container's root" % workdir)
 

@@ -8344,3 +8344,22 @@ def test_oci_conformance_poststart_hooks_run_once_the_command_is_executed(tmp_pa
     finally:
         oci(oci_root, "delete", "--force", "executed")
     assert_no_oci_left(oci_root)
+
+
+@root
+def test_oci_conformance_a_profile_refusing_getcwd_is_one_clear_line(oci_root, bundle):
+    """The suite's linux_seccomp: every system call allowed but getcwd,
+    which fails with EPERM, and no no_new_privs, so the filter is loaded
+    before the init checks that process.cwd is inside the root, which
+    needs getcwd. The container cannot start (nor under runc): the error
+    is one line that names getcwd and why, and nothing is left."""
+    def change(config):
+        config["process"]["noNewPrivileges"] = False
+        config["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["getcwd"], "action": "SCMP_ACT_ERRNO"}]}
+    edit_config(bundle, change)
+    created = oci(oci_root, "create", "--bundle", bundle, "nogetcwd")
+    assert created.returncode == 1
+    assert created.err.startswith("minidocker: workdir /: getcwd: Operation not permitted (hint:")
+    assert created.err.count("\n") == 1, created.err
+    assert_no_oci_left(oci_root)
