@@ -2891,14 +2891,18 @@ def root_flags(spec):
 
 def bind_root(rootfs):
     """A bundle's root: its directory bound onto itself, so that it is a
-    mount, which pivot_root(2) needs of the new root. The mount that holds
-    the directory is made private first (in our namespace only), as runc
-    does: with a rootfsPropagation of "shared" or "rshared" it would be
-    shared, and so the bind, which pivot_root(".", ".") refuses (EINVAL:
-    put_old, the new root itself, must not be shared), and whose mounts
-    would reach every peer of it."""
-    holder = mount_point_of(rootfs, read_text("/proc/self/mountinfo"))
-    mount(None, holder, None, MS_PRIVATE, shown=holder + " (propagation)")
+    mount, which pivot_root(2) needs of the new root.
+
+    pivot_root(2) fails with EINVAL when the new root or the mount it sits
+    on is shared, and a config's rootfsPropagation "shared" or "rshared"
+    (or "private", which leaves the mounts below "/" as the host shares
+    them) keeps the mount that holds the bundle shared: that mount is made
+    private first, in this namespace alone, as runc does. The bind then
+    starts out private too, so nothing mounted in the root can reach the
+    host's copy of that mount."""
+    holder = shared_mount_holding(read_text("/proc/self/mountinfo"), os.path.realpath(rootfs))
+    if holder is not None:
+        mount(None, holder, None, MS_PRIVATE, shown=holder + " (private, under the root)")
     mount(rootfs, rootfs, None, MS_BIND | MS_REC, shown=rootfs)
     return os.open(rootfs, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
@@ -3176,17 +3180,6 @@ def remount_read_only(rootfd, target, flags, recursive=False, follow=False):
 MOUNTINFO_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
 
 
-def mount_point_of(path, mountinfo):
-    """The mount point, of mountinfo's text, under which the absolute
-    `path` lies: the longest one that is `path` or above it."""
-    best = "/"
-    for line in mountinfo.splitlines():
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
-        if len(point) > len(best) and (path == point or path.startswith(point + "/")):
-            best = point
-    return best
-
-
 def submounts(mountinfo, top):
     """[(mount point, flags to keep)] of the mounts strictly below `top`,
     from /proc/self/mountinfo's text (octal escapes such as \\040 undone)."""
@@ -3200,6 +3193,20 @@ def submounts(mountinfo, top):
                 kept |= MOUNTINFO_FLAGS.get(option, 0)
             found.append((point, kept))
     return found
+
+
+def shared_mount_holding(mountinfo, path):
+    """The mount point of the mount a lookup of `path` lands in (of those
+    mounted on the same point, the last), if that mount is shared (an
+    optional field "shared:N" in mountinfo's seventh field on); else None."""
+    holder, tags = None, []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if path == point or path.startswith(point.rstrip("/") + "/"):
+            if holder is None or len(point) >= len(holder):
+                holder, tags = point, fields[6:fields.index("-")]
+    return holder if any(tag.startswith("shared:") for tag in tags) else None
 
 
 def populate_dev(rootfd):
@@ -6926,6 +6933,12 @@ def build_root(spec, instance, console):
     make_workdir(rootfd, spec.workdir)
     run_hooks(spec.hooks, "createContainer", lambda: instance.state("creating"))
     enter_root(rootfd, spec.read_only, root_flags(spec))
+    if spec.bundle is not None:
+        # The propagation set above went to the old root, which pivot_root
+        # left behind. The config's rootfsPropagation is for the container's
+        # own "/" (runtime-tools' validation checks that a "shared" root
+        # shares), so it is set again there; runc 1.1 leaves "/" private.
+        mount(None, "/", None, spec.propagation, shown="/ (rootfsPropagation)")
     os.close(rootfd)
     os.umask(0o022)
 
@@ -7029,8 +7042,8 @@ def exec_command(spec, hostname, to_parent, tied=True, fork=None):
     # seccomp(2) asks for no_new_privs or CAP_SYS_ADMIN. Without
     # no_new_privs the filter is loaded here, while we still hold every
     # capability, as runc does; all that follows, up to execve, then runs
-    # under it (prctl, setgroups, setgid, setuid, capset, chdir, stat,
-    # rt_sigaction, and --init's fork: the default profile allows them; a
+    # under it (prctl, setgroups, setgid, setuid, capset, chdir, getcwd,
+    # stat, rt_sigaction, and --init's fork: the default profile allows them; a
     # profile file must too). With no_new_privs it comes last, so that as
     # little as possible runs under it.
     filter_first = spec.seccomp is not None and not spec.no_new_privs
@@ -7227,6 +7240,11 @@ def enter_workdir(workdir):
         inside = os.getcwd().startswith("/")
     except FileNotFoundError:
         inside = False
+    except OSError as err:  # EPERM and the like: a seccomp profile refuses getcwd
+        raise MiniDockerError("workdir %s: getcwd: %s (hint: it checks that the workdir is "
+                              "inside the root; without no-new-privileges the seccomp filter "
+                              "comes first, so the profile must allow getcwd)"
+                              % (workdir, err.strerror))
     if not inside:
         raise MiniDockerError("workdir %s: resolves outside the container's root" % workdir)
 
@@ -10257,7 +10275,10 @@ def wait_for_start(spec, to_parent):
         raise MiniDockerError("the exec fifo: /proc/self/fd/%d is not the fifo (is /proc a "
                               "procfs in config.json's mounts?)" % spec.exec_fifo)
     os.write(fifo, b"0")
-    os.close(fifo)
+    # The write end is left open, close-on-exec: `start` reads on to its
+    # EOF, which comes at execve (or when this process dies), so that the
+    # poststart hooks run once the command is executed, as the runtime
+    # spec orders, not while the startContainer hooks still run here.
     os.close(spec.exec_fifo)
 
 
@@ -10335,6 +10356,8 @@ def runc_start(args):
             if not state.alive():
                 raise MiniDockerError("container %s: its process ended before start"
                                       % state.id)
+        os.set_blocking(fifo, True)
+        os.read(fifo, 1)  # EOF: the init has exec'd its command (or is gone)
     finally:
         os.close(fifo)
         with contextlib.suppress(FileNotFoundError):
