@@ -8425,6 +8425,22 @@ def test_escape_oci_an_images_ptmx_symlink_is_not_followed_to_the_host(tmp_path,
     assert_no_oci_left(oci_root)
 
 
+EXE_PROBE = "import os; print('host exe', os.stat('/proc/self/exe').st_ino)"
+
+
+def link_to_the_runtimes_exe(bundle, name):
+    """The hostile image: /bin/NAME -> /proc/self/exe, the interpreter's
+    libraries in place and the host's standard library bound in (so that
+    the host's python3, if it ran, could print EXE_PROBE). -> the standard
+    library's directory."""
+    rootfs = os.path.join(bundle, "rootfs")
+    stdlib = give_image_the_interpreters_libraries(rootfs)
+    os.symlink("/proc/self/exe", os.path.join(rootfs, "bin", name))
+    edit_config(bundle, lambda c: c["mounts"].append(
+        {"destination": stdlib, "type": "bind", "source": stdlib, "options": ["rbind", "ro"]}))
+    return stdlib
+
+
 def give_image_the_interpreters_libraries(rootfs):
     """Copy the libraries the running python3 loads (ldd's list, the
     dynamic loader among them) into `rootfs` at the same paths, as an
@@ -8451,17 +8467,13 @@ def test_escape_oci_an_images_link_to_proc_self_exe_runs_no_host_binary(oci_root
     interpreter, if it runs, prints the inode of its executable. The
     command is refused (as is `minidocker run`'s)."""
     rootfs = os.path.join(bundle, "rootfs")
-    stdlib = give_image_the_interpreters_libraries(rootfs)
-    os.symlink("/proc/self/exe", os.path.join(rootfs, "bin", "evil"))
-    probe = "import os; print('host exe', os.stat('/proc/self/exe').st_ino)"
-    edit_config(bundle, lambda c: (c["mounts"].append(
-        {"destination": stdlib, "type": "bind", "source": stdlib, "options": ["rbind", "ro"]}),
-        c["process"].update(args=["/bin/evil", "-I", "-c", probe])))
+    stdlib = link_to_the_runtimes_exe(bundle, "evil")
+    edit_config(bundle, lambda c: c["process"].update(args=["/bin/evil", "-I", "-c", EXE_PROBE]))
     result = oci(oci_root, "run", "--bundle", bundle, "evil")
     host_exe = "host exe %d" % os.stat(sys.executable).st_ino
     assert host_exe not in result.out, "the container ran the host's python3"
     assert result.returncode == 1 and "a file of the runtime's own interpreter" in result.err, result.err
-    docker_style = run(rootfs, "/bin/evil", "-I", "-c", probe,
+    docker_style = run(rootfs, "/bin/evil", "-I", "-c", EXE_PROBE,
                        options=["-v", "%s:%s:ro" % (stdlib, stdlib)])
     assert host_exe not in docker_style.out, "the container ran the host's python3"
     assert docker_style.returncode == 126 and "own interpreter" in docker_style.err
@@ -8474,14 +8486,9 @@ def test_escape_oci_a_start_container_hook_is_no_way_to_the_host_binary(oci_root
     process is a fork of the waiting init, the host's python3: the image's
     `/bin/hook -> /proc/self/exe` would make the hook the host's
     interpreter (the CVE-2019-5736 class again). Refused; the start fails."""
-    rootfs = os.path.join(bundle, "rootfs")
-    stdlib = give_image_the_interpreters_libraries(rootfs)
-    os.symlink("/proc/self/exe", os.path.join(rootfs, "bin", "hook"))
-    probe = "import os; print('host exe', os.stat('/proc/self/exe').st_ino)"
-    edit_config(bundle, lambda c: (c["mounts"].append(
-        {"destination": stdlib, "type": "bind", "source": stdlib, "options": ["rbind", "ro"]}),
-        c["process"].update(args=["/bin/true"]), c.update(hooks={"startContainer": [
-            {"path": "/bin/hook", "args": ["hook", "-I", "-c", probe]}]})))
+    link_to_the_runtimes_exe(bundle, "hook")
+    edit_config(bundle, lambda c: (c["process"].update(args=["/bin/true"]), c.update(hooks={
+        "startContainer": [{"path": "/bin/hook", "args": ["hook", "-I", "-c", EXE_PROBE]}]})))
     result = oci(oci_root, "run", "--bundle", bundle, "hooked")
     assert "host exe %d" % os.stat(sys.executable).st_ino not in result.out, \
         "the hook ran the host's python3"
