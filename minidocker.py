@@ -10116,7 +10116,8 @@ class RuncState:
                 self.data = json.load(handle)
         except FileNotFoundError:
             raise MiniDockerError("container %s does not exist" % self.id)
-        except ValueError:  # a create killed halfway: reclaimed by delete
+        except ValueError:  # not JSON (save() is atomic: damaged, or not ours): stopped, so
+            # that delete takes the directory; cgroups it may name are unknown
             self.data = {"id": self.id, "pid": 0, "cgroups": [], "bundle": "", "config": {}}
         return self
 
