@@ -458,6 +458,9 @@ _seccomp = _bind("syscall", [_c_long, ctypes.c_uint, ctypes.c_uint, ctypes.c_voi
 _bpf = _bind("syscall", [_c_long, _c_int, ctypes.c_void_p, ctypes.c_uint], _c_long, "bpf")
 _mount_setattr = _bind("syscall", [_c_long, _c_int, _c_str, ctypes.c_uint, ctypes.c_void_p,
                                    ctypes.c_size_t], _c_long, "mount_setattr")
+_open_tree = _bind("syscall", [_c_long, _c_int, _c_str, ctypes.c_uint], _c_long, "open_tree")
+_move_mount = _bind("syscall", [_c_long, _c_int, _c_str, _c_int, _c_str, ctypes.c_uint],
+                    _c_long, "move_mount")
 _fstatfs = _bind("fstatfs", [_c_int, ctypes.c_void_p])
 
 
@@ -572,17 +575,45 @@ def pivot_root(new_root, put_old):
 MOUNT_ATTR = "=QQQQ"
 assert struct.calcsize(MOUNT_ATTR) == 32
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NODEV = 0x1, 0x4
+MOUNT_ATTR_IDMAP = 0x100000  # the mount shows owners through a user namespace's map
 AT_EMPTY_PATH = 0x1000   # <linux/fcntl.h>: act on the handle itself
 AT_RECURSIVE = 0x8000    # ... and on every mount below it
 
 
-def mount_setattr(fd, attr_set, shown):
+def mount_setattr(fd, attr_set, shown, userns_fd=0):
     """mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE): set attr_set on
-    the mount that fd names and on every mount under it."""
-    attr = ctypes.create_string_buffer(struct.pack(MOUNT_ATTR, attr_set, 0, 0, 0))
+    the mount that fd names and on every mount under it. MOUNT_ATTR_IDMAP
+    takes the user namespace whose map the mount then applies."""
+    attr = ctypes.create_string_buffer(struct.pack(MOUNT_ATTR, attr_set, 0, 0, userns_fd))
     with failing_as("mount_setattr(%s)" % shown):
         _mount_setattr(SYSCALLS["mount_setattr"], fd, b"", AT_EMPTY_PATH | AT_RECURSIVE,
                        attr, len(attr.raw))
+
+
+# The new mount API (Linux 5.2), for an idmapped copy of a tree (chapter 7,
+# continued): open_tree(2) with OPEN_TREE_CLONE makes a detached copy of a
+# mount tree, a descriptor that mount_setattr(2) may change before
+# move_mount(2) attaches it anywhere.
+OPEN_TREE_CLONE = 1
+MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
+AT_FDCWD = -100
+
+
+def open_tree(path, recursive=True):
+    """A detached copy of the mount at `path` (and of those under it), as a
+    descriptor."""
+    with failing_as("open_tree(%s)" % path):
+        return _open_tree(SYSCALLS["open_tree"], AT_FDCWD, _b(path),
+                          OPEN_TREE_CLONE | os.O_CLOEXEC | (AT_RECURSIVE if recursive else 0))
+
+
+def move_mount(fd, target, shown):
+    """Attach the detached tree `fd` on the directory or file `target` (a
+    path, or a descriptor: a path's last symlink is not followed)."""
+    to_fd, to_path = (target, b"") if isinstance(target, int) else (AT_FDCWD, _b(target))
+    with failing_as("move_mount(%s)" % shown):
+        _move_mount(SYSCALLS["move_mount"], fd, b"", to_fd, to_path, MOVE_MOUNT_F_EMPTY_PATH |
+                    (MOVE_MOUNT_T_EMPTY_PATH if isinstance(target, int) else 0))
 
 
 # <linux/bpf.h>: bpf(2), which glibc does not wrap, for the device cgroup's
@@ -711,6 +742,7 @@ class Spec:
         self.shm_size = SHM_DEFAULT_SIZE  # bytes of /dev/shm (chapter 6)
         self.sysctls = []         # (key, value) of --sysctl, written in our namespaces (chapter 7)
         self.namespaces = dict(NAMESPACE_DEFAULTS)  # --pid, --ipc, --uts, --cgroupns (chapter 7)
+        self.userns = None        # --userns, --uidmap, --gidmap: see parse_userns (chapter 7)
         self.labels = {}          # --label and --label-file
         self.stop_signal = None   # --stop-signal: stop's and restart's without -s (SIGTERM)
         self.stop_timeout = None  # --stop-timeout: their -t without one (10)
@@ -1163,6 +1195,8 @@ def build_spec(args, seccomp_cache=None):
         if targets.count(target) > 1:  # one would hide the other, as Docker says
             raise MiniDockerError("duplicate mount point: %s (-v and --mount)" % target)
     namespaces = parse_namespace_modes(args, caps)
+    userns = parse_userns(args.userns, args.uidmap, args.gidmap)
+    check_userns_conflicts(userns, args, namespaces)
     if args.hostname and namespaces["uts"] == "host":
         raise MiniDockerError("conflicting options: --hostname and --uts host (the host's "
                               "name is the container's)")
@@ -1174,7 +1208,8 @@ def build_spec(args, seccomp_cache=None):
         ulimits=parse_ulimits(args.ulimit), oom_score_adj=parse_oom_score_adj(args.oom_score_adj),
         shm_size=parse_shm_size(args.shm_size, namespaces["ipc"]),
         sysctls=[parse_sysctl(text, namespaces, args.network) for text in args.sysctl],
-        namespaces=namespaces, labels=parse_labels(args.label, args.label_file),
+        namespaces=namespaces, userns=userns,
+        labels=parse_labels(args.label, args.label_file),
         stop_signal=stop_signal, stop_timeout=stop_timeout,
         env=expand_env(env_entries), workdir=absolute_path(args.workdir),
         user=args.user and check_user(args.user, "--user"),
@@ -1708,6 +1743,7 @@ class Paths:
         self.records = os.path.join(self.run, "containers")
         self.seccomp_cache = os.path.join(self.run, "seccomp")  # chapter 10
         self.bytecode = os.path.join(self.run, "bytecode")      # chapter 11
+        self.shifted = os.path.join(self.lib, "userns")         # chapter 7, continued
 
     def layer(self, cid):
         return os.path.join(self.containers, cid)
@@ -1893,12 +1929,19 @@ class Instance:
     while the child is already starting and reaches it with "go". A
     bundle's container (chapter 12, continued) has no layer; `state` is
     its OCI state for the hooks, `cgroups` its cgroup directories by their
-    names under /sys/fs/cgroup (bind_cgroup_dirs)."""
-    __slots__ = ("id", "layer", "hostname", "volumes", "lease", "oci_state", "cgroups")
+    names under /sys/fs/cgroup (bind_cgroup_dirs). With a user namespace
+    (chapter 7, continued): `id_maps`, its uid and gid maps, and
+    `shifted_root`, where a copy of ROOTFS shifted by them is kept if the
+    kernel cannot idmap ROOTFS, and `handles`, stage 1's handles on the
+    host paths the container mounts (open_host_sources)."""
+    __slots__ = ("id", "layer", "hostname", "volumes", "lease", "oci_state", "cgroups",
+                 "id_maps", "shifted_root", "handles")
 
-    def __init__(self, cid, layer, hostname, volumes, oci_state=None, cgroups=()):
+    def __init__(self, cid, layer, hostname, volumes, oci_state=None, cgroups=(),
+                 id_maps=None, shifted_root=None):
         self.id, self.layer, self.hostname, self.lease = cid, layer, hostname, None
         self.volumes, self.oci_state, self.cgroups = volumes, oci_state, cgroups
+        self.id_maps, self.shifted_root, self.handles = id_maps, shifted_root, {}
 
     def state(self, status):
         """The OCI state the hooks read on stdin: the bundle's, with this
@@ -1941,25 +1984,33 @@ def create_container(paths, spec, cid, cgroups, parents=()):
                          "oom_kill_disable": bool(spec.resources.get("oom_kill_disable"))}}
     make_state_dirs(paths)
     volumes = spec.volumes
-    with state_lock(paths, "volumes.lock") if volumes else contextlib.suppress():
-        volumes, made = make_volumes(paths, spec.volumes)
-        record.update(mounts=mounts_of(volumes),
-                      anonymous_volumes=[v.name for v in volumes if v.anonymous])
-        try:
-            store_named_record(paths, spec.name, record)
-        except BaseException:
-            for name in made:
-                delete_volume(paths, name)
-            raise
+    # The ids of a user namespace are taken and recorded under one lock.
+    with state_lock(paths, "userns.lock") if spec.userns else contextlib.suppress():
+        maps = spec.userns and allocate_id_maps(spec.userns, read_records(paths))
+        record["id_maps"] = maps
+        with state_lock(paths, "volumes.lock") if volumes else contextlib.suppress():
+            volumes, made = make_volumes(paths, spec.volumes)
+            record.update(mounts=mounts_of(volumes),
+                          anonymous_volumes=[v.name for v in volumes if v.anonymous])
+            try:
+                store_named_record(paths, spec.name, record)
+            except BaseException:
+                for name in made:
+                    delete_volume(paths, name)
+                raise
     layer = paths.layer(cid)
-    for sub in ("upper", "work", "merged"):
+    for sub in ("upper", "work", "merged") + (("lower",) if maps else ()):
         os.makedirs(os.path.join(layer, sub), mode=0o700)
     # The overlay's root directory takes its owner and mode from upper/, so
-    # upper/ copies ROOTFS's own, or a non-root user could not enter "/".
+    # upper/ copies ROOTFS's own, or a non-root user could not enter "/";
+    # in a user namespace, as its map shows that owner.
     image_root = os.stat(spec.rootfs)
     upper = os.path.join(layer, "upper")
-    os.chown(upper, image_root.st_uid, image_root.st_gid)
+    os.chown(upper, *(owned_by(maps, image_root.st_uid, image_root.st_gid)))
     os.chmod(upper, stat.S_IMODE(image_root.st_mode))
+    for volume in volumes:  # a volume made for it is its root's, as the image's files are
+        if maps and volume.name in made:
+            os.chown(volume.source, *mapped_root(maps))
     save_spec(paths, cid, spec, volumes)
     return record, volumes, made
 
@@ -2756,7 +2807,9 @@ def plan_mounts(spec, etc_files=(), volumes=None):
         Mount("fs", "/proc", "proc", "proc", MS_NOSUID | MS_NOEXEC | MS_NODEV, kernel_fs=True),
         Mount("fs", "/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_STRICTATIME,
               "mode=755,size=65536k", kernel_fs=True),
-        Mount("devices", "/dev"),
+        # In a user namespace mknod(2) makes no device: the host's nodes are
+        # bound instead, as runc does.
+        Mount("devices", "/dev", data="bind" if spec.userns else None),
         # newinstance: a devpts of our own, so the container sees only its
         # own terminals; ptmxmode=0666 lets any user open /dev/ptmx in it;
         # gid=5 is the group `tty` of Debian's and Alpine's /etc/group, which
@@ -2873,14 +2926,16 @@ def fd_path(fd):
     return "/proc/self/fd/%d" % fd
 
 
-def mount_overlay(spec, layer):
+def mount_overlay(spec, layer, lower=None):
     """Mount the root: ROOTFS read-only below, layer/upper for writes. It is
     nodev (but under --privileged): a device node shipped in the image opens
     nothing through it. Volumes are made nodev the same way (apply_nodev), so
     nodes open in the fresh /dev tmpfs and in a `--tmpfs PATH:dev` only, and
-    the device cgroup of chapter 8 decides which of those open."""
+    the device cgroup of chapter 8 decides which of those open. `lower`: in
+    place of ROOTFS, ROOTFS as a user namespace's map shows it (chapter 7,
+    continued)."""
     merged = os.path.join(layer, "merged")
-    data = "lowerdir=%s,upperdir=%s/upper,workdir=%s/work" % (spec.rootfs, layer, layer)
+    data = "lowerdir=%s,upperdir=%s/upper,workdir=%s/work" % (lower or spec.rootfs, layer, layer)
     mount("overlay", merged, "overlay", root_flags(spec), data, shown=merged)
     return os.open(merged, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
@@ -2910,7 +2965,7 @@ def bind_root(rootfs):
 def apply_mounts(rootfd, plan):
     for step in plan:
         if step.kind == "devices":
-            populate_dev(rootfd)
+            populate_dev(rootfd, bind=step.data == "bind")
         elif step.kind == "nodev":
             apply_nodev(rootfd, step.target)
         elif step.kind == "copy-up":
@@ -2934,7 +2989,9 @@ def apply_mount(rootfd, step):
         raise MiniDockerError("rootfs: cannot make mount point %s: %s"
                               % (step.target, err.strerror))
     try:
-        if step.kind == "bind":
+        if step.kind == "bind" and isinstance(step.data, int):  # stage 1's copy (chapter 7)
+            move_mount(step.data, fd, step.target)
+        elif step.kind == "bind":
             mount(step.source, fd_path(fd), None, MS_BIND | step.flags & MS_REC,
                   shown=step.target)
         else:
@@ -3045,7 +3102,10 @@ def copy_up(rootfd, target, data):
     finally:
         os.close(found)
     try:
-        volume = os.open(data, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # (In a user namespace `data` is stage 1's handle, /proc/self/fd/N:
+        # a link that must be followed.)
+        volume = os.open(data, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC |
+                         (0 if data.startswith("/proc/self/fd/") else os.O_NOFOLLOW))
         try:
             fcntl.flock(volume, fcntl.LOCK_EX)
             if not os.listdir(volume):
@@ -3060,13 +3120,14 @@ def copy_up(rootfd, target, data):
         os.close(source)
 
 
-def copy_tree(source, destination):
+def copy_tree(source, destination, owner=None):
     """Copy the directory `source` into `destination` (two handles) with
     owners, modes, times and extended attributes. Without recursion: each
     level holds two handles, and its names are listed once. Every name is
     opened with O_NOFOLLOW in its parent's handle: a symlink is copied as
     a symlink, so `/data/x -> /etc/shadow` copies the link, not the host's
-    file, and a link in the destination is never written through."""
+    file, and a link in the destination is never written through.
+    `owner(st)`: the (uid, gid) a copy gets, by default the source's."""
     levels = [(os.dup(source), os.dup(destination), os.listdir(source), None)]
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
@@ -3085,16 +3146,16 @@ def copy_tree(source, destination):
                 os.mkdir(name, 0o700, dir_fd=dst)
                 inner = os.open(name, flags, dir_fd=src)
                 levels.append((inner, os.open(name, flags, dir_fd=dst), os.listdir(inner), st))
-                copy_attributes(inner, levels[-1][1], st)
+                copy_attributes(inner, levels[-1][1], st, owner)
             else:
-                copy_entry(src, dst, name, st)
+                copy_entry(src, dst, name, st, owner)
     finally:
         for src, dst, _, _ in levels:
             os.close(src)
             os.close(dst)
 
 
-def copy_entry(src, dst, name, st):
+def copy_entry(src, dst, name, st, owner=None):
     """One file, symlink, device node or FIFO (a socket is no content:
     skipped, as cp skips one it cannot open)."""
     if stat.S_ISREG(st.st_mode):
@@ -3105,7 +3166,7 @@ def copy_entry(src, dst, name, st):
             try:
                 while os.sendfile(writer, reader, None, 1 << 30):
                     pass
-                copy_attributes(reader, writer, st)
+                copy_attributes(reader, writer, st, owner)
                 os.utime(writer, ns=(st.st_atime_ns, st.st_mtime_ns))
             finally:
                 os.close(writer)
@@ -3118,15 +3179,16 @@ def copy_entry(src, dst, name, st):
         os.mknod(name, st.st_mode, st.st_rdev, dir_fd=dst)  # the umask is 0 (build_root)
     else:
         return
-    os.chown(name, st.st_uid, st.st_gid, dir_fd=dst, follow_symlinks=False)
+    os.chown(name, *(owner(st) if owner else (st.st_uid, st.st_gid)), dir_fd=dst,
+             follow_symlinks=False)
     os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst, follow_symlinks=False)
 
 
-def copy_attributes(source, destination, st):
+def copy_attributes(source, destination, st, owner=None):
     """Owner, then mode (chown(2) clears the set-id bits), then the
     extended attributes (a file capability too, which chown clears); one
     the volume's filesystem cannot keep (ENOTSUP) is left out."""
-    os.fchown(destination, st.st_uid, st.st_gid)
+    os.fchown(destination, *(owner(st) if owner else (st.st_uid, st.st_gid)))
     os.fchmod(destination, stat.S_IMODE(st.st_mode))
     for key in os.listxattr(source):
         try:
@@ -3209,14 +3271,18 @@ def shared_mount_holding(mountinfo, path):
     return holder if any(tag.startswith("shared:") for tag in tags) else None
 
 
-def populate_dev(rootfd):
+def populate_dev(rootfd, bind=False):
     """Fill the fresh /dev tmpfs: the six harmless devices, the /dev/fd and
     std* links, and mount points for pts, shm and mqueue. No host device is
-    reachable: there is no node for one."""
+    reachable: there is no node for one. With `bind` (a user namespace),
+    the host's six nodes are bound in place of new ones."""
     devfd = open_in_root(rootfd, "/dev", follow=False)
     try:
         for name, major, minor in DEVICES:
-            os.mknod(name, 0o666 | stat.S_IFCHR, os.makedev(major, minor), dir_fd=devfd)
+            if bind:
+                bind_host_node(devfd, name, "/dev/" + name)
+            else:
+                os.mknod(name, 0o666 | stat.S_IFCHR, os.makedev(major, minor), dir_fd=devfd)
         for name, target in DEV_LINKS:
             os.symlink(target, name, dir_fd=devfd)
         for name in ("pts", "shm", "mqueue"):
@@ -3225,10 +3291,23 @@ def populate_dev(rootfd):
         os.close(devfd)
 
 
-def make_devices(rootfd, devices):
+def bind_host_node(dirfd, name, host_path):
+    """A user namespace's device node: mknod(2) makes none there, and a
+    filesystem mounted in it opens none (SB_I_NODEV), so an empty file at
+    `name` gets the host's node bound onto it, as runc does."""
+    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o666, dir_fd=dirfd))
+    path = "%s/%s" % (fd_path(dirfd), name)
+    mount(host_path, path, None, MS_BIND, shown=host_path)
+    # nosuid and noexec, as the /dev tmpfs the nodes would be made in
+    mount(None, path, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC, shown=host_path)
+
+
+def make_devices(rootfd, devices, bind=False):
     """--device: each node at its path in the container's /dev (making the
     directories on the way, as for /dev/net/tun), with the host node's type,
-    numbers, mode and owner. Whether it opens is the device cgroup's say."""
+    numbers, mode and owner; with `bind` (a user namespace), the host's node
+    bound there. Whether it opens is the device cgroup's say."""
     for device in devices:
         try:
             parent = open_in_root(rootfd, os.path.dirname(device.path), create="dir",
@@ -3237,8 +3316,11 @@ def make_devices(rootfd, devices):
             raise MiniDockerError("--device %s: %s" % (device.path, err.strerror))
         name = os.path.basename(device.path)
         try:
-            os.mknod(name, device.mode, device.rdev, dir_fd=parent)
-            os.chown(name, device.uid, device.gid, dir_fd=parent, follow_symlinks=False)
+            if bind:
+                bind_host_node(parent, name, device.host or device.path)
+            else:
+                os.mknod(name, device.mode, device.rdev, dir_fd=parent)
+                os.chown(name, device.uid, device.gid, dir_fd=parent, follow_symlinks=False)
         except OSError as err:
             raise MiniDockerError("--device %s: mknod: %s" % (device.path, err.strerror))
         finally:
@@ -3393,6 +3475,379 @@ def join_namespace(path, nstype, kind):
         os.close(fd)
 
 
+# === 7. (continued) The user namespace: root inside, another uid outside ===
+# Without a user namespace, root in the container is the host's root, held
+# back by capabilities, masks and seccomp alone: one kernel bug from the
+# host. With --userns auto, --uidmap or --gidmap, the container gets a user
+# namespace of its own whose ids are a range of the host's: container id 0
+# is, say, host id 2147614720. The kernel checks every file and every
+# process by the host id, so a process that breaks out of everything else
+# is still a uid that owns nothing on the host; the capabilities the
+# container holds count only for what its user namespace owns (its mounts,
+# its network, its IPC, its hostname), never for the host's.
+#
+# The order is the kernel's (user_namespaces(7)): a namespace belongs to
+# the user namespace its maker was in, and only a process with
+# CAP_SYS_ADMIN in that owner can mount proc for a pid namespace or sysfs
+# for a network namespace. So the user namespace comes first and every
+# other namespace is made inside it. The pid namespace too: it cannot be
+# made by the parent as without one (start_container), so stage 1 makes
+# it and forks the container's init into it, and hands it over to the
+# parent, which adopts it as a child subreaper (enter_user_namespace).
+#
+# The image's files are owned by host root, which the container's
+# namespace does not map: inside they would read as nobody (65534), and
+# container root could not write its own /etc. Stage 1, still host root,
+# sees through an idmapped mount of ROOTFS instead (mount_setattr(2),
+# MOUNT_ATTR_IDMAP, Linux 5.12; as an overlay's lower layer, 5.19): a file
+# owned by host 0 shows as owned by the container's root, and what
+# container root writes lands in the writable layer as the mapped host id.
+# A filesystem that cannot be idmapped (tmpfs before Linux 6.3, 9p) gets a
+# copy of ROOTFS instead, its owners shifted by the map, made once per map
+# and kept (as podman keeps one per image and map): said in one line,
+# never a silently wrong owner.
+#
+# --userns auto takes a free range from the ids /etc/subuid and
+# /etc/subgid give the user "containers" (podman's convention), adding
+# one on first use, and no two containers (running or not: a stopped
+# one's layer is owned by its ids) ever hold overlapping ranges.
+
+USERNS_AUTO_SIZE = 65536          # --userns auto's ids: podman's default size
+SUBID_USER = "containers"
+SUBID_FIRST = 2147483648          # where a new "containers" range starts: the top half
+MAX_ID = 4294967294               # (uid_t)-1 is no id
+ID_MAP_LINES = 340                # the kernel's limit of lines in one map (Linux 4.15)
+SUBID_FILES = {"uid": "/etc/subuid", "gid": "/etc/subgid"}
+
+
+def parse_id_map(text, flag):
+    """--uidmap/--gidmap CONTAINER_ID:HOST_ID:SIZE (podman's form) -> a tuple."""
+    fields = text.split(":")
+    if len(fields) != 3 or not all(field.isdigit() for field in fields):
+        raise MiniDockerError("invalid %s %s: expected CONTAINER_ID:HOST_ID:SIZE"
+                              % (flag, quote(text)))
+    inside, outside, size = (int(field) for field in fields)
+    if size == 0 or max(inside, outside) + size - 1 > MAX_ID:
+        raise MiniDockerError("invalid %s %s: SIZE must be at least 1, and no id above %d"
+                              % (flag, quote(text), MAX_ID))
+    return inside, outside, size
+
+
+def check_id_map(entries, flag):
+    """A map as the kernel takes it: at most 340 lines, no two of them
+    overlapping inside or outside, and container root among its ids (the
+    container's first process is root)."""
+    if len(entries) > ID_MAP_LINES:
+        raise MiniDockerError("%s: %d ranges, more than the kernel's %d"
+                              % (flag, len(entries), ID_MAP_LINES))
+    for side, name in ((0, "container"), (1, "host")):
+        spans = sorted((entry[side], entry[side] + entry[2]) for entry in entries)
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            if start < end:
+                raise MiniDockerError("%s: two ranges overlap at %s id %d" % (flag, name, start))
+    if not any(inside == 0 for inside, _, _ in entries):
+        raise MiniDockerError("%s: container id 0 (root) must be mapped" % flag)
+    return entries
+
+
+def parse_userns(mode, uidmap, gidmap):
+    """--userns, --uidmap, --gidmap -> None (no user namespace: the host's,
+    Docker's default), {"size": N} (auto), or {"uid": map, "gid": map}. One
+    of the maps alone stands for both, as in podman."""
+    if uidmap or gidmap:
+        if mode not in (None, ""):
+            raise MiniDockerError("--userns %s and --uidmap/--gidmap conflict: the maps make a "
+                                  "user namespace of their own" % quote(mode))
+        uid = [parse_id_map(text, "--uidmap") for text in uidmap]
+        gid = [parse_id_map(text, "--gidmap") for text in gidmap]
+        return {"uid": check_id_map(uid or gid, "--uidmap"),
+                "gid": check_id_map(gid or uid, "--gidmap")}
+    if mode in (None, "", "host"):
+        return None
+    name, _, options = mode.partition(":")
+    if name != "auto":
+        raise MiniDockerError("invalid --userns %s: expected host, auto or auto:size=N"
+                              % quote(mode))
+    size = USERNS_AUTO_SIZE
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        if key != "size" or not value.isdigit() or not 0 < int(value) <= MAX_ID:
+            raise MiniDockerError("invalid --userns %s: its only option is size=N (N ids, "
+                                  "at least 1)" % quote(mode))
+        size = int(value)
+    return {"size": size}
+
+
+def check_userns_conflicts(userns, args, namespaces):
+    """What a user namespace cannot own: the host's devices (--privileged)
+    and the host's namespaces, whose mounts (proc, sysfs, mqueue) need
+    CAP_SYS_ADMIN where they belong. Docker asks for --userns=host there."""
+    if userns is None:
+        return
+    shared = [flag for kind, flag in NAMESPACE_FLAGS if namespaces[kind] == "host"
+              and kind != "cgroup"] + (["--network"] if args.network == "host" else [])
+    if args.privileged or shared:
+        raise MiniDockerError("%s and a user namespace conflict: its root cannot own what "
+                              "the host's root does (use --userns host)"
+                              % ("--privileged" if args.privileged else shared[0] + " host"))
+
+
+def subid_ranges(kind):
+    """The "containers" user's ranges in /etc/subuid or /etc/subgid, as
+    [(first, count)]; when it has none, one is added: the ids from
+    SUBID_FIRST (or above every range already given) to the last."""
+    path = SUBID_FILES[kind]
+    try:
+        text = read_text(path)
+    except FileNotFoundError:
+        text = ""
+    ranges, ends = [], [0]
+    for line in text.splitlines():
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+            ends.append(int(fields[1]) + int(fields[2]))
+            if fields[0] == SUBID_USER:
+                ranges.append((int(fields[1]), int(fields[2])))
+    if ranges:
+        return ranges
+    first = max(SUBID_FIRST, max(ends))
+    if first > MAX_ID:
+        raise MiniDockerError("--userns auto: %s has no ids left above its ranges for user %s"
+                              % (path, SUBID_USER))
+    line = "%s:%d:%d\n" % (SUBID_USER, first, MAX_ID + 1 - first)
+    with open(path, "a") as handle:
+        if text and not text.endswith("\n"):
+            handle.write("\n")
+        handle.write(line)
+    warn("--userns auto: %s had no ids for user %s: added %s" % (path, SUBID_USER, line.strip()))
+    return [(first, MAX_ID + 1 - first)]
+
+
+def free_id_range(ranges, taken, size):
+    """The lowest `size` ids inside `ranges` that overlap none of `taken`
+    ((first, count) pairs); None if there is no such span."""
+    for first, count in sorted(ranges):
+        candidate = first
+        for start, length in sorted(taken):
+            if start < candidate + size and candidate < start + length:
+                candidate = start + length
+        if candidate + size <= first + count:
+            return candidate
+    return None
+
+
+def allocate_id_maps(userns, records):
+    """A container's maps: --uidmap/--gidmap's as given, or for auto the
+    lowest free range of the "containers" ids, beside every range another
+    record holds. Under userns.lock (the caller's), the record stored in
+    it: two runs never take the same ids."""
+    if "size" not in userns:
+        return {"uid": userns["uid"], "gid": userns["gid"]}
+    maps = {}
+    for kind in ("uid", "gid"):
+        taken = [(outside, size) for record in records
+                 for _, outside, size in (record.get("id_maps") or {}).get(kind, [])]
+        first = free_id_range(subid_ranges(kind), taken, userns["size"])
+        if first is None:
+            raise MiniDockerError("--userns auto: no %d free %ss left in the ranges of user %s "
+                                  "in %s (%d containers hold ranges of their own)" % (
+                                      userns["size"], kind, SUBID_USER, SUBID_FILES[kind],
+                                      sum(1 for record in records if record.get("id_maps"))))
+        maps[kind] = [(0, first, userns["size"])]
+    return maps
+
+
+def host_id(entries, inside):
+    """A container id -> the host id the map makes it; None if unmapped."""
+    for first, outside, size in entries:
+        if first <= inside < first + size:
+            return outside + inside - first
+    return None
+
+
+def mapped_root(maps):
+    return host_id(maps["uid"], 0), host_id(maps["gid"], 0)
+
+
+def owned_by(maps, uid, gid):
+    """The host's owner of a file the container should see owned by
+    uid:gid (themselves without a user namespace). An id the map leaves
+    out is refused: the container would see nobody own it."""
+    if not maps:
+        return uid, gid
+    outside = host_id(maps["uid"], uid), host_id(maps["gid"], gid)
+    if None in outside:
+        raise MiniDockerError("ROOTFS is owned by %d:%d, which the user namespace's map "
+                              "leaves out" % (uid, gid))
+    return outside
+
+
+def shifted_root_path(paths, rootfs, maps):
+    """Where the shifted copy of ROOTFS for these maps is kept, if one is
+    needed (mount_mapped_overlay): one per ROOTFS and maps."""
+    import hashlib
+    key = json.dumps([os.path.realpath(rootfs), maps["uid"], maps["gid"]])
+    return os.path.join(paths.shifted, hashlib.sha256(key.encode()).hexdigest()[:32])
+
+
+def make_user_namespace(maps):
+    """A user namespace with the container's maps, as a descriptor. A
+    helper child unshares it and waits; we write its maps (as host root,
+    so any range the map names, in one write each, as the kernel requires)
+    and keep a handle on its namespace; then the helper goes. Writing the
+    gid map as host root (CAP_SETGID here) leaves setgroups(2) allowed in
+    the namespace, as the container's `-u` and --group-add need."""
+    ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
+    hold_read, hold_write = os.pipe2(os.O_CLOEXEC)
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.close(ready_read)
+            os.close(hold_write)
+            unshare(CLONE_NEWUSER)
+            os.write(ready_write, b"x")
+            os.read(hold_read, 1)  # until our maker closes its end
+        finally:
+            os._exit(0)
+    os.close(ready_write)
+    os.close(hold_read)
+    try:
+        if os.read(ready_read, 1) != b"x":
+            raise MiniDockerError("unshare(CLONE_NEWUSER) failed in the helper child")
+        for kind in ("uid", "gid"):
+            text = "".join("%d %d %d\n" % tuple(entry) for entry in maps[kind])
+            fd = os.open("/proc/%d/%s_map" % (helper, kind), os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                with failing_as("writing /proc/%d/%s_map" % (helper, kind)):
+                    os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        return os.open("/proc/%d/ns/user" % helper, os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_read)
+        os.close(hold_write)
+        os.waitpid(helper, 0)
+
+
+def enter_user_namespace(spec, instance, to_parent, from_parent):
+    """Stage 1 of a container with a user namespace, forked by the parent in
+    the host's namespaces (chapter 9). As host root still, in a mount
+    namespace of its own: make the user namespace, mount the overlay on
+    ROOTFS as the map shows it (mount_mapped_overlay). Then enter the user
+    namespace as its root, make the pid namespace inside it, and fork the
+    container's init there. This process tells the parent the init's pid
+    and ends; the parent, a child subreaper, adopts the init and says
+    "adopted" (only then may the init ask for the parent-death signal,
+    which binds to the parent of the moment). Returns in the init only."""
+    set_stage_name("md:[1:USERNS]")
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
+    unshare(CLONE_NEWNS)
+    mount(None, "/", None, MS_PRIVATE | MS_REC, shown="/ (propagation)")
+    userns = make_user_namespace(instance.id_maps)
+    note = mount_mapped_overlay(spec, instance, userns)
+    if note:
+        write_all(to_parent, b"note %s\n" % note.encode())
+    instance.handles = open_host_sources(spec, instance)
+    setns(userns, CLONE_NEWUSER, "the container's user namespace")
+    os.close(userns)
+    # Root of the namespace now: every capability there, none outside.
+    os.setresgid(0, 0, 0)
+    os.setgroups([])
+    os.setresuid(0, 0, 0)
+    unshare(CLONE_NEWPID)
+    init = os.fork()
+    if init != 0:
+        write_all(to_parent, b"pid %d\n" % init)
+        os._exit(0)
+    if read_line(from_parent, bytearray()) != b"adopted\n":
+        os._exit(EXIT_RUNTIME)
+
+
+def open_host_sources(spec, instance):
+    """Stage 1, as host root: a detached copy (open_tree(2)) of each mount
+    the container takes from the host: the overlay ("root"), and the
+    source of each bind and copy-up of the mount plan, by its index there
+    (the /etc files, the volumes, made when missing as `docker run -v`
+    makes them). The init, root of its user namespace only, could not
+    reach them by path through the state directories (0700, the host
+    root's) or a user's home, and a bind of a mount of the namespace it
+    came from (stage 1's) is refused (EINVAL); a detached copy it may
+    attach in its own (move_mount(2)), as runc passes mount sources to an
+    init in a user namespace. What the files allow is still the kernel's
+    say: a root-only file stays out of reach."""
+    handles = {"root": open_tree(os.path.join(instance.layer, "merged"))}
+    for index, step in enumerate(plan_mounts(spec, instance.etc_files, instance.volumes)):
+        if step.kind in ("bind", "copy-up"):
+            if not os.path.exists(step.source):
+                os.makedirs(step.source, 0o755)
+            handles[index] = open_tree(step.source, step.kind == "copy-up" or
+                                       bool(step.flags & MS_REC))
+    return handles
+
+
+def mount_mapped_overlay(spec, instance, userns):
+    """The overlay at layer/merged, its lower layer ROOTFS as the map shows
+    it: an idmapped mount of ROOTFS at layer/lower, or, where the kernel
+    refuses one (EINVAL: a filesystem without idmapped mounts, or an
+    overlay that takes no idmapped layer), the copy shifted_copy keeps.
+    Returns the one line that says so, or None."""
+    lower = os.path.join(instance.layer, "lower")
+    try:
+        tree = open_tree(spec.rootfs)
+        try:
+            mount_setattr(tree, MOUNT_ATTR_IDMAP, spec.rootfs + " (idmapped)", userns)
+            move_mount(tree, lower, lower)
+        finally:
+            os.close(tree)
+        mount_overlay(spec, instance.layer, lower)
+        return None
+    except SyscallError as err:
+        if err.errno not in (errno.EINVAL, errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        refusal = str(err)
+    copy = shifted_copy(spec.rootfs, instance.shifted_root, instance.id_maps)
+    mount_overlay(spec, instance.layer, copy)
+    return ("%s cannot be idmapped here (%s): the container's root is a copy with its "
+            "owners shifted by the map, kept in %s (remove it when ROOTFS changes)"
+            % (spec.rootfs, refusal, copy))
+
+
+def shifted_copy(rootfs, copy, maps):
+    """ROOTFS copied to `copy` once, every owner moved by the maps (an id
+    they do not map becomes the map's nobody, 65534, or its root). Made
+    under a temporary name and renamed: a run that dies halfway leaves no
+    half copy, and of two runs making the same one, one keeps its own."""
+    if os.path.isdir(copy):
+        return copy
+    temporary = "%s.tmp-%d" % (copy, os.getpid())
+    os.makedirs(os.path.dirname(copy), mode=0o700, exist_ok=True)
+    os.mkdir(temporary, 0o700)
+
+    def shift(entries, inside):
+        for candidate in (inside, 65534, 0):
+            if host_id(entries, candidate) is not None:
+                return host_id(entries, candidate)
+
+    def owner(st):
+        return shift(maps["uid"], st.st_uid), shift(maps["gid"], st.st_gid)
+
+    try:
+        source = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        destination = os.open(temporary, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            copy_tree(source, destination, owner)
+            copy_attributes(source, destination, os.fstat(source), owner)
+        finally:
+            os.close(source)
+            os.close(destination)
+        os.rename(temporary, copy)
+    except OSError as err:
+        remove_tree(temporary)
+        if not os.path.isdir(copy):
+            raise MiniDockerError("copying %s for the user namespace: %s" % (rootfs, err))
+    return copy
+
+
 # The sysctls a namespace of the container's own holds, as runc allows
 # them (libcontainer/configs/validate): the IPC ones, the network's (in a
 # network namespace of its own), and the UTS namespace's domain name. Any
@@ -3467,12 +3922,17 @@ NETNS_SYSCTLS = [("net/ipv4/ip_unprivileged_port_start", "0"),
                  ("net/ipv4/ping_group_range", "0 2147483647")]
 
 
-def set_network_sysctls():
+def set_network_sysctls(id_maps=None):
     """Write NETNS_SYSCTLS. A net sysctl file acts on the namespace of the
     process that opens it, so this runs in the child right after its
     unshare(CLONE_NEWNET), still through the host's /proc (the container's
-    /proc/sys is read-only)."""
+    /proc/sys is read-only). In a user namespace the kernel takes only a
+    ping range of groups its map has (EINVAL): 0 to the end of the range
+    that maps group 0."""
     for name, value in NETNS_SYSCTLS:
+        if id_maps and name.endswith("ping_group_range"):
+            value = "0 %d" % next(first + size - 1 for first, _, size in id_maps["gid"]
+                                  if first == 0)
         try:
             with open("/proc/sys/" + name, "w") as handle:
                 handle.write(value)
@@ -3793,11 +4253,13 @@ def device_rule_text(rule):
 
 
 class Device:
-    __slots__ = ("path", "mode", "rdev", "uid", "gid", "access")
+    """`host`: the host's node, bound in a user namespace (make_devices);
+    None: the one at `path`."""
+    __slots__ = ("path", "mode", "rdev", "uid", "gid", "access", "host")
 
-    def __init__(self, path, mode, rdev, uid, gid, access):
+    def __init__(self, path, mode, rdev, uid, gid, access, host=None):
         self.path, self.mode, self.rdev = path, mode, rdev
-        self.uid, self.gid, self.access = uid, gid, access
+        self.uid, self.gid, self.access, self.host = uid, gid, access, host
 
     def rule(self):
         """Its line in the device cgroup (chapter 8)."""
@@ -3836,7 +4298,7 @@ def parse_device(text):
     if not target.startswith("/dev/"):
         raise MiniDockerError("invalid --device %r: the container path must be in /dev, "
                               "where the container's device nodes open" % text)
-    return Device(target, st.st_mode, st.st_rdev, st.st_uid, st.st_gid, access)
+    return Device(target, st.st_mode, st.st_rdev, st.st_uid, st.st_gid, access, host)
 
 
 # <linux/bpf.h>: what a BPF_PROG_TYPE_CGROUP_DEVICE program is asked, in r1:
@@ -6803,7 +7265,7 @@ def child_stage(spec, instance, to_parent, from_parent, console):
             join_namespace(spec.network_plan["join"], CLONE_NEWNET, "net")
         unshare(child_namespaces(spec))
         if not host_network and spec.bundle is None:
-            set_network_sysctls()  # in our new namespace: never the host's
+            set_network_sysctls(instance.id_maps)  # in our new namespace: never the host's
         apply_sysctls(spec.sysctls)  # after Docker's defaults: a --sysctl of the same key wins
         set_oom_score_adj(spec.oom_score_adj)
         os.write(to_parent, b"ready\n")
@@ -6915,7 +7377,18 @@ def build_root(spec, instance, console):
     # mounted, or the mounts would be copied into the host's namespace
     # (mount_namespaces(7)).
     mount(None, "/", None, spec.propagation, shown="/ (propagation)")
-    if spec.bundle is None:
+    if spec.bundle is None and instance.id_maps:
+        # Stage 1's detached copies (open_host_sources): the overlay,
+        # attached on top of our "/" for pivot_root(2) to take (enter_root),
+        # and each bind's source, moved to its place (apply_mount).
+        rootfd = instance.handles["root"]
+        move_mount(rootfd, "/", "/ (the container's root)")
+        plan = [Mount(step.kind, step.target, fd_path(instance.handles[index]), step.fstype,
+                      step.flags, instance.handles[index] if step.kind == "bind" else step.data,
+                      step.kernel_fs) if index in instance.handles else step
+                for index, step in enumerate(plan_mounts(spec, instance.etc_files,
+                                                         instance.volumes))]
+    elif spec.bundle is None:
         rootfd = mount_overlay(spec, instance.layer)
         plan = plan_mounts(spec, instance.etc_files, instance.volumes)
     else:
@@ -6925,7 +7398,7 @@ def build_root(spec, instance, console):
     for step in plan:
         if step.kind == "cgroup" and spec.namespaces["cgroup"] != "private":
             bind_cgroup_dirs(rootfd, instance.cgroups, step.flags & MS_RDONLY)
-    make_devices(rootfd, spec.devices)
+    make_devices(rootfd, spec.devices, bind=instance.id_maps is not None)
     if spec.privileged:
         add_host_devices(rootfd)
     if console is not None:
@@ -7323,7 +7796,10 @@ def start_container(spec, instance, signals, join, prepare, console_socket=None)
         import _socket
         console, console_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     host_pid = spec.namespaces["pid"] == "host"
-    if spec.namespaces["pid"] == "private":
+    userns = instance.id_maps is not None
+    if userns:  # stage 1 makes the pid namespace, and forks the init we adopt
+        prctl(PR_SET_CHILD_SUBREAPER, 1, what="prctl(PR_SET_CHILD_SUBREAPER)")
+    elif spec.namespaces["pid"] == "private":
         unshare(CLONE_NEWPID)  # for the child we are about to fork
     else:  # a bundle's pid namespace by path, for the child alike
         join_namespaces(spec, ("pid",))
@@ -7337,6 +7813,8 @@ def start_container(spec, instance, signals, join, prepare, console_socket=None)
         try:
             if not spec.interactive and not spec.tty:
                 os.dup2(os.open("/dev/null", os.O_RDONLY), 0)  # `docker run` without -i
+            if userns:
+                enter_user_namespace(spec, instance, child_write, child_read)
             child_stage(spec, instance, child_write, child_read, console_peer)
         finally:
             # Whatever happens, the child never returns into our frames:
@@ -7354,12 +7832,14 @@ def start_container(spec, instance, signals, join, prepare, console_socket=None)
         # and until that is undone the kernel refuses us a thread (EINVAL:
         # a thread must share its process's pid namespace). Entering our
         # own pid namespace again undoes it.
-        if not host_pid:
+        if not host_pid and not userns:
             own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
             try:
                 setns(own, CLONE_NEWPID, "our own pid namespace")
             finally:
                 os.close(own)
+        if userns:
+            pid = adopt_init(pid, parent_read, parent_write, signals, pending, rest)
         joining = InThread(join, pid)
         try:
             try:
@@ -7397,6 +7877,30 @@ def start_container(spec, instance, signals, join, prepare, console_socket=None)
         if console is not None:
             console.close()
     return pid, master, pending
+
+
+def adopt_init(stage1, from_child, to_child, signals, pending, rest):
+    """The parent's side of enter_user_namespace: stage 1's note (a shifted
+    copy) kept for the user, the init's pid read, stage 1 reaped (its end
+    made the init our child: we are a child subreaper), and "adopted" said
+    to the init. Returns the init's pid."""
+    message = read_child_message(from_child, signals, pending, rest)
+    if message.startswith(b"note "):
+        warn(message[5:].decode(errors="replace").rstrip("\n"))
+        message = read_child_message(from_child, signals, pending, rest)
+    if not message.startswith(b"pid "):
+        raise_child_error(message)
+    init = int(message[4:])
+    os.waitpid(stage1, 0)
+    try:
+        if process_parent(init) != os.getpid():
+            raise MiniDockerError("the container's init (pid %d) ended during start-up" % init)
+        os.write(to_child, b"adopted\n")
+    except BaseException:
+        if process_parent(init) == os.getpid():
+            kill_and_reap(init)
+        raise
+    return init
 
 
 class InThread:
@@ -7464,7 +7968,8 @@ def kill_and_reap(pid):
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    os.waitpid(pid, 0)
+    with contextlib.suppress(ChildProcessError):  # reaped already (adopt_init's stage 1)
+        os.waitpid(pid, 0)
 
 
 def exit_code(status):
@@ -7680,9 +8185,13 @@ def run_container(spec, paths, report=None, cid=None, again=None):
     try:
         cgroups = create_cgroups(cgroup_plan, spec.resources)
         trace(spec.debug, "cgroups made, limits written")
-        instance = Instance(cid, layer, spec.hostname or cid[:12], volumes)
+        maps = record.get("id_maps")
+        instance = Instance(cid, layer, spec.hostname or cid[:12], volumes, id_maps=maps,
+                            shifted_root=maps and shifted_root_path(paths, spec.rootfs, maps))
         for source, _ in instance.etc_files:  # bound by the child, written by prepare()
             os.close(os.open(source, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            if maps:  # the container's root may edit them, as without a user namespace
+                os.chown(source, *mapped_root(maps))
 
         def prepare():  # 6., while the child starts and joins its cgroups
             lease = lease_network(paths, record, spec.network_plan) \
@@ -8418,8 +8927,10 @@ def open_namespaces(record):
     init is checked by its start time once they are open: a pid that ended
     and was reused would otherwise hand us a stranger's namespaces."""
     pid, opened = record["pid"], []
+    # A user namespace first: its root may then enter the others, its own.
+    kinds = ((("user", CLONE_NEWUSER),) if record.get("id_maps") else ()) + EXEC_NAMESPACES
     try:
-        for name, kind in EXEC_NAMESPACES:
+        for name, kind in kinds:
             path = "/proc/%d/ns/%s" % (pid, name)
             opened.append((os.open(path, os.O_RDONLY | os.O_CLOEXEC), kind, name))
         if process_start_time(pid) == record.get("pid_start"):
@@ -11151,6 +11662,14 @@ def build_parser():
                      help="host: share the host's IPC namespace and /dev/shm")
     run.add_argument("--uts", dest="uts_mode", metavar="MODE",
                      help="host: share the host's name (UTS namespace)")
+    run.add_argument("--userns", metavar="MODE",
+                     help="host (the default: container root is host root) or auto[:size=N] "
+                     "(a user namespace of N free ids of /etc/subuid's user containers)")
+    run.add_argument("--uidmap", action="append", default=[], metavar="CTR:HOST:N",
+                     help="a user namespace mapping N uids from CTR to HOST (also the gids "
+                     "without --gidmap)")
+    run.add_argument("--gidmap", action="append", default=[], metavar="CTR:HOST:N",
+                     help="... the gids (also the uids without --uidmap)")
     run.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE",
                      help="a namespaced sysctl: kernel.msg*, kernel.sem, kernel.shm*, "
                           "fs.mqueue.*, net.*, kernel.domainname")

@@ -359,7 +359,7 @@ def test_every_binding_checks_its_errors():
     explains."""
     bindings = [value for name, value in vars(md).items()
                 if isinstance(value, md._libc._FuncPtr)]
-    assert len(bindings) == 16
+    assert len(bindings) == 18
     assert all(binding.errcheck is md._fail_on_minus_one for binding in bindings)
     with pytest.raises(md.SyscallError) as raw:
         md._pivot_root(md.SYSCALLS["pivot_root"], b"/nonexistent/md", b"/nonexistent/md")
@@ -8752,3 +8752,272 @@ def test_oci_conformance_a_profile_refusing_getcwd_is_one_clear_line(oci_root, b
     assert created.err.startswith("minidocker: workdir /: getcwd: Operation not permitted (hint:")
     assert created.err.count("\n") == 1, created.err
     assert_no_oci_left(oci_root)
+
+
+# ---------------------------------------------------------------------------
+# user namespaces: --userns auto, --uidmap, --gidmap (root's remapped containers)
+# ---------------------------------------------------------------------------
+
+def test_userns_flags_as_podman_reads_them():
+    assert md.parse_userns(None, [], []) is None
+    assert md.parse_userns("host", [], []) is None
+    assert md.parse_userns("auto", [], []) == {"size": 65536}
+    assert md.parse_userns("auto:size=1024", [], []) == {"size": 1024}
+    assert md.parse_userns(None, ["0:100000:1000"], []) == \
+        {"uid": [(0, 100000, 1000)], "gid": [(0, 100000, 1000)]}  # one map stands for both
+    assert md.parse_userns("", ["0:100000:10", "10:200000:5"], ["0:300000:1"]) == \
+        {"uid": [(0, 100000, 10), (10, 200000, 5)], "gid": [(0, 300000, 1)]}
+    for mode, uidmap, message in [
+            ("keep-id", [], "invalid --userns 'keep-id': expected host, auto or auto:size=N"),
+            ("auto:size=0", [], "its only option is size=N"),
+            ("auto:uidmapping=0:1:1", [], "its only option is size=N"),
+            ("auto", ["0:1:1"], "--userns 'auto' and --uidmap/--gidmap conflict"),
+            (None, ["0:1"], "invalid --uidmap '0:1': expected CONTAINER_ID:HOST_ID:SIZE"),
+            (None, ["0:-1:5"], "expected CONTAINER_ID:HOST_ID:SIZE"),
+            (None, ["0:100:0"], "SIZE must be at least 1"),
+            (None, ["0:4294967290:10"], "no id above 4294967294"),
+            (None, ["1:100000:10"], "--uidmap: container id 0 (root) must be mapped"),
+            (None, ["0:100000:10", "5:300000:10"], "--uidmap: two ranges overlap at container id 5"),
+            (None, ["0:100000:10", "20:100005:10"], "two ranges overlap at host id 100005")]:
+        with pytest.raises(md.MiniDockerError, match=re.escape(message)):
+            md.parse_userns(mode, uidmap, [])
+
+
+def test_userns_auto_takes_the_lowest_free_range(tmp_path, monkeypatch):
+    """The ids of /etc/subuid's user "containers", added above every other
+    user's range when it has none; each container's range the lowest that
+    no record holds."""
+    files = {kind: tmp_path / kind for kind in ("uid", "gid")}
+    files["uid"].write_text("alice:100000:65536\nbob:4000000000:1000")  # no final newline
+    files["gid"].write_text("containers:500000:200000\n")
+    monkeypatch.setattr(md, "SUBID_FILES", {kind: str(path) for kind, path in files.items()})
+    monkeypatch.setattr(md, "WARNINGS", [])
+    records = [{"id_maps": {"uid": [(0, 4000001000, 100)], "gid": [(0, 500000, 65536)]}},
+               {"id_maps": None}, {}]
+    maps = md.allocate_id_maps({"size": 1000}, records)
+    assert maps == {"uid": [(0, 4000001100, 1000)], "gid": [(0, 565536, 1000)]}
+    added = "containers:4000001000:%d" % (md.MAX_ID + 1 - 4000001000)
+    assert files["uid"].read_text() == "alice:100000:65536\nbob:4000000000:1000\n%s\n" % added
+    assert md.WARNINGS == ["--userns auto: %s had no ids for user containers: added %s"
+                           % (files["uid"], added)]
+    assert md.free_id_range([(10, 100)], [(10, 50), (70, 10)], 20) == 80
+    assert md.free_id_range([(10, 100)], [(10, 50), (70, 10)], 31) is None
+    with pytest.raises(md.MiniDockerError, match=re.escape(
+            "--userns auto: no 200000 free gids left in the ranges of user containers in %s "
+            "(1 containers hold ranges of their own)" % files["gid"])):
+        md.allocate_id_maps({"size": 200000}, records)
+    assert md.allocate_id_maps({"uid": [(0, 7, 1)], "gid": [(0, 8, 1)]}, records) == \
+        {"uid": [(0, 7, 1)], "gid": [(0, 8, 1)]}
+
+
+@pytest.fixture
+def subids():
+    """/etc/subuid and /etc/subgid as the test found them, put back after;
+    meanwhile without a range for "containers", as on a fresh host."""
+    saved = {}
+    for path in md.SUBID_FILES.values():
+        try:
+            with open(path) as handle:
+                saved[path] = handle.read()
+        except FileNotFoundError:
+            saved[path] = None
+        with open(path, "w") as handle:
+            handle.writelines(line for line in (saved[path] or "").splitlines(True)
+                              if not line.startswith(md.SUBID_USER + ":"))
+    try:
+        yield
+    finally:
+        for path, text in saved.items():
+            if text is None:
+                os.unlink(path)
+            else:
+                with open(path, "w") as handle:
+                    handle.write(text)
+
+
+USERNS_PROBE = ("cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c '%u:%g %n' / /bin/sh "
+                "/etc/hosts /home/alice; grep -E '^Cap(Prm|Eff|Bnd)' /proc/self/status")
+
+
+@root
+def test_userns_auto_root_inside_is_a_free_range_outside(rootfs, subids, tmp_path):
+    """--userns auto: container root is the first id of a range of 65536
+    from "containers"' ids in /etc/subuid (added on first use, one line on
+    stderr); the image's files show their owners as on the host (root's
+    as root's, alice's as alice's); the capabilities are Docker's; a
+    second container running beside it gets the next range; a file
+    container root makes in a volume is the mapped id's on the host."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    volume.chmod(0o777)
+    first = sh(rootfs, USERNS_PROBE + "; touch /volume/made",
+               options=["--userns", "auto", "-v", "%s:/volume" % volume])
+    assert first.returncode == 0, first.err
+    lines = first.out.splitlines()
+    start = md.SUBID_FIRST
+    assert lines[:3] == ["%10d %10d %10d" % (0, start, 65536)] * 2 + ["0"]
+    assert lines[3:7] == ["0:0 /", "0:0 /bin/sh", "0:0 /etc/hosts", "1000:1000 /home/alice"]
+    plain = sh(rootfs, "grep -E '^Cap(Prm|Eff|Bnd)' /proc/self/status")
+    assert lines[7:] == plain.out.splitlines()
+    assert first.err.splitlines() == [
+        "minidocker: warning: --userns auto: /etc/sub%sid had no ids for user containers: "
+        "added containers:%d:%d" % (kind, start, md.MAX_ID + 1 - start) for kind in "ug"]
+    assert "containers:%d:" % start in open("/etc/subuid").read()
+    made = os.stat(str(volume / "made"))
+    assert (made.st_uid, made.st_gid) == (start, start)
+    with started(rootfs, "sleep", "60", options=["--userns", "auto:size=1000"]):
+        deadline = time.monotonic() + 20
+        while not records_now():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        beside = sh(rootfs, "cat /proc/self/uid_map", options=["--userns", "auto"],
+                    check_clean=False)
+        assert beside.out.split() == ["0", str(start + 1000), "65536"], beside.err
+        assert beside.err == ""
+
+
+@root
+def test_userns_uidmap_as_given_exec_and_a_start_again_keep_it(rootfs):
+    """--uidmap without --gidmap maps the gids alike; exec enters the user
+    namespace (its process has the init's map, and -u resolves as in the
+    init); stop and start again keep the map, and the layer's files
+    (owned by the mapped ids) stay the container's root's."""
+    maps = ["--uidmap", "0:3000000:2000", "--uidmap", "2000:3100000:1"]
+    cid = detach_run(rootfs, "sh", "-c", "[ -e /root-file ] || echo kept > /root-file; sleep 1000",
+                     options=maps + ["--name", "mapped"])
+    try:
+        expected = ("%10d %10d %10d\n" * 2) % (0, 3000000, 2000, 2000, 3100000, 1)
+        shown = minidocker("exec", "mapped", "cat", "/proc/self/uid_map", "/proc/self/gid_map")
+        assert shown.out == expected * 2, shown.err
+        alice = minidocker("exec", "-u", "alice", "mapped", "id")
+        assert alice.out == "uid=1000(alice) gid=1000(alice) groups=50(staff),1000(alice)\n"
+        layer_file = os.path.join(md.Paths().layer(cid), "upper/root-file")
+        deadline = time.monotonic() + 20
+        while not os.path.exists(layer_file):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert (os.stat(layer_file).st_uid, os.stat(layer_file).st_gid) == (3000000, 3000000)
+        assert minidocker("stop", "-t", "0", "mapped").returncode == 0
+        assert minidocker("start", "mapped").returncode == 0
+        again = minidocker("exec", "mapped", "sh", "-c", "echo more >> /root-file && "
+                           "cat /root-file /proc/self/uid_map")
+        assert again.out == "kept\nmore\n" + expected, again.err
+    finally:
+        minidocker("rm", "-f", "mapped")
+    assert_nothing_left()
+
+
+USERNS_SUID_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <errno.h>
+#include <string.h>
+int main(int argc, char **argv) {
+    printf("euid %d\n", (int)geteuid());
+    int fd = open(argv[1], O_RDONLY);
+    printf("open %s\n", fd < 0 ? strerror(errno) : "ok");
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def suid_image(rootfs, tmp_path_factory):
+    """The busybox rootfs with a setuid-root program of the image's own at
+    /bin/suid-open (it prints its euid and opens argv[1])."""
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is not installed (apt-get install gcc libc6-dev)")
+    work = tmp_path_factory.mktemp("suid-image")
+    image = work / "image"
+    subprocess.run(["cp", "-a", rootfs, str(image)], check=True)
+    (work / "suid.c").write_text(USERNS_SUID_C)
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(image / "bin/suid-open"),
+                    str(work / "suid.c")], check=True)
+    os.chmod(str(image / "bin/suid-open"), 0o4755)
+    return str(image)
+
+
+@root
+def test_escape_userns_root_is_nobody_to_the_host(suid_image, tmp_path):
+    """The attacks a user namespace stops, with CAP_SYS_ADMIN and
+    CAP_DAC_OVERRIDE given: a root-only host file bound in does not open
+    (not for container root, not for the image's setuid-root program,
+    which does make a non-root user container root); the host's root
+    block device, given with --device, does not mount; mknod makes no
+    device."""
+    secret = tmp_path / "secret"
+    secret.write_text("host secret\n")
+    secret.chmod(0o600)
+    device = os.stat("/").st_dev
+    uevent = "/sys/dev/block/%d:%d/uevent" % (os.major(device), os.minor(device))
+    if not os.path.exists(uevent):
+        pytest.fail("the host's root filesystem is on no block device (%s)" % uevent)
+    node = "/dev/" + dict(line.split("=", 1) for line in md.read_text(uevent).split())["DEVNAME"]
+    [fstype] = [line.split(" - ")[1].split()[0] for line in
+                md.read_text("/proc/self/mountinfo").splitlines() if line.split()[4] == "/"]
+    options = ["--uidmap", "0:3200000:65536", "--cap-add", "SYS_ADMIN", "--cap-add",
+               "DAC_READ_SEARCH", "-v", "%s:/secret" % secret, "--device",
+               "%s:/dev/hostroot" % node, "--security-opt", "seccomp=unconfined"]
+    result = sh(suid_image, "cat /secret; echo cat=$?; suid-open /secret; "
+                "su alice -c 'suid-open /secret'; mkdir /m; mount -t %s /dev/hostroot /m; "
+                "echo mount=$?; mknod /n b %d %d; echo mknod=$?" % (
+                    fstype, os.major(device), os.minor(device)), options=options)
+    assert result.returncode == 0, result.err
+    assert result.out.splitlines() == ["cat=1", "euid 0", "open Permission denied",
+                                       "euid 0", "open Permission denied", "mount=1",
+                                       "mknod=1"], result.out + result.err
+    assert result.err.splitlines() == ["cat: can't open '/secret': Permission denied",
+                                       "mount: permission denied (are you root?)",
+                                       "mknod: /n: Operation not permitted"]
+    plain = sh(suid_image, "su alice -c 'suid-open /secret'", options=["-v", "%s:/secret" % secret])
+    assert plain.out == "euid 0\nopen ok\n", plain.err  # without a user namespace: the host's root
+
+
+@root
+@pytest.mark.parametrize("flags, message", [
+    (["--userns", "auto", "--privileged"], "--privileged and a user namespace conflict"),
+    (["--uidmap", "0:100000:10", "--pid", "host"], "--pid host and a user namespace conflict"),
+    (["--userns", "auto", "--network", "host"], "--network host and a user namespace conflict"),
+    (["--userns", "nomap"], "invalid --userns 'nomap'"),
+    (["--gidmap", "0:1:2:3"], "invalid --gidmap '0:1:2:3'"),
+])
+def test_userns_bad_flags_are_one_line(rootfs, flags, message):
+    bad(["run", "--rm"] + flags + [rootfs, "true"], message)
+
+
+@root
+def test_userns_a_rootfs_that_cannot_be_idmapped_runs_from_a_shifted_copy(rootfs, tmp_path):
+    """ROOTFS on a filesystem without idmapped mounts (ramfs): one line
+    says so and where the copy is; the container sees the image's owners
+    as on the host all the same; the copy, made once, serves the next run
+    of the same map."""
+    ram = tmp_path / "ram"
+    ram.mkdir()
+    subprocess.run(["mount", "-t", "ramfs", "ramfs", str(ram)], check=True)
+    try:
+        image = ram / "image"
+        subprocess.run(["cp", "-a", rootfs, str(image)], check=True)
+        options = ["--uidmap", "0:3300000:65536"]
+        probe = "stat -c '%u:%g %n' / /bin/sh /home/alice; touch /made; ls -n /made"
+        first = sh(str(image), probe, options=options)
+        assert first.returncode == 0, first.err
+        assert first.out.splitlines()[:3] == ["0:0 /", "0:0 /bin/sh", "1000:1000 /home/alice"]
+        assert first.out.splitlines()[3].split()[2:4] == ["0", "0"], first.out  # ls -n /made
+        [note] = first.err.splitlines()
+        copy = os.path.join(os.environ["MINIDOCKER_ROOT"], "lib/userns",
+                            md.shifted_root_path(md.Paths(), str(image), {
+                                "uid": [(0, 3300000, 65536)], "gid": [(0, 3300000, 65536)]})
+                            .rsplit("/", 1)[1])
+        assert note == ("minidocker: warning: %s cannot be idmapped here (mount_setattr(%s "
+                        "(idmapped)): Invalid argument): the container's root is a copy with its "
+                        "owners shifted by the map, kept in %s (remove it when ROOTFS changes)"
+                        % (image, image, copy))
+        st = os.stat(os.path.join(copy, "home/alice"))
+        assert (st.st_uid, st.st_gid) == (3301000, 3301000)
+        made = os.stat(copy).st_ino
+        again = sh(str(image), "stat -c '%u:%g %n' /bin/sh", options=options)
+        assert again.out == "0:0 /bin/sh\n" and os.stat(copy).st_ino == made
+        md.remove_tree(copy)
+    finally:
+        subprocess.run(["umount", str(ram)], check=True)
