@@ -1332,6 +1332,7 @@ def oci_spec(config, bundle):
                 annotations=config_field(config, "annotations", dict, "", {}))
     spec.rootfs = oci_root(config, bundle, spec)
     spec.namespaces, spec.network_plan = oci_namespaces(linux)
+    spec.userns = oci_id_maps(linux, spec.namespaces.pop("user") == "private", spec.namespaces)
     oci_process(process, spec)
     for field in ("hostname", "domainname"):
         name = config_field(config, field, str, "") or None
@@ -1341,7 +1342,7 @@ def oci_spec(config, bundle):
     for key, value in sorted(config_field(linux, "sysctl", dict, "linux.", {}).items()):
         spec.sysctls.append(parse_sysctl("%s=%s" % (key, value), spec.namespaces,
                                          spec.network_plan["mode"], "linux.sysctl"))
-    spec.mount_plan, spec.devices = oci_mounts(config, linux, bundle)
+    spec.mount_plan, spec.devices = oci_mounts(config, linux, bundle, spec.userns is not None)
     resources = config_field(linux, "resources", dict, "linux.", {})
     spec.resources = oci_resources(resources)
     rules = oci_device_rules(config_field(resources, "devices", list, "linux.resources.", []),
@@ -1363,7 +1364,7 @@ def oci_spec(config, bundle):
     spec.seccomp, spec.notes = oci_seccomp(linux, spec)
     spec.personality = oci_personality(linux)
     spec.hooks = oci_hooks(config)
-    for field in ("intelRdt", "uidMappings", "gidMappings", "timeOffsets", "mountLabel"):
+    for field in ("intelRdt", "timeOffsets", "mountLabel"):
         if linux.get(field):
             raise config_error("linux." + field, "not supported by minidocker")
     return spec
@@ -1385,7 +1386,8 @@ def oci_namespaces(linux):
     """linux.namespaces -> (spec.namespaces, spec.network_plan). A kind
     listed without a path is new, with one it is joined, and one not listed
     is the runtime's own."""
-    modes = {"pid": "host", "ipc": "host", "uts": "host", "cgroup": "host", "net": "host"}
+    modes = {"pid": "host", "ipc": "host", "uts": "host", "cgroup": "host", "net": "host",
+             "user": "host"}
     listed = set()
     for entry in config_field(linux, "namespaces", list, "linux.", []):
         kind = entry.get("type") if isinstance(entry, dict) else None
@@ -1396,9 +1398,9 @@ def oci_namespaces(linux):
             raise config_error("linux.namespaces", "%s is listed twice" % kind)
         listed.add(kind)
         path = config_field(entry, "path", str, "linux.namespaces[%s]." % kind)
-        if kind in ("user", "time"):
-            raise config_error("linux.namespaces", "a %s namespace is not supported by "
-                               "minidocker" % kind)
+        if kind == "time" or kind == "user" and path:
+            raise config_error("linux.namespaces", "%s is not supported by minidocker" % (
+                "joining a user namespace (path %s)" % path if path else "a time namespace"))
         if kind == "mount":
             if path:
                 raise config_error("linux.namespaces", "joining a mount namespace (path "
@@ -1414,6 +1416,38 @@ def oci_namespaces(linux):
     plan = plan_network("none" if network == "private" else "host", None, None, [], [], [])
     plan["join"] = network if network not in ("host", "private") else None
     return modes, plan
+
+
+def oci_id_maps(linux, user, namespaces):
+    """linux.uidMappings and gidMappings -> spec.userns (chapter 7,
+    continued), for a new user namespace and only for one, as runc reads
+    them. The namespaces it makes are its own: the pid namespace must be
+    new, and a cgroup namespace is new or the runtime's."""
+    maps = {}
+    for kind, field in (("uid", "uidMappings"), ("gid", "gidMappings")):
+        maps[kind] = []
+        for index, entry in enumerate(config_field(linux, field, list, "linux.", [])):
+            where = "linux.%s[%d]" % (field, index)
+            values = [config_field(entry, key, int, where + ".") if isinstance(entry, dict)
+                      else None for key in ("containerID", "hostID", "size")]
+            if None in values or min(values) < 0 or values[2] == 0:
+                raise config_error(where, "expected containerID, hostID and size, numbers "
+                                   "(size at least 1)")
+            maps[kind].append(tuple(values))
+        if maps[kind] and not user:
+            raise config_error("linux." + field, "needs a new user namespace (linux.namespaces "
+                               "lists none)")
+    if not user:
+        return None
+    for kind in ("uid", "gid"):
+        if not maps[kind]:
+            raise config_error("linux.%sMappings" % kind, "missing: a new user namespace needs "
+                               "both uidMappings and gidMappings")
+        check_id_map(maps[kind], "linux.%sMappings" % kind)
+    if namespaces["pid"] != "private" or namespaces["cgroup"] not in ("private", "host"):
+        raise config_error("linux.namespaces", "a new user namespace needs a new pid namespace, "
+                           "and a cgroup namespace new or the runtime's")
+    return maps
 
 
 def oci_process(process, spec):
@@ -1511,7 +1545,7 @@ def parse_mount_options(options, where):
     return flags, propagation, ",".join(data) or None
 
 
-def oci_mounts(config, linux, bundle):
+def oci_mounts(config, linux, bundle, userns=False):
     """mounts, linux.devices, maskedPaths and readonlyPaths -> (the mount
     plan, [Device]). A tmpfs at /dev gets the standard nodes and links
     right after it (populate_dev), as runc makes them; a cgroup mount is
@@ -1545,7 +1579,7 @@ def oci_mounts(config, linux, bundle):
             plan.append(Mount("fs", target, source or fstype, fstype, flags | propagation, data,
                               kernel_fs=fstype in ("proc", "sysfs")))
             if target == "/dev" and fstype == "tmpfs":
-                plan.append(Mount("devices", "/dev"))
+                plan.append(Mount("devices", "/dev", data="bind" if userns else None))
     devices = [oci_device(entry, index) for index, entry in
                enumerate(config_field(linux, "devices", list, "linux.", []))]
     plan += [Mount("mask", absolute_path(p)) for p in
@@ -2944,6 +2978,13 @@ def root_flags(spec):
     return 0 if spec.privileged or spec.bundle is not None else MS_NODEV
 
 
+def mount_plan_of(spec, instance):
+    """The plan build_root carries out: `run`'s (plan_mounts), or a bundle's."""
+    if spec.bundle is not None:
+        return spec.mount_plan
+    return plan_mounts(spec, instance.etc_files, instance.volumes)
+
+
 def bind_root(rootfs):
     """A bundle's root: its directory bound onto itself, so that it is a
     mount, which pivot_root(2) needs of the new root.
@@ -3297,10 +3338,7 @@ def bind_host_node(dirfd, name, host_path):
     `name` gets the host's node bound onto it, as runc does."""
     os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o666, dir_fd=dirfd))
-    path = "%s/%s" % (fd_path(dirfd), name)
-    mount(host_path, path, None, MS_BIND, shown=host_path)
-    # nosuid and noexec, as the /dev tmpfs the nodes would be made in
-    mount(None, path, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC, shown=host_path)
+    mount(host_path, "%s/%s" % (fd_path(dirfd), name), None, MS_BIND, shown=host_path)
 
 
 def make_devices(rootfd, devices, bind=False):
@@ -3316,7 +3354,7 @@ def make_devices(rootfd, devices, bind=False):
             raise MiniDockerError("--device %s: %s" % (device.path, err.strerror))
         name = os.path.basename(device.path)
         try:
-            if bind:
+            if bind and not stat.S_ISFIFO(device.mode):
                 bind_host_node(parent, name, device.host or device.path)
             else:
                 os.mknod(name, device.mode, device.rdev, dir_fd=parent)
@@ -3744,10 +3782,16 @@ def enter_user_namespace(spec, instance, to_parent, from_parent):
     unshare(CLONE_NEWNS)
     mount(None, "/", None, MS_PRIVATE | MS_REC, shown="/ (propagation)")
     userns = make_user_namespace(instance.id_maps)
-    note = mount_mapped_overlay(spec, instance, userns)
-    if note:
-        write_all(to_parent, b"note %s\n" % note.encode())
+    if spec.bundle is None:
+        note = mount_mapped_overlay(spec, instance, userns)
+        if note:
+            write_all(to_parent, b"note %s\n" % note.encode())
     instance.handles = open_host_sources(spec, instance)
+    # A bundle's namespaces given by path are the host's root's to join:
+    # joined now, they are the init's (child_stage leaves them be).
+    join_namespaces(spec, ("ipc", "uts"))
+    if spec.network_plan.get("join"):
+        join_namespace(spec.network_plan["join"], CLONE_NEWNET, "net")
     setns(userns, CLONE_NEWUSER, "the container's user namespace")
     os.close(userns)
     # Root of the namespace now: every capability there, none outside.
@@ -3775,8 +3819,9 @@ def open_host_sources(spec, instance):
     attach in its own (move_mount(2)), as runc passes mount sources to an
     init in a user namespace. What the files allow is still the kernel's
     say: a root-only file stays out of reach."""
-    handles = {"root": open_tree(os.path.join(instance.layer, "merged"))}
-    for index, step in enumerate(plan_mounts(spec, instance.etc_files, instance.volumes)):
+    handles = {"root": open_tree(spec.rootfs if spec.bundle is not None else
+                                 os.path.join(instance.layer, "merged"))}
+    for index, step in enumerate(mount_plan_of(spec, instance)):
         if step.kind in ("bind", "copy-up"):
             if not os.path.exists(step.source):
                 os.makedirs(step.source, 0o755)
@@ -7260,9 +7305,10 @@ def child_stage(spec, instance, to_parent, from_parent, console):
             os.setsid()  # with -t, attach_terminal does it
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
         host_network = spec.network_plan["mode"] == "host"
-        join_namespaces(spec, ("ipc", "uts"))
-        if spec.network_plan.get("join"):
-            join_namespace(spec.network_plan["join"], CLONE_NEWNET, "net")
+        if not instance.id_maps:  # (else joined by stage 1, outside the user namespace)
+            join_namespaces(spec, ("ipc", "uts"))
+            if spec.network_plan.get("join"):
+                join_namespace(spec.network_plan["join"], CLONE_NEWNET, "net")
         unshare(child_namespaces(spec))
         if not host_network and spec.bundle is None:
             set_network_sysctls(instance.id_maps)  # in our new namespace: never the host's
@@ -7377,17 +7423,17 @@ def build_root(spec, instance, console):
     # mounted, or the mounts would be copied into the host's namespace
     # (mount_namespaces(7)).
     mount(None, "/", None, spec.propagation, shown="/ (propagation)")
-    if spec.bundle is None and instance.id_maps:
-        # Stage 1's detached copies (open_host_sources): the overlay,
-        # attached on top of our "/" for pivot_root(2) to take (enter_root),
-        # and each bind's source, moved to its place (apply_mount).
+    if instance.id_maps:
+        # Stage 1's detached copies (open_host_sources): the root (the
+        # overlay, or a bundle's directory), attached on top of our "/" for
+        # pivot_root(2) to take (enter_root), and each bind's source, moved
+        # to its place (apply_mount).
         rootfd = instance.handles["root"]
         move_mount(rootfd, "/", "/ (the container's root)")
         plan = [Mount(step.kind, step.target, fd_path(instance.handles[index]), step.fstype,
                       step.flags, instance.handles[index] if step.kind == "bind" else step.data,
                       step.kernel_fs) if index in instance.handles else step
-                for index, step in enumerate(plan_mounts(spec, instance.etc_files,
-                                                         instance.volumes))]
+                for index, step in enumerate(mount_plan_of(spec, instance))]
     elif spec.bundle is None:
         rootfd = mount_overlay(spec, instance.layer)
         plan = plan_mounts(spec, instance.etc_files, instance.volumes)
@@ -8928,11 +8974,18 @@ def open_namespaces(record):
     and was reused would otherwise hand us a stranger's namespaces."""
     pid, opened = record["pid"], []
     # A user namespace first: its root may then enter the others, its own.
+    # One the container shares with us (a bundle's cgroup namespace not
+    # listed) is left out: the user namespace's root may not enter the
+    # host's, and is in it already.
     kinds = ((("user", CLONE_NEWUSER),) if record.get("id_maps") else ()) + EXEC_NAMESPACES
     try:
         for name, kind in kinds:
             path = "/proc/%d/ns/%s" % (pid, name)
             opened.append((os.open(path, os.O_RDONLY | os.O_CLOEXEC), kind, name))
+            theirs, ours = os.fstat(opened[-1][0]), os.stat("/proc/self/ns/" + name)
+            if record.get("id_maps") and (ours.st_dev, ours.st_ino) == \
+                    (theirs.st_dev, theirs.st_ino):
+                os.close(opened.pop()[0])
         if process_start_time(pid) == record.get("pid_start"):
             return opened
     except (FileNotFoundError, ProcessLookupError):  # the init has ended
@@ -10682,11 +10735,13 @@ def runc_create(args, foreground=False):
         made = create_cgroups(plan, spec.resources)
         if not foreground:
             os.mkfifo(state.fifo, 0o622)
+            if spec.userns:  # the init reopens it as its user namespace's root, as runc's does
+                os.chown(state.fifo, *mapped_root(spec.userns))
             spec.exec_fifo = os.open(state.fifo, O_PATH | os.O_CLOEXEC)
         if args.console_socket:
             console = connect_console_socket(args.console_socket)
         instance = Instance(state.id, None, spec.hostname, [], state.oci("creating"),
-                            cgroup_view_dirs(plan, layout))
+                            cgroup_view_dirs(plan, layout), id_maps=spec.userns)
         signals = SignalPipe()
         pid, master, pending = start_container(
             spec, instance, signals, lambda child: join_cgroups(made, child), lambda: None,
@@ -11032,7 +11087,8 @@ def runc_exec(args):
     spec.detach, spec.init = args.detach, True
     spec.tied = not args.detach
     record = {"id": state.id, "pid": state.data["pid"], "pid_start": state.data["pid_start"],
-              "cgroups": [p for p in state.data["cgroups"] if os.path.isdir(p)]}
+              "cgroups": [p for p in state.data["cgroups"] if os.path.isdir(p)],
+              "id_maps": spec.userns}
     pid_file = os.path.abspath(args.pid_file) if args.pid_file else None
     console = connect_console_socket(args.console_socket) if args.console_socket else None
     return exec_in_container(record, spec, console_socket=console, started=lambda pid: (

@@ -9021,3 +9021,110 @@ def test_userns_a_rootfs_that_cannot_be_idmapped_runs_from_a_shifted_copy(rootfs
         md.remove_tree(copy)
     finally:
         subprocess.run(["umount", str(ram)], check=True)
+
+
+@root
+def test_net_a_remapped_container_on_the_bridge(rootfs, sandbox):
+    """A user namespace's container on the bridge: its network namespace
+    is its user namespace's, yet the host still gives it its veth and
+    address; it reaches the gateway and a neighbour without a user
+    namespace, and its root, given CAP_NET_ADMIN, sets up its own network
+    without reaching the host's."""
+    server = sandbox.start("run", "--rm", rootfs, "sh", "-c", "tail -n1 /etc/hosts; nc -l -p 5000")
+    try:
+        address = container_address(server.stdout.readline().decode())
+        client = sandbox.run("run", "--rm", "--uidmap", "0:3400000:65536", "--cap-add",
+                             "NET_ADMIN", rootfs, "sh", "-c",
+                             "cat /proc/self/uid_map; ping -c1 -W5 10.0.0.1 >/dev/null && "
+                             "echo hello >/tmp/m && nc %s 5000 </tmp/m && ip addr add "
+                             "192.0.2.7/32 dev eth0 && ip -o addr show eth0 | grep -c 192.0.2.7"
+                             % address)
+        assert client.returncode == 0, client.out + client.err
+        assert client.out.split() == ["0", "3400000", "65536", "1"], client.out
+        assert server.wait(timeout=30) == 0
+        assert server.stdout.read() == b"hello\n"
+        assert "192.0.2.7" not in sandbox.sh("ip -o addr")
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+        server.stdout.close()
+        server.stderr.close()
+    assert_network_gone(sandbox)
+
+
+@root
+def test_oci_a_user_namespace_reads_the_same_under_runc(tmp_path, rootfs, oci_root, runc_link):
+    """A bundle with a user namespace (linux.uidMappings and gidMappings,
+    its root chowned to the map, as podman prepares one): runc and
+    minidocker-runc print the same maps, identity, capability sets, mounts
+    and cgroups; exec enters it. Its directory sits where the mapped root
+    may search, as runc needs (runc mounts the root by path from inside)."""
+    place = tempfile.mkdtemp(prefix="mdtest-userns-", dir="/tmp")
+    try:
+        os.chmod(place, 0o711)
+        bundle = os.path.join(place, "bundle")
+        os.mkdir(bundle)
+        shutil.copytree(rootfs, os.path.join(bundle, "rootfs"), symlinks=True)
+        for top, dirs, files in os.walk(os.path.join(bundle, "rootfs")):
+            for name in [top] + [os.path.join(top, entry) for entry in dirs + files]:
+                st = os.lstat(name)
+                os.lchown(name, st.st_uid + 3500000, st.st_gid + 3500000)
+                if not stat.S_ISLNK(st.st_mode):
+                    os.chmod(name, stat.S_IMODE(st.st_mode))
+        subprocess.run(["runc", "spec", "--bundle", bundle], check=True)
+
+        def change(config):
+            config["process"].update(terminal=False, args=["/bin/sh", "-c", OCI_PROBE +
+                                                           "cat /proc/self/uid_map /proc/self/gid_map"])
+            config["linux"]["namespaces"].append({"type": "user"})
+            for field in ("uidMappings", "gidMappings"):
+                config["linux"][field] = [{"containerID": 0, "hostID": 3500000, "size": 65536}]
+        edit_config(bundle, change)
+        reference = subprocess.run(["runc", "--root", str(tmp_path / "runc"), "run", "--bundle",
+                                    bundle, "mdtest-ref-%d" % os.getpid()], capture_output=True,
+                                   text=True, stdin=subprocess.DEVNULL, timeout=60)
+        assert reference.returncode == 0, reference.stderr
+        ours = oci(oci_root, "run", "--bundle", bundle, "mapped", runtime=runc_link)
+        assert ours.returncode == 0, ours.err
+        assert ours.out == reference.stdout
+        assert ours.out.endswith(("%10d %10d %10d\n" % (0, 3500000, 65536)) * 2)
+        edit_config(bundle, lambda c: c["process"].update(args=["sleep", "60"]))
+        detached = oci(oci_root, "run", "--detach", "--bundle", bundle, "mapped")
+        assert detached.returncode == 0, detached.err
+        joined = oci(oci_root, "exec", "mapped", "cat", "/proc/self/uid_map")
+        assert joined.out == "%10d %10d %10d\n" % (0, 3500000, 65536), joined.err
+    finally:
+        oci(oci_root, "delete", "--force", "mapped")
+        shutil.rmtree(place)
+    assert_no_oci_left(oci_root)
+
+
+@root
+def test_userns_auto_as_podman_maps_it(tmp_path, rootfs, runc_link, subids):
+    """podman run --userns=auto:size=65536, an image made of the busybox
+    rootfs, through runc and through minidocker-runc, and `minidocker run
+    --userns auto` on the rootfs itself: one map (the first range of
+    "containers"' ids), the same capabilities, the image's owners."""
+    probe = "cat /proc/self/uid_map /proc/self/gid_map; grep ^Cap /proc/self/status; " \
+        "stat -c '%u:%g %n' / /bin/sh /home/alice"
+    ours = sh(rootfs, probe, options=["--userns", "auto"])  # adds "containers" to /etc/subuid
+    assert ours.returncode == 0, ours.err
+    image = "localhost/mdtest-userns-%d:1" % os.getpid()
+    archive = tmp_path / "rootfs.tar"
+    subprocess.run(["tar", "-C", rootfs, "-cf", str(archive), "."], check=True)
+    outputs = []
+    try:
+        for runtime in ("runc", runc_link):
+            with podman_with(runtime, tmp_path) as podman:
+                if not outputs:
+                    imported = podman("import", "-q", str(archive), image)
+                    assert imported.returncode == 0, imported.stderr
+                result = podman("run", "--rm", "--network", "none", "--userns=auto:size=65536",
+                                image, "sh", "-c", probe, stdin=subprocess.DEVNULL)
+                assert result.returncode == 0, result.stderr
+                outputs.append(result.stdout)
+    finally:
+        subprocess.run(["podman", "rmi", "-f", image], capture_output=True, timeout=120)
+    assert outputs == [ours.out] * 2
+    assert ours.out.startswith(("%10d %10d %10d\n" % (0, md.SUBID_FIRST, 65536)) * 2)
