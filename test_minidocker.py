@@ -49,7 +49,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import minidocker as md  # noqa: E402
 
-MINIDOCKER = [sys.executable, os.path.join(HERE, "minidocker.py")]
+SINGLE_FILE = [sys.executable, os.path.join(HERE, "minidocker.py")]
+# How the tests run minidocker: as root, the launcher `install` writes
+# (installed_minidocker), which loads the file's cached bytecode: the
+# single file is compiled at every start (0.26 s more per command here, ten
+# times that in the cgroup-v2 VM). Tests of the single file itself use
+# SINGLE_FILE.
+MINIDOCKER = list(SINGLE_FILE)
 IS_ROOT = os.geteuid() == 0
 root = pytest.mark.skipif(not IS_ROOT, reason="needs root to start containers")
 
@@ -59,6 +65,21 @@ DOCKER_DEFAULT_CAPS = 0x00000000A80425FB  # CapBnd of a `docker run` container
 # ---------------------------------------------------------------------------
 # fixtures
 # ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session", autouse=True)
+def installed_minidocker(tmp_path_factory):
+    """As root, minidocker installed once for the session; MINIDOCKER is its
+    launcher meanwhile."""
+    if not IS_ROOT:
+        yield
+        return
+    prefix = str(tmp_path_factory.mktemp("installed"))
+    subprocess.run(SINGLE_FILE + ["install", "--prefix", prefix], check=True,
+                   stdout=subprocess.DEVNULL, timeout=60)
+    MINIDOCKER[:] = [os.path.join(prefix, "bin", "minidocker")]
+    yield
+    MINIDOCKER[:] = SINGLE_FILE
+
 
 @pytest.fixture(scope="session")
 def state(tmp_path_factory):
@@ -1072,7 +1093,7 @@ def test_non_root_gets_a_clear_error(tmp_path):
         preexec = None
     # The system python: pyenv's, under /root, is out of reach of nobody.
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    result = subprocess.run([python] + MINIDOCKER[1:] + ["run", "--network=none", str(tmp_path), "sh"],
+    result = subprocess.run([python] + SINGLE_FILE[1:] + ["run", "--network=none", str(tmp_path), "sh"],
                             preexec_fn=preexec,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, timeout=30, cwd="/",
@@ -7754,17 +7775,12 @@ def assert_no_oci_left(root):
 
 
 @pytest.fixture(scope="session")
-def installed_runc(tmp_path_factory):
-    """minidocker installed once for the session, as `install` does it; its
-    minidocker-runc link is what oci() runs."""
-    prefix = str(tmp_path_factory.mktemp("prefix"))
-    subprocess.run(MINIDOCKER + ["install", "--prefix", prefix], check=True,
-                   stdout=subprocess.DEVNULL, timeout=60)
-    INSTALLED_RUNC[:] = [os.path.join(prefix, "bin", "minidocker-runc")]
+def installed_runc(installed_minidocker):
+    """The minidocker-runc link of the session's install
+    (installed_minidocker): what oci() runs."""
+    INSTALLED_RUNC[:] = [os.path.join(os.path.dirname(MINIDOCKER[0]), "minidocker-runc")]
     yield INSTALLED_RUNC[0]
     del INSTALLED_RUNC[:]
-    subprocess.run(MINIDOCKER + ["uninstall", "--prefix", prefix], check=True,
-                   stdout=subprocess.DEVNULL, timeout=60)
 
 
 @pytest.fixture
