@@ -275,7 +275,7 @@ DEVPTS_SUPER_MAGIC = 0x1cd1
 
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
-PR_SET_DUMPABLE = 4
+PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
 PR_SET_KEEPCAPS = 8
 PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
@@ -524,7 +524,7 @@ def personality(domain):
 
 def prctl(option, arg2=0, what="prctl", arg3=0):
     with failing_as(what):
-        _prctl(option, arg2, arg3, 0, 0)
+        return _prctl(option, arg2, arg3, 0, 0)
 
 
 # <asm-generic/resource.h>: the resources of setrlimit(2), by the names
@@ -1195,8 +1195,14 @@ def build_spec(args, seccomp_cache=None):
         if targets.count(target) > 1:  # one would hide the other, as Docker says
             raise MiniDockerError("duplicate mount point: %s (-v and --mount)" % target)
     namespaces = parse_namespace_modes(args, caps)
-    userns = parse_userns(args.userns, args.uidmap, args.gidmap)
+    rootless = os.geteuid() != 0
+    # A user's container has no bridge (chapter 7, continued): none by default.
+    args.network = args.network or ("none" if rootless else "bridge")
+    userns = rootless_userns(args, resources) if rootless else \
+        parse_userns(args.userns, args.uidmap, args.gidmap)
     check_userns_conflicts(userns, args, namespaces)
+    if rootless:
+        resources = {}  # no cgroup of its own: its user's (rootless_userns)
     if args.hostname and namespaces["uts"] == "host":
         raise MiniDockerError("conflicting options: --hostname and --uts host (the host's "
                               "name is the container's)")
@@ -1770,8 +1776,17 @@ class Paths:
     def __init__(self, environ=None):
         environ = os.environ if environ is None else environ
         base = environ.get("MINIDOCKER_ROOT")
-        self.lib = os.path.join(base, "lib") if base else "/var/lib/minidocker"
-        self.run = os.path.join(base, "run") if base else "/run/minidocker"
+        if base:
+            self.lib, self.run = os.path.join(base, "lib"), os.path.join(base, "run")
+        elif os.geteuid() == 0:
+            self.lib, self.run = "/var/lib/minidocker", "/run/minidocker"
+        else:  # a user's (rootless): in the user's own directories, as podman's
+            home = environ.get("HOME") or os.path.expanduser("~")
+            self.lib = os.path.join(environ.get("XDG_DATA_HOME") or
+                                    os.path.join(home, ".local", "share"), "minidocker")
+            runtime = environ.get("XDG_RUNTIME_DIR")
+            self.run = os.path.join(runtime, "minidocker") if runtime else \
+                "/tmp/minidocker-run-%d" % os.geteuid()  # checked to be ours (make_state_dirs)
         self.containers = os.path.join(self.lib, "containers")
         self.volumes = os.path.join(self.lib, "volumes")
         self.records = os.path.join(self.run, "containers")
@@ -1796,7 +1811,12 @@ def make_state_dirs(paths):
         try:
             os.makedirs(path, 0o700)
         except FileExistsError:
-            if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
+            st = os.lstat(path)
+            if st.st_uid != os.geteuid() or not stat.S_ISDIR(st.st_mode):
+                # (/tmp/minidocker-run-UID made first by another user)
+                raise MiniDockerError("state directory %s is not a directory of this user's "
+                                      "own: refused" % path)
+            if stat.S_IMODE(st.st_mode) & 0o077:
                 os.chmod(path, 0o700)
 
 
@@ -2019,7 +2039,8 @@ def create_container(paths, spec, cid, cgroups, parents=()):
     make_state_dirs(paths)
     volumes = spec.volumes
     # The ids of a user namespace are taken and recorded under one lock.
-    with state_lock(paths, "userns.lock") if spec.userns else contextlib.suppress():
+    with state_lock(paths, "userns.lock") if spec.userns and "size" in spec.userns \
+            else contextlib.suppress():
         maps = spec.userns and allocate_id_maps(spec.userns, read_records(paths))
         record["id_maps"] = maps
         with state_lock(paths, "volumes.lock") if volumes else contextlib.suppress():
@@ -2033,17 +2054,21 @@ def create_container(paths, spec, cid, cgroups, parents=()):
                     delete_volume(paths, name)
                 raise
     layer = paths.layer(cid)
-    for sub in ("upper", "work", "merged") + (("lower",) if maps else ()):
+    rootless = bool(maps and maps.get("rootless"))
+    for sub in ("upper", "work", "merged") + (("lower",) if maps and not rootless else ()):
         os.makedirs(os.path.join(layer, sub), mode=0o700)
     # The overlay's root directory takes its owner and mode from upper/, so
     # upper/ copies ROOTFS's own, or a non-root user could not enter "/";
     # in a user namespace, as its map shows that owner.
     image_root = os.stat(spec.rootfs)
     upper = os.path.join(layer, "upper")
-    os.chown(upper, *(owned_by(maps, image_root.st_uid, image_root.st_gid)))
+    # (A user's container sees ROOTFS's owners as they are: no chown, which
+    # a user could not do.)
+    if not rootless:
+        os.chown(upper, *(owned_by(maps, image_root.st_uid, image_root.st_gid)))
     os.chmod(upper, stat.S_IMODE(image_root.st_mode))
     for volume in volumes:  # a volume made for it is its root's, as the image's files are
-        if maps and volume.name in made:
+        if maps and not rootless and volume.name in made:
             os.chown(volume.source, *mapped_root(maps))
     save_spec(paths, cid, spec, volumes)
     return record, volumes, made
@@ -2179,8 +2204,12 @@ def remove_container(paths, record, volumes=False):
     cid = record["id"]
     remove_cgroups(record.get("cgroups", []))
     remove_empty_cgroups(record.get("cgroup_parents", []))
+    maps = record.get("id_maps")
     try:
-        remove_tree(paths.layer(cid))
+        if maps and maps.get("rootless"):
+            as_namespace_root(maps, remove_tree, paths.layer(cid))
+        else:
+            remove_tree(paths.layer(cid))
     except OSError as err:
         raise LayerError("container %s: cannot remove its layer %s: %s%s"
                               % (cid[:12], paths.layer(cid), err,
@@ -2387,7 +2416,10 @@ def remove_stale_volume_builds(paths):
 
 def delete_volume(paths, name):
     try:
-        remove_tree(volume_dir(paths, name))
+        if os.geteuid() != 0:  # a user's volume may hold files of its containers' ids
+            as_namespace_root(rootless_maps(), remove_tree, volume_dir(paths, name))
+        else:
+            remove_tree(volume_dir(paths, name))
     except OSError as err:
         raise MiniDockerError("volume %s: cannot remove %s: %s"
                               % (name, volume_dir(paths, name), err.strerror))
@@ -2847,11 +2879,16 @@ def plan_mounts(spec, etc_files=(), volumes=None):
         # newinstance: a devpts of our own, so the container sees only its
         # own terminals; ptmxmode=0666 lets any user open /dev/ptmx in it;
         # gid=5 is the group `tty` of Debian's and Alpine's /etc/group, which
-        # Docker and runc give the slaves too.
+        # Docker and runc give the slaves too (where a user namespace maps it).
         Mount("fs", "/dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
-              "newinstance,ptmxmode=0666,mode=0620,gid=5"),
+              "newinstance,ptmxmode=0666,mode=0620" + (",gid=5" if maps_id(spec.userns, "gid", 5)
+                                                      else "")),
         *shm_mounts(spec),
         Mount("fs", "/dev/mqueue", "mqueue", "mqueue", MS_NOSUID | MS_NOEXEC | MS_NODEV),
+        # A sysfs is mounted by the owner of the network namespace only: in
+        # a user namespace on the host's network, the host's /sys is bound.
+        Mount("bind", "/sys", "/sys", flags=MS_BIND | MS_REC | sys_flags)
+        if spec.userns and spec.network_plan["mode"] == "host" else
         Mount("fs", "/sys", "sysfs", "sysfs", sys_flags, kernel_fs=True),
     ]
     for source, target in etc_files:  # (state file, /etc/...) bound over the image's
@@ -2960,16 +2997,19 @@ def fd_path(fd):
     return "/proc/self/fd/%d" % fd
 
 
-def mount_overlay(spec, layer, lower=None):
+def mount_overlay(spec, layer, lower=None, userxattr=False):
     """Mount the root: ROOTFS read-only below, layer/upper for writes. It is
     nodev (but under --privileged): a device node shipped in the image opens
     nothing through it. Volumes are made nodev the same way (apply_nodev), so
     nodes open in the fresh /dev tmpfs and in a `--tmpfs PATH:dev` only, and
     the device cgroup of chapter 8 decides which of those open. `lower`: in
     place of ROOTFS, ROOTFS as a user namespace's map shows it (chapter 7,
-    continued)."""
+    continued). `userxattr`: mounted in a user's user namespace, where
+    overlayfs keeps its own attributes as user.overlay.* (Linux 5.11)."""
     merged = os.path.join(layer, "merged")
     data = "lowerdir=%s,upperdir=%s/upper,workdir=%s/work" % (lower or spec.rootfs, layer, layer)
+    if userxattr:
+        data += ",userxattr"
     mount("overlay", merged, "overlay", root_flags(spec), data, shown=merged)
     return os.open(merged, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
@@ -3618,12 +3658,14 @@ def parse_userns(mode, uidmap, gidmap):
 
 def check_userns_conflicts(userns, args, namespaces):
     """What a user namespace cannot own: the host's devices (--privileged)
-    and the host's namespaces, whose mounts (proc, sysfs, mqueue) need
-    CAP_SYS_ADMIN where they belong. Docker asks for --userns=host there."""
+    and the host's pid, IPC and UTS namespaces, whose mounts (proc, mqueue)
+    need CAP_SYS_ADMIN where they belong. Docker asks for --userns=host
+    there. (The host's network is allowed: /sys is then the host's, bound,
+    as a sysfs may be mounted only by the network namespace's owner.)"""
     if userns is None:
         return
     shared = [flag for kind, flag in NAMESPACE_FLAGS if namespaces[kind] == "host"
-              and kind != "cgroup"] + (["--network"] if args.network == "host" else [])
+              and kind != "cgroup"]
     if args.privileged or shared:
         raise MiniDockerError("%s and a user namespace conflict: its root cannot own what "
                               "the host's root does (use --userns host)"
@@ -3680,7 +3722,7 @@ def allocate_id_maps(userns, records):
     record holds. Under userns.lock (the caller's), the record stored in
     it: two runs never take the same ids."""
     if "size" not in userns:
-        return {"uid": userns["uid"], "gid": userns["gid"]}
+        return dict(userns)
     maps = {}
     for kind in ("uid", "gid"):
         taken = [(outside, size) for record in records
@@ -3695,6 +3737,104 @@ def allocate_id_maps(userns, records):
     return maps
 
 
+# Rootless: minidocker run by a user without root. The user namespace is
+# then the layer everything rests on: the user's uid is container root,
+# and, where the shadow-utils helpers newuidmap and newgidmap are
+# installed (setuid root, they write only what /etc/subuid grants), the
+# user's /etc/subuid and /etc/subgid ranges are container ids 1 and up, as
+# podman maps them; without them the one id is all there is, and the
+# kernel then refuses setgroups(2) in the namespace (user_namespaces(7):
+# "deny" must be written before an unprivileged gid map). What needs the
+# host's root is refused by name: cgroup limits (the user's own cgroup
+# holds the container; no cgroup of its own), the bridge (netlink and
+# nf_tables in the host's network namespace), --privileged, and a user
+# namespace other than this one.
+
+def check_rootless_host():
+    """Whether this kernel lets a user make a user namespace; if not, the
+    setting that forbids it, by name."""
+    for path, refusing, hint in (
+            ("/proc/sys/kernel/unprivileged_userns_clone", "0", "sysctl "
+             "kernel.unprivileged_userns_clone=1"),
+            ("/proc/sys/user/max_user_namespaces", "0", "sysctl user.max_user_namespaces=15000"),
+            ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1", "an AppArmor "
+             "profile for python3 that allows userns, or sysctl "
+             "kernel.apparmor_restrict_unprivileged_userns=0")):
+        try:
+            value = read_text(path).strip()
+        except OSError:
+            continue
+        if value == refusing:
+            raise MiniDockerError("rootless: this host forbids users user namespaces (%s is %s): "
+                                  "run as root, or ask for %s" % (path, value, hint))
+
+
+# parse_resources' keys, and the flags that set them
+LIMIT_FLAGS = [("memory", "--memory"), ("memory_swap", "--memory-swap"),
+               ("memory_reservation", "--memory-reservation"), ("cpu_quota", "--cpus"),
+               ("cpu_shares", "--cpu-shares"), ("cpuset_cpus", "--cpuset-cpus"),
+               ("cpuset_mems", "--cpuset-mems"), ("pids", "--pids-limit"),
+               ("io_weight", "--blkio-weight"), ("oom_kill_disable", "--oom-kill-disable"),
+               ("io_read", "--device-read-bps"), ("io_write", "--device-write-bps")]
+
+
+def rootless_userns(args, resources):
+    """A user's run: its flags checked against what a user may do, and the
+    maps of its user namespace (rootless_maps)."""
+    if args.userns not in (None, "") or args.uidmap or args.gidmap:
+        raise MiniDockerError("rootless: --userns, --uidmap and --gidmap need root; a user's "
+                              "container maps the user to its root (and the user's /etc/subuid "
+                              "ranges above it, through newuidmap)")
+    if args.network == "bridge":
+        raise MiniDockerError("rootless: --network bridge needs root: the bridge, the veth and "
+                              "NAT are made by netlink in the host's network namespace, which "
+                              "a user may not change; use --network none or host")
+    asked = [flag for key, flag in LIMIT_FLAGS if key in resources]
+    if asked:
+        raise MiniDockerError("rootless: %s needs a cgroup of the container's own, which a "
+                              "user may not make here (no cgroup delegated to the user): run "
+                              "as root for limits" % asked[0])
+    check_rootless_host()
+    return rootless_maps()
+
+
+def host_executable(name):
+    """The host's program `name` in $PATH (or the default one), or None."""
+    for directory in os.environ.get("PATH", DEFAULT_PATH).split(":"):
+        candidate = os.path.join(directory, name)
+        if directory and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def rootless_maps():
+    """The user's uid and gid as container root; their /etc/subuid and
+    /etc/subgid ranges as ids 1 and up when newuidmap and newgidmap are
+    there to write them. "rootless" marks the maps as a user's."""
+    import pwd
+    ids = {"uid": os.geteuid(), "gid": os.getegid()}
+    try:
+        names = {pwd.getpwuid(ids["uid"]).pw_name, str(ids["uid"])}
+    except KeyError:
+        names = {str(ids["uid"])}
+    maps = {"rootless": True}
+    helpers = all(host_executable("new%smap" % kind) for kind in ("uid", "gid"))
+    for kind in ("uid", "gid"):
+        ranges = []
+        try:
+            for line in read_text(SUBID_FILES[kind]).splitlines():
+                fields = line.strip().split(":")
+                if len(fields) == 3 and fields[0] in names and fields[1].isdigit() \
+                        and fields[2].isdigit() and int(fields[2]) > 0:
+                    ranges.append((int(fields[1]), int(fields[2])))
+        except OSError:
+            pass
+        maps[kind] = [(0, ids[kind], 1)] + ([(1, ranges[0][0], ranges[0][1])]
+                                            if helpers and ranges else [])
+    if len(maps["uid"]) != len(maps["gid"]):  # both ranges, or the one id each
+        maps["uid"], maps["gid"] = maps["uid"][:1], maps["gid"][:1]
+    return maps
+
 def host_id(entries, inside):
     """A container id -> the host id the map makes it; None if unmapped."""
     for first, outside, size in entries:
@@ -3705,6 +3845,16 @@ def host_id(entries, inside):
 
 def mapped_root(maps):
     return host_id(maps["uid"], 0), host_id(maps["gid"], 0)
+
+
+def maps_id(userns, kind, inside):
+    """Whether a spec's user namespace (parse_userns's, or a rootless one's
+    maps) has container id `inside`; without a user namespace, every id."""
+    if not userns:
+        return True
+    if "size" in userns:
+        return inside < userns["size"]
+    return host_id(userns[kind], inside) is not None
 
 
 def owned_by(maps, uid, gid):
@@ -3730,11 +3880,14 @@ def shifted_root_path(paths, rootfs, maps):
 
 def make_user_namespace(maps):
     """A user namespace with the container's maps, as a descriptor. A
-    helper child unshares it and waits; we write its maps (as host root,
-    so any range the map names, in one write each, as the kernel requires)
-    and keep a handle on its namespace; then the helper goes. Writing the
-    gid map as host root (CAP_SETGID here) leaves setgroups(2) allowed in
-    the namespace, as the container's `-u` and --group-add need."""
+    helper child unshares it and waits; we write its maps and keep a handle
+    on its namespace; then the helper goes. As host root, any range, in one
+    write each (as the kernel requires), and the gid map written with
+    CAP_SETGID leaves setgroups(2) allowed in the namespace, as `-u` and
+    --group-add need. A user's (rootless) maps go through newuidmap and
+    newgidmap when they name more than the user's own ids, else are
+    written by the user: its one uid, and its one gid once setgroups is
+    denied."""
     ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
     hold_read, hold_write = os.pipe2(os.O_CLOEXEC)
     helper = os.fork()
@@ -3742,29 +3895,66 @@ def make_user_namespace(maps):
         try:
             os.close(ready_read)
             os.close(hold_write)
-            unshare(CLONE_NEWUSER)
-            os.write(ready_write, b"x")
+            try:
+                unshare(CLONE_NEWUSER)
+                os.write(ready_write, b"x")
+            except OSError as err:
+                os.write(ready_write, str(err).encode())
             os.read(hold_read, 1)  # until our maker closes its end
         finally:
             os._exit(0)
     os.close(ready_write)
     os.close(hold_read)
     try:
-        if os.read(ready_read, 1) != b"x":
-            raise MiniDockerError("unshare(CLONE_NEWUSER) failed in the helper child")
-        for kind in ("uid", "gid"):
-            text = "".join("%d %d %d\n" % tuple(entry) for entry in maps[kind])
-            fd = os.open("/proc/%d/%s_map" % (helper, kind), os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                with failing_as("writing /proc/%d/%s_map" % (helper, kind)):
-                    os.write(fd, text.encode())
-            finally:
-                os.close(fd)
+        answer = os.read(ready_read, 4096)
+        if answer != b"x":
+            raise MiniDockerError(answer.decode(errors="replace") or
+                                  "unshare(CLONE_NEWUSER): the helper child died")
+        if maps.get("rootless") and len(maps["uid"]) > 1:
+            for kind in ("uid", "gid"):
+                run_id_map_helper("new%smap" % kind, helper, maps[kind])
+        else:
+            if maps.get("rootless"):
+                write_proc_file(helper, "setgroups", "deny")
+            for kind in ("uid", "gid"):
+                write_proc_file(helper, kind + "_map",
+                                "".join("%d %d %d\n" % tuple(entry) for entry in maps[kind]))
         return os.open("/proc/%d/ns/user" % helper, os.O_RDONLY | os.O_CLOEXEC)
     finally:
         os.close(ready_read)
         os.close(hold_write)
         os.waitpid(helper, 0)
+
+
+def write_proc_file(pid, name, text):
+    """/proc/PID/NAME written in one write(2), as uid_map and gid_map must be."""
+    try:
+        fd = os.open("/proc/%d/%s" % (pid, name), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise MiniDockerError("writing %r to /proc/%d/%s: %s" % (text.strip(), pid, name,
+                                                                  err.strerror))
+
+
+def run_id_map_helper(name, pid, entries):
+    """newuidmap or newgidmap PID INSIDE OUTSIDE COUNT...: shadow-utils'
+    setuid helpers, which write a user's map where /etc/subuid or
+    /etc/subgid grants its ranges."""
+    program = host_executable(name)
+    argv = [program or name, str(pid)] + ["%d" % value for entry in entries for value in entry]
+    child = os.fork()
+    if child == 0:
+        try:
+            os.execv(argv[0], argv)
+        finally:
+            os._exit(127)
+    code = exit_code(os.waitpid(child, 0)[1])
+    if code != 0:
+        raise MiniDockerError("rootless: %s failed (exit %d): does %s grant this user the "
+                              "ids it names?" % (" ".join(argv), code, SUBID_FILES[name[3:6]]))
 
 
 def enter_user_namespace(spec, instance, to_parent, from_parent):
@@ -3776,17 +3966,23 @@ def enter_user_namespace(spec, instance, to_parent, from_parent):
     container's init there. This process tells the parent the init's pid
     and ends; the parent, a child subreaper, adopts the init and says
     "adopted" (only then may the init ask for the parent-death signal,
-    which binds to the parent of the moment). Returns in the init only."""
+    which binds to the parent of the moment. Returns in the init only.
+    A user's (rootless) stage 1 has no host root to use: it makes the user
+    namespace and enters it, and the init mounts the overlay and binds
+    the user's paths itself, as root of its namespace (build_root)."""
     set_stage_name("md:[1:USERNS]")
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
-    unshare(CLONE_NEWNS)
-    mount(None, "/", None, MS_PRIVATE | MS_REC, shown="/ (propagation)")
+    rootless = instance.id_maps.get("rootless")
+    if not rootless:
+        unshare(CLONE_NEWNS)
+        mount(None, "/", None, MS_PRIVATE | MS_REC, shown="/ (propagation)")
     userns = make_user_namespace(instance.id_maps)
-    if spec.bundle is None:
+    if spec.bundle is None and not rootless:
         note = mount_mapped_overlay(spec, instance, userns)
         if note:
             write_all(to_parent, b"note %s\n" % note.encode())
-    instance.handles = open_host_sources(spec, instance)
+    if not rootless:
+        instance.handles = open_host_sources(spec, instance)
     # A bundle's namespaces given by path are the host's root's to join:
     # joined now, they are the init's (child_stage leaves them be).
     join_namespaces(spec, ("ipc", "uts"))
@@ -3796,7 +3992,8 @@ def enter_user_namespace(spec, instance, to_parent, from_parent):
     os.close(userns)
     # Root of the namespace now: every capability there, none outside.
     os.setresgid(0, 0, 0)
-    os.setgroups([])
+    if not setgroups_denied():
+        os.setgroups([])
     os.setresuid(0, 0, 0)
     unshare(CLONE_NEWPID)
     init = os.fork()
@@ -3805,6 +4002,54 @@ def enter_user_namespace(spec, instance, to_parent, from_parent):
         os._exit(0)
     if read_line(from_parent, bytearray()) != b"adopted\n":
         os._exit(EXIT_RUNTIME)
+
+
+def as_namespace_root(maps, function, *args):
+    """function(*args) run by the root of a new user namespace with `maps`,
+    in a child. A user's (rootless) layer holds files of its container's
+    ids 1 and up (the user's /etc/subuid range), and overlayfs's work
+    directory of mode 0, which the user cannot remove; root of a namespace
+    of the same maps can, as podman's `unshare` does it. An OSError raised
+    there is raised here, with its errno."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(read_end)
+            userns = make_user_namespace(maps)
+            setns(userns, CLONE_NEWUSER, "a user namespace of the container's maps")
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+            function(*args)
+        except OSError as err:
+            os.write(write_end, b"%d %s" % (err.errno or 0, str(err).encode()))
+        except BaseException as err:
+            os.write(write_end, b"0 %s" % repr(err).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        message = b""
+        while True:
+            chunk = os.read(read_end, 4096)
+            if not chunk:
+                break
+            message += chunk
+    finally:
+        os.close(read_end)
+        os.waitpid(child, 0)
+    if message:
+        number, _, text = message.decode(errors="replace").partition(" ")
+        raise OSError(int(number), text)
+
+
+def setgroups_denied():
+    """Whether this user namespace refuses setgroups(2): a user's one-id
+    gid map (make_user_namespace)."""
+    try:
+        return read_text("/proc/self/setgroups").strip() == "deny"
+    except FileNotFoundError:  # before Linux 3.19
+        return False
 
 
 def open_host_sources(spec, instance):
@@ -3972,12 +4217,15 @@ def set_network_sysctls(id_maps=None):
     process that opens it, so this runs in the child right after its
     unshare(CLONE_NEWNET), still through the host's /proc (the container's
     /proc/sys is read-only). In a user namespace the kernel takes only a
-    ping range of groups its map has (EINVAL): 0 to the end of the range
-    that maps group 0."""
+    ping range whose ends its map has (EINVAL): 0 to the last group mapped
+    without a gap from 0."""
     for name, value in NETNS_SYSCTLS:
         if id_maps and name.endswith("ping_group_range"):
-            value = "0 %d" % next(first + size - 1 for first, _, size in id_maps["gid"]
-                                  if first == 0)
+            top = -1  # the end of the groups mapped without a gap from 0
+            for first, _, size in sorted(id_maps["gid"]):
+                if first == top + 1:
+                    top = first + size - 1
+            value = "0 %d" % top
         try:
             with open("/proc/sys/" + name, "w") as handle:
                 handle.write(value)
@@ -6272,9 +6520,12 @@ def cap_number(name):
 
 def held_capabilities():
     """The capabilities minidocker itself holds (CapPrm in proc(5)). A
-    container cannot get more: capset(2) never raises the permitted set."""
+    container cannot get more: capset(2) never raises the permitted set. A
+    user's (rootless) container gets its capabilities in its own user
+    namespace, where the bounding set (CapBnd) is the limit."""
+    field = "CapPrm:" if os.geteuid() == 0 else "CapBnd:"
     for line in read_text("/proc/self/status").splitlines():
-        if line.startswith("CapPrm:"):
+        if line.startswith(field):
             mask = int(line.split()[1], 16)
             return {cap for cap in range(64) if mask >> cap & 1}
     return set(range(len(CAP_NAMES)))
@@ -7287,9 +7538,17 @@ def drop_privileges(uid, gid, gids, sets, last, no_new_privs):
     what stands between the container and the rest."""
     drop_bounding_set(sets["bounding"], last)
     prctl(PR_SET_KEEPCAPS, 1, what="prctl(PR_SET_KEEPCAPS)")
-    os.setgroups(gids)
-    os.setgid(gid)
-    os.setuid(uid)
+    if not setgroups_denied():  # (a user's one-id namespace keeps the groups it has)
+        os.setgroups(gids)
+    try:
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as err:
+        if err.errno != errno.EINVAL:
+            raise
+        raise MiniDockerError("user %d:%d is not in the user namespace's map (a user's "
+                              "container without newuidmap maps the user alone, to root)"
+                              % (uid, gid))
     set_capabilities(sets)
     if no_new_privs:
         prctl(PR_SET_NO_NEW_PRIVS, 1, what="prctl(PR_SET_NO_NEW_PRIVS)")
@@ -7423,7 +7682,7 @@ def build_root(spec, instance, console):
     # mounted, or the mounts would be copied into the host's namespace
     # (mount_namespaces(7)).
     mount(None, "/", None, spec.propagation, shown="/ (propagation)")
-    if instance.id_maps:
+    if instance.handles:
         # Stage 1's detached copies (open_host_sources): the root (the
         # overlay, or a bundle's directory), attached on top of our "/" for
         # pivot_root(2) to take (enter_root), and each bind's source, moved
@@ -7434,8 +7693,8 @@ def build_root(spec, instance, console):
                       step.flags, instance.handles[index] if step.kind == "bind" else step.data,
                       step.kernel_fs) if index in instance.handles else step
                 for index, step in enumerate(mount_plan_of(spec, instance))]
-    elif spec.bundle is None:
-        rootfd = mount_overlay(spec, instance.layer)
+    elif spec.bundle is None:  # (a user's container too, in its user namespace)
+        rootfd = mount_overlay(spec, instance.layer, userxattr=bool(instance.id_maps))
         plan = plan_mounts(spec, instance.etc_files, instance.volumes)
     else:
         rootfd = bind_root(spec.rootfs)
@@ -7735,13 +7994,22 @@ def scrub_arguments_and_environment():
     are minidocker's command line and the caller's environment (sudo -E
     passes secrets), which the container has no business reading. The
     bounds are fields 48 to 51 of /proc/self/stat; /proc/self/mem writes
-    our own memory."""
+    our own memory. A user's (rootless) process that is not dumpable may
+    not open it (its /proc files are then the host root's): dumpable for
+    those two writes, before anything of the container can see it."""
     fields = read_text("/proc/self/stat").rsplit(")", 1)[1].split()
     arg_start, arg_end, env_start, env_end = (int(f) for f in fields[45:49])
-    with open("/proc/self/mem", "r+b", buffering=0) as memory:
-        for start, end in ((arg_start, arg_end), (env_start, env_end)):
-            memory.seek(start)
-            memory.write(b"\0" * (end - start))
+    dumpable = os.geteuid() == 0 or prctl(PR_GET_DUMPABLE, what="prctl(PR_GET_DUMPABLE)")
+    if not dumpable:
+        prctl(PR_SET_DUMPABLE, 1, what="prctl(PR_SET_DUMPABLE)")
+    try:
+        with open("/proc/self/mem", "r+b", buffering=0) as memory:
+            for start, end in ((arg_start, arg_end), (env_start, env_end)):
+                memory.seek(start)
+                memory.write(b"\0" * (end - start))
+    finally:
+        if not dumpable:
+            prctl(PR_SET_DUMPABLE, 0, what="prctl(PR_SET_DUMPABLE)")
 
 
 def enter_workdir(workdir):
@@ -8207,7 +8475,9 @@ def run_container(spec, paths, report=None, cid=None, again=None):
     cid = cid or os.urandom(32).hex()
     layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
     discard_v1_only(spec.resources, layout)
-    cgroup_plan = plan_cgroups(spec.resources, layout, cid, spec.cgroup_parent)
+    # A user's container stays in its user's cgroups (rootless_userns).
+    cgroup_plan = [] if spec.userns and spec.userns.get("rootless") else \
+        plan_cgroups(spec.resources, layout, cid, spec.cgroup_parent)
     parents = missing_parents(cgroup_plan) if spec.cgroup_parent else []
     cgroup_paths = [path for _, _, path, _ in cgroup_plan]
     # A saved spec's volumes (start, a restart) have their host directories.
@@ -9203,8 +9473,16 @@ def require_root(what):
                               "namespace): run it with sudo" % what)
 
 
+def require_root_or_user(what):
+    """Root, or a user where the host lets users make user namespaces: the
+    user's containers are rootless ones (chapter 7, continued), in the
+    user's own state directories (Paths)."""
+    if os.geteuid() != 0:
+        check_rootless_host()
+
+
 def cmd_run(args):
-    require_root("run")
+    require_root_or_user("run")
     paths = Paths()
     spec = build_spec(args, paths.seccomp_cache)
     trace(spec.debug, "flags parsed into the spec, the seccomp filter ready")
@@ -9258,7 +9536,7 @@ def run_attached_to_monitor(spec, paths):
 def cmd_rm(args):
     """Remove stopped containers; -f first kills a running one. With -f, an
     id also removes a malformed record of that name."""
-    require_root("rm")
+    require_root_or_user("rm")
     paths = Paths()
     reclaim_dead(paths)
     for prefix in args.containers:
@@ -9299,7 +9577,7 @@ def cmd_logs(args):
     json.log; with -t its time first; --since and --until only the lines
     of that time; --tail N only the last N; -f then follows, across
     rotations, until the container's monitor ends."""
-    require_root("logs")
+    require_root_or_user("logs")
     now = time.time_ns()
     since = parse_log_time(args.since, "--since", now) if args.since is not None else None
     until = parse_log_time(args.until, "--until", now) if args.until is not None else None
@@ -9512,7 +9790,7 @@ def cmd_stop(args):
     """Stop running containers: -s SIGNAL (default SIGTERM) to their init,
     then, after -t seconds (default 10), SIGKILL; each name once its
     monitor (or its `run`) has recorded the end and cleaned up."""
-    require_root("stop")
+    require_root_or_user("stop")
     paths = Paths()
     reclaim_dead(paths)
     if args.signal is not None:
@@ -9531,7 +9809,7 @@ def cmd_wait(args):
     """Wait until each container's run has ended; print its exit code. As
     docker's, a restart policy does not make it wait longer: the end of the
     run going on (or, between two runs, the last one's) is the answer."""
-    require_root("wait")
+    require_root_or_user("wait")
     paths = Paths()
     for ref in args.containers:
         record = find_container(paths, ref)
@@ -9554,7 +9832,7 @@ def cmd_wait(args):
 
 def cmd_kill(args):
     """A signal (default SIGKILL) to running containers' init."""
-    require_root("kill")
+    require_root_or_user("kill")
     paths = Paths()
     reclaim_dead(paths)
     number = parse_signal(args.signal)
@@ -9572,7 +9850,7 @@ def cmd_start(args):
     layer (what the command wrote is still there), name, spec and log; in
     the background under a monitor, as run -d (with -a: in the foreground,
     as run). One already running is left as it is, as docker does."""
-    require_root("start")
+    require_root_or_user("start")
     paths = Paths()
     reclaim_dead(paths)
     if args.attach and len(args.containers) > 1:
@@ -9594,7 +9872,7 @@ def cmd_start(args):
 
 def cmd_restart(args):
     """stop, then start (a stopped container is only started)."""
-    require_root("restart")
+    require_root_or_user("restart")
     paths = Paths()
     reclaim_dead(paths)
     if args.signal is not None:
@@ -9630,7 +9908,7 @@ def saved_spec(paths, record, detach=False):
 
 def cmd_exec(args):
     """Run a command in a running container, as one of its processes."""
-    require_root("exec")
+    require_root_or_user("exec")
     paths = Paths()
     record = find_container(paths, args.container)
     if record["status"] != "running" or not is_running(record):
@@ -9641,7 +9919,7 @@ def cmd_exec(args):
 def cmd_inspect(args):
     """A JSON array, one object per container, in Docker's shape for the
     fields minidocker keeps."""
-    require_root("inspect")
+    require_root_or_user("inspect")
     paths = Paths()
     reclaim_dead(paths)
     print(json.dumps([inspect_record(find_container(paths, ref)) for ref in args.containers],
@@ -9731,7 +10009,7 @@ def cmd_port(args):
     """docker port: every published port as "80/tcp -> 0.0.0.0:8080", or
     the host addresses of one (CTRPORT[/PROTO], tcp by default), from the
     record's lease; a container not running publishes none."""
-    require_root("port")
+    require_root_or_user("port")
     paths = Paths()
     reclaim_dead(paths)
     ports = port_map(find_container(paths, args.container))
@@ -10264,7 +10542,7 @@ def ps_selected(record, state, filters):
 def cmd_ps(args):
     """docker ps: running containers (-a: all; a status filter implies it),
     newest first, in docker's table or --format; -q their ids."""
-    require_root("ps")  # the state trees are root's alone
+    require_root_or_user("ps")  # the state trees are root's alone
     paths = Paths()
     filters = parse_ps_filters(args.filter)
     table, parts = parse_format(args.format or "", PS_HEADERS)
@@ -10330,7 +10608,7 @@ def cmd_container_prune(args):
     """docker container prune: every stopped container removed, as rm
     removes one; running and starting ones are not touched. Without -f,
     docker's question first; "no" ends it quietly (exit 0), as docker."""
-    require_root("container prune")
+    require_root_or_user("container prune")
     paths = Paths()
     if not args.force and not confirmed(PRUNE_WARNING):
         return 0
@@ -10361,7 +10639,7 @@ def cmd_container_prune(args):
 def cmd_volume_create(args):
     """docker volume create [NAME]: made when missing (an existing one is
     fine, as Docker's), a random 64-hex name without one; prints it."""
-    require_root("volume create")
+    require_root_or_user("volume create")
     paths = Paths()
     name = check_name(args.name, "volume name") if args.name else os.urandom(32).hex()
     with state_lock(paths, "volumes.lock"):
@@ -10371,7 +10649,7 @@ def cmd_volume_create(args):
 
 
 def cmd_volume_ls(args):
-    require_root("volume ls")
+    require_root_or_user("volume ls")
     names = volume_names(Paths())
     emit(names if args.quiet else
          tabulate(["DRIVER\tVOLUME NAME"] + ["local\t" + name for name in names], 10))
@@ -10380,7 +10658,7 @@ def cmd_volume_ls(args):
 
 def cmd_volume_inspect(args):
     """A JSON array, one object per volume, in Docker's shape."""
-    require_root("volume inspect")
+    require_root_or_user("volume inspect")
     paths = Paths()
     found = []
     for name in args.names:
@@ -10405,7 +10683,7 @@ def cmd_volume_rm(args):
     running or stopped, whatever -f says (Docker's -f only makes a missing
     volume no error). Under volumes.lock: a run taking the volume at the
     same time either sees it gone and makes it anew, or is seen using it."""
-    require_root("volume rm")
+    require_root_or_user("volume rm")
     paths = Paths()
     reclaim_dead(paths)
     failed = []
@@ -10437,7 +10715,7 @@ VOLUME_PRUNE_WARNINGS = {
 def cmd_volume_prune(args):
     """docker volume prune [-a] [-f]: the volumes no container uses, running
     or stopped; since Docker 23 only the anonymous ones unless -a."""
-    require_root("volume prune")
+    require_root_or_user("volume prune")
     paths = Paths()
     if not args.force and not confirmed(VOLUME_PRUNE_WARNINGS[args.all]):
         return 0
@@ -10460,7 +10738,7 @@ def cmd_rename(args):
     """docker rename: a new name, for a running or a stopped container,
     checked and written under names.lock (as run --name takes one), so of
     two renames to one name one wins."""
-    require_root("rename")
+    require_root_or_user("rename")
     paths = Paths()
     new = check_name(args.new[1:] if args.new.startswith("/") else args.new, "new name")
     cid = find_container(paths, args.container)["id"]
@@ -10549,7 +10827,7 @@ def proc_values(text, name):
 def cmd_top(args):
     """docker top: the container's processes (those in its cgroups and
     below), in ps -ef's columns, read from /proc."""
-    require_root("top")
+    require_root_or_user("top")
     paths = Paths()
     reclaim_dead(paths)
     record = find_container(paths, args.container)
@@ -10607,7 +10885,7 @@ def cmd_stats(args):
     named) from their cgroups, a new table every second until ^C, over the
     last one on a terminal; --no-stream: one table, a second after a first
     sample (CPU % needs two)."""
-    require_root("stats")
+    require_root_or_user("stats")
     paths = Paths()
     reclaim_dead(paths)
     chosen = [find_container(paths, ref)["id"] for ref in args.containers]
@@ -11729,7 +12007,7 @@ def build_parser():
     run.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE",
                      help="a namespaced sysctl: kernel.msg*, kernel.sem, kernel.shm*, "
                           "fs.mqueue.*, net.*, kernel.domainname")
-    run.add_argument("--network", "--net", default="bridge", metavar="MODE",
+    run.add_argument("--network", "--net", metavar="MODE",
                      help="bridge (default: mini-br0, 10.0.0.0/24), none or host")
     run.add_argument("--subnet", metavar="CIDR", help="the bridge's subnet (default 10.0.0.0/24)")
     run.add_argument("--bridge", metavar="NAME", help="the bridge's name (default mini-br0)")
@@ -12175,13 +12453,17 @@ def exit_now(code):
     """End the process without the interpreter's shutdown, which would free
     every object one by one (10-12 ms measured) for the kernel to free
     again. Nothing of ours is left to atexit; stdout and stderr are flushed
-    first, and a reader that went away (EPIPE: `minidocker ps | head -1`)
-    is no error."""
+    first. A reader of stdout that went away (EPIPE: `minidocker inspect X
+    | head -c0`) ends it as SIGPIPE would (141), as when the output was
+    written before (main), whether PYTHONUNBUFFERED made it so or not."""
     for stream in (sys.stdout, sys.stderr):  # None when the caller closed the fd
         try:
             if stream is not None:
                 stream.flush()
-        except (OSError, ValueError):  # EPIPE; ValueError: a closed stream
+        except BrokenPipeError:
+            if stream is sys.stdout and code == 0:
+                code = 128 + signal.SIGPIPE
+        except (OSError, ValueError):  # ValueError: a closed stream
             pass
     os._exit(code)
 

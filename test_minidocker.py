@@ -1083,24 +1083,22 @@ def test_mkrootfs_from_host_tools_without_busybox(tmp_path, state):
     bad(["mkrootfs", path], "exists and is not an empty directory")
 
 
-def test_non_root_gets_a_clear_error(tmp_path):
-    if IS_ROOT:
-        def drop():
-            os.setgid(65534)
-            os.setuid(65534)
-        preexec = drop
-    else:
-        preexec = None
-    # The system python: pyenv's, under /root, is out of reach of nobody.
-    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    result = subprocess.run([python] + SINGLE_FILE[1:] + ["run", "--network=none", str(tmp_path), "sh"],
-                            preexec_fn=preexec,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, timeout=30, cwd="/",
-                            env=dict(os.environ, MINIDOCKER_ROOT=str(tmp_path / "state")))
-    assert result.returncode == 125
-    assert result.stderr.decode() == ("minidocker: error: run needs root (CAP_SYS_ADMIN in the "
-                                      "initial user namespace): run it with sudo\n")
+def test_a_host_that_forbids_users_user_namespaces_is_named(monkeypatch):
+    """Where the kernel refuses users a user namespace, a user's run says
+    which setting does, and how to allow it."""
+    for path, value, hint in [
+            ("/proc/sys/kernel/unprivileged_userns_clone", "0",
+             "sysctl kernel.unprivileged_userns_clone=1"),
+            ("/proc/sys/user/max_user_namespaces", "0", "sysctl user.max_user_namespaces="),
+            ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1", "AppArmor")]:
+        monkeypatch.setattr(md, "read_text", lambda name, path=path, value=value:
+                            value + "\n" if name == path else "1\n" if "userns_clone" in name
+                            else "15000\n" if "max_user" in name else "0\n")
+        with pytest.raises(md.MiniDockerError) as raised:
+            md.check_rootless_host()
+        assert str(raised.value).startswith("rootless: this host forbids users user namespaces "
+                                            "(%s is %s): run as root, or ask for " % (path, value))
+        assert hint in str(raised.value)
 
 
 # ---------------------------------------------------------------------------
@@ -9144,3 +9142,152 @@ def test_userns_auto_as_podman_maps_it(tmp_path, rootfs, runc_link, subids):
         subprocess.run(["podman", "rmi", "-f", image], capture_output=True, timeout=120)
     assert outputs == [ours.out] * 2
     assert ours.out.startswith(("%10d %10d %10d\n" % (0, md.SUBID_FIRST, 65536)) * 2)
+
+
+# ---------------------------------------------------------------------------
+# rootless: minidocker run by a real user of the host, without root
+# ---------------------------------------------------------------------------
+
+ROOTLESS_SUBIDS = (3600000, 65536)  # the test user's /etc/subuid and /etc/subgid range
+
+
+@pytest.fixture
+def rootless(subids):
+    """A real user of the host (useradd), with a home of its own under /tmp
+    (the test's own directories are root's alone) holding a copy of
+    minidocker.py, and a range in /etc/subuid and /etc/subgid. Yields
+    run(*words, path=...), minidocker run as that user by the system
+    python; the user, its processes' containers and its files go after."""
+    for tool in ("useradd", "userdel", "newuidmap", "newgidmap"):
+        if shutil.which(tool) is None:
+            pytest.fail("%s is not installed (apt-get install passwd uidmap)" % tool)
+    import pwd
+    name = "mdtest%d" % os.getpid()
+    home = tempfile.mkdtemp(prefix="mdtest-home-", dir="/tmp")
+    subprocess.run(["useradd", "-M", "-d", home, "-s", "/bin/sh", name], check=True)
+    try:
+        user = pwd.getpwnam(name)
+        for path in md.SUBID_FILES.values():  # ours alone, whatever useradd gave it
+            with open(path) as handle:
+                kept = [line for line in handle if not line.startswith(name + ":")]
+            with open(path, "w") as handle:
+                handle.writelines(kept + ["%s:%d:%d\n" % ((name,) + ROOTLESS_SUBIDS)])
+        os.chown(home, user.pw_uid, user.pw_gid)
+        os.chmod(home, 0o755)
+        shutil.copy(os.path.join(HERE, "minidocker.py"), home)
+        runtime = os.path.join(home, "run")
+        os.mkdir(runtime, 0o700)
+        os.chown(runtime, user.pw_uid, user.pw_gid)
+
+        def become():
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+
+        def run(*words, path="/usr/sbin:/usr/bin:/sbin:/bin", timeout=60):
+            env = {"HOME": home, "PATH": path, "XDG_RUNTIME_DIR": runtime, "LANG": "C.UTF-8"}
+            result = subprocess.run(["/usr/bin/python3", os.path.join(home, "minidocker.py")] +
+                                    list(words), preexec_fn=become, env=env, cwd=home,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, timeout=timeout)
+            result.out, result.err = result.stdout.decode(), result.stderr.decode()
+            return result
+
+        run.uid, run.gid, run.home, run.become = user.pw_uid, user.pw_gid, home, become
+        yield run
+        for record in run("ps", "-a", "-q").out.split():
+            run("rm", "-f", record)
+        assert os.listdir(os.path.join(home, ".local/share/minidocker/containers")) == []
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+        shutil.rmtree(home)
+
+
+@root
+def test_rootless_run_exec_volumes_and_mkrootfs_as_a_user(rootless):
+    """A user without root: mkrootfs, then run, where the user is container
+    root and its /etc/subuid range ids 1 and up (podman's rootless map,
+    written by newuidmap); Docker's capabilities, in the user namespace
+    only; a volume's files owned on the host by the user, or by the range
+    for -u 1000; the host's network with --network host; run -d, exec,
+    ps, stop, rm; a terminal with -it; and what needs root, refused by
+    name."""
+    home = rootless.home
+    made = rootless("mkrootfs", os.path.join(home, "rootfs"))
+    assert made.returncode == 0, made.err
+    rootfs = os.path.join(home, "rootfs")
+    probe = rootless("run", "--rm", rootfs, "sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; "
+                     "id -u; stat -c '%u:%g' / /bin/busybox; grep -E '^Cap(Eff|Bnd)' /proc/self/status")
+    assert probe.returncode == 0, probe.err
+    first, count = ROOTLESS_SUBIDS
+    maps = {kind: "%10d %10d %10d\n%10d %10d %10d\n" % (0, own, 1, 1, first, count)
+            for kind, own in (("uid", rootless.uid), ("gid", rootless.gid))}
+    assert probe.out == maps["uid"] + maps["gid"] + "0\n0:0\n0:0\nCapEff:\t%016x\nCapBnd:\t%016x\n" \
+        % (DOCKER_DEFAULT_CAPS, DOCKER_DEFAULT_CAPS), probe.err
+    volume = os.path.join(home, "volume")
+    os.mkdir(volume)
+    os.chown(volume, rootless.uid, rootless.gid)
+    wrote = rootless("run", "--rm", "-v", "%s:/v" % volume, rootfs, "sh", "-c",
+                     "touch /v/root; chmod 777 /v")
+    assert wrote.returncode == 0, wrote.err
+    assert rootless("run", "--rm", "-u", "1000:1000", "-v", "%s:/v" % volume, rootfs, "touch",
+                    "/v/user").returncode == 0
+    owners = {name: (os.stat(os.path.join(volume, name)).st_uid,
+                     os.stat(os.path.join(volume, name)).st_gid) for name in ("root", "user")}
+    assert owners == {"root": (rootless.uid, rootless.gid), "user": (first + 999, first + 999)}
+    host = rootless("run", "--rm", "--network", "host", rootfs, "ls", "/sys/class/net")
+    assert host.out.split() == sorted(os.listdir("/sys/class/net")), host.err
+    started = rootless("run", "-d", "--name", "rootless-box", rootfs, "sleep", "1000")
+    assert started.returncode == 0, started.err
+    joined = rootless("exec", "rootless-box", "cat", "/proc/self/uid_map")
+    assert joined.out == maps["uid"], joined.err
+    assert "rootless-box" in rootless("ps").out
+    assert rootless("stop", "-t", "0", "rootless-box").returncode == 0
+    removed = rootless("rm", "rootless-box")
+    assert removed.returncode == 0 and removed.err == "", removed.err
+    pid, master = os.forkpty()
+    if pid == 0:
+        try:
+            rootless.become()
+            os.chdir(home)
+            os.execve("/usr/bin/python3", ["python3", os.path.join(home, "minidocker.py"), "run",
+                                           "--rm", "-it", rootfs, "sh", "-c", "tty; exit 5"],
+                      {"HOME": home, "PATH": "/usr/bin:/bin",
+                       "XDG_RUNTIME_DIR": os.path.join(home, "run")})
+        finally:
+            os._exit(127)
+    output = b""
+    with contextlib.suppress(OSError):  # EIO once it is gone
+        while True:
+            chunk = os.read(master, 1024)
+            if not chunk:
+                break
+            output += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(master)
+    assert md.exit_code(status) == 5 and b"/dev/pts/0" in output, output
+    for flags, message in [
+            (["--network", "bridge"], "rootless: --network bridge needs root"),
+            (["-m", "64m"], "rootless: --memory needs a cgroup of the container's own"),
+            (["--userns", "auto"], "rootless: --userns, --uidmap and --gidmap need root"),
+            (["--privileged"], "--privileged and a user namespace conflict")]:
+        refused = rootless("run", "--rm", *flags, rootfs, "true")
+        assert refused.returncode == 125 and refused.err.count("\n") == 1, refused.err
+        assert refused.err.startswith("minidocker: error: " + message), refused.err
+
+
+@root
+def test_rootless_without_newuidmap_maps_the_user_alone(rootless):
+    """Without newuidmap and newgidmap (not in $PATH), the user's own ids
+    are all the namespace has: container root, its files the user's, no
+    setgroups; a -u the map lacks is one clear line."""
+    rootfs = os.path.join(rootless.home, "rootfs")
+    assert rootless("mkrootfs", rootfs).returncode == 0
+    alone = rootless("run", "--rm", rootfs, "sh", "-c", "cat /proc/self/uid_map /proc/self/setgroups; "
+                     "touch /new; stat -c %u:%g /new", path="/nonexistent")
+    assert alone.returncode == 0, alone.err
+    assert alone.out == "%10d %10d %10d\ndeny\n0:0\n" % (0, rootless.uid, 1)
+    unmapped = rootless("run", "--rm", "-u", "1000", rootfs, "true", path="/nonexistent")
+    assert unmapped.returncode == 125
+    assert unmapped.err == ("minidocker: error: user 1000:0 is not in the user namespace's map (a "
+                            "user's container without newuidmap maps the user alone, to root)\n")
