@@ -3583,7 +3583,10 @@ def join_namespace(path, nstype, kind):
 # A filesystem that cannot be idmapped (tmpfs before Linux 6.3, 9p) gets a
 # copy of ROOTFS instead, its owners shifted by the map, made once per map
 # and kept (as podman keeps one per image and map): said in one line,
-# never a silently wrong owner.
+# never a silently wrong owner. What the init takes from the host (the
+# overlay, the /etc files, the volumes) stage 1 hands it as detached
+# mounts (open_host_sources): root of its namespace only, the init could
+# not reach them by path, nor bind a mount of the host's namespace.
 #
 # --userns auto takes a free range from the ids /etc/subuid and
 # /etc/subgid give the user "containers" (podman's convention), adding
