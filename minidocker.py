@@ -781,16 +781,20 @@ class Volume:
     volume (`name` the volume's; "" for an anonymous one until it is made).
     `source` is the host directory bound: a volume's is filled in when it
     is made (make_volumes, chapter 4). `copy`: a new volume is first filled
-    with what the image has at `target` (copy_up, chapter 6)."""
-    __slots__ = ("source", "target", "read_only", "name", "copy", "anonymous")
+    with what the image has at `target` (copy_up, chapter 6). `idmap`: a
+    bind shown through the container's user namespace's map (-v's idmap,
+    chapter 7 continued)."""
+    __slots__ = ("source", "target", "read_only", "name", "copy", "anonymous", "idmap")
 
-    def __init__(self, source, target, read_only, name=None, copy=True, anonymous=False):
+    def __init__(self, source, target, read_only, name=None, copy=True, anonymous=False,
+                 idmap=False):
         self.source, self.target, self.read_only = source, target, read_only
-        self.name, self.copy, self.anonymous = name, copy, anonymous
+        self.name, self.copy, self.anonymous, self.idmap = name, copy, anonymous, idmap
 
     def __repr__(self):
         if self.name is None:
-            return "Volume(%r, %r, %r)" % (self.source, self.target, self.read_only)
+            return "Volume(%r, %r, %r%s)" % (self.source, self.target, self.read_only,
+                                             ", idmap=True" if self.idmap else "")
         return "Volume(%r, %r, %r, name=%r, copy=%r, anonymous=%r)" % (
             self.source, self.target, self.read_only, self.name, self.copy, self.anonymous)
 
@@ -802,7 +806,7 @@ class Volume:
 # only the private ones, which every mount is (build_root makes the whole
 # tree private).
 VOLUME_OPTION_GROUPS = (("ro", "rw"), ("z", "Z"), ("consistent", "cached", "delegated"),
-                        ("nocopy",), ("private", "rprivate"))
+                        ("nocopy",), ("private", "rprivate"), ("idmap",))
 PROPAGATIONS_REFUSED = ("shared", "rshared", "slave", "rslave")
 
 
@@ -828,7 +832,11 @@ def parse_volume(text):
             raise MiniDockerError("invalid volume %s: nocopy is for a volume, not a host path"
                                   % quote(text))
         return Volume(absolute_path(os.path.abspath(source)), absolute_path(target),
-                      "ro" in options)
+                      "ro" in options, idmap="idmap" in options)
+    if "idmap" in options:
+        raise MiniDockerError("invalid volume %s: idmap is for a host path, not a volume (a "
+                              "volume made for a user namespace's container is its root's)"
+                              % quote(text))
     if len(source) > 128 or not re.fullmatch(NAME_PATTERN, source, re.ASCII):
         raise MiniDockerError("invalid volume %s: %s is no volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]+"
                               ", at most 128 characters); a host path starts with /, ./ or ../"
@@ -846,7 +854,7 @@ def parse_volume_options(text, field):
                                   "minidocker's mounts are all private" % (quote(text), option))
         if not any(option in group for group in VOLUME_OPTION_GROUPS):
             raise MiniDockerError("invalid volume %s: unknown option %s (ro, rw, z, Z, nocopy, "
-                                  "consistent, cached, delegated, private, rprivate)"
+                                  "idmap, consistent, cached, delegated, private, rprivate)"
                                   % (quote(text), quote(option)))
     for group in VOLUME_OPTION_GROUPS:
         if sum(options.count(option) for option in group) > 1:
@@ -2897,7 +2905,8 @@ def plan_mounts(spec, etc_files=(), volumes=None):
                           flags=MS_BIND | (MS_RDONLY if spec.read_only else 0)))
     for volume in volumes:
         plan.append(Mount("bind", volume.target, volume.source,
-                          flags=MS_BIND | MS_REC | (MS_RDONLY if volume.read_only else 0)))
+                          flags=MS_BIND | MS_REC | (MS_RDONLY if volume.read_only else 0),
+                          data="idmap" if volume.idmap else None))
         if not spec.privileged:
             plan.append(Mount("nodev", volume.target))
     for path, flags, data in spec.tmpfs:
@@ -3665,6 +3674,12 @@ def check_userns_conflicts(userns, args, namespaces):
     need CAP_SYS_ADMIN where they belong. Docker asks for --userns=host
     there. (The host's network is allowed: /sys is then the host's, bound,
     as a sysfs may be mounted only by the network namespace's owner.)"""
+    idmapped = [volume for volume in args.volume if volume.split(":")[2:3] and
+                "idmap" in volume.split(":")[2].split(",")]
+    if idmapped and (userns is None or "rootless" in userns):
+        raise MiniDockerError("invalid volume %s: idmap needs a user namespace of root's "
+                              "(--userns auto, --uidmap): the volume's owners are shown "
+                              "through its map" % quote(idmapped[0]))
     if userns is None:
         return
     shared = [flag for kind, flag in NAMESPACE_FLAGS if namespaces[kind] == "host"
@@ -3985,7 +4000,7 @@ def enter_user_namespace(spec, instance, to_parent, from_parent):
         if note:
             write_all(to_parent, b"note %s\n" % note.encode())
     if not rootless:
-        instance.handles = open_host_sources(spec, instance)
+        instance.handles = open_host_sources(spec, instance, userns)
     # A bundle's namespaces given by path are the host's root's to join:
     # joined now, they are the init's (child_stage leaves them be).
     join_namespaces(spec, ("ipc", "uts"))
@@ -4055,7 +4070,7 @@ def setgroups_denied():
         return False
 
 
-def open_host_sources(spec, instance):
+def open_host_sources(spec, instance, userns):
     """Stage 1, as host root: a detached copy (open_tree(2)) of each mount
     the container takes from the host: the overlay ("root"), and the
     source of each bind and copy-up of the mount plan, by its index there
@@ -4075,6 +4090,8 @@ def open_host_sources(spec, instance):
                 os.makedirs(step.source, 0o755)
             handles[index] = open_tree(step.source, step.kind == "copy-up" or
                                        bool(step.flags & MS_REC))
+            if step.data == "idmap":  # -v HOST:CTR:idmap: its owners as the map shows them
+                mount_setattr(handles[index], MOUNT_ATTR_IDMAP, step.source + " (idmap)", userns)
     return handles
 
 
@@ -11953,7 +11970,7 @@ def build_parser():
     run.add_argument("-v", "--volume", action="append", default=[],
                      metavar="[HOST:|NAME:]CTR[:OPTS]",
                      help="bind a host path (./ and ../ from here), mount volume NAME, or a new "
-                     "anonymous volume; OPTS: ro, rw, nocopy (z, Z, cached... ignored)")
+                     "anonymous volume; OPTS: ro, rw, nocopy, idmap (z, Z, cached... ignored)")
     run.add_argument("--mount", action="append", default=[], metavar="type=TYPE,...",
                      help="type=bind|volume|tmpfs, source=, target=, readonly, volume-nocopy, "
                      "tmpfs-size=, tmpfs-mode=")

@@ -9283,3 +9283,27 @@ def test_rootless_without_newuidmap_maps_the_user_alone(rootless):
     assert unmapped.returncode == 125
     assert unmapped.err == ("minidocker: error: user 1000:0 is not in the user namespace's map (a "
                             "user's container without newuidmap maps the user alone, to root)\n")
+
+
+@root
+def test_userns_an_idmap_volume_shows_the_hosts_owners_through_the_map(rootfs, tmp_path):
+    """-v HOST:CTR:idmap: a host directory seen through the container's
+    map, as podman's idmap option: host root's file is container root's
+    (and opens for it), and what container root writes there is host
+    root's; without idmap, the same file is nobody's and stays shut."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "root-only").write_text("host root's\n")
+    (volume / "root-only").chmod(0o600)
+    maps = ["--uidmap", "0:3800000:65536"]
+    seen = sh(rootfs, "cat /v/root-only; stat -c %u:%g /v/root-only; touch /v/made",
+              options=maps + ["-v", "%s:/v:idmap" % volume])
+    assert seen.returncode == 0, seen.err
+    assert seen.out == "host root's\n0:0\n"
+    made = os.stat(str(volume / "made"))
+    assert (made.st_uid, made.st_gid) == (0, 0)
+    shut = sh(rootfs, "stat -c %u:%g /v/root-only; cat /v/root-only", options=maps + [
+        "-v", "%s:/v" % volume])
+    assert shut.out == "65534:65534\n" and "Permission denied" in shut.err
+    bad(["run", "--rm", "-v", "%s:/v:idmap" % volume, rootfs, "true"],
+        "invalid volume '%s:/v:idmap': idmap needs a user namespace of root's" % volume)
