@@ -380,7 +380,7 @@ def test_every_binding_checks_its_errors():
     explains."""
     bindings = [value for name, value in vars(md).items()
                 if isinstance(value, md._libc._FuncPtr)]
-    assert len(bindings) == 18
+    assert len(bindings) == 19
     assert all(binding.errcheck is md._fail_on_minus_one for binding in bindings)
     with pytest.raises(md.SyscallError) as raw:
         md._pivot_root(md.SYSCALLS["pivot_root"], b"/nonexistent/md", b"/nonexistent/md")
@@ -8910,6 +8910,17 @@ def test_userns_auto_root_inside_is_a_free_range_outside(rootfs, subids, tmp_pat
                     check_clean=False)
         assert beside.out.split() == ["0", str(start + 1000), "65536"], beside.err
         assert beside.err == ""
+
+
+@root
+def test_userns_a_failure_in_stage_1_is_one_line(rootfs, tmp_path):
+    """What fails while stage 1 prepares the user namespace's mounts (here a
+    volume's source, a dangling symlink that cannot be made) is one line,
+    exit 125, and nothing is left."""
+    dangling = tmp_path / "dangling"
+    os.symlink("/nonexistent/mdtest", str(dangling))
+    bad(["run", "--rm", "--uidmap", "0:3000000:65536", "-v", "%s:/x" % dangling, rootfs, "true"],
+        "File exists: '%s'" % dangling)
 
 
 @root
