@@ -9169,16 +9169,18 @@ ROOTLESS_SUBIDS = (3600000, 65536)  # the test user's /etc/subuid and /etc/subgi
 @pytest.fixture
 def rootless(subids):
     """A real user of the host (useradd), with a home of its own under /tmp
-    (the test's own directories are root's alone) holding a copy of
-    minidocker.py, and a range in /etc/subuid and /etc/subgid. Yields
-    run(*words, path=...), minidocker run as that user by the system
-    python; the user, its processes' containers and its files go after."""
+    (the test's own directories are root's alone) holding minidocker
+    installed (by the system python, which the user may run), and a range
+    in /etc/subuid and /etc/subgid. Yields run(*words, path=...),
+    minidocker run as that user; the user, its processes' containers and
+    its files go after."""
     for tool in ("useradd", "userdel", "newuidmap", "newgidmap"):
         if shutil.which(tool) is None:
             pytest.fail("%s is not installed (apt-get install passwd uidmap)" % tool)
     import pwd
     name = "mdtest%d" % os.getpid()
     home = tempfile.mkdtemp(prefix="mdtest-home-", dir="/tmp")
+    prefix = tempfile.mkdtemp(prefix="mdtest-prefix-", dir="/tmp")
     subprocess.run(["useradd", "-M", "-d", home, "-s", "/bin/sh", name], check=True)
     try:
         user = pwd.getpwnam(name)
@@ -9189,7 +9191,10 @@ def rootless(subids):
                 handle.writelines(kept + ["%s:%d:%d\n" % ((name,) + ROOTLESS_SUBIDS)])
         os.chown(home, user.pw_uid, user.pw_gid)
         os.chmod(home, 0o755)
-        shutil.copy(os.path.join(HERE, "minidocker.py"), home)
+        os.chmod(prefix, 0o755)  # root's, and the user's to read
+        subprocess.run(["/usr/bin/python3", SINGLE_FILE[1], "install", "--prefix", prefix],
+                       check=True, stdout=subprocess.DEVNULL, timeout=60)
+        launcher = os.path.join(prefix, "bin", "minidocker")
         runtime = os.path.join(home, "run")
         os.mkdir(runtime, 0o700)
         os.chown(runtime, user.pw_uid, user.pw_gid)
@@ -9201,14 +9206,14 @@ def rootless(subids):
 
         def run(*words, path="/usr/sbin:/usr/bin:/sbin:/bin", timeout=60):
             env = {"HOME": home, "PATH": path, "XDG_RUNTIME_DIR": runtime, "LANG": "C.UTF-8"}
-            result = subprocess.run(["/usr/bin/python3", os.path.join(home, "minidocker.py")] +
-                                    list(words), preexec_fn=become, env=env, cwd=home,
+            result = subprocess.run([launcher] + list(words), preexec_fn=become, env=env, cwd=home,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, timeout=timeout)
             result.out, result.err = result.stdout.decode(), result.stderr.decode()
             return result
 
         run.uid, run.gid, run.home, run.become = user.pw_uid, user.pw_gid, home, become
+        run.launcher = launcher
         yield run
         for record in run("ps", "-a", "-q").out.split():
             run("rm", "-f", record)
@@ -9216,6 +9221,7 @@ def rootless(subids):
     finally:
         subprocess.run(["userdel", name], capture_output=True)
         shutil.rmtree(home)
+        shutil.rmtree(prefix)
 
 
 @root
@@ -9263,8 +9269,8 @@ def test_rootless_run_exec_volumes_and_mkrootfs_as_a_user(rootless):
     def shell():
         rootless.become()
         os.chdir(home)
-        os.execve("/usr/bin/python3", ["python3", os.path.join(home, "minidocker.py"), "run",
-                                       "--rm", "-it", rootfs, "sh", "-c", "tty; exit 5"],
+        os.execve(rootless.launcher, [rootless.launcher, "run", "--rm", "-it", rootfs, "sh", "-c",
+                                      "tty; exit 5"],
                   {"HOME": home, "PATH": "/usr/bin:/bin",
                    "XDG_RUNTIME_DIR": os.path.join(home, "run")})
     code, output = on_a_terminal(shell)
