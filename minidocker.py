@@ -1211,8 +1211,8 @@ def build_spec(args, seccomp_cache=None):
     userns = rootless_userns(args, resources) if rootless else \
         parse_userns(args.userns, args.uidmap, args.gidmap)
     check_userns_conflicts(userns, args, namespaces)
-    if rootless:
-        resources = {}  # no cgroup of its own: its user's (rootless_userns)
+    if rootless:  # limits in a delegated cgroup, or none (rootless_userns); no device cgroup
+        resources = {key: value for key, value in resources.items() if key != "devices"}
     if args.hostname and namespaces["uts"] == "host":
         raise MiniDockerError("conflicting options: --hostname and --uts host (the host's "
                               "name is the container's)")
@@ -3809,12 +3809,35 @@ def rootless_userns(args, resources):
                               "NAT are made by netlink in the host's network namespace, which "
                               "a user may not change; use --network none or host")
     asked = [flag for key, flag in LIMIT_FLAGS if key in resources]
-    if asked:
-        raise MiniDockerError("rootless: %s needs a cgroup of the container's own, which a "
-                              "user may not make here (no cgroup delegated to the user): run "
+    if asked and delegated_cgroup() is None:
+        raise MiniDockerError("rootless: %s needs a cgroup of the container's own, and no "
+                              "cgroup2 directory is delegated to this user here (the parent of "
+                              "its own cgroup, its own to write, on a cgroup2-only host): run "
                               "as root for limits" % asked[0])
     check_rootless_host()
     return rootless_maps()
+
+
+def delegated_cgroup():
+    """The cgroup a user may put its containers' cgroups in, or None: on a
+    cgroup2-only host, the parent of the user's own cgroup when the user
+    owns it, its cgroup.procs and its cgroup.subtree_control (systemd's
+    Delegate=, or a chown by root), as podman's cgroupfs manager uses
+    one. A container's cgroup is then made beside the user's own (cgroup2
+    moves a process between two cgroups for whoever may write the
+    cgroup.procs of both and of their common parent), and the device
+    cgroup, a BPF program only the host's root may attach, is left out."""
+    layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
+    if layout.v1 or not layout.v2_mount or layout.v2_own.strip("/") == "":
+        return None
+    parent = os.path.join(layout.v2_mount, os.path.dirname(layout.v2_own.strip("/")))
+    for name in ("", "cgroup.procs", "cgroup.subtree_control"):
+        try:
+            if os.stat(os.path.join(parent, name)).st_uid != os.geteuid():
+                return None
+        except OSError:
+            return None
+    return parent
 
 
 def host_executable(name):
@@ -8581,9 +8604,14 @@ def run_container(spec, paths, report=None, cid=None, again=None):
     cid = cid or os.urandom(32).hex()
     layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
     discard_v1_only(spec.resources, layout)
-    # A user's container stays in its user's cgroups (rootless_userns).
-    cgroup_plan = [] if spec.userns and spec.userns.get("rootless") else \
-        plan_cgroups(spec.resources, layout, cid, spec.cgroup_parent)
+    # A user's container stays in its user's cgroups, or with limits gets
+    # one beside the user's own, in the cgroup delegated to it
+    # (delegated_cgroup: a relative cgroup_path is placed there).
+    if spec.userns and spec.userns.get("rootless"):
+        cgroup_plan = plan_cgroups(spec.resources, layout, cid, cgroup_path="minidocker-" + cid) \
+            if spec.resources else []
+    else:
+        cgroup_plan = plan_cgroups(spec.resources, layout, cid, spec.cgroup_parent)
     parents = missing_parents(cgroup_plan) if spec.cgroup_parent else []
     cgroup_paths = [path for _, _, path, _ in cgroup_plan]
     # A saved spec's volumes (start, a restart) have their host directories.

@@ -9199,14 +9199,17 @@ def rootless(subids):
         os.mkdir(runtime, 0o700)
         os.chown(runtime, user.pw_uid, user.pw_gid)
 
-        def become():
+        def become(cgroup=None):
+            if cgroup is not None:  # as a login puts a user's session in its cgroup
+                md.write_cgroup_file(cgroup, "cgroup.procs", os.getpid())
             os.setgroups([])
             os.setgid(user.pw_gid)
             os.setuid(user.pw_uid)
 
-        def run(*words, path="/usr/sbin:/usr/bin:/sbin:/bin", timeout=60):
+        def run(*words, path="/usr/sbin:/usr/bin:/sbin:/bin", timeout=60, cgroup=None):
             env = {"HOME": home, "PATH": path, "XDG_RUNTIME_DIR": runtime, "LANG": "C.UTF-8"}
-            result = subprocess.run([launcher] + list(words), preexec_fn=become, env=env, cwd=home,
+            result = subprocess.run([launcher] + list(words), preexec_fn=lambda: become(cgroup),
+                                    env=env, cwd=home,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, timeout=timeout)
             result.out, result.err = result.stdout.decode(), result.stderr.decode()
@@ -9217,7 +9220,8 @@ def rootless(subids):
         yield run
         for record in run("ps", "-a", "-q").out.split():
             run("rm", "-f", record)
-        assert os.listdir(os.path.join(home, ".local/share/minidocker/containers")) == []
+        layers = os.path.join(home, ".local/share/minidocker/containers")
+        assert not os.path.exists(layers) or os.listdir(layers) == []
     finally:
         subprocess.run(["userdel", name], capture_output=True)
         shutil.rmtree(home)
@@ -9324,3 +9328,45 @@ def test_userns_an_idmap_volume_shows_the_hosts_owners_through_the_map(rootfs, t
     assert shut.out == "65534:65534\n" and "Permission denied" in shut.err
     bad(["run", "--rm", "-v", "%s:/v:idmap" % volume, rootfs, "true"],
         "invalid volume '%s:/v:idmap': idmap needs a user namespace of root's" % volume)
+
+
+@root
+def test_rootless_limits_in_a_delegated_cgroup(rootless):
+    """On a cgroup2-only host where root delegates a cgroup to the user (its
+    directory and files chowned to it, as systemd's Delegate= does), a
+    rootless run takes -m and --pids-limit: the container gets a cgroup
+    beside the user's own, reads its limits there, and the cgroup goes
+    with it. Where nothing is delegated (this host's v1 or hybrid layout
+    among them), the limit is refused in one line that says why."""
+    rootfs = os.path.join(rootless.home, "rootfs")
+    assert rootless("mkrootfs", rootfs).returncode == 0
+    layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                               md.read_text("/proc/self/cgroup"))
+    limits = ["-m", "64m", "--pids-limit", "50"]
+    if layout.v1 or not layout.v2_mount:
+        refused = rootless("run", "--rm", *limits, rootfs, "true")
+        assert refused.returncode == 125 and refused.err.startswith(
+            "minidocker: error: rootless: --memory needs a cgroup of the container's own, and "
+            "no cgroup2 directory is delegated to this user here"), refused.err
+        return
+    delegated = os.path.join(layout.v2_mount, "mdtest-delegated-%d" % os.getpid())
+    session = os.path.join(delegated, "session")
+    md.enable_v2_controllers(layout.v2_mount, layout.v2_mount, {"memory", "pids", "cpu"})
+    os.mkdir(delegated)
+    os.mkdir(session)
+    try:
+        for path in (delegated, session):
+            for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
+                os.chown(os.path.join(path, name), rootless.uid, rootless.gid)
+        inside = rootless("run", "--rm", *limits, rootfs, "sh", "-c",
+                          "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max /proc/self/cgroup",
+                          cgroup=session)
+        assert inside.returncode == 0, inside.err
+        assert inside.out == "%d\n50\n0::/\n" % (64 << 20)
+        assert sorted(os.listdir(delegated)) == sorted(
+            name for name in os.listdir(delegated) if not name.startswith("minidocker-"))
+        plain = rootless("run", "--rm", rootfs, "cat", "/proc/self/cgroup", cgroup=session)
+        assert plain.out == "0::/\n", plain.err  # without limits: the session's own cgroup
+    finally:
+        os.rmdir(session)
+        os.rmdir(delegated)
