@@ -9369,3 +9369,44 @@ def test_rootless_limits_in_a_delegated_cgroup(rootless):
     finally:
         os.rmdir(session)
         os.rmdir(delegated)
+
+
+@root
+def test_rootless_as_podman_maps_it(rootless):
+    """podman run by the same user, rootless (through runc, cgroupfs), and
+    minidocker's rootless run of the same rootfs: the same uid and gid
+    maps (the user as root, its /etc/subuid range from 1) and the same
+    capabilities. podman's pause process, which it leaves holding its
+    namespaces, is ended by its pid file."""
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed (apt-get install podman)")
+    home = rootless.home
+    rootfs = os.path.join(home, "rootfs")
+    assert rootless("mkrootfs", rootfs).returncode == 0
+    probe = "cat /proc/self/uid_map /proc/self/gid_map; grep -E '^Cap(Prm|Eff|Bnd)' /proc/self/status"
+    ours = rootless("run", "--rm", rootfs, "sh", "-c", probe)
+    assert ours.returncode == 0, ours.err
+    conf = os.path.join(home, "containers.conf")
+    with open(conf, "w") as handle:
+        handle.write('[containers]\ndefault_ulimits = []\n'
+                     '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n')
+    runtime = os.path.join(home, "run")
+    try:
+        theirs = subprocess.run(
+            ["podman", "--runtime", shutil.which("runc"), "run", "--rm", "--network", "none",
+             "--rootfs", rootfs, "sh", "-c", probe], preexec_fn=rootless.become, cwd=home,
+            env={"HOME": home, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "XDG_RUNTIME_DIR": runtime,
+                 "CONTAINERS_CONF": conf}, stdin=subprocess.DEVNULL, capture_output=True,
+            text=True, timeout=120)
+        assert theirs.returncode == 0, theirs.stderr
+        assert theirs.stdout == ours.out
+        assert ours.out.startswith("%10d %10d %10d\n%10d %10d %10d\n" % (
+            (0, rootless.uid, 1, 1) + ROOTLESS_SUBIDS))
+    finally:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
+            with open(os.path.join(runtime, "libpod", "tmp", "pause.pid")) as handle:
+                pause = int(handle.read())
+            os.kill(pause, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while os.path.exists("/proc/%d" % pause) and time.monotonic() < deadline:
+                time.sleep(0.05)
