@@ -5187,6 +5187,23 @@ def warm_cgroup_moves():
                           os.getpid())
 
 
+# What a cgroup2 delegation hands over (the kernel's cgroup-v2.rst,
+# "Delegation Containment"; systemd's Delegate= chowns the same).
+DELEGATED_FILES = ("", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control")
+
+
+def delegate_v2_cgroup(cgroup_plan, owner):
+    """A container with a user namespace of root's (chapter 7, continued) on
+    a cgroup2-only host: its cgroup is its root's, as runc delegates it, so
+    that in its cgroup namespace it sees its cgroup as its own (not
+    nobody's). What it may change there is still bounded by its parent's
+    limits, and by the view's read-only mount unless --privileged."""
+    for version, mount_point, path, controllers in cgroup_plan:
+        if version == 2 and mount_point == CGROUP_VIEW and controllers:
+            for name in DELEGATED_FILES:
+                os.chown(os.path.join(path, name), *owner)
+
+
 def join_cgroups(paths, pid):
     for path in paths:
         write_cgroup_file(path, "cgroup.procs", pid)
@@ -8636,6 +8653,8 @@ def run_container(spec, paths, report=None, cid=None, again=None):
         cgroups = create_cgroups(cgroup_plan, spec.resources)
         trace(spec.debug, "cgroups made, limits written")
         maps = record.get("id_maps")
+        if maps and not maps.get("rootless"):
+            delegate_v2_cgroup(cgroup_plan, mapped_root(maps))
         instance = Instance(cid, layer, spec.hostname or cid[:12], volumes, id_maps=maps,
                             shifted_root=maps and shifted_root_path(paths, spec.rootfs, maps))
         for source, _ in instance.etc_files:  # bound by the child, written by prepare()

@@ -8928,7 +8928,9 @@ def test_userns_uidmap_as_given_exec_and_a_start_again_keep_it(rootfs):
     """--uidmap without --gidmap maps the gids alike; exec enters the user
     namespace (its process has the init's map, and -u resolves as in the
     init); stop and start again keep the map, and the layer's files
-    (owned by the mapped ids) stay the container's root's."""
+    (owned by the mapped ids) stay the container's root's. On a
+    cgroup2-only host its cgroup is delegated to its root (a v1
+    hierarchy's, never: those stay the host's, nobody's inside)."""
     maps = ["--uidmap", "0:3000000:2000", "--uidmap", "2000:3100000:1"]
     cid = detach_run(rootfs, "sh", "-c", "[ -e /root-file ] || echo kept > /root-file; sleep 1000",
                      options=maps + ["--name", "mapped"])
@@ -8936,6 +8938,11 @@ def test_userns_uidmap_as_given_exec_and_a_start_again_keep_it(rootfs):
         expected = ("%10d %10d %10d\n" * 2) % (0, 3000000, 2000, 2000, 3100000, 1)
         shown = minidocker("exec", "mapped", "cat", "/proc/self/uid_map", "/proc/self/gid_map")
         assert shown.out == expected * 2, shown.err
+        layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                                   md.read_text("/proc/self/cgroup"))
+        procs = "/sys/fs/cgroup/pids/cgroup.procs" if layout.v1 else "/sys/fs/cgroup/cgroup.procs"
+        owner = minidocker("exec", "mapped", "stat", "-c", "%u:%g", procs)
+        assert owner.out == ("65534:65534\n" if layout.v1 else "0:0\n"), owner.err
         alice = minidocker("exec", "-u", "alice", "mapped", "id")
         assert alice.out == "uid=1000(alice) gid=1000(alice) groups=50(staff),1000(alice)\n"
         layer_file = os.path.join(md.Paths().layer(cid), "upper/root-file")
