@@ -9581,9 +9581,14 @@ def require_root(what):
 def require_root_or_user(what):
     """Root, or a user where the host lets users make user namespaces: the
     user's containers are rootless ones (chapter 7, continued), in the
-    user's own state directories (Paths)."""
+    user's own state directories (Paths). Those are made (or checked to be
+    the user's) before anything in them is read: without $XDG_RUNTIME_DIR
+    the run tree is /tmp/minidocker-run-UID, which another user may have
+    made first, with records whose pids `rm -f` would kill and `exec`
+    enter; made now, it stays the user's (/tmp is sticky)."""
     if os.geteuid() != 0:
         check_rootless_host()
+        make_state_dirs(Paths())
 
 
 def cmd_run(args):

@@ -9297,6 +9297,45 @@ def test_rootless_without_newuidmap_maps_the_user_alone(rootless):
 
 
 @root
+def test_rootless_a_run_tree_another_user_made_first_is_refused(rootless):
+    """Without $XDG_RUNTIME_DIR a user's run tree is /tmp/minidocker-run-UID,
+    a name any user may take first. Another user (here nobody) made it and
+    planted a record of a "running" container the user never ran, whose
+    pid and owner are a process of the user's: ps, rm -f and exec refuse
+    in one line, exit 125; nothing is listed, killed or entered."""
+    planted = "/tmp/minidocker-run-%d" % rootless.uid
+    os.mkdir(planted)  # (not ours to remove if it is there already)
+    victim = subprocess.Popen(["sleep", "60"], preexec_fn=rootless.become)
+    try:
+        start = md.process_start_time(victim.pid)
+        cid = "ab" * 32
+        record = {"id": cid, "status": "running", "rootfs": "/", "cgroups": [],
+                  "command": ["sleep"], "remove": False, "pid": victim.pid, "pid_start": start,
+                  "owner": victim.pid, "owner_start": start, "created": time.time(),
+                  "name": "planted", "id_maps": None}
+        os.mkdir(os.path.join(planted, "containers"))
+        with open(os.path.join(planted, "containers", cid + ".json"), "w") as handle:
+            json.dump(record, handle)
+        for top, dirs, files in os.walk(planted):
+            for name in [top] + [os.path.join(top, entry) for entry in files]:
+                os.chown(name, 65534, 65534)
+                os.chmod(name, 0o777)
+        env = {"HOME": rootless.home, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+        for words in (["ps", "-a"], ["exec", "planted", "true"], ["rm", "-f", "planted"]):
+            result = subprocess.run(["/usr/bin/python3", os.path.join(rootless.home, "minidocker.py")]
+                                    + words, preexec_fn=rootless.become, env=env, cwd=rootless.home,
+                                    stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+            assert (result.returncode, result.stdout, result.stderr.decode()) == (
+                125, b"", "minidocker: error: state directory %s is not a directory of this "
+                "user's own: refused\n" % planted), words
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
+        shutil.rmtree(planted)
+
+
+@root
 def test_userns_an_idmap_volume_shows_the_hosts_owners_through_the_map(rootfs, tmp_path):
     """-v HOST:CTR:idmap: a host directory seen through the container's
     map, as podman's idmap option: host root's file is container root's
