@@ -1210,6 +1210,8 @@ def build_spec(args, seccomp_cache=None):
     userns = rootless_userns(args, resources) if rootless else \
         parse_userns(args.userns, args.uidmap, args.gidmap)
     check_userns_conflicts(userns, args, namespaces)
+    if userns and not rootless:
+        check_rootfs_mapped(rootfs, userns)
     if rootless:
         resources = {}  # no cgroup of its own: its user's (rootless_userns)
     if args.hostname and namespaces["uts"] == "host":
@@ -3886,6 +3888,16 @@ def owned_by(maps, uid, gid):
         raise MiniDockerError("ROOTFS is owned by %d:%d, which the user namespace's map "
                               "leaves out" % (uid, gid))
     return outside
+
+
+def check_rootfs_mapped(rootfs, userns):
+    """ROOTFS's own owner must be one the user namespace maps (owned_by
+    gives the writable layer's root that owner): checked with the flags,
+    before a record or a layer is made for a run that cannot start."""
+    st = os.stat(rootfs)
+    if not (maps_id(userns, "uid", st.st_uid) and maps_id(userns, "gid", st.st_gid)):
+        raise MiniDockerError("ROOTFS is owned by %d:%d, which the user namespace's map "
+                              "leaves out" % (st.st_uid, st.st_gid))
 
 
 def shifted_root_path(paths, rootfs, maps):

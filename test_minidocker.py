@@ -8924,6 +8924,21 @@ def test_userns_a_failure_in_stage_1_is_one_line(rootfs, tmp_path):
 
 
 @root
+def test_userns_a_rootfs_whose_owner_the_map_leaves_out_is_one_line(state, tmp_path, subids):
+    """ROOTFS owned by an id the map does not give the container (--uidmap,
+    or auto's size): refused with the flags, exit 125; no record, no
+    layer, and /etc/subuid as it was."""
+    image = tmp_path / "image"
+    image.mkdir()
+    os.chown(str(image), 100000, 100000)
+    before = [md.read_text(path) for path in md.SUBID_FILES.values()]
+    for options in (["--uidmap", "0:3000000:1000"], ["--userns", "auto:size=1000"]):
+        bad(["run", "--rm"] + options + [str(image), "true"],
+            "ROOTFS is owned by 100000:100000, which the user namespace's map leaves out")
+    assert [md.read_text(path) for path in md.SUBID_FILES.values()] == before
+
+
+@root
 def test_userns_uidmap_as_given_exec_and_a_start_again_keep_it(rootfs):
     """--uidmap without --gidmap maps the gids alike; exec enters the user
     namespace (its process has the init's map, and -u resolves as in the
