@@ -3693,23 +3693,24 @@ def check_userns_conflicts(userns, args, namespaces):
 
 
 def subid_ranges(kind):
-    """The "containers" user's ranges in /etc/subuid or /etc/subgid, as
-    [(first, count)]; when it has none, one is added: the ids from
-    SUBID_FIRST (or above every range already given) to the last."""
+    """The "containers" user's ranges in /etc/subuid or /etc/subgid, and
+    every other user's, as two lists of (first, count); when "containers"
+    has none, one is added: the ids from SUBID_FIRST (or above every range
+    already given) to the last."""
     path = SUBID_FILES[kind]
     try:
         text = read_text(path)
     except FileNotFoundError:
         text = ""
-    ranges, ends = [], [0]
+    ranges, others, ends = [], [], [0]
     for line in text.splitlines():
         fields = line.strip().split(":")
         if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
             ends.append(int(fields[1]) + int(fields[2]))
-            if fields[0] == SUBID_USER:
-                ranges.append((int(fields[1]), int(fields[2])))
+            (ranges if fields[0] == SUBID_USER else others).append(
+                (int(fields[1]), int(fields[2])))
     if ranges:
-        return ranges
+        return ranges, others
     first = max(SUBID_FIRST, max(ends))
     if first > MAX_ID:
         raise MiniDockerError("--userns auto: %s has no ids left above its ranges for user %s"
@@ -3720,7 +3721,7 @@ def subid_ranges(kind):
             handle.write("\n")
         handle.write(line)
     warn("--userns auto: %s had no ids for user %s: added %s" % (path, SUBID_USER, line.strip()))
-    return [(first, MAX_ID + 1 - first)]
+    return [(first, MAX_ID + 1 - first)], others
 
 
 def free_id_range(ranges, taken, size):
@@ -3740,17 +3741,22 @@ def allocate_id_maps(userns, records):
     """A container's maps: --uidmap/--gidmap's as given, or for auto the
     lowest free range of the "containers" ids, beside every range another
     record holds. Under userns.lock (the caller's), the record stored in
-    it: two runs never take the same ids."""
+    it: two runs never take the same ids. Nor ids a user's line grants it
+    (a "containers" range written over one): the user's own user
+    namespaces could signal, trace and own the files of a container run
+    as them."""
     if "size" not in userns:
         return dict(userns)
     maps = {}
     for kind in ("uid", "gid"):
-        taken = [(outside, size) for record in records
-                 for _, outside, size in (record.get("id_maps") or {}).get(kind, [])]
-        first = free_id_range(subid_ranges(kind), taken, userns["size"])
+        ranges, granted = subid_ranges(kind)
+        taken = granted + [(outside, size) for record in records
+                           for _, outside, size in (record.get("id_maps") or {}).get(kind, [])]
+        first = free_id_range(ranges, taken, userns["size"])
         if first is None:
             raise MiniDockerError("--userns auto: no %d free %ss left in the ranges of user %s "
-                                  "in %s (%d containers hold ranges of their own)" % (
+                                  "in %s (%d containers hold ranges of their own; ids granted to other users "
+                                  "are not taken)" % (
                                       userns["size"], kind, SUBID_USER, SUBID_FILES[kind],
                                       sum(1 for record in records if record.get("id_maps"))))
         maps[kind] = [(0, first, userns["size"])]

@@ -8840,7 +8840,8 @@ def test_userns_auto_takes_the_lowest_free_range(tmp_path, monkeypatch):
     assert md.free_id_range([(10, 100)], [(10, 50), (70, 10)], 31) is None
     with pytest.raises(md.MiniDockerError, match=re.escape(
             "--userns auto: no 200000 free gids left in the ranges of user containers in %s "
-            "(1 containers hold ranges of their own)" % files["gid"])):
+            "(1 containers hold ranges of their own; ids granted to other users are not "
+            "taken)" % files["gid"])):
         md.allocate_id_maps({"size": 200000}, records)
     assert md.allocate_id_maps({"uid": [(0, 7, 1)], "gid": [(0, 8, 1)]}, records) == \
         {"uid": [(0, 7, 1)], "gid": [(0, 8, 1)]}
@@ -9292,6 +9293,38 @@ def test_rootless_run_exec_volumes_and_mkrootfs_as_a_user(rootless):
         refused = rootless("run", "--rm", *flags, rootfs, "true")
         assert refused.returncode == 125 and refused.err.count("\n") == 1, refused.err
         assert refused.err.startswith("minidocker: error: " + message), refused.err
+
+
+@root
+def test_rootless_a_user_cannot_reach_a_remapped_container_through_its_own_ids(rootless, rootfs):
+    """A "containers" range written over a user's /etc/subuid range (here
+    the user's 3600000:65536 inside containers:3600000:200000): --userns
+    auto takes none of the user's ids, or the user, in a user namespace of
+    its own ranges (newuidmap, as any user may), would be the same host
+    id as the container's root and could kill it, trace it, own its
+    files."""
+    for path in md.SUBID_FILES.values():
+        with open(path, "a") as handle:
+            handle.write("containers:%d:200000\n" % ROOTLESS_SUBIDS[0])
+    with started(rootfs, "sh", "-c", "cat /proc/self/uid_map; exec sleep 60",
+                 options=["--userns", "auto"]) as proc:
+        shown = proc.stdout.readline().decode().split()
+        assert shown == ["0", str(ROOTLESS_SUBIDS[0] + ROOTLESS_SUBIDS[1]), "65536"], shown
+        deadline = time.monotonic() + 20
+        while not [r for r in records_now() if r["pid"]]:  # written once the command runs
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        [record] = records_now()
+        attack = subprocess.run(
+            ["unshare", "--map-root-user", "--map-users=%d,1,%d" % ROOTLESS_SUBIDS,
+             "--map-groups=%d,1,%d" % ROOTLESS_SUBIDS, "setpriv", "--reuid", "1", "--regid", "1",
+             "--clear-groups", "kill", "-9", str(record["pid"])], preexec_fn=rootless.become,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, capture_output=True, timeout=30)
+        assert attack.returncode != 0 and b"Operation not permitted" in attack.stderr, attack
+        assert proc.poll() is None
+        assert minidocker("kill", record["id"]).returncode == 0
+        assert proc.wait(timeout=30) == 137
+    assert_nothing_left()
 
 
 @root
