@@ -3626,12 +3626,17 @@ def parse_id_map(text, flag):
 
 
 def check_id_map(entries, flag):
-    """A map as the kernel takes it: at most 340 lines, no two of them
+    """A map as the kernel takes it: at most 340 lines, none past the last
+    id (config.json's come unchecked by parse_id_map), no two of them
     overlapping inside or outside, and container root among its ids (the
     container's first process is root)."""
     if len(entries) > ID_MAP_LINES:
         raise MiniDockerError("%s: %d ranges, more than the kernel's %d"
                               % (flag, len(entries), ID_MAP_LINES))
+    for inside, outside, size in entries:
+        if max(inside, outside) + size - 1 > MAX_ID:
+            raise MiniDockerError("%s: %d:%d:%d: no id above %d" % (flag, inside, outside, size,
+                                                                   MAX_ID))
     for side, name in ((0, "container"), (1, "host")):
         spans = sorted((entry[side], entry[side] + entry[2]) for entry in entries)
         for (_, end), (start, _) in zip(spans, spans[1:]):

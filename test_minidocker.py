@@ -8070,6 +8070,10 @@ OCI_BAD_CONFIGS = [
     (lambda c: c["linux"]["resources"]["devices"].append(
         {"allow": False, "type": "c", "major": 1, "minor": 3}), "deny rule"),
     (lambda c: c["linux"].update(cgroupsPath="system.slice:md:x"), "systemd"),
+    (lambda c: (c["linux"]["namespaces"].append({"type": "user"}), c["linux"].update(
+        uidMappings=[{"containerID": 0, "hostID": 4294967290, "size": 65536}],
+        gidMappings=[{"containerID": 0, "hostID": 3000000, "size": 65536}])),
+     "no id above 4294967294"),
 ]
 
 
