@@ -1206,7 +1206,8 @@ def build_spec(args, seccomp_cache=None):
     namespaces = parse_namespace_modes(args, caps)
     rootless = os.geteuid() != 0
     # A user's container has no bridge (chapter 7, continued): none by default.
-    args.network = args.network or ("none" if rootless else "bridge")
+    if args.network is None:  # (an empty --network '' is refused by plan_network)
+        args.network = "none" if rootless else "bridge"
     userns = rootless_userns(args, resources) if rootless else \
         parse_userns(args.userns, args.uidmap, args.gidmap)
     check_userns_conflicts(userns, args, namespaces)
