@@ -1206,11 +1206,13 @@ def build_spec(args, seccomp_cache=None):
     namespaces = parse_namespace_modes(args, caps)
     rootless = os.geteuid() != 0
     # A user's container has no bridge (chapter 7, continued): none by default.
-    if args.network is None:
+    if args.network is None:  # (an empty --network '' is refused by plan_network)
         args.network = "none" if rootless else "bridge"
     userns = rootless_userns(args, resources) if rootless else \
         parse_userns(args.userns, args.uidmap, args.gidmap)
     check_userns_conflicts(userns, args, namespaces)
+    if userns and not rootless:
+        check_rootfs_mapped(rootfs, userns)
     if rootless:  # limits in a delegated cgroup, or none (rootless_userns); no device cgroup
         resources = {key: value for key, value in resources.items() if key != "devices"}
     if args.hostname and namespaces["uts"] == "host":
@@ -3625,12 +3627,17 @@ def parse_id_map(text, flag):
 
 
 def check_id_map(entries, flag):
-    """A map as the kernel takes it: at most 340 lines, no two of them
+    """A map as the kernel takes it: at most 340 lines, none past the last
+    id (config.json's come unchecked by parse_id_map), no two of them
     overlapping inside or outside, and container root among its ids (the
     container's first process is root)."""
     if len(entries) > ID_MAP_LINES:
         raise MiniDockerError("%s: %d ranges, more than the kernel's %d"
                               % (flag, len(entries), ID_MAP_LINES))
+    for inside, outside, size in entries:
+        if max(inside, outside) + size - 1 > MAX_ID:
+            raise MiniDockerError("%s: %d:%d:%d: no id above %d" % (flag, inside, outside, size,
+                                                                   MAX_ID))
     for side, name in ((0, "container"), (1, "host")):
         spans = sorted((entry[side], entry[side] + entry[2]) for entry in entries)
         for (_, end), (start, _) in zip(spans, spans[1:]):
@@ -3692,23 +3699,24 @@ def check_userns_conflicts(userns, args, namespaces):
 
 
 def subid_ranges(kind):
-    """The "containers" user's ranges in /etc/subuid or /etc/subgid, as
-    [(first, count)]; when it has none, one is added: the ids from
-    SUBID_FIRST (or above every range already given) to the last."""
+    """The "containers" user's ranges in /etc/subuid or /etc/subgid, and
+    every other user's, as two lists of (first, count); when "containers"
+    has none, one is added: the ids from SUBID_FIRST (or above every range
+    already given) to the last."""
     path = SUBID_FILES[kind]
     try:
         text = read_text(path)
     except FileNotFoundError:
         text = ""
-    ranges, ends = [], [0]
+    ranges, others, ends = [], [], [0]
     for line in text.splitlines():
         fields = line.strip().split(":")
         if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
             ends.append(int(fields[1]) + int(fields[2]))
-            if fields[0] == SUBID_USER:
-                ranges.append((int(fields[1]), int(fields[2])))
+            (ranges if fields[0] == SUBID_USER else others).append(
+                (int(fields[1]), int(fields[2])))
     if ranges:
-        return ranges
+        return ranges, others
     first = max(SUBID_FIRST, max(ends))
     if first > MAX_ID:
         raise MiniDockerError("--userns auto: %s has no ids left above its ranges for user %s"
@@ -3719,7 +3727,7 @@ def subid_ranges(kind):
             handle.write("\n")
         handle.write(line)
     warn("--userns auto: %s had no ids for user %s: added %s" % (path, SUBID_USER, line.strip()))
-    return [(first, MAX_ID + 1 - first)]
+    return [(first, MAX_ID + 1 - first)], others
 
 
 def free_id_range(ranges, taken, size):
@@ -3739,17 +3747,22 @@ def allocate_id_maps(userns, records):
     """A container's maps: --uidmap/--gidmap's as given, or for auto the
     lowest free range of the "containers" ids, beside every range another
     record holds. Under userns.lock (the caller's), the record stored in
-    it: two runs never take the same ids."""
+    it: two runs never take the same ids. Nor ids a user's line grants it
+    (a "containers" range written over one): the user's own user
+    namespaces could signal, trace and own the files of a container run
+    as them."""
     if "size" not in userns:
         return dict(userns)
     maps = {}
     for kind in ("uid", "gid"):
-        taken = [(outside, size) for record in records
-                 for _, outside, size in (record.get("id_maps") or {}).get(kind, [])]
-        first = free_id_range(subid_ranges(kind), taken, userns["size"])
+        ranges, granted = subid_ranges(kind)
+        taken = granted + [(outside, size) for record in records
+                           for _, outside, size in (record.get("id_maps") or {}).get(kind, [])]
+        first = free_id_range(ranges, taken, userns["size"])
         if first is None:
             raise MiniDockerError("--userns auto: no %d free %ss left in the ranges of user %s "
-                                  "in %s (%d containers hold ranges of their own)" % (
+                                  "in %s (%d containers hold ranges of their own; ids granted "
+                                  "to other users are not taken)" % (
                                       userns["size"], kind, SUBID_USER, SUBID_FILES[kind],
                                       sum(1 for record in records if record.get("id_maps"))))
         maps[kind] = [(0, first, userns["size"])]
@@ -3910,6 +3923,16 @@ def owned_by(maps, uid, gid):
         raise MiniDockerError("ROOTFS is owned by %d:%d, which the user namespace's map "
                               "leaves out" % (uid, gid))
     return outside
+
+
+def check_rootfs_mapped(rootfs, userns):
+    """ROOTFS's own owner must be one the user namespace maps (owned_by
+    gives the writable layer's root that owner): checked with the flags,
+    before a record or a layer is made for a run that cannot start."""
+    st = os.stat(rootfs)
+    if not (maps_id(userns, "uid", st.st_uid) and maps_id(userns, "gid", st.st_gid)):
+        raise MiniDockerError("ROOTFS is owned by %d:%d, which the user namespace's map "
+                              "leaves out" % (st.st_uid, st.st_gid))
 
 
 def shifted_root_path(paths, rootfs, maps):
@@ -9629,9 +9652,14 @@ def require_root(what):
 def require_root_or_user(what):
     """Root, or a user where the host lets users make user namespaces: the
     user's containers are rootless ones (chapter 7, continued), in the
-    user's own state directories (Paths)."""
+    user's own state directories (Paths). Those are made (or checked to be
+    the user's) before anything in them is read: without $XDG_RUNTIME_DIR
+    the run tree is /tmp/minidocker-run-UID, which another user may have
+    made first, with records whose pids `rm -f` would kill and `exec`
+    enter; made now, it stays the user's (/tmp is sticky)."""
     if os.geteuid() != 0:
         check_rootless_host()
+        make_state_dirs(Paths())
 
 
 def cmd_run(args):
@@ -12490,7 +12518,8 @@ def run_runc(argv, prog="minidocker-runc"):
             raise MiniDockerError("--systemd-cgroup: minidocker writes cgroupfs itself and "
                                   "does not drive systemd; configure the caller for cgroupfs")
         if args.rootless == "true":
-            raise MiniDockerError("--rootless: user namespaces are not supported by minidocker")
+            raise MiniDockerError("--rootless: minidocker-runc runs as root only (a bundle's "
+                                  "user namespace, linux.uidMappings, is root's to make)")
         if args.handler not in (runc_run, runc_create_command):
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_NUMBERS)
         code = args.handler(args)

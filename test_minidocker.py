@@ -8070,6 +8070,10 @@ OCI_BAD_CONFIGS = [
     (lambda c: c["linux"]["resources"]["devices"].append(
         {"allow": False, "type": "c", "major": 1, "minor": 3}), "deny rule"),
     (lambda c: c["linux"].update(cgroupsPath="system.slice:md:x"), "systemd"),
+    (lambda c: (c["linux"]["namespaces"].append({"type": "user"}), c["linux"].update(
+        uidMappings=[{"containerID": 0, "hostID": 4294967290, "size": 65536}],
+        gidMappings=[{"containerID": 0, "hostID": 3000000, "size": 65536}])),
+     "no id above 4294967294"),
 ]
 
 
@@ -8840,7 +8844,8 @@ def test_userns_auto_takes_the_lowest_free_range(tmp_path, monkeypatch):
     assert md.free_id_range([(10, 100)], [(10, 50), (70, 10)], 31) is None
     with pytest.raises(md.MiniDockerError, match=re.escape(
             "--userns auto: no 200000 free gids left in the ranges of user containers in %s "
-            "(1 containers hold ranges of their own)" % files["gid"])):
+            "(1 containers hold ranges of their own; ids granted to other users are not "
+            "taken)" % files["gid"])):
         md.allocate_id_maps({"size": 200000}, records)
     assert md.allocate_id_maps({"uid": [(0, 7, 1)], "gid": [(0, 8, 1)]}, records) == \
         {"uid": [(0, 7, 1)], "gid": [(0, 8, 1)]}
@@ -8921,6 +8926,21 @@ def test_userns_a_failure_in_stage_1_is_one_line(rootfs, tmp_path):
     os.symlink("/nonexistent/mdtest", str(dangling))
     bad(["run", "--rm", "--uidmap", "0:3000000:65536", "-v", "%s:/x" % dangling, rootfs, "true"],
         "File exists: '%s'" % dangling)
+
+
+@root
+def test_userns_a_rootfs_whose_owner_the_map_leaves_out_is_one_line(state, tmp_path, subids):
+    """ROOTFS owned by an id the map does not give the container (--uidmap,
+    or auto's size): refused with the flags, exit 125; no record, no
+    layer, and /etc/subuid as it was."""
+    image = tmp_path / "image"
+    image.mkdir()
+    os.chown(str(image), 100000, 100000)
+    before = [md.read_text(path) for path in md.SUBID_FILES.values()]
+    for options in (["--uidmap", "0:3000000:1000"], ["--userns", "auto:size=1000"]):
+        bad(["run", "--rm"] + options + [str(image), "true"],
+            "ROOTFS is owned by 100000:100000, which the user namespace's map leaves out")
+    assert [md.read_text(path) for path in md.SUBID_FILES.values()] == before
 
 
 @root
@@ -9297,6 +9317,38 @@ def test_rootless_run_exec_volumes_and_mkrootfs_as_a_user(rootless):
 
 
 @root
+def test_rootless_a_user_cannot_reach_a_remapped_container_through_its_own_ids(rootless, rootfs):
+    """A "containers" range written over a user's /etc/subuid range (here
+    the user's 3600000:65536 inside containers:3600000:200000): --userns
+    auto takes none of the user's ids, or the user, in a user namespace of
+    its own ranges (newuidmap, as any user may), would be the same host
+    id as the container's root and could kill it, trace it, own its
+    files."""
+    for path in md.SUBID_FILES.values():
+        with open(path, "a") as handle:
+            handle.write("containers:%d:200000\n" % ROOTLESS_SUBIDS[0])
+    with started(rootfs, "sh", "-c", "cat /proc/self/uid_map; exec sleep 60",
+                 options=["--userns", "auto"]) as proc:
+        shown = proc.stdout.readline().decode().split()
+        assert shown == ["0", str(ROOTLESS_SUBIDS[0] + ROOTLESS_SUBIDS[1]), "65536"], shown
+        deadline = time.monotonic() + 20
+        while not [r for r in records_now() if r["pid"]]:  # written once the command runs
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        [record] = records_now()
+        attack = subprocess.run(
+            ["unshare", "--map-root-user", "--map-users=%d,1,%d" % ROOTLESS_SUBIDS,
+             "--map-groups=%d,1,%d" % ROOTLESS_SUBIDS, "setpriv", "--reuid", "1", "--regid", "1",
+             "--clear-groups", "kill", "-9", str(record["pid"])], preexec_fn=rootless.become,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, capture_output=True, timeout=30)
+        assert attack.returncode != 0 and b"Operation not permitted" in attack.stderr, attack
+        assert proc.poll() is None
+        assert minidocker("kill", record["id"]).returncode == 0
+        assert proc.wait(timeout=30) == 137
+    assert_nothing_left()
+
+
+@root
 def test_rootless_without_newuidmap_maps_the_user_alone(rootless):
     """Without newuidmap and newgidmap (not in $PATH), the user's own ids
     are all the namespace has: container root, its files the user's, no
@@ -9311,6 +9363,45 @@ def test_rootless_without_newuidmap_maps_the_user_alone(rootless):
     assert unmapped.returncode == 125
     assert unmapped.err == ("minidocker: error: user 1000:0 is not in the user namespace's map (a "
                             "user's container without newuidmap maps the user alone, to root)\n")
+
+
+@root
+def test_rootless_a_run_tree_another_user_made_first_is_refused(rootless):
+    """Without $XDG_RUNTIME_DIR a user's run tree is /tmp/minidocker-run-UID,
+    a name any user may take first. Another user (here nobody) made it and
+    planted a record of a "running" container the user never ran, whose
+    pid and owner are a process of the user's: ps, rm -f and exec refuse
+    in one line, exit 125; nothing is listed, killed or entered."""
+    planted = "/tmp/minidocker-run-%d" % rootless.uid
+    os.mkdir(planted)  # (not ours to remove if it is there already)
+    victim = subprocess.Popen(["sleep", "60"], preexec_fn=rootless.become)
+    try:
+        start = md.process_start_time(victim.pid)
+        cid = "ab" * 32
+        record = {"id": cid, "status": "running", "rootfs": "/", "cgroups": [],
+                  "command": ["sleep"], "remove": False, "pid": victim.pid, "pid_start": start,
+                  "owner": victim.pid, "owner_start": start, "created": time.time(),
+                  "name": "planted", "id_maps": None}
+        os.mkdir(os.path.join(planted, "containers"))
+        with open(os.path.join(planted, "containers", cid + ".json"), "w") as handle:
+            json.dump(record, handle)
+        for top, dirs, files in os.walk(planted):
+            for name in [top] + [os.path.join(top, entry) for entry in files]:
+                os.chown(name, 65534, 65534)
+                os.chmod(name, 0o777)
+        env = {"HOME": rootless.home, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+        for words in (["ps", "-a"], ["exec", "planted", "true"], ["rm", "-f", "planted"]):
+            result = subprocess.run([rootless.launcher] + words, preexec_fn=rootless.become,
+                                    env=env, cwd=rootless.home, stdin=subprocess.DEVNULL,
+                                    capture_output=True, timeout=60)
+            assert (result.returncode, result.stdout, result.stderr.decode()) == (
+                125, b"", "minidocker: error: state directory %s is not a directory of this "
+                "user's own: refused\n" % planted), words
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
+        shutil.rmtree(planted)
 
 
 @root
