@@ -3613,6 +3613,34 @@ ID_MAP_LINES = 340                # the kernel's limit of lines in one map (Linu
 SUBID_FILES = {"uid": "/etc/subuid", "gid": "/etc/subgid"}
 
 
+def parse_userns(mode, uidmap, gidmap):
+    """--userns, --uidmap, --gidmap -> None (no user namespace: the host's,
+    Docker's default), {"size": N} (auto), or {"uid": map, "gid": map}. One
+    of the maps alone stands for both, as in podman."""
+    if uidmap or gidmap:
+        if mode not in (None, ""):
+            raise MiniDockerError("--userns %s and --uidmap/--gidmap conflict: the maps make a "
+                                  "user namespace of their own" % quote(mode))
+        uid = [parse_id_map(text, "--uidmap") for text in uidmap]
+        gid = [parse_id_map(text, "--gidmap") for text in gidmap]
+        return {"uid": check_id_map(uid or gid, "--uidmap"),
+                "gid": check_id_map(gid or uid, "--gidmap")}
+    if mode in (None, "", "host"):
+        return None
+    name, _, options = mode.partition(":")
+    if name != "auto":
+        raise MiniDockerError("invalid --userns %s: expected host, auto or auto:size=N"
+                              % quote(mode))
+    size = USERNS_AUTO_SIZE
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        if key != "size" or not value.isdigit() or not 0 < int(value) <= MAX_ID:
+            raise MiniDockerError("invalid --userns %s: its only option is size=N (N ids, "
+                                  "at least 1)" % quote(mode))
+        size = int(value)
+    return {"size": size}
+
+
 def parse_id_map(text, flag):
     """--uidmap/--gidmap CONTAINER_ID:HOST_ID:SIZE (podman's form) -> a tuple."""
     fields = text.split(":")
@@ -3648,34 +3676,6 @@ def check_id_map(entries, flag):
     return entries
 
 
-def parse_userns(mode, uidmap, gidmap):
-    """--userns, --uidmap, --gidmap -> None (no user namespace: the host's,
-    Docker's default), {"size": N} (auto), or {"uid": map, "gid": map}. One
-    of the maps alone stands for both, as in podman."""
-    if uidmap or gidmap:
-        if mode not in (None, ""):
-            raise MiniDockerError("--userns %s and --uidmap/--gidmap conflict: the maps make a "
-                                  "user namespace of their own" % quote(mode))
-        uid = [parse_id_map(text, "--uidmap") for text in uidmap]
-        gid = [parse_id_map(text, "--gidmap") for text in gidmap]
-        return {"uid": check_id_map(uid or gid, "--uidmap"),
-                "gid": check_id_map(gid or uid, "--gidmap")}
-    if mode in (None, "", "host"):
-        return None
-    name, _, options = mode.partition(":")
-    if name != "auto":
-        raise MiniDockerError("invalid --userns %s: expected host, auto or auto:size=N"
-                              % quote(mode))
-    size = USERNS_AUTO_SIZE
-    for option in filter(None, options.split(",")):
-        key, _, value = option.partition("=")
-        if key != "size" or not value.isdigit() or not 0 < int(value) <= MAX_ID:
-            raise MiniDockerError("invalid --userns %s: its only option is size=N (N ids, "
-                                  "at least 1)" % quote(mode))
-        size = int(value)
-    return {"size": size}
-
-
 def check_userns_conflicts(userns, args, namespaces):
     """What a user namespace cannot own: the host's devices (--privileged)
     and the host's pid, IPC and UTS namespaces, whose mounts (proc, mqueue)
@@ -3696,6 +3696,60 @@ def check_userns_conflicts(userns, args, namespaces):
         raise MiniDockerError("%s and a user namespace conflict: its root cannot own what "
                               "the host's root does (use --userns host)"
                               % ("--privileged" if args.privileged else shared[0] + " host"))
+
+
+def check_rootfs_mapped(rootfs, userns):
+    """ROOTFS's own owner must be one the user namespace maps (owned_by
+    gives the writable layer's root that owner): checked with the flags,
+    before a record or a layer is made for a run that cannot start."""
+    st = os.stat(rootfs)
+    if not (maps_id(userns, "uid", st.st_uid) and maps_id(userns, "gid", st.st_gid)):
+        raise MiniDockerError("ROOTFS is owned by %d:%d, which the user namespace's map "
+                              "leaves out" % (st.st_uid, st.st_gid))
+
+
+def maps_id(userns, kind, inside):
+    """Whether a spec's user namespace (parse_userns's, or a rootless one's
+    maps) has container id `inside`; without a user namespace, every id."""
+    if not userns:
+        return True
+    if "size" in userns:
+        return inside < userns["size"]
+    return host_id(userns[kind], inside) is not None
+
+
+def host_id(entries, inside):
+    """A container id -> the host id the map makes it; None if unmapped."""
+    for first, outside, size in entries:
+        if first <= inside < first + size:
+            return outside + inside - first
+    return None
+
+
+def allocate_id_maps(userns, records):
+    """A container's maps: --uidmap/--gidmap's as given, or for auto the
+    lowest free range of the "containers" ids, beside every range another
+    record holds. Under userns.lock (the caller's), the record stored in
+    it: two runs never take the same ids. Nor ids a user's line grants it
+    (a "containers" range written over one): the user's own user
+    namespaces could signal, trace and own the files of a container run
+    as them."""
+    if "size" not in userns:
+        return dict(userns)
+    maps = {}
+    for kind in ("uid", "gid"):
+        ranges, granted = subid_ranges(kind)
+        taken = granted + [(outside, size) for record in records
+                           for _, outside, size in (record.get("id_maps") or {}).get(kind, [])]
+        first = free_id_range(ranges, taken, userns["size"])
+        if first is None:
+            raise MiniDockerError("--userns auto: no %d free %ss left in the ranges of user %s "
+                                  "in %s (%d containers hold ranges of their own; ids granted "
+                                  "to other users are not taken)" % (
+                                      userns["size"], kind, SUBID_USER, SUBID_FILES[kind],
+                                      sum(1 for record in records if record.get("id_maps"))))
+        maps[kind] = [(0, first, userns["size"])]
+    return maps
 
 
 def subid_ranges(kind):
@@ -3743,30 +3797,21 @@ def free_id_range(ranges, taken, size):
     return None
 
 
-def allocate_id_maps(userns, records):
-    """A container's maps: --uidmap/--gidmap's as given, or for auto the
-    lowest free range of the "containers" ids, beside every range another
-    record holds. Under userns.lock (the caller's), the record stored in
-    it: two runs never take the same ids. Nor ids a user's line grants it
-    (a "containers" range written over one): the user's own user
-    namespaces could signal, trace and own the files of a container run
-    as them."""
-    if "size" not in userns:
-        return dict(userns)
-    maps = {}
-    for kind in ("uid", "gid"):
-        ranges, granted = subid_ranges(kind)
-        taken = granted + [(outside, size) for record in records
-                           for _, outside, size in (record.get("id_maps") or {}).get(kind, [])]
-        first = free_id_range(ranges, taken, userns["size"])
-        if first is None:
-            raise MiniDockerError("--userns auto: no %d free %ss left in the ranges of user %s "
-                                  "in %s (%d containers hold ranges of their own; ids granted "
-                                  "to other users are not taken)" % (
-                                      userns["size"], kind, SUBID_USER, SUBID_FILES[kind],
-                                      sum(1 for record in records if record.get("id_maps"))))
-        maps[kind] = [(0, first, userns["size"])]
-    return maps
+def mapped_root(maps):
+    return host_id(maps["uid"], 0), host_id(maps["gid"], 0)
+
+
+def owned_by(maps, uid, gid):
+    """The host's owner of a file the container should see owned by
+    uid:gid (themselves without a user namespace). An id the map leaves
+    out is refused: the container would see nobody own it."""
+    if not maps:
+        return uid, gid
+    outside = host_id(maps["uid"], uid), host_id(maps["gid"], gid)
+    if None in outside:
+        raise MiniDockerError("ROOTFS is owned by %d:%d, which the user namespace's map "
+                              "leaves out" % (uid, gid))
+    return outside
 
 
 # Rootless: minidocker run by a user without root. The user namespace is
@@ -3781,24 +3826,6 @@ def allocate_id_maps(userns, records):
 # holds the container; no cgroup of its own), the bridge (netlink and
 # nf_tables in the host's network namespace), --privileged, and a user
 # namespace other than this one.
-
-def check_rootless_host():
-    """Whether this kernel lets a user make a user namespace; if not, the
-    setting that forbids it, by name."""
-    for path, refusing, hint in (
-            ("/proc/sys/kernel/unprivileged_userns_clone", "0", "sysctl "
-             "kernel.unprivileged_userns_clone=1"),
-            ("/proc/sys/user/max_user_namespaces", "0", "sysctl user.max_user_namespaces=15000"),
-            ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1", "an AppArmor "
-             "profile for python3 that allows userns, or sysctl "
-             "kernel.apparmor_restrict_unprivileged_userns=0")):
-        try:
-            value = read_text(path).strip()
-        except OSError:
-            continue
-        if value == refusing:
-            raise MiniDockerError("rootless: this host forbids users user namespaces (%s is %s): "
-                                  "run as root, or ask for %s" % (path, value, hint))
 
 
 # parse_resources' keys, and the flags that set them
@@ -3853,13 +3880,23 @@ def delegated_cgroup():
     return parent
 
 
-def host_executable(name):
-    """The host's program `name` in $PATH (or the default one), or None."""
-    for directory in os.environ.get("PATH", DEFAULT_PATH).split(":"):
-        candidate = os.path.join(directory, name)
-        if directory and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
+def check_rootless_host():
+    """Whether this kernel lets a user make a user namespace; if not, the
+    setting that forbids it, by name."""
+    for path, refusing, hint in (
+            ("/proc/sys/kernel/unprivileged_userns_clone", "0", "sysctl "
+             "kernel.unprivileged_userns_clone=1"),
+            ("/proc/sys/user/max_user_namespaces", "0", "sysctl user.max_user_namespaces=15000"),
+            ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1", "an AppArmor "
+             "profile for python3 that allows userns, or sysctl "
+             "kernel.apparmor_restrict_unprivileged_userns=0")):
+        try:
+            value = read_text(path).strip()
+        except OSError:
+            continue
+        if value == refusing:
+            raise MiniDockerError("rootless: this host forbids users user namespaces (%s is %s): "
+                                  "run as root, or ask for %s" % (path, value, hint))
 
 
 def rootless_maps():
@@ -3890,57 +3927,14 @@ def rootless_maps():
         maps["uid"], maps["gid"] = maps["uid"][:1], maps["gid"][:1]
     return maps
 
-def host_id(entries, inside):
-    """A container id -> the host id the map makes it; None if unmapped."""
-    for first, outside, size in entries:
-        if first <= inside < first + size:
-            return outside + inside - first
+
+def host_executable(name):
+    """The host's program `name` in $PATH (or the default one), or None."""
+    for directory in os.environ.get("PATH", DEFAULT_PATH).split(":"):
+        candidate = os.path.join(directory, name)
+        if directory and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
     return None
-
-
-def mapped_root(maps):
-    return host_id(maps["uid"], 0), host_id(maps["gid"], 0)
-
-
-def maps_id(userns, kind, inside):
-    """Whether a spec's user namespace (parse_userns's, or a rootless one's
-    maps) has container id `inside`; without a user namespace, every id."""
-    if not userns:
-        return True
-    if "size" in userns:
-        return inside < userns["size"]
-    return host_id(userns[kind], inside) is not None
-
-
-def owned_by(maps, uid, gid):
-    """The host's owner of a file the container should see owned by
-    uid:gid (themselves without a user namespace). An id the map leaves
-    out is refused: the container would see nobody own it."""
-    if not maps:
-        return uid, gid
-    outside = host_id(maps["uid"], uid), host_id(maps["gid"], gid)
-    if None in outside:
-        raise MiniDockerError("ROOTFS is owned by %d:%d, which the user namespace's map "
-                              "leaves out" % (uid, gid))
-    return outside
-
-
-def check_rootfs_mapped(rootfs, userns):
-    """ROOTFS's own owner must be one the user namespace maps (owned_by
-    gives the writable layer's root that owner): checked with the flags,
-    before a record or a layer is made for a run that cannot start."""
-    st = os.stat(rootfs)
-    if not (maps_id(userns, "uid", st.st_uid) and maps_id(userns, "gid", st.st_gid)):
-        raise MiniDockerError("ROOTFS is owned by %d:%d, which the user namespace's map "
-                              "leaves out" % (st.st_uid, st.st_gid))
-
-
-def shifted_root_path(paths, rootfs, maps):
-    """Where the shifted copy of ROOTFS for these maps is kept, if one is
-    needed (mount_mapped_overlay): one per ROOTFS and maps."""
-    import hashlib
-    key = json.dumps([os.path.realpath(rootfs), maps["uid"], maps["gid"]])
-    return os.path.join(paths.shifted, hashlib.sha256(key.encode()).hexdigest()[:32])
 
 
 def make_user_namespace(maps):
@@ -3970,6 +3964,31 @@ def make_user_namespace(maps):
         if release is not None:
             os.close(release)
         os.waitpid(child, 0)
+
+
+# clone(2) as glibc wraps it: the child runs fn(arg) on the stack given,
+# then exits with its result; CLONE_VM shares our memory instead of
+# copying it (0.2 ms, where os.fork takes 2-3 ms of copying this process's
+# page tables). The child's fn is libc's getpid: a system call, no Python,
+# and of our memory only the stack we lend it, kept until it has ended
+# (waitid with WNOWAIT). A zombie keeps its credentials, and so its user
+# namespace, until it is reaped: time enough to write its maps and open
+# /proc/PID/ns/user.
+CLONE_VM = 0x100
+CLONE_STACK_BYTES = 16384
+
+
+def clone_in_user_namespace():
+    """-> the pid of an ended, unreaped child in a new user namespace."""
+    stack = ctypes.create_string_buffer(CLONE_STACK_BYTES)
+    top = (ctypes.addressof(stack) + CLONE_STACK_BYTES - 64) & ~15  # grows down, 16-aligned
+    with failing_as("clone(CLONE_NEWUSER)",
+                    {errno.EPERM: "this host forbids it (user.max_user_namespaces, or a "
+                                  "security module)"}):
+        child = _clone(ctypes.cast(_libc.getpid, ctypes.c_void_p), top,
+                       CLONE_VM | CLONE_NEWUSER | signal.SIGCHLD, None)
+    os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)  # off our stack: it may go
+    return child
 
 
 def hold_user_namespace():
@@ -4003,31 +4022,6 @@ def hold_user_namespace():
     return child, hold_write
 
 
-# clone(2) as glibc wraps it: the child runs fn(arg) on the stack given,
-# then exits with its result; CLONE_VM shares our memory instead of
-# copying it (0.2 ms, where os.fork takes 2-3 ms of copying this process's
-# page tables). The child's fn is libc's getpid: a system call, no Python,
-# and of our memory only the stack we lend it, kept until it has ended
-# (waitid with WNOWAIT). A zombie keeps its credentials, and so its user
-# namespace, until it is reaped: time enough to write its maps and open
-# /proc/PID/ns/user.
-CLONE_VM = 0x100
-CLONE_STACK_BYTES = 16384
-
-
-def clone_in_user_namespace():
-    """-> the pid of an ended, unreaped child in a new user namespace."""
-    stack = ctypes.create_string_buffer(CLONE_STACK_BYTES)
-    top = (ctypes.addressof(stack) + CLONE_STACK_BYTES - 64) & ~15  # grows down, 16-aligned
-    with failing_as("clone(CLONE_NEWUSER)",
-                    {errno.EPERM: "this host forbids it (user.max_user_namespaces, or a "
-                                  "security module)"}):
-        child = _clone(ctypes.cast(_libc.getpid, ctypes.c_void_p), top,
-                       CLONE_VM | CLONE_NEWUSER | signal.SIGCHLD, None)
-    os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)  # off our stack: it may go
-    return child
-
-
 def write_proc_file(pid, name, text):
     """/proc/PID/NAME written in one write(2), as uid_map and gid_map must be."""
     try:
@@ -4057,6 +4051,15 @@ def run_id_map_helper(name, pid, entries):
     if code != 0:
         raise MiniDockerError("rootless: %s failed (exit %d): does %s grant this user the "
                               "ids it names?" % (" ".join(argv), code, SUBID_FILES[name[3:6]]))
+
+
+def setgroups_denied():
+    """Whether this user namespace refuses setgroups(2): a user's one-id
+    gid map (make_user_namespace)."""
+    try:
+        return read_text("/proc/self/setgroups").strip() == "deny"
+    except FileNotFoundError:  # before Linux 3.19
+        return False
 
 
 def enter_user_namespace(spec, instance, to_parent, from_parent):
@@ -4104,6 +4107,102 @@ def enter_user_namespace(spec, instance, to_parent, from_parent):
         os._exit(0)
     if read_line(from_parent, bytearray()) != b"adopted\n":
         os._exit(EXIT_RUNTIME)
+
+
+def mount_mapped_overlay(spec, instance, userns):
+    """The overlay at layer/merged, its lower layer ROOTFS as the map shows
+    it: an idmapped mount of ROOTFS at layer/lower, or, where the kernel
+    refuses one (EINVAL: a filesystem without idmapped mounts, or an
+    overlay that takes no idmapped layer), the copy shifted_copy keeps.
+    Returns the one line that says so, or None."""
+    lower = os.path.join(instance.layer, "lower")
+    try:
+        tree = open_tree(spec.rootfs)
+        try:
+            mount_setattr(tree, MOUNT_ATTR_IDMAP, spec.rootfs + " (idmapped)", userns)
+            move_mount(tree, lower, lower)
+        finally:
+            os.close(tree)
+        mount_overlay(spec, instance.layer, lower)
+        return None
+    except SyscallError as err:
+        if err.errno not in (errno.EINVAL, errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        refusal = str(err)
+    copy = shifted_copy(spec.rootfs, instance.shifted_root, instance.id_maps)
+    mount_overlay(spec, instance.layer, copy)
+    return ("%s cannot be idmapped here (%s): the container's root is a copy with its "
+            "owners shifted by the map, kept in %s (remove it when ROOTFS changes)"
+            % (spec.rootfs, refusal, copy))
+
+
+def shifted_root_path(paths, rootfs, maps):
+    """Where the shifted copy of ROOTFS for these maps is kept, if one is
+    needed (mount_mapped_overlay): one per ROOTFS and maps."""
+    import hashlib
+    key = json.dumps([os.path.realpath(rootfs), maps["uid"], maps["gid"]])
+    return os.path.join(paths.shifted, hashlib.sha256(key.encode()).hexdigest()[:32])
+
+
+def shifted_copy(rootfs, copy, maps):
+    """ROOTFS copied to `copy` once, every owner moved by the maps (an id
+    they do not map becomes the map's nobody, 65534, or its root). Made
+    under a temporary name and renamed: a run that dies halfway leaves no
+    half copy, and of two runs making the same one, one keeps its own."""
+    if os.path.isdir(copy):
+        return copy
+    temporary = "%s.tmp-%d" % (copy, os.getpid())
+    os.makedirs(os.path.dirname(copy), mode=0o700, exist_ok=True)
+    os.mkdir(temporary, 0o700)
+
+    def shift(entries, inside):
+        for candidate in (inside, 65534, 0):
+            if host_id(entries, candidate) is not None:
+                return host_id(entries, candidate)
+
+    def owner(st):
+        return shift(maps["uid"], st.st_uid), shift(maps["gid"], st.st_gid)
+
+    try:
+        source = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        destination = os.open(temporary, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            copy_tree(source, destination, owner)
+            copy_attributes(source, destination, os.fstat(source), owner)
+        finally:
+            os.close(source)
+            os.close(destination)
+        os.rename(temporary, copy)
+    except OSError as err:
+        remove_tree(temporary)
+        if not os.path.isdir(copy):
+            raise MiniDockerError("copying %s for the user namespace: %s" % (rootfs, err))
+    return copy
+
+
+def open_host_sources(spec, instance, userns):
+    """Stage 1, as host root: a detached copy (open_tree(2)) of each mount
+    the container takes from the host: the overlay ("root"), and the
+    source of each bind and copy-up of the mount plan, by its index there
+    (the /etc files, the volumes, made when missing as `docker run -v`
+    makes them). The init, root of its user namespace only, could not
+    reach them by path through the state directories (0700, the host
+    root's) or a user's home, and a bind of a mount of the namespace it
+    came from (stage 1's) is refused (EINVAL); a detached copy it may
+    attach in its own (move_mount(2)), as runc passes mount sources to an
+    init in a user namespace. What the files allow is still the kernel's
+    say: a root-only file stays out of reach."""
+    handles = {"root": open_tree(spec.rootfs if spec.bundle is not None else
+                                 os.path.join(instance.layer, "merged"))}
+    for index, step in enumerate(mount_plan_of(spec, instance)):
+        if step.kind in ("bind", "copy-up"):
+            if not os.path.exists(step.source):
+                os.makedirs(step.source, 0o755)
+            handles[index] = open_tree(step.source, step.kind == "copy-up" or
+                                       bool(step.flags & MS_REC))
+            if step.data == "idmap":  # -v HOST:CTR:idmap: its owners as the map shows them
+                mount_setattr(handles[index], MOUNT_ATTR_IDMAP, step.source + " (idmap)", userns)
+    return handles
 
 
 def remove_user_tree(path, maps):
@@ -4155,103 +4254,6 @@ def as_namespace_root(maps, function, *args):
     if message:
         number, _, text = message.decode(errors="replace").partition(" ")
         raise OSError(int(number), text)
-
-
-def setgroups_denied():
-    """Whether this user namespace refuses setgroups(2): a user's one-id
-    gid map (make_user_namespace)."""
-    try:
-        return read_text("/proc/self/setgroups").strip() == "deny"
-    except FileNotFoundError:  # before Linux 3.19
-        return False
-
-
-def open_host_sources(spec, instance, userns):
-    """Stage 1, as host root: a detached copy (open_tree(2)) of each mount
-    the container takes from the host: the overlay ("root"), and the
-    source of each bind and copy-up of the mount plan, by its index there
-    (the /etc files, the volumes, made when missing as `docker run -v`
-    makes them). The init, root of its user namespace only, could not
-    reach them by path through the state directories (0700, the host
-    root's) or a user's home, and a bind of a mount of the namespace it
-    came from (stage 1's) is refused (EINVAL); a detached copy it may
-    attach in its own (move_mount(2)), as runc passes mount sources to an
-    init in a user namespace. What the files allow is still the kernel's
-    say: a root-only file stays out of reach."""
-    handles = {"root": open_tree(spec.rootfs if spec.bundle is not None else
-                                 os.path.join(instance.layer, "merged"))}
-    for index, step in enumerate(mount_plan_of(spec, instance)):
-        if step.kind in ("bind", "copy-up"):
-            if not os.path.exists(step.source):
-                os.makedirs(step.source, 0o755)
-            handles[index] = open_tree(step.source, step.kind == "copy-up" or
-                                       bool(step.flags & MS_REC))
-            if step.data == "idmap":  # -v HOST:CTR:idmap: its owners as the map shows them
-                mount_setattr(handles[index], MOUNT_ATTR_IDMAP, step.source + " (idmap)", userns)
-    return handles
-
-
-def mount_mapped_overlay(spec, instance, userns):
-    """The overlay at layer/merged, its lower layer ROOTFS as the map shows
-    it: an idmapped mount of ROOTFS at layer/lower, or, where the kernel
-    refuses one (EINVAL: a filesystem without idmapped mounts, or an
-    overlay that takes no idmapped layer), the copy shifted_copy keeps.
-    Returns the one line that says so, or None."""
-    lower = os.path.join(instance.layer, "lower")
-    try:
-        tree = open_tree(spec.rootfs)
-        try:
-            mount_setattr(tree, MOUNT_ATTR_IDMAP, spec.rootfs + " (idmapped)", userns)
-            move_mount(tree, lower, lower)
-        finally:
-            os.close(tree)
-        mount_overlay(spec, instance.layer, lower)
-        return None
-    except SyscallError as err:
-        if err.errno not in (errno.EINVAL, errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise
-        refusal = str(err)
-    copy = shifted_copy(spec.rootfs, instance.shifted_root, instance.id_maps)
-    mount_overlay(spec, instance.layer, copy)
-    return ("%s cannot be idmapped here (%s): the container's root is a copy with its "
-            "owners shifted by the map, kept in %s (remove it when ROOTFS changes)"
-            % (spec.rootfs, refusal, copy))
-
-
-def shifted_copy(rootfs, copy, maps):
-    """ROOTFS copied to `copy` once, every owner moved by the maps (an id
-    they do not map becomes the map's nobody, 65534, or its root). Made
-    under a temporary name and renamed: a run that dies halfway leaves no
-    half copy, and of two runs making the same one, one keeps its own."""
-    if os.path.isdir(copy):
-        return copy
-    temporary = "%s.tmp-%d" % (copy, os.getpid())
-    os.makedirs(os.path.dirname(copy), mode=0o700, exist_ok=True)
-    os.mkdir(temporary, 0o700)
-
-    def shift(entries, inside):
-        for candidate in (inside, 65534, 0):
-            if host_id(entries, candidate) is not None:
-                return host_id(entries, candidate)
-
-    def owner(st):
-        return shift(maps["uid"], st.st_uid), shift(maps["gid"], st.st_gid)
-
-    try:
-        source = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        destination = os.open(temporary, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            copy_tree(source, destination, owner)
-            copy_attributes(source, destination, os.fstat(source), owner)
-        finally:
-            os.close(source)
-            os.close(destination)
-        os.rename(temporary, copy)
-    except OSError as err:
-        remove_tree(temporary)
-        if not os.path.isdir(copy):
-            raise MiniDockerError("copying %s for the user namespace: %s" % (rootfs, err))
-    return copy
 
 
 # The sysctls a namespace of the container's own holds, as runc allows
