@@ -3568,42 +3568,56 @@ def join_namespace(path, nstype, kind):
 # === 7. (continued) The user namespace: root inside, another uid outside ===
 # Without a user namespace, root in the container is the host's root, held
 # back by capabilities, masks and seccomp alone: one kernel bug from the
-# host. With --userns auto, --uidmap or --gidmap, the container gets a user
-# namespace of its own whose ids are a range of the host's: container id 0
-# is, say, host id 2147614720. The kernel checks every file and every
-# process by the host id, so a process that breaks out of everything else
-# is still a uid that owns nothing on the host; the capabilities the
-# container holds count only for what its user namespace owns (its mounts,
-# its network, its IPC, its hostname), never for the host's.
+# host. With --userns auto, --uidmap or --gidmap the container gets one of
+# its own, whose ids are a range of the host's: container root is, say,
+# host uid 2147614720, which owns nothing on the host, and its capabilities
+# count only for what its namespaces own (its mounts, network, IPC, host
+# name). --userns auto takes the lowest free range of the ids /etc/subuid
+# and /etc/subgid give the user "containers" (podman's convention; a range
+# is added on first use): free of every other container's, running or not
+# (a stopped one's layer is owned by its ids), and of every id that
+# another user's line grants.
 #
-# The order is the kernel's (user_namespaces(7)): a namespace belongs to
-# the user namespace its maker was in, and only a process with
-# CAP_SYS_ADMIN in that owner can mount proc for a pid namespace or sysfs
-# for a network namespace. So the user namespace comes first and every
-# other namespace is made inside it. The pid namespace too: it cannot be
-# made by the parent as without one (start_container), so stage 1 makes
-# it and forks the container's init into it, and hands it over to the
-# parent, which adopts it as a child subreaper (enter_user_namespace).
+# Every namespace belongs to the user namespace its maker was in, and only
+# root there may mount proc for a pid namespace or sysfs for a network one
+# (user_namespaces(7)). So the user namespace comes first and the others,
+# the pid namespace too, are made inside it, which takes one more process
+# than chapter 11's two:
 #
-# The image's files are owned by host root, which the container's
-# namespace does not map: inside they would read as nobody (65534), and
-# container root could not write its own /etc. Stage 1, still host root,
-# sees through an idmapped mount of ROOTFS instead (mount_setattr(2),
-# MOUNT_ATTR_IDMAP, Linux 5.12; as an overlay's lower layer, 5.19): a file
-# owned by host 0 shows as owned by the container's root, and what
-# container root writes lands in the writable layer as the mapped host id.
-# A filesystem that cannot be idmapped (tmpfs before Linux 6.3, 9p) gets a
-# copy of ROOTFS instead, its owners shifted by the map, made once per map
-# and kept (as podman keeps one per image and map): said in one line,
-# never a silently wrong owner. What the init takes from the host (the
-# overlay, the /etc files, the volumes) stage 1 hands it as detached
-# mounts (open_host_sources): root of its namespace only, the init could
-# not reach them by path, nor bind a mount of the host's namespace.
+#   md:[0:PARENT]  a child subreaper; forks stage 1 and unshares nothing
+#   md:[1:USERNS]  host root, in a mount namespace of its own: makes the
+#                  user namespace and the overlay as its map shows ROOTFS,
+#                  opens what the init takes from the host, then enters the
+#                  user namespace as its root, unshares the pid namespace,
+#                  forks the init there, tells the parent its pid and ends
+#   md:[1:CHILD]   the init, once the parent has adopted it: chapter 11's
+#   md:[2:INIT]    stages, inside the user namespace, which owns all they make
 #
-# --userns auto takes a free range from the ids /etc/subuid and
-# /etc/subgid give the user "containers" (podman's convention), adding
-# one on first use, and no two containers (running or not: a stopped
-# one's layer is owned by its ids) ever hold overlapping ranges.
+# Stage 1 is host root for what the init could not do: idmap ROOTFS and
+# mount the overlay (the host's root's to do), and reach the state
+# directories (0700, host root's, an id the map leaves out). It hands each
+# mount over as a detached copy (open_host_sources), which the init
+# attaches in its own mount namespace.
+#
+# ROOTFS's files are host root's too: inside they would show as nobody
+# (65534), and container root could not write its own /etc. So ROOTFS is
+# shown through the map, one of two ways: an idmapped mount (mount_setattr(2), Linux 5.12; as an
+# overlay's lower layer, 5.19), where host root's files are container
+# root's and what container root writes lands in the writable layer as
+# its host id; or, on a filesystem that cannot be idmapped (tmpfs before
+# Linux 6.3, 9p), a copy of ROOTFS with every owner shifted by the map,
+# made once per ROOTFS and map and kept (as podman keeps one per image and
+# map), said in one line.
+#
+# Rootless: run by a user, the user's uid is container root, and where
+# shadow-utils' setuid newuidmap and newgidmap are installed, the user's
+# /etc/subuid and /etc/subgid range is ids 1 and up (podman's map); without
+# them the one id is all, and setgroups(2) is denied in the namespace.
+# Stage 1 has no host root to lend: it makes the namespace and enters it,
+# and the init mounts the overlay and binds the user's paths itself. What
+# needs the host's root is refused by name: --userns and the maps, the
+# bridge, limits where no cgroup is delegated to the user, --privileged,
+# the host's pid, IPC and UTS namespaces, and idmapped volumes.
 
 USERNS_AUTO_SIZE = 65536          # --userns auto's ids: podman's default size
 SUBID_USER = "containers"
@@ -3812,20 +3826,6 @@ def owned_by(maps, uid, gid):
         raise MiniDockerError("ROOTFS is owned by %d:%d, which the user namespace's map "
                               "leaves out" % (uid, gid))
     return outside
-
-
-# Rootless: minidocker run by a user without root. The user namespace is
-# then the layer everything rests on: the user's uid is container root,
-# and, where the shadow-utils helpers newuidmap and newgidmap are
-# installed (setuid root, they write only what /etc/subuid grants), the
-# user's /etc/subuid and /etc/subgid ranges are container ids 1 and up, as
-# podman maps them; without them the one id is all there is, and the
-# kernel then refuses setgroups(2) in the namespace (user_namespaces(7):
-# "deny" must be written before an unprivileged gid map). What needs the
-# host's root is refused by name: cgroup limits (the user's own cgroup
-# holds the container; no cgroup of its own), the bridge (netlink and
-# nf_tables in the host's network namespace), --privileged, and a user
-# namespace other than this one.
 
 
 # parse_resources' keys, and the flags that set them
