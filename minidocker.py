@@ -3601,13 +3601,13 @@ def join_namespace(path, nstype, kind):
 #
 # ROOTFS's files are host root's too: inside they would show as nobody
 # (65534), and container root could not write its own /etc. So ROOTFS is
-# shown through the map, one of two ways: an idmapped mount (mount_setattr(2), Linux 5.12; as an
-# overlay's lower layer, 5.19), where host root's files are container
-# root's and what container root writes lands in the writable layer as
-# its host id; or, on a filesystem that cannot be idmapped (tmpfs before
-# Linux 6.3, 9p), a copy of ROOTFS with every owner shifted by the map,
-# made once per ROOTFS and map and kept (as podman keeps one per image and
-# map), said in one line.
+# shown through the map, one of two ways: an idmapped mount
+# (mount_setattr(2), Linux 5.12; as an overlay's lower layer, 5.19), where
+# host root's files are container root's and what container root writes
+# lands in the writable layer as its host id; or, on a filesystem that
+# cannot be idmapped (tmpfs before Linux 6.3, 9p), a copy of ROOTFS with
+# every owner shifted by the map, made once per ROOTFS and map and kept
+# (as podman keeps one per image and map), said in one line.
 #
 # Rootless: run by a user, the user's uid is container root, and where
 # shadow-utils' setuid newuidmap and newgidmap are installed, the user's
