@@ -3656,7 +3656,8 @@ def parse_userns(mode, uidmap, gidmap):
 
 
 def parse_id_map(text, flag):
-    """--uidmap/--gidmap CONTAINER_ID:HOST_ID:SIZE (podman's form) -> a tuple."""
+    """--uidmap/--gidmap CONTAINER_ID:HOST_ID:SIZE (podman's form) ->
+    (container id, host id, size)."""
     fields = text.split(":")
     if len(fields) != 3 or not all(field.isdigit() for field in fields):
         raise MiniDockerError("invalid %s %s: expected CONTAINER_ID:HOST_ID:SIZE"
@@ -3691,11 +3692,14 @@ def check_id_map(entries, flag):
 
 
 def check_userns_conflicts(userns, args, namespaces):
-    """What a user namespace cannot own: the host's devices (--privileged)
-    and the host's pid, IPC and UTS namespaces, whose mounts (proc, mqueue)
-    need CAP_SYS_ADMIN where they belong. Docker asks for --userns=host
-    there. (The host's network is allowed: /sys is then the host's, bound,
-    as a sysfs may be mounted only by the network namespace's owner.)"""
+    """Flags a user namespace cannot serve, refused with the others: an
+    idmap volume without a user namespace of root's to show it through;
+    and with any user namespace, what its root cannot own: the host's
+    devices (--privileged), and the host's pid, IPC and UTS namespaces,
+    whose mounts (proc, mqueue) need CAP_SYS_ADMIN where they belong
+    (Docker asks for --userns=host there). The host's network is allowed:
+    /sys is then the host's, bound (plan_mounts), as a sysfs may be
+    mounted only by the network namespace's owner."""
     idmapped = [volume for volume in args.volume if volume.split(":")[2:3] and
                 "idmap" in volume.split(":")[2].split(",")]
     if idmapped and (userns is None or "rootless" in userns):
@@ -3741,13 +3745,13 @@ def host_id(entries, inside):
 
 
 def allocate_id_maps(userns, records):
-    """A container's maps: --uidmap/--gidmap's as given, or for auto the
-    lowest free range of the "containers" ids, beside every range another
-    record holds. Under userns.lock (the caller's), the record stored in
-    it: two runs never take the same ids. Nor ids a user's line grants it
-    (a "containers" range written over one): the user's own user
-    namespaces could signal, trace and own the files of a container run
-    as them."""
+    """A container's maps: --uidmap/--gidmap's as given; for auto, the
+    lowest `size` ids of the "containers" ranges that no other record holds
+    and no other user's line grants (were a "containers" range written over
+    a user's, that user's own user namespaces could signal, trace and own
+    the files of a container whose ids they map). The caller holds
+    userns.lock until the record with these maps is stored: two runs never
+    take the same ids."""
     if "size" not in userns:
         return dict(userns)
     maps = {}
@@ -3768,9 +3772,9 @@ def allocate_id_maps(userns, records):
 
 def subid_ranges(kind):
     """The "containers" user's ranges in /etc/subuid or /etc/subgid, and
-    every other user's, as two lists of (first, count); when "containers"
-    has none, one is added: the ids from SUBID_FIRST (or above every range
-    already given) to the last."""
+    every other user's, as two lists of (first, count). On first use, when
+    "containers" has none, one is appended to the file, and said: the ids
+    from SUBID_FIRST (or above every range given already) to the last."""
     path = SUBID_FILES[kind]
     try:
         text = read_text(path)
@@ -3812,6 +3816,7 @@ def free_id_range(ranges, taken, size):
 
 
 def mapped_root(maps):
+    """Container root's host uid and gid."""
     return host_id(maps["uid"], 0), host_id(maps["gid"], 0)
 
 
@@ -3828,7 +3833,8 @@ def owned_by(maps, uid, gid):
     return outside
 
 
-# parse_resources' keys, and the flags that set them
+# parse_resources' keys, and the flags that set them: rootless_userns
+# names the flag of a limit it refuses
 LIMIT_FLAGS = [("memory", "--memory"), ("memory_swap", "--memory-swap"),
                ("memory_reservation", "--memory-reservation"), ("cpu_quota", "--cpus"),
                ("cpu_shares", "--cpu-shares"), ("cpuset_cpus", "--cpuset-cpus"),
@@ -3881,8 +3887,10 @@ def delegated_cgroup():
 
 
 def check_rootless_host():
-    """Whether this kernel lets a user make a user namespace; if not, the
-    setting that forbids it, by name."""
+    """Refuse, naming the setting and how to change it, a host that
+    forbids users user namespaces: Debian's sysctl, a zero
+    max_user_namespaces, or Ubuntu's AppArmor restriction. A setting this
+    kernel does not have forbids nothing."""
     for path, refusing, hint in (
             ("/proc/sys/kernel/unprivileged_userns_clone", "0", "sysctl "
              "kernel.unprivileged_userns_clone=1"),
@@ -3900,9 +3908,11 @@ def check_rootless_host():
 
 
 def rootless_maps():
-    """The user's uid and gid as container root; their /etc/subuid and
-    /etc/subgid ranges as ids 1 and up when newuidmap and newgidmap are
-    there to write them. "rootless" marks the maps as a user's."""
+    """The user's uid and gid as container root, and the first range the
+    user has (by name or uid) in /etc/subuid and /etc/subgid as ids 1 and
+    up when newuidmap and newgidmap are there to write them. Both maps get
+    their range or neither does: make_user_namespace writes the two the
+    same way. "rootless" marks the maps as a user's."""
     import pwd
     ids = {"uid": os.geteuid(), "gid": os.getegid()}
     try:
@@ -3938,15 +3948,15 @@ def host_executable(name):
 
 
 def make_user_namespace(maps):
-    """A user namespace with the container's maps, as a descriptor. Made by
-    a child that runs no Python (clone_in_user_namespace); we write its
-    maps and keep a handle on its namespace, then reap it. As host root,
-    any range, in one write each (as the kernel requires), and the gid map
-    written with CAP_SETGID leaves setgroups(2) allowed in the namespace,
-    as `-u` and --group-add need. A user's (rootless) maps go through
-    newuidmap and newgidmap when they name more than the user's own ids,
-    else are written by the user: its one uid, and its one gid once
-    setgroups is denied."""
+    """A user namespace with `maps`, as a descriptor. A child makes it; we
+    write its maps, open its /proc/PID/ns/user, and reap it. Host root's
+    child is clone_in_user_namespace's, which runs no Python, and any range
+    is written straight, each map in one write (as the kernel takes it);
+    the gid map written with CAP_SETGID leaves setgroups(2) allowed in the
+    namespace, as -u and --group-add need. A user's (rootless) child is
+    hold_user_namespace's: its maps go through newuidmap and newgidmap when
+    they name more than the user's own ids; else the user writes them, its
+    one uid, and its one gid once setgroups is denied (user_namespaces(7))."""
     child, release = hold_user_namespace() if maps.get("rootless") else \
         (clone_in_user_namespace(), None)
     try:
@@ -3992,9 +4002,10 @@ def clone_in_user_namespace():
 
 
 def hold_user_namespace():
-    """A user's way (clone_in_user_namespace's zombie has /proc files that
-    only root may write): a forked child unshares a user namespace and
-    waits, alive, until the write end returned with its pid is closed."""
+    """A user's way to the same: a zombie's /proc files are root's, so
+    clone_in_user_namespace's will not do for a user. A forked child
+    unshares a user namespace and waits, alive, until the write end
+    returned with its pid is closed."""
     ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
     hold_read, hold_write = os.pipe2(os.O_CLOEXEC)
     child = os.fork()
