@@ -4074,18 +4074,21 @@ def setgroups_denied():
 
 
 def enter_user_namespace(spec, instance, to_parent, from_parent):
-    """Stage 1 of a container with a user namespace, forked by the parent in
-    the host's namespaces (chapter 9). As host root still, in a mount
-    namespace of its own: make the user namespace, mount the overlay on
-    ROOTFS as the map shows it (mount_mapped_overlay). Then enter the user
-    namespace as its root, make the pid namespace inside it, and fork the
-    container's init there. This process tells the parent the init's pid
-    and ends; the parent, a child subreaper, adopts the init and says
-    "adopted" (only then may the init ask for the parent-death signal,
-    which binds to the parent of the moment. Returns in the init only.
-    A user's (rootless) stage 1 has no host root to use: it makes the user
-    namespace and enters it, and the init mounts the overlay and binds
-    the user's paths itself, as root of its namespace (build_root)."""
+    """Stage 1 of a container with a user namespace, md:[1:USERNS], forked
+    by start_container in the host's namespaces. As host root still, in a
+    mount namespace of its own: make the user namespace, mount the overlay
+    with ROOTFS as the map shows it (mount_mapped_overlay), take a detached
+    copy of each mount the init takes from the host (open_host_sources),
+    and join a bundle's namespaces given by path. Then enter the user
+    namespace as its root, unshare the pid namespace, and fork the
+    container's init into it. Stage 1 tells the parent the init's pid and
+    ends; the parent, a child subreaper, adopts the init and says
+    "adopted" (adopt_init). Only then does the init go on to child_stage,
+    which asks for the parent-death signal: that binds to the parent of
+    the moment, and stage 1's end would fire it. Returns in the init only.
+    A user's (rootless) stage 1 has no host root to lend: it makes the
+    user namespace and enters it, and the init mounts the overlay and
+    binds the user's paths itself, as root of its namespace (build_root)."""
     set_stage_name("md:[1:USERNS]")
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="prctl(PR_SET_PDEATHSIG)")
     rootless = instance.id_maps.get("rootless")
@@ -4106,7 +4109,9 @@ def enter_user_namespace(spec, instance, to_parent, from_parent):
         join_namespace(spec.network_plan["join"], CLONE_NEWNET, "net")
     setns(userns, CLONE_NEWUSER, "the container's user namespace")
     os.close(userns)
-    # Root of the namespace now: every capability there, none outside.
+    # setns(2) gave every capability there and none outside. Host root's
+    # ids are ones the map leaves out (nobody, inside): made the
+    # namespace's root's (a user's own ids are root's there already).
     os.setresgid(0, 0, 0)
     if not setgroups_denied():
         os.setgroups([])
@@ -4123,9 +4128,11 @@ def enter_user_namespace(spec, instance, to_parent, from_parent):
 def mount_mapped_overlay(spec, instance, userns):
     """The overlay at layer/merged, its lower layer ROOTFS as the map shows
     it: an idmapped mount of ROOTFS at layer/lower, or, where the kernel
-    refuses one (EINVAL: a filesystem without idmapped mounts, or an
-    overlay that takes no idmapped layer), the copy shifted_copy keeps.
-    Returns the one line that says so, or None."""
+    refuses one, the copy shifted_copy keeps (EINVAL: a filesystem without
+    idmapped mounts, or an overlay before Linux 5.19, which takes no
+    idmapped layer; ENOSYS: a kernel before 5.12; EPERM, EOPNOTSUPP: the
+    filesystem's own refusal). Returns the one line that says a copy is
+    used, or None."""
     lower = os.path.join(instance.layer, "lower")
     try:
         tree = open_tree(spec.rootfs)
@@ -4149,7 +4156,9 @@ def mount_mapped_overlay(spec, instance, userns):
 
 def shifted_root_path(paths, rootfs, maps):
     """Where the shifted copy of ROOTFS for these maps is kept, if one is
-    needed (mount_mapped_overlay): one per ROOTFS and maps."""
+    needed (mount_mapped_overlay): one per ROOTFS path and maps, named by
+    their hash. A ROOTFS changed in place finds its old copy; the line
+    that says a copy is used tells the user to remove it."""
     import hashlib
     key = json.dumps([os.path.realpath(rootfs), maps["uid"], maps["gid"]])
     return os.path.join(paths.shifted, hashlib.sha256(key.encode()).hexdigest()[:32])
@@ -4193,16 +4202,17 @@ def shifted_copy(rootfs, copy, maps):
 
 def open_host_sources(spec, instance, userns):
     """Stage 1, as host root: a detached copy (open_tree(2)) of each mount
-    the container takes from the host: the overlay ("root"), and the
-    source of each bind and copy-up of the mount plan, by its index there
-    (the /etc files, the volumes, made when missing as `docker run -v`
-    makes them). The init, root of its user namespace only, could not
-    reach them by path through the state directories (0700, the host
-    root's) or a user's home, and a bind of a mount of the namespace it
-    came from (stage 1's) is refused (EINVAL); a detached copy it may
-    attach in its own (move_mount(2)), as runc passes mount sources to an
-    init in a user namespace. What the files allow is still the kernel's
-    say: a root-only file stays out of reach."""
+    the container takes from the host: the root ("root": the overlay, or a
+    bundle's directory), and the source of each bind and copy-up of the
+    mount plan, by its index there (the /etc files, the volumes, made when
+    missing as `docker run -v` makes them); build_root moves each to its
+    place. The init, root of its user namespace only, could not reach them
+    by path through the state directories (0700, host root's) or a user's
+    home, and a bind of a mount of the namespace it came from (stage 1's)
+    is refused (EINVAL); a detached copy it may attach in its own
+    (move_mount(2)), as runc passes mount sources to an init in a user
+    namespace. What the files allow is still the kernel's say: a root-only
+    file stays out of reach."""
     handles = {"root": open_tree(spec.rootfs if spec.bundle is not None else
                                  os.path.join(instance.layer, "merged"))}
     for index, step in enumerate(mount_plan_of(spec, instance)):
