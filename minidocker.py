@@ -1778,10 +1778,15 @@ def oci_hooks(config):
 #   /run/minidocker/names.lock             taken while a name is checked and taken, and
 #                                          while a record is written or removed
 #   /run/minidocker/volumes.lock           taken while a volume is made or removed
+#   /run/minidocker/userns.lock            taken while --userns auto's ids are chosen and
+#                                          recorded (chapter 7, continued)
+#   /var/lib/minidocker/userns/<hash>/     ROOTFS copied with its owners shifted by a
+#                                          map, where it cannot be idmapped
 #   /run/minidocker/seccomp/               the default filter, compiled (chapter 10)
 #   /run/minidocker/bytecode/              this file, compiled, for monitors' ends (chapter 11)
 # MINIDOCKER_ROOT=DIR moves both to DIR/lib and DIR/run, so that tests and the
-# cgroup-v2 VM keep them on a filesystem of their choice.
+# cgroup-v2 VM keep them on a filesystem of their choice. A user's (rootless)
+# trees are its own: ~/.local/share/minidocker and $XDG_RUNTIME_DIR/minidocker.
 
 
 class Paths:
@@ -1814,11 +1819,13 @@ class Paths:
 
 
 def make_state_dirs(paths):
-    """The state trees are root's alone (0700), as Docker's are: a
-    container's layer holds whatever the container wrote, setuid-root
-    programs included, and a local user who could reach upper/ on the host
-    could run them as root (Docker's CVE-2021-41091). Trees left by an
-    older minidocker with wider modes are narrowed."""
+    """The state trees are their owner's alone (0700): root's, as Docker's
+    are, or a rootless user's. A container's layer holds whatever the
+    container wrote, setuid-root programs included, and a local user who
+    could reach upper/ on the host could run them as root (Docker's
+    CVE-2021-41091). A tree already there must be this user's own
+    directory: /tmp/minidocker-run-UID may have been made first by another
+    user. Trees left by an older minidocker with wider modes are narrowed."""
     for path in (paths.lib, paths.containers, paths.run, paths.records):
         try:
             os.makedirs(path, 0o700)
@@ -3017,7 +3024,8 @@ def mount_overlay(spec, layer, lower=None, userxattr=False):
     the device cgroup of chapter 8 decides which of those open. `lower`: in
     place of ROOTFS, ROOTFS as a user namespace's map shows it (chapter 7,
     continued). `userxattr`: mounted in a user's user namespace, where
-    overlayfs keeps its own attributes as user.overlay.* (Linux 5.11)."""
+    overlayfs keeps its own attributes as user.overlay.* (Linux 5.11):
+    the trusted.* ones it uses by default are the host root's alone."""
     merged = os.path.join(layer, "merged")
     data = "lowerdir=%s,upperdir=%s/upper,workdir=%s/work" % (lower or spec.rootfs, layer, layer)
     if userxattr:
@@ -5239,11 +5247,13 @@ DELEGATED_FILES = ("", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control
 
 
 def delegate_v2_cgroup(cgroup_plan, owner):
-    """A container with a user namespace of root's (chapter 7, continued) on
-    a cgroup2-only host: its cgroup is its root's, as runc delegates it, so
-    that in its cgroup namespace it sees its cgroup as its own (not
-    nobody's). What it may change there is still bounded by its parent's
-    limits, and by the view's read-only mount unless --privileged."""
+    """`run`'s container with a user namespace of root's (chapter 7,
+    continued) on a cgroup2-only host (cgroup2 mounted at CGROUP_VIEW
+    itself): its cgroup is its root's, as runc delegates it, so that in its
+    cgroup namespace it sees its cgroup as its own (not nobody's). What it
+    may change there is still bounded by its parent's limits, and by the
+    view's read-only mount (--privileged, which would make it writable, is
+    refused with a user namespace)."""
     for version, mount_point, path, controllers in cgroup_plan:
         if version == 2 and mount_point == CGROUP_VIEW and controllers:
             for name in DELEGATED_FILES:
@@ -7505,8 +7515,9 @@ DEFAULT_PROFILE = {
 #                  execs the command. With --init it forks first, and stays
 #                  as pid 1 to reap and forward signals (become_init).
 #
-# runc needs a third process because it can enter a user namespace and a pid
-# namespace in one start-up; without user namespaces two are enough.
+# With a user namespace a third comes between them, md:[1:USERNS]: it makes
+# the pid namespace inside the user namespace, as runc's third process does
+# (chapter 7, continued).
 #
 # They talk over two close-on-exec pipes (subprocess.py's trick), a line
 # at a time. The parent, right after the fork, puts the child in its
@@ -7861,8 +7872,9 @@ def report_and_exit(to_parent, code, message):
 
 
 def build_root(spec, instance, console):
-    """Mount namespace work: private propagation, the overlay, the mount
-    plan, the terminal, pivot_root."""
+    """Mount namespace work: private propagation, the overlay (with a user
+    namespace of root's, stage 1's detached copies of it and of the bind
+    sources), the mount plan, the terminal, pivot_root."""
     os.umask(0)  # device nodes and mount points get exactly the modes we give
     # Propagation must be private (or a bundle's slave) before anything is
     # mounted, or the mounts would be copied into the host's namespace
@@ -8341,7 +8353,8 @@ def start_container(spec, instance, signals, join, prepare, console_socket=None)
                 os.close(own)
         warming = None
         if userns:
-            if not instance.id_maps.get("rootless"):  # (a user's container joins no cgroup)
+            # (not a user's container: it joins a cgroup only where one is delegated)
+            if not instance.id_maps.get("rootless"):
                 warming = InThread(warm_cgroup_moves)
             pid = adopt_init(pid, parent_read, parent_write, signals, pending, rest)
         joining = InThread(join, pid)
