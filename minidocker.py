@@ -3720,8 +3720,10 @@ def check_userns_conflicts(userns, args, namespaces):
               and kind != "cgroup"]
     if args.privileged or shared:
         raise MiniDockerError("%s and a user namespace conflict: its root cannot own what "
-                              "the host's root does (use --userns host)"
-                              % ("--privileged" if args.privileged else shared[0] + " host"))
+                              "the host's root does (%s)" % (
+                                  "--privileged" if args.privileged else shared[0] + " host",
+                                  "a user's container always has one" if "rootless" in userns
+                                  else "use --userns host"))
 
 
 def check_rootfs_mapped(rootfs, userns):
@@ -3858,6 +3860,9 @@ def rootless_userns(args, resources):
         raise MiniDockerError("rootless: --userns, --uidmap and --gidmap need root; a user's "
                               "container maps the user to its root (and the user's /etc/subuid "
                               "ranges above it, through newuidmap)")
+    if args.cgroup_parent:
+        raise MiniDockerError("rootless: --cgroup-parent needs root: a user's container goes "
+                              "beside the user's own cgroup, where one is delegated to it")
     if args.network == "bridge":
         raise MiniDockerError("rootless: --network bridge needs root: the bridge, the veth and "
                               "NAT are made by netlink in the host's network namespace, which "
@@ -8192,12 +8197,14 @@ def scrub_arguments_and_environment():
     are minidocker's command line and the caller's environment (sudo -E
     passes secrets), which the container has no business reading. The
     bounds are fields 48 to 51 of /proc/self/stat; /proc/self/mem writes
-    our own memory. A user's (rootless) process that is not dumpable may
-    not open it (its /proc files are then the host root's): dumpable for
-    those two writes, before anything of the container can see it."""
+    our own memory. A process that is not dumpable may not open it unless
+    it is root of the host's user namespace (its /proc files are then the
+    host root's): a user's (rootless) one, or the init of a user namespace
+    with --init, is dumpable for those two writes, before anything of the
+    container can see it."""
     fields = read_text("/proc/self/stat").rsplit(")", 1)[1].split()
     arg_start, arg_end, env_start, env_end = (int(f) for f in fields[45:49])
-    dumpable = os.geteuid() == 0 or prctl(PR_GET_DUMPABLE, what="prctl(PR_GET_DUMPABLE)")
+    dumpable = prctl(PR_GET_DUMPABLE, what="prctl(PR_GET_DUMPABLE)")
     if not dumpable:
         prctl(PR_SET_DUMPABLE, 1, what="prctl(PR_SET_DUMPABLE)")
     try:
@@ -10759,7 +10766,7 @@ def ps_selected(record, state, filters):
 def cmd_ps(args):
     """docker ps: running containers (-a: all; a status filter implies it),
     newest first, in docker's table or --format; -q their ids."""
-    require_root_or_user("ps")  # the state trees are root's alone
+    require_root_or_user("ps")  # the state trees are root's or the user's own alone
     paths = Paths()
     filters = parse_ps_filters(args.filter)
     table, parts = parse_format(args.format or "", PS_HEADERS)

@@ -9279,7 +9279,7 @@ def test_rootless_run_exec_volumes_and_mkrootfs_as_a_user(rootless):
     volume = os.path.join(home, "volume")
     os.mkdir(volume)
     os.chown(volume, rootless.uid, rootless.gid)
-    wrote = rootless("run", "--rm", "-v", "%s:/v" % volume, rootfs, "sh", "-c",
+    wrote = rootless("run", "--rm", "--init", "-v", "%s:/v" % volume, rootfs, "sh", "-c",
                      "touch /v/root; chmod 777 /v")
     assert wrote.returncode == 0, wrote.err
     assert rootless("run", "--rm", "-u", "1000:1000", "-v", "%s:/v" % volume, rootfs, "touch",
@@ -9310,7 +9310,10 @@ def test_rootless_run_exec_volumes_and_mkrootfs_as_a_user(rootless):
             (["--network", "bridge"], "rootless: --network bridge needs root"),
             (["-m", "64m"], "rootless: --memory needs a cgroup of the container's own"),
             (["--userns", "auto"], "rootless: --userns, --uidmap and --gidmap need root"),
-            (["--privileged"], "--privileged and a user namespace conflict")]:
+            (["--privileged"], "--privileged and a user namespace conflict: its root cannot "
+                               "own what the host's root does (a user's container always has "
+                               "one)"),
+            (["--cgroup-parent", "/x"], "rootless: --cgroup-parent needs root")]:
         refused = rootless("run", "--rm", *flags, rootfs, "true")
         assert refused.returncode == 125 and refused.err.count("\n") == 1, refused.err
         assert refused.err.startswith("minidocker: error: " + message), refused.err
@@ -9409,14 +9412,16 @@ def test_userns_an_idmap_volume_shows_the_hosts_owners_through_the_map(rootfs, t
     """-v HOST:CTR:idmap: a host directory seen through the container's
     map, as podman's idmap option: host root's file is container root's
     (and opens for it), and what container root writes there is host
-    root's; without idmap, the same file is nobody's and stays shut."""
+    root's (here under --init, whose reaper zeroes its own command line as
+    the namespace's root); without idmap, the same file is nobody's and
+    stays shut."""
     volume = tmp_path / "volume"
     volume.mkdir()
     (volume / "root-only").write_text("host root's\n")
     (volume / "root-only").chmod(0o600)
     maps = ["--uidmap", "0:3800000:65536"]
     seen = sh(rootfs, "cat /v/root-only; stat -c %u:%g /v/root-only; touch /v/made",
-              options=maps + ["-v", "%s:/v:idmap" % volume])
+              options=maps + ["-v", "%s:/v:idmap" % volume, "--init"])
     assert seen.returncode == 0, seen.err
     assert seen.out == "host root's\n0:0\n"
     made = os.stat(str(volume / "made"))
