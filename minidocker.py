@@ -3624,8 +3624,9 @@ def join_namespace(path, nstype, kind):
 # Stage 1 has no host root to lend: it makes the namespace and enters it,
 # and the init mounts the overlay and binds the user's paths itself. What
 # needs the host's root is refused by name: --userns and the maps, the
-# bridge, limits where no cgroup is delegated to the user, --privileged,
-# the host's pid, IPC and UTS namespaces, and idmapped volumes.
+# bridge, limits where no cgroup is delegated to the user, --cgroup-parent,
+# --privileged, the host's pid, IPC and UTS namespaces, and idmapped
+# volumes.
 
 USERNS_AUTO_SIZE = 65536          # --userns auto's ids: podman's default size
 SUBID_USER = "containers"
