@@ -2004,9 +2004,10 @@ class Instance:
     its OCI state for the hooks, `cgroups` its cgroup directories by their
     names under /sys/fs/cgroup (bind_cgroup_dirs). With a user namespace
     (chapter 7, continued): `id_maps`, its uid and gid maps, and
-    `shifted_root`, where a copy of ROOTFS shifted by them is kept if the
-    kernel cannot idmap ROOTFS, and `handles`, stage 1's handles on the
-    host paths the container mounts (open_host_sources)."""
+    `shifted_root`, the directory where a copy of ROOTFS shifted by them
+    is kept if the kernel cannot idmap ROOTFS (shifted_root_path), and
+    `handles`, stage 1's handles on the host paths the container mounts
+    (open_host_sources)."""
     __slots__ = ("id", "layer", "hostname", "volumes", "lease", "oci_state", "cgroups",
                  "id_maps", "shifted_root", "handles")
 
@@ -4167,23 +4168,41 @@ def mount_mapped_overlay(spec, instance, userns):
             % (spec.rootfs, refusal, copy))
 
 
-def shifted_root_path(paths, rootfs, maps):
-    """Where the shifted copy of ROOTFS for these maps is kept, if one is
-    needed (mount_mapped_overlay): one per ROOTFS path and maps, named by
-    their hash. A ROOTFS changed in place finds its old copy; the line
-    that says a copy is used tells the user to remove it."""
+def shifted_root_path(directory, rootfd, maps):
+    """Where the shifted copy of the ROOTFS open as `rootfd` is kept for
+    these maps, under `directory` (Paths.shifted): one per ROOTFS and
+    maps, named by the hash of its path, its device and inode number, and
+    the maps. The path alone would not do: a ROOTFS made anew where
+    another was (removed since, maybe another owner's) would run from the
+    copy of the old one's files. A ROOTFS changed in place finds its old
+    copy; the line that says a copy is used tells the user to remove it."""
     import hashlib
-    key = json.dumps([os.path.realpath(rootfs), maps["uid"], maps["gid"]])
-    return os.path.join(paths.shifted, hashlib.sha256(key.encode()).hexdigest()[:32])
+    st = os.fstat(rootfd)
+    key = json.dumps([os.readlink(fd_path(rootfd)), st.st_dev, st.st_ino,
+                      maps["uid"], maps["gid"]])
+    return os.path.join(directory, hashlib.sha256(key.encode()).hexdigest()[:32])
 
 
-def shifted_copy(rootfs, copy, maps):
-    """ROOTFS copied to `copy` once, every owner moved by the maps (an id
-    they do not map becomes the map's nobody, 65534, or its root). Made
-    under a temporary name and renamed: a run that dies halfway leaves no
-    half copy, and of two runs making the same one, one keeps its own."""
-    if os.path.isdir(copy):
-        return copy
+def shifted_copy(rootfs, directory, maps):
+    """ROOTFS copied once into `directory` (shifted_root_path names the
+    copy), every owner moved by the maps (an id they do not map becomes the
+    map's nobody, 65534, or its root). ROOTFS is opened once, and that
+    handle is both named and copied: a path swapped meanwhile cannot file
+    one directory's files under another's name. Made under a temporary
+    name and renamed: a run that dies halfway leaves no half copy, and of
+    two runs making the same one, one keeps its own."""
+    source = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        copy = shifted_root_path(directory, source, maps)
+        if not os.path.isdir(copy):
+            copy_shifted(source, copy, maps)
+    finally:
+        os.close(source)
+    return copy
+
+
+def copy_shifted(source, copy, maps):
+    """shifted_copy's copy of the directory `source` (a handle) to `copy`."""
     temporary = "%s.tmp-%d" % (copy, os.getpid())
     os.makedirs(os.path.dirname(copy), mode=0o700, exist_ok=True)
     os.mkdir(temporary, 0o700)
@@ -4197,20 +4216,18 @@ def shifted_copy(rootfs, copy, maps):
         return shift(maps["uid"], st.st_uid), shift(maps["gid"], st.st_gid)
 
     try:
-        source = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         destination = os.open(temporary, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             copy_tree(source, destination, owner)
             copy_attributes(source, destination, os.fstat(source), owner)
         finally:
-            os.close(source)
             os.close(destination)
         os.rename(temporary, copy)
     except OSError as err:
         remove_tree(temporary)
         if not os.path.isdir(copy):
-            raise MiniDockerError("copying %s for the user namespace: %s" % (rootfs, err))
-    return copy
+            raise MiniDockerError("copying %s for the user namespace: %s"
+                                  % (os.readlink(fd_path(source)), err))
 
 
 def open_host_sources(spec, instance, userns):
@@ -8722,7 +8739,7 @@ def run_container(spec, paths, report=None, cid=None, again=None):
         if maps and not maps.get("rootless"):
             delegate_v2_cgroup(cgroup_plan, mapped_root(maps))
         instance = Instance(cid, layer, spec.hostname or cid[:12], volumes, id_maps=maps,
-                            shifted_root=maps and shifted_root_path(paths, spec.rootfs, maps))
+                            shifted_root=maps and paths.shifted)
         for source, _ in instance.etc_files:  # bound by the child, written by prepare()
             os.close(os.open(source, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
             if maps:  # the container's root may edit them, as without a user namespace
