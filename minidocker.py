@@ -1615,7 +1615,9 @@ def oci_device(entry, index):
     where = "linux.devices[%d]." % index
     path = config_field(entry, "path", str, where, "")
     kind = config_field(entry, "type", str, where, "")
-    if not path.startswith("/dev/") or kind not in OCI_DEVICE_TYPES:
+    # Checked in its plain form: "/dev/../etc/x" is no path in /dev, and in
+    # a user namespace the host's file there would be bound (make_devices).
+    if not absolute_path(path).startswith("/dev/") or kind not in OCI_DEVICE_TYPES:
         raise config_error(where[:-1], "expected a path in /dev and a type c, u, b or p")
     numbers = [config_field(entry, key, int, where, 0) for key in ("major", "minor")]
     mode = config_field(entry, "fileMode", int, where, 0o666) & 0o7777
@@ -3382,7 +3384,8 @@ def populate_dev(rootfd, bind=False):
     try:
         for name, major, minor in DEVICES:
             if bind:
-                bind_host_node(devfd, name, "/dev/" + name)
+                bind_host_node(devfd, name, "/dev/" + name, stat.S_IFCHR,
+                               os.makedev(major, minor))
             else:
                 os.mknod(name, 0o666 | stat.S_IFCHR, os.makedev(major, minor), dir_fd=devfd)
         for name, target in DEV_LINKS:
@@ -3393,13 +3396,36 @@ def populate_dev(rootfd, bind=False):
         os.close(devfd)
 
 
-def bind_host_node(dirfd, name, host_path):
+def bind_host_node(dirfd, name, host_path, kind, rdev):
     """A user namespace's device node: mknod(2) makes none there, and a
     filesystem mounted in it opens none (SB_I_NODEV), so an empty file at
-    `name` gets the host's node bound onto it, as runc does."""
-    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o666, dir_fd=dirfd))
-    mount(host_path, "%s/%s" % (fd_path(dirfd), name), None, MS_BIND, shown=host_path)
+    `name` gets the host's node bound onto it, as runc does. The host's
+    node must be the one named, of type `kind` (S_IFCHR, S_IFBLK) and
+    numbers `rdev`: the device cgroup allows those, and whatever else
+    sits at that path of the host (another device, a file, a link a user
+    left in /dev/shm) would be bound in their place. So it is opened
+    once, checked, and bound through that handle."""
+    node = os.open(host_path, O_PATH | os.O_CLOEXEC)
+    try:
+        st = os.fstat(node)
+        if stat.S_IFMT(st.st_mode) != kind or st.st_rdev != rdev:
+            raise MiniDockerError("device %s: the host's %s is %s, not the %s named: in a user "
+                                  "namespace the host's node is bound" % (
+                                      host_path, host_path, node_name(st.st_mode, st.st_rdev),
+                                      node_name(kind, rdev)))
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                         os.O_CLOEXEC, 0o666, dir_fd=dirfd))
+        mount(fd_path(node), "%s/%s" % (fd_path(dirfd), name), None, MS_BIND, shown=host_path)
+    finally:
+        os.close(node)
+
+
+def node_name(mode, rdev):
+    """"c 1:3", "b 8:0"; what is no device node, by its type."""
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "%s %d:%d" % ("c" if stat.S_ISCHR(mode) else "b", os.major(rdev), os.minor(rdev))
+    return "a directory" if stat.S_ISDIR(mode) else "a file" if stat.S_ISREG(mode) else \
+        "no device node"
 
 
 def make_devices(rootfd, devices, bind=False):
@@ -3416,7 +3442,8 @@ def make_devices(rootfd, devices, bind=False):
         name = os.path.basename(device.path)
         try:
             if bind and not stat.S_ISFIFO(device.mode):
-                bind_host_node(parent, name, device.host or device.path)
+                bind_host_node(parent, name, device.host or device.path,
+                               stat.S_IFMT(device.mode), device.rdev)
             else:
                 os.mknod(name, device.mode, device.rdev, dir_fd=parent)
                 os.chown(name, device.uid, device.gid, dir_fd=parent, follow_symlinks=False)

@@ -9189,6 +9189,52 @@ def test_oci_a_user_namespace_reads_the_same_under_runc(tmp_path, rootfs, oci_ro
 
 
 @root
+def test_escape_oci_userns_devices_bind_only_the_node_the_config_names(bundle, oci_root):
+    """In a user namespace linux.devices are the host's nodes, bound at
+    their paths: a path that leaves /dev by "..", or a host node other
+    than the type and numbers the config names (which the device cgroup
+    allows), must not be bound. Each is refused with one line, exit 1,
+    nothing left; a node the config names rightly is bound."""
+    place = tempfile.mkdtemp(prefix="mdtest-hostfile-", dir="/tmp")
+    try:
+        os.chmod(place, 0o755)
+        secret = os.path.join(place, "secret")
+        with open(secret, "w") as handle:
+            handle.write("the host's file\n")
+        os.chmod(secret, 0o644)
+
+        def configure(device, script):
+            def change(config):
+                config["process"]["args"] = ["/bin/sh", "-c", script]
+                if {"type": "user"} not in config["linux"]["namespaces"]:
+                    config["linux"]["namespaces"].append({"type": "user"})
+                for field in ("uidMappings", "gidMappings"):
+                    config["linux"][field] = [{"containerID": 0, "hostID": 3520000,
+                                               "size": 65536}]
+                config["linux"]["devices"] = [device]
+            edit_config(bundle, change)
+
+        for device, script, refusal in (
+                ({"path": "/dev/.." + secret, "type": "c", "major": 1, "minor": 3},
+                 "cat %s" % secret, "expected a path in /dev"),
+                ({"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 3},
+                 "stat -c '%t:%T' /dev/kmsg", "is c 1:11, not the c 1:3 named")):
+            configure(device, script)
+            result = oci(oci_root, "run", "--bundle", bundle, "devices")
+            assert result.out == "", result.out
+            assert result.returncode == 1 and len(result.err.splitlines()) == 1, result.err
+            assert refusal in result.err
+            assert_no_oci_left(oci_root)
+        configure({"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11},
+                  "stat -c '%t:%T' /dev/kmsg")
+        result = oci(oci_root, "run", "--bundle", bundle, "devices")
+        assert (result.returncode, result.out) == (0, "1:b\n"), result.err
+    finally:
+        shutil.rmtree(place)
+    assert_no_oci_left(oci_root)
+
+
+@root
 def test_userns_auto_as_podman_maps_it(tmp_path, rootfs, runc_link, subids):
     """podman run --userns=auto:size=65536, an image made of the busybox
     rootfs, through runc and through minidocker-runc, and `minidocker run
