@@ -1615,7 +1615,9 @@ def oci_device(entry, index):
     where = "linux.devices[%d]." % index
     path = config_field(entry, "path", str, where, "")
     kind = config_field(entry, "type", str, where, "")
-    if not path.startswith("/dev/") or kind not in OCI_DEVICE_TYPES:
+    # Checked in its plain form: "/dev/../etc/x" is no path in /dev, and in
+    # a user namespace the host's file there would be bound (make_devices).
+    if not absolute_path(path).startswith("/dev/") or kind not in OCI_DEVICE_TYPES:
         raise config_error(where[:-1], "expected a path in /dev and a type c, u, b or p")
     numbers = [config_field(entry, key, int, where, 0) for key in ("major", "minor")]
     mode = config_field(entry, "fileMode", int, where, 0o666) & 0o7777
@@ -2004,9 +2006,10 @@ class Instance:
     its OCI state for the hooks, `cgroups` its cgroup directories by their
     names under /sys/fs/cgroup (bind_cgroup_dirs). With a user namespace
     (chapter 7, continued): `id_maps`, its uid and gid maps, and
-    `shifted_root`, where a copy of ROOTFS shifted by them is kept if the
-    kernel cannot idmap ROOTFS, and `handles`, stage 1's handles on the
-    host paths the container mounts (open_host_sources)."""
+    `shifted_root`, the directory where a copy of ROOTFS shifted by them
+    is kept if the kernel cannot idmap ROOTFS (shifted_root_path), and
+    `handles`, stage 1's handles on the host paths the container mounts
+    (open_host_sources)."""
     __slots__ = ("id", "layer", "hostname", "volumes", "lease", "oci_state", "cgroups",
                  "id_maps", "shifted_root", "handles")
 
@@ -3381,7 +3384,8 @@ def populate_dev(rootfd, bind=False):
     try:
         for name, major, minor in DEVICES:
             if bind:
-                bind_host_node(devfd, name, "/dev/" + name)
+                bind_host_node(devfd, name, "/dev/" + name, stat.S_IFCHR,
+                               os.makedev(major, minor))
             else:
                 os.mknod(name, 0o666 | stat.S_IFCHR, os.makedev(major, minor), dir_fd=devfd)
         for name, target in DEV_LINKS:
@@ -3392,13 +3396,36 @@ def populate_dev(rootfd, bind=False):
         os.close(devfd)
 
 
-def bind_host_node(dirfd, name, host_path):
+def bind_host_node(dirfd, name, host_path, kind, rdev):
     """A user namespace's device node: mknod(2) makes none there, and a
     filesystem mounted in it opens none (SB_I_NODEV), so an empty file at
-    `name` gets the host's node bound onto it, as runc does."""
-    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o666, dir_fd=dirfd))
-    mount(host_path, "%s/%s" % (fd_path(dirfd), name), None, MS_BIND, shown=host_path)
+    `name` gets the host's node bound onto it, as runc does. The host's
+    node must be the one named, of type `kind` (S_IFCHR, S_IFBLK) and
+    numbers `rdev`: the device cgroup allows those, and whatever else
+    sits at that path of the host (another device, a file, a link a user
+    left in /dev/shm) would be bound in their place. So it is opened
+    once, checked, and bound through that handle."""
+    node = os.open(host_path, O_PATH | os.O_CLOEXEC)
+    try:
+        st = os.fstat(node)
+        if stat.S_IFMT(st.st_mode) != kind or st.st_rdev != rdev:
+            raise MiniDockerError("device %s: the host's %s is %s, not the %s named: in a user "
+                                  "namespace the host's node is bound" % (
+                                      host_path, host_path, node_name(st.st_mode, st.st_rdev),
+                                      node_name(kind, rdev)))
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                         os.O_CLOEXEC, 0o666, dir_fd=dirfd))
+        mount(fd_path(node), "%s/%s" % (fd_path(dirfd), name), None, MS_BIND, shown=host_path)
+    finally:
+        os.close(node)
+
+
+def node_name(mode, rdev):
+    """"c 1:3", "b 8:0"; what is no device node, by its type."""
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "%s %d:%d" % ("c" if stat.S_ISCHR(mode) else "b", os.major(rdev), os.minor(rdev))
+    return "a directory" if stat.S_ISDIR(mode) else "a file" if stat.S_ISREG(mode) else \
+        "no device node"
 
 
 def make_devices(rootfd, devices, bind=False):
@@ -3415,7 +3442,8 @@ def make_devices(rootfd, devices, bind=False):
         name = os.path.basename(device.path)
         try:
             if bind and not stat.S_ISFIFO(device.mode):
-                bind_host_node(parent, name, device.host or device.path)
+                bind_host_node(parent, name, device.host or device.path,
+                               stat.S_IFMT(device.mode), device.rdev)
             else:
                 os.mknod(name, device.mode, device.rdev, dir_fd=parent)
                 os.chown(name, device.uid, device.gid, dir_fd=parent, follow_symlinks=False)
@@ -4168,23 +4196,41 @@ def mount_mapped_overlay(spec, instance, userns):
             % (spec.rootfs, refusal, copy))
 
 
-def shifted_root_path(paths, rootfs, maps):
-    """Where the shifted copy of ROOTFS for these maps is kept, if one is
-    needed (mount_mapped_overlay): one per ROOTFS path and maps, named by
-    their hash. A ROOTFS changed in place finds its old copy; the line
-    that says a copy is used tells the user to remove it."""
+def shifted_root_path(directory, rootfd, maps):
+    """Where the shifted copy of the ROOTFS open as `rootfd` is kept for
+    these maps, under `directory` (Paths.shifted): one per ROOTFS and
+    maps, named by the hash of its path, its device and inode number, and
+    the maps. The path alone would not do: a ROOTFS made anew where
+    another was (removed since, maybe another owner's) would run from the
+    copy of the old one's files. A ROOTFS changed in place finds its old
+    copy; the line that says a copy is used tells the user to remove it."""
     import hashlib
-    key = json.dumps([os.path.realpath(rootfs), maps["uid"], maps["gid"]])
-    return os.path.join(paths.shifted, hashlib.sha256(key.encode()).hexdigest()[:32])
+    st = os.fstat(rootfd)
+    key = json.dumps([os.readlink(fd_path(rootfd)), st.st_dev, st.st_ino,
+                      maps["uid"], maps["gid"]])
+    return os.path.join(directory, hashlib.sha256(key.encode()).hexdigest()[:32])
 
 
-def shifted_copy(rootfs, copy, maps):
-    """ROOTFS copied to `copy` once, every owner moved by the maps (an id
-    they do not map becomes the map's nobody, 65534, or its root). Made
-    under a temporary name and renamed: a run that dies halfway leaves no
-    half copy, and of two runs making the same one, one keeps its own."""
-    if os.path.isdir(copy):
-        return copy
+def shifted_copy(rootfs, directory, maps):
+    """ROOTFS copied once into `directory` (shifted_root_path names the
+    copy), every owner moved by the maps (an id they do not map becomes the
+    map's nobody, 65534, or its root). ROOTFS is opened once, and that
+    handle is both named and copied: a path swapped meanwhile cannot file
+    one directory's files under another's name. Made under a temporary
+    name and renamed: a run that dies halfway leaves no half copy, and of
+    two runs making the same one, one keeps its own."""
+    source = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        copy = shifted_root_path(directory, source, maps)
+        if not os.path.isdir(copy):
+            copy_shifted(source, copy, maps)
+    finally:
+        os.close(source)
+    return copy
+
+
+def copy_shifted(source, copy, maps):
+    """shifted_copy's copy of the directory `source` (a handle) to `copy`."""
     temporary = "%s.tmp-%d" % (copy, os.getpid())
     os.makedirs(os.path.dirname(copy), mode=0o700, exist_ok=True)
     os.mkdir(temporary, 0o700)
@@ -4198,20 +4244,18 @@ def shifted_copy(rootfs, copy, maps):
         return shift(maps["uid"], st.st_uid), shift(maps["gid"], st.st_gid)
 
     try:
-        source = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         destination = os.open(temporary, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             copy_tree(source, destination, owner)
             copy_attributes(source, destination, os.fstat(source), owner)
         finally:
-            os.close(source)
             os.close(destination)
         os.rename(temporary, copy)
     except OSError as err:
         remove_tree(temporary)
         if not os.path.isdir(copy):
-            raise MiniDockerError("copying %s for the user namespace: %s" % (rootfs, err))
-    return copy
+            raise MiniDockerError("copying %s for the user namespace: %s"
+                                  % (os.readlink(fd_path(source)), err))
 
 
 def open_host_sources(spec, instance, userns):
@@ -8723,7 +8767,7 @@ def run_container(spec, paths, report=None, cid=None, again=None):
         if maps and not maps.get("rootless"):
             delegate_v2_cgroup(cgroup_plan, mapped_root(maps))
         instance = Instance(cid, layer, spec.hostname or cid[:12], volumes, id_maps=maps,
-                            shifted_root=maps and shifted_root_path(paths, spec.rootfs, maps))
+                            shifted_root=maps and paths.shifted)
         for source, _ in instance.etc_files:  # bound by the child, written by prepare()
             os.close(os.open(source, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
             if maps:  # the container's root may edit them, as without a user namespace

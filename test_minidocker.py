@@ -9067,10 +9067,11 @@ def test_userns_a_rootfs_that_cannot_be_idmapped_runs_from_a_shifted_copy(rootfs
         assert first.out.splitlines()[:3] == ["0:0 /", "0:0 /bin/sh", "1000:1000 /home/alice"]
         assert first.out.splitlines()[3].split()[2:4] == ["0", "0"], first.out  # ls -n /made
         [note] = first.err.splitlines()
-        copy = os.path.join(os.environ["MINIDOCKER_ROOT"], "lib/userns",
-                            md.shifted_root_path(md.Paths(), str(image), {
-                                "uid": [(0, 3300000, 65536)], "gid": [(0, 3300000, 65536)]})
-                            .rsplit("/", 1)[1])
+        handle = os.open(str(image), os.O_RDONLY | os.O_DIRECTORY)
+        copy = md.shifted_root_path(os.path.join(os.environ["MINIDOCKER_ROOT"], "lib/userns"),
+                                    handle, {"uid": [(0, 3300000, 65536)],
+                                             "gid": [(0, 3300000, 65536)]})
+        os.close(handle)
         assert note == ("minidocker: warning: %s cannot be idmapped here (mount_setattr(%s "
                         "(idmapped)): Invalid argument): the container's root is a copy with its "
                         "owners shifted by the map, kept in %s (remove it when ROOTFS changes)"
@@ -9083,6 +9084,37 @@ def test_userns_a_rootfs_that_cannot_be_idmapped_runs_from_a_shifted_copy(rootfs
         md.remove_tree(copy)
     finally:
         subprocess.run(["umount", str(ram)], check=True)
+
+
+@root
+def test_escape_userns_a_shifted_copy_serves_only_the_directory_it_was_made_from(rootfs,
+                                                                                 tmp_path):
+    """The shifted copies are kept by ROOTFS's path and map: a ROOTFS made
+    anew at a path that held another one (another owner's, since removed)
+    must not run from the copy of the old one's files, which would put
+    what its old owner planted in the new container. The copy is keyed by
+    the directory itself: the new one gets a copy of its own."""
+    ram = tmp_path / "ram"
+    ram.mkdir()
+    subprocess.run(["mount", "-t", "ramfs", "ramfs", str(ram)], check=True)
+    options = ["--uidmap", "0:3310000:65536"]
+    copies = os.path.join(os.environ["MINIDOCKER_ROOT"], "lib/userns")
+    before = set(os.listdir(copies)) if os.path.isdir(copies) else set()
+    try:
+        image = ram / "image"
+        subprocess.run(["cp", "-a", rootfs, str(image)], check=True)
+        (image / "planted").write_text("the old owner's\n")
+        first = sh(str(image), "cat /planted", options=options)
+        assert first.out == "the old owner's\n", first.err
+        subprocess.run(["rm", "-rf", str(image)], check=True)
+        subprocess.run(["cp", "-a", rootfs, str(image)], check=True)
+        again = sh(str(image), "cat /planted 2>&1; true", options=options)
+        assert again.out == "cat: can't open '/planted': No such file or directory\n", again.out
+        assert "is a copy with its owners shifted" in again.err
+    finally:
+        subprocess.run(["umount", str(ram)], check=True)
+        for name in set(os.listdir(copies)) - before:
+            md.remove_tree(os.path.join(copies, name))
 
 
 @root
@@ -9152,6 +9184,52 @@ def test_oci_a_user_namespace_reads_the_same_under_runc(tmp_path, rootfs, oci_ro
         assert joined.out == "%10d %10d %10d\n" % (0, 3500000, 65536), joined.err
     finally:
         oci(oci_root, "delete", "--force", "mapped")
+        shutil.rmtree(place)
+    assert_no_oci_left(oci_root)
+
+
+@root
+def test_escape_oci_userns_devices_bind_only_the_node_the_config_names(bundle, oci_root):
+    """In a user namespace linux.devices are the host's nodes, bound at
+    their paths: a path that leaves /dev by "..", or a host node other
+    than the type and numbers the config names (which the device cgroup
+    allows), must not be bound. Each is refused with one line, exit 1,
+    nothing left; a node the config names rightly is bound."""
+    place = tempfile.mkdtemp(prefix="mdtest-hostfile-", dir="/tmp")
+    try:
+        os.chmod(place, 0o755)
+        secret = os.path.join(place, "secret")
+        with open(secret, "w") as handle:
+            handle.write("the host's file\n")
+        os.chmod(secret, 0o644)
+
+        def configure(device, script):
+            def change(config):
+                config["process"]["args"] = ["/bin/sh", "-c", script]
+                if {"type": "user"} not in config["linux"]["namespaces"]:
+                    config["linux"]["namespaces"].append({"type": "user"})
+                for field in ("uidMappings", "gidMappings"):
+                    config["linux"][field] = [{"containerID": 0, "hostID": 3520000,
+                                               "size": 65536}]
+                config["linux"]["devices"] = [device]
+            edit_config(bundle, change)
+
+        for device, script, refusal in (
+                ({"path": "/dev/.." + secret, "type": "c", "major": 1, "minor": 3},
+                 "cat %s" % secret, "expected a path in /dev"),
+                ({"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 3},
+                 "stat -c '%t:%T' /dev/kmsg", "is c 1:11, not the c 1:3 named")):
+            configure(device, script)
+            result = oci(oci_root, "run", "--bundle", bundle, "devices")
+            assert result.out == "", result.out
+            assert result.returncode == 1 and len(result.err.splitlines()) == 1, result.err
+            assert refusal in result.err
+            assert_no_oci_left(oci_root)
+        configure({"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11},
+                  "stat -c '%t:%T' /dev/kmsg")
+        result = oci(oci_root, "run", "--bundle", bundle, "devices")
+        assert (result.returncode, result.out) == (0, "1:b\n"), result.err
+    finally:
         shutil.rmtree(place)
     assert_no_oci_left(oci_root)
 
