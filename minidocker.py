@@ -3263,8 +3263,14 @@ def copy_entry(src, dst, name, st, owner=None):
     """One file, symlink, device node or FIFO (a socket is no content:
     skipped, as cp skips one it cannot open)."""
     if stat.S_ISREG(st.st_mode):
-        reader = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src)
+        # O_NONBLOCK, then the type checked on the handle: a file swapped for
+        # a FIFO since the stat (by the owner of ROOTFS or of the volume)
+        # would otherwise hold the open, and the run, forever.
+        reader = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                         dir_fd=src)
         try:
+            if not stat.S_ISREG(os.fstat(reader).st_mode):
+                raise OSError(errno.EBUSY, "%s changed while it was copied" % name)
             writer = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                              | os.O_CLOEXEC, 0o600, dir_fd=dst)
             try:
