@@ -2061,7 +2061,9 @@ def create_container(paths, spec, cid, cgroups, parents=()):
     make_state_dirs(paths)
     volumes = spec.volumes
     # The ids of a user namespace are taken and recorded under one lock.
-    with state_lock(paths, "userns.lock") if spec.userns and "size" in spec.userns \
+    # (Under it too for --uidmap: container prune removes the shifted
+    # copies no record names, and a record stored meanwhile must be seen.)
+    with state_lock(paths, "userns.lock") if spec.userns and not spec.userns.get("rootless") \
             else contextlib.suppress():
         maps = spec.userns and allocate_id_maps(spec.userns, read_records(paths))
         record["id_maps"] = maps
@@ -10879,6 +10881,40 @@ def layer_size(path):
     return total
 
 
+def prune_shifted_copies(paths):
+    """The shifted copies of ROOTFS (chapter 7, continued) that no record
+    names any more, removed, with the half-made ones of runs that died;
+    returns their bytes. Under userns.lock, which a run with a user
+    namespace holds while it stores its record: a copy a container still
+    runs from, or is about to, is kept."""
+    if not os.path.isdir(paths.shifted):
+        return 0
+    space = 0
+    with state_lock(paths, "userns.lock"):
+        used = set()
+        for record in read_records(paths):
+            maps = record.get("id_maps")
+            if not maps or maps.get("rootless"):
+                continue
+            try:
+                rootfd = os.open(record["rootfs"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:  # its ROOTFS is gone: so is any claim on a copy
+                continue
+            try:
+                used.add(os.path.basename(shifted_root_path(paths.shifted, rootfd, maps)))
+            finally:
+                os.close(rootfd)
+        for name in os.listdir(paths.shifted):
+            building = name.rsplit(".tmp-", 1)
+            if name in used or len(building) == 2 and is_number(building[1]) and \
+                    process_start_time(int(building[1])) is not None:
+                continue
+            copy = os.path.join(paths.shifted, name)
+            space += layer_size(copy)
+            remove_tree(copy)
+    return space
+
+
 def cmd_container_prune(args):
     """docker container prune: every stopped container removed, as rm
     removes one; running and starting ones are not touched. Without -f,
@@ -10901,8 +10937,9 @@ def cmd_container_prune(args):
                 warn(str(err))
                 kept += 1
                 continue
-        deleted.append(record["id"])
+            deleted.append(record["id"])
         space += size
+    space += prune_shifted_copies(paths)
     emit((["Deleted Containers:"] + deleted + [""] if deleted else [])
          + ["Total reclaimed space: " + human_size(space)])
     if kept:

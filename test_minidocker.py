@@ -9053,7 +9053,8 @@ def test_userns_a_rootfs_that_cannot_be_idmapped_runs_from_a_shifted_copy(rootfs
     """ROOTFS on a filesystem without idmapped mounts (ramfs): one line
     says so and where the copy is; the container sees the image's owners
     as on the host all the same; the copy, made once, serves the next run
-    of the same map."""
+    of the same map, and goes with `container prune` once no container
+    names it (a running one keeps it)."""
     ram = tmp_path / "ram"
     ram.mkdir()
     subprocess.run(["mount", "-t", "ramfs", "ramfs", str(ram)], check=True)
@@ -9081,7 +9082,14 @@ def test_userns_a_rootfs_that_cannot_be_idmapped_runs_from_a_shifted_copy(rootfs
         made = os.stat(copy).st_ino
         again = sh(str(image), "stat -c '%u:%g %n' /bin/sh", options=options)
         assert again.out == "0:0 /bin/sh\n" and os.stat(copy).st_ino == made
-        md.remove_tree(copy)
+        running = detach_run(str(image), "sleep", "1000", options=options)
+        try:
+            assert minidocker("container", "prune", "-f").returncode == 0
+            assert os.stat(copy).st_ino == made  # named by the running container's record
+        finally:
+            minidocker("rm", "-f", running)
+        pruned = minidocker("container", "prune", "-f")
+        assert pruned.returncode == 0 and not os.path.exists(copy), pruned.err
     finally:
         subprocess.run(["umount", str(ram)], check=True)
 
