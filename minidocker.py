@@ -12320,7 +12320,8 @@ def build_parser():
                      help="a namespaced sysctl: kernel.msg*, kernel.sem, kernel.shm*, "
                           "fs.mqueue.*, net.*, kernel.domainname")
     run.add_argument("--network", "--net", metavar="MODE",
-                     help="bridge (default: mini-br0, 10.0.0.0/24), none or host")
+                     help="bridge (root's default: mini-br0, 10.0.0.0/24), none (a user's "
+                     "default) or host")
     run.add_argument("--subnet", metavar="CIDR", help="the bridge's subnet (default 10.0.0.0/24)")
     run.add_argument("--bridge", metavar="NAME", help="the bridge's name (default mini-br0)")
     run.add_argument("-p", "--publish", action="append", default=[],
