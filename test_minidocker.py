@@ -8074,6 +8074,20 @@ OCI_BAD_CONFIGS = [
         uidMappings=[{"containerID": 0, "hostID": 4294967290, "size": 65536}],
         gidMappings=[{"containerID": 0, "hostID": 3000000, "size": 65536}])),
      "no id above 4294967294"),
+    (lambda c: c["linux"].update(uidMappings=[{"containerID": 0, "hostID": 1, "size": 1}]),
+     "linux.uidMappings: needs a new user namespace"),
+    (lambda c: (c["linux"]["namespaces"].append({"type": "user"}), c["linux"].update(
+        uidMappings=[{"containerID": 0, "hostID": 3000000, "size": 0}],
+        gidMappings=[{"containerID": 0, "hostID": 3000000, "size": 1}])),
+     "linux.uidMappings[0]: expected containerID, hostID and size"),
+    (lambda c: c["linux"]["namespaces"].append({"type": "user", "path": "/proc/1/ns/user"}),
+     "joining a user namespace"),
+    (lambda c: (c["linux"].update(namespaces=[n for n in c["linux"]["namespaces"]
+                                              if n["type"] != "pid"] + [{"type": "user"}]),
+                c["linux"].update(uidMappings=[{"containerID": 0, "hostID": 3000000, "size": 9}],
+                                  gidMappings=[{"containerID": 0, "hostID": 3000000,
+                                                "size": 9}])),
+     "a new user namespace needs a new pid namespace"),
 ]
 
 
