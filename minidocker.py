@@ -744,6 +744,7 @@ class Spec:
         self.sysctls = []         # (key, value) of --sysctl, written in our namespaces (chapter 7)
         self.namespaces = dict(NAMESPACE_DEFAULTS)  # --pid, --ipc, --uts, --cgroupns (chapter 7)
         self.userns = None        # --userns, --uidmap, --gidmap: see parse_userns (chapter 7)
+        self.image = None         # run IMAGE: {"name", "id", "store", "lower"} (chapter 5, continued)
         self.labels = {}          # --label and --label-file
         self.stop_signal = None   # --stop-signal: stop's and restart's without -s (SIGTERM)
         self.stop_timeout = None  # --stop-timeout: their -t without one (10)
@@ -1142,15 +1143,24 @@ def build_spec(args, seccomp_cache=None):
     kernel's last one, the host name (--network host), and whether stdin
     and stdout are a terminal. With `seccomp_cache`, the default profile's
     filter is read from there, or compiled and kept there."""
-    # A rootfs has no image config: --entrypoint's PROGRAM is all the
-    # ENTRYPOINT there is, CMD's arguments follow it; "" is none.
+    # --entrypoint's PROGRAM replaces the image's ENTRYPOINT, and drops its
+    # CMD, as Docker's does; "" is none. A rootfs has no image config.
+    image, config = None, {}
+    if args.pull not in ("missing", "always", "never"):
+        raise MiniDockerError("invalid --pull %s: expected missing, always or never"
+                              % quote(args.pull))
+    if not is_rootfs_argument(args.rootfs):
+        image = image_for_run(args)
+        config = image["config"]
     entrypoint = None if args.entrypoint is None else [args.entrypoint] if args.entrypoint \
         else []
-    command = (entrypoint or []) + list(args.command)
+    command = (entrypoint if entrypoint is not None else config.get("Entrypoint") or []) + \
+        (list(args.command) or (config.get("Cmd") or [] if entrypoint is None else []))
     if not command:
-        raise MiniDockerError("run: no command given: usage: run [OPTIONS] ROOTFS CMD [ARG...]")
-    rootfs = os.path.abspath(args.rootfs)
-    if not os.path.exists(rootfs):
+        raise MiniDockerError("run: no command given: usage: run [OPTIONS] ROOTFS|IMAGE "
+                              "CMD [ARG...]")
+    rootfs = image["top"] if image else os.path.abspath(args.rootfs)
+    if image is None and not os.path.exists(rootfs):
         raise MiniDockerError("rootfs %s: no such directory" % args.rootfs)
     if not os.path.isdir(rootfs):
         raise MiniDockerError("rootfs %s: not a directory" % args.rootfs)
@@ -1158,8 +1168,9 @@ def build_spec(args, seccomp_cache=None):
         # overlayfs splits its option string on ',' and lowerdir on ':'.
         raise MiniDockerError("rootfs %s: overlayfs cannot take a path with ',', ':' or '\\'"
                               % rootfs)
-    if not args.workdir.startswith("/"):
-        raise MiniDockerError("workdir %r must be an absolute path" % args.workdir)
+    workdir = args.workdir or config.get("WorkingDir") or "/"
+    if not workdir.startswith("/"):
+        raise MiniDockerError("workdir %r must be an absolute path" % workdir)
     env_entries = []
     for path in args.env_file:
         env_entries += parse_env_file(path)
@@ -1205,6 +1216,9 @@ def build_spec(args, seccomp_cache=None):
             raise MiniDockerError("duplicate mount point: %s (-v and --mount)" % target)
     namespaces = parse_namespace_modes(args, caps)
     rootless = os.geteuid() != 0
+    if image and (rootless or args.userns or args.uidmap or args.gidmap):
+        raise MiniDockerError("an image's container in a user namespace is not supported yet: "
+                              "give a rootfs directory (mkrootfs)")
     # A user's container has no bridge (chapter 7, continued): none by default.
     if args.network is None:  # (an empty --network '' is refused by plan_network)
         args.network = "none" if rootless else "bridge"
@@ -1218,19 +1232,22 @@ def build_spec(args, seccomp_cache=None):
     if args.hostname and namespaces["uts"] == "host":
         raise MiniDockerError("conflicting options: --hostname and --uts host (the host's "
                               "name is the container's)")
-    stop_signal, stop_timeout = parse_stop_options(args.stop_signal, args.stop_timeout)
+    stop_signal, stop_timeout = parse_stop_options(args.stop_signal or config.get("StopSignal"),
+                                                   args.stop_timeout)
     return Spec(
-        rootfs=rootfs, command=command, entrypoint=entrypoint,
+        rootfs=rootfs, command=command, entrypoint=entrypoint, image=image and image["run"],
         hostname=check_hostname(args.hostname, "--hostname") if args.hostname else
         os.uname().nodename if args.network == "host" or namespaces["uts"] == "host" else None,
         ulimits=parse_ulimits(args.ulimit), oom_score_adj=parse_oom_score_adj(args.oom_score_adj),
         shm_size=parse_shm_size(args.shm_size, namespaces["ipc"]),
         sysctls=[parse_sysctl(text, namespaces, args.network) for text in args.sysctl],
         namespaces=namespaces, userns=userns,
-        labels=parse_labels(args.label, args.label_file),
+        labels=dict(config.get("Labels") or {}, **parse_labels(args.label, args.label_file)),
         stop_signal=stop_signal, stop_timeout=stop_timeout,
-        env=expand_env(env_entries), workdir=absolute_path(args.workdir),
-        user=args.user and check_user(args.user, "--user"),
+        env=merge_env(config.get("Env") or [], expand_env(env_entries)),
+        workdir=absolute_path(workdir),
+        user=(args.user or config.get("User")) and check_user(args.user or config["User"],
+                                                              "--user"),
         group_add=[check_user(g, "--group-add") for g in args.group_add],
         caps=caps, last_cap=last_cap(), seccomp=seccomp, notes=notes,
         no_new_privs=no_new_privs and not args.privileged,  # as Docker: never privileged
@@ -1245,7 +1262,25 @@ def build_spec(args, seccomp_cache=None):
         resources=resources,
         cgroup_parent=check_cgroup_parent(args.cgroup_parent),
         network_plan=plan_network(args.network, args.subnet, args.bridge, args.publish, args.dns,
-                             args.add_host, args.expose, args.publish_all))
+                             args.add_host, args.expose + sorted(config.get("ExposedPorts") or {}),
+                             args.publish_all))
+
+
+def is_rootfs_argument(text):
+    """ROOTFS or IMAGE: an existing directory, or anything that starts with
+    '/' or '.', is a rootfs; anything else is an image reference."""
+    return text.startswith(("/", ".")) or os.path.isdir(text)
+
+
+def merge_env(image_env, entries):
+    """The image's ENV, then -e and --env-file: a key given again takes its
+    place, as Docker's does."""
+    merged = {}
+    for entry in list(image_env) + entries:
+        key = entry.partition("=")[0]
+        merged.pop(key, None)
+        merged[key] = entry
+    return list(merged.values())
 
 
 # === 3. (continued) config.json: an OCI bundle into the same spec ===
@@ -1812,6 +1847,7 @@ class Paths:
         self.seccomp_cache = os.path.join(self.run, "seccomp")  # chapter 10
         self.bytecode = os.path.join(self.run, "bytecode")      # chapter 11
         self.shifted = os.path.join(self.lib, "userns")         # chapter 7, continued
+        self.images = os.path.join(self.lib, "images")          # chapter 5, continued
 
     def layer(self, cid):
         return os.path.join(self.containers, cid)
@@ -2041,6 +2077,7 @@ def create_container(paths, spec, cid, cgroups, parents=()):
     the volumes with their host directories, and the names of the volumes
     made for it."""
     record = {"id": cid, "status": "created", "rootfs": spec.rootfs, "cgroups": cgroups,
+              "image": spec.image and spec.image["name"], "image_id": spec.image and spec.image["id"],
               "cgroup_parents": list(parents),
               "command": spec.command, "remove": spec.remove, "pid": 0,
               "owner": os.getpid(), "owner_start": process_start_time(os.getpid()),
@@ -2077,6 +2114,13 @@ def create_container(paths, spec, cid, cgroups, parents=()):
                 for name in made:
                     delete_volume(paths, name)
                 raise
+    if spec.image:
+        # rmi looks for containers under images.lock: either it sees this
+        # record, or we see its image gone.
+        with state_lock(paths, "images.lock"):
+            if not os.path.exists(image_path(paths, spec.image["id"])):
+                raise MiniDockerError("image %s was removed (rmi) while its container was made"
+                                      % quote(spec.image["name"]))
     layer = paths.layer(cid)
     rootless = bool(maps and maps.get("rootless"))
     for sub in ("upper", "work", "merged") + (("lower",) if maps and not rootless else ()):
@@ -2327,12 +2371,13 @@ def dead_records(paths):
 
 
 @contextlib.contextmanager
-def state_lock(paths, name):
-    """flock(2) on run/NAME: held until the block ends, or the process."""
+def state_lock(paths, name, shared=False):
+    """flock(2) on run/NAME: held until the block ends, or the process;
+    `shared` with other shared holders, never with an exclusive one."""
     os.makedirs(paths.run, mode=0o700, exist_ok=True)
     fd = os.open(os.path.join(paths.run, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # and with it the lock
@@ -2828,6 +2873,1269 @@ def install_host_tools(dest):
     return copied
 
 
+# === 5. (continued) Images: references, the layer store, safe unpacking ===
+# An image is a config (the command, environment, user, ports) and a list of
+# layers, each a tar archive of the files one build step changed, named by a
+# manifest. The OCI image spec and Docker's "schema 2" are one format under
+# two sets of media types. What `pull` and `load` bring is kept under the
+# state root, content-addressed, as Docker and containerd keep it:
+#
+#   lib/images/
+#     blobs/sha256/HEX        each manifest, config and layer archive, named
+#                             by the sha256 of its bytes; written under a
+#                             temporary name and renamed once that digest
+#                             checks, so a name never holds other bytes
+#     layers/HEX/diff/        one layer unpacked, named by its diff_id (the
+#     layers/HEX/layer.json   sha256 of the uncompressed tar): images that
+#                             share a base share its directory; layer.json
+#                             holds its short name and size
+#     l/SHORT -> ../layers/HEX/diff   short names for overlayfs' lowerdir
+#     images/HEX.json         one image (HEX: its config's digest, the image
+#                             id): config, layers, manifest, digests
+#     tags.json               {"docker.io/library/alpine:latest": "sha256:HEX"}
+#
+# A container of an image has an overlay root whose lower directories are
+# the image's layers, top first (chapter 6): one unpacked copy serves every
+# container of it. The kernel takes the mount's options in one page, so each
+# layer is named by its short link, relative to lib/images, as Docker's
+# overlay2 driver does: 128 layers fit in 3.7 KB.
+
+DOCKER_HUB = "docker.io"
+REPOSITORY_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+REGISTRY_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*" \
+    r"[A-Za-z0-9])?)*(?::[0-9]{1,5})?"
+TAG_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+DIGEST_PATTERN = r"sha256:[0-9a-f]{64}"
+IMAGE_JSON_LIMIT = 4 << 20  # a manifest, index or config held in memory: Docker's limit too
+LINK_LENGTH = 26            # a short name's characters, base32, as overlay2's
+
+
+class ImageRef:
+    """A parsed image reference: `registry/repository[:tag][@digest]`."""
+    __slots__ = ("registry", "repository", "tag", "digest")
+
+    def __init__(self, registry, repository, tag, digest):
+        self.registry, self.repository, self.tag, self.digest = registry, repository, tag, digest
+
+    @property
+    def name(self):
+        return "%s/%s" % (self.registry, self.repository)
+
+    def __str__(self):
+        return self.name + (":" + self.tag if self.tag else "") + \
+            ("@" + self.digest if self.digest else "")
+
+
+def parse_reference(text):
+    """Docker's reference rules: `alpine` is docker.io/library/alpine:latest;
+    a first component holding '.' or ':', or `localhost`, is a registry;
+    repository components are lower case; a tag has at most 128
+    characters; `@sha256:HEX` pins a digest (and needs no tag)."""
+    def invalid(why):
+        return MiniDockerError("invalid image reference %s: %s" % (quote(text), why))
+    if not text or len(text) > 255:
+        raise invalid("expected 1 to 255 characters")
+    rest, at, digest = text.partition("@")
+    if at and not re.fullmatch(DIGEST_PATTERN, digest):
+        raise invalid("a digest is 'sha256:' and 64 lower-case hex digits")
+    name, tag = rest, None
+    if rest.rfind(":") > rest.rfind("/"):
+        name, _, tag = rest.rpartition(":")
+        if not re.fullmatch(TAG_PATTERN, tag):
+            raise invalid("a tag is at most 128 letters, digits, '_', '.' and '-', not "
+                          "starting with '.' or '-'")
+    first, slash, remainder = name.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        if not re.fullmatch(REGISTRY_HOST, first):
+            raise invalid("the registry is a host name with an optional :PORT")
+        registry, path = first, remainder
+    else:
+        registry, path = DOCKER_HUB, name
+    if registry in (DOCKER_HUB, "index.docker.io"):
+        registry, path = DOCKER_HUB, path if "/" in path else "library/" + path
+    for component in path.split("/"):
+        if not re.fullmatch(REPOSITORY_COMPONENT, component):
+            raise invalid("a repository is lower-case letters and digits, with '.', '_', "
+                          "'__' or '-' between them, in '/'-separated parts")
+    return ImageRef(registry, path, tag if tag or at else "latest", digest or None)
+
+
+def familiar_name(name):
+    """docker.io/library/alpine -> alpine, docker.io/me/app -> me/app: the
+    short names docker shows."""
+    if name.startswith(DOCKER_HUB + "/"):
+        name = name[len(DOCKER_HUB) + 1:]
+        if name.startswith("library/") and name.count("/") == 1:
+            name = name[len("library/"):]
+    return name
+
+
+def check_digest(text, what):
+    """A digest from a manifest or config names a file in the store: it must
+    be exactly sha256 and hex, or `sha256:../../x` would be a path."""
+    if not isinstance(text, str) or not re.fullmatch(DIGEST_PATTERN, text):
+        raise MiniDockerError("%s: %s is not a sha256 digest" % (what, quote(str(text))))
+    return text
+
+
+def blob_path(paths, digest):
+    return os.path.join(paths.images, "blobs", "sha256", digest[len("sha256:"):])
+
+
+def layer_path(paths, diff_id):
+    return os.path.join(paths.images, "layers", diff_id[len("sha256:"):])
+
+
+def image_path(paths, image_id):
+    return os.path.join(paths.images, "images", image_id[len("sha256:"):] + ".json")
+
+
+class DigestReader:
+    """A stream read through, hashed as it passes (hashlib drops the GIL on
+    large buffers, so layers hash in parallel threads)."""
+
+    def __init__(self, source):
+        import hashlib
+        self.source, self.hash, self.size = source, hashlib.sha256(), 0
+
+    def read(self, size=-1):
+        data = self.source.read(size)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    def digest(self):
+        return "sha256:" + self.hash.hexdigest()
+
+
+def store_blob(paths, source, what, expected=None, size=None, progress=None):
+    """Copy a stream into the blob store, hashing it on the way. `expected`
+    and `size` (a manifest's descriptor) must match, or the bytes are
+    dropped with one line. Written under a temporary name and renamed
+    once checked: a pull killed halfway (or a network that drops) leaves
+    no blob that a later pull trusts. Returns the digest."""
+    directory = os.path.dirname(blob_path(paths, "sha256:"))
+    os.makedirs(directory, 0o700, exist_ok=True)
+    temporary = os.path.join(directory, ".tmp-%d-%s" % (os.getpid(), os.urandom(6).hex()))
+    reader = DigestReader(source)
+    try:
+        with open(temporary, "xb") as out:
+            while True:
+                data = reader.read(1 << 20)
+                if not data:
+                    break
+                out.write(data)
+                if size is not None and reader.size > size:
+                    raise MiniDockerError("%s: more than the %d bytes its descriptor says: "
+                                          "refused" % (what, size))
+                if progress:
+                    progress(reader.size)
+        digest = reader.digest()
+        if expected and digest != expected:
+            raise MiniDockerError("%s: digest mismatch: expected %s, got %s (the bytes are "
+                                  "dropped)" % (what, expected, digest))
+        if size is not None and reader.size != size:
+            raise MiniDockerError("%s: %d bytes, where its descriptor says %d: refused"
+                                  % (what, reader.size, size))
+        os.rename(temporary, blob_path(paths, digest))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    return digest
+
+
+def read_store_file(path, what, limit=IMAGE_JSON_LIMIT):
+    """A JSON file of the store (a tree only its owner can write): at most
+    `limit` bytes of it. A missing one raises FileNotFoundError."""
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise MiniDockerError("%s is larger than %d MiB" % (what, limit >> 20))
+    return data
+
+
+def read_blob(paths, digest, what, limit=IMAGE_JSON_LIMIT):
+    """A stored manifest or config, checked again against its name."""
+    import hashlib
+    try:
+        data = read_store_file(blob_path(paths, digest), what, limit)
+    except FileNotFoundError:
+        raise MiniDockerError("%s: blob %s is missing from the store" % (what, digest)) from None
+    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        raise MiniDockerError("%s: the stored blob does not match its digest %s" % (what, digest))
+    return data
+
+
+def parse_json_object(data, what):
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise MiniDockerError("%s: not valid JSON: %s" % (what, err)) from None
+    if not isinstance(value, dict):
+        raise MiniDockerError("%s: expected a JSON object" % what)
+    return value
+
+
+# Unpacking. A layer is the image author's tar, and the author may be
+# hostile: a name with `..` or a leading `/`, a symlink `etc -> /` followed
+# by an entry `etc/cron.d/x`, or a hard link to /etc/shadow, would write or
+# expose host files if the tar were extracted by path (CVE-2019-14271 and
+# CVE-2018-15664 in Docker, CVE-2021-20291 in containers/storage). So each
+# layer goes into a new directory that only its own unpacker writes, and
+# every entry's path is walked from that directory one component at a
+# time with O_NOFOLLOW|O_DIRECTORY: a symlink or a file where a directory
+# should be stops the walk, whoever planted it, and a hard link's target
+# is found the same way, inside the layer. Earlier layers are other
+# directories: an entry cannot reach them at all. Names with `..` or a
+# leading `/` are refused, not cleaned: no real image has one.
+#
+# Whiteouts are how a layer deletes what a lower one has: `.wh.NAME` hides
+# NAME, and `.wh..wh..opq` in a directory hides everything below it in
+# lower layers. They become what overlayfs reads (Documentation/
+# filesystems/overlayfs.rst): a character device 0:0 named NAME, and the
+# xattr trusted.overlay.opaque=y on the directory. Both need real root
+# (CAP_MKNOD, CAP_SYS_ADMIN), as device nodes shipped in a layer do.
+# trusted.* xattrs from the tar itself are dropped: trusted.overlay.* ones
+# (redirect, origin, metacopy) would steer overlayfs' lookups.
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_WHITEOUT = ".wh..wh..opq"
+OVERLAY_OPAQUE = "trusted.overlay.opaque"
+XATTR_PAX_PREFIX = "SCHILY.xattr."  # how GNU tar and Go's archive/tar carry xattrs
+
+
+def layer_entry_parts(name):
+    """An entry's name as components inside the layer: "." and empty ones
+    dropped (./etc//passwd is etc/passwd)."""
+    if name.startswith("/"):
+        raise ValueError("an absolute name")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ValueError("a '..' component")
+    return parts
+
+
+def entry_times(entry):
+    mtime = int(entry.mtime * 1e9)
+    return mtime, mtime
+
+
+class LayerUnpacker:
+    """One layer's entries, in order, into the directory open as `top`."""
+
+    def __init__(self, top, real_root):
+        self.top = top
+        self.real_root = real_root
+        self.cached = (None, None)  # the last parent walked to: (components, fd)
+        self.directories = []       # (components, times): dated once filled
+        self.size = 0               # bytes of regular files, for `images`
+
+    def walk(self, parts, create):
+        """A new descriptor of the directory at `parts`, walked from the top
+        without following a symlink; missing directories are made (0755, as
+        tar makes them) when `create`."""
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.top)
+        try:
+            for index, part in enumerate(parts):
+                try:
+                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
+                                    os.O_CLOEXEC, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
+                                    os.O_CLOEXEC, dir_fd=fd)
+                except OSError as err:
+                    if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    raise ValueError("%s is a symlink or a file, not a directory: nothing is "
+                                     "written through one" % "/".join(parts[:index + 1])) from None
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def parent(self, parts):
+        """The directory holding parts[-1]; consecutive entries of one
+        directory (a tar's usual order) walk to it once."""
+        key = tuple(parts[:-1])
+        if self.cached[0] != key:
+            fd = self.walk(key, create=True)
+            self.forget()
+            self.cached = (key, fd)
+        return self.cached[1]
+
+    def forget(self):
+        if self.cached[1] is not None:
+            os.close(self.cached[1])
+        self.cached = (None, None)
+
+    def clear(self, parent, name, keep_directory):
+        """Make room for an entry: a later entry replaces an earlier one of
+        the same name, but a directory entry keeps a directory's contents.
+        Returns whether a directory was kept."""
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=parent)
+            return False
+        if keep_directory:
+            return True
+        self.forget()  # (the cached parent may lie below it)
+        remove_tree("%s/%s" % (fd_path(parent), name))
+        return False
+
+    def add(self, archive, entry):
+        parts = layer_entry_parts(entry.name)
+        if not parts:  # "./": the layer's own top directory
+            if entry.isdir():
+                self.set_attributes(self.top, entry)
+                self.directories.append(((), entry_times(entry)))
+            return
+        name = parts[-1]
+        parent = self.parent(parts)
+        if name.startswith(WHITEOUT_PREFIX):
+            self.whiteout(parent, name)
+        elif entry.isdir():
+            if not self.clear(parent, name, keep_directory=True):
+                os.mkdir(name, 0o700, dir_fd=parent)
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=parent)
+            try:
+                self.set_attributes(fd, entry)
+            finally:
+                os.close(fd)
+            self.directories.append((tuple(parts), entry_times(entry)))
+        elif entry.isreg() and not entry.issparse():
+            self.clear(parent, name, keep_directory=False)
+            self.write_file(archive, entry, parent, name)
+        elif entry.issym():
+            self.clear(parent, name, keep_directory=False)
+            os.symlink(entry.linkname, name, dir_fd=parent)
+            self.set_node_attributes(parent, name, entry, chmod=False)
+        elif entry.islnk():
+            self.hard_link(parent, name, entry)
+        elif entry.ischr() or entry.isblk() or entry.isfifo():
+            self.node(parent, name, entry)
+        else:
+            raise ValueError("type %r is not one a layer holds" % entry.type.decode("latin-1"))
+
+    def write_file(self, archive, entry, parent, name):
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=parent)
+        try:
+            source = archive.extractfile(entry)
+            with open(fd, "wb", closefd=False) as out:
+                while True:
+                    data = source.read(1 << 20)
+                    if not data:
+                        break
+                    out.write(data)
+            self.size += entry.size
+            self.set_attributes(fd, entry)
+        finally:
+            os.close(fd)
+
+    def set_attributes(self, fd, entry):
+        """Owner, then mode (chown clears setuid bits, so it comes first),
+        xattrs and times. A directory is dated again once filled (finish)."""
+        os.fchown(fd, entry.uid, entry.gid)
+        os.fchmod(fd, entry.mode & 0o7777)
+        for key, value in entry.pax_headers.items():
+            xattr = key[len(XATTR_PAX_PREFIX):]
+            if not key.startswith(XATTR_PAX_PREFIX) or xattr.startswith("trusted."):
+                continue
+            try:
+                os.setxattr(fd, xattr, value.encode("utf-8", "surrogateescape"))
+            except OSError as err:  # ENOTSUP, EOPNOTSUPP: a filesystem without xattrs
+                if err.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+        os.utime(fd, ns=entry_times(entry))
+
+    def set_node_attributes(self, parent, name, entry, chmod=True):
+        os.chown(name, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
+        if chmod:  # (a node just made, never a symlink: chmod does not follow one here)
+            os.chmod(name, entry.mode & 0o7777, dir_fd=parent)
+        os.utime(name, ns=entry_times(entry), dir_fd=parent, follow_symlinks=False)
+
+    def hard_link(self, parent, name, entry):
+        """A hard link's target is another entry of this layer, found by the
+        same walk: never a file outside it, never a directory."""
+        try:
+            target = layer_entry_parts(entry.linkname)
+        except ValueError as err:
+            raise ValueError("hard link to %s: %s" % (quote(entry.linkname), err)) from None
+        if not target:
+            raise ValueError("a hard link to the layer's top directory")
+        try:
+            source = self.walk(target[:-1], create=False)
+        except FileNotFoundError:
+            raise ValueError("hard link to %s, which no earlier entry made"
+                             % quote(entry.linkname)) from None
+        try:
+            try:
+                st = os.stat(target[-1], dir_fd=source, follow_symlinks=False)
+            except FileNotFoundError:
+                raise ValueError("hard link to %s, which no earlier entry made"
+                                 % quote(entry.linkname)) from None
+            if stat.S_ISDIR(st.st_mode):
+                raise ValueError("a hard link to a directory")
+            self.clear(parent, name, keep_directory=False)
+            os.link(target[-1], name, src_dir_fd=source, dst_dir_fd=parent,
+                    follow_symlinks=False)
+        finally:
+            os.close(source)
+
+    def node(self, parent, name, entry):
+        """A FIFO is made for anyone; a device node only by real root (in a
+        user namespace mknod would fail, and rootless Docker skips them)."""
+        if not entry.isfifo() and not self.real_root:
+            return
+        self.clear(parent, name, keep_directory=False)
+        kind = stat.S_IFIFO if entry.isfifo() else stat.S_IFCHR if entry.ischr() \
+            else stat.S_IFBLK
+        os.mknod(name, kind | 0o600, os.makedev(entry.devmajor, entry.devminor), dir_fd=parent)
+        self.set_node_attributes(parent, name, entry)
+
+    def whiteout(self, parent, name):
+        if name == OPAQUE_WHITEOUT:
+            os.setxattr(parent, OVERLAY_OPAQUE, b"y")
+        elif not name.startswith(WHITEOUT_PREFIX * 2):  # .wh..wh.plnk and such: aufs' own
+            hidden = name[len(WHITEOUT_PREFIX):]
+            if hidden in ("", ".", ".."):
+                raise ValueError("a whiteout of nothing")
+            self.clear(parent, hidden, keep_directory=False)
+            os.mknod(hidden, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=parent)
+
+    def finish(self):
+        """Directories' times, last: each entry made inside one changed it."""
+        self.forget()
+        for parts, times in self.directories:
+            try:
+                fd = self.walk(parts, create=False)
+            except (FileNotFoundError, ValueError):  # replaced by a later entry
+                continue
+            try:
+                os.utime(fd, ns=times)
+            finally:
+                os.close(fd)
+
+
+def real_root():
+    """Root in the initial user namespace: device nodes and whiteouts can be
+    made."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        return read_text("/proc/self/uid_map").split() == ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
+def layer_stream(blob, what):
+    """A layer blob's tar stream: gzip is read by the standard library;
+    zstd has no decoder there, so a zstd layer is refused by name."""
+    import gzip
+    magic = blob.read(4)
+    blob.seek(0)
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=blob, mode="rb")
+    if magic == b"\x28\xb5\x2f\xfd":
+        raise MiniDockerError("%s is compressed with zstd, which Python's standard library "
+                              "cannot read: refused" % what)
+    return blob
+
+
+def unpack_layer(paths, digest, diff_id, what):
+    """The stored layer blob `digest` unpacked into layers/DIFF_ID, once:
+    into a temporary directory first, renamed when complete and its
+    uncompressed bytes match the diff_id the image's config names, so a
+    half-unpacked layer is never used. Returns the layer's size."""
+    import tarfile
+    import zlib
+    final = layer_path(paths, diff_id)
+    if os.path.isdir(final):
+        return ensure_layer_link(paths, diff_id)["size"]
+    os.makedirs(os.path.dirname(final), 0o700, exist_ok=True)
+    temporary = "%s.tmp-%d-%s" % (final, os.getpid(), os.urandom(6).hex())
+    os.mkdir(temporary, 0o700)
+    try:
+        os.mkdir(os.path.join(temporary, "diff"), 0o755)
+        top = os.open(os.path.join(temporary, "diff"), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        unpacker = LayerUnpacker(top, real_root())
+        entry = None
+        try:
+            with open(blob_path(paths, digest), "rb") as blob:
+                plain = DigestReader(layer_stream(blob, what))
+                with tarfile.open(fileobj=plain, mode="r|") as archive:
+                    for entry in archive:
+                        unpacker.add(archive, entry)
+                    entry = None
+                    unpacker.finish()
+                    while plain.read(1 << 20):  # the end blocks too: every byte is hashed
+                        pass
+        except (OSError, ValueError) as err:
+            if entry is None:
+                raise MiniDockerError("%s: %s" % (what, err)) from None
+            raise MiniDockerError("%s: entry %s: %s" % (what, quote(entry.name), err)) from None
+        except (tarfile.TarError, EOFError, zlib.error) as err:
+            raise MiniDockerError("%s: not a valid tar archive: %s" % (what, err or
+                                                                       "cut short")) from None
+        finally:
+            unpacker.forget()
+            os.close(top)
+        if plain.digest() != diff_id:
+            raise MiniDockerError("%s: its uncompressed bytes are %s, where the image's config "
+                                  "says %s: refused" % (what, plain.digest(), diff_id))
+        link = "".join("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"[b % 32] for b in os.urandom(LINK_LENGTH))
+        write_file_atomically(os.path.join(temporary, "layer.json"),
+                              json.dumps({"link": link, "size": unpacker.size}).encode(), 0o600)
+        try:
+            os.rename(temporary, final)
+        except OSError as err:  # EEXIST, ENOTEMPTY: another pull unpacked it meanwhile
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            remove_tree(temporary)
+    except BaseException:
+        if os.path.lexists(temporary):
+            remove_tree(temporary)
+        raise
+    return ensure_layer_link(paths, diff_id)["size"]
+
+
+def ensure_layer_link(paths, diff_id):
+    """A layer's layer.json, and its short link in l/ (made after the
+    rename, so that no link names a layer that lost a race)."""
+    info = parse_json_object(read_store_file(os.path.join(layer_path(paths, diff_id),
+                                                          "layer.json"), "layer.json"),
+                             "layer %s" % diff_id)
+    links = os.path.join(paths.images, "l")
+    os.makedirs(links, 0o700, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.symlink(os.path.join("..", "layers", diff_id[len("sha256:"):], "diff"),
+                   os.path.join(links, info["link"]))
+    return info
+
+
+# Image records and tags. An image's id is its config's digest, as
+# Docker's is. A tag names one image; moving it to a newer image leaves the
+# older one untagged (<none>) until `rmi` or `image prune`. Changes to
+# tags.json, and removals, are made under one lock, and `rmi` takes it
+# before it looks at which containers use an image.
+
+MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v2+json")
+INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
+               "application/vnd.docker.distribution.manifest.list.v2+json")
+OCI_MANIFEST, OCI_INDEX = MANIFEST_TYPES[0], INDEX_TYPES[0]
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+LAYER_TYPES = (OCI_LAYER, OCI_LAYER + "+gzip", OCI_LAYER + "+zstd",
+               "application/vnd.docker.image.rootfs.diff.tar.gzip",
+               "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+               "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")
+GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm",
+          "i686": "386", "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x",
+          "riscv64": "riscv64"}
+
+
+def host_platform():
+    """linux/ARCH[/VARIANT] in Go's names, as registries list platforms."""
+    machine = os.uname().machine
+    arch = GOARCH.get(machine, machine)
+    variant = {"aarch64": "v8", "armv7l": "v7", "armv6l": "v6"}.get(machine)
+    return "linux/" + arch + ("/" + variant if variant else "")
+
+
+def parse_platform(text):
+    parts = text.split("/")
+    if len(parts) not in (2, 3) or not all(re.fullmatch(r"[a-z0-9_]+", p) for p in parts):
+        raise MiniDockerError("invalid --platform %s: expected OS/ARCH[/VARIANT], as "
+                              "linux/amd64" % quote(text))
+    return parts
+
+
+def choose_manifest(index, platform, what):
+    """The descriptor in an index (or Docker's manifest list) for the
+    platform: the variant must match when both name one (arm64 images
+    often omit v8)."""
+    want = parse_platform(platform)
+    found = []
+    for descriptor in index.get("manifests") or []:
+        if not isinstance(descriptor, dict):
+            continue
+        have = descriptor.get("platform") or {}
+        if [have.get("os"), have.get("architecture")] == want[:2] and \
+                (len(want) < 3 or have.get("variant") in (None, want[2])):
+            found.append(descriptor)
+    if not found:
+        listed = sorted("%s/%s" % ((d.get("platform") or {}).get("os"),
+                                   (d.get("platform") or {}).get("architecture"))
+                        for d in index.get("manifests") or [] if isinstance(d, dict))
+        raise MiniDockerError("%s has no image for %s (it has: %s)"
+                              % (what, platform, ", ".join(listed) or "none"))
+    return found[0]
+
+
+def read_tags(paths):
+    try:
+        data = read_store_file(os.path.join(paths.images, "tags.json"), "tags.json")
+    except FileNotFoundError:
+        return {}
+    return parse_json_object(data, os.path.join(paths.images, "tags.json"))
+
+
+def write_tags(paths, tags):
+    write_file_atomically(os.path.join(paths.images, "tags.json"),
+                          json.dumps(tags, indent=1, sort_keys=True).encode(), 0o600)
+
+
+def read_image(paths, image_id):
+    return parse_json_object(read_store_file(image_path(paths, image_id), "image %s" % image_id),
+                             "image %s" % image_id)
+
+
+def read_images(paths):
+    directory = os.path.join(paths.images, "images")
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    return [read_image(paths, "sha256:" + name[:-len(".json")]) for name in names
+            if re.fullmatch(r"[0-9a-f]{64}\.json", name)]
+
+
+def image_layers(manifest, config, what):
+    """[(blob digest, media type, size, diff_id)] of a manifest, checked
+    against its config's rootfs.diff_ids, one for one."""
+    layers = manifest.get("layers")
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids")
+    if not isinstance(layers, list) or not isinstance(diff_ids, list) or \
+            len(layers) != len(diff_ids):
+        raise MiniDockerError("%s: its manifest lists %s layers and its config %s diff_ids"
+                              % (what, len(layers) if isinstance(layers, list) else "no",
+                                 len(diff_ids) if isinstance(diff_ids, list) else "no"))
+    result = []
+    for layer, diff_id in zip(layers, diff_ids):
+        if not isinstance(layer, dict) or layer.get("mediaType", OCI_LAYER) not in LAYER_TYPES:
+            raise MiniDockerError("%s: layer media type %s is not one minidocker reads"
+                                  % (what, quote(str(isinstance(layer, dict) and
+                                                     layer.get("mediaType")))))
+        size = layer.get("size")
+        if not isinstance(size, int) or size < 0:
+            raise MiniDockerError("%s: a layer without a valid size" % what)
+        result.append((check_digest(layer.get("digest"), what), layer.get("mediaType", OCI_LAYER),
+                       size, check_digest(diff_id, what)))
+    return result
+
+
+def store_image(paths, manifest_digest, config_digest, layers, sizes, names, digests=()):
+    """Write the image's record and point `names` (full references) at it.
+    Returns the image id."""
+    config = parse_json_object(read_blob(paths, config_digest, "config"), "config")
+    record = {"id": config_digest, "manifest": manifest_digest,
+              "layers": [{"digest": d, "mediaType": t, "size": s, "diff_id": i}
+                         for d, t, s, i in layers],
+              "size": sum(sizes), "created": config.get("created") or "",
+              "architecture": config.get("architecture") or "", "os": config.get("os") or "",
+              "digests": list(digests), "stored": time.time()}
+    os.makedirs(os.path.dirname(image_path(paths, config_digest)), 0o700, exist_ok=True)
+    with state_lock(paths, "images.lock"):
+        with contextlib.suppress(FileNotFoundError, MiniDockerError):
+            record["digests"] = sorted(set(read_image(paths, config_digest)["digests"]) |
+                                       set(digests))
+        write_file_atomically(image_path(paths, config_digest), json.dumps(record).encode(),
+                              0o600)
+        if names:
+            tags = read_tags(paths)
+            tags.update((name, config_digest) for name in names)
+            write_tags(paths, tags)
+    return config_digest
+
+
+def image_config(paths, record):
+    return parse_json_object(read_blob(paths, record["id"], "config of %s" % record["id"]),
+                             "config of %s" % record["id"])
+
+
+def find_image(paths, text):
+    """An image by reference (a tag, or NAME@DIGEST) or by id (a prefix of
+    its hex, with or without sha256:). None when there is none."""
+    tags = read_tags(paths)
+    try:
+        ref = parse_reference(text)
+    except MiniDockerError:
+        ref = None
+    if ref is not None and ref.digest is None and str(ref) in tags:
+        return read_image(paths, tags[str(ref)])
+    if ref is not None and ref.digest:
+        wanted = "%s@%s" % (ref.name, ref.digest)
+        for record in read_images(paths):
+            if wanted in record["digests"]:
+                return record
+        return None
+    match = re.fullmatch(r"(?:sha256:)?([0-9a-f]{1,64})", text)
+    if not match:
+        return None
+    found = [r for r in read_images(paths) if r["id"][7:].startswith(match.group(1))]
+    if len(found) > 1:
+        raise MiniDockerError("image id prefix %s is ambiguous: it matches %d images"
+                              % (quote(text), len(found)))
+    return found[0] if found else None
+
+
+def image_names(tags, image_id):
+    return sorted(name for name, target in tags.items() if target == image_id)
+
+
+def image_lower_dirs(paths, record):
+    """The overlay's lower directories for an image: its layers' short
+    links, top layer first, relative to lib/images (mount_overlay)."""
+    links = []
+    for layer in reversed(record["layers"]):
+        diff_id = check_digest(layer["diff_id"], "image %s" % record["id"])
+        if not os.path.isdir(layer_path(paths, diff_id)):
+            raise MiniDockerError("image %s: its layer %s is missing from the store: pull or "
+                                  "load it again" % (record["id"][7:19], diff_id))
+        links.append("l/" + ensure_layer_link(paths, diff_id)["link"])
+    return links
+
+
+def remove_image(paths, record, tags):
+    """An image's record and tags; its layers and blobs go with the next
+    collect_garbage. Called under images.lock."""
+    for name in image_names(tags, record["id"]):
+        del tags[name]
+    write_tags(paths, tags)
+    os.unlink(image_path(paths, record["id"]))
+
+
+# Blobs and layers no image names any more are removed by rmi and image
+# prune, as containerd's garbage collector removes them. A pull or load
+# stores blobs and layers before the record that names them, so it holds
+# images.gc shared from its first blob to its record, and the collector
+# takes it exclusive: it never sees a pull's blobs unnamed.
+
+def collect_garbage(paths):
+    records = read_images(paths)
+    layers = {layer["diff_id"][7:] for r in records for layer in r["layers"]}
+    blobs = {digest[7:] for r in records for digest in
+             [r["id"], r["manifest"]] + [layer["digest"] for layer in r["layers"]]}
+    for name in listdir_or_empty(os.path.join(paths.images, "layers")):
+        if re.fullmatch(r"[0-9a-f]{64}", name) and name not in layers:
+            with contextlib.suppress(FileNotFoundError, MiniDockerError, KeyError):
+                link = ensure_layer_link(paths, "sha256:" + name)["link"]
+                os.unlink(os.path.join(paths.images, "l", link))
+            remove_tree(layer_path(paths, "sha256:" + name))
+    for name in listdir_or_empty(os.path.dirname(blob_path(paths, "sha256:"))):
+        if re.fullmatch(r"[0-9a-f]{64}", name) and name not in blobs:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(blob_path(paths, "sha256:" + name))
+
+
+def listdir_or_empty(path):
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def images_in_use(paths):
+    """Image ids that containers' records name: their layers are some
+    overlay's lower directories."""
+    return {record.get("image_id") for record in read_records(paths)} - {None}
+
+
+# Loading an archive. `docker save` writes manifest.json (the image's
+# config and layer files, and its tags); an OCI image layout has
+# index.json and blobs/sha256/ (skopeo's oci-archive, `docker save` since
+# Docker 25, which writes both). The archive is read once, as a stream
+# (it may be gzipped, or a pipe): every file goes into the blob store by
+# its digest, then the manifests are read from there. A file under
+# blobs/sha256/ must match its name.
+
+def load_archive(paths, source, what):
+    """Returns [(names, image id)] of the images loaded."""
+    import tarfile
+    members, links = {}, {}
+    try:
+        with tarfile.open(fileobj=source, mode="r|*") as archive:
+            for entry in archive:
+                name = os.path.normpath(entry.name).lstrip("/")
+                if entry.issym():
+                    links[name] = os.path.normpath(os.path.join(os.path.dirname(name),
+                                                                entry.linkname))
+                elif entry.isreg():
+                    expected = "sha256:" + name[len("blobs/sha256/"):] \
+                        if name.startswith("blobs/sha256/") else None
+                    if expected:
+                        check_digest(expected, "%s: %s" % (what, name))
+                    members[name] = store_blob(paths, archive.extractfile(entry),
+                                               "%s: %s" % (what, name), expected, entry.size)
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise MiniDockerError("%s: not a valid tar archive: %s" % (what, err)) from None
+
+    def member(name):
+        name = links.get(name, name)
+        if name not in members:
+            raise MiniDockerError("%s: %s is not in the archive" % (what, quote(name)))
+        return members[name]
+
+    if "manifest.json" in members:
+        return load_docker_save(paths, what, member)
+    if "index.json" in members:
+        return load_oci_layout(paths, what, member)
+    raise MiniDockerError("%s: neither a docker save archive (manifest.json) nor an OCI "
+                          "image layout (index.json)" % what)
+
+
+def load_docker_save(paths, what, member):
+    entries = json.loads(read_blob(paths, member("manifest.json"), what))
+    if not isinstance(entries, list):
+        raise MiniDockerError("%s: manifest.json is not a list" % what)
+    loaded = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("Layers"), list):
+            raise MiniDockerError("%s: manifest.json has an entry without Config and Layers"
+                                  % what)
+        config_digest = member(str(entry.get("Config")))
+        config = parse_json_object(read_blob(paths, config_digest, what), what)
+        descriptors = []
+        for layer in entry["Layers"]:
+            digest = member(str(layer))
+            with open(blob_path(paths, digest), "rb") as blob:
+                gzipped = blob.read(2) == b"\x1f\x8b"
+            descriptors.append({"mediaType": OCI_LAYER + ("+gzip" if gzipped else ""),
+                                "digest": digest,
+                                "size": os.stat(blob_path(paths, digest)).st_size})
+        # The OCI manifest docker save leaves implicit, written so `save` can
+        # write this image out again.
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                               "config": {"mediaType": OCI_CONFIG, "digest": config_digest,
+                                          "size": os.stat(blob_path(paths, config_digest)).st_size},
+                               "layers": descriptors}).encode()
+        manifest_digest = store_blob(paths, io_bytes(manifest), what)
+        names = [str(parse_reference(tag)) for tag in entry.get("RepoTags") or []]
+        loaded.append((names, install_image(paths, manifest_digest, config, config_digest,
+                                            what, names)))
+    return loaded
+
+
+def load_oci_layout(paths, what, member):
+    index = parse_json_object(read_blob(paths, member("index.json"), what), what + ": index.json")
+    loaded = []
+    for descriptor in index.get("manifests") or []:
+        annotations = descriptor.get("annotations") or {}
+        digest = check_digest(descriptor.get("digest"), what + ": index.json")
+        manifest = parse_json_object(read_blob(paths, member("blobs/sha256/" + digest[7:]), what),
+                                     what)
+        if descriptor.get("mediaType") in INDEX_TYPES or manifest.get("mediaType") in INDEX_TYPES:
+            digest = check_digest(choose_manifest(manifest, host_platform(), what)
+                                  .get("digest"), what)
+            manifest = parse_json_object(read_blob(paths, member("blobs/sha256/" + digest[7:]),
+                                                   what), what)
+        config_digest = check_digest((manifest.get("config") or {}).get("digest"), what)
+        config = parse_json_object(read_blob(paths, member("blobs/sha256/" +
+                                                           config_digest[7:]), what), what)
+        for layer in manifest.get("layers") or []:
+            if isinstance(layer, dict):
+                member("blobs/sha256/" + check_digest(layer.get("digest"), what)[7:])
+        name = annotations.get("io.containerd.image.name") or \
+            annotations.get("org.opencontainers.image.ref.name")
+        names = []
+        if name and ("/" in name or ":" in name):  # a full reference, not only a tag
+            names = [str(parse_reference(name))]
+        loaded.append((names, install_image(paths, digest, config, config_digest, what, names)))
+    return loaded
+
+
+def io_bytes(data):
+    import io
+    return io.BytesIO(data)
+
+
+def install_image(paths, manifest_digest, config, config_digest, what, names, digests=()):
+    """Unpack the layers of a manifest whose blobs are stored, then record
+    the image."""
+    manifest = parse_json_object(read_blob(paths, manifest_digest, what), what)
+    layers = image_layers(manifest, config, what)
+    sizes = [unpack_layer(paths, digest, diff_id, "%s: layer %s" % (what, digest))
+             for digest, _, _, diff_id in layers]
+    return store_image(paths, manifest_digest, config_digest, layers, sizes, names, digests)
+
+
+# === 5. (continued) Pulling: the registry's HTTP API, and save ===
+# The Registry HTTP API v2 (the OCI distribution spec) is a handful of
+# GETs: /v2/NAME/manifests/REF with an Accept header listing the manifest
+# types we read (a registry converts nothing it is not asked for), then
+# /v2/NAME/blobs/DIGEST for the config and each layer, which a registry may
+# answer with a redirect to other storage. A registry that wants
+# credentials answers 401 with WWW-Authenticate: `Basic realm=...`, or
+# `Bearer realm=URL,service=S,scope=S`: then a token is fetched from URL
+# (with the user's password, or anonymously) and sent as
+# `Authorization: Bearer TOKEN`. Docker Hub works this way even for
+# anonymous pulls.
+#
+# Plain http only for a registry on this host (localhost, 127.0.0.0/8,
+# ::1) or one named by --insecure-registry, as Docker allows; everything
+# else is https, checked against the system's CA bundle. Credentials go
+# over https, or to a host allowed plain http; never elsewhere, and a
+# redirect to another host does not take them along.
+
+REGISTRY_HOSTS = {DOCKER_HUB: "registry-1.docker.io"}
+PULL_THREADS = 3  # layers fetched at once, as Docker's max-concurrent-downloads
+
+
+def plain_http_allowed(host, insecure):
+    import ipaddress
+    name = re.sub(r":[0-9]+$", "", host).strip("[]")
+    if name == "localhost" or host in insecure or name in insecure:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class Registry:
+    """One registry's API, with the credentials and the token it granted."""
+
+    def __init__(self, host, credentials=None, insecure=()):
+        self.host = REGISTRY_HOSTS.get(host, host)
+        self.plain = plain_http_allowed(self.host, insecure)
+        self.credentials = credentials   # (user, password) or None
+        self.authorization = None        # the header the last challenge earned
+
+    def connection(self, scheme, host):
+        import http.client
+        if scheme == "http":
+            return http.client.HTTPConnection(host, timeout=60)
+        import ssl
+        return http.client.HTTPSConnection(host, timeout=60, context=ssl.create_default_context())
+
+    def get(self, path, accept=(), what=""):
+        """GET a path of the API: a 200 response, after one answered
+        challenge and up to five redirects."""
+        import urllib.parse
+        for attempt in (1, 2):
+            url = "%s://%s%s" % ("http" if self.plain else "https", self.host, path)
+            headers = {"User-Agent": "minidocker/" + VERSION}
+            if accept:
+                headers["Accept"] = ", ".join(accept)
+            if self.authorization:
+                headers["Authorization"] = self.authorization
+            for _ in range(6):
+                parts = urllib.parse.urlsplit(url)
+                target = parts.path + ("?" + parts.query if parts.query else "")
+                try:
+                    connection = self.connection(parts.scheme, parts.netloc)
+                    connection.request("GET", target, headers=headers)
+                    response = connection.getresponse()
+                except OSError as err:
+                    raise MiniDockerError("%s: %s: %s" % (what, url, err)) from None
+                if response.status not in (301, 302, 303, 307, 308):
+                    break
+                response.close()
+                url = urllib.parse.urljoin(url, response.getheader("Location") or "")
+                if urllib.parse.urlsplit(url).netloc != self.host:
+                    headers.pop("Authorization", None)
+                if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+                    raise MiniDockerError("%s: redirected to %s" % (what, quote(url)))
+            if response.status == 401 and attempt == 1:
+                challenge = response.getheader("WWW-Authenticate") or ""
+                response.close()
+                self.authorization = self.answer(challenge, what)
+                continue
+            if response.status != 200:
+                body = response.read(4096).decode("utf-8", "replace")
+                response.close()
+                hint = " (give credentials with --username and --password-stdin, or " \
+                    "MINIDOCKER_AUTH)" if response.status == 401 and not self.credentials else ""
+                raise MiniDockerError("%s: %s answered %d %s%s%s" % (
+                    what, self.host, response.status, response.reason,
+                    registry_error_text(body), hint))
+            return response
+
+    def answer(self, challenge, what):
+        """The Authorization header a 401's challenge asks for."""
+        import base64
+        kind, _, rest = challenge.partition(" ")
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+        basic = self.credentials and "Basic " + base64.b64encode(
+            ("%s:%s" % self.credentials).encode()).decode()
+        if kind.lower() == "basic":
+            if not basic:
+                raise MiniDockerError("%s: %s wants a user name and password: give them with "
+                                      "--username and --password-stdin, or MINIDOCKER_AUTH"
+                                      % (what, self.host))
+            return basic
+        if kind.lower() != "bearer" or "realm" not in fields:
+            raise MiniDockerError("%s: %s asks for authentication minidocker does not speak: %s"
+                                  % (what, self.host, quote(challenge)))
+        return "Bearer " + self.token(fields, basic, what)
+
+    def token(self, fields, basic, what):
+        import urllib.parse
+        realm = urllib.parse.urlsplit(fields["realm"])
+        if realm.scheme not in ("http", "https") or not realm.netloc:
+            raise MiniDockerError("%s: the token realm %s is not an http(s) URL"
+                                  % (what, quote(fields["realm"])))
+        if realm.scheme == "http" and not plain_http_allowed(realm.netloc, ()) and \
+                not self.plain:
+            raise MiniDockerError("%s: the token realm %s is plain http: refused"
+                                  % (what, quote(fields["realm"])))
+        query = urllib.parse.urlencode([(key, fields[key]) for key in ("service", "scope")
+                                        if key in fields])
+        headers = {"User-Agent": "minidocker/" + VERSION}
+        if basic:
+            headers["Authorization"] = basic
+        path = realm.path + "?" + "&".join(filter(None, (realm.query, query)))
+        try:
+            connection = self.connection(realm.scheme, realm.netloc)
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            body = response.read(IMAGE_JSON_LIMIT)
+        except OSError as err:
+            raise MiniDockerError("%s: token from %s: %s" % (what, fields["realm"], err)) from None
+        if response.status != 200:
+            raise MiniDockerError("%s: the token service %s answered %d %s%s" % (
+                what, realm.netloc, response.status, response.reason,
+                registry_error_text(body.decode("utf-8", "replace"))))
+        grant = parse_json_object(body, "%s: the token service's answer" % what)
+        token = grant.get("token") or grant.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise MiniDockerError("%s: the token service granted no token" % what)
+        return token
+
+    def manifest(self, repository, reference, what):
+        """(bytes, media type, digest) of a manifest or index."""
+        import hashlib
+        response = self.get("/v2/%s/manifests/%s" % (repository, reference),
+                            MANIFEST_TYPES + INDEX_TYPES, what)
+        data = response.read(IMAGE_JSON_LIMIT + 1)
+        response.close()
+        if len(data) > IMAGE_JSON_LIMIT:
+            raise MiniDockerError("%s: a manifest over %d bytes: refused" % (what, IMAGE_JSON_LIMIT))
+        kind = (response.getheader("Content-Type") or "").split(";")[0].strip()
+        body = parse_json_object(data, what + ": manifest")
+        kind = body.get("mediaType") or kind
+        if body.get("schemaVersion") == 1:
+            raise MiniDockerError("%s: a schema 1 manifest, which registries have not served "
+                                  "since 2019: not supported" % what)
+        return data, kind, "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def registry_error_text(body):
+    """The `errors` a registry explains a refusal with, in one short phrase."""
+    try:
+        errors = json.loads(body).get("errors") or []
+        return ": " + "; ".join("%s %s" % (e.get("code", ""), e.get("message", ""))
+                                for e in errors[:3])
+    except (ValueError, AttributeError, TypeError):
+        return ""
+
+
+class PullProgress:
+    """On a terminal, one line per layer (as docker pull draws them), each
+    redrawn in place: bytes, total and rate. On a pipe, nothing."""
+
+    def __init__(self, layers, out):
+        import threading
+        self.out = out
+        self.on = out.isatty()
+        self.lines = [digest[7:19] + ": waiting" for digest, _, _, _ in layers]
+        self.lock = threading.Lock()
+        self.started = time.monotonic()
+        if self.on:
+            out.write("".join(line + "\n" for line in self.lines))
+            out.flush()
+
+    def update(self, index, text):
+        if not self.on:
+            return
+        with self.lock:
+            self.lines[index] = self.lines[index][:12] + ": " + text
+            up = len(self.lines) - index
+            self.out.write("\x1b[%dA\r\x1b[2K%s\x1b[%dB\r" % (up, self.lines[index], up))
+            self.out.flush()
+
+    def counter(self, index, total):
+        def progress(done):
+            rate = done / max(time.monotonic() - self.started, 1e-3)
+            self.update(index, "downloading %s / %s (%s/s)"
+                        % (human_size(done), human_size(total), human_size(rate)))
+        return progress
+
+
+def pull_image(paths, ref, platform, credentials, insecure, out):
+    """Fetch an image's manifest, config and missing layers, unpack each
+    layer once, record and tag it. Returns (image id, manifest digest)."""
+    import concurrent.futures
+    what = "pull %s" % ref
+    registry = Registry(ref.registry, credentials, insecure)
+    data, kind, digest = registry.manifest(ref.repository, ref.digest or ref.tag, what)
+    if ref.digest and digest != ref.digest:
+        raise MiniDockerError("%s: the registry sent a manifest whose digest is %s" % (what, digest))
+    pinned = digest
+    if kind in INDEX_TYPES or "manifests" in parse_json_object(data, what):
+        chosen = choose_manifest(parse_json_object(data, what), platform, what)
+        wanted = check_digest(chosen.get("digest"), what)
+        data, kind, digest = registry.manifest(ref.repository, wanted, what)
+        if digest != wanted:
+            raise MiniDockerError("%s: the registry sent a manifest whose digest is %s, not %s"
+                                  % (what, digest, wanted))
+    manifest = parse_json_object(data, what)
+    config_descriptor = manifest.get("config") or {}
+    config_digest = check_digest(config_descriptor.get("digest"), what + ": config")
+    if not os.path.exists(blob_path(paths, config_digest)):
+        store_blob(paths, registry.get("/v2/%s/blobs/%s" % (ref.repository, config_digest),
+                                       what=what), what + ": config", config_digest,
+                   config_descriptor.get("size"))
+    config = parse_json_object(read_blob(paths, config_digest, what), what + ": config")
+    layers = image_layers(manifest, config, what)
+    progress = PullProgress(layers, out)
+
+    def fetch(index):
+        digest, _, size, diff_id = layers[index]
+        layer_what = "%s: layer %s" % (what, digest)
+        if not os.path.isdir(layer_path(paths, diff_id)):
+            if not os.path.exists(blob_path(paths, digest)):
+                response = registry.get("/v2/%s/blobs/%s" % (ref.repository, digest), what=what)
+                try:
+                    store_blob(paths, response, layer_what, digest, size,
+                               progress.counter(index, size))
+                finally:
+                    response.close()
+            progress.update(index, "unpacking")
+        done = unpack_layer(paths, digest, diff_id, layer_what)
+        progress.update(index, "pull complete")
+        return done
+
+    with concurrent.futures.ThreadPoolExecutor(PULL_THREADS) as pool:
+        sizes = list(pool.map(fetch, range(len(layers))))
+    store_blob(paths, io_bytes(data), what + ": manifest", digest)
+    names = [str(ref)] if ref.tag else []
+    image_id = store_image(paths, digest, config_digest, layers, sizes, names,
+                           ["%s@%s" % (ref.name, pinned)])
+    return image_id, pinned
+
+
+def image_for_run(args):
+    """run IMAGE: the image, pulled first when --pull says so (missing: only
+    when not stored); its config's run-time part; and the overlay's lower
+    directories for its container."""
+    if os.geteuid() != 0:
+        raise MiniDockerError("an image's container in a user namespace is not supported yet: "
+                              "give a rootfs directory (mkrootfs)")
+    paths = Paths()
+    record = None if args.pull == "always" else find_image(paths, args.rootfs)
+    if record is None:
+        if args.pull == "never":
+            raise MiniDockerError("no such image: %s (--pull never)" % quote(args.rootfs))
+        ref = parse_reference(args.rootfs)
+        with state_lock(paths, "images.gc", shared=True):
+            pull_image(paths, ref, args.platform or host_platform(), registry_credentials(args),
+                       (), sys.stderr)
+        record = find_image(paths, str(ref))
+    if not record["layers"]:
+        raise MiniDockerError("image %s has no layers: nothing to run" % quote(args.rootfs))
+    what = "image %s" % quote(args.rootfs)
+    return {"config": run_config(image_config(paths, record), what),
+            "top": os.path.join(layer_path(paths, record["layers"][-1]["diff_id"]), "diff"),
+            "run": {"name": args.rootfs, "id": record["id"], "store": paths.images,
+                    "lower": image_lower_dirs(paths, record)}}
+
+
+def run_config(config, what):
+    """The part of an image's config `run` applies, each field checked to
+    be of the type the image spec gives it."""
+    fields = config.get("config") or {}
+    if not isinstance(fields, dict):
+        raise MiniDockerError("%s: its config's config is not an object" % what)
+    for key, kind in (("Entrypoint", list), ("Cmd", list), ("Env", list), ("WorkingDir", str),
+                      ("User", str), ("ExposedPorts", dict), ("StopSignal", str),
+                      ("Labels", dict)):
+        value = fields.get(key)
+        if value is not None and not isinstance(value, kind) or \
+                kind is list and value and not all(isinstance(v, str) for v in value) or \
+                kind is dict and value and not all(isinstance(v, str) for v in value):
+            raise MiniDockerError("%s: its config's %s is not a valid %s" % (
+                what, key, "list of strings" if kind is list else kind.__name__))
+    for entry in fields.get("Env") or []:
+        if "=" not in entry:
+            raise MiniDockerError("%s: its config's Env holds %s, not KEY=VALUE"
+                                  % (what, quote(entry)))
+    return fields
+
+
+def registry_credentials(args):
+    """--username with --password-stdin, or MINIDOCKER_AUTH=USER:PASSWORD."""
+    username = getattr(args, "username", None)
+    if username:
+        if not getattr(args, "password_stdin", False):
+            raise MiniDockerError("--username needs --password-stdin (a password on the "
+                                  "command line would show in ps)")
+        password = sys.stdin.readline().rstrip("\n")
+        return username, password
+    auth = os.environ.get("MINIDOCKER_AUTH")
+    if auth:
+        user, colon, password = auth.partition(":")
+        if not colon or not user:
+            raise MiniDockerError("MINIDOCKER_AUTH: expected USER:PASSWORD")
+        return user, password
+    return None
+
+
+# Saving: the OCI image layout as a tar (what `docker save` writes since
+# Docker 25), with Docker's manifest.json beside it so an older `docker
+# load` reads it too. The blobs are written as stored: the same bytes, so
+# the same digests as the registry's.
+
+def save_images(paths, records, tags, out):
+    import tarfile
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
+        def add(name, data=None, path=None):
+            info = tarfile.TarInfo(name)
+            info.mtime, info.mode = 0, 0o644
+            if path is not None:
+                info.size = os.stat(path).st_size
+                with open(path, "rb") as handle:
+                    archive.addfile(info, handle)
+            else:
+                info.size = len(data)
+                archive.addfile(info, io_bytes(data))
+        index, docker, written = [], [], set()
+        for record in records:
+            names = image_names(tags, record["id"])
+            for digest in [record["manifest"], record["id"]] + \
+                    [layer["digest"] for layer in record["layers"]]:
+                if digest not in written:
+                    written.add(digest)
+                    add("blobs/sha256/" + digest[7:], path=blob_path(paths, digest))
+            descriptor = {"mediaType": OCI_MANIFEST, "digest": record["manifest"],
+                          "size": os.stat(blob_path(paths, record["manifest"])).st_size}
+            for name in names or [None]:
+                annotations = {} if name is None else {
+                    "io.containerd.image.name": name,
+                    "org.opencontainers.image.ref.name": name.rpartition(":")[2]}
+                index.append(dict(descriptor, annotations=annotations) if annotations
+                             else descriptor)
+            docker.append({"Config": "blobs/sha256/" + record["id"][7:],
+                           "RepoTags": [familiar_name(n) for n in names],
+                           "Layers": ["blobs/sha256/" + layer["digest"][7:]
+                                      for layer in record["layers"]]})
+        add("oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
+        add("index.json", json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                                      "manifests": index}).encode())
+        add("manifest.json", json.dumps(docker).encode())
+
+
 # === 6. Filesystem: overlay, mounts, /dev, masked paths, pivot_root ===
 # The root is an overlay: ROOTFS is the read-only lower layer, so the image is
 # never written; the container's changes go to upper/ in the state directory.
@@ -3032,10 +4340,23 @@ def mount_overlay(spec, layer, lower=None, userxattr=False):
     overlayfs keeps its own attributes as user.overlay.* (Linux 5.11):
     the trusted.* ones it uses by default are the host root's alone."""
     merged = os.path.join(layer, "merged")
+    if spec.image and lower is None:
+        # An image's layers, top first, by their short links relative to
+        # the store (chapter 5, continued): the options fit in one page.
+        lower = ":".join(spec.image["lower"])
+        here = os.open(".", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        os.chdir(spec.image["store"])
+    else:
+        here = None
     data = "lowerdir=%s,upperdir=%s/upper,workdir=%s/work" % (lower or spec.rootfs, layer, layer)
     if userxattr:
         data += ",userxattr"
-    mount("overlay", merged, "overlay", root_flags(spec), data, shown=merged)
+    try:
+        mount("overlay", merged, "overlay", root_flags(spec), data, shown=merged)
+    finally:
+        if here is not None:
+            os.fchdir(here)
+            os.close(here)
     return os.open(merged, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
@@ -10667,7 +11988,8 @@ def ps_row(record, now, truncate):
                               record.get("exit_code", "?"))
         if record.get("finished"):
             status += " %s ago" % human_duration(now - record["finished"])
-    return {"ID": record["id"][:12] if truncate else record["id"], "Image": record["rootfs"],
+    return {"ID": record["id"][:12] if truncate else record["id"],
+            "Image": record.get("image") or record["rootfs"],
             "Command": go_quote(command),
             "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z %Z",
                                        time.localtime(record["created"])),
@@ -11217,6 +12539,237 @@ def cmd_stats(args):
         if err.code == 128 + signal.SIGINT and not args.no_stream:
             return err.code
         raise
+
+# === 12. (continued) Images: pull, load, save, images, rmi, tag ===
+# Image commands need root for now: the store's whiteouts and device nodes
+# are made with mknod(2) (README: limits).
+
+def cmd_pull(args):
+    require_root("pull")
+    paths = Paths()
+    ref = parse_reference(args.image)
+    platform = args.platform or host_platform()
+    parse_platform(platform)
+    credentials = registry_credentials(args)
+    with state_lock(paths, "images.gc", shared=True):
+        image_id, digest = pull_image(paths, ref, platform, credentials, args.insecure_registry,
+                                      sys.stdout)
+    emit(["Digest: %s" % digest, "Status: image %s is up to date" % image_id[7:19],
+          familiar_name(ref.name) + (":" + ref.tag if ref.tag else "@" + ref.digest)])
+    return 0
+
+
+def cmd_load(args):
+    require_root("load")
+    paths = Paths()
+    if args.input:
+        try:
+            source = open(args.input, "rb")
+        except OSError as err:
+            raise MiniDockerError("load -i %s: %s" % (args.input, err.strerror)) from None
+    else:
+        if os.isatty(0):
+            raise MiniDockerError("load: stdin is a terminal: give -i FILE or pipe an archive")
+        source = open(0, "rb", closefd=False)
+    with source, state_lock(paths, "images.gc", shared=True):
+        loaded = load_archive(paths, source, "load %s" % (args.input or "(stdin)"))
+    for names, image_id in loaded:
+        emit(["Loaded image: %s" % familiar_name(name) for name in names] or
+             ["Loaded image ID: %s" % image_id])
+    return 0
+
+
+def cmd_save(args):
+    require_root("save")
+    paths = Paths()
+    records = [existing_image(paths, text) for text in args.images]
+    if not args.output and os.isatty(1):
+        raise MiniDockerError("save: refusing to write an archive to a terminal: give -o FILE "
+                              "or redirect stdout")
+    tags = read_tags(paths)
+    if not args.output:
+        with open(1, "wb", closefd=False) as out:
+            save_images(paths, records, tags, out)
+        return 0
+    temporary = "%s.tmp-%d" % (args.output, os.getpid())
+    try:
+        with open(temporary, "xb") as out:
+            save_images(paths, records, tags, out)
+        os.rename(temporary, args.output)
+    except OSError as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise MiniDockerError("save -o %s: %s" % (args.output, err.strerror or err)) from None
+    return 0
+
+
+def existing_image(paths, text):
+    record = find_image(paths, text)
+    if record is None:
+        raise MiniDockerError("no such image: %s" % quote(text))
+    return record
+
+
+IMAGES_HEADERS = ("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")
+
+
+def cmd_images(args):
+    """docker images: one row per tag, untagged images as <none>."""
+    require_root("images")
+    if args.format not in (None, "json"):
+        raise MiniDockerError("invalid --format %s: json is the one format images writes"
+                              % quote(args.format))
+    paths = Paths()
+    tags, rows, now = read_tags(paths), [], time.time()
+    for record in sorted(read_images(paths), key=lambda r: r.get("created", ""), reverse=True):
+        names = image_names(tags, record["id"]) or [None]
+        for name in names:
+            repository, tag = ("<none>", "<none>") if name is None else \
+                (familiar_name(name.rpartition(":")[0]), name.rpartition(":")[2])
+            rows.append({"Repository": repository, "Tag": tag, "ID": record["id"],
+                         "CreatedAt": record.get("created", ""),
+                         "CreatedSince": created_since(record.get("created"), now),
+                         "Size": human_size(record["size"])})
+    if args.quiet:
+        emit(sorted(set(row["ID"][7:19] for row in rows)))
+    elif args.format == "json":
+        emit(json.dumps(row) for row in rows)
+    else:
+        emit(tabulate(["\t".join(IMAGES_HEADERS)] +
+                      ["\t".join((r["Repository"], r["Tag"], r["ID"][7:19], r["CreatedSince"],
+                                  r["Size"])) for r in rows], 3))
+    return 0
+
+
+def created_since(created, now):
+    """An image's age in docker's words, from its config's RFC 3339 time."""
+    import datetime
+    try:
+        when = datetime.datetime.strptime(created[:19], "%Y-%m-%dT%H:%M:%S")
+    except (TypeError, ValueError):
+        return "N/A"
+    seconds = now - when.replace(tzinfo=datetime.timezone.utc).timestamp()
+    return human_duration(max(seconds, 0)) + " ago"
+
+
+def cmd_tag(args):
+    require_root("tag")
+    paths = Paths()
+    record = existing_image(paths, args.source)
+    name = str(parse_reference(args.target))
+    if "@" in name:
+        raise MiniDockerError("tag %s: a target cannot have a digest" % quote(args.target))
+    with state_lock(paths, "images.lock"):
+        tags = read_tags(paths)
+        tags[name] = record["id"]
+        write_tags(paths, tags)
+    return 0
+
+
+def cmd_rmi(args):
+    """docker rmi: a tag of an image with other tags is only untagged; an
+    image's last tag, or its id, removes it, and its layers no other image
+    uses. Refused while a container (running or not) uses it: its layers
+    are that container's lower directories."""
+    require_root("rmi")
+    paths = Paths()
+    failed = False
+    with state_lock(paths, "images.gc"):
+        for text in args.images:
+            try:
+                emit(remove_image_by_name(paths, text, args.force))
+            except MiniDockerError as err:
+                warn("Error: %s" % err)
+                failed = True
+    return 1 if failed else 0
+
+
+def remove_image_by_name(paths, text, force):
+    with state_lock(paths, "images.lock"):
+        record = existing_image(paths, text)
+        tags = read_tags(paths)
+        names = image_names(tags, record["id"])
+        by_tag = [name for name in names if tag_matches(name, text)]
+        if by_tag and len(names) > 1:
+            del tags[by_tag[0]]
+            write_tags(paths, tags)
+            return ["Untagged: " + familiar_name(by_tag[0])]
+        if len(names) > 1 and not force:
+            raise MiniDockerError("conflict: unable to delete %s (must be forced): image is "
+                                  "referenced in %d tags" % (record["id"][7:19], len(names)))
+        users = [r["id"][:12] for r in read_records(paths) if r.get("image_id") == record["id"]]
+        if users:
+            raise MiniDockerError("conflict: unable to delete %s: image is used by container%s "
+                                  "%s" % (record["id"][7:19], "s" if len(users) > 1 else "",
+                                          ", ".join(users)))
+        remove_image(paths, record, tags)
+        collect_garbage(paths)
+    return ["Untagged: " + familiar_name(name) for name in names] + ["Deleted: " + record["id"]]
+
+
+def tag_matches(name, text):
+    try:
+        return str(parse_reference(text)) == name
+    except MiniDockerError:
+        return False
+
+
+def cmd_image_inspect(args):
+    """A JSON array, one object per image, in Docker's shape."""
+    require_root("image inspect")
+    paths = Paths()
+    tags, result = read_tags(paths), []
+    for text in args.images:
+        record = existing_image(paths, text)
+        config = image_config(paths, record)
+        result.append({
+            "Id": record["id"], "RepoTags": [familiar_name(n) for n in
+                                             image_names(tags, record["id"])],
+            "RepoDigests": [familiar_name(d.partition("@")[0]) + "@" + d.partition("@")[2]
+                            for d in record["digests"]],
+            "Created": record["created"], "Architecture": record["architecture"],
+            "Os": record["os"], "Size": record["size"], "Config": config.get("config") or {},
+            "RootFS": {"Type": "layers", "Layers": [l["diff_id"] for l in record["layers"]]}})
+    emit([json.dumps(result, indent=4)])
+    return 0
+
+
+def cmd_image_prune(args):
+    """Untagged images no container uses (-a: every image no container
+    uses), and what a killed pull or load left half-written."""
+    require_root("image prune")
+    paths = Paths()
+    if not args.force and not confirmed("WARNING! This will remove all %simages not used by a "
+                                        "container." % ("" if args.all else "dangling ")):
+        return 0
+    lines = []
+    with state_lock(paths, "images.gc"), state_lock(paths, "images.lock"):
+        tags, used = read_tags(paths), images_in_use(paths)
+        for record in read_images(paths):
+            if record["id"] not in used and (args.all or not image_names(tags, record["id"])):
+                lines += ["untagged: " + familiar_name(n) for n in image_names(tags, record["id"])]
+                remove_image(paths, record, tags)
+                lines.append("deleted: " + record["id"])
+        collect_garbage(paths)
+        remove_stale_image_temporaries(paths)
+    emit(lines)
+    return 0
+
+
+def remove_stale_image_temporaries(paths):
+    """.tmp-PID-... blobs and layers of a pull or load that died."""
+    for directory in (os.path.dirname(blob_path(paths, "sha256:")),
+                      os.path.join(paths.images, "layers")):
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(directory):
+                match = re.search(r"\.tmp-([0-9]+)-[0-9a-f]+$", name)
+                if match and process_start_time(int(match.group(1))) is None:
+                    path = os.path.join(directory, name)
+                    if os.path.isdir(path):
+                        remove_tree(path)
+                    else:
+                        os.unlink(path)
+
 
 # === 12. (continued) The OCI runtime: runc's command line over a bundle ===
 # podman (through conmon), containerd's runc shim and CRI-O reach a runtime
@@ -12209,6 +13762,51 @@ Examples:
   minidocker run --rm -v "$PWD":/src -w /src -u 1000 ./rootfs ls"""
 
 
+def add_image_commands(commands):
+    """pull, load, save, images, rmi, tag, and `image VERB` for each."""
+    image = commands.add_parser("image", help="manage images: ls, pull, load, save, tag, rm, "
+                                "inspect, prune")
+    verbs = image.add_subparsers(dest="verb")
+
+    def both(name, alias, help, handler):
+        parsers = [commands.add_parser(alias, help=help)] if alias else []
+        parsers.append(verbs.add_parser(name, help=help))
+        for sub in parsers:
+            sub.set_defaults(handler=handler)
+        return parsers
+
+    for sub in both("pull", "pull", "pull an image from a registry", cmd_pull):
+        sub.add_argument("--platform", metavar="OS/ARCH", help="default: this host's")
+        sub.add_argument("--username", "-u", metavar="USER", help="the registry's user")
+        sub.add_argument("--password-stdin", action="store_true",
+                         help="read the password from stdin")
+        sub.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+                         help="plain http to HOST (a registry on this host may always use it)")
+        sub.add_argument("image", metavar="NAME[:TAG|@DIGEST]", help="the image to pull")
+    for sub in both("load", "load", "load images from a docker save or OCI archive", cmd_load):
+        sub.add_argument("-i", "--input", metavar="FILE", help="the archive (default: stdin)")
+    for sub in both("save", "save", "save images to an OCI archive (docker load reads it)",
+                    cmd_save):
+        sub.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
+        sub.add_argument("images", nargs="+", metavar="IMAGE", help="names or ids")
+    for sub in both("ls", "images", "list images", cmd_images):
+        sub.add_argument("-q", "--quiet", action="store_true", help="only their ids")
+        sub.add_argument("--format", metavar="json",
+                         help="one JSON object per line")
+    for sub in both("tag", "tag", "give an image another name", cmd_tag):
+        sub.add_argument("source", metavar="IMAGE", help="a name or id")
+        sub.add_argument("target", metavar="NAME[:TAG]", help="the new name")
+    for sub in both("rm", "rmi", "remove images (or a tag of one)", cmd_rmi):
+        sub.add_argument("-f", "--force", action="store_true",
+                         help="remove an image by id even with several tags")
+        sub.add_argument("images", nargs="+", metavar="IMAGE", help="names or ids")
+    for sub in both("inspect", None, "images as JSON, in Docker's shape", cmd_image_inspect):
+        sub.add_argument("images", nargs="+", metavar="IMAGE", help="names or ids")
+    for sub in both("prune", None, "remove untagged images no container uses", cmd_image_prune):
+        sub.add_argument("-a", "--all", action="store_true", help="every image no container uses")
+        sub.add_argument("-f", "--force", action="store_true", help="do not ask first")
+
+
 def build_parser():
     parser = CommandLine("minidocker", description="A container runtime in one file.")
     parser.add_argument("--version", action="version", version="minidocker " + VERSION,
@@ -12253,7 +13851,7 @@ def build_parser():
                      help="set a variable; KEY alone: its value here, if set")
     run.add_argument("--env-file", action="append", default=[], metavar="FILE",
                      help="KEY=VAL lines (# comments) read from FILE")
-    run.add_argument("-w", "--workdir", default="/", metavar="DIR",
+    run.add_argument("-w", "--workdir", metavar="DIR",
                      help="the command's working directory (default /)")
     run.add_argument("-u", "--user", metavar="USER[:GROUP]",
                      help="name or number, looked up in the container's /etc/passwd")
@@ -12334,8 +13932,14 @@ def build_parser():
     run.add_argument("--dns", action="append", default=[], metavar="IP", help="a nameserver")
     run.add_argument("--add-host", action="append", default=[], metavar="NAME:IP",
                      help="a line in /etc/hosts; IP may be host-gateway")
-    run.add_argument("rootfs", metavar="ROOTFS",
-                     help="a directory: the lower layer of the container's root")
+    run.add_argument("--pull", default="missing", metavar="POLICY",
+                     help="pull IMAGE before the run: when it is not stored (default), always, "
+                          "or never")
+    run.add_argument("--platform", metavar="OS/ARCH",
+                     help="the platform to pull IMAGE for (default: this host's)")
+    run.add_argument("rootfs", metavar="ROOTFS|IMAGE",
+                     help="a directory (a path starting with / or ., or an existing one): the "
+                          "lower layer of the container's root; or an image, pulled if missing")
     run.add_argument("command", nargs=REMAINDER, metavar="CMD [ARG...]",
                      help="the command and its arguments")
     run.set_defaults(handler=cmd_run)
@@ -12490,6 +14094,8 @@ def build_parser():
     prune.add_argument("-a", "--all", action="store_true", help="named ones too")
     prune.add_argument("-f", "--force", action="store_true", help="do not ask first")
     prune.set_defaults(handler=cmd_volume_prune)
+
+    add_image_commands(commands)
 
     mkrootfs = commands.add_parser("mkrootfs", help="build a small rootfs from the host's tools")
     mkrootfs.add_argument("--no-busybox", action="store_true",
