@@ -1154,8 +1154,10 @@ def build_spec(args, seccomp_cache=None):
         config = image["config"]
     entrypoint = None if args.entrypoint is None else [args.entrypoint] if args.entrypoint \
         else []
-    command = (entrypoint if entrypoint is not None else config.get("Entrypoint") or []) + \
-        (list(args.command) or (config.get("Cmd") or [] if entrypoint is None else []))
+    command = list(args.command) or (config.get("Cmd") or [] if entrypoint is None else [])
+    if entrypoint is None and config.get("Entrypoint"):
+        entrypoint = config["Entrypoint"]
+    command = (entrypoint or []) + command
     if not command:
         raise MiniDockerError("run: no command given: usage: run [OPTIONS] ROOTFS|IMAGE "
                               "CMD [ARG...]")
@@ -11555,7 +11557,9 @@ def inspect_record(record):
                   "OOMKilled": bool(record.get("oom_killed")),
                   "StartedAt": rfc3339(record.get("started")),
                   "FinishedAt": rfc3339(record.get("finished"))},
-        "Config": {"Cmd": record["command"][len(entrypoint or []):],
+        "Image": record.get("image_id") or "",
+        "Config": {"Image": record.get("image") or record["rootfs"],
+                   "Cmd": record["command"][len(entrypoint or []):],
                    "Entrypoint": entrypoint or None, "Env": config.get("env", []),
                    "WorkingDir": config.get("workdir", "/"), "User": config.get("user", ""),
                    "Hostname": config.get("hostname", record["id"][:12]),
@@ -12673,15 +12677,10 @@ def cmd_rmi(args):
     are that container's lower directories."""
     require_root("rmi")
     paths = Paths()
-    failed = False
     with state_lock(paths, "images.gc"):
-        for text in args.images:
-            try:
-                emit(remove_image_by_name(paths, text, args.force))
-            except MiniDockerError as err:
-                warn("Error: %s" % err)
-                failed = True
-    return 1 if failed else 0
+        for text in args.images:  # as rm: the first that fails ends the command
+            emit(remove_image_by_name(paths, text, args.force))
+    return 0
 
 
 def remove_image_by_name(paths, text, force):

@@ -27,6 +27,7 @@ import errno
 import fcntl
 import glob
 import hashlib
+import io
 import ipaddress
 import json
 import os
@@ -39,6 +40,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tarfile
 import tempfile
 import termios
 import time
@@ -604,6 +606,398 @@ def test_elf_closure_of_ls_includes_loader_and_libc():
     names = [os.path.basename(p) for p in closure]
     assert any(n.startswith("ld-linux") for n in names)
     assert "libc.so.6" in names
+
+
+# ---------------------------------------------------------------------------
+# 5. images: references (unit); layers built here by hand, loaded and run as
+# root: hostile entries, whiteouts, the config `run` applies, rmi, save
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, canonical", [
+    ("alpine", "docker.io/library/alpine:latest"),
+    ("alpine:3.19", "docker.io/library/alpine:3.19"),
+    ("library/alpine", "docker.io/library/alpine:latest"),
+    ("docker.io/alpine", "docker.io/library/alpine:latest"),
+    ("index.docker.io/me/app:v1", "docker.io/me/app:v1"),
+    ("me/app", "docker.io/me/app:latest"),
+    ("localhost/app", "localhost/app:latest"),
+    ("127.0.0.1:5000/x/y:tag", "127.0.0.1:5000/x/y:tag"),
+    ("quay.io/a/b_c__d-e.f", "quay.io/a/b_c__d-e.f:latest"),
+    ("alpine@sha256:" + "a" * 64, "docker.io/library/alpine@sha256:" + "a" * 64),
+    ("alpine:3@sha256:" + "b" * 64, "docker.io/library/alpine:3@sha256:" + "b" * 64),
+])
+def test_image_references_follow_dockers_rules(text, canonical):
+    assert str(md.parse_reference(text)) == canonical
+
+
+@pytest.mark.parametrize("text, why", [
+    ("", "1 to 255"),
+    ("Alpine", "lower-case"),
+    ("alpine:", "a tag is"),
+    ("alpine:.x", "a tag is"),
+    ("alpine@sha256:abc", "a digest is"),
+    ("a/../b", "lower-case"),
+    ("-x", "lower-case"),
+    ("host:99999999/x", "the registry is a host name"),
+    ("x" * 256, "1 to 255"),
+])
+def test_image_references_refused_by_name(text, why):
+    with pytest.raises(md.MiniDockerError) as raised:
+        md.parse_reference(text)
+    assert why in str(raised.value) and "invalid image reference" in str(raised.value)
+
+
+def test_image_familiar_names_are_dockers_short_ones():
+    assert md.familiar_name("docker.io/library/alpine") == "alpine"
+    assert md.familiar_name("docker.io/me/app") == "me/app"
+    assert md.familiar_name("127.0.0.1:5000/library/x") == "127.0.0.1:5000/library/x"
+
+
+def test_image_index_resolves_to_the_platform_asked():
+    index = {"manifests": [
+        {"digest": "sha256:" + "1" * 64, "platform": {"os": "linux", "architecture": "arm64",
+                                                      "variant": "v8"}},
+        {"digest": "sha256:" + "2" * 64, "platform": {"os": "linux", "architecture": "amd64"}},
+        {"digest": "sha256:" + "3" * 64, "platform": {"os": "windows", "architecture": "amd64"}}]}
+    assert md.choose_manifest(index, "linux/amd64", "x")["digest"].endswith("2" * 64)
+    assert md.choose_manifest(index, "linux/arm64/v8", "x")["digest"].endswith("1" * 64)
+    assert md.choose_manifest(index, "linux/arm64", "x")["digest"].endswith("1" * 64)
+    with pytest.raises(md.MiniDockerError, match="has no image for linux/s390x .it has: "
+                                                 "linux/amd64, linux/arm64, windows/amd64"):
+        md.choose_manifest(index, "linux/s390x", "x")
+
+
+def tar_entry(name, data=b"", kind=tarfile.REGTYPE, mode=0o644, uid=0, gid=0, linkname="",
+              pax=None, device=(0, 0), mtime=1700000000):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.uid, info.gid, info.linkname = kind, mode, uid, gid, linkname
+    info.mtime, info.size = mtime, len(data) if kind == tarfile.REGTYPE else 0
+    info.devmajor, info.devminor = device
+    info.pax_headers = dict(pax or {})
+    return info, data
+
+
+def layer_tar(entries):
+    """A layer's tar, as written: entries in order, PAX headers for xattrs."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for info, data in entries:
+            archive.addfile(info, io.BytesIO(data) if info.type == tarfile.REGTYPE else None)
+    return buffer.getvalue()
+
+
+def tree_layer(path):
+    """A directory as one layer's tar (the busybox rootfs as a base)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        archive.add(path, arcname=".")
+    return buffer.getvalue()
+
+
+def save_archive(path, layers, config=None, tags=("test/hand:1",), compress=False,
+                 diff_ids=None):
+    """A `docker save` archive of one image made of these layer tars."""
+    import gzip
+    config = {"architecture": "amd64", "os": "linux", "created": "2024-01-02T03:04:05Z",
+              "config": dict(config or {}),
+              "rootfs": {"type": "layers", "diff_ids": diff_ids or [
+                  "sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]}}
+    config_bytes = json.dumps(config).encode()
+    files = [("config.json", config_bytes)]
+    files += [("%d/layer.tar" % i, gzip.compress(layer) if compress else layer)
+              for i, layer in enumerate(layers)]
+    files.append(("manifest.json", json.dumps([{
+        "Config": "config.json", "RepoTags": list(tags),
+        "Layers": ["%d/layer.tar" % i for i in range(len(layers))]}]).encode()))
+    with tarfile.open(path, "w") as archive:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def image_store(state):
+    return os.path.join(state, "lib", "images")
+
+
+def store_leftovers(state):
+    """Temporaries of the store: what a failed load or pull must not leave."""
+    store = image_store(state)
+    return [os.path.join(d, n) for d in (os.path.join(store, "layers"),
+                                          os.path.join(store, "blobs", "sha256"))
+            if os.path.isdir(d) for n in os.listdir(d) if ".tmp-" in n]
+
+
+@pytest.fixture(scope="session")
+def busybox_layer(rootfs):
+    return tree_layer(rootfs)
+
+
+@pytest.fixture
+def images(state, tmp_path):
+    """Loads archives into the session's store; removes what it loaded."""
+    loaded = []
+
+    def load(layers, name="test/hand:1", **kw):
+        path = save_archive(str(tmp_path / ("%d.tar" % len(loaded))), layers, tags=(name,), **kw)
+        result = minidocker("load", "-i", path)
+        if result.returncode == 0:
+            loaded.append(name)
+        return result
+    yield load
+    for name in loaded:
+        minidocker("rmi", "-f", name)
+
+
+HOSTILE_LAYERS = [
+    ("dotdot", [tar_entry("../escaped-%d" % os.getpid(), b"x")], "a '..' component"),
+    ("absolute", [tar_entry("/tmp/escaped-%d" % os.getpid(), b"x")], "an absolute name"),
+    ("through a symlink", [tar_entry("etc", kind=tarfile.SYMTYPE, linkname="/tmp"),
+                           tar_entry("etc/escaped-%d" % os.getpid(), b"x")],
+     "etc is a symlink or a file, not a directory"),
+    ("through a relative symlink", [tar_entry("d", kind=tarfile.DIRTYPE, mode=0o755),
+                                    tar_entry("d/up", kind=tarfile.SYMTYPE, linkname="../../.."),
+                                    tar_entry("d/up/tmp/escaped-%d" % os.getpid(), b"x")],
+     "d/up is a symlink or a file"),
+    ("hard link outside", [tar_entry("shadow", kind=tarfile.LNKTYPE, linkname="/etc/shadow")],
+     "hard link to '/etc/shadow': an absolute name"),
+    ("hard link up", [tar_entry("shadow", kind=tarfile.LNKTYPE,
+                                linkname="../../../../../../etc/shadow")],
+     "a '..' component"),
+    ("hard link through a symlink", [tar_entry("etc", kind=tarfile.SYMTYPE, linkname="/etc"),
+                                     tar_entry("shadow", kind=tarfile.LNKTYPE,
+                                               linkname="etc/shadow")],
+     "etc is a symlink or a file"),
+    ("hard link to nothing", [tar_entry("x", kind=tarfile.LNKTYPE, linkname="nothing")],
+     "which no earlier entry made"),
+    ("whiteout of ..", [tar_entry(".wh..."), tar_entry("x", b"x")], "a whiteout of nothing"),
+    ("file over a symlink's target", [tar_entry("link", kind=tarfile.SYMTYPE,
+                                                linkname="/tmp/escaped-%d" % os.getpid()),
+                                      tar_entry("link/", kind=tarfile.DIRTYPE),
+                                      tar_entry("link/x", b"x")],
+     None),
+]
+
+
+@root
+@pytest.mark.parametrize("name, entries, message", HOSTILE_LAYERS,
+                         ids=[h[0] for h in HOSTILE_LAYERS])
+def test_escape_image_layer_entries_stay_in_their_layer(name, entries, message, state, images):
+    """Each hostile layer, loaded as root: refused with a line naming the
+    entry, or unpacked harmlessly; never a file outside the layer."""
+    outside = ["/tmp/escaped-%d" % os.getpid(), "/escaped-%d" % os.getpid(),
+               os.path.join(image_store(state), "escaped-%d" % os.getpid())]
+    before = os.stat("/etc/shadow")
+    result = images([layer_tar(entries)])
+    if message is None:  # replaced by a directory: refused or not, nothing outside
+        assert result.returncode in (0, 125), result.err
+    else:
+        assert result.returncode == 125, result.err
+        assert result.err.count("\n") == 1 and "entry" in result.err and message in result.err, \
+            result.err
+        assert os.listdir(os.path.join(image_store(state), "layers")) == [] or \
+            store_leftovers(state) == []
+    for path in outside:
+        assert not os.path.lexists(path), path
+    assert os.stat("/etc/shadow").st_nlink == before.st_nlink
+    assert store_leftovers(state) == []
+
+
+@root
+def test_image_whiteouts_and_opaque_directories_stack_as_the_layers_say(busybox_layer, state,
+                                                                        images):
+    lower = layer_tar([tar_entry("data", kind=tarfile.DIRTYPE, mode=0o755),
+                       tar_entry("data/gone", b"gone\n"), tar_entry("data/kept", b"kept\n"),
+                       tar_entry("data/dir", kind=tarfile.DIRTYPE, mode=0o755),
+                       tar_entry("data/dir/old", b"old\n"),
+                       tar_entry("data/dir/sub", kind=tarfile.DIRTYPE, mode=0o755),
+                       tar_entry("data/dir/sub/deep", b"deep\n")])
+    upper = layer_tar([tar_entry("data/.wh.gone"), tar_entry("data/dir/.wh..wh..opq"),
+                       tar_entry("data/dir/new", b"new\n")])
+    assert images([busybox_layer, lower, upper]).returncode == 0
+    result = run("test/hand:1", "sh", "-c", "cd /data && find . | sort && cat kept dir/new")
+    assert result.returncode == 0, result.err
+    assert result.out == "./\n./dir\n./dir/new\n./kept\nkept\nnew\n".replace("./\n", ".\n")
+    store = image_store(state)
+    upper_dir = [os.path.join(store, "layers", name, "diff") for name in
+                 os.listdir(os.path.join(store, "layers"))
+                 if os.path.exists(os.path.join(store, "layers", name, "diff", "data", "dir",
+                                                "new"))][0]
+    whiteout = os.lstat(os.path.join(upper_dir, "data", "gone"))
+    assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == 0
+    assert os.getxattr(os.path.join(upper_dir, "data", "dir"), "trusted.overlay.opaque") == b"y"
+
+
+@root
+def test_image_layer_keeps_owners_modes_links_xattrs_and_times(busybox_layer, state, images):
+    layer = layer_tar([
+        tar_entry("f", kind=tarfile.DIRTYPE, mode=0o1777, uid=7, gid=8, mtime=1500000000),
+        tar_entry("f/suid", b"#!/bin/sh\n", mode=0o4755, uid=0, gid=0),
+        tar_entry("f/owned", b"x", mode=0o640, uid=1234, gid=5678, mtime=1600000000),
+        tar_entry("f/hard", kind=tarfile.LNKTYPE, linkname="f/owned"),
+        tar_entry("f/link", kind=tarfile.SYMTYPE, linkname="owned", uid=3, gid=4),
+        tar_entry("f/fifo", kind=tarfile.FIFOTYPE, mode=0o600),
+        tar_entry("f/xattr", b"x", pax={"SCHILY.xattr.user.test": "hello",
+                                        "SCHILY.xattr.trusted.overlay.redirect": "/etc"}),
+        tar_entry("f/null", kind=tarfile.CHRTYPE, mode=0o666, device=(1, 3))])
+    assert images([busybox_layer, layer]).returncode == 0
+    probe = ("cd /f && stat -c '%n %a %u %g %h %F' . suid owned hard link fifo null && "
+             "readlink link && stat -c '%Y' . owned")
+    result = run("test/hand:1", "sh", "-c", probe)
+    assert result.returncode == 0, result.err
+    assert result.out.splitlines() == [
+        ". 1777 7 8 2 directory", "suid 4755 0 0 1 regular file",
+        "owned 640 1234 5678 2 regular file", "hard 640 1234 5678 2 regular file",
+        "link 777 3 4 1 symbolic link", "fifo 600 0 0 1 fifo",
+        "null 666 0 0 1 character special file", "owned", "1500000000", "1600000000"]
+    diff = [os.path.join(image_store(state), "layers", n, "diff", "f")
+            for n in os.listdir(os.path.join(image_store(state), "layers"))
+            if os.path.isdir(os.path.join(image_store(state), "layers", n, "diff", "f"))][0]
+    assert os.getxattr(os.path.join(diff, "xattr"), "user.test") == b"hello"
+    assert "trusted.overlay.redirect" not in os.listxattr(os.path.join(diff, "xattr"))
+
+
+@root
+def test_image_config_is_applied_as_docker_applies_it(busybox_layer, state, images):
+    config = {"Entrypoint": ["/bin/echo", "entry"], "Cmd": ["cmd"], "WorkingDir": "/tmp",
+              "Env": ["PATH=/bin:/usr/bin", "IMAGE_VAR=from-image", "BOTH=image"],
+              "User": "1000:1000", "ExposedPorts": {"80/tcp": {}}, "StopSignal": "SIGUSR1",
+              "Labels": {"org.example.test": "yes"}}
+    assert images([busybox_layer], config=config).returncode == 0
+    assert run("test/hand:1").out == "entry cmd\n"
+    assert run("test/hand:1", "given").out == "entry given\n"
+    probe = "pwd; id -u; echo $IMAGE_VAR $BOTH"
+    result = run("test/hand:1", "-c", probe, options=["--entrypoint", "/bin/sh", "-e",
+                                                     "BOTH=flag"])
+    assert result.out == "/tmp\n1000\nfrom-image flag\n", result.err
+    result = run("test/hand:1", "-c", "pwd; id -u",
+                 options=["--entrypoint", "/bin/sh", "-w", "/", "-u", "0"])
+    assert result.out == "/\n0\n", result.err
+    assert run("test/hand:1", options=["--entrypoint", ""]).returncode == 125  # no command left
+    cid = minidocker("run", "-d", "--network", "none", "test/hand:1").out.strip()
+    try:
+        minidocker("wait", cid)
+        shown = json.loads(minidocker("inspect", cid).out)[0]
+        assert shown["Config"]["Labels"] == {"org.example.test": "yes"}
+        assert shown["Config"]["StopSignal"] == "SIGUSR1"
+        assert "80/tcp" in shown["Config"]["ExposedPorts"]
+        assert shown["Config"]["Image"] == "test/hand:1" and shown["Image"].startswith("sha256:")
+        assert shown["Config"]["Entrypoint"] == ["/bin/echo", "entry"]
+        assert shown["Config"]["Cmd"] == ["cmd"]
+        ps = minidocker("ps", "-a", "--format", "{{.Image}}").out
+        assert "test/hand:1" in ps.splitlines()
+        refused = minidocker("rmi", "test/hand:1")
+        assert refused.returncode == 125 and "image is used by container " + cid[:12] in \
+            refused.err, refused.err
+    finally:
+        minidocker("rm", "-f", cid)
+
+
+@root
+def test_image_tags_rmi_and_prune(busybox_layer, state, images):
+    assert images([busybox_layer]).returncode == 0
+    assert minidocker("tag", "test/hand:1", "other/name:2").returncode == 0
+    listed = minidocker("images").out.splitlines()
+    assert listed[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
+    assert {tuple(line.split()[:2]) for line in listed[1:]} >= {("test/hand", "1"),
+                                                                 ("other/name", "2")}
+    image_id = json.loads(minidocker("image", "inspect", "test/hand:1").out)[0]["Id"]
+    assert minidocker("rmi", "other/name:2").out == "Untagged: other/name:2\n"
+    assert os.path.exists(os.path.join(image_store(state), "images", image_id[7:] + ".json"))
+    # A tag moved to another image leaves the first one untagged, for prune.
+    assert images([busybox_layer, layer_tar([tar_entry("x", b"x")])]).returncode == 0
+    assert minidocker("images", "-q").out.count("\n") == 2
+    pruned = minidocker("image", "prune", "-f")
+    assert pruned.out == "deleted: %s\n" % image_id, pruned.err
+    assert minidocker("rmi", "test/hand:1").returncode == 0
+    store = image_store(state)
+    for sub in ("images", "layers", "l", "blobs/sha256"):
+        assert os.listdir(os.path.join(store, sub)) == [], sub
+    assert minidocker("rmi", "test/hand:1").err == \
+        "minidocker: error: no such image: 'test/hand:1'\n"
+
+
+@root
+def test_image_save_then_load_gives_the_same_image_and_skopeo_reads_it(busybox_layer, state,
+                                                                        images, tmp_path):
+    assert images([busybox_layer], config={"Cmd": ["/bin/sh"]}, compress=True).returncode == 0
+    before = json.loads(minidocker("image", "inspect", "test/hand:1").out)[0]
+    saved = str(tmp_path / "saved.tar")
+    assert minidocker("save", "-o", saved, "test/hand:1").returncode == 0
+    with tarfile.open(saved) as archive:
+        names = archive.getnames()
+    assert {"oci-layout", "index.json", "manifest.json"} <= set(names)
+    inspected = subprocess.run(["skopeo", "inspect", "oci-archive:" + saved],
+                               capture_output=True, text=True, timeout=60)
+    assert inspected.returncode == 0, inspected.stderr
+    with open(os.path.join(image_store(state), "images", before["Id"][7:] + ".json")) as handle:
+        stored = json.load(handle)
+    assert json.loads(inspected.stdout)["Layers"] == [layer["digest"]
+                                                      for layer in stored["layers"]]
+    assert minidocker("rmi", "test/hand:1").returncode == 0
+    assert minidocker("load", "-i", saved).out == "Loaded image: test/hand:1\n"
+    after = json.loads(minidocker("image", "inspect", "test/hand:1").out)[0]
+    assert after["Id"] == before["Id"] and after["RootFS"] == before["RootFS"]
+    assert run("test/hand:1", "echo", "back").out == "back\n"
+
+
+@root
+def test_image_with_many_layers_keeps_the_mount_options_in_one_page(busybox_layer, images):
+    """130 layers of 64-hex names would take 8 KB of lowerdir; their short
+    links take 3.7 KB."""
+    layers = [busybox_layer] + [layer_tar([tar_entry("n/%03d" % i, b"%d\n" % i)])
+                                for i in range(129)]
+    assert images(layers).returncode == 0
+    result = run("test/hand:1", "sh", "-c", "ls /n | wc -l; cat /n/000 /n/128")
+    assert result.out == "129\n0\n128\n", result.err
+
+
+@root
+def test_image_load_refuses_what_does_not_match_its_digest(busybox_layer, state, images,
+                                                           tmp_path):
+    wrong = ["sha256:" + "0" * 64]
+    result = images([busybox_layer], diff_ids=wrong)
+    assert result.returncode == 125 and "uncompressed bytes are sha256:" in result.err and \
+        "where the image's config says sha256:" + "0" * 64 in result.err, result.err
+    assert os.listdir(os.path.join(image_store(state), "layers")) == []
+    assert store_leftovers(state) == []
+    # A blob under blobs/sha256/ of an OCI layout must match its name.
+    path = str(tmp_path / "oci.tar")
+    with tarfile.open(path, "w") as archive:
+        info = tarfile.TarInfo("blobs/sha256/" + "1" * 64)
+        info.size = 3
+        archive.addfile(info, io.BytesIO(b"abc"))
+    result = minidocker("load", "-i", path)
+    assert result.returncode == 125 and "digest mismatch: expected sha256:" + "1" * 64 in \
+        result.err, result.err
+    assert store_leftovers(state) == []
+
+
+@root
+def test_image_zstd_layer_is_refused_by_name(state, images):
+    result = images([b"\x28\xb5\x2f\xfd" + b"\0" * 100], diff_ids=["sha256:" + "2" * 64])
+    assert result.returncode == 125 and "compressed with zstd" in result.err, result.err
+    assert store_leftovers(state) == []
+
+
+@root
+@pytest.mark.parametrize("args, message", [
+    (["run", "--pull", "never", "no/such:image", "sh"], "no such image: 'no/such:image' (--pull never)"),
+    (["run", "--pull", "sometimes", "x", "sh"], "invalid --pull 'sometimes'"),
+    (["run", "Not_A_Ref", "sh"], "invalid image reference 'Not_A_Ref'"),
+    (["pull", "UPPER/case"], "invalid image reference 'UPPER/case'"),
+    (["pull", "--platform", "amd64", "x"], "invalid --platform 'amd64'"),
+    (["load", "-i", "/no/such.tar"], "load -i /no/such.tar: No such file or directory"),
+    (["load", "-i", "/etc/passwd"], "load /etc/passwd: not a valid tar archive"),
+    (["save", "-o", "/tmp/x.tar", "no/such"], "no such image: 'no/such'"),
+    (["tag", "no/such", "x"], "no such image: 'no/such'"),
+    (["image", "inspect", "no/such"], "no such image: 'no/such'"),
+    (["images", "--format", "table"], "invalid --format 'table'"),
+    (["pull", "--username", "u", "x"], "--username needs --password-stdin"),
+])
+def test_bad_image_input(args, message, state):
+    bad(args, message)
 
 
 # ---------------------------------------------------------------------------
