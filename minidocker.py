@@ -3023,7 +3023,7 @@ def store_blob(paths, source, what, expected=None, size=None, progress=None):
     try:
         with open(temporary, "xb") as out:
             while True:
-                data = reader.read(1 << 20)
+                data = reader.read(1 << 16)
                 if not data:
                     break
                 out.write(data)
@@ -12555,11 +12555,14 @@ def cmd_pull(args):
     platform = args.platform or host_platform()
     parse_platform(platform)
     credentials = registry_credentials(args)
+    before = read_tags(paths).get(str(ref)) if ref.tag else None
     with state_lock(paths, "images.gc", shared=True):
         image_id, digest = pull_image(paths, ref, platform, credentials, args.insecure_registry,
                                       sys.stdout)
-    emit(["Digest: %s" % digest, "Status: image %s is up to date" % image_id[7:19],
-          familiar_name(ref.name) + (":" + ref.tag if ref.tag else "@" + ref.digest)])
+    shown = familiar_name(ref.name) + (":" + ref.tag if ref.tag else "@" + ref.digest)
+    emit(["Digest: %s" % digest, "Status: %s for %s" % (
+        "Image is up to date" if before == image_id else "Downloaded newer image", shown),
+        str(ref)])
     return 0
 
 

@@ -981,6 +981,127 @@ def test_image_zstd_layer_is_refused_by_name(state, images):
     assert store_leftovers(state) == []
 
 
+class FaultyRegistry:
+    """A registry of one image, served by http.server in this process, that
+    misbehaves on purpose (no real registry sends wrong bytes, or stops
+    halfway through a blob on cue): `mode` is "good", "corrupt" (one byte
+    of the layer flipped) or "stall" (half the layer, then nothing until
+    the test ends)."""
+
+    def __init__(self, layer):
+        import gzip
+        import http.server
+        import threading
+        self.layer = gzip.compress(layer)
+        self.config = json.dumps({"architecture": "amd64", "os": "linux",
+                                  "config": {"Cmd": ["/bin/sh"]},
+                                  "rootfs": {"type": "layers", "diff_ids": [
+                                      "sha256:" + hashlib.sha256(layer).hexdigest()]}}).encode()
+        self.layer_digest = "sha256:" + hashlib.sha256(self.layer).hexdigest()
+        self.manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": "sha256:" + hashlib.sha256(self.config).hexdigest(),
+                       "size": len(self.config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": self.layer_digest, "size": len(self.layer)}]}).encode()
+        self.mode, self.released = "good", threading.Event()
+        registry = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                blobs = {"sha256:" + hashlib.sha256(b).hexdigest(): b
+                         for b in (registry.config, registry.layer)}
+                if self.path == "/v2/":
+                    body = b"{}"
+                elif self.path == "/v2/test/faulty/manifests/1":
+                    body = registry.manifest
+                elif self.path.startswith("/v2/test/faulty/blobs/") and \
+                        self.path.rpartition("/")[2] in blobs:
+                    body = blobs[self.path.rpartition("/")[2]]
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                self.end_headers()
+                if body is registry.layer and registry.mode == "corrupt":
+                    body = body[:100] + bytes([body[100] ^ 1]) + body[101:]
+                if body is registry.layer and registry.mode == "stall":
+                    self.wfile.write(body[:len(body) // 2])
+                    self.wfile.flush()
+                    registry.released.wait(60)
+                    return
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.host = "127.0.0.1:%d" % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def faulty_registry(busybox_layer, state):
+    registry = FaultyRegistry(busybox_layer)
+    yield registry
+    registry.close()
+    minidocker("rmi", "-f", registry.host + "/test/faulty:1")
+    minidocker("image", "prune", "-f")
+
+
+@root
+def test_image_pull_refuses_a_layer_that_does_not_match_its_digest(faulty_registry, state):
+    faulty_registry.mode = "corrupt"
+    result = minidocker("pull", faulty_registry.host + "/test/faulty:1")
+    assert result.returncode == 125 and result.err.count("\n") == 1, result.err
+    assert "layer %s: digest mismatch: expected %s, got sha256:" % (
+        faulty_registry.layer_digest, faulty_registry.layer_digest) in result.err, result.err
+    store = image_store(state)
+    assert not os.path.exists(os.path.join(store, "blobs", "sha256",
+                                           faulty_registry.layer_digest[7:]))
+    assert not os.listdir(os.path.join(store, "layers")) if os.path.isdir(
+        os.path.join(store, "layers")) else True
+    assert store_leftovers(state) == []
+    faulty_registry.mode = "good"
+    assert minidocker("pull", faulty_registry.host + "/test/faulty:1").returncode == 0
+
+
+@root
+def test_image_pull_killed_halfway_leaves_no_blob_a_later_pull_trusts(faulty_registry, state):
+    faulty_registry.mode = "stall"
+    blobs = os.path.join(image_store(state), "blobs", "sha256")
+    pull = subprocess.Popen(MINIDOCKER + ["pull", faulty_registry.host + "/test/faulty:1"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(
+                ".tmp-" in n and os.path.getsize(os.path.join(blobs, n)) > 0
+                for n in (os.listdir(blobs) if os.path.isdir(blobs) else [])):
+            time.sleep(0.05)
+    finally:
+        pull.kill()
+        pull.wait()
+    assert store_leftovers(state), "the pull never wrote its half blob"
+    assert not os.path.exists(os.path.join(blobs, faulty_registry.layer_digest[7:]))
+    faulty_registry.mode = "good"
+    result = minidocker("pull", faulty_registry.host + "/test/faulty:1")
+    assert result.returncode == 0, result.err
+    assert run(faulty_registry.host + "/test/faulty:1", "echo", "whole").out == "whole\n"
+    assert minidocker("image", "prune", "-f").returncode == 0
+    assert store_leftovers(state) == []
+
+
 @root
 @pytest.mark.parametrize("args, message", [
     (["run", "--pull", "never", "no/such:image", "sh"], "no such image: 'no/such:image' (--pull never)"),
