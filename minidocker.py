@@ -3358,12 +3358,13 @@ def unpack_layer(paths, digest, diff_id, what):
     """The stored layer blob `digest` unpacked into layers/DIFF_ID, once:
     into a temporary directory first, renamed when complete and its
     uncompressed bytes match the diff_id the image's config names, so a
-    half-unpacked layer is never used. Returns the layer's size."""
+    half-unpacked layer is never used. Returns its layer.json: its short
+    link and its size."""
     import tarfile
     import zlib
     final = layer_path(paths, diff_id)
     if os.path.isdir(final):
-        return ensure_layer_link(paths, diff_id)["size"]
+        return ensure_layer_link(paths, diff_id)
     os.makedirs(os.path.dirname(final), 0o700, exist_ok=True)
     temporary = "%s.tmp-%d-%s" % (final, os.getpid(), os.urandom(6).hex())
     os.mkdir(temporary, 0o700)
@@ -3408,7 +3409,7 @@ def unpack_layer(paths, digest, diff_id, what):
         if os.path.lexists(temporary):
             remove_tree(temporary)
         raise
-    return ensure_layer_link(paths, diff_id)["size"]
+    return ensure_layer_link(paths, diff_id)
 
 
 def ensure_layer_link(paths, diff_id):
@@ -3537,14 +3538,17 @@ def image_layers(manifest, config, what):
     return result
 
 
-def store_image(paths, manifest_digest, config_digest, layers, sizes, names, digests=()):
+def store_image(paths, manifest_digest, config_digest, layers, unpacked, names, digests=()):
     """Write the image's record and point `names` (full references) at it.
-    Returns the image id."""
+    `unpacked`: each layer's layer.json. The record keeps what a run needs
+    (the config's run-time part, the layers' short links), so that `run
+    IMAGE` reads one file besides tags.json. Returns the image id."""
     config = parse_json_object(read_blob(paths, config_digest, "config"), "config")
     record = {"id": config_digest, "manifest": manifest_digest,
-              "layers": [{"digest": d, "mediaType": t, "size": s, "diff_id": i}
-                         for d, t, s, i in layers],
-              "size": sum(sizes), "created": config.get("created") or "",
+              "layers": [{"digest": d, "mediaType": t, "size": s, "diff_id": i, "link": u["link"]}
+                         for (d, t, s, i), u in zip(layers, unpacked)],
+              "config": config.get("config") or {},
+              "size": sum(u["size"] for u in unpacked), "created": config.get("created") or "",
               "architecture": config.get("architecture") or "", "os": config.get("os") or "",
               "digests": list(digests), "stored": time.time()}
     os.makedirs(os.path.dirname(image_path(paths, config_digest)), 0o700, exist_ok=True)
@@ -3601,11 +3605,11 @@ def image_lower_dirs(paths, record):
     links, top layer first, relative to lib/images (mount_overlay)."""
     links = []
     for layer in reversed(record["layers"]):
-        diff_id = check_digest(layer["diff_id"], "image %s" % record["id"])
-        if not os.path.isdir(layer_path(paths, diff_id)):
+        link = os.path.join("l", layer["link"])
+        if not os.path.isdir(os.path.join(paths.images, link)):
             raise MiniDockerError("image %s: its layer %s is missing from the store: pull or "
-                                  "load it again" % (record["id"][7:19], diff_id))
-        links.append("l/" + ensure_layer_link(paths, diff_id)["link"])
+                                  "load it again" % (record["id"][7:19], layer["diff_id"]))
+        links.append(link)
     return links
 
 
@@ -3767,9 +3771,9 @@ def install_image(paths, manifest_digest, config, config_digest, what, names, di
     the image."""
     manifest = parse_json_object(read_blob(paths, manifest_digest, what), what)
     layers = image_layers(manifest, config, what)
-    sizes = [unpack_layer(paths, digest, diff_id, "%s: layer %s" % (what, digest))
-             for digest, _, _, diff_id in layers]
-    return store_image(paths, manifest_digest, config_digest, layers, sizes, names, digests)
+    unpacked = [unpack_layer(paths, digest, diff_id, "%s: layer %s" % (what, digest))
+                for digest, _, _, diff_id in layers]
+    return store_image(paths, manifest_digest, config_digest, layers, unpacked, names, digests)
 
 
 # === 5. (continued) Pulling: the registry's HTTP API, and save ===
@@ -4020,10 +4024,10 @@ def pull_image(paths, ref, platform, credentials, insecure, out):
         return done
 
     with concurrent.futures.ThreadPoolExecutor(PULL_THREADS) as pool:
-        sizes = list(pool.map(fetch, range(len(layers))))
+        unpacked = list(pool.map(fetch, range(len(layers))))
     store_blob(paths, io_bytes(data), what + ": manifest", digest)
     names = [str(ref)] if ref.tag else []
-    image_id = store_image(paths, digest, config_digest, layers, sizes, names,
+    image_id = store_image(paths, digest, config_digest, layers, unpacked, names,
                            ["%s@%s" % (ref.name, pinned)])
     return image_id, pinned
 
@@ -4048,16 +4052,15 @@ def image_for_run(args):
     if not record["layers"]:
         raise MiniDockerError("image %s has no layers: nothing to run" % quote(args.rootfs))
     what = "image %s" % quote(args.rootfs)
-    return {"config": run_config(image_config(paths, record), what),
+    return {"config": run_config(record["config"], what),
             "top": os.path.join(layer_path(paths, record["layers"][-1]["diff_id"]), "diff"),
             "run": {"name": args.rootfs, "id": record["id"], "store": paths.images,
                     "lower": image_lower_dirs(paths, record)}}
 
 
-def run_config(config, what):
-    """The part of an image's config `run` applies, each field checked to
-    be of the type the image spec gives it."""
-    fields = config.get("config") or {}
+def run_config(fields, what):
+    """The part of an image's config `run` applies (its `config` object),
+    each field checked to be of the type the image spec gives it."""
     if not isinstance(fields, dict):
         raise MiniDockerError("%s: its config's config is not an object" % what)
     for key, kind in (("Entrypoint", list), ("Cmd", list), ("Env", list), ("WorkingDir", str),
