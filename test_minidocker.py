@@ -9629,12 +9629,21 @@ def test_rootless_as_podman_maps_it(rootless):
 # umoci as the judges.
 
 # The section's own imports, kept here so that the section stays one block.
+import base64  # noqa: E402
+import http.client  # noqa: E402
+import http.server  # noqa: E402
 import io  # noqa: E402
 import tarfile  # noqa: E402
+import threading  # noqa: E402
+import urllib.parse  # noqa: E402
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_REF_NAME = "org.opencontainers.image.ref.name"  # a tag, in a layout's index.json
 IMAGE_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+REGISTRY_USER = "tester"
+REGISTRY_PASSWORD = "s3cret"
+TOKEN_SERVICE = "minidocker-test-registry"  # the token's aud, as the registry expects it
+TOKEN_ISSUER = "minidocker-test-issuer"  # its iss
 
 
 def need_tool(name, package):
@@ -9873,6 +9882,214 @@ def oci_archive(layout_ref, path, tag):
     return str(path)
 
 
+def base64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenServer:
+    """The token server of distribution's Bearer flow (its docs/spec/auth/
+    token.md), on 127.0.0.1 in a thread of this process. GET /token?service=
+    &scope=repository:NAME:ACTIONS: with HTTP basic auth tester:s3cret every
+    action asked for is granted; anonymous, pull only, and only of
+    repositories named public/*; wrong credentials get 401. The answer is
+    {"token", "access_token", "expires_in"}, a JWT signed RS256 by a key made
+    here, its self-signed certificate in the header's x5c, which the
+    registry checks against the same certificate as its rootcertbundle.
+    Every request is recorded in `requests` as (query string, the basic-auth
+    user or None)."""
+
+    def __init__(self, directory):
+        self.key = os.path.join(directory, "token.key")
+        self.cert = os.path.join(directory, "token.crt")
+        peer("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=" + TOKEN_ISSUER, "-keyout", self.key, "-out", self.cert)
+        self.x5c = base64.b64encode(peer("openssl", "x509", "-in", self.cert, "-outform", "DER")).decode()
+        self.requests = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TokenHandler)
+        self.server.tokens = self
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.realm = "http://127.0.0.1:%d/token" % self.server.server_port
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+    @staticmethod
+    def grant(user, scopes):
+        """The `access` claim: what each scope asks, as far as user may."""
+        access = []
+        for scope in scopes:
+            kind, rest = scope.split(":", 1)
+            name, actions = rest.rsplit(":", 1)
+            wanted = actions.split(",")
+            if user is None:
+                wanted = [a for a in wanted if a == "pull" and kind == "repository"
+                          and name.startswith("public/")]
+            access.append({"type": kind, "name": name, "actions": wanted})
+        return access
+
+    def token(self, user, access):
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
+        claims = {"iss": TOKEN_ISSUER, "sub": user or "", "aud": TOKEN_SERVICE,
+                  "exp": now + 300, "nbf": now - 10, "iat": now,
+                  "jti": os.urandom(16).hex(), "access": access}
+        signed = "%s.%s" % (base64url(json.dumps(header).encode()),
+                            base64url(json.dumps(claims).encode()))
+        signature = peer("openssl", "dgst", "-sha256", "-sign", self.key, input=signed.encode())
+        return signed + "." + base64url(signature)
+
+
+class TokenHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        tokens = self.server.tokens
+        path, _, query = self.path.partition("?")
+        user, authorized = self.basic_user()
+        tokens.requests.append((query, user))
+        fields = urllib.parse.parse_qs(query)
+        if path != "/token" or fields.get("service") != [TOKEN_SERVICE]:
+            return self.answer(400, {"errors": [{"code": "UNSUPPORTED"}]})
+        if user is not None and not authorized:
+            return self.answer(401, {"errors": [{"code": "UNAUTHORIZED"}]})
+        token = tokens.token(user, tokens.grant(user, fields.get("scope", [])))
+        return self.answer(200, {"token": token, "access_token": token, "expires_in": 300})
+
+    def basic_user(self):
+        """(the user the request names, or None; whether its password is right)."""
+        kind, _, encoded = self.headers.get("Authorization", "").partition(" ")
+        if kind.lower() != "basic":
+            return None, False
+        user, _, password = base64.b64decode(encoded).decode().partition(":")
+        return user, (user, password) == (REGISTRY_USER, REGISTRY_PASSWORD)
+
+    def answer(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass  # the requests are in TokenServer.requests
+
+
+class Registry:
+    """A running docker-registry: `.host` ("127.0.0.1:PORT"), `.creds`
+    ("tester:s3cret", or None when it lets anyone in), `.token_requests`
+    (the token server's TokenServer.requests; empty without one), `.log`
+    (the registry's own log file); `.ref(repo_tag)` and `.push(layout_ref,
+    repo_tag)`."""
+
+    def __init__(self, host, creds, token_requests, log):
+        self.host, self.creds, self.token_requests, self.log = host, creds, token_requests, log
+
+    def ref(self, repo_tag):
+        return "docker://%s/%s" % (self.host, repo_tag)
+
+    def push(self, layout_ref, repo_tag):
+        """skopeo copies the image (an index with all its manifests) here,
+        its digests as they are: what the registry serves is byte for byte
+        what the layout holds."""
+        creds = ["--dest-creds", self.creds] if self.creds else ["--dest-no-creds"]
+        skopeo_ok("copy", "-q", "--all", "--preserve-digests", "--dest-tls-verify=false",
+                  *creds, layout_ref, self.ref(repo_tag))
+
+
+def registry_config(base, port, auth, tokens):
+    """docker-registry's config.yml (JSON is YAML too): storage under base,
+    plain http on 127.0.0.1:port, and the auth asked for."""
+    config = {"version": "0.1", "log": {"level": "info"},
+              "storage": {"filesystem": {"rootdirectory": os.path.join(base, "storage")},
+                          "delete": {"enabled": True}},
+              "http": {"addr": "127.0.0.1:%d" % port, "secret": os.urandom(16).hex()}}
+    if auth == "basic":
+        htpasswd = os.path.join(base, "htpasswd")
+        with open(htpasswd, "wb") as handle:  # -B: bcrypt, the only hash the registry takes
+            handle.write(peer("htpasswd", "-nbB", REGISTRY_USER, REGISTRY_PASSWORD))
+        config["auth"] = {"htpasswd": {"realm": "minidocker-test", "path": htpasswd}}
+    elif auth == "token":
+        config["auth"] = {"token": {"realm": tokens.realm, "service": TOKEN_SERVICE,
+                                    "issuer": TOKEN_ISSUER, "rootcertbundle": tokens.cert}}
+    path = os.path.join(base, "config.yml")
+    with open(path, "w") as handle:
+        json.dump(config, handle, indent=2)
+    return path
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_registry(proc, port, log, timeout=30):
+    """Until GET /v2/ answers (200, or 401 asking for credentials)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            connection.request("GET", "/v2/")
+            if connection.getresponse().status in (200, 401):
+                return
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            connection.close()
+    with open(log) as handle:
+        pytest.fail("docker-registry on port %d did not answer: %s" % (port, handle.read()))
+
+
+@contextlib.contextmanager
+def registry(tmp_dir, auth=None):
+    """Debian's docker-registry on 127.0.0.1, plain http, its files in a
+    directory of its own under tmp_dir; auth None (anyone pulls and
+    pushes), "basic" (htpasswd: tester, s3cret) or "token" (TokenServer).
+    Yields a Registry; the registry and token server stop, and the
+    directory goes, when the block ends."""
+    assert auth in (None, "basic", "token"), auth
+    need_tool("docker-registry", "docker-registry")
+    need_tool("skopeo", "skopeo")
+    need_tool("htpasswd" if auth == "basic" else "openssl", "apache2-utils openssl")
+    base = tempfile.mkdtemp(prefix="registry-", dir=str(tmp_dir))
+    tokens = proc = None
+    try:
+        tokens = TokenServer(base) if auth == "token" else None
+        port = free_port()
+        config = registry_config(base, port, auth, tokens)
+        log = os.path.join(base, "registry.log")
+        with open(log, "wb") as handle:  # no REGISTRY_* of the host's reaches it
+            proc = subprocess.Popen(["docker-registry", "serve", config], stdin=subprocess.DEVNULL,
+                                    stdout=handle, stderr=subprocess.STDOUT,
+                                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        wait_for_registry(proc, port, log)
+        yield Registry("127.0.0.1:%d" % port,
+                       None if auth is None else "%s:%s" % (REGISTRY_USER, REGISTRY_PASSWORD),
+                       tokens.requests if tokens else [], log)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if tokens is not None:
+            tokens.close()
+        shutil.rmtree(base)
+
+
+@pytest.fixture(scope="session")
+def plain_registry(tmp_path_factory):
+    """A registry for the session (see `registry`): plain http, anonymous."""
+    with registry(tmp_path_factory.mktemp("registry")) as running:
+        yield running
+
+
 @root
 def test_image_fixtures_layers_and_plain_as_umoci_and_skopeo_read_them(image_layout, tmp_path):
     """`layers` unpacked by umoci (which applies whiteouts and opaque
@@ -9939,3 +10156,50 @@ def test_image_fixtures_multiarch_index_as_skopeo_reads_it(multiarch_layout, tmp
         assert marker.getnames() == ["arch"]
         assert marker.extractfile("arch").read() == (architecture + "\n").encode()
 
+
+def unauthorized(result):
+    return result.returncode != 0 and "unauthorized" in result.stderr.lower()
+
+
+@root
+@pytest.mark.parametrize("auth", [None, "basic", "token"])
+def test_image_fixtures_push_and_pull_through_each_registry_with_skopeo(
+        auth, image_layout, multiarch_layout, plain_registry, tmp_path):
+    """Each registry takes `layers` and the `multi` index from skopeo, and
+    gives them back byte for byte, to the credentials only where it has
+    auth; the token registry lets anyone pull public/* and nothing more,
+    through the token server."""
+    running = contextlib.nullcontext(plain_registry) if auth is None else registry(tmp_path, auth)
+    with running as reg:
+        creds = ["--creds", reg.creds] if reg.creds else []
+        reg.push(image_layout.ref("layers"), "test/layers:v1")
+        seen = json.loads(skopeo_ok("inspect", "--tls-verify=false", *creds, reg.ref("test/layers:v1")))
+        assert seen["Digest"] == image_layout.descriptor("layers")["digest"]
+        assert seen["Labels"] == {"org.example.test": "yes"} and len(seen["Layers"]) == 3
+        pulled = ImageLayout(tmp_path / "pulled")
+        src_creds = ["--src-creds", reg.creds] if reg.creds else []
+        skopeo_ok("copy", "-q", "--src-tls-verify=false", *src_creds, reg.ref("test/layers:v1"),
+                  pulled.ref("v1"))
+        assert pulled.manifest("v1") == image_layout.manifest("layers")
+        reg.push(multiarch_layout.ref("multi"), "test/multi:v1")
+        raw = skopeo_ok("inspect", "--raw", "--tls-verify=false", *creds, reg.ref("test/multi:v1"))
+        assert raw.encode() == multiarch_layout.blob(multiarch_layout.descriptor("multi")["digest"])
+        anonymous = skopeo("inspect", "--tls-verify=false", "--no-creds", reg.ref("test/layers:v1"))
+        assert (anonymous.returncode == 0) == (auth is None), anonymous.stderr
+        if auth is not None:
+            assert unauthorized(anonymous), anonymous.stderr
+            wrong = skopeo("inspect", "--tls-verify=false", "--creds", REGISTRY_USER + ":wrong",
+                           reg.ref("test/layers:v1"))
+            assert unauthorized(wrong), wrong.stderr
+        if auth == "token":
+            reg.push(image_layout.ref("plain"), "public/x:v1")
+            assert {user for query, user in reg.token_requests if "repository:public/x:pull,push"
+                    in urllib.parse.parse_qs(query).get("scope", [])} == {REGISTRY_USER}
+            del reg.token_requests[:]
+            public = skopeo("inspect", "--tls-verify=false", "--no-creds", reg.ref("public/x:v1"))
+            assert public.returncode == 0, public.stderr
+            assert set(reg.token_requests) == {
+                ("scope=repository%3Apublic%2Fx%3Apull&service=" + TOKEN_SERVICE, None)}
+            pushed = skopeo("copy", "-q", "--dest-tls-verify=false", "--dest-no-creds",
+                            image_layout.ref("plain"), reg.ref("public/x:v2"))
+            assert unauthorized(pushed), pushed.stderr
