@@ -10128,3 +10128,593 @@ def test_rootless_as_podman_maps_it(rootless):
             deadline = time.monotonic() + 10
             while os.path.exists("/proc/%d" % pause) and time.monotonic() < deadline:
                 time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------
+# 5. Images: test images built with umoci, and real registries to pull from
+# ---------------------------------------------------------------------------
+# What the image tests pull, load and run, made by the peers and never by
+# minidocker: OCI image layouts that umoci builds from the busybox rootfs
+# (with blobs written here by hand where umoci has no command for them), the
+# archives skopeo makes of them (`docker save`'s tar and oci-archive), and
+# Debian's docker-registry (the distribution project's registry, as Docker
+# Hub runs it) serving them over plain http on 127.0.0.1: anonymous, behind
+# htpasswd, or behind a token server that runs in this process. The tests at
+# the end of the section guard the fixtures themselves, with skopeo and
+# umoci as the judges.
+
+# The section's own imports, kept here so that the section stays one block.
+import base64  # noqa: E402
+import http.client  # noqa: E402
+import http.server  # noqa: E402
+import io  # noqa: E402
+import tarfile  # noqa: E402
+import threading  # noqa: E402
+import urllib.parse  # noqa: E402
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_REF_NAME = "org.opencontainers.image.ref.name"  # a tag, in a layout's index.json
+IMAGE_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+REGISTRY_USER = "tester"
+REGISTRY_PASSWORD = "s3cret"
+TOKEN_SERVICE = "minidocker-test-registry"  # the token's aud, as the registry expects it
+TOKEN_ISSUER = "minidocker-test-issuer"  # its iss
+
+
+def need_tool(name, package):
+    if shutil.which(name) is None:
+        pytest.fail("%s is not installed (apt-get install %s)" % (name, package))
+
+
+def peer(*command, input=None, timeout=120):
+    """A peer tool's stdout (bytes); the test fails with its stderr if it fails."""
+    result = subprocess.run(list(command), input=input, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, timeout=timeout,
+                            stdin=None if input is not None else subprocess.DEVNULL)
+    if result.returncode != 0:
+        pytest.fail("%s: exit %d: %s" % (" ".join(command), result.returncode,
+                                         result.stderr.decode(errors="replace")))
+    return result.stdout
+
+
+def umoci(*args):
+    peer("umoci", *args)
+
+
+def skopeo(*args):
+    """skopeo's answer (a CompletedProcess, text). --insecure-policy: the
+    host's signature policy has nothing to say about unsigned test images."""
+    return subprocess.run(["skopeo", "--insecure-policy"] + list(args), stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+
+
+def skopeo_ok(*args):
+    result = skopeo(*args)
+    assert result.returncode == 0, "skopeo %s: %s" % (" ".join(args), result.stderr)
+    return result.stdout
+
+
+class ImageLayout:
+    """An OCI image layout directory (image-spec's image-layout.md) and what
+    its tags hold: `.path`, `.ref(tag)` for skopeo, and the tag's descriptor,
+    manifest (or index), config and layers as the layout stores them."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def ref(self, tag):
+        return "oci:%s:%s" % (self.path, tag)
+
+    def blob(self, digest):
+        algorithm, hexdigest = digest.split(":", 1)
+        with open(os.path.join(self.path, "blobs", algorithm, hexdigest), "rb") as handle:
+            return handle.read()
+
+    def descriptor(self, tag):
+        with open(os.path.join(self.path, "index.json")) as handle:
+            index = json.load(handle)
+        found = [d for d in index["manifests"] if d.get("annotations", {}).get(OCI_REF_NAME) == tag]
+        assert len(found) == 1, "tag %r in %s: %r" % (tag, self.path, index)
+        return found[0]
+
+    def manifest(self, tag):
+        return json.loads(self.blob(self.descriptor(tag)["digest"]))
+
+    def config(self, tag):
+        return json.loads(self.blob(self.manifest(tag)["config"]["digest"]))
+
+    def layer(self, tag, number):
+        """Layer `number` (from 0, the lowest) of the tag, an open tarfile."""
+        digest = self.manifest(tag)["layers"][number]["digest"]
+        return tarfile.open(fileobj=io.BytesIO(self.blob(digest)))
+
+
+def write_file(path, text, mode=0o644):
+    with open(path, "w") as handle:
+        handle.write(text)
+    os.chmod(path, mode)
+
+
+def tar_layer(path, entries):
+    """An uncompressed layer tar of (name, text) entries, a name ending in
+    "/" a directory (0755) and the others files (0644), all root's."""
+    with tarfile.open(str(path), "w") as tar:
+        for name, text in entries:
+            info = tarfile.TarInfo(name.rstrip("/"))
+            info.mtime = int(time.time())
+            if name.endswith("/"):
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                data = text.encode()
+                info.mode, info.size = 0o644, len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def umoci_plain(layout, rootfs, bundle):
+    """A new layout whose tag `plain` is the busybox rootfs as one layer,
+    with no config yet. Returns the bundle it was packed from: umoci's
+    metadata there stands on `plain`, so the next repack adds a layer."""
+    umoci("init", "--layout", layout)
+    umoci("new", "--image", layout + ":empty")
+    umoci("unpack", "--image", layout + ":empty", bundle)
+    peer("cp", "-a", rootfs + "/.", os.path.join(bundle, "rootfs"))
+    umoci("repack", "--refresh-bundle", "--image", layout + ":plain", bundle)
+    umoci("rm", "--image", layout + ":empty")
+    return bundle
+
+
+def fill_data_layer(rootfs):
+    """What layer 2 of `layers` adds: one entry of each kind an unpacker has
+    to get right, and the two that layer 3 deletes. /data/kept ("kept\n",
+    xattr user.test=hello) and /data/hard are one file: umoci writes the
+    tar in name order, so data/hard is the file there and data/kept the
+    hard link to it (both with the xattr)."""
+    data = os.path.join(rootfs, "data")
+    os.makedirs(os.path.join(data, "dir"))
+    os.chmod(data, 0o755)
+    os.chmod(os.path.join(data, "dir"), 0o755)
+    write_file(os.path.join(data, "kept"), "kept\n")
+    os.setxattr(os.path.join(data, "kept"), "user.test", b"hello")
+    write_file(os.path.join(data, "gone"), "gone\n")
+    write_file(os.path.join(data, "dir", "old"), "old\n")
+    os.link(os.path.join(data, "kept"), os.path.join(data, "hard"))
+    os.symlink("kept", os.path.join(data, "link"))
+    write_file(os.path.join(data, "suid"), "suid\n", mode=0o4755)
+    write_file(os.path.join(data, "owned"), "owned\n")
+    os.chown(os.path.join(data, "owned"), 1234, 5678)
+    os.mkfifo(os.path.join(data, "fifo"))
+    os.chmod(os.path.join(data, "fifo"), 0o644)
+
+
+# Layer 3 of `layers`, written here: umoci's repack whites a replaced
+# directory's old entries out one by one (`data/dir/.wh.old`), never with
+# the opaque marker, so the layer is made by hand and appended with
+# `umoci raw add-layer`. `.wh.gone` deletes /data/gone; `.wh..wh..opq` hides
+# everything the layers below hold in /data/dir, before `new` is added.
+WHITEOUT_LAYER = [("data/", None), ("data/.wh.gone", ""), ("data/dir/", None),
+                  ("data/dir/.wh..wh..opq", ""), ("data/dir/new", "new\n")]
+
+LAYERS_CONFIG = ["--config.entrypoint", "/bin/echo", "--config.entrypoint", "entry",
+                 "--config.cmd", "cmd", "--config.env", "IMAGE_VAR=from-image",
+                 "--config.env", IMAGE_PATH_ENV, "--config.workingdir", "/data",
+                 "--config.user", "1234:5678", "--config.exposedports", "80/tcp",
+                 "--config.label", "org.example.test=yes", "--config.stopsignal", "SIGUSR1"]
+
+
+@pytest.fixture(scope="session")
+def image_layout(rootfs, tmp_path_factory):
+    """An OCI layout (ImageLayout) with two tags, as root (the owners and the
+    setuid bit are real):
+    - `plain`: the busybox rootfs as one layer; Cmd ["/bin/sh"], nothing else
+      in its config (no Env: the runtime's default PATH applies);
+    - `layers`: the same layer, then layer 2 (fill_data_layer), then layer 3
+      (WHITEOUT_LAYER); config LAYERS_CONFIG (Entrypoint ["/bin/echo",
+      "entry"], Cmd ["cmd"], Env IMAGE_VAR and PATH, WorkingDir /data, User
+      1234:5678, port 80/tcp, label org.example.test=yes, StopSignal SIGUSR1).
+    """
+    need_tool("umoci", "umoci")
+    work = str(tmp_path_factory.mktemp("image-layout"))
+    layout, bundle = os.path.join(work, "layout"), os.path.join(work, "bundle")
+    umoci_plain(layout, rootfs, bundle)
+    fill_data_layer(os.path.join(bundle, "rootfs"))
+    umoci("repack", "--image", layout + ":layers", bundle)
+    shutil.rmtree(bundle)
+    tar_layer(os.path.join(work, "whiteouts.tar"), WHITEOUT_LAYER)
+    umoci("raw", "add-layer", "--image", layout + ":layers", os.path.join(work, "whiteouts.tar"))
+    os.unlink(os.path.join(work, "whiteouts.tar"))
+    umoci("config", "--image", layout + ":layers", *LAYERS_CONFIG)
+    umoci("config", "--image", layout + ":plain", "--config.cmd", "/bin/sh")
+    umoci("gc", "--layout", layout)
+    image = ImageLayout(layout)
+    assert {"data/.wh.gone", "data/dir/.wh..wh..opq"} <= set(image.layer("layers", 2).getnames())
+    return image
+
+
+def add_index(layout, tag, platforms):
+    """Tag `tag` of the layout becomes an image index (image-spec's
+    image-index.md) of the manifests tagged with each platform's
+    architecture, each entry with its platform: umoci makes manifests only,
+    so the index blob is written here."""
+    entries = []
+    for architecture in platforms:
+        entry = dict(layout.descriptor(architecture))
+        del entry["annotations"]
+        entry["platform"] = {"architecture": architecture, "os": "linux"}
+        entries.append(entry)
+    data = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries},
+                      indent=2).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    with open(os.path.join(layout.path, "blobs", "sha256", digest), "wb") as handle:
+        handle.write(data)
+    index_path = os.path.join(layout.path, "index.json")
+    with open(index_path) as handle:
+        index = json.load(handle)
+    index["manifests"].append({"mediaType": OCI_INDEX, "digest": "sha256:" + digest,
+                               "size": len(data), "annotations": {OCI_REF_NAME: tag}})
+    with open(index_path + ".new", "w") as handle:
+        json.dump(index, handle)
+    os.rename(index_path + ".new", index_path)
+
+
+@pytest.fixture(scope="session")
+def multiarch_layout(rootfs, tmp_path_factory):
+    """An OCI layout (ImageLayout) whose tag `multi` is an image index of
+    two manifests, linux/amd64 and linux/arm64, also tagged `amd64` and
+    `arm64`: each is the busybox layer (Cmd ["/bin/sh"]) and one more layer
+    holding /arch ("amd64\\n" or "arm64\\n"), and its config's architecture
+    says the same. (The arm64 one still holds the amd64 busybox: it is
+    there to be chosen or passed over, not run.)"""
+    need_tool("umoci", "umoci")
+    work = str(tmp_path_factory.mktemp("multiarch-layout"))
+    layout = os.path.join(work, "layout")
+    shutil.rmtree(umoci_plain(layout, rootfs, os.path.join(work, "bundle")))
+    umoci("config", "--image", layout + ":plain", "--config.cmd", "/bin/sh")
+    for architecture in ("amd64", "arm64"):
+        marker = os.path.join(work, architecture + ".tar")
+        tar_layer(marker, [("arch", architecture + "\n")])
+        umoci("raw", "add-layer", "--image", layout + ":plain", "--tag", architecture, marker)
+        os.unlink(marker)
+        umoci("config", "--image", "%s:%s" % (layout, architecture), "--architecture", architecture)
+    umoci("rm", "--image", layout + ":plain")
+    umoci("gc", "--layout", layout)
+    image = ImageLayout(layout)
+    add_index(image, "multi", ("amd64", "arm64"))
+    return image
+
+
+def docker_archive(layout_ref, path, name):
+    """`docker save`'s tar of an image, by skopeo. Its manifest.json names
+    the image fully qualified, as skopeo writes it: name "test/x:v1" is
+    RepoTags ["docker.io/test/x:v1"] (docker save writes "test/x:v1")."""
+    skopeo_ok("copy", "-q", layout_ref, "docker-archive:%s:%s" % (path, name))
+    return str(path)
+
+
+def oci_archive(layout_ref, path, tag):
+    """An OCI layout in one tar, the image tagged `tag` there, by skopeo."""
+    skopeo_ok("copy", "-q", layout_ref, "oci-archive:%s:%s" % (path, tag))
+    return str(path)
+
+
+def base64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenServer:
+    """The token server of distribution's Bearer flow (its docs/spec/auth/
+    token.md), on 127.0.0.1 in a thread of this process. GET /token?service=
+    &scope=repository:NAME:ACTIONS: with HTTP basic auth tester:s3cret every
+    action asked for is granted; anonymous, pull only, and only of
+    repositories named public/*; wrong credentials get 401. The answer is
+    {"token", "access_token", "expires_in"}, a JWT signed RS256 by a key made
+    here, its self-signed certificate in the header's x5c, which the
+    registry checks against the same certificate as its rootcertbundle.
+    Every request is recorded in `requests` as (query string, the basic-auth
+    user or None)."""
+
+    def __init__(self, directory):
+        self.key = os.path.join(directory, "token.key")
+        self.cert = os.path.join(directory, "token.crt")
+        peer("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=" + TOKEN_ISSUER, "-keyout", self.key, "-out", self.cert)
+        self.x5c = base64.b64encode(peer("openssl", "x509", "-in", self.cert, "-outform", "DER")).decode()
+        self.requests = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TokenHandler)
+        self.server.tokens = self
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.realm = "http://127.0.0.1:%d/token" % self.server.server_port
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+    @staticmethod
+    def grant(user, scopes):
+        """The `access` claim: what each scope asks, as far as user may."""
+        access = []
+        for scope in scopes:
+            kind, rest = scope.split(":", 1)
+            name, actions = rest.rsplit(":", 1)
+            wanted = actions.split(",")
+            if user is None:
+                wanted = [a for a in wanted if a == "pull" and kind == "repository"
+                          and name.startswith("public/")]
+            access.append({"type": kind, "name": name, "actions": wanted})
+        return access
+
+    def token(self, user, access):
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
+        claims = {"iss": TOKEN_ISSUER, "sub": user or "", "aud": TOKEN_SERVICE,
+                  "exp": now + 300, "nbf": now - 10, "iat": now,
+                  "jti": os.urandom(16).hex(), "access": access}
+        signed = "%s.%s" % (base64url(json.dumps(header).encode()),
+                            base64url(json.dumps(claims).encode()))
+        signature = peer("openssl", "dgst", "-sha256", "-sign", self.key, input=signed.encode())
+        return signed + "." + base64url(signature)
+
+
+class TokenHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        tokens = self.server.tokens
+        path, _, query = self.path.partition("?")
+        user, authorized = self.basic_user()
+        tokens.requests.append((query, user))
+        fields = urllib.parse.parse_qs(query)
+        if path != "/token" or fields.get("service") != [TOKEN_SERVICE]:
+            return self.answer(400, {"errors": [{"code": "UNSUPPORTED"}]})
+        if user is not None and not authorized:
+            return self.answer(401, {"errors": [{"code": "UNAUTHORIZED"}]})
+        token = tokens.token(user, tokens.grant(user, fields.get("scope", [])))
+        return self.answer(200, {"token": token, "access_token": token, "expires_in": 300})
+
+    def basic_user(self):
+        """(the user the request names, or None; whether its password is right)."""
+        kind, _, encoded = self.headers.get("Authorization", "").partition(" ")
+        if kind.lower() != "basic":
+            return None, False
+        user, _, password = base64.b64decode(encoded).decode().partition(":")
+        return user, (user, password) == (REGISTRY_USER, REGISTRY_PASSWORD)
+
+    def answer(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass  # the requests are in TokenServer.requests
+
+
+class Registry:
+    """A running docker-registry: `.host` ("127.0.0.1:PORT"), `.creds`
+    ("tester:s3cret", or None when it lets anyone in), `.token_requests`
+    (the token server's TokenServer.requests; empty without one), `.log`
+    (the registry's own log file); `.ref(repo_tag)` and `.push(layout_ref,
+    repo_tag)`."""
+
+    def __init__(self, host, creds, token_requests, log):
+        self.host, self.creds, self.token_requests, self.log = host, creds, token_requests, log
+
+    def ref(self, repo_tag):
+        return "docker://%s/%s" % (self.host, repo_tag)
+
+    def push(self, layout_ref, repo_tag):
+        """skopeo copies the image (an index with all its manifests) here,
+        its digests as they are: what the registry serves is byte for byte
+        what the layout holds."""
+        creds = ["--dest-creds", self.creds] if self.creds else ["--dest-no-creds"]
+        skopeo_ok("copy", "-q", "--all", "--preserve-digests", "--dest-tls-verify=false",
+                  *creds, layout_ref, self.ref(repo_tag))
+
+
+def registry_config(base, port, auth, tokens):
+    """docker-registry's config.yml (JSON is YAML too): storage under base,
+    plain http on 127.0.0.1:port, and the auth asked for."""
+    config = {"version": "0.1", "log": {"level": "info"},
+              "storage": {"filesystem": {"rootdirectory": os.path.join(base, "storage")},
+                          "delete": {"enabled": True}},
+              "http": {"addr": "127.0.0.1:%d" % port, "secret": os.urandom(16).hex()}}
+    if auth == "basic":
+        htpasswd = os.path.join(base, "htpasswd")
+        with open(htpasswd, "wb") as handle:  # -B: bcrypt, the only hash the registry takes
+            handle.write(peer("htpasswd", "-nbB", REGISTRY_USER, REGISTRY_PASSWORD))
+        config["auth"] = {"htpasswd": {"realm": "minidocker-test", "path": htpasswd}}
+    elif auth == "token":
+        config["auth"] = {"token": {"realm": tokens.realm, "service": TOKEN_SERVICE,
+                                    "issuer": TOKEN_ISSUER, "rootcertbundle": tokens.cert}}
+    path = os.path.join(base, "config.yml")
+    with open(path, "w") as handle:
+        json.dump(config, handle, indent=2)
+    return path
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_registry(proc, port, log, timeout=30):
+    """Until GET /v2/ answers (200, or 401 asking for credentials)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            connection.request("GET", "/v2/")
+            if connection.getresponse().status in (200, 401):
+                return
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            connection.close()
+    with open(log) as handle:
+        pytest.fail("docker-registry on port %d did not answer: %s" % (port, handle.read()))
+
+
+@contextlib.contextmanager
+def registry(tmp_dir, auth=None):
+    """Debian's docker-registry on 127.0.0.1, plain http, its files in a
+    directory of its own under tmp_dir; auth None (anyone pulls and
+    pushes), "basic" (htpasswd: tester, s3cret) or "token" (TokenServer).
+    Yields a Registry; the registry and token server stop, and the
+    directory goes, when the block ends."""
+    assert auth in (None, "basic", "token"), auth
+    need_tool("docker-registry", "docker-registry")
+    need_tool("skopeo", "skopeo")
+    need_tool("htpasswd" if auth == "basic" else "openssl", "apache2-utils openssl")
+    base = tempfile.mkdtemp(prefix="registry-", dir=str(tmp_dir))
+    tokens = proc = None
+    try:
+        tokens = TokenServer(base) if auth == "token" else None
+        port = free_port()
+        config = registry_config(base, port, auth, tokens)
+        log = os.path.join(base, "registry.log")
+        with open(log, "wb") as handle:  # no REGISTRY_* of the host's reaches it
+            proc = subprocess.Popen(["docker-registry", "serve", config], stdin=subprocess.DEVNULL,
+                                    stdout=handle, stderr=subprocess.STDOUT,
+                                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        wait_for_registry(proc, port, log)
+        yield Registry("127.0.0.1:%d" % port,
+                       None if auth is None else "%s:%s" % (REGISTRY_USER, REGISTRY_PASSWORD),
+                       tokens.requests if tokens else [], log)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if tokens is not None:
+            tokens.close()
+        shutil.rmtree(base)
+
+
+@pytest.fixture(scope="session")
+def plain_registry(tmp_path_factory):
+    """A registry for the session (see `registry`): plain http, anonymous."""
+    with registry(tmp_path_factory.mktemp("registry")) as running:
+        yield running
+
+
+@root
+def test_image_fixtures_layers_and_plain_as_umoci_and_skopeo_read_them(image_layout, tmp_path):
+    """`layers` unpacked by umoci (which applies whiteouts and opaque
+    directories) holds what its three layers say, and skopeo reads its
+    config as set; `plain` is the first layer alone, Cmd /bin/sh."""
+    assert [m.name for m in image_layout.layer("layers", 2).getmembers()] == [
+        "data", "data/.wh.gone", "data/dir", "data/dir/.wh..wh..opq", "data/dir/new"]
+    bundle = str(tmp_path / "bundle")
+    umoci("unpack", "--image", image_layout.path + ":layers", bundle)
+    data = os.path.join(bundle, "rootfs", "data")
+    assert sorted(os.listdir(data)) == ["dir", "fifo", "hard", "kept", "link", "owned", "suid"]
+    assert os.listdir(os.path.join(data, "dir")) == ["new"]
+    with open(os.path.join(data, "kept")) as handle:
+        assert handle.read() == "kept\n"
+    assert os.getxattr(os.path.join(data, "kept"), "user.test") == b"hello"
+    kept, hard = os.lstat(os.path.join(data, "kept")), os.lstat(os.path.join(data, "hard"))
+    assert (hard.st_ino, hard.st_nlink) == (kept.st_ino, 2)
+    assert os.readlink(os.path.join(data, "link")) == "kept"
+    suid, owned = os.lstat(os.path.join(data, "suid")), os.lstat(os.path.join(data, "owned"))
+    assert (stat.S_IMODE(suid.st_mode), suid.st_uid, suid.st_gid) == (0o4755, 0, 0)
+    assert (owned.st_uid, owned.st_gid) == (1234, 5678)
+    assert stat.S_ISFIFO(os.lstat(os.path.join(data, "fifo")).st_mode)
+    assert os.path.isfile(os.path.join(bundle, "rootfs", "bin", "busybox"))
+    config = json.loads(skopeo_ok("inspect", "--config", image_layout.ref("layers")))["config"]
+    assert config == {"User": "1234:5678", "ExposedPorts": {"80/tcp": {}},
+                      "Env": ["IMAGE_VAR=from-image", IMAGE_PATH_ENV],
+                      "Entrypoint": ["/bin/echo", "entry"], "Cmd": ["cmd"], "WorkingDir": "/data",
+                      "Labels": {"org.example.test": "yes"}, "StopSignal": "SIGUSR1"}
+    plain = json.loads(skopeo_ok("inspect", "--config", image_layout.ref("plain")))
+    assert plain["config"] == {"Cmd": ["/bin/sh"]} and plain["architecture"] == "amd64"
+    assert image_layout.manifest("plain")["layers"] == image_layout.manifest("layers")["layers"][:1]
+
+
+@root
+def test_image_fixtures_archives_as_skopeo_reads_them(image_layout, tmp_path):
+    """docker_archive writes `docker save`'s tar, oci_archive a layout in a
+    tar; skopeo reads both back as the same image."""
+    saved = docker_archive(image_layout.ref("layers"), tmp_path / "saved.tar", "test/layers:v1")
+    with tarfile.open(saved) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+    assert [(m["RepoTags"], len(m["Layers"])) for m in manifest] == [(["docker.io/test/layers:v1"], 3)]
+    config = json.loads(skopeo_ok("inspect", "--config", "docker-archive:" + saved))["config"]
+    assert config["Entrypoint"] == ["/bin/echo", "entry"] and config["User"] == "1234:5678"
+    archive = oci_archive(image_layout.ref("layers"), tmp_path / "oci.tar", "v1")
+    raw = skopeo_ok("inspect", "--raw", "oci-archive:%s:v1" % archive).encode()
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == image_layout.descriptor("layers")["digest"]
+
+
+@root
+def test_image_fixtures_multiarch_index_as_skopeo_reads_it(multiarch_layout, tmp_path):
+    """`multi` is an OCI index skopeo reads, and copying it for arm64 or
+    amd64 picks that platform's manifest: its config and its /arch."""
+    index = json.loads(skopeo_ok("inspect", "--raw", multiarch_layout.ref("multi")))
+    assert index["mediaType"] == OCI_INDEX
+    assert [m["platform"] for m in index["manifests"]] == [
+        {"architecture": "amd64", "os": "linux"}, {"architecture": "arm64", "os": "linux"}]
+    for architecture in ("arm64", "amd64"):
+        copied = ImageLayout(tmp_path / architecture)
+        skopeo_ok("--override-arch", architecture, "copy", "-q", multiarch_layout.ref("multi"),
+                  copied.ref("x"))
+        assert copied.descriptor("x")["digest"] == multiarch_layout.descriptor(architecture)["digest"]
+        assert copied.config("x")["architecture"] == architecture
+        marker = copied.layer("x", 1)
+        assert marker.getnames() == ["arch"]
+        assert marker.extractfile("arch").read() == (architecture + "\n").encode()
+
+
+def unauthorized(result):
+    return result.returncode != 0 and "unauthorized" in result.stderr.lower()
+
+
+@root
+@pytest.mark.parametrize("auth", [None, "basic", "token"])
+def test_image_fixtures_push_and_pull_through_each_registry_with_skopeo(
+        auth, image_layout, multiarch_layout, plain_registry, tmp_path):
+    """Each registry takes `layers` and the `multi` index from skopeo, and
+    gives them back byte for byte, to the credentials only where it has
+    auth; the token registry lets anyone pull public/* and nothing more,
+    through the token server."""
+    running = contextlib.nullcontext(plain_registry) if auth is None else registry(tmp_path, auth)
+    with running as reg:
+        creds = ["--creds", reg.creds] if reg.creds else []
+        reg.push(image_layout.ref("layers"), "test/layers:v1")
+        seen = json.loads(skopeo_ok("inspect", "--tls-verify=false", *creds, reg.ref("test/layers:v1")))
+        assert seen["Digest"] == image_layout.descriptor("layers")["digest"]
+        assert seen["Labels"] == {"org.example.test": "yes"} and len(seen["Layers"]) == 3
+        pulled = ImageLayout(tmp_path / "pulled")
+        src_creds = ["--src-creds", reg.creds] if reg.creds else []
+        skopeo_ok("copy", "-q", "--src-tls-verify=false", *src_creds, reg.ref("test/layers:v1"),
+                  pulled.ref("v1"))
+        assert pulled.manifest("v1") == image_layout.manifest("layers")
+        reg.push(multiarch_layout.ref("multi"), "test/multi:v1")
+        raw = skopeo_ok("inspect", "--raw", "--tls-verify=false", *creds, reg.ref("test/multi:v1"))
+        assert raw.encode() == multiarch_layout.blob(multiarch_layout.descriptor("multi")["digest"])
+        anonymous = skopeo("inspect", "--tls-verify=false", "--no-creds", reg.ref("test/layers:v1"))
+        assert (anonymous.returncode == 0) == (auth is None), anonymous.stderr
+        if auth is not None:
+            assert unauthorized(anonymous), anonymous.stderr
+            wrong = skopeo("inspect", "--tls-verify=false", "--creds", REGISTRY_USER + ":wrong",
+                           reg.ref("test/layers:v1"))
+            assert unauthorized(wrong), wrong.stderr
+        if auth == "token":
+            reg.push(image_layout.ref("plain"), "public/x:v1")
+            assert {user for query, user in reg.token_requests if "repository:public/x:pull,push"
+                    in urllib.parse.parse_qs(query).get("scope", [])} == {REGISTRY_USER}
+            del reg.token_requests[:]
+            public = skopeo("inspect", "--tls-verify=false", "--no-creds", reg.ref("public/x:v1"))
+            assert public.returncode == 0, public.stderr
+            assert set(reg.token_requests) == {
+                ("scope=repository%3Apublic%2Fx%3Apull&service=" + TOKEN_SERVICE, None)}
+            pushed = skopeo("copy", "-q", "--dest-tls-verify=false", "--dest-no-creds",
+                            image_layout.ref("plain"), reg.ref("public/x:v2"))
+            assert unauthorized(pushed), pushed.stderr
