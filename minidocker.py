@@ -3581,11 +3581,13 @@ def find_image(paths, text):
     if ref is not None and ref.digest is None and str(ref) in tags:
         return read_image(paths, tags[str(ref)])
     if ref is not None and ref.digest:
+        # An index's digest names one image per platform pulled: this
+        # host's first.
         wanted = "%s@%s" % (ref.name, ref.digest)
-        for record in read_images(paths):
-            if wanted in record["digests"]:
-                return record
-        return None
+        found = [record for record in read_images(paths) if wanted in record["digests"]]
+        arch = host_platform().split("/")[1]
+        found.sort(key=lambda record: record["architecture"] != arch)
+        return found[0] if found else None
     match = re.fullmatch(r"(?:sha256:)?([0-9a-f]{1,64})", text)
     if not match:
         return None
@@ -4046,9 +4048,9 @@ def image_for_run(args):
             raise MiniDockerError("no such image: %s (--pull never)" % quote(args.rootfs))
         ref = parse_reference(args.rootfs)
         with state_lock(paths, "images.gc", shared=True):
-            pull_image(paths, ref, args.platform or host_platform(), registry_credentials(args),
-                       (), sys.stderr)
-        record = find_image(paths, str(ref))
+            image_id, _ = pull_image(paths, ref, args.platform or host_platform(),
+                                     registry_credentials(args), (), sys.stderr)
+        record = read_image(paths, image_id)
     if not record["layers"]:
         raise MiniDockerError("image %s has no layers: nothing to run" % quote(args.rootfs))
     what = "image %s" % quote(args.rootfs)

@@ -14,19 +14,26 @@ Each section opens with a banner; where it tests one chapter of the book,
 the banner starts with that chapter's number, and
 `grep -nE '^# [0-9]+[.] ' test_minidocker.py` lists them. In file order:
 the spec (3), then the pure helpers it leans on from 10, 2, 11 and 4; the
-mount plan (6); the ELF reader (5); as root, what the process inside sees;
+mount plan (6); the ELF reader (5); images (5): references, and layers
+built here by hand, loaded and run as root; as root, what the process inside sees;
 the terminal (11); bad input; escapes; faults and load; cgroups, the device
 cgroup and release_agent (8); seccomp (10); networking (9). The sections
 without a number (what the process sees, bad input, escapes, faults)
-cross the chapters.
+cross the chapters. Last come the image fixtures (5): layouts built with
+umoci, skopeo's archives of them, and Debian's docker-registry, anonymous,
+behind htpasswd or behind a token server, with the tests that pull from
+them.
 """
 
+import base64
 import calendar
 import contextlib
 import errno
 import fcntl
 import glob
 import hashlib
+import http.client
+import http.server
 import io
 import ipaddress
 import json
@@ -43,7 +50,9 @@ import sys
 import tarfile
 import tempfile
 import termios
+import threading
 import time
+import urllib.parse
 
 import pytest
 
@@ -990,8 +999,6 @@ class FaultyRegistry:
 
     def __init__(self, layer):
         import gzip
-        import http.server
-        import threading
         self.layer = gzip.compress(layer)
         self.config = json.dumps({"architecture": "amd64", "os": "linux",
                                   "config": {"Cmd": ["/bin/sh"]},
@@ -1963,7 +1970,8 @@ def test_bad_env_files_and_profiles(rootfs, tmp_path):
 # ---------------------------------------------------------------------------
 
 def minidocker(*args, env=None, timeout=60, **kw):
-    kw.setdefault("stdin", subprocess.DEVNULL)
+    if "input" not in kw:
+        kw.setdefault("stdin", subprocess.DEVNULL)
     result = subprocess.run(MINIDOCKER + list(args), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, timeout=timeout, **kw)
     result.out, result.err = result.stdout.decode(), result.stderr.decode()
@@ -10143,15 +10151,6 @@ def test_rootless_as_podman_maps_it(rootless):
 # the end of the section guard the fixtures themselves, with skopeo and
 # umoci as the judges.
 
-# The section's own imports, kept here so that the section stays one block.
-import base64  # noqa: E402
-import http.client  # noqa: E402
-import http.server  # noqa: E402
-import io  # noqa: E402
-import tarfile  # noqa: E402
-import threading  # noqa: E402
-import urllib.parse  # noqa: E402
-
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_REF_NAME = "org.opencontainers.image.ref.name"  # a tag, in a layout's index.json
 IMAGE_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -10718,3 +10717,158 @@ def test_image_fixtures_push_and_pull_through_each_registry_with_skopeo(
             pushed = skopeo("copy", "-q", "--dest-tls-verify=false", "--dest-no-creds",
                             image_layout.ref("plain"), reg.ref("public/x:v2"))
             assert unauthorized(pushed), pushed.stderr
+
+
+# The image tests that use the fixtures above: minidocker pulls from the
+# real registry and loads skopeo's archives; umoci's unpack is the peer
+# its store is compared with.
+
+# Every file's type and mode, owner, size, links and target, and its time;
+# a directory's link count and time are overlayfs' own (1, and the top
+# layer's), so directories show type, mode and owner.
+TREE_PROBE = ("cd / && find . -xdev -type d ! -path './proc*' ! -path './sys*' ! -path './dev*' "
+              "| sort | xargs stat -c '%n %f %u %g' && find . -xdev ! -type d ! -path './proc*' "
+              "! -path './sys*' ! -path './dev*' | sort | xargs stat -c '%n %f %u %g %s %h %Y %N'")
+
+
+@pytest.fixture
+def pulled(state):
+    """Removes every image a test stored, and what they left."""
+    yield
+    for line in minidocker("images", "-q").out.split():
+        minidocker("rmi", "-f", line)
+    minidocker("image", "prune", "-a", "-f")
+    assert store_leftovers(state) == []
+
+
+def registry_blob_gets(registry, digest):
+    """How many times minidocker fetched a blob, from the registry's
+    access log."""
+    with open(registry.log, errors="replace") as handle:
+        return sum(1 for line in handle if '"GET /v2/' in line and
+                   "/blobs/%s HTTP/" % digest in line and '"minidocker/' in line)
+
+
+@root
+def test_image_pulled_from_a_registry_reads_as_umocis_unpack_of_it(
+        image_layout, plain_registry, pulled, state, tmp_path):
+    plain_registry.push(image_layout.ref("layers"), "test/layers:v1")
+    name = plain_registry.host + "/test/layers:v1"
+    result = minidocker("pull", name)
+    assert result.returncode == 0, result.err
+    digest = image_layout.descriptor("layers")["digest"]
+    assert result.out == "Digest: %s\nStatus: Downloaded newer image for %s\n%s\n" % (
+        digest, name, name)
+    assert run(name).out == "entry cmd\n"
+    bundle = str(tmp_path / "bundle")
+    umoci("unpack", "--image", image_layout.path + ":layers", bundle)
+    ours = run(name, "-c", TREE_PROBE, options=["--entrypoint", "/bin/sh", "-u", "0"])
+    theirs = run(os.path.join(bundle, "rootfs"), "sh", "-c", TREE_PROBE)
+    assert ours.returncode == 0 and theirs.returncode == 0, ours.err + theirs.err
+    assert ours.out == theirs.out
+    assert "./data/suid 89ed 0 0" in ours.out and "./data/owned 81a4 1234 5678" in ours.out
+    # xattrs (which busybox's stat cannot show) on the files themselves:
+    # in our store, the layer that holds data/kept; in umoci's, its rootfs.
+    store = os.path.join(image_store(state), "layers")
+    kept = [os.path.join(store, n, "diff", "data", "kept") for n in os.listdir(store)
+            if os.path.exists(os.path.join(store, n, "diff", "data", "kept"))]
+    assert [os.getxattr(path, "user.test") for path in kept] == [b"hello"]
+    assert os.getxattr(os.path.join(bundle, "rootfs", "data", "kept"), "user.test") == b"hello"
+    shown = json.loads(minidocker("image", "inspect", name).out)[0]
+    assert shown["RepoDigests"] == [plain_registry.host + "/test/layers@" + digest]
+    assert shown["Config"]["Labels"] == {"org.example.test": "yes"}
+
+
+@root
+def test_image_pull_fetches_a_shared_base_once(image_layout, plain_registry, pulled):
+    plain_registry.push(image_layout.ref("layers"), "test/layers:v1")
+    plain_registry.push(image_layout.ref("plain"), "test/plain:v1")
+    base = image_layout.manifest("plain")["layers"][0]["digest"]
+    before = registry_blob_gets(plain_registry, base)  # (the registry is the session's)
+    assert minidocker("pull", plain_registry.host + "/test/layers:v1").returncode == 0
+    fetched = registry_blob_gets(plain_registry, base)
+    assert fetched == before + 1
+    result = minidocker("pull", plain_registry.host + "/test/plain:v1")
+    assert result.returncode == 0, result.err
+    assert registry_blob_gets(plain_registry, base) == fetched
+    again = minidocker("pull", plain_registry.host + "/test/plain:v1")
+    assert "Status: Image is up to date for " in again.out
+    assert run(plain_registry.host + "/test/plain:v1", "true").returncode == 0
+
+
+@root
+def test_image_pull_of_an_index_takes_the_platform_asked(multiarch_layout, plain_registry,
+                                                         pulled):
+    plain_registry.push(multiarch_layout.ref("multi"), "test/multi:1")
+    name = plain_registry.host + "/test/multi:1"
+    assert minidocker("pull", name).returncode == 0
+    assert run(name, "cat", "/arch").out == "amd64\n"
+    result = minidocker("pull", "--platform", "linux/arm64", name)
+    assert result.returncode == 0, result.err
+    assert json.loads(minidocker("image", "inspect", name).out)[0]["Architecture"] == "arm64"
+    assert run(name, "cat", "/arch").out == "arm64\n"
+    refused = minidocker("pull", "--platform", "linux/s390x", name)
+    assert refused.returncode == 125 and "has no image for linux/s390x (it has: linux/amd64, " \
+        "linux/arm64)" in refused.err, refused.err
+    by_digest = "%s@%s" % (plain_registry.host + "/test/multi",
+                           multiarch_layout.descriptor("multi")["digest"])
+    assert run(by_digest, "cat", "/arch", options=["--pull", "always"]).out == "amd64\n"
+
+
+@root
+def test_image_pull_answers_basic_auth_with_the_users_password(image_layout, pulled, tmp_path):
+    with registry(tmp_path, "basic") as private:
+        private.push(image_layout.ref("plain"), "test/private:1")
+        name = private.host + "/test/private:1"
+        refused = minidocker("pull", name)
+        assert refused.returncode == 125 and "wants a user name and password: give them " \
+            "with --username and --password-stdin, or MINIDOCKER_AUTH" in refused.err, refused.err
+        wrong = minidocker("pull", "--username", REGISTRY_USER, "--password-stdin", name,
+                           input=b"wrong\n")
+        assert wrong.returncode == 125 and "401" in wrong.err, wrong.err
+        given = minidocker("pull", "--username", REGISTRY_USER, "--password-stdin", name,
+                           input=REGISTRY_PASSWORD.encode() + b"\n")
+        assert given.returncode == 0, given.err
+        assert minidocker("rmi", name).returncode == 0
+        env = dict(os.environ, MINIDOCKER_AUTH=private.creds)
+        assert minidocker("pull", name, env=env).returncode == 0
+        assert run(name, "echo", "in").out == "in\n"
+
+
+@root
+def test_image_pull_goes_through_a_token_server(image_layout, pulled, tmp_path):
+    with registry(tmp_path, "token") as guarded:
+        guarded.push(image_layout.ref("plain"), "public/x:1")
+        guarded.push(image_layout.ref("plain"), "private/y:1")
+        del guarded.token_requests[:]
+        assert minidocker("pull", guarded.host + "/public/x:1").returncode == 0
+        assert {(query, user) for query, user in guarded.token_requests} == {
+            ("scope=repository%%3Apublic%%2Fx%%3Apull&service=%s" % TOKEN_SERVICE, None)} or \
+            all(user is None and "public%2Fx" in query for query, user in guarded.token_requests)
+        assert guarded.token_requests
+        refused = minidocker("pull", guarded.host + "/private/y:1")
+        assert refused.returncode == 125 and "401" in refused.err, refused.err
+        del guarded.token_requests[:]
+        env = dict(os.environ, MINIDOCKER_AUTH=guarded.creds)
+        result = minidocker("pull", guarded.host + "/private/y:1", env=env)
+        assert result.returncode == 0, result.err
+        assert {user for _, user in guarded.token_requests} == {REGISTRY_USER}
+
+
+@root
+def test_image_load_reads_skopeos_docker_and_oci_archives(image_layout, pulled, tmp_path):
+    saved = docker_archive(image_layout.ref("layers"), tmp_path / "docker.tar", "test/layers:v1")
+    result = minidocker("load", "-i", saved)
+    assert result.out == "Loaded image: test/layers:v1\n", result.err
+    assert run("test/layers:v1").out == "entry cmd\n"
+    archive = oci_archive(image_layout.ref("plain"), tmp_path / "oci.tar", "plain")
+    with open(archive, "rb") as handle:  # from stdin, gzipped
+        import gzip
+        result = minidocker("load", input=gzip.compress(handle.read()))
+    assert result.returncode == 0 and result.out.startswith("Loaded image ID: sha256:"), \
+        result.err
+    image_id = result.out.split()[-1]
+    assert image_id == image_layout.descriptor("plain") and False or \
+        image_id == image_layout.manifest("plain")["config"]["digest"]
+    assert minidocker("tag", image_id[7:19], "plain:mine").returncode == 0
+    assert run("plain:mine", "echo", "tagged").out == "tagged\n"
