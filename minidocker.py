@@ -11,7 +11,8 @@ to its first instruction. `grep -n '^# ===' minidocker.py` prints them:
     2. libc bindings and constants  9. networking: netlink, bridge, veth, NAT
     3. configuration (the spec)    10. capabilities, no_new_privs, seccomp
     4. state on disk               11. the process: stages, init, terminal
-    5. images: mkrootfs, ELF       12. commands
+    5. images: mkrootfs, ELF,      12. commands
+       the layer store, pull
     6. filesystem: overlay, mounts, /dev, pivot_root
     7. namespaces, loopback        13. the command line, main()
 
@@ -3426,7 +3427,8 @@ def ensure_layer_link(paths, diff_id):
     return info
 
 
-# Image records and tags. An image's id is its config's digest, as
+# === 5. (continued) Image records, tags, and load ===
+# An image's id is its config's digest, as
 # Docker's is. A tag names one image; moving it to a newer image leaves the
 # older one untagged (<none>) until `rmi` or `image prune`. Changes to
 # tags.json, and removals, are made under one lock, and `rmi` takes it
