@@ -1171,7 +1171,7 @@ def build_spec(args, seccomp_cache=None):
         # overlayfs splits its option string on ',' and lowerdir on ':'.
         raise MiniDockerError("rootfs %s: overlayfs cannot take a path with ',', ':' or '\\'"
                               % rootfs)
-    workdir = args.workdir or config.get("WorkingDir") or "/"
+    workdir = (config.get("WorkingDir") or "/") if args.workdir is None else args.workdir
     if not workdir.startswith("/"):
         raise MiniDockerError("workdir %r must be an absolute path" % workdir)
     env_entries = []
