@@ -10872,3 +10872,35 @@ def test_image_load_reads_skopeos_docker_and_oci_archives(image_layout, pulled, 
         image_id == image_layout.manifest("plain")["config"]["digest"]
     assert minidocker("tag", image_id[7:19], "plain:mine").returncode == 0
     assert run("plain:mine", "echo", "tagged").out == "tagged\n"
+
+
+@root
+def test_image_config_applies_as_under_podman(image_layout, plain_registry, pulled, tmp_path):
+    """One pulled image run by podman (with runc, its storage a vfs
+    directory of the test's) and by minidocker, with the same flags: the
+    same command (Entrypoint, Cmd, --entrypoint), working directory,
+    user, environment and files."""
+    plain_registry.push(image_layout.ref("layers"), "test/layers:v1")
+    name = plain_registry.host + "/test/layers:v1"
+    probe = "pwd; id -u; id -g; id -G; echo $IMAGE_VAR; cat /data/kept; ls -n /data /data/dir " \
+        "| sort"  # (id without -u and -g: podman adds the user to the image's /etc/passwd)
+    cases = [([], []), ([], ["given"]), (["--entrypoint", "/bin/sh"], ["-c", probe]),
+             (["-u", "0", "-w", "/", "--entrypoint", "/bin/sh"], ["-c", probe]),
+             (["-e", "IMAGE_VAR=flag", "--entrypoint", "/bin/sh"], ["-c", "echo $IMAGE_VAR"])]
+    runroot = tempfile.mkdtemp(prefix="mdpod-")  # (podman takes at most 50 characters)
+    storage = ["--root", str(tmp_path / "storage"), "--runroot", runroot,
+               "--storage-driver", "vfs"]
+    with podman_with(shutil.which("runc"), tmp_path) as podman:
+        try:
+            for flags, words in cases:
+                theirs = podman(*storage, "run", "--rm", "--network", "none",
+                                "--tls-verify=false", *flags, name, *words,
+                                stdin=subprocess.DEVNULL)
+                assert theirs.returncode == 0, theirs.stderr
+                ours = run(name, *words, options=flags)
+                assert ours.returncode == 0, ours.err
+                assert ours.out == theirs.stdout, (flags, words)
+        finally:
+            podman(*storage, "rmi", "-a", "-f")
+            shutil.rmtree(str(tmp_path / "storage"), ignore_errors=True)
+            shutil.rmtree(runroot, ignore_errors=True)
