@@ -1219,9 +1219,9 @@ def build_spec(args, seccomp_cache=None):
             raise MiniDockerError("duplicate mount point: %s (-v and --mount)" % target)
     namespaces = parse_namespace_modes(args, caps)
     rootless = os.geteuid() != 0
-    if image and (rootless or args.userns or args.uidmap or args.gidmap):
-        raise MiniDockerError("an image's container in a user namespace is not supported yet: "
-                              "give a rootfs directory (mkrootfs)")
+    if image and rootless:
+        raise MiniDockerError("an image's container for a user without root is not supported "
+                              "yet: give a rootfs directory (mkrootfs)")
     # A user's container has no bridge (chapter 7, continued): none by default.
     if args.network is None:  # (an empty --network '' is refused by plan_network)
         args.network = "none" if rootless else "bridge"
@@ -2128,6 +2128,9 @@ def create_container(paths, spec, cid, cgroups, parents=()):
     rootless = bool(maps and maps.get("rootless"))
     for sub in ("upper", "work", "merged") + (("lower",) if maps and not rootless else ()):
         os.makedirs(os.path.join(layer, sub), mode=0o700)
+    if maps and not rootless and spec.image:  # one idmapped mount per image layer
+        for index in range(len(spec.image["lower"])):
+            os.mkdir(os.path.join(layer, "lower", str(index)), 0o700)
     # The overlay's root directory takes its owner and mode from upper/, so
     # upper/ copies ROOTFS's own, or a non-root user could not enter "/";
     # in a user namespace, as its map shows that owner.
@@ -4041,8 +4044,8 @@ def image_for_run(args):
     when not stored); its config's run-time part; and the overlay's lower
     directories for its container."""
     if os.geteuid() != 0:
-        raise MiniDockerError("an image's container in a user namespace is not supported yet: "
-                              "give a rootfs directory (mkrootfs)")
+        raise MiniDockerError("an image's container for a user without root is not supported "
+                              "yet: give a rootfs directory (mkrootfs)")
     paths = Paths()
     record = None if args.pull == "always" else find_image(paths, args.rootfs)
     if record is None:
@@ -4338,7 +4341,7 @@ def fd_path(fd):
     return "/proc/self/fd/%d" % fd
 
 
-def mount_overlay(spec, layer, lower=None, userxattr=False):
+def mount_overlay(spec, layer, lower=None, userxattr=False, base=None):
     """Mount the root: ROOTFS read-only below, layer/upper for writes. It is
     nodev (but under --privileged): a device node shipped in the image opens
     nothing through it. Volumes are made nodev the same way (apply_nodev), so
@@ -4347,16 +4350,17 @@ def mount_overlay(spec, layer, lower=None, userxattr=False):
     place of ROOTFS, ROOTFS as a user namespace's map shows it (chapter 7,
     continued). `userxattr`: mounted in a user's user namespace, where
     overlayfs keeps its own attributes as user.overlay.* (Linux 5.11):
-    the trusted.* ones it uses by default are the host root's alone."""
+    the trusted.* ones it uses by default are the host root's alone.
+    `base`: the directory `lower`'s relative paths start from."""
     merged = os.path.join(layer, "merged")
     if spec.image and lower is None:
         # An image's layers, top first, by their short links relative to
         # the store (chapter 5, continued): the options fit in one page.
-        lower = ":".join(spec.image["lower"])
+        lower, base = ":".join(spec.image["lower"]), spec.image["store"]
+    here = None
+    if base is not None:
         here = os.open(".", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        os.chdir(spec.image["store"])
-    else:
-        here = None
+        os.chdir(base)
     data = "lowerdir=%s,upperdir=%s/upper,workdir=%s/work" % (lower or spec.rootfs, layer, layer)
     if userxattr:
         data += ",userxattr"
@@ -5515,6 +5519,9 @@ def mount_mapped_overlay(spec, instance, userns):
     used, or None."""
     lower = os.path.join(instance.layer, "lower")
     try:
+        if spec.image:
+            idmap_image_layers(spec, instance, userns)
+            return None
         tree = open_tree(spec.rootfs)
         try:
             mount_setattr(tree, MOUNT_ATTR_IDMAP, spec.rootfs + " (idmapped)", userns)
@@ -5527,11 +5534,35 @@ def mount_mapped_overlay(spec, instance, userns):
         if err.errno not in (errno.EINVAL, errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP):
             raise
         refusal = str(err)
+    if spec.image:  # (a shifted copy of each layer is not written)
+        raise MiniDockerError("the image's layers cannot be idmapped here (%s): an image's "
+                              "container in a user namespace needs idmapped mounts of the "
+                              "store's filesystem (Linux 5.19; tmpfs from 6.3)" % refusal)
     copy = shifted_copy(spec.rootfs, instance.shifted_root, instance.id_maps)
     mount_overlay(spec, instance.layer, copy)
     return ("%s cannot be idmapped here (%s): the container's root is a copy with its "
             "owners shifted by the map, kept in %s (remove it when ROOTFS changes)"
             % (spec.rootfs, refusal, copy))
+
+
+def idmap_image_layers(spec, instance, userns):
+    """An image's layers, each idmapped at layer/lower/N (top first), the
+    overlay over them. The kernel does not follow a whiteout or an opaque
+    directory any differently through an idmapped layer: it reads the
+    same device numbers and xattrs."""
+    names = []
+    for index, link in enumerate(spec.image["lower"]):
+        source = os.path.join(spec.image["store"], link)
+        name = os.path.join("lower", str(index))
+        target = os.path.join(instance.layer, name)
+        tree = open_tree(source)
+        try:
+            mount_setattr(tree, MOUNT_ATTR_IDMAP, source + " (idmapped)", userns)
+            move_mount(tree, target, target)
+        finally:
+            os.close(tree)
+        names.append(name)
+    mount_overlay(spec, instance.layer, ":".join(names), base=instance.layer)
 
 
 def shifted_root_path(directory, rootfd, maps):

@@ -990,6 +990,39 @@ def test_image_zstd_layer_is_refused_by_name(state, images):
     assert store_leftovers(state) == []
 
 
+@root
+def test_userns_an_images_layers_are_idmapped(busybox_layer, state, images, subids):
+    """run --userns auto IMAGE: each layer is an idmapped mount, so the
+    container sees the owners the image gives (a file of 1234:5678 is
+    1234:5678 inside, host ids outside), and whiteouts and opaque
+    directories still hide what they hide."""
+    lower = layer_tar([tar_entry("data", kind=tarfile.DIRTYPE, mode=0o755),
+                       tar_entry("data/owned", b"x", uid=1234, gid=5678),
+                       tar_entry("data/gone", b"gone\n"),
+                       tar_entry("data/dir", kind=tarfile.DIRTYPE, mode=0o755),
+                       tar_entry("data/dir/old", b"old\n")])
+    upper = layer_tar([tar_entry("data/.wh.gone"), tar_entry("data/dir/.wh..wh..opq"),
+                       tar_entry("data/dir/new", b"new\n")])
+    assert images([busybox_layer, lower, upper]).returncode == 0
+    probe = ("cat /proc/self/uid_map; stat -c '%u %g' /data/owned /bin/busybox; ls /data "
+             "/data/dir; touch /data/owned && stat -c '%u %g' /data/owned")
+    result = run("test/hand:1", "sh", "-c", probe, options=["--userns", "auto"])
+    assert result.returncode == 0, result.err
+    lines = result.out.splitlines()
+    first, outside, size = lines[0].split()
+    assert first == "0" and int(outside) >= 2147483648 and size == "65536"
+    assert lines[1:] == ["1234 5678", "0 0", "/data:", "dir", "owned", "", "/data/dir:", "new",
+                         "1234 5678"]
+
+@root
+def test_rootless_an_image_is_refused_in_one_line(rootless):
+    result = rootless("run", "--rm", "busybox", "true")
+    assert result.returncode == 125 and result.err == (
+        "minidocker: error: an image's container for a user without root is not supported "
+        "yet: give a rootfs directory (mkrootfs)\n"), result.err
+    assert rootless("pull", "busybox").err == "minidocker: error: pull needs root " \
+        "(CAP_SYS_ADMIN in the initial user namespace): run it with sudo\n"
+
 class FaultyRegistry:
     """A registry of one image, served by http.server in this process, that
     misbehaves on purpose (no real registry sends wrong bytes, or stops
