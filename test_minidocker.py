@@ -10813,6 +10813,19 @@ def test_image_pulled_from_a_registry_reads_as_umocis_unpack_of_it(
 
 
 @root
+def test_image_pull_shows_a_line_per_layer_on_a_terminal(image_layout, plain_registry, pulled):
+    plain_registry.push(image_layout.ref("layers"), "test/layers:v1")
+    name = plain_registry.host + "/test/layers:v1"
+    code, output = on_a_terminal(lambda: os.execv(MINIDOCKER[0], MINIDOCKER + ["pull", name]))
+    assert code == 0, output
+    text = output.decode()
+    for layer in image_layout.manifest("layers")["layers"]:
+        short = layer["digest"][7:19]
+        assert short + ": waiting" in text and short + ": pull complete" in text, text
+    assert re.search(r": downloading [0-9.]+[kM]?B / [0-9.]+[kM]?B \([0-9.]+[kMG]?B/s\)", text)
+    assert "Status: Downloaded newer image for " + name in text
+
+@root
 def test_image_pull_fetches_a_shared_base_once(image_layout, plain_registry, pulled):
     plain_registry.push(image_layout.ref("layers"), "test/layers:v1")
     plain_registry.push(image_layout.ref("plain"), "test/plain:v1")
