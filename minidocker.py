@@ -9684,18 +9684,21 @@ def read_child_message(fd, signals, pending, rest):
     "ready" and its error in one go."""
     while b"\n" not in rest:
         readable = select.select([fd, signals.read_end], [], [])[0]
-        for number in signals.received() if signals.read_end in readable else []:
+        # The child's word first: a signal that comes with the end of the
+        # start-up (the command exec'd, the pipe at its end) is the
+        # command's to get, not a start-up to end.
+        if fd in readable:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            rest += chunk
+            continue
+        for number in signals.received():
             if number in STOPPING_SIGNALS:
                 raise MiniDockerError("start-up interrupted by %s: the container did not start"
                                       % signal.Signals(number).name, 128 + number)
             if number in FORWARDED_NUMBERS:
                 pending.append(number)
-        if fd not in readable:
-            continue
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        rest += chunk
     line, newline, after = bytes(rest).partition(b"\n")
     rest[:] = after
     return line + newline
