@@ -3189,7 +3189,10 @@ class LayerUnpacker:
             return False
         if keep_directory:
             return True
-        self.forget()  # (the cached parent may lie below it)
+        # The cached parent is `parent` itself, never below `name`, so it
+        # stays open: closing it here would free its number for whatever
+        # another thread of the pull opens next (another layer's directory),
+        # and the removal and the write that follow would land there.
         remove_tree("%s/%s" % (fd_path(parent), name))
         return False
 

@@ -839,6 +839,28 @@ def test_image_whiteouts_and_opaque_directories_stack_as_the_layers_say(busybox_
 
 
 @root
+def test_image_layer_entry_replaces_a_directory_the_same_layer_made(busybox_layer, state,
+                                                                    images):
+    """A later entry of one layer takes the place of a directory an earlier
+    one made: a file, a symlink, a whiteout. The unpacker once closed the
+    descriptor of the directory holding it while making room, then wrote
+    through that number (EBADF here; in a pull's three threads, whatever
+    another layer's thread had opened under it meanwhile)."""
+    layer = layer_tar([
+        tar_entry("a", kind=tarfile.DIRTYPE, mode=0o755), tar_entry("a/x", b"x"),
+        tar_entry("a", b"a file now\n"),
+        tar_entry("d", kind=tarfile.DIRTYPE, mode=0o755),
+        tar_entry("d/s", kind=tarfile.DIRTYPE, mode=0o755), tar_entry("d/s/x", b"x"),
+        tar_entry("d/s", kind=tarfile.SYMTYPE, linkname="../a"),
+        tar_entry("w", kind=tarfile.DIRTYPE, mode=0o755), tar_entry("w/x", b"x"),
+        tar_entry(".wh.w")])
+    result = images([busybox_layer, layer])
+    assert result.returncode == 0, result.err
+    result = run("test/hand:1", "sh", "-c", "cat /a; readlink /d/s; cat /d/s; ls -d /w || true")
+    assert result.out == "a file now\n../a\na file now\n", result.out + result.err
+
+
+@root
 def test_image_layer_keeps_owners_modes_links_xattrs_and_times(busybox_layer, state, images):
     layer = layer_tar([
         tar_entry("f", kind=tarfile.DIRTYPE, mode=0o1777, uid=7, gid=8, mtime=1500000000),
