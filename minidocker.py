@@ -3343,6 +3343,120 @@ def real_root():
         return False
 
 
+# Reading the tar. Python's tarfile reads a header extension (a PAX header,
+# a GNU long name) whole before it looks at it, and before 3.12.6 and
+# 3.11.10 (CVE-2024-6232) it parses PAX records with regular expressions
+# that may run to the end of the header from every record, keeping what
+# each matched: measured here (3.11), a 64 KiB PAX header of "3 x" records
+# took 700 MB, a 1 MiB one would take 170 GB, and a 256 KiB record of
+# digits took 165 s of CPU. GNU sparse maps (a type 'S' entry's extension
+# blocks, a PAX GNU.sparse map) grow a list for as long as the stream
+# goes. A gzipped layer of a few kilobytes is enough for any of these, so
+# a layer, and an archive `load` reads, go through CheckedTarInfo: an
+# extension over 1 MiB is refused before it is read (Go's archive/tar,
+# Docker's, refuses them too), PAX records are parsed here in one pass,
+# at most PAX_RECORD_LIMIT of them, and sparse entries (which no layer
+# holds: LayerUnpacker.add refuses them) are refused on sight.
+
+TAR_EXTENSION_LIMIT = 1 << 20  # bytes of one PAX header or GNU long name
+PAX_RECORD_LIMIT = 1000        # records of one PAX header, and global ones in all
+PAX_NUMBER, PAX_TIME = r"[0-9]{1,20}", r"-?[0-9]{1,20}(\.[0-9]{0,20})?"
+PAX_FIELDS = (("path", "name", str, None), ("linkpath", "linkname", str, None),
+              ("uname", "uname", str, None), ("gname", "gname", str, None),
+              ("size", "size", int, PAX_NUMBER), ("uid", "uid", int, PAX_NUMBER),
+              ("gid", "gid", int, PAX_NUMBER), ("mtime", "mtime", float, PAX_TIME))
+# (the record, the TarInfo field it sets, its type and form)
+
+
+def parse_pax_records(data):
+    """POSIX.1-2001 records, "LENGTH KEYWORD=VALUE\\n" where LENGTH counts
+    the whole record, in one pass; NULs after the last are padding.
+    Strings as the file system's: UTF-8, any other byte kept as a
+    surrogate (the names and xattrs go back to bytes the same way)."""
+    records, position = {}, 0
+    while position < len(data) and data[position] != 0:
+        space = data.find(b" ", position, position + 21)
+        digits = data[position:space] if space > position else b""
+        length = int(digits) if digits.isdigit() else 0
+        record = data[position:position + length]
+        keyword, equals, value = record[len(digits) + 1:-1].partition(b"=")
+        if length < 5 or len(record) < length or record[-1:] != b"\n" or not equals or \
+                not keyword:
+            raise ValueError("a malformed PAX record at byte %d of its header" % position)
+        records[keyword.decode("utf-8", "surrogateescape")] = \
+            value.decode("utf-8", "surrogateescape")
+        if len(records) > PAX_RECORD_LIMIT:
+            raise ValueError("a PAX header of more than %d records" % PAX_RECORD_LIMIT)
+        position += length
+    return records
+
+
+def open_tar(source, mode):
+    """tarfile.open over a stream, with the checks above. CheckedTarInfo
+    hooks _proc_member, the method tarfile's own comments name for a
+    subclass to handle a header type its own way."""
+    import tarfile
+
+    class CheckedTarInfo(tarfile.TarInfo):
+        def _proc_member(self, archive):
+            pax = self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+            if self.type == tarfile.GNUTYPE_SPARSE:
+                raise tarfile.ReadError("%s: a GNU sparse entry: refused" % quote(self.name))
+            if (pax or self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)) and \
+                    self.size > TAR_EXTENSION_LIMIT:
+                raise tarfile.ReadError("a header extension of %d bytes (more than %d MiB): "
+                                        "refused" % (self.size, TAR_EXTENSION_LIMIT >> 20))
+            if pax:
+                return self.proc_pax(archive)
+            return super()._proc_member(archive)
+
+        def proc_pax(self, archive):
+            """The records apply to the next entry ('x'), or to every later
+            one ('g'), which tarfile's _proc_builtin applies itself."""
+            data = archive.fileobj.read(-(-self.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE)
+            try:
+                records = parse_pax_records(data[:self.size])
+            except ValueError as err:
+                raise tarfile.ReadError(str(err)) from None
+            if any(key.startswith("GNU.sparse.") for key in records):
+                raise tarfile.ReadError("a sparse file (GNU.sparse PAX records): refused")
+            if self.type == tarfile.XGLTYPE:
+                archive.pax_headers.update(records)
+                if len(archive.pax_headers) > PAX_RECORD_LIMIT:
+                    raise tarfile.ReadError("global PAX headers of more than %d records"
+                                            % PAX_RECORD_LIMIT)
+            try:
+                entry = self.fromtarfile(archive)
+            except tarfile.HeaderError as err:  # tarfile's own: not the end, an error
+                raise tarfile.ReadError("after a PAX header: %s" % err) from None
+            if self.type != tarfile.XGLTYPE:
+                merged = dict(archive.pax_headers)
+                merged.update(records)
+                entry.apply_pax(merged)
+                entry.offset = self.offset
+                if entry.isreg() or entry.type not in tarfile.SUPPORTED_TYPES:
+                    archive.offset = entry.offset_data + \
+                        -(-entry.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            return entry
+
+        def apply_pax(self, records):
+            """What a PAX header overrides of the entry after it. A number
+            must be one (tarfile would read "x" as 0, and "inf" as inf)."""
+            for key, field, kind, form in PAX_FIELDS:
+                value = records.get(key)
+                if value is not None and form and not re.fullmatch(form, value):
+                    raise tarfile.ReadError("PAX record %s=%s is not a number"
+                                            % (key, quote(value)))
+                if value is not None:
+                    setattr(self, field, kind(value))
+            if "path" in records:
+                self.name = self.name.rstrip("/")
+            self.pax_headers = records
+
+    return tarfile.open(fileobj=source, mode=mode, tarinfo=CheckedTarInfo, encoding="utf-8",
+                        errors="surrogateescape")
+
+
 def layer_stream(blob, what):
     """A layer blob's tar stream: gzip is read by the standard library;
     zstd has no decoder there, so a zstd layer is refused by name."""
@@ -3379,7 +3493,7 @@ def unpack_layer(paths, digest, diff_id, what):
         try:
             with open(blob_path(paths, digest), "rb") as blob:
                 plain = DigestReader(layer_stream(blob, what))
-                with tarfile.open(fileobj=plain, mode="r|") as archive:
+                with open_tar(plain, "r|") as archive:
                     for entry in archive:
                         unpacker.add(archive, entry)
                     entry = None
@@ -3676,7 +3790,7 @@ def load_archive(paths, source, what):
     import tarfile
     members, links = {}, {}
     try:
-        with tarfile.open(fileobj=source, mode="r|*") as archive:
+        with open_tar(source, "r|*") as archive:
             for entry in archive:
                 name = os.path.normpath(entry.name).lstrip("/")
                 if entry.issym():

@@ -813,6 +813,112 @@ def test_escape_image_layer_entries_stay_in_their_layer(name, entries, message, 
     assert store_leftovers(state) == []
 
 
+def tar_header(name, kind, size, fmt=tarfile.GNU_FORMAT):
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size
+    return info.tobuf(fmt)
+
+
+def gzip_of_repeats(head, block, total):
+    """gzip of head, then `block` repeated for `total` bytes (a multiple of
+    16 MiB), in a few kilobytes: one member of 16 MiB compressed once and
+    repeated (gzip readers take concatenated members as one stream)."""
+    import gzip
+    member = gzip.compress(block * ((16 << 20) // len(block)))
+    return gzip.compress(head) + member * (total >> 24)
+
+
+def quadratic_pax_header():
+    records = b"3 x" * 349000 + b"=\n"  # each "3 x" matches to the one '=' at the end
+    return tar_header("pax", tarfile.XHDTYPE, len(records)) + records + \
+        bytes(-len(records) % 512)
+
+
+def digits_pax_header():
+    record = b" k=" + b"1" * 1000000 + b"\n"  # valid: tarfile's hdrcharset search scans
+    record = b"%d" % (len(record) + 7) + record  # from every digit to the run's end
+    return tar_header("pax", tarfile.XHDTYPE, len(record)) + record + bytes(-len(record) % 512)
+
+
+def endless_sparse_map():
+    sparse = bytearray(tar_header("sparse", tarfile.GNUTYPE_SPARSE, 0))
+    sparse[482] = 1  # isextended: more sparse blocks follow, and each says so again
+    sparse[148:156] = b" " * 8
+    sparse[148:156] = b"%06o\0 " % sum(sparse)
+    extension = bytearray(b"%011o\0%011o\0" % (1, 1) * 21 + bytes(8))
+    extension[504] = 1
+    return gzip_of_repeats(bytes(sparse), bytes(extension), 1 << 30)
+
+
+def global_pax_records():
+    records = b"".join(b"%d g%05d=v\n" % (len(b"g%05d=v\n" % i) + 3, i) for i in range(50000))
+    return gzip_of_repeats(tar_header("global", tarfile.XGLTYPE, len(records)) + records +
+                           bytes(-len(records) % 512), tar_header("f", tarfile.REGTYPE, 0),
+                           96 << 20)
+
+
+# Layers, each a few kilobytes to a few megabytes, that make Python's
+# tarfile (before 3.12.6 and 3.11.10) take gigabytes or hours: (name, the
+# layer, made when the test runs, and the refusal, or None: loaded).
+PAX_BOMBS = [
+    ("quadratic PAX records", lambda: quadratic_pax_header() + tar_header("f", tarfile.REGTYPE, 0),
+     "a malformed PAX record at byte 0"),
+    ("a PAX record of digits", lambda: digits_pax_header() + tar_header("f", tarfile.REGTYPE, 0) +
+     bytes(1024), None),
+    ("a PAX header of 2 GiB",
+     lambda: gzip_of_repeats(tar_header("pax", tarfile.XHDTYPE, 2 << 30), b"1", 2 << 30),
+     "a header extension of 2147483648 bytes (more than 1 MiB): refused"),
+    ("a GNU long name of 2 GiB",
+     lambda: gzip_of_repeats(tar_header("././@LongLink", tarfile.GNUTYPE_LONGNAME, 2 << 30),
+                             b"a", 2 << 30), "a header extension of 2147483648 bytes"),
+    ("a GNU sparse map that never ends", endless_sparse_map,
+     "'sparse': a GNU sparse entry: refused"),
+    ("global PAX records for every entry", global_pax_records,
+     "a PAX header of more than 1000 records"),
+]
+
+
+@root
+@pytest.mark.parametrize("name, make, message", PAX_BOMBS, ids=[b[0] for b in PAX_BOMBS])
+def test_escape_image_tar_headers_cannot_take_the_hosts_memory_or_time(name, make, message,
+                                                                      busybox_layer, state,
+                                                                      tmp_path):
+    """A layer of a few kilobytes, loaded with 1 GiB of address space and
+    60 s: refused with one line naming what is wrong, or (a well-formed
+    header) unpacked, never out of memory or time. The same headers at
+    the head of a `load` archive itself go the same way."""
+    import resource
+
+    def one_gib():
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+    layer = make()
+    path = save_archive(str(tmp_path / "bomb.tar"), [busybox_layer, layer],
+                        diff_ids=["sha256:" + hashlib.sha256(busybox_layer).hexdigest(),
+                                  "sha256:" + hashlib.sha256(layer).hexdigest()])
+    try:
+        result = subprocess.run(MINIDOCKER + ["load", "-i", path], stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=60, preexec_fn=one_gib)
+        if message is None:
+            assert result.returncode == 0, result.stderr
+        else:
+            assert result.returncode == 125 and result.stderr.count("\n") == 1, result.stderr
+            assert "not a valid tar archive: " + message in result.stderr, result.stderr
+        assert store_leftovers(state) == []
+        if name == "quadratic PAX records":
+            with open(path, "rb") as handle:
+                archive = handle.read()
+            with open(path, "wb") as handle:
+                handle.write(quadratic_pax_header() + archive)
+            result = subprocess.run(MINIDOCKER + ["load", "-i", path], stdin=subprocess.DEVNULL,
+                                    capture_output=True, text=True, timeout=60,
+                                    preexec_fn=one_gib)
+            assert result.returncode == 125 and "load %s: not a valid tar archive: %s" % (
+                path, message) in result.stderr, result.stderr
+    finally:
+        minidocker("rmi", "-f", "test/hand:1")
+        minidocker("image", "prune", "-f")
+
+
 @root
 def test_image_whiteouts_and_opaque_directories_stack_as_the_layers_say(busybox_layer, state,
                                                                         images):
