@@ -3500,7 +3500,9 @@ def unpack_layer(paths, digest, diff_id, what):
                     unpacker.finish()
                     while plain.read(1 << 20):  # the end blocks too: every byte is hashed
                         pass
-        except (OSError, ValueError) as err:
+        # OverflowError: an owner, a time or a device number past what the
+        # kernel's types hold (a PAX record or a base-256 field may say any).
+        except (OSError, ValueError, OverflowError) as err:
             if entry is None:
                 raise MiniDockerError("%s: %s" % (what, err)) from None
             raise MiniDockerError("%s: entry %s: %s" % (what, quote(entry.name), err)) from None
