@@ -3069,14 +3069,31 @@ def read_blob(paths, digest, what, limit=IMAGE_JSON_LIMIT):
     return data
 
 
-def parse_json_object(data, what):
+def parse_json(data, what):
+    """A JSON document from outside (a registry, an archive): its faults,
+    nesting past the interpreter's recursion limit among them (a 4 MiB
+    manifest may open 4 million arrays), as one line."""
     try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as err:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise MiniDockerError("%s: not valid JSON: %s" % (what, err)) from None
+
+
+def parse_json_object(data, what):
+    value = parse_json(data, what)
     if not isinstance(value, dict):
         raise MiniDockerError("%s: expected a JSON object" % what)
     return value
+
+
+def json_object(value):
+    """A field that should hold an object: one of another type reads as
+    missing, for what needs it to refuse by name."""
+    return value if isinstance(value, dict) else {}
+
+
+def json_list(value):
+    return value if isinstance(value, list) else []
 
 
 # Unpacking. A layer is the image author's tar, and the author may be
@@ -3589,17 +3606,17 @@ def choose_manifest(index, platform, what):
     often omit v8)."""
     want = parse_platform(platform)
     found = []
-    for descriptor in index.get("manifests") or []:
+    for descriptor in json_list(index.get("manifests")):
         if not isinstance(descriptor, dict):
             continue
-        have = descriptor.get("platform") or {}
+        have = json_object(descriptor.get("platform"))
         if [have.get("os"), have.get("architecture")] == want[:2] and \
                 (len(want) < 3 or have.get("variant") in (None, want[2])):
             found.append(descriptor)
     if not found:
-        listed = sorted("%s/%s" % ((d.get("platform") or {}).get("os"),
-                                   (d.get("platform") or {}).get("architecture"))
-                        for d in index.get("manifests") or [] if isinstance(d, dict))
+        listed = sorted("%s/%s" % (json_object(d.get("platform")).get("os"),
+                                   json_object(d.get("platform")).get("architecture"))
+                        for d in json_list(index.get("manifests")) if isinstance(d, dict))
         raise MiniDockerError("%s has no image for %s (it has: %s)"
                               % (what, platform, ", ".join(listed) or "none"))
     return found[0]
@@ -3637,7 +3654,7 @@ def image_layers(manifest, config, what):
     """[(blob digest, media type, size, diff_id)] of a manifest, checked
     against its config's rootfs.diff_ids, one for one."""
     layers = manifest.get("layers")
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids")
+    diff_ids = json_object(config.get("rootfs")).get("diff_ids")
     if not isinstance(layers, list) or not isinstance(diff_ids, list) or \
             len(layers) != len(diff_ids):
         raise MiniDockerError("%s: its manifest lists %s layers and its config %s diff_ids"
@@ -3823,7 +3840,7 @@ def load_archive(paths, source, what):
 
 
 def load_docker_save(paths, what, member):
-    entries = json.loads(read_blob(paths, member("manifest.json"), what))
+    entries = parse_json(read_blob(paths, member("manifest.json"), what), what + ": manifest.json")
     if not isinstance(entries, list):
         raise MiniDockerError("%s: manifest.json is not a list" % what)
     loaded = []
@@ -3848,7 +3865,10 @@ def load_docker_save(paths, what, member):
                                           "size": os.stat(blob_path(paths, config_digest)).st_size},
                                "layers": descriptors}).encode()
         manifest_digest = store_blob(paths, io_bytes(manifest), what)
-        names = [str(parse_reference(tag)) for tag in entry.get("RepoTags") or []]
+        tags = entry.get("RepoTags") or []
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            raise MiniDockerError("%s: manifest.json: RepoTags is not a list of names" % what)
+        names = [str(parse_reference(tag)) for tag in tags]
         loaded.append((names, install_image(paths, manifest_digest, config, config_digest,
                                             what, names)))
     return loaded
@@ -3856,9 +3876,12 @@ def load_docker_save(paths, what, member):
 
 def load_oci_layout(paths, what, member):
     index = parse_json_object(read_blob(paths, member("index.json"), what), what + ": index.json")
+    if not isinstance(index.get("manifests"), list):
+        raise MiniDockerError("%s: index.json: its manifests are not a list" % what)
     loaded = []
-    for descriptor in index.get("manifests") or []:
-        annotations = descriptor.get("annotations") or {}
+    for descriptor in index["manifests"]:
+        descriptor = json_object(descriptor)
+        annotations = json_object(descriptor.get("annotations"))
         digest = check_digest(descriptor.get("digest"), what + ": index.json")
         manifest = parse_json_object(read_blob(paths, member("blobs/sha256/" + digest[7:]), what),
                                      what)
@@ -3867,16 +3890,16 @@ def load_oci_layout(paths, what, member):
                                   .get("digest"), what)
             manifest = parse_json_object(read_blob(paths, member("blobs/sha256/" + digest[7:]),
                                                    what), what)
-        config_digest = check_digest((manifest.get("config") or {}).get("digest"), what)
+        config_digest = check_digest(json_object(manifest.get("config")).get("digest"), what)
         config = parse_json_object(read_blob(paths, member("blobs/sha256/" +
                                                            config_digest[7:]), what), what)
-        for layer in manifest.get("layers") or []:
+        for layer in json_list(manifest.get("layers")):
             if isinstance(layer, dict):
                 member("blobs/sha256/" + check_digest(layer.get("digest"), what)[7:])
         name = annotations.get("io.containerd.image.name") or \
             annotations.get("org.opencontainers.image.ref.name")
         names = []
-        if name and ("/" in name or ":" in name):  # a full reference, not only a tag
+        if isinstance(name, str) and ("/" in name or ":" in name):  # not only a tag
             names = [str(parse_reference(name))]
         loaded.append((names, install_image(paths, digest, config, config_digest, what, names)))
     return loaded
@@ -4064,7 +4087,7 @@ def registry_error_text(body):
         errors = json.loads(body).get("errors") or []
         return ": " + "; ".join("%s %s" % (e.get("code", ""), e.get("message", ""))
                                 for e in errors[:3])
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return ""
 
 
@@ -4118,7 +4141,7 @@ def pull_image(paths, ref, platform, credentials, insecure, out):
             raise MiniDockerError("%s: the registry sent a manifest whose digest is %s, not %s"
                                   % (what, digest, wanted))
     manifest = parse_json_object(data, what)
-    config_descriptor = manifest.get("config") or {}
+    config_descriptor = json_object(manifest.get("config"))
     config_digest = check_digest(config_descriptor.get("digest"), what + ": config")
     if not os.path.exists(blob_path(paths, config_digest)):
         store_blob(paths, registry.get("/v2/%s/blobs/%s" % (ref.repository, config_digest),

@@ -1115,6 +1115,50 @@ def test_image_load_refuses_what_does_not_match_its_digest(busybox_layer, state,
     assert store_leftovers(state) == []
 
 
+def archive_of(path, files):
+    with tarfile.open(path, "w") as archive:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+DEEP_JSON = b"[" * 200000 + b"]" * 200000
+EMPTY_CONFIG = b'{"rootfs": {"diff_ids": []}}'
+HOSTILE_JSON = [
+    ("manifest.json not JSON", [("manifest.json", b"not json")],
+     "manifest.json: not valid JSON: Expecting value"),
+    ("manifest.json nested", [("manifest.json", DEEP_JSON)],
+     "manifest.json: not valid JSON: maximum recursion depth exceeded"),
+    ("a config nested", [("manifest.json", b'[{"Config": "c", "Layers": []}]'), ("c", DEEP_JSON)],
+     "not valid JSON: maximum recursion depth exceeded"),
+    ("index.json's manifests a number", [("index.json", b'{"manifests": 5}')],
+     "index.json: its manifests are not a list"),
+    ("a descriptor a string", [("index.json", b'{"manifests": ["x"]}')],
+     "index.json: 'None' is not a sha256 digest"),
+    ("RepoTags a string", [("manifest.json", b'[{"Config": "c", "Layers": [], "RepoTags": "ab"}]'),
+                           ("c", EMPTY_CONFIG)], "manifest.json: RepoTags is not a list of names"),
+    ("rootfs a number", [("manifest.json", b'[{"Config": "c", "Layers": []}]'),
+                         ("c", b'{"rootfs": 5}')],
+     "its manifest lists 0 layers and its config no diff_ids"),
+]
+
+
+@root
+@pytest.mark.parametrize("name, files, message", HOSTILE_JSON, ids=[h[0] for h in HOSTILE_JSON])
+def test_image_load_refuses_hostile_json_in_one_line(name, files, message, state, tmp_path):
+    """JSON of the wrong shape, or nested past Python's recursion limit,
+    was an internal error (RecursionError, AttributeError, TypeError), or,
+    for RepoTags "ab", the tags a:latest and b:latest."""
+    path = archive_of(str(tmp_path / "hostile.tar"), files)
+    before = minidocker("images", "-q").out
+    err = bad(["load", "-i", path], message)
+    assert "internal error" not in err
+    assert minidocker("images", "-q").out == before
+    minidocker("image", "prune", "-f")
+
+
 @root
 def test_image_zstd_layer_is_refused_by_name(state, images):
     result = images([b"\x28\xb5\x2f\xfd" + b"\0" * 100], diff_ids=["sha256:" + "2" * 64])
