@@ -3010,12 +3010,13 @@ class DigestReader:
         return "sha256:" + self.hash.hexdigest()
 
 
-def store_blob(paths, source, what, expected=None, size=None, progress=None):
+def store_blob(paths, source, what, expected=None, size=None, progress=None, limit=None):
     """Copy a stream into the blob store, hashing it on the way. `expected`
     and `size` (a manifest's descriptor) must match, or the bytes are
-    dropped with one line. Written under a temporary name and renamed
-    once checked: a pull killed halfway (or a network that drops) leaves
-    no blob that a later pull trusts. Returns the digest."""
+    dropped with one line; past `limit` bytes, whatever the size says, the
+    stream is refused. Written under a temporary name and renamed once
+    checked: a pull killed halfway (or a network that drops) leaves no
+    blob that a later pull trusts. Returns the digest."""
     directory = os.path.dirname(blob_path(paths, "sha256:"))
     os.makedirs(directory, 0o700, exist_ok=True)
     temporary = os.path.join(directory, ".tmp-%d-%s" % (os.getpid(), os.urandom(6).hex()))
@@ -3030,6 +3031,8 @@ def store_blob(paths, source, what, expected=None, size=None, progress=None):
                 if size is not None and reader.size > size:
                     raise MiniDockerError("%s: more than the %d bytes its descriptor says: "
                                           "refused" % (what, size))
+                if limit is not None and reader.size > limit:
+                    raise MiniDockerError("%s: more than %d bytes: refused" % (what, limit))
                 if progress:
                     progress(reader.size)
         digest = reader.digest()
@@ -3958,6 +3961,7 @@ class Registry:
 
     def __init__(self, host, credentials=None, insecure=()):
         self.host = REGISTRY_HOSTS.get(host, host)
+        self.insecure = insecure
         self.plain = plain_http_allowed(self.host, insecure)
         self.credentials = credentials   # (user, password) or None
         self.authorization = None        # the header the last challenge earned
@@ -3971,10 +3975,17 @@ class Registry:
 
     def get(self, path, accept=(), what=""):
         """GET a path of the API: a 200 response, after one answered
-        challenge and up to five redirects."""
+        challenge and up to five redirects. The Authorization header goes
+        to the registry alone, over the scheme it was earned on: a redirect
+        to another host (Docker Hub sends blobs to a CDN), or to plain http,
+        drops it; and a 401 from anywhere but the registry is not answered,
+        or the user's password would go to a token realm that the
+        redirect's target names."""
+        import http.client
         import urllib.parse
+        origin = ("http" if self.plain else "https", self.host)
         for attempt in (1, 2):
-            url = "%s://%s%s" % ("http" if self.plain else "https", self.host, path)
+            url = "%s://%s%s" % (origin + (path,))
             headers = {"User-Agent": "minidocker/" + VERSION}
             if accept:
                 headers["Accept"] = ", ".join(accept)
@@ -3982,6 +3993,8 @@ class Registry:
                 headers["Authorization"] = self.authorization
             for _ in range(6):
                 parts = urllib.parse.urlsplit(url)
+                if (parts.scheme, parts.netloc) != origin:
+                    headers.pop("Authorization", None)
                 target = parts.path + ("?" + parts.query if parts.query else "")
                 try:
                     connection = self.connection(parts.scheme, parts.netloc)
@@ -3989,14 +4002,18 @@ class Registry:
                     response = connection.getresponse()
                 except OSError as err:
                     raise MiniDockerError("%s: %s: %s" % (what, url, err)) from None
+                except (http.client.HTTPException, ValueError) as err:
+                    raise http_error(what, url, err) from None
                 if response.status not in (301, 302, 303, 307, 308):
                     break
                 response.close()
                 url = urllib.parse.urljoin(url, response.getheader("Location") or "")
-                if urllib.parse.urlsplit(url).netloc != self.host:
-                    headers.pop("Authorization", None)
                 if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
                     raise MiniDockerError("%s: redirected to %s" % (what, quote(url)))
+            if response.status == 401 and (parts.scheme, parts.netloc) != origin:
+                response.close()
+                raise MiniDockerError("%s: %s answered 401 after a redirect from %s: credentials "
+                                      "go to the registry only" % (what, parts.netloc, self.host))
             if response.status == 401 and attempt == 1:
                 challenge = response.getheader("WWW-Authenticate") or ""
                 response.close()
@@ -4008,7 +4025,7 @@ class Registry:
                 hint = " (give credentials with --username and --password-stdin, or " \
                     "MINIDOCKER_AUTH)" if response.status == 401 and not self.credentials else ""
                 raise MiniDockerError("%s: %s answered %d %s%s%s" % (
-                    what, self.host, response.status, response.reason,
+                    what, parts.netloc, response.status, response.reason,
                     registry_error_text(body), hint))
             return response
 
@@ -4031,13 +4048,18 @@ class Registry:
         return "Bearer " + self.token(fields, basic, what)
 
     def token(self, fields, basic, what):
+        import http.client
         import urllib.parse
         realm = urllib.parse.urlsplit(fields["realm"])
         if realm.scheme not in ("http", "https") or not realm.netloc:
             raise MiniDockerError("%s: the token realm %s is not an http(s) URL"
                                   % (what, quote(fields["realm"])))
-        if realm.scheme == "http" and not plain_http_allowed(realm.netloc, ()) and \
-                not self.plain:
+        # The password crosses the network to the realm: in plain http only
+        # to a host allowed it, or to the registry's own host when the
+        # registry itself is spoken to in plain http.
+        if realm.scheme == "http" and not plain_http_allowed(realm.netloc, self.insecure) and \
+                not (self.plain and realm.hostname == urllib.parse.urlsplit(
+                    "//" + self.host).hostname):
             raise MiniDockerError("%s: the token realm %s is plain http: refused"
                                   % (what, quote(fields["realm"])))
         query = urllib.parse.urlencode([(key, fields[key]) for key in ("service", "scope")
@@ -4053,6 +4075,8 @@ class Registry:
             body = response.read(IMAGE_JSON_LIMIT)
         except OSError as err:
             raise MiniDockerError("%s: token from %s: %s" % (what, fields["realm"], err)) from None
+        except (http.client.HTTPException, ValueError) as err:
+            raise http_error(what, "token from " + fields["realm"], err) from None
         if response.status != 200:
             raise MiniDockerError("%s: the token service %s answered %d %s%s" % (
                 what, realm.netloc, response.status, response.reason,
@@ -4061,15 +4085,23 @@ class Registry:
         token = grant.get("token") or grant.get("access_token")
         if not isinstance(token, str) or not token:
             raise MiniDockerError("%s: the token service granted no token" % what)
+        if not re.fullmatch(r"[\x21-\x7e]+", token):  # it goes into a header: no line break
+            raise MiniDockerError("%s: the token service granted a token that is not one (a "
+                                  "character outside printable ASCII)" % what)
         return token
 
     def manifest(self, repository, reference, what):
         """(bytes, media type, digest) of a manifest or index."""
         import hashlib
+        import http.client
         response = self.get("/v2/%s/manifests/%s" % (repository, reference),
                             MANIFEST_TYPES + INDEX_TYPES, what)
-        data = response.read(IMAGE_JSON_LIMIT + 1)
-        response.close()
+        try:
+            data = response.read(IMAGE_JSON_LIMIT + 1)
+        except http.client.HTTPException as err:
+            raise http_error(what, "manifest " + reference, err) from None
+        finally:
+            response.close()
         if len(data) > IMAGE_JSON_LIMIT:
             raise MiniDockerError("%s: a manifest over %d bytes: refused" % (what, IMAGE_JSON_LIMIT))
         kind = (response.getheader("Content-Type") or "").split(";")[0].strip()
@@ -4079,6 +4111,13 @@ class Registry:
             raise MiniDockerError("%s: a schema 1 manifest, which registries have not served "
                                   "since 2019: not supported" % what)
         return data, kind, "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def http_error(what, where, err):
+    """http.client's own exceptions: an answer that is not HTTP
+    (BadStatusLine, LineTooLong), a body cut short (IncompleteRead), a
+    Location that is no URL (InvalidURL, or ValueError: not ASCII)."""
+    return MiniDockerError("%s: %s: %s %s" % (what, where, type(err).__name__, quote(str(err))))
 
 
 def registry_error_text(body):
@@ -4143,10 +4182,14 @@ def pull_image(paths, ref, platform, credentials, insecure, out):
     manifest = parse_json_object(data, what)
     config_descriptor = json_object(manifest.get("config"))
     config_digest = check_digest(config_descriptor.get("digest"), what + ": config")
+    size = config_descriptor.get("size")
+    if size is not None and (not isinstance(size, int) or size < 0):
+        raise MiniDockerError("%s: config: its descriptor's size is not a number" % what)
     if not os.path.exists(blob_path(paths, config_digest)):
-        store_blob(paths, registry.get("/v2/%s/blobs/%s" % (ref.repository, config_digest),
-                                       what=what), what + ": config", config_digest,
-                   config_descriptor.get("size"))
+        # Read into memory later: at most IMAGE_JSON_LIMIT, whatever its
+        # descriptor says (or when it says nothing).
+        fetch_blob(paths, registry, ref.repository, config_digest, what + ": config", size,
+                   limit=IMAGE_JSON_LIMIT)
     config = parse_json_object(read_blob(paths, config_digest, what), what + ": config")
     layers = image_layers(manifest, config, what)
     progress = PullProgress(layers, out)
@@ -4156,12 +4199,8 @@ def pull_image(paths, ref, platform, credentials, insecure, out):
         layer_what = "%s: layer %s" % (what, digest)
         if not os.path.isdir(layer_path(paths, diff_id)):
             if not os.path.exists(blob_path(paths, digest)):
-                response = registry.get("/v2/%s/blobs/%s" % (ref.repository, digest), what=what)
-                try:
-                    store_blob(paths, response, layer_what, digest, size,
-                               progress.counter(index, size))
-                finally:
-                    response.close()
+                fetch_blob(paths, registry, ref.repository, digest, layer_what, size,
+                           progress=progress.counter(index, size))
             progress.update(index, "unpacking")
         done = unpack_layer(paths, digest, diff_id, layer_what)
         progress.update(index, "pull complete")
@@ -4174,6 +4213,18 @@ def pull_image(paths, ref, platform, credentials, insecure, out):
     image_id = store_image(paths, digest, config_digest, layers, unpacked, names,
                            ["%s@%s" % (ref.name, pinned)])
     return image_id, pinned
+
+
+def fetch_blob(paths, registry, repository, digest, what, size, progress=None, limit=None):
+    """A blob of the registry into the store, checked as it streams in."""
+    import http.client
+    response = registry.get("/v2/%s/blobs/%s" % (repository, digest), what=what)
+    try:
+        return store_blob(paths, response, what, digest, size, progress, limit)
+    except http.client.HTTPException as err:  # IncompleteRead: cut short, or chunks that are not
+        raise http_error(what, "blob " + digest, err) from None
+    finally:
+        response.close()
 
 
 def image_for_run(args):

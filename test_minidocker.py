@@ -1285,6 +1285,281 @@ def test_image_pull_killed_halfway_leaves_no_blob_a_later_pull_trusts(faulty_reg
     assert store_leftovers(state) == []
 
 
+class HostileServer:
+    """An HTTP server in a thread of this process whose every answer the
+    test writes: `answer(handler)` is called with each GET's
+    http.server handler, after the request's path and headers are kept in
+    `seen`. With `tls` ((certificate, key) files) it speaks TLS to a
+    client whose first byte opens a TLS handshake and plain HTTP to any
+    other, on the same port."""
+
+    def __init__(self, answer, tls=None):
+        self.seen = []
+        server_side = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server_side.seen.append((self.path, dict(self.headers),
+                                         "https" if tls and hasattr(self.connection, "cipher")
+                                         else "http"))
+                answer(self)
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def get_request(self):
+                connection, address = super().get_request()
+                if tls and connection.recv(1, socket.MSG_PEEK) == b"\x16":  # a TLS handshake
+                    import ssl
+                    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                    context.load_cert_chain(*tls)
+                    connection = context.wrap_socket(connection, server_side=True)
+                return connection, address
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def send(handler, status, body=b"", headers=()):
+    handler.send_response(status)
+    for name, value in headers:
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def registry_image(layer, config_size=True):
+    """{path under /v2/test/x/: bytes} of a one-layer image (the manifest
+    as manifests/1), and the config's digest."""
+    import gzip
+    blob = gzip.compress(layer)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+                         "rootfs": {"type": "layers", "diff_ids": [
+                             "sha256:" + hashlib.sha256(layer).hexdigest()]}}).encode()
+    digest = {data: "sha256:" + hashlib.sha256(data).hexdigest() for data in (config, blob)}
+    descriptor = {"mediaType": "application/vnd.oci.image.config.v1+json",
+                  "digest": digest[config], "size": len(config)}
+    if config_size is not True:
+        descriptor["size"] = config_size
+        if config_size is None:
+            del descriptor["size"]
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": descriptor,
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                       "digest": digest[blob], "size": len(blob)}]}).encode()
+    return {"manifests/1": manifest, "blobs/" + digest[config]: config,
+            "blobs/" + digest[blob]: blob}, digest[config]
+
+
+def pull_with_credentials(reference, timeout=60, env=None):
+    """pull as a user who gave the password "s3cret-%d" (this pid) for it."""
+    environment = dict(os.environ, MINIDOCKER_AUTH="tester:s3cret-%d" % os.getpid(), **(env or {}))
+    return minidocker("pull", reference, env=environment, timeout=timeout)
+
+
+def carried_the_password(seen):
+    """The requests that carried the password, in any form."""
+    secret = "s3cret-%d" % os.getpid()
+    encoded = base64.b64encode(("tester:" + secret).encode()).decode()
+    return [(path, headers) for path, headers, _ in seen
+            if any(secret in value or encoded in value for value in headers.values())]
+
+
+@root
+def test_escape_registry_redirect_target_never_gets_the_users_credentials(busybox_layer, state):
+    """The registry sends its blobs to storage on another host (as Docker
+    Hub does), and that host answers with a Bearer challenge of its own:
+    the user's password is the registry's, never the storage's, nor that of
+    a token realm the storage names. It was sent there."""
+    files, _ = registry_image(busybox_layer)
+    storage = HostileServer(lambda h: send(h, 200, b'{"token": "storage"}')
+                            if h.path.startswith("/token")
+                            else send(h, 401, headers=[(
+                                "WWW-Authenticate", 'Bearer realm="http://127.0.0.1:%d/token",'
+                                'service="storage"' % storage.port)]))
+
+    def registry_answer(handler):
+        name = handler.path[len("/v2/test/x/"):]
+        if name.startswith("blobs/"):
+            send(handler, 307, headers=[("Location", "http://127.0.0.1:%d/%s" % (
+                storage.port, name))])
+        elif name in files:
+            send(handler, 200, files[name], [("Content-Type",
+                                              "application/vnd.oci.image.manifest.v1+json")])
+        else:
+            send(handler, 404)
+    registry = HostileServer(registry_answer)
+    try:
+        result = pull_with_credentials("127.0.0.1:%d/test/x:1" % registry.port)
+        assert carried_the_password(storage.seen) == [], storage.seen
+        assert result.returncode == 125 and result.err.count("\n") == 1, result.err
+        assert "127.0.0.1:%d answered 401" % storage.port in result.err and \
+            "credentials go to the registry only" in result.err, result.err
+        assert store_leftovers(state) == []
+    finally:
+        registry.close()
+        storage.close()
+        minidocker("image", "prune", "-f")
+
+
+@root
+def test_escape_registry_plain_http_token_realm_on_another_host_is_refused(state):
+    """A registry on this host (so plain http) names a token realm in plain
+    http on a host that is not allowed plain http: the password would cross
+    the network in clear. 0.0.0.0 stands for that host here: it is no
+    loopback address to minidocker's check (nor to Python's ipaddress), and
+    Linux connects it to this host, so the test hears what would be sent."""
+    realm = HostileServer(lambda h: send(h, 200, b'{"token": "t"}'))
+    registry = HostileServer(lambda h: send(h, 401, headers=[(
+        "WWW-Authenticate", 'Bearer realm="http://0.0.0.0:%d/token",service="r"' % realm.port)]))
+    try:
+        result = pull_with_credentials("127.0.0.1:%d/test/x:1" % registry.port)
+        assert carried_the_password(realm.seen) == [], realm.seen
+        assert result.returncode == 125 and result.err.count("\n") == 1, result.err
+        assert "the token realm 'http://0.0.0.0:%d/token' is plain http: refused" % realm.port \
+            in result.err, result.err
+    finally:
+        registry.close()
+        realm.close()
+
+
+@root
+def test_escape_registry_redirect_to_plain_http_drops_the_credentials(busybox_layer, state,
+                                                                       tmp_path):
+    """An https registry (its certificate made here, trusted through
+    SSL_CERT_FILE) redirects a blob to plain http on the same host and
+    port: the password, earned over TLS, would cross the network in clear.
+    It was sent, as the host was the same. 0.0.0.0: a host that is not
+    allowed plain http, so the registry is spoken to over https."""
+    certificate, key = str(tmp_path / "registry.crt"), str(tmp_path / "registry.key")
+    peer("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=0.0.0.0", "-addext", "subjectAltName=IP:0.0.0.0",
+         "-keyout", key, "-out", certificate)
+    files, _ = registry_image(busybox_layer)
+
+    def answer(handler):
+        name = handler.path[len("/v2/test/x/"):]
+        over_tls = hasattr(handler.connection, "cipher")
+        if over_tls and "Authorization" not in handler.headers:
+            send(handler, 401, headers=[("WWW-Authenticate", 'Basic realm="r"')])
+        elif over_tls and name.startswith("blobs/"):
+            send(handler, 302, headers=[("Location", "http://0.0.0.0:%d/v2/test/x/%s" % (
+                registry.port, name))])
+        elif name in files:
+            send(handler, 200, files[name], [("Content-Type",
+                                              "application/vnd.oci.image.manifest.v1+json")])
+        else:
+            send(handler, 404)
+    registry = HostileServer(answer, tls=(certificate, key))
+    try:
+        result = pull_with_credentials("0.0.0.0:%d/test/x:1" % registry.port,
+                                       env={"SSL_CERT_FILE": certificate})
+        plain = [(path, headers, scheme) for path, headers, scheme in registry.seen
+                 if scheme == "http"]
+        assert plain, (registry.seen, result.err)  # the redirect was followed
+        assert carried_the_password(plain) == [], plain
+        assert result.returncode == 0, result.err
+    finally:
+        registry.close()
+        minidocker("rmi", "-f", "0.0.0.0:%d/test/x:1" % registry.port)
+        minidocker("image", "prune", "-f")
+
+
+def endless(handler):
+    """A body that never ends, a 64 KiB chunk every 10 ms (so that a test
+    that fails writes 6 MB a second, not a disk's worth)."""
+    handler.send_response(200)
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    try:
+        while True:
+            handler.wfile.write(b"{" * 65536)
+            time.sleep(0.01)
+    except OSError:  # the client went away
+        pass
+
+
+def raw(data):
+    def answer(handler):
+        handler.wfile.write(data)
+        handler.close_connection = True
+    return answer
+
+
+HOSTILE_REGISTRIES = [
+    ("a config that never ends", {"size": None, "config": endless},
+     "config: more than 4194304 bytes: refused"),
+    ("a config whose size is a string", {"size": "12"},
+     "config: its descriptor's size is not a number"),
+    ("a manifest nested", {"manifest": DEEP_JSON},
+     "manifest: not valid JSON: maximum recursion depth exceeded"),
+    ("a status line that is not HTTP", {"manifest": raw(b"HELLO\r\n\r\n")},
+     "BadStatusLine"),
+    ("a blob cut short in chunked encoding", {"config": raw(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")},
+     "IncompleteRead"),
+    ("a token with a line break", {"token": b'{"token": "a\\r\\nX-Injected: 1"}'},
+     "the token service granted a token that is not one"),
+]
+
+
+@root
+@pytest.mark.parametrize("name, hostile, message", HOSTILE_REGISTRIES,
+                         ids=[h[0] for h in HOSTILE_REGISTRIES])
+def test_image_pull_from_a_hostile_registry_fails_in_one_line_and_bounded(
+        name, hostile, message, busybox_layer, state):
+    """What a registry sends is bounded, and what is wrong with it is one
+    line: a config of no stated size is read to 4 MiB at most (it was read
+    until the disk filled), and a size, a manifest, a response or a token
+    of the wrong shape is named (they were internal errors, or a header
+    sent with the token's line break in it)."""
+    files, config = registry_image(busybox_layer, hostile.get("size", True))
+    if "manifest" in hostile and not callable(hostile["manifest"]):
+        files["manifests/1"] = hostile["manifest"]
+
+    def answer(handler):
+        name = handler.path[len("/v2/test/x/"):]
+        if "token" in hostile and handler.path.startswith("/token"):
+            send(handler, 200, hostile["token"])
+        elif "token" in hostile and "Authorization" not in handler.headers:
+            send(handler, 401, headers=[("WWW-Authenticate", 'Bearer realm="http://127.0.0.1:%d'
+                                         '/token",service="r"' % registry.port)])
+        elif name == "manifests/1" and callable(hostile.get("manifest")):
+            hostile["manifest"](handler)
+        elif name == "blobs/" + config and "config" in hostile:
+            hostile["config"](handler)
+        elif name in files:
+            send(handler, 200, files[name], [("Content-Type",
+                                              "application/vnd.oci.image.manifest.v1+json")])
+        else:
+            send(handler, 404)
+    registry = HostileServer(answer)
+    blobs = os.path.join(image_store(state), "blobs", "sha256")
+    try:
+        result = minidocker("pull", "127.0.0.1:%d/test/x:1" % registry.port, timeout=30)
+        assert result.returncode == 125 and result.err.count("\n") == 1, result.err
+        assert message in result.err and "internal error" not in result.err, result.err
+        assert all(os.path.getsize(os.path.join(blobs, n)) <= (4 << 20) + (1 << 16)
+                   for n in (os.listdir(blobs) if os.path.isdir(blobs) else []))
+        assert store_leftovers(state) == []
+        assert [h for _, h, _ in registry.seen if "X-Injected" in h] == []
+    finally:
+        registry.close()
+        minidocker("image", "prune", "-f")
+
+
 @root
 @pytest.mark.parametrize("args, message", [
     (["run", "--pull", "never", "no/such:image", "sh"], "no such image: 'no/such:image' (--pull never)"),
