@@ -4255,22 +4255,35 @@ def image_for_run(args):
 
 def run_config(fields, what):
     """The part of an image's config `run` applies (its `config` object),
-    each field checked to be of the type the image spec gives it."""
+    each field checked to be of the type the image spec gives it, and
+    checked as the flag it stands in for would be, under the image's name
+    (an image's User is no `--user` the caller gave)."""
     if not isinstance(fields, dict):
         raise MiniDockerError("%s: its config's config is not an object" % what)
     for key, kind in (("Entrypoint", list), ("Cmd", list), ("Env", list), ("WorkingDir", str),
                       ("User", str), ("ExposedPorts", dict), ("StopSignal", str),
                       ("Labels", dict)):
         value = fields.get(key)
+        # A label's value is a string; an exposed port's is {} (and JSON's
+        # keys are strings already).
         if value is not None and not isinstance(value, kind) or \
                 kind is list and value and not all(isinstance(v, str) for v in value) or \
-                kind is dict and value and not all(isinstance(v, str) for v in value):
+                key == "Labels" and value and not all(isinstance(v, str) for v in value.values()):
             raise MiniDockerError("%s: its config's %s is not a valid %s" % (
-                what, key, "list of strings" if kind is list else kind.__name__))
+                what, key, "list of strings" if kind is list else
+                "object of strings" if key == "Labels" else kind.__name__))
     for entry in fields.get("Env") or []:
-        if "=" not in entry:
+        if "=" not in entry or entry.startswith("=") or "\0" in entry:  # execve's rules
             raise MiniDockerError("%s: its config's Env holds %s, not KEY=VALUE"
                                   % (what, quote(entry)))
+    for key, check in (("User", lambda user: check_user(user, "--user")),
+                       ("ExposedPorts", lambda ports: [parse_expose(port) for port in ports]),
+                       ("StopSignal", lambda name: parse_stop_options(name, None))):
+        try:
+            if fields.get(key):
+                check(fields[key])
+        except MiniDockerError as err:
+            raise MiniDockerError("%s: its config's %s: %s" % (what, key, err)) from None
     return fields
 
 

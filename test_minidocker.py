@@ -1035,6 +1035,30 @@ def test_image_config_is_applied_as_docker_applies_it(busybox_layer, state, imag
         minidocker("rm", "-f", cid)
 
 
+HOSTILE_CONFIGS = [
+    ({"Labels": {"a": 1, "b": {"c": [1]}}}, "its config's Labels is not a valid object of strings"),
+    ({"Env": ["A=b\0c"]}, "its config's Env holds 'A=b\\x00c', not KEY=VALUE"),
+    ({"Env": ["=x"]}, "its config's Env holds '=x', not KEY=VALUE"),
+    ({"User": "a b\n"}, "its config's User: invalid --user"),
+    ({"ExposedPorts": {"garbage": {}}}, "its config's ExposedPorts: invalid --expose 'garbage'"),
+    ({"StopSignal": "SIGFOO"}, "its config's StopSignal: invalid --stop-signal 'SIGFOO'"),
+]
+
+
+@root
+@pytest.mark.parametrize("config, message", HOSTILE_CONFIGS,
+                         ids=[next(iter(c[0])) + str(i) for i, c in enumerate(HOSTILE_CONFIGS)])
+def test_image_config_fields_of_the_wrong_kind_are_named_as_the_images(config, message,
+                                                                       busybox_layer, images):
+    """An image's config is checked as the flags it stands in for, and the
+    line names the image and the field: Labels of other values were taken
+    (and shown as Python's repr), a NUL or an empty name in Env was an
+    internal error, and the rest named a flag the caller never gave."""
+    assert images([busybox_layer], config=dict(config, Cmd=["true"])).returncode == 0
+    err = bad(["run", "--rm", "test/hand:1"], "image 'test/hand:1': " + message)
+    assert "internal error" not in err
+
+
 @root
 def test_image_tags_rmi_and_prune(busybox_layer, state, images):
     assert images([busybox_layer]).returncode == 0
