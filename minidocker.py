@@ -1270,8 +1270,32 @@ def build_spec(args, seccomp_cache=None):
 
 def is_rootfs_argument(text):
     """ROOTFS or IMAGE: an existing directory, or anything that starts with
-    '/' or '.', is a rootfs; anything else is an image reference."""
-    return text.startswith(("/", ".")) or os.path.isdir(text)
+    '/' or '.', is a rootfs; anything else is an image reference. A bare
+    name may mean an image (`alpine`) where another user made a directory
+    of that name (in /tmp, or in their home under sudo): run as the rootfs,
+    their tree would be the container's root, its /bin/sh run as root with
+    the caller's volumes, and changed under the run at will (chapter 6
+    trusts a rootfs not to be); their symlink would make any directory of
+    the host the rootfs, / included. So a bare name is taken as a rootfs
+    only when it, and the directory it leads to, are the caller's own and
+    writable by no one else."""
+    if text.startswith(("/", ".")):
+        return True
+    try:
+        found = [os.lstat(text), os.stat(text)]
+    except OSError:  # ENOENT, ENOTDIR, ELOOP: no directory by that name here
+        return False
+    if not stat.S_ISDIR(found[1].st_mode):
+        return False
+    for st in found:
+        if st.st_uid != os.geteuid() or stat.S_ISDIR(st.st_mode) and st.st_mode & 0o022:
+            raise MiniDockerError(
+                "%s is a directory here that %s: a rootfs named without '/' or '.' must be "
+                "your own and writable by no one else (give ./%s to run it anyway; to run "
+                "the image, run from another directory)" % (
+                    text, "uid %d owns" % st.st_uid if st.st_uid != os.geteuid() else
+                    "others can write to", text))
+    return True
 
 
 def merge_env(image_env, entries):

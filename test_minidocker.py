@@ -1035,6 +1035,41 @@ def test_image_config_is_applied_as_docker_applies_it(busybox_layer, state, imag
         minidocker("rm", "-f", cid)
 
 
+@root
+@pytest.mark.parametrize("planted", ["a directory", "a symlink"])
+def test_escape_image_name_is_not_another_users_directory(planted, rootfs, busybox_layer,
+                                                          images, tmp_path):
+    """Root runs `run test/planted` in a directory where a local user could
+    make entries (/tmp, or a user's home under sudo). An argument that is an
+    existing directory is a rootfs, so the user's own tree `test/hand:1`,
+    planted there, was run as the container's root: their /bin/sh, root in
+    the container, with root's volumes; or, through a symlink of theirs,
+    any directory of the host, / included. Refused now, naming the owner."""
+    assert images([busybox_layer], name="test/planted:latest").returncode == 0
+    here = tmp_path / "shared"
+    here.mkdir(mode=0o777)
+    os.chmod(str(here), 0o1777)
+    (here / "test").mkdir()
+    os.chown(str(here / "test"), 1000, 1000)
+    if planted == "a directory":
+        shutil.copytree(rootfs, str(here / "test" / "planted"), symlinks=True)
+        (here / "test" / "planted" / "marker").write_text("planted\n")
+        for directory, _, names in os.walk(str(here / "test" / "planted")):
+            for path in [directory] + [os.path.join(directory, n) for n in names]:
+                os.lchown(path, 1000, 1000)
+    else:
+        os.symlink("/", str(here / "test" / "planted"))
+        os.lchown(str(here / "test" / "planted"), 1000, 1000)
+    result = subprocess.run(MINIDOCKER + ["run", "--rm", "--network", "none", "test/planted",
+                                          "sh", "-c", "cat /marker /etc/hostname"],
+                            cwd=str(here), stdin=subprocess.DEVNULL, capture_output=True,
+                            text=True, timeout=60)
+    assert "planted" not in result.stdout and result.returncode == 125, result.stdout
+    assert "test/planted is a directory here that uid 1000 owns" in result.stderr and \
+        result.stderr.count("\n") == 1, result.stderr
+    assert_nothing_left()
+
+
 HOSTILE_CONFIGS = [
     ({"Labels": {"a": 1, "b": {"c": [1]}}}, "its config's Labels is not a valid object of strings"),
     ({"Env": ["A=b\0c"]}, "its config's Env holds 'A=b\\x00c', not KEY=VALUE"),
