@@ -924,6 +924,37 @@ def test_escape_image_tar_headers_cannot_take_the_hosts_memory_or_time(name, mak
 
 
 @root
+def test_escape_image_layer_of_many_entries_keeps_memory_flat(busybox_layer, state, tmp_path):
+    """tarfile keeps every entry it has read (its members list, about 500
+    bytes each) and the unpacker kept every directory entry's time: a
+    layer of 60,000 entries of one directory, 60 KB gzipped, took 35 MB
+    more than a small one; a few megabytes took gigabytes. The peak is
+    read by a small Python that starts `load` and waits for it (wait4's
+    maxrss would count this test's own pages, shared at the fork)."""
+    waiter = ("import os, sys\npid = os.fork()\nif pid == 0:\n    os.execv(sys.argv[1], "
+              "sys.argv[1:])\n_, status, usage = os.wait4(pid, 0)\n"
+              "print(usage.ru_maxrss if status == 0 else -1)")
+
+    def peak(layer, name):
+        path = save_archive(str(tmp_path / (name + ".tar")), [busybox_layer, layer],
+                            diff_ids=["sha256:" + hashlib.sha256(busybox_layer).hexdigest(),
+                                      "sha256:" + hashlib.sha256(layer).hexdigest()],
+                            compress=True)
+        result = subprocess.run([sys.executable, "-c", waiter] + MINIDOCKER + ["load", "-i", path],
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=120)
+        assert result.stdout.split()[-1] != "-1", result.stderr
+        return int(result.stdout.split()[-1])  # KiB
+    try:
+        small = peak(layer_tar([tar_entry("d", kind=tarfile.DIRTYPE)]), "small")
+        many = peak(tar_header("d", tarfile.DIRTYPE, 0) * 60000 + bytes(1024), "many")
+        assert many - small < 20 << 10, (small, many)
+    finally:
+        minidocker("rmi", "-f", "test/hand:1")
+        minidocker("image", "prune", "-f")
+
+
+@root
 def test_image_whiteouts_and_opaque_directories_stack_as_the_layers_say(busybox_layer, state,
                                                                         images):
     lower = layer_tar([tar_entry("data", kind=tarfile.DIRTYPE, mode=0o755),
