@@ -3503,7 +3503,7 @@ def open_tar(source, mode):
                         errors="surrogateescape")
 
 
-def entries(archive):
+def tar_entries(archive):
     """The entries of a tar read as a stream, each forgotten once the next
     is read: tarfile keeps every one in its members list (about 500 bytes
     each), so a gzipped layer of a million empty entries, 2 MB, took 500 MB."""
@@ -3552,7 +3552,7 @@ def unpack_layer(paths, digest, diff_id, what):
             with open(blob_path(paths, digest), "rb") as blob:
                 plain = DigestReader(layer_stream(blob, what))
                 with open_tar(plain, "r|") as archive:
-                    for entry in entries(archive):
+                    for entry in tar_entries(archive):
                         unpacker.add(archive, entry)
                     entry = None
                     unpacker.finish()
@@ -3851,7 +3851,7 @@ def load_archive(paths, source, what):
     members, links = {}, {}
     try:
         with open_tar(source, "r|*") as archive:
-            for entry in entries(archive):
+            for entry in tar_entries(archive):
                 name = os.path.normpath(entry.name).lstrip("/")
                 if entry.issym():
                     links[name] = os.path.normpath(os.path.join(os.path.dirname(name),
