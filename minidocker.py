@@ -1271,8 +1271,32 @@ def build_spec(args, seccomp_cache=None):
 
 def is_rootfs_argument(text):
     """ROOTFS or IMAGE: an existing directory, or anything that starts with
-    '/' or '.', is a rootfs; anything else is an image reference."""
-    return text.startswith(("/", ".")) or os.path.isdir(text)
+    '/' or '.', is a rootfs; anything else is an image reference. A bare
+    name may mean an image (`alpine`) where another user made a directory
+    of that name (in /tmp, or in their home under sudo): run as the rootfs,
+    their tree would be the container's root, its /bin/sh run as root with
+    the caller's volumes, and changed under the run at will (chapter 6
+    trusts a rootfs not to be); their symlink would make any directory of
+    the host the rootfs, / included. So a bare name is taken as a rootfs
+    only when it, and the directory it leads to, are the caller's own and
+    writable by no one else."""
+    if text.startswith(("/", ".")):
+        return True
+    try:
+        found = [os.lstat(text), os.stat(text)]
+    except OSError:  # ENOENT, ENOTDIR, ELOOP: no directory by that name here
+        return False
+    if not stat.S_ISDIR(found[1].st_mode):
+        return False
+    for st in found:
+        if st.st_uid != os.geteuid() or stat.S_ISDIR(st.st_mode) and st.st_mode & 0o022:
+            raise MiniDockerError(
+                "%s is a directory here that %s: a rootfs named without '/' or '.' must be "
+                "your own and writable by no one else (give ./%s to run it anyway; to run "
+                "the image, run from another directory)" % (
+                    text, "uid %d owns" % st.st_uid if st.st_uid != os.geteuid() else
+                    "others can write to", text))
+    return True
 
 
 def merge_env(image_env, entries):
@@ -3014,12 +3038,13 @@ class DigestReader:
         return "sha256:" + self.hash.hexdigest()
 
 
-def store_blob(paths, source, what, expected=None, size=None, progress=None):
+def store_blob(paths, source, what, expected=None, size=None, progress=None, limit=None):
     """Copy a stream into the blob store, hashing it on the way. `expected`
     and `size` (a manifest's descriptor) must match, or the bytes are
-    dropped with one line. Written under a temporary name and renamed
-    once checked: a pull killed halfway (or a network that drops) leaves
-    no blob that a later pull trusts. Returns the digest."""
+    dropped with one line; past `limit` bytes, whatever the size says, the
+    stream is refused. Written under a temporary name and renamed once
+    checked: a pull killed halfway (or a network that drops) leaves no
+    blob that a later pull trusts. Returns the digest."""
     directory = os.path.dirname(blob_path(paths, "sha256:"))
     os.makedirs(directory, 0o700, exist_ok=True)
     temporary = os.path.join(directory, ".tmp-%d-%s" % (os.getpid(), os.urandom(6).hex()))
@@ -3034,6 +3059,8 @@ def store_blob(paths, source, what, expected=None, size=None, progress=None):
                 if size is not None and reader.size > size:
                     raise MiniDockerError("%s: more than the %d bytes its descriptor says: "
                                           "refused" % (what, size))
+                if limit is not None and reader.size > limit:
+                    raise MiniDockerError("%s: more than %d bytes: refused" % (what, limit))
                 if progress:
                     progress(reader.size)
         digest = reader.digest()
@@ -3073,14 +3100,31 @@ def read_blob(paths, digest, what, limit=IMAGE_JSON_LIMIT):
     return data
 
 
-def parse_json_object(data, what):
+def parse_json(data, what):
+    """A JSON document from outside (a registry, an archive): its faults,
+    nesting past the interpreter's recursion limit among them (a 4 MiB
+    manifest may open 4 million arrays), as one line."""
     try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as err:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise MiniDockerError("%s: not valid JSON: %s" % (what, err)) from None
+
+
+def parse_json_object(data, what):
+    value = parse_json(data, what)
     if not isinstance(value, dict):
         raise MiniDockerError("%s: expected a JSON object" % what)
     return value
+
+
+def json_object(value):
+    """A field that should hold an object: one of another type reads as
+    missing, for what needs it to refuse by name."""
+    return value if isinstance(value, dict) else {}
+
+
+def json_list(value):
+    return value if isinstance(value, list) else []
 
 
 # Unpacking. A layer is the image author's tar, and the author may be
@@ -3134,7 +3178,9 @@ class LayerUnpacker:
         self.top = top
         self.real_root = real_root
         self.cached = (None, None)  # the last parent walked to: (components, fd)
-        self.directories = []       # (components, times): dated once filled
+        self.directories = {}       # components: times, dated once filled (the last
+        #                             entry of a name wins, and a layer of a million
+        #                             entries of one directory keeps one)
         self.size = 0               # bytes of regular files, for `images`
 
     def walk(self, parts, create):
@@ -3193,7 +3239,10 @@ class LayerUnpacker:
             return False
         if keep_directory:
             return True
-        self.forget()  # (the cached parent may lie below it)
+        # The cached parent is `parent` itself, never below `name`, so it
+        # stays open: closing it here would free its number for whatever
+        # another thread of the pull opens next (another layer's directory),
+        # and the removal and the write that follow would land there.
         remove_tree("%s/%s" % (fd_path(parent), name))
         return False
 
@@ -3202,7 +3251,7 @@ class LayerUnpacker:
         if not parts:  # "./": the layer's own top directory
             if entry.isdir():
                 self.set_attributes(self.top, entry)
-                self.directories.append(((), entry_times(entry)))
+                self.directories[()] = entry_times(entry)
             return
         name = parts[-1]
         parent = self.parent(parts)
@@ -3217,7 +3266,7 @@ class LayerUnpacker:
                 self.set_attributes(fd, entry)
             finally:
                 os.close(fd)
-            self.directories.append((tuple(parts), entry_times(entry)))
+            self.directories[tuple(parts)] = entry_times(entry)
         elif entry.isreg() and not entry.issparse():
             self.clear(parent, name, keep_directory=False)
             self.write_file(archive, entry, parent, name)
@@ -3322,7 +3371,7 @@ class LayerUnpacker:
     def finish(self):
         """Directories' times, last: each entry made inside one changed it."""
         self.forget()
-        for parts, times in self.directories:
+        for parts, times in self.directories.items():
             try:
                 fd = self.walk(parts, create=False)
             except (FileNotFoundError, ValueError):  # replaced by a later entry
@@ -3342,6 +3391,132 @@ def real_root():
         return read_text("/proc/self/uid_map").split() == ["0", "0", "4294967295"]
     except OSError:
         return False
+
+
+# Reading the tar. Python's tarfile reads a header extension (a PAX header,
+# a GNU long name) whole before it looks at it, and before 3.12.6 and
+# 3.11.10 (CVE-2024-6232) it parses PAX records with regular expressions
+# that may run to the end of the header from every record, keeping what
+# each matched: measured here (3.11), a 64 KiB PAX header of "3 x" records
+# took 700 MB, a 1 MiB one would take 170 GB, and a 256 KiB record of
+# digits took 165 s of CPU. GNU sparse maps (a type 'S' entry's extension
+# blocks, a PAX GNU.sparse map) grow a list for as long as the stream
+# goes. A gzipped layer of a few kilobytes is enough for any of these, so
+# a layer, and an archive `load` reads, go through CheckedTarInfo: an
+# extension over 1 MiB is refused before it is read (Go's archive/tar,
+# Docker's, refuses them too), PAX records are parsed here in one pass,
+# at most PAX_RECORD_LIMIT of them, and sparse entries (which no layer
+# holds: LayerUnpacker.add refuses them) are refused on sight.
+
+TAR_EXTENSION_LIMIT = 1 << 20  # bytes of one PAX header or GNU long name
+PAX_RECORD_LIMIT = 1000        # records of one PAX header, and global ones in all
+PAX_NUMBER, PAX_TIME = r"[0-9]{1,20}", r"-?[0-9]{1,20}(\.[0-9]{0,20})?"
+PAX_FIELDS = (("path", "name", str, None), ("linkpath", "linkname", str, None),
+              ("uname", "uname", str, None), ("gname", "gname", str, None),
+              ("size", "size", int, PAX_NUMBER), ("uid", "uid", int, PAX_NUMBER),
+              ("gid", "gid", int, PAX_NUMBER), ("mtime", "mtime", float, PAX_TIME))
+# (the record, the TarInfo field it sets, its type and form)
+
+
+def parse_pax_records(data):
+    """POSIX.1-2001 records, "LENGTH KEYWORD=VALUE\\n" where LENGTH counts
+    the whole record, in one pass; NULs after the last are padding.
+    Strings as the file system's: UTF-8, any other byte kept as a
+    surrogate (the names and xattrs go back to bytes the same way)."""
+    records, position = {}, 0
+    while position < len(data) and data[position] != 0:
+        space = data.find(b" ", position, position + 21)
+        digits = data[position:space] if space > position else b""
+        length = int(digits) if digits.isdigit() else 0
+        record = data[position:position + length]
+        keyword, equals, value = record[len(digits) + 1:-1].partition(b"=")
+        if length < 5 or len(record) < length or record[-1:] != b"\n" or not equals or \
+                not keyword:
+            raise ValueError("a malformed PAX record at byte %d of its header" % position)
+        records[keyword.decode("utf-8", "surrogateescape")] = \
+            value.decode("utf-8", "surrogateescape")
+        if len(records) > PAX_RECORD_LIMIT:
+            raise ValueError("a PAX header of more than %d records" % PAX_RECORD_LIMIT)
+        position += length
+    return records
+
+
+def open_tar(source, mode):
+    """tarfile.open over a stream, with the checks above. CheckedTarInfo
+    hooks _proc_member, the method tarfile's own comments name for a
+    subclass to handle a header type its own way."""
+    import tarfile
+
+    class CheckedTarInfo(tarfile.TarInfo):
+        def _proc_member(self, archive):
+            pax = self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+            if self.type == tarfile.GNUTYPE_SPARSE:
+                raise tarfile.ReadError("%s: a GNU sparse entry: refused" % quote(self.name))
+            if (pax or self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)) and \
+                    self.size > TAR_EXTENSION_LIMIT:
+                raise tarfile.ReadError("a header extension of %d bytes (more than %d MiB): "
+                                        "refused" % (self.size, TAR_EXTENSION_LIMIT >> 20))
+            if pax:
+                return self.proc_pax(archive)
+            return super()._proc_member(archive)
+
+        def proc_pax(self, archive):
+            """The records apply to the next entry ('x'), or to every later
+            one ('g'), which tarfile's _proc_builtin applies itself."""
+            data = archive.fileobj.read(-(-self.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE)
+            try:
+                records = parse_pax_records(data[:self.size])
+            except ValueError as err:
+                raise tarfile.ReadError(str(err)) from None
+            if any(key.startswith("GNU.sparse.") for key in records):
+                raise tarfile.ReadError("a sparse file (GNU.sparse PAX records): refused")
+            if self.type == tarfile.XGLTYPE:
+                archive.pax_headers.update(records)
+                if len(archive.pax_headers) > PAX_RECORD_LIMIT:
+                    raise tarfile.ReadError("global PAX headers of more than %d records"
+                                            % PAX_RECORD_LIMIT)
+            try:
+                entry = self.fromtarfile(archive)
+            except tarfile.HeaderError as err:  # tarfile's own: not the end, an error
+                raise tarfile.ReadError("after a PAX header: %s" % err) from None
+            if self.type != tarfile.XGLTYPE:
+                merged = dict(archive.pax_headers)
+                merged.update(records)
+                entry.apply_pax(merged)
+                entry.offset = self.offset
+                if entry.isreg() or entry.type not in tarfile.SUPPORTED_TYPES:
+                    archive.offset = entry.offset_data + \
+                        -(-entry.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            return entry
+
+        def apply_pax(self, records):
+            """What a PAX header overrides of the entry after it. A number
+            must be one (tarfile would read "x" as 0, and "inf" as inf)."""
+            for key, field, kind, form in PAX_FIELDS:
+                value = records.get(key)
+                if value is not None and form and not re.fullmatch(form, value):
+                    raise tarfile.ReadError("PAX record %s=%s is not a number"
+                                            % (key, quote(value)))
+                if value is not None:
+                    setattr(self, field, kind(value))
+            if "path" in records:
+                self.name = self.name.rstrip("/")
+            self.pax_headers = records
+
+    return tarfile.open(fileobj=source, mode=mode, tarinfo=CheckedTarInfo, encoding="utf-8",
+                        errors="surrogateescape")
+
+
+def tar_entries(archive):
+    """The entries of a tar read as a stream, each forgotten once the next
+    is read: tarfile keeps every one in its members list (about 500 bytes
+    each), so a gzipped layer of a million empty entries, 2 MB, took 500 MB."""
+    while True:
+        entry = archive.next()
+        if entry is None:
+            return
+        yield entry
+        archive.members.clear()
 
 
 def layer_stream(blob, what):
@@ -3380,14 +3555,16 @@ def unpack_layer(paths, digest, diff_id, what):
         try:
             with open(blob_path(paths, digest), "rb") as blob:
                 plain = DigestReader(layer_stream(blob, what))
-                with tarfile.open(fileobj=plain, mode="r|") as archive:
-                    for entry in archive:
+                with open_tar(plain, "r|") as archive:
+                    for entry in tar_entries(archive):
                         unpacker.add(archive, entry)
                     entry = None
                     unpacker.finish()
                     while plain.read(1 << 20):  # the end blocks too: every byte is hashed
                         pass
-        except (OSError, ValueError) as err:
+        # OverflowError: an owner, a time or a device number past what the
+        # kernel's types hold (a PAX record or a base-256 field may say any).
+        except (OSError, ValueError, OverflowError) as err:
             if entry is None:
                 raise MiniDockerError("%s: %s" % (what, err)) from None
             raise MiniDockerError("%s: entry %s: %s" % (what, quote(entry.name), err)) from None
@@ -3475,17 +3652,17 @@ def choose_manifest(index, platform, what):
     often omit v8)."""
     want = parse_platform(platform)
     found = []
-    for descriptor in index.get("manifests") or []:
+    for descriptor in json_list(index.get("manifests")):
         if not isinstance(descriptor, dict):
             continue
-        have = descriptor.get("platform") or {}
+        have = json_object(descriptor.get("platform"))
         if [have.get("os"), have.get("architecture")] == want[:2] and \
                 (len(want) < 3 or have.get("variant") in (None, want[2])):
             found.append(descriptor)
     if not found:
-        listed = sorted("%s/%s" % ((d.get("platform") or {}).get("os"),
-                                   (d.get("platform") or {}).get("architecture"))
-                        for d in index.get("manifests") or [] if isinstance(d, dict))
+        listed = sorted("%s/%s" % (json_object(d.get("platform")).get("os"),
+                                   json_object(d.get("platform")).get("architecture"))
+                        for d in json_list(index.get("manifests")) if isinstance(d, dict))
         raise MiniDockerError("%s has no image for %s (it has: %s)"
                               % (what, platform, ", ".join(listed) or "none"))
     return found[0]
@@ -3523,7 +3700,7 @@ def image_layers(manifest, config, what):
     """[(blob digest, media type, size, diff_id)] of a manifest, checked
     against its config's rootfs.diff_ids, one for one."""
     layers = manifest.get("layers")
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids")
+    diff_ids = json_object(config.get("rootfs")).get("diff_ids")
     if not isinstance(layers, list) or not isinstance(diff_ids, list) or \
             len(layers) != len(diff_ids):
         raise MiniDockerError("%s: its manifest lists %s layers and its config %s diff_ids"
@@ -3678,8 +3855,8 @@ def load_archive(paths, source, what):
     import tarfile
     members, links = {}, {}
     try:
-        with tarfile.open(fileobj=source, mode="r|*") as archive:
-            for entry in archive:
+        with open_tar(source, "r|*") as archive:
+            for entry in tar_entries(archive):
                 name = os.path.normpath(entry.name).lstrip("/")
                 if entry.issym():
                     links[name] = os.path.normpath(os.path.join(os.path.dirname(name),
@@ -3709,7 +3886,7 @@ def load_archive(paths, source, what):
 
 
 def load_docker_save(paths, what, member):
-    entries = json.loads(read_blob(paths, member("manifest.json"), what))
+    entries = parse_json(read_blob(paths, member("manifest.json"), what), what + ": manifest.json")
     if not isinstance(entries, list):
         raise MiniDockerError("%s: manifest.json is not a list" % what)
     loaded = []
@@ -3734,7 +3911,10 @@ def load_docker_save(paths, what, member):
                                           "size": os.stat(blob_path(paths, config_digest)).st_size},
                                "layers": descriptors}).encode()
         manifest_digest = store_blob(paths, io_bytes(manifest), what)
-        names = [str(parse_reference(tag)) for tag in entry.get("RepoTags") or []]
+        tags = entry.get("RepoTags") or []
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            raise MiniDockerError("%s: manifest.json: RepoTags is not a list of names" % what)
+        names = [str(parse_reference(tag)) for tag in tags]
         loaded.append((names, install_image(paths, manifest_digest, config, config_digest,
                                             what, names)))
     return loaded
@@ -3742,9 +3922,12 @@ def load_docker_save(paths, what, member):
 
 def load_oci_layout(paths, what, member):
     index = parse_json_object(read_blob(paths, member("index.json"), what), what + ": index.json")
+    if not isinstance(index.get("manifests"), list):
+        raise MiniDockerError("%s: index.json: its manifests are not a list" % what)
     loaded = []
-    for descriptor in index.get("manifests") or []:
-        annotations = descriptor.get("annotations") or {}
+    for descriptor in index["manifests"]:
+        descriptor = json_object(descriptor)
+        annotations = json_object(descriptor.get("annotations"))
         digest = check_digest(descriptor.get("digest"), what + ": index.json")
         manifest = parse_json_object(read_blob(paths, member("blobs/sha256/" + digest[7:]), what),
                                      what)
@@ -3753,16 +3936,16 @@ def load_oci_layout(paths, what, member):
                                   .get("digest"), what)
             manifest = parse_json_object(read_blob(paths, member("blobs/sha256/" + digest[7:]),
                                                    what), what)
-        config_digest = check_digest((manifest.get("config") or {}).get("digest"), what)
+        config_digest = check_digest(json_object(manifest.get("config")).get("digest"), what)
         config = parse_json_object(read_blob(paths, member("blobs/sha256/" +
                                                            config_digest[7:]), what), what)
-        for layer in manifest.get("layers") or []:
+        for layer in json_list(manifest.get("layers")):
             if isinstance(layer, dict):
                 member("blobs/sha256/" + check_digest(layer.get("digest"), what)[7:])
         name = annotations.get("io.containerd.image.name") or \
             annotations.get("org.opencontainers.image.ref.name")
         names = []
-        if name and ("/" in name or ":" in name):  # a full reference, not only a tag
+        if isinstance(name, str) and ("/" in name or ":" in name):  # not only a tag
             names = [str(parse_reference(name))]
         loaded.append((names, install_image(paths, digest, config, config_digest, what, names)))
     return loaded
@@ -3821,6 +4004,7 @@ class Registry:
 
     def __init__(self, host, credentials=None, insecure=()):
         self.host = REGISTRY_HOSTS.get(host, host)
+        self.insecure = insecure
         self.plain = plain_http_allowed(self.host, insecure)
         self.credentials = credentials   # (user, password) or None
         self.authorization = None        # the header the last challenge earned
@@ -3834,10 +4018,17 @@ class Registry:
 
     def get(self, path, accept=(), what=""):
         """GET a path of the API: a 200 response, after one answered
-        challenge and up to five redirects."""
+        challenge and up to five redirects. The Authorization header goes
+        to the registry alone, over the scheme it was earned on: a redirect
+        to another host (Docker Hub sends blobs to a CDN), or to plain http,
+        drops it; and a 401 from anywhere but the registry is not answered,
+        or the user's password would go to a token realm that the
+        redirect's target names."""
+        import http.client
         import urllib.parse
+        origin = ("http" if self.plain else "https", self.host)
         for attempt in (1, 2):
-            url = "%s://%s%s" % ("http" if self.plain else "https", self.host, path)
+            url = "%s://%s%s" % (origin + (path,))
             headers = {"User-Agent": "minidocker/" + VERSION}
             if accept:
                 headers["Accept"] = ", ".join(accept)
@@ -3845,6 +4036,8 @@ class Registry:
                 headers["Authorization"] = self.authorization
             for _ in range(6):
                 parts = urllib.parse.urlsplit(url)
+                if (parts.scheme, parts.netloc) != origin:
+                    headers.pop("Authorization", None)
                 target = parts.path + ("?" + parts.query if parts.query else "")
                 try:
                     connection = self.connection(parts.scheme, parts.netloc)
@@ -3852,14 +4045,18 @@ class Registry:
                     response = connection.getresponse()
                 except OSError as err:
                     raise MiniDockerError("%s: %s: %s" % (what, url, err)) from None
+                except (http.client.HTTPException, ValueError) as err:
+                    raise http_error(what, url, err) from None
                 if response.status not in (301, 302, 303, 307, 308):
                     break
                 response.close()
                 url = urllib.parse.urljoin(url, response.getheader("Location") or "")
-                if urllib.parse.urlsplit(url).netloc != self.host:
-                    headers.pop("Authorization", None)
                 if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
                     raise MiniDockerError("%s: redirected to %s" % (what, quote(url)))
+            if response.status == 401 and (parts.scheme, parts.netloc) != origin:
+                response.close()
+                raise MiniDockerError("%s: %s answered 401 after a redirect from %s: credentials "
+                                      "go to the registry only" % (what, parts.netloc, self.host))
             if response.status == 401 and attempt == 1:
                 challenge = response.getheader("WWW-Authenticate") or ""
                 response.close()
@@ -3871,7 +4068,7 @@ class Registry:
                 hint = " (give credentials with --username and --password-stdin, or " \
                     "MINIDOCKER_AUTH)" if response.status == 401 and not self.credentials else ""
                 raise MiniDockerError("%s: %s answered %d %s%s%s" % (
-                    what, self.host, response.status, response.reason,
+                    what, parts.netloc, response.status, response.reason,
                     registry_error_text(body), hint))
             return response
 
@@ -3894,13 +4091,18 @@ class Registry:
         return "Bearer " + self.token(fields, basic, what)
 
     def token(self, fields, basic, what):
+        import http.client
         import urllib.parse
         realm = urllib.parse.urlsplit(fields["realm"])
         if realm.scheme not in ("http", "https") or not realm.netloc:
             raise MiniDockerError("%s: the token realm %s is not an http(s) URL"
                                   % (what, quote(fields["realm"])))
-        if realm.scheme == "http" and not plain_http_allowed(realm.netloc, ()) and \
-                not self.plain:
+        # The password crosses the network to the realm: in plain http only
+        # to a host allowed it, or to the registry's own host when the
+        # registry itself is spoken to in plain http.
+        if realm.scheme == "http" and not plain_http_allowed(realm.netloc, self.insecure) and \
+                not (self.plain and realm.hostname == urllib.parse.urlsplit(
+                    "//" + self.host).hostname):
             raise MiniDockerError("%s: the token realm %s is plain http: refused"
                                   % (what, quote(fields["realm"])))
         query = urllib.parse.urlencode([(key, fields[key]) for key in ("service", "scope")
@@ -3916,6 +4118,8 @@ class Registry:
             body = response.read(IMAGE_JSON_LIMIT)
         except OSError as err:
             raise MiniDockerError("%s: token from %s: %s" % (what, fields["realm"], err)) from None
+        except (http.client.HTTPException, ValueError) as err:
+            raise http_error(what, "token from " + fields["realm"], err) from None
         if response.status != 200:
             raise MiniDockerError("%s: the token service %s answered %d %s%s" % (
                 what, realm.netloc, response.status, response.reason,
@@ -3924,15 +4128,23 @@ class Registry:
         token = grant.get("token") or grant.get("access_token")
         if not isinstance(token, str) or not token:
             raise MiniDockerError("%s: the token service granted no token" % what)
+        if not re.fullmatch(r"[\x21-\x7e]+", token):  # it goes into a header: no line break
+            raise MiniDockerError("%s: the token service granted a token that is not one (a "
+                                  "character outside printable ASCII)" % what)
         return token
 
     def manifest(self, repository, reference, what):
         """(bytes, media type, digest) of a manifest or index."""
         import hashlib
+        import http.client
         response = self.get("/v2/%s/manifests/%s" % (repository, reference),
                             MANIFEST_TYPES + INDEX_TYPES, what)
-        data = response.read(IMAGE_JSON_LIMIT + 1)
-        response.close()
+        try:
+            data = response.read(IMAGE_JSON_LIMIT + 1)
+        except http.client.HTTPException as err:
+            raise http_error(what, "manifest " + reference, err) from None
+        finally:
+            response.close()
         if len(data) > IMAGE_JSON_LIMIT:
             raise MiniDockerError("%s: a manifest over %d bytes: refused" % (what, IMAGE_JSON_LIMIT))
         kind = (response.getheader("Content-Type") or "").split(";")[0].strip()
@@ -3944,13 +4156,20 @@ class Registry:
         return data, kind, "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def http_error(what, where, err):
+    """http.client's own exceptions: an answer that is not HTTP
+    (BadStatusLine, LineTooLong), a body cut short (IncompleteRead), a
+    Location that is no URL (InvalidURL, or ValueError: not ASCII)."""
+    return MiniDockerError("%s: %s: %s %s" % (what, where, type(err).__name__, quote(str(err))))
+
+
 def registry_error_text(body):
     """The `errors` a registry explains a refusal with, in one short phrase."""
     try:
         errors = json.loads(body).get("errors") or []
         return ": " + "; ".join("%s %s" % (e.get("code", ""), e.get("message", ""))
                                 for e in errors[:3])
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return ""
 
 
@@ -4004,12 +4223,16 @@ def pull_image(paths, ref, platform, credentials, insecure, out):
             raise MiniDockerError("%s: the registry sent a manifest whose digest is %s, not %s"
                                   % (what, digest, wanted))
     manifest = parse_json_object(data, what)
-    config_descriptor = manifest.get("config") or {}
+    config_descriptor = json_object(manifest.get("config"))
     config_digest = check_digest(config_descriptor.get("digest"), what + ": config")
+    size = config_descriptor.get("size")
+    if size is not None and (not isinstance(size, int) or size < 0):
+        raise MiniDockerError("%s: config: its descriptor's size is not a number" % what)
     if not os.path.exists(blob_path(paths, config_digest)):
-        store_blob(paths, registry.get("/v2/%s/blobs/%s" % (ref.repository, config_digest),
-                                       what=what), what + ": config", config_digest,
-                   config_descriptor.get("size"))
+        # Read into memory later: at most IMAGE_JSON_LIMIT, whatever its
+        # descriptor says (or when it says nothing).
+        fetch_blob(paths, registry, ref.repository, config_digest, what + ": config", size,
+                   limit=IMAGE_JSON_LIMIT)
     config = parse_json_object(read_blob(paths, config_digest, what), what + ": config")
     layers = image_layers(manifest, config, what)
     progress = PullProgress(layers, out)
@@ -4019,12 +4242,8 @@ def pull_image(paths, ref, platform, credentials, insecure, out):
         layer_what = "%s: layer %s" % (what, digest)
         if not os.path.isdir(layer_path(paths, diff_id)):
             if not os.path.exists(blob_path(paths, digest)):
-                response = registry.get("/v2/%s/blobs/%s" % (ref.repository, digest), what=what)
-                try:
-                    store_blob(paths, response, layer_what, digest, size,
-                               progress.counter(index, size))
-                finally:
-                    response.close()
+                fetch_blob(paths, registry, ref.repository, digest, layer_what, size,
+                           progress=progress.counter(index, size))
             progress.update(index, "unpacking")
         done = unpack_layer(paths, digest, diff_id, layer_what)
         progress.update(index, "pull complete")
@@ -4037,6 +4256,18 @@ def pull_image(paths, ref, platform, credentials, insecure, out):
     image_id = store_image(paths, digest, config_digest, layers, unpacked, names,
                            ["%s@%s" % (ref.name, pinned)])
     return image_id, pinned
+
+
+def fetch_blob(paths, registry, repository, digest, what, size, progress=None, limit=None):
+    """A blob of the registry into the store, checked as it streams in."""
+    import http.client
+    response = registry.get("/v2/%s/blobs/%s" % (repository, digest), what=what)
+    try:
+        return store_blob(paths, response, what, digest, size, progress, limit)
+    except http.client.HTTPException as err:  # IncompleteRead: cut short, or chunks that are not
+        raise http_error(what, "blob " + digest, err) from None
+    finally:
+        response.close()
 
 
 def image_for_run(args):
@@ -4067,22 +4298,35 @@ def image_for_run(args):
 
 def run_config(fields, what):
     """The part of an image's config `run` applies (its `config` object),
-    each field checked to be of the type the image spec gives it."""
+    each field checked to be of the type the image spec gives it, and
+    checked as the flag it stands in for would be, under the image's name
+    (an image's User is no `--user` the caller gave)."""
     if not isinstance(fields, dict):
         raise MiniDockerError("%s: its config's config is not an object" % what)
     for key, kind in (("Entrypoint", list), ("Cmd", list), ("Env", list), ("WorkingDir", str),
                       ("User", str), ("ExposedPorts", dict), ("StopSignal", str),
                       ("Labels", dict)):
         value = fields.get(key)
+        # A label's value is a string; an exposed port's is {} (and JSON's
+        # keys are strings already).
         if value is not None and not isinstance(value, kind) or \
                 kind is list and value and not all(isinstance(v, str) for v in value) or \
-                kind is dict and value and not all(isinstance(v, str) for v in value):
+                key == "Labels" and value and not all(isinstance(v, str) for v in value.values()):
             raise MiniDockerError("%s: its config's %s is not a valid %s" % (
-                what, key, "list of strings" if kind is list else kind.__name__))
+                what, key, "list of strings" if kind is list else
+                "object of strings" if key == "Labels" else kind.__name__))
     for entry in fields.get("Env") or []:
-        if "=" not in entry:
+        if "=" not in entry or entry.startswith("=") or "\0" in entry:  # execve's rules
             raise MiniDockerError("%s: its config's Env holds %s, not KEY=VALUE"
                                   % (what, quote(entry)))
+    for key, check in (("User", lambda user: check_user(user, "--user")),
+                       ("ExposedPorts", lambda ports: [parse_expose(port) for port in ports]),
+                       ("StopSignal", lambda name: parse_stop_options(name, None))):
+        try:
+            if fields.get(key):
+                check(fields[key])
+        except MiniDockerError as err:
+            raise MiniDockerError("%s: its config's %s: %s" % (what, key, err)) from None
     return fields
 
 

@@ -781,6 +781,10 @@ HOSTILE_LAYERS = [
     ("hard link to nothing", [tar_entry("x", kind=tarfile.LNKTYPE, linkname="nothing")],
      "which no earlier entry made"),
     ("whiteout of ..", [tar_entry(".wh..."), tar_entry("x", b"x")], "a whiteout of nothing"),
+    ("an owner out of range", [tar_entry("f", b"x", pax={"uid": "99999999999999999999"})],
+     "uid is greater than maximum"),
+    ("a time out of range", [tar_entry("f", b"x", pax={"mtime": "99999999999999999999"})],
+     "timestamp out of range"),
     ("file over a symlink's target", [tar_entry("link", kind=tarfile.SYMTYPE,
                                                 linkname="/tmp/escaped-%d" % os.getpid()),
                                       tar_entry("link/", kind=tarfile.DIRTYPE),
@@ -813,6 +817,143 @@ def test_escape_image_layer_entries_stay_in_their_layer(name, entries, message, 
     assert store_leftovers(state) == []
 
 
+def tar_header(name, kind, size, fmt=tarfile.GNU_FORMAT):
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size
+    return info.tobuf(fmt)
+
+
+def gzip_of_repeats(head, block, total):
+    """gzip of head, then `block` repeated for `total` bytes (a multiple of
+    16 MiB), in a few kilobytes: one member of 16 MiB compressed once and
+    repeated (gzip readers take concatenated members as one stream)."""
+    import gzip
+    member = gzip.compress(block * ((16 << 20) // len(block)))
+    return gzip.compress(head) + member * (total >> 24)
+
+
+def quadratic_pax_header():
+    records = b"3 x" * 349000 + b"=\n"  # each "3 x" matches to the one '=' at the end
+    return tar_header("pax", tarfile.XHDTYPE, len(records)) + records + \
+        bytes(-len(records) % 512)
+
+
+def digits_pax_header():
+    record = b" k=" + b"1" * 1000000 + b"\n"  # valid: tarfile's hdrcharset search scans
+    record = b"%d" % (len(record) + 7) + record  # from every digit to the run's end
+    return tar_header("pax", tarfile.XHDTYPE, len(record)) + record + bytes(-len(record) % 512)
+
+
+def endless_sparse_map():
+    sparse = bytearray(tar_header("sparse", tarfile.GNUTYPE_SPARSE, 0))
+    sparse[482] = 1  # isextended: more sparse blocks follow, and each says so again
+    sparse[148:156] = b" " * 8
+    sparse[148:156] = b"%06o\0 " % sum(sparse)
+    extension = bytearray(b"%011o\0%011o\0" % (1, 1) * 21 + bytes(8))
+    extension[504] = 1
+    return gzip_of_repeats(bytes(sparse), bytes(extension), 1 << 30)
+
+
+def global_pax_records():
+    records = b"".join(b"%d g%05d=v\n" % (len(b"g%05d=v\n" % i) + 3, i) for i in range(50000))
+    return gzip_of_repeats(tar_header("global", tarfile.XGLTYPE, len(records)) + records +
+                           bytes(-len(records) % 512), tar_header("f", tarfile.REGTYPE, 0),
+                           96 << 20)
+
+
+# Layers, each a few kilobytes to a few megabytes, that make Python's
+# tarfile (before 3.12.6 and 3.11.10) take gigabytes or hours: (name, the
+# layer, made when the test runs, and the refusal, or None: loaded).
+PAX_BOMBS = [
+    ("quadratic PAX records", lambda: quadratic_pax_header() + tar_header("f", tarfile.REGTYPE, 0),
+     "a malformed PAX record at byte 0"),
+    ("a PAX record of digits", lambda: digits_pax_header() + tar_header("f", tarfile.REGTYPE, 0) +
+     bytes(1024), None),
+    ("a PAX header of 2 GiB",
+     lambda: gzip_of_repeats(tar_header("pax", tarfile.XHDTYPE, 2 << 30), b"1", 2 << 30),
+     "a header extension of 2147483648 bytes (more than 1 MiB): refused"),
+    ("a GNU long name of 2 GiB",
+     lambda: gzip_of_repeats(tar_header("././@LongLink", tarfile.GNUTYPE_LONGNAME, 2 << 30),
+                             b"a", 2 << 30), "a header extension of 2147483648 bytes"),
+    ("a GNU sparse map that never ends", endless_sparse_map,
+     "'sparse': a GNU sparse entry: refused"),
+    ("global PAX records for every entry", global_pax_records,
+     "a PAX header of more than 1000 records"),
+]
+
+
+@root
+@pytest.mark.parametrize("name, make, message", PAX_BOMBS, ids=[b[0] for b in PAX_BOMBS])
+def test_escape_image_tar_headers_cannot_take_the_hosts_memory_or_time(name, make, message,
+                                                                      busybox_layer, state,
+                                                                      tmp_path):
+    """A layer of a few kilobytes, loaded with 1 GiB of address space and
+    60 s: refused with one line naming what is wrong, or (a well-formed
+    header) unpacked, never out of memory or time. The same headers at
+    the head of a `load` archive itself go the same way."""
+    import resource
+
+    def one_gib():
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+    layer = make()
+    path = save_archive(str(tmp_path / "bomb.tar"), [busybox_layer, layer],
+                        diff_ids=["sha256:" + hashlib.sha256(busybox_layer).hexdigest(),
+                                  "sha256:" + hashlib.sha256(layer).hexdigest()])
+    try:
+        result = subprocess.run(MINIDOCKER + ["load", "-i", path], stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=60, preexec_fn=one_gib)
+        if message is None:
+            assert result.returncode == 0, result.stderr
+        else:
+            assert result.returncode == 125 and result.stderr.count("\n") == 1, result.stderr
+            assert "not a valid tar archive: " + message in result.stderr, result.stderr
+        assert store_leftovers(state) == []
+        if name == "quadratic PAX records":
+            with open(path, "rb") as handle:
+                archive = handle.read()
+            with open(path, "wb") as handle:
+                handle.write(quadratic_pax_header() + archive)
+            result = subprocess.run(MINIDOCKER + ["load", "-i", path], stdin=subprocess.DEVNULL,
+                                    capture_output=True, text=True, timeout=60,
+                                    preexec_fn=one_gib)
+            assert result.returncode == 125 and "load %s: not a valid tar archive: %s" % (
+                path, message) in result.stderr, result.stderr
+    finally:
+        minidocker("rmi", "-f", "test/hand:1")
+        minidocker("image", "prune", "-f")
+
+
+@root
+def test_escape_image_layer_of_many_entries_keeps_memory_flat(busybox_layer, state, tmp_path):
+    """tarfile keeps every entry it has read (its members list, about 500
+    bytes each) and the unpacker kept every directory entry's time: a
+    layer of 60,000 entries of one directory, 60 KB gzipped, took 35 MB
+    more than a small one; a few megabytes took gigabytes. The peak is
+    read by a small Python that starts `load` and waits for it (wait4's
+    maxrss would count this test's own pages, shared at the fork)."""
+    waiter = ("import os, sys\npid = os.fork()\nif pid == 0:\n    os.execv(sys.argv[1], "
+              "sys.argv[1:])\n_, status, usage = os.wait4(pid, 0)\n"
+              "print(usage.ru_maxrss if status == 0 else -1)")
+
+    def peak(layer, name):
+        path = save_archive(str(tmp_path / (name + ".tar")), [busybox_layer, layer],
+                            diff_ids=["sha256:" + hashlib.sha256(busybox_layer).hexdigest(),
+                                      "sha256:" + hashlib.sha256(layer).hexdigest()],
+                            compress=True)
+        result = subprocess.run([sys.executable, "-c", waiter] + MINIDOCKER + ["load", "-i", path],
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=120)
+        assert result.stdout.split()[-1] != "-1", result.stderr
+        return int(result.stdout.split()[-1])  # KiB
+    try:
+        small = peak(layer_tar([tar_entry("d", kind=tarfile.DIRTYPE)]), "small")
+        many = peak(tar_header("d", tarfile.DIRTYPE, 0) * 60000 + bytes(1024), "many")
+        assert many - small < 20 << 10, (small, many)
+    finally:
+        minidocker("rmi", "-f", "test/hand:1")
+        minidocker("image", "prune", "-f")
+
+
 @root
 def test_image_whiteouts_and_opaque_directories_stack_as_the_layers_say(busybox_layer, state,
                                                                         images):
@@ -836,6 +977,28 @@ def test_image_whiteouts_and_opaque_directories_stack_as_the_layers_say(busybox_
     whiteout = os.lstat(os.path.join(upper_dir, "data", "gone"))
     assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == 0
     assert os.getxattr(os.path.join(upper_dir, "data", "dir"), "trusted.overlay.opaque") == b"y"
+
+
+@root
+def test_image_layer_entry_replaces_a_directory_the_same_layer_made(busybox_layer, state,
+                                                                    images):
+    """A later entry of one layer takes the place of a directory an earlier
+    one made: a file, a symlink, a whiteout. The unpacker once closed the
+    descriptor of the directory holding it while making room, then wrote
+    through that number (EBADF here; in a pull's three threads, whatever
+    another layer's thread had opened under it meanwhile)."""
+    layer = layer_tar([
+        tar_entry("a", kind=tarfile.DIRTYPE, mode=0o755), tar_entry("a/x", b"x"),
+        tar_entry("a", b"a file now\n"),
+        tar_entry("d", kind=tarfile.DIRTYPE, mode=0o755),
+        tar_entry("d/s", kind=tarfile.DIRTYPE, mode=0o755), tar_entry("d/s/x", b"x"),
+        tar_entry("d/s", kind=tarfile.SYMTYPE, linkname="../a"),
+        tar_entry("w", kind=tarfile.DIRTYPE, mode=0o755), tar_entry("w/x", b"x"),
+        tar_entry(".wh.w")])
+    result = images([busybox_layer, layer])
+    assert result.returncode == 0, result.err
+    result = run("test/hand:1", "sh", "-c", "cat /a; readlink /d/s; cat /d/s; ls -d /w || true")
+    assert result.out == "a file now\n../a\na file now\n", result.out + result.err
 
 
 @root
@@ -901,6 +1064,65 @@ def test_image_config_is_applied_as_docker_applies_it(busybox_layer, state, imag
             refused.err, refused.err
     finally:
         minidocker("rm", "-f", cid)
+
+
+@root
+@pytest.mark.parametrize("planted", ["a directory", "a symlink"])
+def test_escape_image_name_is_not_another_users_directory(planted, rootfs, busybox_layer,
+                                                          images, tmp_path):
+    """Root runs `run test/planted` in a directory where a local user could
+    make entries (/tmp, or a user's home under sudo). An argument that is an
+    existing directory is a rootfs, so the user's own tree `test/hand:1`,
+    planted there, was run as the container's root: their /bin/sh, root in
+    the container, with root's volumes; or, through a symlink of theirs,
+    any directory of the host, / included. Refused now, naming the owner."""
+    assert images([busybox_layer], name="test/planted:latest").returncode == 0
+    here = tmp_path / "shared"
+    here.mkdir(mode=0o777)
+    os.chmod(str(here), 0o1777)
+    (here / "test").mkdir()
+    os.chown(str(here / "test"), 1000, 1000)
+    if planted == "a directory":
+        shutil.copytree(rootfs, str(here / "test" / "planted"), symlinks=True)
+        (here / "test" / "planted" / "marker").write_text("planted\n")
+        for directory, _, names in os.walk(str(here / "test" / "planted")):
+            for path in [directory] + [os.path.join(directory, n) for n in names]:
+                os.lchown(path, 1000, 1000)
+    else:
+        os.symlink("/", str(here / "test" / "planted"))
+        os.lchown(str(here / "test" / "planted"), 1000, 1000)
+    result = subprocess.run(MINIDOCKER + ["run", "--rm", "--network", "none", "test/planted",
+                                          "sh", "-c", "cat /marker /etc/hostname"],
+                            cwd=str(here), stdin=subprocess.DEVNULL, capture_output=True,
+                            text=True, timeout=60)
+    assert "planted" not in result.stdout and result.returncode == 125, result.stdout
+    assert "test/planted is a directory here that uid 1000 owns" in result.stderr and \
+        result.stderr.count("\n") == 1, result.stderr
+    assert_nothing_left()
+
+
+HOSTILE_CONFIGS = [
+    ({"Labels": {"a": 1, "b": {"c": [1]}}}, "its config's Labels is not a valid object of strings"),
+    ({"Env": ["A=b\0c"]}, "its config's Env holds 'A=b\\x00c', not KEY=VALUE"),
+    ({"Env": ["=x"]}, "its config's Env holds '=x', not KEY=VALUE"),
+    ({"User": "a b\n"}, "its config's User: invalid --user"),
+    ({"ExposedPorts": {"garbage": {}}}, "its config's ExposedPorts: invalid --expose 'garbage'"),
+    ({"StopSignal": "SIGFOO"}, "its config's StopSignal: invalid --stop-signal 'SIGFOO'"),
+]
+
+
+@root
+@pytest.mark.parametrize("config, message", HOSTILE_CONFIGS,
+                         ids=[next(iter(c[0])) + str(i) for i, c in enumerate(HOSTILE_CONFIGS)])
+def test_image_config_fields_of_the_wrong_kind_are_named_as_the_images(config, message,
+                                                                       busybox_layer, images):
+    """An image's config is checked as the flags it stands in for, and the
+    line names the image and the field: Labels of other values were taken
+    (and shown as Python's repr), a NUL or an empty name in Env was an
+    internal error, and the rest named a flag the caller never gave."""
+    assert images([busybox_layer], config=dict(config, Cmd=["true"])).returncode == 0
+    err = bad(["run", "--rm", "test/hand:1"], "image 'test/hand:1': " + message)
+    assert "internal error" not in err
 
 
 @root
@@ -981,6 +1203,50 @@ def test_image_load_refuses_what_does_not_match_its_digest(busybox_layer, state,
     assert result.returncode == 125 and "digest mismatch: expected sha256:" + "1" * 64 in \
         result.err, result.err
     assert store_leftovers(state) == []
+
+
+def archive_of(path, files):
+    with tarfile.open(path, "w") as archive:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+DEEP_JSON = b"[" * 200000 + b"]" * 200000
+EMPTY_CONFIG = b'{"rootfs": {"diff_ids": []}}'
+HOSTILE_JSON = [
+    ("manifest.json not JSON", [("manifest.json", b"not json")],
+     "manifest.json: not valid JSON: Expecting value"),
+    ("manifest.json nested", [("manifest.json", DEEP_JSON)],
+     "manifest.json: not valid JSON: maximum recursion depth exceeded"),
+    ("a config nested", [("manifest.json", b'[{"Config": "c", "Layers": []}]'), ("c", DEEP_JSON)],
+     "not valid JSON: maximum recursion depth exceeded"),
+    ("index.json's manifests a number", [("index.json", b'{"manifests": 5}')],
+     "index.json: its manifests are not a list"),
+    ("a descriptor a string", [("index.json", b'{"manifests": ["x"]}')],
+     "index.json: 'None' is not a sha256 digest"),
+    ("RepoTags a string", [("manifest.json", b'[{"Config": "c", "Layers": [], "RepoTags": "ab"}]'),
+                           ("c", EMPTY_CONFIG)], "manifest.json: RepoTags is not a list of names"),
+    ("rootfs a number", [("manifest.json", b'[{"Config": "c", "Layers": []}]'),
+                         ("c", b'{"rootfs": 5}')],
+     "its manifest lists 0 layers and its config no diff_ids"),
+]
+
+
+@root
+@pytest.mark.parametrize("name, files, message", HOSTILE_JSON, ids=[h[0] for h in HOSTILE_JSON])
+def test_image_load_refuses_hostile_json_in_one_line(name, files, message, state, tmp_path):
+    """JSON of the wrong shape, or nested past Python's recursion limit,
+    was an internal error (RecursionError, AttributeError, TypeError), or,
+    for RepoTags "ab", the tags a:latest and b:latest."""
+    path = archive_of(str(tmp_path / "hostile.tar"), files)
+    before = minidocker("images", "-q").out
+    err = bad(["load", "-i", path], message)
+    assert "internal error" not in err
+    assert minidocker("images", "-q").out == before
+    minidocker("image", "prune", "-f")
 
 
 @root
@@ -1140,6 +1406,281 @@ def test_image_pull_killed_halfway_leaves_no_blob_a_later_pull_trusts(faulty_reg
     assert run(faulty_registry.host + "/test/faulty:1", "echo", "whole").out == "whole\n"
     assert minidocker("image", "prune", "-f").returncode == 0
     assert store_leftovers(state) == []
+
+
+class HostileServer:
+    """An HTTP server in a thread of this process whose every answer the
+    test writes: `answer(handler)` is called with each GET's
+    http.server handler, after the request's path and headers are kept in
+    `seen`. With `tls` ((certificate, key) files) it speaks TLS to a
+    client whose first byte opens a TLS handshake and plain HTTP to any
+    other, on the same port."""
+
+    def __init__(self, answer, tls=None):
+        self.seen = []
+        server_side = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server_side.seen.append((self.path, dict(self.headers),
+                                         "https" if tls and hasattr(self.connection, "cipher")
+                                         else "http"))
+                answer(self)
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def get_request(self):
+                connection, address = super().get_request()
+                if tls and connection.recv(1, socket.MSG_PEEK) == b"\x16":  # a TLS handshake
+                    import ssl
+                    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                    context.load_cert_chain(*tls)
+                    connection = context.wrap_socket(connection, server_side=True)
+                return connection, address
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def send(handler, status, body=b"", headers=()):
+    handler.send_response(status)
+    for name, value in headers:
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def registry_image(layer, config_size=True):
+    """{path under /v2/test/x/: bytes} of a one-layer image (the manifest
+    as manifests/1), and the config's digest."""
+    import gzip
+    blob = gzip.compress(layer)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+                         "rootfs": {"type": "layers", "diff_ids": [
+                             "sha256:" + hashlib.sha256(layer).hexdigest()]}}).encode()
+    digest = {data: "sha256:" + hashlib.sha256(data).hexdigest() for data in (config, blob)}
+    descriptor = {"mediaType": "application/vnd.oci.image.config.v1+json",
+                  "digest": digest[config], "size": len(config)}
+    if config_size is not True:
+        descriptor["size"] = config_size
+        if config_size is None:
+            del descriptor["size"]
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": descriptor,
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                       "digest": digest[blob], "size": len(blob)}]}).encode()
+    return {"manifests/1": manifest, "blobs/" + digest[config]: config,
+            "blobs/" + digest[blob]: blob}, digest[config]
+
+
+def pull_with_credentials(reference, timeout=60, env=None):
+    """pull as a user who gave the password "s3cret-%d" (this pid) for it."""
+    environment = dict(os.environ, MINIDOCKER_AUTH="tester:s3cret-%d" % os.getpid(), **(env or {}))
+    return minidocker("pull", reference, env=environment, timeout=timeout)
+
+
+def carried_the_password(seen):
+    """The requests that carried the password, in any form."""
+    secret = "s3cret-%d" % os.getpid()
+    encoded = base64.b64encode(("tester:" + secret).encode()).decode()
+    return [(path, headers) for path, headers, _ in seen
+            if any(secret in value or encoded in value for value in headers.values())]
+
+
+@root
+def test_escape_registry_redirect_target_never_gets_the_users_credentials(busybox_layer, state):
+    """The registry sends its blobs to storage on another host (as Docker
+    Hub does), and that host answers with a Bearer challenge of its own:
+    the user's password is the registry's, never the storage's, nor that of
+    a token realm the storage names. It was sent there."""
+    files, _ = registry_image(busybox_layer)
+    storage = HostileServer(lambda h: send(h, 200, b'{"token": "storage"}')
+                            if h.path.startswith("/token")
+                            else send(h, 401, headers=[(
+                                "WWW-Authenticate", 'Bearer realm="http://127.0.0.1:%d/token",'
+                                'service="storage"' % storage.port)]))
+
+    def registry_answer(handler):
+        name = handler.path[len("/v2/test/x/"):]
+        if name.startswith("blobs/"):
+            send(handler, 307, headers=[("Location", "http://127.0.0.1:%d/%s" % (
+                storage.port, name))])
+        elif name in files:
+            send(handler, 200, files[name], [("Content-Type",
+                                              "application/vnd.oci.image.manifest.v1+json")])
+        else:
+            send(handler, 404)
+    registry = HostileServer(registry_answer)
+    try:
+        result = pull_with_credentials("127.0.0.1:%d/test/x:1" % registry.port)
+        assert carried_the_password(storage.seen) == [], storage.seen
+        assert result.returncode == 125 and result.err.count("\n") == 1, result.err
+        assert "127.0.0.1:%d answered 401" % storage.port in result.err and \
+            "credentials go to the registry only" in result.err, result.err
+        assert store_leftovers(state) == []
+    finally:
+        registry.close()
+        storage.close()
+        minidocker("image", "prune", "-f")
+
+
+@root
+def test_escape_registry_plain_http_token_realm_on_another_host_is_refused(state):
+    """A registry on this host (so plain http) names a token realm in plain
+    http on a host that is not allowed plain http: the password would cross
+    the network in clear. 0.0.0.0 stands for that host here: it is no
+    loopback address to minidocker's check (nor to Python's ipaddress), and
+    Linux connects it to this host, so the test hears what would be sent."""
+    realm = HostileServer(lambda h: send(h, 200, b'{"token": "t"}'))
+    registry = HostileServer(lambda h: send(h, 401, headers=[(
+        "WWW-Authenticate", 'Bearer realm="http://0.0.0.0:%d/token",service="r"' % realm.port)]))
+    try:
+        result = pull_with_credentials("127.0.0.1:%d/test/x:1" % registry.port)
+        assert carried_the_password(realm.seen) == [], realm.seen
+        assert result.returncode == 125 and result.err.count("\n") == 1, result.err
+        assert "the token realm 'http://0.0.0.0:%d/token' is plain http: refused" % realm.port \
+            in result.err, result.err
+    finally:
+        registry.close()
+        realm.close()
+
+
+@root
+def test_escape_registry_redirect_to_plain_http_drops_the_credentials(busybox_layer, state,
+                                                                       tmp_path):
+    """An https registry (its certificate made here, trusted through
+    SSL_CERT_FILE) redirects a blob to plain http on the same host and
+    port: the password, earned over TLS, would cross the network in clear.
+    It was sent, as the host was the same. 0.0.0.0: a host that is not
+    allowed plain http, so the registry is spoken to over https."""
+    certificate, key = str(tmp_path / "registry.crt"), str(tmp_path / "registry.key")
+    peer("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=0.0.0.0", "-addext", "subjectAltName=IP:0.0.0.0",
+         "-keyout", key, "-out", certificate)
+    files, _ = registry_image(busybox_layer)
+
+    def answer(handler):
+        name = handler.path[len("/v2/test/x/"):]
+        over_tls = hasattr(handler.connection, "cipher")
+        if over_tls and "Authorization" not in handler.headers:
+            send(handler, 401, headers=[("WWW-Authenticate", 'Basic realm="r"')])
+        elif over_tls and name.startswith("blobs/"):
+            send(handler, 302, headers=[("Location", "http://0.0.0.0:%d/v2/test/x/%s" % (
+                registry.port, name))])
+        elif name in files:
+            send(handler, 200, files[name], [("Content-Type",
+                                              "application/vnd.oci.image.manifest.v1+json")])
+        else:
+            send(handler, 404)
+    registry = HostileServer(answer, tls=(certificate, key))
+    try:
+        result = pull_with_credentials("0.0.0.0:%d/test/x:1" % registry.port,
+                                       env={"SSL_CERT_FILE": certificate})
+        plain = [(path, headers, scheme) for path, headers, scheme in registry.seen
+                 if scheme == "http"]
+        assert plain, (registry.seen, result.err)  # the redirect was followed
+        assert carried_the_password(plain) == [], plain
+        assert result.returncode == 0, result.err
+    finally:
+        registry.close()
+        minidocker("rmi", "-f", "0.0.0.0:%d/test/x:1" % registry.port)
+        minidocker("image", "prune", "-f")
+
+
+def endless(handler):
+    """A body that never ends, a 64 KiB chunk every 10 ms (so that a test
+    that fails writes 6 MB a second, not a disk's worth)."""
+    handler.send_response(200)
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    try:
+        while True:
+            handler.wfile.write(b"{" * 65536)
+            time.sleep(0.01)
+    except OSError:  # the client went away
+        pass
+
+
+def raw(data):
+    def answer(handler):
+        handler.wfile.write(data)
+        handler.close_connection = True
+    return answer
+
+
+HOSTILE_REGISTRIES = [
+    ("a config that never ends", {"size": None, "config": endless},
+     "config: more than 4194304 bytes: refused"),
+    ("a config whose size is a string", {"size": "12"},
+     "config: its descriptor's size is not a number"),
+    ("a manifest nested", {"manifest": DEEP_JSON},
+     "manifest: not valid JSON: maximum recursion depth exceeded"),
+    ("a status line that is not HTTP", {"manifest": raw(b"HELLO\r\n\r\n")},
+     "BadStatusLine"),
+    ("a blob cut short in chunked encoding", {"config": raw(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")},
+     "IncompleteRead"),
+    ("a token with a line break", {"token": b'{"token": "a\\r\\nX-Injected: 1"}'},
+     "the token service granted a token that is not one"),
+]
+
+
+@root
+@pytest.mark.parametrize("name, hostile, message", HOSTILE_REGISTRIES,
+                         ids=[h[0] for h in HOSTILE_REGISTRIES])
+def test_image_pull_from_a_hostile_registry_fails_in_one_line_and_bounded(
+        name, hostile, message, busybox_layer, state):
+    """What a registry sends is bounded, and what is wrong with it is one
+    line: a config of no stated size is read to 4 MiB at most (it was read
+    until the disk filled), and a size, a manifest, a response or a token
+    of the wrong shape is named (they were internal errors, or a header
+    sent with the token's line break in it)."""
+    files, config = registry_image(busybox_layer, hostile.get("size", True))
+    if "manifest" in hostile and not callable(hostile["manifest"]):
+        files["manifests/1"] = hostile["manifest"]
+
+    def answer(handler):
+        name = handler.path[len("/v2/test/x/"):]
+        if "token" in hostile and handler.path.startswith("/token"):
+            send(handler, 200, hostile["token"])
+        elif "token" in hostile and "Authorization" not in handler.headers:
+            send(handler, 401, headers=[("WWW-Authenticate", 'Bearer realm="http://127.0.0.1:%d'
+                                         '/token",service="r"' % registry.port)])
+        elif name == "manifests/1" and callable(hostile.get("manifest")):
+            hostile["manifest"](handler)
+        elif name == "blobs/" + config and "config" in hostile:
+            hostile["config"](handler)
+        elif name in files:
+            send(handler, 200, files[name], [("Content-Type",
+                                              "application/vnd.oci.image.manifest.v1+json")])
+        else:
+            send(handler, 404)
+    registry = HostileServer(answer)
+    blobs = os.path.join(image_store(state), "blobs", "sha256")
+    try:
+        result = minidocker("pull", "127.0.0.1:%d/test/x:1" % registry.port, timeout=30)
+        assert result.returncode == 125 and result.err.count("\n") == 1, result.err
+        assert message in result.err and "internal error" not in result.err, result.err
+        assert all(os.path.getsize(os.path.join(blobs, n)) <= (4 << 20) + (1 << 16)
+                   for n in (os.listdir(blobs) if os.path.isdir(blobs) else []))
+        assert store_leftovers(state) == []
+        assert [h for _, h, _ in registry.seen if "X-Injected" in h] == []
+    finally:
+        registry.close()
+        minidocker("image", "prune", "-f")
 
 
 @root
