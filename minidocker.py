@@ -3146,12 +3146,16 @@ def json_list(value):
 # filesystems/overlayfs.rst): a character device 0:0 named NAME, and the
 # xattr trusted.overlay.opaque=y on the directory. Both need real root
 # (CAP_MKNOD, CAP_SYS_ADMIN), as device nodes shipped in a layer do.
-# trusted.* xattrs from the tar itself are dropped: trusted.overlay.* ones
-# (redirect, origin, metacopy) would steer overlayfs' lookups.
+# trusted.* and user.overlay.* xattrs from the tar itself are dropped:
+# overlayfs' own (redirect, origin, metacopy) would steer its lookups.
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
 OVERLAY_OPAQUE = "trusted.overlay.opaque"
+# Dropped from a layer's xattrs: what overlayfs reads as its own, in the
+# host root's overlays (trusted.*) and in one mounted with userxattr
+# (user.overlay.*, a user namespace's).
+OVERLAY_XATTRS = ("trusted.", "user.overlay.")
 XATTR_PAX_PREFIX = "SCHILY.xattr."  # how GNU tar and Go's archive/tar carry xattrs
 
 
@@ -3304,7 +3308,7 @@ class LayerUnpacker:
         os.fchmod(fd, entry.mode & 0o7777)
         for key, value in entry.pax_headers.items():
             xattr = key[len(XATTR_PAX_PREFIX):]
-            if not key.startswith(XATTR_PAX_PREFIX) or xattr.startswith("trusted."):
+            if not key.startswith(XATTR_PAX_PREFIX) or xattr.startswith(OVERLAY_XATTRS):
                 continue
             try:
                 os.setxattr(fd, xattr, value.encode("utf-8", "surrogateescape"))
