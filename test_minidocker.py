@@ -1127,6 +1127,15 @@ def test_image_config_fields_of_the_wrong_kind_are_named_as_the_images(config, m
 
 
 @root
+def test_image_exposed_ports_are_what_minus_p_publishes(busybox_layer, state, images):
+    config = {"Cmd": ["/bin/sh"], "ExposedPorts": {"80/tcp": {}, "53/udp": {}}}
+    assert images([busybox_layer], config=config).returncode == 0
+    plan = parse("-P", "--expose", "90", "test/hand:1").network_plan
+    assert plan["expose"] == [[53, "udp"], [80, "tcp"], [90, "tcp"]]
+    assert plan["ports"] == [["0.0.0.0", 0, 0, "udp", 53], ["0.0.0.0", 0, 0, "tcp", 80],
+                             ["0.0.0.0", 0, 0, "tcp", 90]]
+
+@root
 def test_image_tags_rmi_and_prune(busybox_layer, state, images):
     assert images([busybox_layer]).returncode == 0
     assert minidocker("tag", "test/hand:1", "other/name:2").returncode == 0
