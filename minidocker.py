@@ -3130,8 +3130,9 @@ def json_list(value):
 # Unpacking. A layer is the image author's tar, and the author may be
 # hostile: a name with `..` or a leading `/`, a symlink `etc -> /` followed
 # by an entry `etc/cron.d/x`, or a hard link to /etc/shadow, would write or
-# expose host files if the tar were extracted by path (CVE-2019-14271 and
-# CVE-2018-15664 in Docker, CVE-2021-20291 in containers/storage). So each
+# expose host files if the tar were extracted by path (Docker's
+# CVE-2014-6407 and CVE-2014-9356 in its layer extraction; CVE-2018-15664,
+# the same walk raced in `docker cp`). So each
 # layer goes into a new directory that only its own unpacker writes, and
 # every entry's path is walked from that directory one component at a
 # time with O_NOFOLLOW|O_DIRECTORY: a symlink or a file where a directory
@@ -3271,7 +3272,7 @@ class LayerUnpacker:
             finally:
                 os.close(fd)
             self.directories[tuple(parts)] = entry_times(entry)
-        elif entry.isreg() and not entry.issparse():
+        elif entry.isreg():  # (sparse ones refused by open_tar)
             self.clear(parent, name, keep_directory=False)
             self.write_file(archive, entry, parent, name)
         elif entry.issym():
@@ -3413,6 +3414,7 @@ def real_root():
 # holds: LayerUnpacker.add refuses them) are refused on sight.
 
 TAR_EXTENSION_LIMIT = 1 << 20  # bytes of one PAX header or GNU long name
+TAR_EXTENSION_CHAIN = 8        # extensions in a row before one entry (a real tar: 4 at most)
 PAX_RECORD_LIMIT = 1000        # records of one PAX header, and global ones in all
 PAX_NUMBER, PAX_TIME = r"[0-9]{1,20}", r"-?[0-9]{1,20}(\.[0-9]{0,20})?"
 PAX_FIELDS = (("path", "name", str, None), ("linkpath", "linkname", str, None),
@@ -3445,6 +3447,16 @@ def parse_pax_records(data):
     return records
 
 
+def check_pax_numbers(records):
+    """A number must be one: tarfile would read "x" as 0 (root, for uid),
+    and "inf" as inf."""
+    import tarfile
+    for key, _, _, form in PAX_FIELDS:
+        value = records.get(key)
+        if value is not None and form and not re.fullmatch(form, value):
+            raise tarfile.ReadError("PAX record %s=%s is not a number" % (key, quote(value)))
+
+
 def open_tar(source, mode):
     """tarfile.open over a stream, with the checks above. CheckedTarInfo
     hooks _proc_member, the method tarfile's own comments name for a
@@ -3456,13 +3468,25 @@ def open_tar(source, mode):
             pax = self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
             if self.type == tarfile.GNUTYPE_SPARSE:
                 raise tarfile.ReadError("%s: a GNU sparse entry: refused" % quote(self.name))
-            if (pax or self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)) and \
-                    self.size > TAR_EXTENSION_LIMIT:
+            extension = pax or self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+            if extension and self.size > TAR_EXTENSION_LIMIT:
                 raise tarfile.ReadError("a header extension of %d bytes (more than %d MiB): "
                                         "refused" % (self.size, TAR_EXTENSION_LIMIT >> 20))
-            if pax:
-                return self.proc_pax(archive)
-            return super()._proc_member(archive)
+            if not extension:
+                return super()._proc_member(archive)
+            # Each extension reads the header after it by recursion: a
+            # chain of a few hundred would end in RecursionError. A real
+            # one has a global PAX header, a PAX header, a long name and a
+            # long link at most.
+            depth = getattr(archive, "extension_depth", 0)
+            if depth >= TAR_EXTENSION_CHAIN:
+                raise tarfile.ReadError("more than %d header extensions before one entry: "
+                                        "refused" % TAR_EXTENSION_CHAIN)
+            archive.extension_depth = depth + 1
+            try:
+                return self.proc_pax(archive) if pax else super()._proc_member(archive)
+            finally:
+                archive.extension_depth = depth
 
         def proc_pax(self, archive):
             """The records apply to the next entry ('x'), or to every later
@@ -3474,7 +3498,8 @@ def open_tar(source, mode):
                 raise tarfile.ReadError(str(err)) from None
             if any(key.startswith("GNU.sparse.") for key in records):
                 raise tarfile.ReadError("a sparse file (GNU.sparse PAX records): refused")
-            if self.type == tarfile.XGLTYPE:
+            if self.type == tarfile.XGLTYPE:  # (tarfile applies these itself: checked here)
+                check_pax_numbers(records)
                 archive.pax_headers.update(records)
                 if len(archive.pax_headers) > PAX_RECORD_LIMIT:
                     raise tarfile.ReadError("global PAX headers of more than %d records"
@@ -3494,13 +3519,10 @@ def open_tar(source, mode):
             return entry
 
         def apply_pax(self, records):
-            """What a PAX header overrides of the entry after it. A number
-            must be one (tarfile would read "x" as 0, and "inf" as inf)."""
-            for key, field, kind, form in PAX_FIELDS:
+            """What a PAX header overrides of the entry after it."""
+            check_pax_numbers(records)
+            for key, field, kind, _ in PAX_FIELDS:
                 value = records.get(key)
-                if value is not None and form and not re.fullmatch(form, value):
-                    raise tarfile.ReadError("PAX record %s=%s is not a number"
-                                            % (key, quote(value)))
                 if value is not None:
                     setattr(self, field, kind(value))
             if "path" in records:
@@ -3573,7 +3595,7 @@ def unpack_layer(paths, digest, diff_id, what):
                 raise MiniDockerError("%s: %s" % (what, err)) from None
             raise MiniDockerError("%s: entry %s: %s" % (what, quote(entry.name), err)) from None
         except (tarfile.TarError, EOFError, zlib.error) as err:
-            raise MiniDockerError("%s: not a valid tar archive: %s" % (what, err or
+            raise MiniDockerError("%s: not a valid tar archive: %s" % (what, str(err) or
                                                                        "cut short")) from None
         finally:
             unpacker.forget()
@@ -3605,7 +3627,7 @@ def ensure_layer_link(paths, diff_id):
                              "layer %s" % diff_id)
     links = os.path.join(paths.images, "l")
     os.makedirs(links, 0o700, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
+    with contextlib.suppress(FileExistsError):  # an earlier pull or load made it
         os.symlink(os.path.join("..", "layers", diff_id[len("sha256:"):], "diff"),
                    os.path.join(links, info["link"]))
     return info
@@ -3739,6 +3761,7 @@ def store_image(paths, manifest_digest, config_digest, layers, unpacked, names, 
               "digests": list(digests), "stored": time.time()}
     os.makedirs(os.path.dirname(image_path(paths, config_digest)), 0o700, exist_ok=True)
     with state_lock(paths, "images.lock"):
+        # (no earlier record, or an unreadable one, to merge digests from)
         with contextlib.suppress(FileNotFoundError, MiniDockerError):
             record["digests"] = sorted(set(read_image(paths, config_digest)["digests"]) |
                                        set(digests))
@@ -3823,6 +3846,7 @@ def collect_garbage(paths):
              [r["id"], r["manifest"]] + [layer["digest"] for layer in r["layers"]]}
     for name in listdir_or_empty(os.path.join(paths.images, "layers")):
         if re.fullmatch(r"[0-9a-f]{64}", name) and name not in layers:
+            # (a half-made layer without its layer.json has no link)
             with contextlib.suppress(FileNotFoundError, MiniDockerError, KeyError):
                 link = ensure_layer_link(paths, "sha256:" + name)["link"]
                 os.unlink(os.path.join(paths.images, "l", link))
@@ -3857,6 +3881,7 @@ def images_in_use(paths):
 def load_archive(paths, source, what):
     """Returns [(names, image id)] of the images loaded."""
     import tarfile
+    import zlib
     members, links = {}, {}
     try:
         with open_tar(source, "r|*") as archive:
@@ -3872,8 +3897,11 @@ def load_archive(paths, source, what):
                         check_digest(expected, "%s: %s" % (what, name))
                     members[name] = store_blob(paths, archive.extractfile(entry),
                                                "%s: %s" % (what, name), expected, entry.size)
-    except (tarfile.TarError, EOFError, OSError) as err:
-        raise MiniDockerError("%s: not a valid tar archive: %s" % (what, err)) from None
+    except (tarfile.TarError, EOFError, zlib.error) as err:
+        raise MiniDockerError("%s: not a valid tar archive: %s" % (what, str(err) or
+                                                                   "cut short")) from None
+    except OSError as err:  # gzip's BadGzipFile is one; so is ENOSPC in the store
+        raise MiniDockerError("%s: %s" % (what, err.strerror or err)) from None
 
     def member(name):
         name = links.get(name, name)
@@ -3982,8 +4010,8 @@ def install_image(paths, manifest_digest, config, config_digest, what, names, di
 # `Authorization: Bearer TOKEN`. Docker Hub works this way even for
 # anonymous pulls.
 #
-# Plain http only for a registry on this host (localhost, 127.0.0.0/8,
-# ::1) or one named by --insecure-registry, as Docker allows; everything
+# Plain http only for a registry on this host (localhost, 127.0.0.0/8)
+# or one named by `pull --insecure-registry`, as Docker allows; everything
 # else is https, checked against the system's CA bundle. Credentials go
 # over https, or to a host allowed plain http; never elsewhere, and a
 # redirect to another host does not take them along.
@@ -4187,7 +4215,6 @@ class PullProgress:
         self.on = out.isatty()
         self.lines = [digest[7:19] + ": waiting" for digest, _, _, _ in layers]
         self.lock = threading.Lock()
-        self.started = time.monotonic()
         if self.on:
             out.write("".join(line + "\n" for line in self.lines))
             out.flush()
@@ -4202,8 +4229,10 @@ class PullProgress:
             self.out.flush()
 
     def counter(self, index, total):
+        started = time.monotonic()  # (a layer may wait its turn behind the others)
+
         def progress(done):
-            rate = done / max(time.monotonic() - self.started, 1e-3)
+            rate = done / max(time.monotonic() - started, 1e-3)
             self.update(index, "downloading %s / %s (%s/s)"
                         % (human_size(done), human_size(total), human_size(rate)))
         return progress
@@ -4375,10 +4404,21 @@ def save_images(paths, records, tags, out):
             names = image_names(tags, record["id"])
             for digest in [record["manifest"], record["id"]] + \
                     [layer["digest"] for layer in record["layers"]]:
+                # A layer unpacked from another image's blob (the same
+                # diff_id, compressed another way) was not fetched again.
+                if not os.path.exists(blob_path(paths, digest)):
+                    raise MiniDockerError("save: image %s: blob %s is not stored (its layer "
+                                          "came with another image): pull or load it again"
+                                          % (record["id"][7:19], digest))
+            for digest in [record["manifest"], record["id"]] + \
+                    [layer["digest"] for layer in record["layers"]]:
                 if digest not in written:
                     written.add(digest)
                     add("blobs/sha256/" + digest[7:], path=blob_path(paths, digest))
-            descriptor = {"mediaType": OCI_MANIFEST, "digest": record["manifest"],
+            manifest = parse_json_object(read_blob(paths, record["manifest"], "save"), "save")
+            kind = manifest.get("mediaType")  # a Docker registry's own type, as stored
+            descriptor = {"mediaType": kind if kind in MANIFEST_TYPES else OCI_MANIFEST,
+                          "digest": record["manifest"],
                           "size": os.stat(blob_path(paths, record["manifest"])).st_size}
             for name in names or [None]:
                 annotations = {} if name is None else {
@@ -12834,8 +12874,8 @@ def cmd_stats(args):
         raise
 
 # === 12. (continued) Images: pull, load, save, images, rmi, tag ===
-# Image commands need root for now: the store's whiteouts and device nodes
-# are made with mknod(2) (README: limits).
+# Image commands need root (README: limits): the store is root's, and pull
+# and load make its whiteouts and device nodes with mknod(2).
 
 def cmd_pull(args):
     require_root("pull")
@@ -12884,18 +12924,21 @@ def cmd_save(args):
                               "or redirect stdout")
     tags = read_tags(paths)
     if not args.output:
-        with open(1, "wb", closefd=False) as out:
+        with open(1, "wb", closefd=False) as out, state_lock(paths, "images.gc", shared=True):
             save_images(paths, records, tags, out)
         return 0
     temporary = "%s.tmp-%d" % (args.output, os.getpid())
     try:
-        with open(temporary, "xb") as out:
+        # (shared with pulls: an rmi or prune meanwhile removes no blob)
+        with open(temporary, "xb") as out, state_lock(paths, "images.gc", shared=True):
             save_images(paths, records, tags, out)
         os.rename(temporary, args.output)
-    except OSError as err:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
-        raise MiniDockerError("save -o %s: %s" % (args.output, err.strerror or err)) from None
+        if isinstance(err, OSError):
+            raise MiniDockerError("save -o %s: %s" % (args.output, err.strerror or err)) from None
+        raise
     return 0
 
 

@@ -879,7 +879,17 @@ PAX_BOMBS = [
      "'sparse': a GNU sparse entry: refused"),
     ("global PAX records for every entry", global_pax_records,
      "a PAX header of more than 1000 records"),
+    ("a chain of PAX headers", lambda: small_pax_header(b"k=v") * 2000 +
+     tar_header("f", tarfile.REGTYPE, 0), "more than 8 header extensions before one entry"),
+    ("a global uid that is no number", lambda: small_pax_header(b"uid=x", tarfile.XGLTYPE) +
+     tar_header("f", tarfile.REGTYPE, 0), "PAX record uid='x' is not a number"),
 ]
+
+
+def small_pax_header(record, kind=tarfile.XHDTYPE):
+    line = b" %s\n" % record
+    line = b"%d" % (len(line) + len(b"%d" % (len(line) + 2))) + line
+    return tar_header("pax", kind, len(line)) + line + bytes(-len(line) % 512)
 
 
 @root
