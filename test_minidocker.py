@@ -1520,6 +1520,16 @@ def carried_the_password(seen):
             if any(secret in value or encoded in value for value in headers.values())]
 
 
+
+def send_image_file(handler, files, name):
+    """What registry_image made, as a registry serves it: a manifest (or a
+    blob) by its path under /v2/test/x/, or 404."""
+    if name in files:
+        send(handler, 200, files[name], [("Content-Type",
+                                          "application/vnd.oci.image.manifest.v1+json")])
+    else:
+        send(handler, 404)
+
 @root
 def test_escape_registry_redirect_target_never_gets_the_users_credentials(busybox_layer, state):
     """The registry sends its blobs to storage on another host (as Docker
@@ -1538,11 +1548,8 @@ def test_escape_registry_redirect_target_never_gets_the_users_credentials(busybo
         if name.startswith("blobs/"):
             send(handler, 307, headers=[("Location", "http://127.0.0.1:%d/%s" % (
                 storage.port, name))])
-        elif name in files:
-            send(handler, 200, files[name], [("Content-Type",
-                                              "application/vnd.oci.image.manifest.v1+json")])
         else:
-            send(handler, 404)
+            send_image_file(handler, files, name)
     registry = HostileServer(registry_answer)
     try:
         result = pull_with_credentials("127.0.0.1:%d/test/x:1" % registry.port)
@@ -1600,11 +1607,8 @@ def test_escape_registry_redirect_to_plain_http_drops_the_credentials(busybox_la
         elif over_tls and name.startswith("blobs/"):
             send(handler, 302, headers=[("Location", "http://0.0.0.0:%d/v2/test/x/%s" % (
                 registry.port, name))])
-        elif name in files:
-            send(handler, 200, files[name], [("Content-Type",
-                                              "application/vnd.oci.image.manifest.v1+json")])
         else:
-            send(handler, 404)
+            send_image_file(handler, files, name)
     registry = HostileServer(answer, tls=(certificate, key))
     try:
         result = pull_with_credentials("0.0.0.0:%d/test/x:1" % registry.port,
@@ -1683,11 +1687,8 @@ def test_image_pull_from_a_hostile_registry_fails_in_one_line_and_bounded(
             hostile["manifest"](handler)
         elif name == "blobs/" + config and "config" in hostile:
             hostile["config"](handler)
-        elif name in files:
-            send(handler, 200, files[name], [("Content-Type",
-                                              "application/vnd.oci.image.manifest.v1+json")])
         else:
-            send(handler, 404)
+            send_image_file(handler, files, name)
     registry = HostileServer(answer)
     blobs = os.path.join(image_store(state), "blobs", "sha256")
     try:
