@@ -38,6 +38,7 @@ import _json  # noqa: E402 (the imports come after the mask above)
 import ctypes
 import errno
 import fcntl
+import gc
 import marshal
 import os
 import select
@@ -66,6 +67,14 @@ import time
 # for numbers: signal_name); JSON is read and written with _json, json's
 # own C part (to_json, from_json, chapter 4); the few functions that need a
 # pattern import re themselves; and `suppress` below is contextlib's.
+#
+# Python's cycle collector runs each time 700 more objects exist than at
+# its last run: 11 times in a `run /bin/true` (the file's own functions
+# among them), 3 ms, and each time in the child after the fork it writes
+# to pages the fork shares, which the kernel then copies. From 10,000 it
+# runs in no start-up; a minidocker that lives on (logs -f, a pull) still
+# collects. Reference counting frees all but cycles in any case.
+gc.set_threshold(10000)
 
 # === 1. Errors and messages ===
 # Helpers raise; only main() writes messages and exits (as tini does): the
@@ -7185,21 +7194,23 @@ _clone3 = _bind_holding_gil("syscall", [_c_long, ctypes.c_char_p, ctypes.c_size_
 
 
 class CgroupEntry:
-    """The way of a container's init into its cgroups (see above), from
-    `plan` (plan_cgroups) once the cgroups are made: open() in the parent
-    before the fork, fork(), then enter() first thing in the child, and
-    rest() in the parent: the paths left to join_cgroups."""
+    """The way of a new process into the cgroups at `paths` (see above),
+    made already: open() in the parent before the fork, fork(), then
+    enter() first thing in the child, and rest() in the parent: the paths
+    left to join_cgroups. A v1 cgroup is one with a `tasks` file."""
 
-    def __init__(self, plan):
-        self.v1 = [path for version, _, path, _ in plan if version == 1]
-        self.v2 = [path for version, _, path, _ in plan if version == 2]
+    def __init__(self, paths):
+        self.v1 = [path for path in paths if os.path.exists(os.path.join(path, "tasks"))]
+        self.v2 = [path for path in paths if path not in self.v1]
         self.tasks, self.birth, self.born = [], None, False
 
-    def open(self):
+    def open(self, birth=True):
+        """`birth`: by clone3 where it can (else the v2 cgroup is left to
+        rest(), as when clone3 is refused)."""
         try:
             for path in self.v1:
                 self.tasks.append(os.open(os.path.join(path, "tasks"), os.O_WRONLY | os.O_CLOEXEC))
-            if self.v2 and "clone3" in SYSCALLS:
+            if birth and self.v2 and "clone3" in SYSCALLS:
                 self.birth = os.open(self.v2[0], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as err:
             self.close()
@@ -7547,8 +7558,9 @@ def parse_add_host(text):
 
 def plan_network(mode, subnet, bridge, publish, dns, add_hosts, expose=(), publish_all=False):
     """--network and friends -> the network plan (chapter 9 carries it out).
-    ipaddress is imported only for a bridge or --dns: every Spec plans
-    the default network (none), exec's too, and the import took 4 ms of it."""
+    ipaddress is imported here only for --subnet, -p or --add-host: every
+    Spec plans the default network (none), exec's too, and a bridge's
+    import of it (6 ms) is left to the lease, made beside the child's start."""
     if mode not in NETWORK_MODES:
         raise MiniDockerError("unknown --network %r: minidocker knows bridge, none and host" % mode)
     if mode != "bridge" and (subnet or bridge or publish or publish_all):
@@ -7567,12 +7579,8 @@ def plan_network(mode, subnet, bridge, publish, dns, add_hosts, expose=(), publi
         bound = {(port, proto) for _, _, _, proto, port in ports}
         ports += [["0.0.0.0", EPHEMERAL, EPHEMERAL, proto, port]
                   for port, proto in exposed if (port, proto) not in bound]
-    if dns:
-        import ipaddress
     for server in dns:
-        try:
-            ipaddress.ip_address(server)
-        except ValueError:
+        if is_loopback_address(server) is None:
             raise MiniDockerError("invalid --dns %r: not an IP address" % server)
     hosts = [parse_add_host(text) for text in add_hosts]
     if mode != "bridge" and any(ip == "host-gateway" for _, ip in hosts):
@@ -7583,6 +7591,8 @@ def plan_network(mode, subnet, bridge, publish, dns, add_hosts, expose=(), publi
 
 def plan_subnet(subnet):
     """--subnet (default DEFAULT_SUBNET), checked, in its normal form."""
+    if not subnet:
+        return DEFAULT_SUBNET
     import ipaddress
     try:
         network = ipaddress.IPv4Network(subnet or DEFAULT_SUBNET)
@@ -7701,13 +7711,15 @@ def request_delete_link(index, name):
     return RTM_DELLINK, 0, struct.pack(IFINFOMSG, AF_UNSPEC, 0, index, 0, 0), name
 
 
-def request_new_address(index, name, interface):
+def request_new_address(index, name, address, prefixlen):
     """ip addr add ADDRESS/PREFIX dev NAME (IFA_LOCAL is the address itself;
-    IFA_ADDRESS the peer's, the same on a broadcast link)."""
-    raw = interface.ip.packed
-    body = struct.pack(IFADDRMSG, AF_INET, interface.network.prefixlen, 0,
+    IFA_ADDRESS the peer's, the same on a broadcast link). `address` as
+    text: the container's side packs it without ipaddress (configure_eth0)."""
+    import _socket
+    raw = _socket.inet_pton(_socket.AF_INET, address)
+    body = struct.pack(IFADDRMSG, AF_INET, prefixlen, 0,
                        RT_SCOPE_UNIVERSE, index) + nl_attr(IFA_LOCAL, raw) + nl_attr(IFA_ADDRESS, raw)
-    return RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, "%s %s" % (name, interface)
+    return RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, "%s %s/%d" % (name, address, prefixlen)
 
 
 def request_get_addresses():
@@ -7716,9 +7728,11 @@ def request_get_addresses():
 
 
 def request_default_route(gateway):
-    """ip route add default via GATEWAY"""
-    body = struct.pack(RTMSG, AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
-                       RT_SCOPE_UNIVERSE, RTN_UNICAST, 0) + nl_attr(RTA_GATEWAY, gateway.packed)
+    """ip route add default via GATEWAY (text, as request_new_address's)"""
+    import _socket
+    body = struct.pack(RTMSG, AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE,
+                       RTN_UNICAST, 0) + nl_attr(RTA_GATEWAY,
+                                                 _socket.inet_pton(_socket.AF_INET, gateway))
     return RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body, "default via %s" % gateway
 
 
@@ -8249,7 +8263,7 @@ def ensure_bridge(nl, name, gateway):
         if present:
             raise MiniDockerError("bridge %s has address %s, not %s: use --subnet %s or another --bridge"
                                   % (name, present[0], gateway, present[0].network))
-        nl.call(request_new_address(index, name, gateway))
+        nl.call(request_new_address(index, name, str(gateway.ip), gateway.network.prefixlen))
     nl.call(request_link_up(index, name))
     write_sysctl("net/ipv4/ip_forward", "1")  # containers' packets pass through the host
     return index
@@ -8278,15 +8292,16 @@ def attach_veth(lease, pid):
 def configure_eth0(lease):
     """Container side, in stage 2: a socket opened here speaks for the
     container's namespace. Address, link up, then the default route, which
-    needs the link up (a gateway must be reachable)."""
-    import ipaddress
-    interface = ipaddress.ip_interface("%s/%d" % (lease["address"],
-                                                  ipaddress.ip_network(lease["subnet"]).prefixlen))
+    needs the link up (a gateway must be reachable). The lease's addresses
+    are taken as they are written (the subnet in its normal form, from
+    ipaddress on the host's side): the child imports no ipaddress, which
+    would have to happen before the fork, in the way of every bridge run."""
     with Netlink() as nl:
         index = link_index(nl, "eth0")
-        nl.call(request_new_address(index, "eth0", interface))
+        nl.call(request_new_address(index, "eth0", lease["address"],
+                                    int(lease["subnet"].split("/")[1])))
         nl.call(request_link_up(index, "eth0"))
-        nl.call(request_default_route(ipaddress.ip_address(lease["gateway"])))
+        nl.call(request_default_route(lease["gateway"]))
 
 
 NFTABLES_SOCKET = []  # one per process, opened on first use
@@ -10326,7 +10341,7 @@ def start_container(spec, instance, signals, join, prepare, console_socket=None,
     parent_read, child_write = os.pipe2(os.O_CLOEXEC)
     console, console_peer = None, console_socket
     if spec.network_plan["mode"] == "bridge":
-        preload("_socket", "ipaddress")  # configure_eth0 speaks netlink after pivot_root
+        preload("_socket")  # configure_eth0 speaks netlink after pivot_root
     if spec.tty:
         preload("_socket", "array")  # attach_terminal's, after the fork
     if spec.tty and console_socket is None:
@@ -10766,7 +10781,7 @@ def run_container(spec, paths, report=None, cid=None, again=None):
         # 5. to 9. The child, from fork to the command's execve. It enters
         # its cgroups itself (CgroupEntry); with a user namespace, stage 1's
         # init is joined by its pid.
-        entry = None if maps else CgroupEntry(cgroup_plan)
+        entry = None if maps else CgroupEntry(cgroups)
         try:
             if entry is not None:
                 entry.open()
@@ -11394,31 +11409,33 @@ def restart_by_policy(spec, paths, cid, code, delay):
 # exec runs a command beside the container's own, as one of it: in every
 # namespace of its init, in its cgroups, under the container's user,
 # capabilities, no_new_privs and seccomp filter, inside its root. The
-# parent (minidocker exec) opens the init's namespaces and forks a child,
-# which enters them, the mount namespace last (setns(2) moves its root and
-# working directory to that namespace's root: the container's), while the
-# parent puts it in the container's cgroups (split_exec_cgroups says
-# which). The child then goes through stage 2 as an --init container's
-# init does (exec_command): it becomes the container's user with its
-# capabilities and filter, waits for the parent's "go" (the cgroups
-# joined), and only then forks the command, the first of these processes
-# to be in the container's pid namespace (setns(CLONE_NEWPID) places a
-# caller's next children there, never the caller). The child reports the
-# command's pid and ends (fork_command); the parent, a child subreaper
-# (PR_SET_CHILD_SUBREAPER), inherits the command, puts it in the cgroup
-# of the pids controller, and says "go" again: the command execs. So an
-# exec costs the container one pid, as runc's does (runc joins its last
-# stage to the cgroups by pid too): a container at --pids-limit N with
-# N-1 tasks still takes one. The parent relays the terminal and the
-# signals, and ends with the command's exit code; with -d it leaves once
-# the command runs.
+# parent (minidocker exec) opens the init's namespaces and forks a child
+# into the container's cgroups but the pids one (split_exec_cgroups says
+# which; CgroupEntry, chapter 8, how: born in the cgroup v2, its own write
+# to each v1 one's tasks), which enters the namespaces, the mount
+# namespace last (setns(2) moves its root and working directory to that
+# namespace's root: the container's). The child then goes through stage 2
+# as an --init container's init does (exec_command): it becomes the
+# container's user with its capabilities and filter, waits for the
+# parent's "go" (any cgroup the child could not enter itself, joined),
+# and only then forks the command, the first of these processes to be in
+# the container's pid namespace (setns(CLONE_NEWPID) places a caller's
+# next children there, never the caller). The command's first act is to
+# write itself into the pids cgroup (v1's tasks, through a descriptor
+# exec opened; on cgroup v2 the parent writes its pid). The child reports
+# the command's pid and ends (fork_command); the parent, a child
+# subreaper (PR_SET_CHILD_SUBREAPER), inherits the command and says "go"
+# again: the command execs. So an exec costs the container one pid, as
+# runc's does: a container at --pids-limit N with N-1 tasks still takes
+# one. The parent relays the terminal and the signals, and ends with the
+# command's exit code; with -d it leaves once the command runs.
 #
-# Why the cgroups are joined in two steps: the kernel charges a fork to
+# Why the cgroups are entered in two steps: the kernel charges a fork to
 # the pids cgroup of the process that forks, so a child inside it would
-# need a second free pid for a moment; and the first write to a
-# cgroup.procs waits out an RCU grace period (cgroup_threadgroup_rwsem;
-# measured 7-15 ms on the 2-CPU host, the next writes 0.05 ms), which the
-# parent spends while the child enters the namespaces and is confined.
+# need a second free pid for a moment. The command holds the descriptor of
+# the pids cgroup's tasks file (root's: a write to it moves any process)
+# from its fork to its first act, and closes it then: non-dumpable, it
+# shows it to no process of the container (below).
 #
 # Where the time of `exec CONTAINER /bin/true` goes (.ci/bench goal 7:
 # at most 1.5 times `runc exec`, which takes 24-39 ms on the same host),
@@ -11533,6 +11550,7 @@ def exec_in_container(record, spec, console_socket=None, started=None):
     namespaces = open_namespaces(record)
     signals = SignalPipe()
     console, console_peer = None, console_socket
+    entry = later = None
     try:
         # Inherited by the child through fork: it is never dumpable while
         # it is python3 (see above).
@@ -11546,10 +11564,18 @@ def exec_in_container(record, spec, console_socket=None, started=None):
             console, console_peer = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         child_read, parent_write = os.pipe2(os.O_CLOEXEC)
         parent_read, child_write = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
+        # The child enters the cgroups but the pids one by itself, and
+        # the command that one (CgroupEntry); the parent, what they cannot.
+        first, then = split_exec_cgroups(record["cgroups"], spec.caps)
+        entry, later = CgroupEntry(first), CgroupEntry(then)
+        entry.open()
+        later.open(birth=False)
+        pid = entry.fork()
         if pid == 0:
             try:
-                exec_child(spec, record, namespaces, child_write, child_read, console_peer)
+                with reported(child_write):
+                    entry.enter()
+                exec_child(spec, record, namespaces, child_write, child_read, console_peer, later)
             finally:  # never back into the parent's frames
                 os._exit(EXIT_RUNTIME)
         for fd in (child_read, child_write):
@@ -11559,8 +11585,7 @@ def exec_in_container(record, spec, console_socket=None, started=None):
         pending, rest, command = [], bytearray(), None
         try:
             try:
-                first, then = split_exec_cgroups(record["cgroups"], spec.caps)
-                join_cgroups(first, pid)
+                join_cgroups(entry.rest(), pid)
                 os.write(parent_write, b"go\n")
             except (MiniDockerError, BrokenPipeError) as err:
                 child_error_first(err, pid, parent_read, signals, pending, rest)
@@ -11569,7 +11594,7 @@ def exec_in_container(record, spec, console_socket=None, started=None):
             if not message.startswith(b"pid "):
                 raise_child_error(message)
             command = adopted(int(message[4:]), pid)
-            join_cgroups(then, command)
+            join_cgroups(later.rest(), command)
             # Its end makes the command ours, before the command asks for
             # the parent-death signal, which binds to its parent of the moment.
             os.waitpid(pid, 0)
@@ -11592,6 +11617,9 @@ def exec_in_container(record, spec, console_socket=None, started=None):
             return 0
         return exit_code(wait_for_container(command, signals, master, spec.interactive, pending))
     finally:
+        for opened in (entry, later):
+            if opened is not None:
+                opened.close()
         signals.close()
         close_namespaces(namespaces)
         if console is not None:
@@ -11630,9 +11658,10 @@ def process_parent(pid):
         return None
 
 
-def exec_child(spec, record, namespaces, to_parent, from_parent, console):
+def exec_child(spec, record, namespaces, to_parent, from_parent, console, later):
     """The process exec adds: it enters the container, is confined as its
-    init was, and forks the command (fork_command). Never returns."""
+    init was, and forks the command (fork_command), which enters the
+    CgroupEntry `later` (opened: the pids cgroup v1). Never returns."""
     try:
         set_stage_name("md:[exec]")
         spec.runtime_files = runtime_files()
@@ -11644,7 +11673,7 @@ def exec_child(spec, record, namespaces, to_parent, from_parent, console):
             os.dup2(null, target)
         os.close(null)
         # Nothing of the host's beyond this point but what is named here.
-        keep = {to_parent, from_parent} | {fd for fd, _, _ in namespaces}
+        keep = {to_parent, from_parent} | {fd for fd, _, _ in namespaces} | set(later.tasks)
         if console is not None:
             keep.add(console.fileno())
         close_all_fds_but(keep)
@@ -11665,7 +11694,7 @@ def exec_child(spec, record, namespaces, to_parent, from_parent, console):
             os.close(rootfd)
         exec_command(spec, spec.hostname, to_parent, tied=not spec.detach,
                      fork=lambda to_parent, _tty, tied: fork_command(to_parent, from_parent,
-                                                                     slave, tied))
+                                                                     slave, tied, later))
     except MiniDockerError as err:
         report_and_exit(to_parent, err.code, str(err))
     except OSError as err:
@@ -11674,7 +11703,7 @@ def exec_child(spec, record, namespaces, to_parent, from_parent, console):
         report_and_exit(to_parent, EXIT_RUNTIME, "internal error: %r" % err)
 
 
-def fork_command(to_parent, from_parent, slave, tied):
+def fork_command(to_parent, from_parent, slave, tied, later):
     """exec's child, confined, forks the command into the container's pid
     namespace once the parent says "go" (its first cgroups joined), tells
     the parent the command's pid and ends. The command waits for the
@@ -11689,6 +11718,7 @@ def fork_command(to_parent, from_parent, slave, tied):
     if command != 0:
         write_all(to_parent, b"pid %d\n" % command)
         os._exit(0)
+    later.enter()  # (a failure is exec_child's to report, as any before execve)
     if read_line(from_parent, bytearray()) != b"go\n":
         os._exit(EXIT_RUNTIME)
     if tied:  # the filter may refuse prctl: then only the namespace's end takes it
@@ -12415,7 +12445,15 @@ def cmd_mkrootfs(args):
 # to PREFIX/lib/minidocker/, is compiled there once, and PREFIX/bin/minidocker
 # is a launcher of a few lines that imports it. The launcher's interpreter
 # runs isolated and without site (-IS): no PYTHON* variables, no user's
-# site-packages, no .pth files to run at every start.
+# site-packages, no .pth files to run at every start. The bytecode is
+# compiled as `python3 -OO -X no_debug_ranges` would: without docstrings
+# (the book's, which the program never reads), asserts (the file's own
+# checks of struct sizes, which a run of the file itself makes) and the
+# column of each instruction (Python 3.11's, for tracebacks, which
+# minidocker never shows): 18% fewer bytes to load at every start, 2 ms.
+
+COMPILE_INSTALLED = ("import py_compile, sys\n"
+                     "py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True, optimize=2)")
 
 LAUNCHER_MARK = "# minidocker's launcher, written by `minidocker.py install`"
 LAUNCHER = """#!{python} -IS
@@ -12480,7 +12518,7 @@ def cmd_install(args):
     """`install [--prefix DIR]`: the file, its bytecode and the launcher."""
     require_root("install")
     import importlib.util
-    import py_compile
+    import subprocess
     prefix = os.path.abspath(args.prefix)
     library, installed, launcher = install_paths(prefix)
     if os.path.lexists(launcher) and not is_launcher(launcher):
@@ -12494,8 +12532,14 @@ def cmd_install(args):
         with open(os.path.abspath(__file__), "rb") as handle:
             source = handle.read()
         write_file_atomically(installed, source, 0o644)
-        py_compile.compile(installed, cfile=importlib.util.cache_from_source(installed),
-                           doraise=True)
+        compiled = subprocess.run(
+            [sys.executable, "-I", "-X", "no_debug_ranges", "-c", COMPILE_INSTALLED, installed,
+             importlib.util.cache_from_source(installed)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if compiled.returncode != 0:
+            why = compiled.stderr.decode(errors="replace").strip().splitlines()
+            raise MiniDockerError("install: compiling %s: %s"
+                                  % (installed, why[-1] if why else "exit %d" % compiled.returncode))
         held = ", ".join("signal." + name for name in FORWARDED_SIGNALS)
         write_file_atomically(launcher, LAUNCHER.format(
             python=sys.executable, mark=LAUNCHER_MARK, prefix=prefix, held=held,
@@ -12504,8 +12548,6 @@ def cmd_install(args):
             os.symlink("minidocker", launcher + "-runc")
     except OSError as err:
         raise MiniDockerError("install: %s: %s" % (err.filename or prefix, err.strerror))
-    except py_compile.PyCompileError as err:
-        raise MiniDockerError("install: compiling %s: %s" % (installed, err.msg))
     print(launcher)
     return 0
 
@@ -13562,7 +13604,7 @@ def runc_create(args, foreground=False):
         instance = Instance(state.id, None, spec.hostname, [], state.oci("creating"),
                             cgroup_view_dirs(plan, layout), id_maps=spec.userns)
         signals = SignalPipe()
-        entry = None if spec.userns else CgroupEntry(plan)  # as run_container's
+        entry = None if spec.userns else CgroupEntry(made)  # as run_container's
         try:
             if entry is not None:
                 entry.open()

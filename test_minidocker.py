@@ -37,6 +37,7 @@ import http.server
 import io
 import ipaddress
 import json
+import marshal
 import os
 import re
 import select
@@ -52,6 +53,7 @@ import tempfile
 import termios
 import threading
 import time
+import types
 import urllib.parse
 
 import pytest
@@ -5254,9 +5256,9 @@ OUR_REQUESTS = {
     "ip link add mini-br0 type bridge": lambda: md.request_new_bridge("mini-br0"),
     "ip link add veth1234abcd type veth peer name eth0 netns 4063": lambda: md.request_new_veth("veth1234abcd", "eth0", 4063),
     "ip link set veth1234abcd master mini-br0 up": lambda: md.request_link_up(5, "veth1234abcd", master=4),
-    "ip addr add 10.0.0.1/24 dev mini-br0": lambda: md.request_new_address(4, "mini-br0", ipaddress.ip_interface("10.0.0.1/24")),
+    "ip addr add 10.0.0.1/24 dev mini-br0": lambda: md.request_new_address(4, "mini-br0", "10.0.0.1", 24),
     "ip link set mini-br0 up": lambda: md.request_link_up(4, "mini-br0"),
-    "ip route add default via 10.0.0.1": lambda: md.request_default_route(ipaddress.ip_address("10.0.0.1")),
+    "ip route add default via 10.0.0.1": lambda: md.request_default_route("10.0.0.1"),
     "ip link del veth1234abcd": lambda: md.request_delete_link(5, "veth1234abcd"),
 }
 
@@ -6239,6 +6241,13 @@ def test_install_runs_from_cached_bytecode_and_uninstall_removes_it(rootfs, tmp_
     compiled = os.stat(bytecode)
     with open(bytecode, "rb") as handle:
         compiled_bytes = handle.read()
+    # Compiled as -OO -X no_debug_ranges: no docstrings, no columns.
+    module = marshal.loads(compiled_bytes[16:])
+    codes = {c.co_name: c for c in module.co_consts if isinstance(c, types.CodeType)}
+    for code, docstring in ((module, "minidocker: a Linux"), (codes["is_number"], "Only ASCII")):
+        assert not any(isinstance(c, str) and c.startswith(docstring) for c in code.co_consts)
+    if sys.version_info >= (3, 11):
+        assert {column for _, _, column, _ in codes["is_number"].co_positions()} == {None}
     ran = subprocess.run([launcher, "run", "--rm", "--network=none", rootfs, "echo", "hi"],
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          timeout=60)
