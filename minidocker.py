@@ -3110,11 +3110,6 @@ def install_host_tools(dest):
 # overlay2 driver does: 128 layers fit in 3.7 KB.
 
 DOCKER_HUB = "docker.io"
-REPOSITORY_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-REGISTRY_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*" \
-    r"[A-Za-z0-9])?)*(?::[0-9]{1,5})?"
-TAG_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
-DIGEST_PATTERN = r"sha256:[0-9a-f]{64}"
 IMAGE_JSON_LIMIT = 4 << 20  # a manifest, index or config held in memory: Docker's limit too
 LINK_LENGTH = 26            # a short name's characters, base32, as overlay2's
 
@@ -3135,28 +3130,66 @@ class ImageRef:
             ("@" + self.digest if self.digest else "")
 
 
+# Docker's grammar of a reference (distribution's reference package), as
+# regular expressions, matched below without re (its import is 10 ms, and
+# `run IMAGE` reads a reference at every start):
+#   a repository component  [a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*
+#   a registry              LABEL(?:\.LABEL)*(?::[0-9]{1,5})?,
+#                           LABEL = [A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?
+#   a tag                   [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
+#   a digest                sha256:[0-9a-f]{64}
+LOWER_ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def is_repository_component(text):
+    runs = []  # alternating runs of [a-z0-9] and of separators
+    for char in text:
+        if char not in LOWER_ALNUM and char not in "._-":
+            return False
+        if runs and (char in LOWER_ALNUM) == (runs[-1][0] in LOWER_ALNUM):
+            runs[-1] += char
+        else:
+            runs.append(char)
+    return bool(runs) and runs[0][0] in LOWER_ALNUM and runs[-1][0] in LOWER_ALNUM and all(
+        run in (".", "_", "__") or not run.strip("-") for run in runs[1::2])
+
+
+def is_registry_host(text):
+    host, colon, port = text.partition(":")
+    return (not colon or is_number(port) and len(port) <= 5) and all(
+        label and "-" not in (label[0], label[-1]) and not label.strip(ASCII_ALNUM + "-")
+        for label in host.split("."))
+
+
+def is_tag(text):
+    return 0 < len(text) <= 128 and text[0] not in ".-" and not text.strip(ASCII_ALNUM + "_.-")
+
+
+def is_digest(text):
+    return isinstance(text, str) and text.startswith("sha256:") and is_hex_id(text[7:])
+
+
 def parse_reference(text):
     """Docker's reference rules: `alpine` is docker.io/library/alpine:latest;
     a first component holding '.' or ':', or `localhost`, is a registry;
     repository components are lower case; a tag has at most 128
     characters; `@sha256:HEX` pins a digest (and needs no tag)."""
-    import re
     def invalid(why):
         return MiniDockerError("invalid image reference %s: %s" % (quote(text), why))
     if not text or len(text) > 255:
         raise invalid("expected 1 to 255 characters")
     rest, at, digest = text.partition("@")
-    if at and not re.fullmatch(DIGEST_PATTERN, digest):
+    if at and not is_digest(digest):
         raise invalid("a digest is 'sha256:' and 64 lower-case hex digits")
     name, tag = rest, None
     if rest.rfind(":") > rest.rfind("/"):
         name, _, tag = rest.rpartition(":")
-        if not re.fullmatch(TAG_PATTERN, tag):
+        if not is_tag(tag):
             raise invalid("a tag is at most 128 letters, digits, '_', '.' and '-', not "
                           "starting with '.' or '-'")
     first, slash, remainder = name.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost"):
-        if not re.fullmatch(REGISTRY_HOST, first):
+        if not is_registry_host(first):
             raise invalid("the registry is a host name with an optional :PORT")
         registry, path = first, remainder
     else:
@@ -3164,7 +3197,7 @@ def parse_reference(text):
     if registry in (DOCKER_HUB, "index.docker.io"):
         registry, path = DOCKER_HUB, path if "/" in path else "library/" + path
     for component in path.split("/"):
-        if not re.fullmatch(REPOSITORY_COMPONENT, component):
+        if not is_repository_component(component):
             raise invalid("a repository is lower-case letters and digits, with '.', '_', "
                           "'__' or '-' between them, in '/'-separated parts")
     return ImageRef(registry, path, tag if tag or at else "latest", digest or None)
@@ -3183,8 +3216,7 @@ def familiar_name(name):
 def check_digest(text, what):
     """A digest from a manifest or config names a file in the store: it must
     be exactly sha256 and hex, or `sha256:../../x` would be a path."""
-    import re
-    if not isinstance(text, str) or not re.fullmatch(DIGEST_PATTERN, text):
+    if not is_digest(text):
         raise MiniDockerError("%s: %s is not a sha256 digest" % (what, quote(str(text))))
     return text
 
@@ -3966,7 +3998,6 @@ def image_config(paths, record):
 def find_image(paths, text):
     """An image by reference (a tag, or NAME@DIGEST) or by id (a prefix of
     its hex, with or without sha256:). None when there is none."""
-    import re
     tags = read_tags(paths)
     try:
         ref = parse_reference(text)
@@ -3982,10 +4013,10 @@ def find_image(paths, text):
         arch = host_platform().split("/")[1]
         found.sort(key=lambda record: record["architecture"] != arch)
         return found[0] if found else None
-    match = re.fullmatch(r"(?:sha256:)?([0-9a-f]{1,64})", text)
-    if not match:
+    prefix = text[len("sha256:"):] if text.startswith("sha256:") else text
+    if not 0 < len(prefix) <= 64 or prefix.strip("0123456789abcdef"):
         return None
-    found = [r for r in read_images(paths) if r["id"][7:].startswith(match.group(1))]
+    found = [r for r in read_images(paths) if r["id"][7:].startswith(prefix)]
     if len(found) > 1:
         raise MiniDockerError("image id prefix %s is ambiguous: it matches %d images"
                               % (quote(text), len(found)))
@@ -5943,7 +5974,7 @@ def setgroups_denied():
         return False
 
 
-def enter_user_namespace(spec, instance, to_parent, from_parent):
+def enter_user_namespace(spec, instance, to_parent, from_parent, later=None):
     """Stage 1 of a container with a user namespace, md:[1:USERNS], forked
     by start_container in the host's namespaces. As host root still, in a
     mount namespace of its own: make the user namespace, mount the overlay
@@ -5955,7 +5986,9 @@ def enter_user_namespace(spec, instance, to_parent, from_parent):
     ends; the parent, a child subreaper, adopts the init and says
     "adopted" (adopt_init). Only then does the init go on to child_stage,
     which asks for the parent-death signal: that binds to the parent of
-    the moment, and stage 1's end would fire it. Returns in the init only.
+    the moment, and stage 1's end would fire it. The init's first act is
+    to enter the CgroupEntry `later` (the pids cgroup). Returns in the
+    init only.
     A user's (rootless) stage 1 has no host root to lend: it makes the
     user namespace and enters it, and the init mounts the overlay and
     binds the user's paths itself, as root of its namespace (build_root)."""
@@ -5991,6 +6024,8 @@ def enter_user_namespace(spec, instance, to_parent, from_parent):
     if init != 0:
         write_all(to_parent, b"pid %d\n" % init)
         os._exit(0)
+    if later is not None:
+        later.enter()
     if read_line(from_parent, bytearray()) != b"adopted\n":
         os._exit(EXIT_RUNTIME)
 
@@ -10326,7 +10361,8 @@ def raise_child_error(message):
     raise MiniDockerError(text, int(code))
 
 
-def start_container(spec, instance, signals, join, prepare, console_socket=None, entry=None):
+def start_container(spec, instance, signals, join, prepare, console_socket=None, entry=None,
+                    later=None):
     """Stage 0: fork the child into its namespaces and see it to its exec.
     On the host side, while the child unshares and builds its root:
     join(pid) (the cgroups `entry` leaves) in a thread of its own, and meanwhile
@@ -10336,7 +10372,8 @@ def start_container(spec, instance, signals, join, prepare, console_socket=None,
     master or None, the signals that arrived meanwhile and are still to
     forward). `console_socket`: a bundle's --console-socket, connected,
     where the child sends the pty's master instead of to us. `entry`: a
-    CgroupEntry, opened, by which the child enters its cgroups itself."""
+    CgroupEntry, opened, by which the child enters its cgroups itself;
+    `later`, one the init of a user namespace enters (stage 1 forks it)."""
     child_read, parent_write = os.pipe2(os.O_CLOEXEC)
     parent_read, child_write = os.pipe2(os.O_CLOEXEC)
     console, console_peer = None, console_socket
@@ -10370,7 +10407,7 @@ def start_container(spec, instance, signals, join, prepare, console_socket=None,
                 os.dup2(os.open("/dev/null", os.O_RDONLY), 0)  # `docker run` without -i
             if userns:
                 with reported(child_write):
-                    enter_user_namespace(spec, instance, child_write, child_read)
+                    enter_user_namespace(spec, instance, child_write, child_read, later)
             child_stage(spec, instance, child_write, child_read, console_peer)
         finally:
             # Whatever happens, the child never returns into our frames:
@@ -10397,7 +10434,7 @@ def start_container(spec, instance, signals, join, prepare, console_socket=None,
         warming = None
         if userns:
             # (not a user's container: it joins a cgroup only where one is delegated)
-            if not instance.id_maps.get("rootless"):
+            if not instance.id_maps.get("rootless") and entry is None:
                 warming = InThread(warm_cgroup_moves)
             pid = adopt_init(pid, parent_read, parent_write, signals, pending, rest)
         joining = InThread(join, pid)
@@ -10779,19 +10816,30 @@ def run_container(spec, paths, report=None, cid=None, again=None):
                 os.dup2(writer, fd)
                 os.close(writer)
         # 5. to 9. The child, from fork to the command's execve. It enters
-        # its cgroups itself (CgroupEntry); with a user namespace, stage 1's
-        # init is joined by its pid.
-        entry = None if maps else CgroupEntry(cgroups)
+        # its cgroups itself (CgroupEntry). With a user namespace, stage 1
+        # enters them but the pids one, which the init it forks enters, as
+        # exec's command does (the cgroup would otherwise need two free
+        # pids for a moment); a user's container is joined by its pid.
+        entry = later = None
+        if not maps:
+            entry = CgroupEntry(cgroups)
+        elif not maps.get("rootless"):
+            first, then = split_exec_cgroups(cgroups, set())
+            entry, later = CgroupEntry(first), CgroupEntry(then)
         try:
             if entry is not None:
                 entry.open()
+            if later is not None:
+                later.open(birth=False)
             pid, master, pending = start_container(
                 spec, instance, signals,
-                lambda child: join_cgroups(cgroups if entry is None else entry.rest(), child),
-                prepare, entry=entry)
+                lambda child: join_cgroups(cgroups if entry is None else
+                                           entry.rest() + (later.rest() if later else []), child),
+                prepare, entry=entry, later=later)
         finally:
-            if entry is not None:
-                entry.close()
+            for opened in (entry, later):
+                if opened is not None:
+                    opened.close()
         started = True
         record.update(status="running", pid=pid, pid_start=process_start_time(pid),
                       started=time.time())
@@ -11631,7 +11679,8 @@ def split_exec_cgroups(cgroups, caps):
     forks the command, those the command joins after): the one that holds
     the pids controller (it has pids.max: the pids hierarchy of cgroup v1,
     or the only one of v2) waits for the command, unless the container
-    holds CAP_SYS_PTRACE (see above)."""
+    holds CAP_SYS_PTRACE (see above). (With no `caps`: stage 1 of a user
+    namespace and the init it forks, likewise.)"""
     if CAP_NAMES.index("SYS_PTRACE") in caps:
         return cgroups, []
     pids = [path for path in cgroups if os.path.exists(os.path.join(path, "pids.max"))]

@@ -734,6 +734,32 @@ def test_image_references_refused_by_name(text, why):
     assert why in str(raised.value) and "invalid image reference" in str(raised.value)
 
 
+REFERENCE_GRAMMAR = {  # distribution's reference package, as regular expressions
+    "is_repository_component": r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*",
+    "is_registry_host": r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?",
+    "is_tag": r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}",
+    "is_digest": r"sha256:[0-9a-f]{64}",
+}
+
+
+def test_image_reference_parts_match_as_the_grammar_says():
+    """minidocker matches them without re: each matcher against its
+    expression, on strings of the characters that matter."""
+    import random
+    rnd = random.Random(7)
+    for name, pattern in REFERENCE_GRAMMAR.items():
+        match = getattr(md, name)
+        samples = ["a" * 128, "a" * 129, "a:99999", "a:123456", "a.b.c:1", "-a", "a-", "a--b",
+                   "a__b", "a___b", "a._b", "", "sha256:" + "a" * 64, "sha256:" + "a" * 63]
+        samples += ["".join(rnd.choice("aZ09_.-:/@\u00e9 ") for _ in range(rnd.randint(0, 9)))
+                    for _ in range(20000)]
+        samples += ["sha256:" + "".join(rnd.choice("0a9fg") for _ in range(rnd.choice((63, 64, 65))))
+                    for _ in range(2000)]
+        for text in samples:
+            assert match(text) == bool(re.fullmatch(pattern, text)), (name, text)
+
+
 def test_image_familiar_names_are_dockers_short_ones():
     assert md.familiar_name("docker.io/library/alpine") == "alpine"
     assert md.familiar_name("docker.io/me/app") == "me/app"
@@ -3670,8 +3696,9 @@ def imports_of(argv):
 def test_a_start_imports_none_of_the_slow_modules(rootfs, tmp_path):
     """The file's top leaves out json, re, signal.py's enums and contextlib
     (14 ms of every start on the 2-CPU host): a plain run, run -d, exec,
-    stop, rm and an OCI create, start, state and delete must not bring them
-    back by a side door (an `import re` a function makes on every path)."""
+    stop, rm, an OCI create, start, state and delete, and a run of a stored
+    image must not bring them back by a side door (an `import re` a
+    function makes on every path)."""
     if len(MINIDOCKER) != 1:
         pytest.skip("only the installed launcher's imports are measured")
     assert MINIDOCKER[0].endswith("/bin/minidocker")
@@ -3691,8 +3718,16 @@ def test_a_start_imports_none_of_the_slow_modules(rootfs, tmp_path):
              ["runc", "--root", root_dir, "state", oci_id],
              ["runc", "--root", root_dir, "start", oci_id],
              ["runc", "--root", root_dir, "delete", "-f", oci_id]]
-    for argv in runs:
-        assert not imports_of(argv) & set(SLOW_IMPORTS), argv
+    image = "test/imports:%d" % os.getpid()
+    archive = save_archive(str(tmp_path / "image.tar"), [tree_layer(rootfs)],
+                           config={"Cmd": ["true"]}, tags=(image,))
+    subprocess.run(MINIDOCKER + ["load", "-i", archive], stdout=subprocess.DEVNULL, check=True)
+    runs.append(["run", "--rm", "--network", "none", image])
+    try:
+        for argv in runs:
+            assert not imports_of(argv) & set(SLOW_IMPORTS), argv
+    finally:
+        subprocess.run(MINIDOCKER + ["rmi", image], stdout=subprocess.DEVNULL)
     assert_nothing_left()
 
 
@@ -3756,6 +3791,28 @@ def test_cgroup_pids_zero_means_unlimited(rootfs):
             assert proc.stdout.readline() == b"up\n"
             limit = md.read_text(cgroup_of(running_record(), "pids") + "/pids.max").strip()
             assert limit == ("7" if flags[1] == "7" else "max")
+            os.kill(wait_for_child(proc.pid), signal.SIGKILL)
+            assert proc.wait(timeout=20) == 137
+    assert_nothing_left()
+
+
+@root
+def test_cgroup_pids_limit_of_one_is_the_init_alone(rootfs, subids):
+    """--pids-limit 1 leaves room for the init and nothing else, with a user
+    namespace too: stage 1, which forks the init, never counts in the pids
+    cgroup (the init moves itself in), nor does exec's process (its
+    command moves itself in). So the command runs, and cannot fork."""
+    for options in ([], ["--userns", "auto"]):
+        result = run(rootfs, "sh", "-c", "echo up; /bin/true; echo forked",
+                     options=["--pids-limit", "1"] + options)
+        assert result.out == "up\n" and result.returncode != 0, (options, result.err)
+        with started(rootfs, "sh", "-c", "echo up; exec sleep 60",
+                     options=["--pids-limit", "2"] + options) as proc:
+            assert proc.stdout.readline() == b"up\n"
+            record = running_record()
+            pids = cgroup_of(record, "pids")
+            assert int(md.read_text(pids + "/pids.current")) == 1
+            assert minidocker("exec", record["id"], "cat", "/proc/self/cgroup").returncode == 0
             os.kill(wait_for_child(proc.pid), signal.SIGKILL)
             assert proc.wait(timeout=20) == 137
     assert_nothing_left()
