@@ -276,6 +276,40 @@ def _bind_holding_gil(name, argtypes, restype):
     return func
 
 
+# <linux/sched.h>: clone3(2)'s flag, and its struct clone_args up to the
+# cgroup field (CLONE_ARGS_SIZE_VER2, 88 bytes), eleven u64 in this order:
+#   flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size,
+#   tls, set_tid, set_tid_size, cgroup
+CLONE_INTO_CGROUP = 0x200000000
+CLONE_ARGS = "11Q"
+assert struct.calcsize(CLONE_ARGS) == 88
+_clone3 = _bind_holding_gil("syscall", [_c_long, ctypes.c_char_p, ctypes.c_size_t], _c_long)
+
+
+def fork_into_cgroup(cgroup_fd):
+    """os.fork() by clone3(2), the child born in the cgroup2 directory
+    `cgroup_fd`: -> the child's pid (0 in the child), or None where clone3
+    is refused. As os.fork does, it calls PyOS_BeforeFork before and
+    PyOS_AfterFork_Child or _Parent after, with the GIL held throughout
+    (_bind_holding_gil), so that the interpreter's own state (its locks,
+    its threads' records) is made right in the child. What os.fork's fork(3)
+    does besides, glibc's handlers for its own locks, matters only while
+    another thread may hold one: with a thread of ours alive (_thread's
+    count), this declines."""
+    import _thread
+    if _thread._count():
+        return None
+    args = struct.pack(CLONE_ARGS, CLONE_INTO_CGROUP, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, 0, 0,
+                       cgroup_fd)
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = _clone3(SYSCALLS["clone3"], args, len(args))
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    return pid if pid > 0 else None  # -1: refused, and no child
+
+
 class failing_as:
     """Rename a failed binding's error after what the caller was doing
     (`mount overlay on /x`), with the hint that `hints` gives its errno."""
@@ -7222,11 +7256,7 @@ def join_cgroups(paths, pid):
 #   its parent opened (0.05 ms a hierarchy, measured on Linux 6.18).
 # Where clone3 is refused (ENOSYS under an older kernel or a container's
 # seccomp profile), the parent writes the pid to the v2 cgroup, as before.
-
-CLONE_INTO_CGROUP = 0x200000000
-CLONE_ARGS = "11Q"  # struct clone_args up to its cgroup field (CLONE_ARGS_SIZE_VER2)
-_clone3 = _bind_holding_gil("syscall", [_c_long, ctypes.c_char_p, ctypes.c_size_t], _c_long)
-
+# (fork_into_cgroup, the clone3 that stands in for os.fork, is in chapter 2.)
 
 class CgroupEntry:
     """The way of a new process into the cgroups at `paths` (see above),
@@ -7276,30 +7306,6 @@ class CgroupEntry:
         for fd in self.tasks + ([self.birth] if self.birth is not None else []):
             os.close(fd)
         self.tasks, self.birth = [], None
-
-
-def fork_into_cgroup(cgroup_fd):
-    """os.fork() by clone3(2), the child born in the cgroup2 directory
-    `cgroup_fd`: -> the child's pid (0 in the child), or None where clone3
-    is refused. As os.fork does, it calls PyOS_BeforeFork before and
-    PyOS_AfterFork_Child or _Parent after, with the GIL held throughout
-    (_bind_holding_gil), so that the interpreter's own state (its locks,
-    its threads' records) is made right in the child. What os.fork's fork(3)
-    does besides, glibc's handlers for its own locks, matters only while
-    another thread may hold one: with a thread of ours alive (_thread's
-    count), this declines."""
-    import _thread
-    if _thread._count():
-        return None
-    args = struct.pack(CLONE_ARGS, CLONE_INTO_CGROUP, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, 0, 0,
-                       cgroup_fd)
-    ctypes.pythonapi.PyOS_BeforeFork()
-    pid = _clone3(SYSCALLS["clone3"], args, len(args))
-    if pid == 0:
-        ctypes.pythonapi.PyOS_AfterFork_Child()
-        return 0
-    ctypes.pythonapi.PyOS_AfterFork_Parent()
-    return pid if pid > 0 else None  # -1: refused, and no child
 
 
 def remove_cgroups(paths):
@@ -11486,18 +11492,13 @@ def restart_by_policy(spec, paths, cid, code, delay):
 # shows it to no process of the container (below).
 #
 # Where the time of `exec CONTAINER /bin/true` goes (.ci/bench goal 7:
-# at most 1.5 times `runc exec`, which takes 24-39 ms on the same host),
-# as medians of 20 runs, instrumented, the host busy with other work:
-# Python's start, 14 ms; minidocker's imports, the command line and the
-# record, 27 ms; the container's spec (ast and ipaddress imported), 6 ms;
-# then from the child's fork to the command's execve 19 ms, of which the
-# grace period's wait is the longest part (the child, confined in 6 ms,
-# waits 6 more for "go"), and the forks and the child's end 2 ms each; the
-# command's end seen 4 ms later. 72 ms in all, from 80 with the reaper
-# (the child joining the cgroups before it entered anything, the grace
-# period then waited out alone, and the command's end reported through
-# the reaper's). The 41 ms before the spec are every command's: the goal
-# is out of reach of this part.
+# at most 1.5 times `runc exec`, which took 42-43 ms on the same host):
+# 48-55 ms in all (1.13-1.26x), from 72-76 when exec's parent wrote both
+# pids (its first write waited out the grace period, as runc's exec still
+# does) and every start imported json, re and ast. Of that, Python's
+# start and the bytecode take about 25 ms before main(), and exec's own
+# work, from main() to the command's execve, 9-12 ms; the rest is the
+# command itself, its end, and our exit.
 #
 # The dangerous moment is the one in between: a process of the host
 # (python3, minidocker's memory and descriptors) entering the container.
@@ -11647,7 +11648,10 @@ def exec_in_container(record, spec, console_socket=None, started=None):
             # the parent-death signal, which binds to its parent of the moment.
             os.waitpid(pid, 0)
             pid = None
-            os.write(parent_write, b"go\n")
+            try:
+                os.write(parent_write, b"go\n")
+            except BrokenPipeError as err:  # the command failed first: its error explains
+                child_error_first(err, command, parent_read, signals, pending, rest)
             message = read_child_message(parent_read, signals, pending, rest)
             if message:
                 raise_child_error(message)
@@ -12587,8 +12591,8 @@ def cmd_install(args):
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if compiled.returncode != 0:
             why = compiled.stderr.decode(errors="replace").strip().splitlines()
-            raise MiniDockerError("install: compiling %s: %s"
-                                  % (installed, why[-1] if why else "exit %d" % compiled.returncode))
+            raise MiniDockerError("install: compiling %s: %s" % (
+                installed, why[-1] if why else "exit %d" % compiled.returncode))
         held = ", ".join("signal." + name for name in FORWARDED_SIGNALS)
         write_file_atomically(launcher, LAUNCHER.format(
             python=sys.executable, mark=LAUNCHER_MARK, prefix=prefix, held=held,
