@@ -7206,10 +7206,11 @@ def warm_cgroup_moves():
     """Our own pid written to our own cgroup.procs (of one hierarchy): no
     move, but the first write to a cgroup.procs waits out an RCU grace
     period (the kernel's cgroup_threadgroup_rwsem, 15-20 ms here), which
-    writes soon after it then skip. A container with a user namespace
-    (chapter 7, continued) is joined only once stage 1 has forked its init;
-    started at the fork of stage 1, this wait runs beside stage 1's work
-    instead of after it, as the init's own join does without one."""
+    writes soon after it then skip. On cgroup v2 the init of a container
+    with a user namespace (chapter 7, continued) is written into its cgroup
+    (the pids controller's: see CgroupEntry) only once stage 1 has forked
+    it; started at the fork of stage 1, this wait runs beside stage 1's
+    work instead of after it."""
     layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
     mount_point, own = next(iter(layout.v1.values())) if layout.v1 else \
         (layout.v2_mount, layout.v2_own)
@@ -10440,7 +10441,8 @@ def start_container(spec, instance, signals, join, prepare, console_socket=None,
         warming = None
         if userns:
             # (not a user's container: it joins a cgroup only where one is delegated)
-            if not instance.id_maps.get("rootless") and entry is None:
+            # (a pid still to write: cgroup v2's pids cgroup, the init's)
+            if not instance.id_maps.get("rootless") and (entry is None or later and later.v2):
                 warming = InThread(warm_cgroup_moves)
             pid = adopt_init(pid, parent_read, parent_write, signals, pending, rest)
         joining = InThread(join, pid)
