@@ -7316,6 +7316,43 @@ def test_exec_is_out_of_reach_of_cap_sys_ptrace_until_confined(rootfs, state):
 
 
 @root
+def test_exec_pids_cgroup_descriptor_is_out_of_the_containers_reach(rootfs):
+    """exec's command holds root's descriptor of the pids cgroup's `tasks`
+    (cgroup v1) from its fork in the container's pid namespace to its first
+    act, the write that moves it in: a write through it moves any process.
+    strace holds that write (the command's first) for two seconds; the
+    container's root, without CAP_SYS_PTRACE as by default, finds the
+    command outside the pids cgroup meanwhile and tries its descriptors,
+    by /proc/PID/fd (links, and a write through each) and fdinfo. The
+    kernel refuses them all: the command is not dumpable. (The numbers it
+    lists: /proc/PID/fd is root's, and is read without the ptrace check.)"""
+    hunt = ('while :; do for p in /proc/[0-9]*; do '
+            '[ "$(cat $p/comm 2>/dev/null)" = "md:[exec]" ] || continue; '
+            'grep -q "Seccomp:.2" $p/status 2>/dev/null || continue; '
+            'c=$(grep ":pids:" $p/cgroup || grep "^0::" $p/cgroup); '
+            '[ "${c##*:}" = / ] && continue; '
+            'echo found; for n in $(ls $p/fd); do '
+            'readlink $p/fd/$n 2>/dev/null && echo LINK; '
+            '{ echo $$ >$p/fd/$n; } 2>/dev/null && echo WROTE; '
+            'cat $p/fdinfo/$n 2>/dev/null | grep -q . && echo FDINFO; done; '
+            'exec sleep 1000; done; done')
+    cid = detached(rootfs, command=("sh", "-c", hunt))
+    try:
+        held = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=write",
+                               "-e", "inject=write:delay_enter=2000000:when=1"]
+                              + MINIDOCKER + ["exec", cid, "true"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=90)
+        deadline = time.monotonic() + 10
+        while not minidocker("logs", cid).out and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert minidocker("logs", cid).out == "found\n"
+        assert held.returncode == 0, held.stderr
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
 def test_exec_bad_input(rootfs, tmp_path):
     """One line and the right code for each: a stopped container, an
     unknown one, no command, -d with -t, a relative -w, a command not found
