@@ -7353,6 +7353,39 @@ def test_exec_pids_cgroup_descriptor_is_out_of_the_containers_reach(rootfs):
 
 
 @root
+def test_exec_holds_no_cgroup_file_where_cap_sys_ptrace_reaches_it(rootfs):
+    """A container given CAP_SYS_PTRACE reads the descriptors of exec's
+    command (it passes the dumpable check): so the command of such a
+    container is born in every cgroup, and holds no `tasks` of root's to
+    move itself with. strace holds the command at its first write and at
+    its execve, and the container's root lists what each of its
+    descriptors is: never a cgroup's file."""
+    hunt = ('while :; do for p in /proc/[0-9]*; do '
+            '[ "$(cat $p/comm 2>/dev/null)" = "md:[exec]" ] || continue; '
+            'grep -q "Seccomp:.2" $p/status 2>/dev/null || continue; '
+            'echo found; for f in $p/fd/*; do readlink $f; done; '
+            'exec sleep 1000; done; done')
+    cid = detached(rootfs, "--cap-add", "SYS_PTRACE", command=("sh", "-c", hunt))
+    try:
+        held = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null",
+                               "-e", "trace=write,execve",
+                               "-e", "inject=write:delay_enter=1000000:when=1",
+                               "-e", "inject=execve:delay_enter=1000000"]
+                              + MINIDOCKER + ["exec", cid, "true"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=90)
+        deadline = time.monotonic() + 10
+        while not minidocker("logs", cid).out and time.monotonic() < deadline:
+            time.sleep(0.05)
+        links = minidocker("logs", cid).out.split()
+        assert links[0] == "found" and len(links) > 3, links  # it reads them
+        assert not [link for link in links if "cgroup" in link or "tasks" in link], links
+        assert held.returncode == 0, held.stderr
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
 def test_exec_bad_input(rootfs, tmp_path):
     """One line and the right code for each: a stopped container, an
     unknown one, no command, -d with -t, a relative -w, a command not found
