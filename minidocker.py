@@ -270,7 +270,7 @@ def _bind_holding_gil(name, argtypes, restype):
     call (a CDLL's calls release it): for a call no other thread of the
     interpreter may run beside, fork_into_cgroup's clone3. Unchecked: the
     caller reads the result."""
-    func = ctypes.PyDLL(None)[name]
+    func = ctypes.PyDLL(None, use_errno=True)[name]
     func.argtypes = argtypes
     func.restype = restype
     return func
@@ -7222,10 +7222,20 @@ def join_cgroups(paths, pid):
 #   its parent opened (0.05 ms a hierarchy, measured on Linux 6.18).
 # Where clone3 is refused (ENOSYS under an older kernel or a container's
 # seccomp profile), the parent writes the pid to the v2 cgroup, as before.
+# Only then: any other failure is the cgroup's answer, which a fork and a
+# move would get round (a move is never counted against pids.max) or meet
+# again, and after which a new pid namespace takes no process at all (its
+# first fork failed: ENOMEM for every later one).
 
 CLONE_INTO_CGROUP = 0x200000000
 CLONE_ARGS = "11Q"  # struct clone_args up to its cgroup field (CLONE_ARGS_SIZE_VER2)
 _clone3 = _bind_holding_gil("syscall", [_c_long, ctypes.c_char_p, ctypes.c_size_t], _c_long)
+# clone3's refusals of the call itself: ENOSYS (Linux before 5.3, or a
+# seccomp profile's answer: docker's), EPERM (another profile's), E2BIG
+# (Linux 5.3 to 5.6: a clone_args without the cgroup field).
+CLONE3_REFUSED = (errno.ENOSYS, errno.EPERM, errno.E2BIG)
+CLONE3_HINTS = {errno.EAGAIN: "its task limit (pids.max), or a parent cgroup's, is reached",
+                errno.EBUSY: "it has controllers enabled for its children (cgroup.subtree_control)"}
 
 
 class CgroupEntry:
@@ -7253,7 +7263,11 @@ class CgroupEntry:
 
     def fork(self):
         """os.fork(), the child born in the v2 cgroup where clone3 can."""
-        pid = None if self.birth is None else fork_into_cgroup(self.birth)
+        try:
+            pid = None if self.birth is None else fork_into_cgroup(self.birth)
+        except OSError as err:
+            raise syscall_error(err.errno, "starting a process in cgroup %s" % self.v2[0],
+                                CLONE3_HINTS.get(err.errno)) from None
         self.born = pid is not None
         return os.fork() if pid is None else pid
 
@@ -7287,7 +7301,8 @@ def fork_into_cgroup(cgroup_fd):
     its threads' records) is made right in the child. What os.fork's fork(3)
     does besides, glibc's handlers for its own locks, matters only while
     another thread may hold one: with a thread of ours alive (_thread's
-    count), this declines."""
+    count), this declines. OSError for a failure that is not a refusal
+    of clone3 (CLONE3_REFUSED)."""
     import _thread
     if _thread._count():
         return None
@@ -7299,7 +7314,12 @@ def fork_into_cgroup(cgroup_fd):
         ctypes.pythonapi.PyOS_AfterFork_Child()
         return 0
     ctypes.pythonapi.PyOS_AfterFork_Parent()
-    return pid if pid > 0 else None  # -1: refused, and no child
+    if pid > 0:
+        return pid
+    number = ctypes.get_errno()  # the call's, kept by ctypes (use_errno)
+    if number in CLONE3_REFUSED:
+        return None
+    raise OSError(number, os.strerror(number))
 
 
 def remove_cgroups(paths):

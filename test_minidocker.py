@@ -3772,6 +3772,44 @@ def test_cgroup_parent_made_for_a_container_goes_with_it(rootfs):
 
 
 @root
+def test_cgroup_parent_at_its_pids_limit_takes_no_init_on_cgroup_v2(rootfs):
+    """A --cgroup-parent whose task limit is reached (pids.max 0). On
+    cgroup v2 the init is born in its cgroup by clone3, and the kernel
+    counts that birth against every limit above it: the run fails in one
+    line that names the limit, and leaves nothing (no fork and move
+    instead: a move is never counted, and the pid namespace whose first
+    fork failed takes no other). On cgroup v1 the init moves itself in,
+    which the kernel never counts: it runs, and no fork of its passes."""
+    layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                               md.read_text("/proc/self/cgroup"))
+    version = layout.version_of("pids")
+    mount = layout.v1["pids"][0] if version == 1 else layout.v2_mount
+    name = "mdtest-full-%d" % os.getpid()
+    top = os.path.join(mount, name)
+    if version == 1:
+        os.mkdir(top)
+    else:
+        md.enable_v2_controllers(mount, top, {"pids"})
+    try:
+        md.write_cgroup_file(top, "pids.max", 0)
+        for options in ([], ["--pid", "host"]):  # a fork there would succeed: moved past
+            result = run(rootfs, "sh", "-c", "echo up; /bin/true; echo forked",
+                         options=["--cgroup-parent", name] + options)
+            if version == 1:
+                assert result.out == "up\n" and result.returncode != 0, (options, result)
+            else:
+                assert (result.returncode, result.out, result.err.count("\n")) == \
+                    (125, "", 1), (options, result)
+                assert result.err.startswith("minidocker: error: starting a process in cgroup "
+                                             "%s/" % top) and "pids.max" in result.err, result.err
+            assert [entry for entry in os.listdir(top)
+                    if os.path.isdir(os.path.join(top, entry))] == []
+    finally:
+        md.remove_cgroups([top])
+    assert_nothing_left()
+
+
+@root
 @pytest.mark.parametrize("flags, error", [
     (["--memory", "10x"], "invalid --memory '10x'"),
     (["--cpus", "-1"], "invalid --cpus '-1'"),
