@@ -7300,11 +7300,15 @@ def fork_into_cgroup(cgroup_fd):
     (_bind_holding_gil), so that the interpreter's own state (its locks,
     its threads' records) is made right in the child. What os.fork's fork(3)
     does besides, glibc's handlers for its own locks, matters only while
-    another thread may hold one: with a thread of ours alive (_thread's
-    count), this declines. OSError for a failure that is not a refusal
-    of clone3 (CLONE3_REFUSED)."""
-    import _thread
-    if _thread._count():
+    another thread may hold one: with another thread in the process, this
+    declines. The kernel's count says so (/proc/self/task): a Python
+    thread leaves _thread's count before its end, in which glibc frees its
+    memory under malloc's locks, and a library's threads are never in it.
+    OSError for a failure that is not a refusal of clone3 (CLONE3_REFUSED)."""
+    try:
+        if len(os.listdir("/proc/self/task")) != 1:
+            return None
+    except FileNotFoundError:  # no /proc: no count to trust
         return None
     args = struct.pack(CLONE_ARGS, CLONE_INTO_CGROUP, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, 0, 0,
                        cgroup_fd)

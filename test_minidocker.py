@@ -3672,6 +3672,38 @@ def test_cgroup_joined_by_pid_where_clone3_is_refused(rootfs):
     assert_nothing_left()
 
 
+@root
+def test_cgroup_birth_declines_beside_a_thread_python_does_not_count():
+    """fork_into_cgroup's clone3 runs none of the handlers by which glibc's
+    fork first takes malloc's and the loader's locks from every other
+    thread, so it declines (None: os.fork then) while the process has
+    another thread. A library's thread (pthread_create, here with sleep(1)
+    as its start routine), which _thread never counts, is one; once it has
+    ended, the child is born in the cgroup."""
+    script = """if 1:
+        import ctypes, os, sys, time
+        sys.path.insert(0, %r)
+        import minidocker as md
+        libc = ctypes.CDLL(None)
+        assert libc.pthread_create(ctypes.byref(ctypes.c_ulong()), None, libc.sleep,
+                                   ctypes.c_void_p(1)) == 0
+        layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                                   md.read_text("/proc/self/cgroup"))
+        fd = os.open(layout.v2_mount + layout.v2_own, os.O_RDONLY | os.O_DIRECTORY)
+        for _ in range(2):
+            pid = md.fork_into_cgroup(fd)
+            if pid == 0:
+                os._exit(0)
+            if pid is not None:
+                os.waitpid(pid, 0)
+            print(pid is not None, len(os.listdir("/proc/self/task")))
+            time.sleep(1.5)
+    """ % HERE
+    result = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, timeout=60)
+    assert result.stdout.decode().split("\n") == ["False 2", "True 1", ""], result
+
+
 SLOW_IMPORTS = ("re", "enum", "json", "contextlib", "ipaddress", "ast", "shutil", "functools")
 
 
