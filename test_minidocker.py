@@ -9905,6 +9905,67 @@ def test_oci_namespaces_joined_by_path_and_descriptors_passed_on(tmp_path, oci_r
 
 
 @root
+def test_escape_oci_a_joined_pid_namespace_sees_no_host_process(tmp_path, oci_root, bundle,
+                                                                  state):
+    """A bundle whose pid namespace is another container's (by path, as a
+    pod's): its init is in that namespace from its fork, still the host's
+    python3 with all of root's capabilities, in a copy of the host's mounts
+    until pivot_root, holding root's descriptors of its cgroups' `tasks`
+    (v1) until its first write. The first container's root, with a
+    bundle's default capabilities, watches its namespace meanwhile (strace
+    holds that write and pivot_root) and tries each new process's
+    /proc/PID/root (a file of the host's) and descriptors: the kernel
+    refuses it the capabilities it lacks. (A container given CAP_SYS_PTRACE
+    in the host's user namespace would pass: a pid namespace is shared
+    with such a container at that price, as with runc's.)"""
+    marker = os.path.join(state, "host-only-%d" % os.getpid())
+    with open(marker, "w") as handle:
+        handle.write("host secret\n")
+    hunt = ('while :; do for p in /proc/[0-9]*; do [ $p = /proc/1 ] && continue; '
+            'case "$(cat $p/comm 2>/dev/null)" in "md:[1:CHILD]") '
+            '[ -e /tmp/seen ] || { echo seen; touch /tmp/seen; };; esac; '
+            'cat $p/root%s 2>/dev/null; for f in $p/fd/*; do readlink $f; done 2>/dev/null '
+            '| grep -e tasks -e cgroup; done; done' % marker)
+    edit_config(bundle, lambda config: config["process"].update(args=["/bin/sh", "-c", hunt]))
+    log = tmp_path / "first.log"
+    with open(str(log), "w") as out:
+        first_run = subprocess.Popen(MINIDOCKER + ["runc", "--root", oci_root, "run", "--bundle",
+                                                   bundle, "first"], stdout=out, stderr=out,
+                                     stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while oci(oci_root, "state", "first").returncode != 0 or \
+                json.loads(oci(oci_root, "state", "first").out)["status"] != "running":
+            assert time.monotonic() < deadline and first_run.poll() is None, log.read_text()
+            time.sleep(0.1)
+        first = json.loads(oci(oci_root, "state", "first").out)["pid"]
+
+        def second_config(config):
+            config["linux"]["namespaces"] = [
+                {"type": "pid", "path": "/proc/%d/ns/pid" % first} if entry["type"] == "pid"
+                else entry for entry in config["linux"]["namespaces"]]
+            config["process"]["args"] = ["/bin/true"]
+            config["process"]["capabilities"] = {}
+        edit_config(bundle, second_config)
+        second = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null",
+                                 "-e", "trace=write,pivot_root",
+                                 "-e", "inject=write:delay_enter=1000000:when=1",
+                                 "-e", "inject=pivot_root:delay_enter=1500000"]
+                                + MINIDOCKER + ["runc", "--root", oci_root, "run", "--bundle",
+                                                bundle, "second"],
+                                capture_output=True, text=True, timeout=90)
+        assert second.returncode == 0, second.stderr
+        time.sleep(0.5)
+        assert log.read_text() == "seen\n"  # the start watched, and nothing of the host's
+    finally:
+        first_run.kill()
+        first_run.wait()
+        oci(oci_root, "delete", "--force", "first")
+        os.unlink(marker)
+    assert_no_oci_left(oci_root)
+
+
+@root
 def test_escape_oci_an_images_own_proc_gets_no_byte_of_the_fifo(oci_root, bundle):
     """A config that mounts no /proc leaves the image's /proc in place, and
     the image can make /proc/self/fd/3 a file of its choosing: the waiting
