@@ -10176,6 +10176,8 @@ def fork_in_container():
     except OSError as err:
         raise syscall_error(err.errno, "fork", "a pid namespace whose init has ended takes no "
                             "new process" if err.errno == errno.ENOMEM else None)
+
+
 def runtime_files():
     """{(st_dev, st_ino)} of every file mapped into us, the interpreter
     (/proc/self/exe) and its libraries (libc, ld.so, libpython), from the
