@@ -270,7 +270,7 @@ def _bind_holding_gil(name, argtypes, restype):
     call (a CDLL's calls release it): for a call no other thread of the
     interpreter may run beside, fork_into_cgroup's clone3. Unchecked: the
     caller reads the result."""
-    func = ctypes.PyDLL(None)[name]
+    func = ctypes.PyDLL(None, use_errno=True)[name]
     func.argtypes = argtypes
     func.restype = restype
     return func
@@ -284,6 +284,10 @@ CLONE_INTO_CGROUP = 0x200000000
 CLONE_ARGS = "11Q"
 assert struct.calcsize(CLONE_ARGS) == 88
 _clone3 = _bind_holding_gil("syscall", [_c_long, ctypes.c_char_p, ctypes.c_size_t], _c_long)
+# clone3's refusals of the call itself: ENOSYS (Linux before 5.3, or a
+# seccomp profile's answer: docker's), EPERM (another profile's), E2BIG
+# (Linux 5.3 to 5.6: a clone_args without the cgroup field).
+CLONE3_REFUSED = (errno.ENOSYS, errno.EPERM, errno.E2BIG)
 
 
 def fork_into_cgroup(cgroup_fd):
@@ -294,10 +298,15 @@ def fork_into_cgroup(cgroup_fd):
     (_bind_holding_gil), so that the interpreter's own state (its locks,
     its threads' records) is made right in the child. What os.fork's fork(3)
     does besides, glibc's handlers for its own locks, matters only while
-    another thread may hold one: with a thread of ours alive (_thread's
-    count), this declines."""
-    import _thread
-    if _thread._count():
+    another thread may hold one: with another thread in the process, this
+    declines. The kernel's count says so (/proc/self/task): a Python
+    thread leaves _thread's count before its end, in which glibc frees its
+    memory under malloc's locks, and a library's threads are never in it.
+    OSError for a failure that is not a refusal of clone3 (CLONE3_REFUSED)."""
+    try:
+        if len(os.listdir("/proc/self/task")) != 1:
+            return None
+    except FileNotFoundError:  # no /proc: no count to trust
         return None
     args = struct.pack(CLONE_ARGS, CLONE_INTO_CGROUP, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, 0, 0,
                        cgroup_fd)
@@ -307,7 +316,12 @@ def fork_into_cgroup(cgroup_fd):
         ctypes.pythonapi.PyOS_AfterFork_Child()
         return 0
     ctypes.pythonapi.PyOS_AfterFork_Parent()
-    return pid if pid > 0 else None  # -1: refused, and no child
+    if pid > 0:
+        return pid
+    number = ctypes.get_errno()  # the call's, kept by ctypes (use_errno)
+    if number in CLONE3_REFUSED:
+        return None
+    raise OSError(number, os.strerror(number))
 
 
 class failing_as:
@@ -7257,7 +7271,14 @@ def join_cgroups(paths, pid):
 #   its parent opened (0.05 ms a hierarchy, measured on Linux 6.18).
 # Where clone3 is refused (ENOSYS under an older kernel or a container's
 # seccomp profile), the parent writes the pid to the v2 cgroup, as before.
-# (fork_into_cgroup, the clone3 that stands in for os.fork, is in chapter 2.)
+# Only then: any other failure is the cgroup's answer, which a fork and a
+# move would get round (a move is never counted against pids.max) or meet
+# again, and after which a new pid namespace takes no process at all (its
+# first fork failed: ENOMEM for every later one). (fork_into_cgroup, the
+# clone3 that stands in for os.fork, is in chapter 2.)
+CLONE3_HINTS = {errno.EAGAIN: "its task limit (pids.max), or a parent cgroup's, is reached",
+                errno.EBUSY: "it has controllers enabled for its children (cgroup.subtree_control)"}
+
 
 class CgroupEntry:
     """The way of a new process into the cgroups at `paths` (see above),
@@ -7284,7 +7305,11 @@ class CgroupEntry:
 
     def fork(self):
         """os.fork(), the child born in the v2 cgroup where clone3 can."""
-        pid = None if self.birth is None else fork_into_cgroup(self.birth)
+        try:
+            pid = None if self.birth is None else fork_into_cgroup(self.birth)
+        except OSError as err:
+            raise syscall_error(err.errno, "starting a process in cgroup %s" % self.v2[0],
+                                CLONE3_HINTS.get(err.errno)) from None
         self.born = pid is not None
         return os.fork() if pid is None else pid
 
@@ -10159,6 +10184,8 @@ def fork_in_container():
     except OSError as err:
         raise syscall_error(err.errno, "fork", "a pid namespace whose init has ended takes no "
                             "new process" if err.errno == errno.ENOMEM else None)
+
+
 def runtime_files():
     """{(st_dev, st_ino)} of every file mapped into us, the interpreter
     (/proc/self/exe) and its libraries (libc, ld.so, libpython), from the

@@ -3672,6 +3672,38 @@ def test_cgroup_joined_by_pid_where_clone3_is_refused(rootfs):
     assert_nothing_left()
 
 
+@root
+def test_cgroup_birth_declines_beside_a_thread_python_does_not_count():
+    """fork_into_cgroup's clone3 runs none of the handlers by which glibc's
+    fork first takes malloc's and the loader's locks from every other
+    thread, so it declines (None: os.fork then) while the process has
+    another thread. A library's thread (pthread_create, here with sleep(1)
+    as its start routine), which _thread never counts, is one; once it has
+    ended, the child is born in the cgroup."""
+    script = """if 1:
+        import ctypes, os, sys, time
+        sys.path.insert(0, %r)
+        import minidocker as md
+        libc = ctypes.CDLL(None)
+        assert libc.pthread_create(ctypes.byref(ctypes.c_ulong()), None, libc.sleep,
+                                   ctypes.c_void_p(1)) == 0
+        layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                                   md.read_text("/proc/self/cgroup"))
+        fd = os.open(layout.v2_mount + layout.v2_own, os.O_RDONLY | os.O_DIRECTORY)
+        for _ in range(2):
+            pid = md.fork_into_cgroup(fd)
+            if pid == 0:
+                os._exit(0)
+            if pid is not None:
+                os.waitpid(pid, 0)
+            print(pid is not None, len(os.listdir("/proc/self/task")))
+            time.sleep(1.5)
+    """ % HERE
+    result = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, timeout=60)
+    assert result.stdout.decode().split("\n") == ["False 2", "True 1", ""], result
+
+
 SLOW_IMPORTS = ("re", "enum", "json", "contextlib", "ipaddress", "ast", "shutil", "functools")
 
 
@@ -3768,6 +3800,44 @@ def test_cgroup_parent_made_for_a_container_goes_with_it(rootfs):
                 os.kill(wait_for_child(proc.pid), signal.SIGKILL)
                 assert proc.wait(timeout=20) == 137
         assert [top for top in tops if os.path.exists(top)] == []
+    assert_nothing_left()
+
+
+@root
+def test_cgroup_parent_at_its_pids_limit_takes_no_init_on_cgroup_v2(rootfs):
+    """A --cgroup-parent whose task limit is reached (pids.max 0). On
+    cgroup v2 the init is born in its cgroup by clone3, and the kernel
+    counts that birth against every limit above it: the run fails in one
+    line that names the limit, and leaves nothing (no fork and move
+    instead: a move is never counted, and the pid namespace whose first
+    fork failed takes no other). On cgroup v1 the init moves itself in,
+    which the kernel never counts: it runs, and no fork of its passes."""
+    layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                               md.read_text("/proc/self/cgroup"))
+    version = layout.version_of("pids")
+    mount = layout.v1["pids"][0] if version == 1 else layout.v2_mount
+    name = "mdtest-full-%d" % os.getpid()
+    top = os.path.join(mount, name)
+    if version == 1:
+        os.mkdir(top)
+    else:
+        md.enable_v2_controllers(mount, top, {"pids"})
+    try:
+        md.write_cgroup_file(top, "pids.max", 0)
+        for options in ([], ["--pid", "host"]):  # a fork there would succeed: moved past
+            result = run(rootfs, "sh", "-c", "echo up; /bin/true; echo forked",
+                         options=["--cgroup-parent", name] + options)
+            if version == 1:
+                assert result.out == "up\n" and result.returncode != 0, (options, result)
+            else:
+                assert (result.returncode, result.out, result.err.count("\n")) == \
+                    (125, "", 1), (options, result)
+                assert result.err.startswith("minidocker: error: starting a process in cgroup "
+                                             "%s/" % top) and "pids.max" in result.err, result.err
+            assert [entry for entry in os.listdir(top)
+                    if os.path.isdir(os.path.join(top, entry))] == []
+    finally:
+        md.remove_cgroups([top])
     assert_nothing_left()
 
 
@@ -7316,6 +7386,81 @@ def test_exec_is_out_of_reach_of_cap_sys_ptrace_until_confined(rootfs, state):
 
 
 @root
+def test_exec_pids_cgroup_descriptor_is_out_of_the_containers_reach(rootfs):
+    """exec's command holds root's descriptor of the pids cgroup's `tasks`
+    (cgroup v1) from its fork in the container's pid namespace to its first
+    act, the write that moves it in: a write through it moves any process.
+    strace holds that write (the command's first) for two seconds; the
+    container's root, without CAP_SYS_PTRACE as by default, finds the
+    command outside the pids cgroup meanwhile and tries its descriptors,
+    by /proc/PID/fd (links, and a write through each) and fdinfo. The
+    kernel refuses them all: the command is not dumpable. (The numbers it
+    lists: /proc/PID/fd is root's, and is read without the ptrace check.)"""
+    hunt = ('while :; do for p in /proc/[0-9]*; do '
+            '[ "$(cat $p/comm 2>/dev/null)" = "md:[exec]" ] || continue; '
+            'grep -q "Seccomp:.2" $p/status 2>/dev/null || continue; '
+            'c=$(grep ":pids:" $p/cgroup || grep "^0::" $p/cgroup); '
+            '[ "${c##*:}" = / ] && continue; '
+            'echo found; for n in $(ls $p/fd); do '
+            'readlink $p/fd/$n 2>/dev/null && echo LINK; '
+            '{ echo $$ >$p/fd/$n; } 2>/dev/null && echo WROTE; '
+            'cat $p/fdinfo/$n 2>/dev/null | grep -q . && echo FDINFO; done; '
+            'exec sleep 1000; done; done')
+    cid = detached(rootfs, command=("sh", "-c", hunt))
+    try:
+        held = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=write",
+                               "-e", "inject=write:delay_enter=2000000:when=1"]
+                              + MINIDOCKER + ["exec", cid, "true"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=90)
+        deadline = time.monotonic() + 10
+        while not minidocker("logs", cid).out and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # (On cgroup v2 the parent moves the command: no write of its own
+        # to hold, and only a moment in which to find it.)
+        layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
+                                   md.read_text("/proc/self/cgroup"))
+        assert minidocker("logs", cid).out in (
+            ("found\n",) if layout.version_of("pids") == 1 else ("found\n", ""))
+        assert held.returncode == 0, held.stderr
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_exec_holds_no_cgroup_file_where_cap_sys_ptrace_reaches_it(rootfs):
+    """A container given CAP_SYS_PTRACE reads the descriptors of exec's
+    command (it passes the dumpable check): so the command of such a
+    container is born in every cgroup, and holds no `tasks` of root's to
+    move itself with. strace holds the command at its first write and at
+    its execve, and the container's root lists what each of its
+    descriptors is: never a cgroup's file."""
+    hunt = ('while :; do for p in /proc/[0-9]*; do '
+            '[ "$(cat $p/comm 2>/dev/null)" = "md:[exec]" ] || continue; '
+            'grep -q "Seccomp:.2" $p/status 2>/dev/null || continue; '
+            'echo found; for f in $p/fd/*; do readlink $f; done; '
+            'exec sleep 1000; done; done')
+    cid = detached(rootfs, "--cap-add", "SYS_PTRACE", command=("sh", "-c", hunt))
+    try:
+        held = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null",
+                               "-e", "trace=write,execve",
+                               "-e", "inject=write:delay_enter=1000000:when=1",
+                               "-e", "inject=execve:delay_enter=1000000"]
+                              + MINIDOCKER + ["exec", cid, "true"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=90)
+        deadline = time.monotonic() + 10
+        while not minidocker("logs", cid).out and time.monotonic() < deadline:
+            time.sleep(0.05)
+        links = minidocker("logs", cid).out.split()
+        assert links[0] == "found" and len(links) > 3, links  # it reads them
+        assert not [link for link in links if "cgroup" in link or "tasks" in link], links
+        assert held.returncode == 0, held.stderr
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
 def test_exec_bad_input(rootfs, tmp_path):
     """One line and the right code for each: a stopped container, an
     unknown one, no command, -d with -t, a relative -w, a command not found
@@ -9761,6 +9906,67 @@ def test_oci_namespaces_joined_by_path_and_descriptors_passed_on(tmp_path, oci_r
     finally:
         oci(oci_root, "delete", "--force", "first")
         subprocess.run(["ip", "netns", "delete", netns], check=True)
+    assert_no_oci_left(oci_root)
+
+
+@root
+def test_escape_oci_a_joined_pid_namespace_sees_no_host_process(tmp_path, oci_root, bundle,
+                                                                  state):
+    """A bundle whose pid namespace is another container's (by path, as a
+    pod's): its init is in that namespace from its fork, still the host's
+    python3 with all of root's capabilities, in a copy of the host's mounts
+    until pivot_root, holding root's descriptors of its cgroups' `tasks`
+    (v1) until its first write. The first container's root, with a
+    bundle's default capabilities, watches its namespace meanwhile (strace
+    holds that write and pivot_root) and tries each new process's
+    /proc/PID/root (a file of the host's) and descriptors: the kernel
+    refuses it the capabilities it lacks. (A container given CAP_SYS_PTRACE
+    in the host's user namespace would pass: a pid namespace is shared
+    with such a container at that price, as with runc's.)"""
+    marker = os.path.join(state, "host-only-%d" % os.getpid())
+    with open(marker, "w") as handle:
+        handle.write("host secret\n")
+    hunt = ('while :; do for p in /proc/[0-9]*; do [ $p = /proc/1 ] && continue; '
+            'case "$(cat $p/comm 2>/dev/null)" in "md:[1:CHILD]") '
+            '[ -e /tmp/seen ] || { echo seen; touch /tmp/seen; };; esac; '
+            'cat $p/root%s 2>/dev/null; for f in $p/fd/*; do readlink $f; done 2>/dev/null '
+            '| grep -e tasks -e cgroup; done; done' % marker)
+    edit_config(bundle, lambda config: config["process"].update(args=["/bin/sh", "-c", hunt]))
+    log = tmp_path / "first.log"
+    with open(str(log), "w") as out:
+        first_run = subprocess.Popen(MINIDOCKER + ["runc", "--root", oci_root, "run", "--bundle",
+                                                   bundle, "first"], stdout=out, stderr=out,
+                                     stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while oci(oci_root, "state", "first").returncode != 0 or \
+                json.loads(oci(oci_root, "state", "first").out)["status"] != "running":
+            assert time.monotonic() < deadline and first_run.poll() is None, log.read_text()
+            time.sleep(0.1)
+        first = json.loads(oci(oci_root, "state", "first").out)["pid"]
+
+        def second_config(config):
+            config["linux"]["namespaces"] = [
+                {"type": "pid", "path": "/proc/%d/ns/pid" % first} if entry["type"] == "pid"
+                else entry for entry in config["linux"]["namespaces"]]
+            config["process"]["args"] = ["/bin/true"]
+            config["process"]["capabilities"] = {}
+        edit_config(bundle, second_config)
+        second = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null",
+                                 "-e", "trace=write,pivot_root",
+                                 "-e", "inject=write:delay_enter=1000000:when=1",
+                                 "-e", "inject=pivot_root:delay_enter=1500000"]
+                                + MINIDOCKER + ["runc", "--root", oci_root, "run", "--bundle",
+                                                bundle, "second"],
+                                capture_output=True, text=True, timeout=90)
+        assert second.returncode == 0, second.stderr
+        time.sleep(0.5)
+        assert log.read_text() == "seen\n"  # the start watched, and nothing of the host's
+    finally:
+        first_run.kill()
+        first_run.wait()
+        oci(oci_root, "delete", "--force", "first")
+        os.unlink(marker)
     assert_no_oci_left(oci_root)
 
 
