@@ -930,7 +930,6 @@ def parse_volume(text):
     relative one, `./x`, `../x`, from the current directory), NAME:CTR[:OPTS]
     mounts the named volume NAME, made when missing, and CTR alone a new
     anonymous volume."""
-    import re
     parts = text.split(":")
     if len(parts) > 3 or "" in parts[:2]:
         raise MiniDockerError("invalid volume %s: expected [HOST-PATH:|NAME:]CONTAINER-PATH"
@@ -953,7 +952,7 @@ def parse_volume(text):
         raise MiniDockerError("invalid volume %s: idmap is for a host path, not a volume (a "
                               "volume made for a user namespace's container is its root's)"
                               % quote(text))
-    if len(source) > 128 or not re.fullmatch(NAME_PATTERN, source, re.ASCII):
+    if len(source) > 128 or not is_docker_name(source):
         raise MiniDockerError("invalid volume %s: %s is no volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]+"
                               ", at most 128 characters); a host path starts with /, ./ or ../"
                               % (quote(text), quote(source)))
@@ -1170,17 +1169,14 @@ def check_user(text, flag):
     return text
 
 
-# RFC 1123 labels (letters, digits, '-') joined by dots, as a host name in
-# /etc/hosts must be; '_' is allowed too, as Docker does. sethostname(2)
-# takes at most 64 bytes.
-HOSTNAME_PATTERN = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*"
-
-
-NAME_PATTERN = "[a-zA-Z0-9][a-zA-Z0-9_.-]+"  # Docker's, for container names
-
-
+# Two grammars of Docker's, as regular expressions, matched below without
+# re (its import is 10 ms, and --name and -h are read at a start):
+#   a container's or a volume's name   [a-zA-Z0-9][a-zA-Z0-9_.-]+
+#   a host name: RFC 1123 labels (letters, digits, '-') joined by dots, as
+#   a host name in /etc/hosts must be, '_' allowed too, as Docker does
+#     [A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*
+# sethostname(2) takes at most 64 bytes.
 def is_docker_name(text):
-    """NAME_PATTERN, matched without re (check_name is on every --name's way)."""
     return len(text) >= 2 and text[0] in ASCII_ALNUM and not text.strip(ASCII_ALNUM + "_.-")
 
 
@@ -1248,8 +1244,6 @@ def parse_stop_options(signal_text, timeout):
 
 
 def check_hostname(name, flag):
-    """HOSTNAME_PATTERN, matched without re: labels of letters, digits, _
-    and -, neither first nor last in a label."""
     labels = name.split(".")
     if len(name) > 64 or not all(label and "-" not in (label[0], label[-1])
                                  and not label.strip(ASCII_ALNUM + "_-") for label in labels):
@@ -2751,10 +2745,8 @@ def delete_volume(paths, name):
 
 def volume_names(paths):
     """The volumes there are, sorted (a builder's temporary starts with a dot)."""
-    import re
     try:
-        return sorted(n for n in os.listdir(paths.volumes)
-                      if not n.startswith(".") and re.fullmatch(NAME_PATTERN, n, re.ASCII))
+        return sorted(n for n in os.listdir(paths.volumes) if is_docker_name(n))
     except FileNotFoundError:
         return []
 

@@ -512,10 +512,12 @@ def test_loopback_addresses_are_ipaddress_ones():
 def test_mountinfo_paths_and_patterns_without_re():
     assert md.mountinfo_path("/a\\040b\\011c\\012d\\134e") == "/a b\tc\nd\\e"
     assert md.mountinfo_path("/plain") == "/plain"
-    for name in ("ab", "a", "_a", "a_", "a.b-c", "A1", "a b", "a\u00e9", "a" * 3):
-        assert md.is_docker_name(name) == bool(re.fullmatch(md.NAME_PATTERN, name, re.ASCII))
+    docker_name = "[a-zA-Z0-9][a-zA-Z0-9_.-]+"  # Docker's, as the file's comment gives them
+    host_name = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*"
+    for name in ("ab", "a", "_a", "a_", "a.b-c", "A1", "a b", "a\u00e9", "a" * 3, ".a", "a."):
+        assert md.is_docker_name(name) == bool(re.fullmatch(docker_name, name, re.ASCII))
     for name in ("a", "a-b", "-a", "a-", "a.b", "a..b", "a_b.c-d", "x.", ".x", "a b"):
-        matches = bool(re.fullmatch(md.HOSTNAME_PATTERN, name, re.ASCII))
+        matches = bool(re.fullmatch(host_name, name, re.ASCII))
         if matches:
             assert md.check_hostname(name, "--hostname") == name
         else:
@@ -7349,6 +7351,21 @@ def test_exec_holds_nothing_of_the_host_while_it_joins(rootfs):
     assert_nothing_left()
 
 
+def exec_held_by_strace(cid, calls, injections, timeout=90):
+    """`exec CID true` with strace delaying each injection's call (a call
+    must be traced for strace to delay it), while the container hunts for
+    its process. -> (the exec's CompletedProcess, the container's log once
+    it says something, or after 10 s)."""
+    held = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=" + calls]
+                          + [word for inject in injections for word in ("-e", "inject=" + inject)]
+                          + MINIDOCKER + ["exec", cid, "true"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    deadline = time.monotonic() + 10
+    while not minidocker("logs", cid).out and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return held, minidocker("logs", cid).out
+
+
 @root
 def test_exec_is_out_of_reach_of_cap_sys_ptrace_until_confined(rootfs, state):
     """A container given CAP_SYS_PTRACE (--cap-add SYS_PTRACE, as for a
@@ -7369,15 +7386,9 @@ def test_exec_is_out_of_reach_of_cap_sys_ptrace_until_confined(rootfs, state):
             'done; done' % marker)
     cid = detached(rootfs, "--cap-add", "SYS_PTRACE", command=("sh", "-c", hunt))
     try:
-        held = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=setns,execve",
-                               "-e", "inject=setns:delay_enter=500000",
-                               "-e", "inject=execve:delay_enter=2000000"]
-                              + MINIDOCKER + ["exec", cid, "true"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
-        deadline = time.monotonic() + 10
-        while not minidocker("logs", cid).out and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert minidocker("logs", cid).out == "confined\n"  # not the host's file
+        held, seen = exec_held_by_strace(cid, "setns,execve", ["setns:delay_enter=500000",
+                                                              "execve:delay_enter=2000000"])
+        assert seen == "confined\n"  # not the host's file
         assert held.returncode == 0, held.stderr
     finally:
         os.unlink(marker)
@@ -7408,18 +7419,12 @@ def test_exec_pids_cgroup_descriptor_is_out_of_the_containers_reach(rootfs):
             'exec sleep 1000; done; done')
     cid = detached(rootfs, command=("sh", "-c", hunt))
     try:
-        held = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=write",
-                               "-e", "inject=write:delay_enter=2000000:when=1"]
-                              + MINIDOCKER + ["exec", cid, "true"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=90)
-        deadline = time.monotonic() + 10
-        while not minidocker("logs", cid).out and time.monotonic() < deadline:
-            time.sleep(0.05)
+        held, seen = exec_held_by_strace(cid, "write", ["write:delay_enter=2000000:when=1"])
         # (On cgroup v2 the parent moves the command: no write of its own
         # to hold, and only a moment in which to find it.)
         layout = md.detect_cgroups(md.read_text("/proc/self/mountinfo"),
                                    md.read_text("/proc/self/cgroup"))
-        assert minidocker("logs", cid).out in (
+        assert seen in (
             ("found\n",) if layout.version_of("pids") == 1 else ("found\n", ""))
         assert held.returncode == 0, held.stderr
     finally:
@@ -7442,16 +7447,9 @@ def test_exec_holds_no_cgroup_file_where_cap_sys_ptrace_reaches_it(rootfs):
             'exec sleep 1000; done; done')
     cid = detached(rootfs, "--cap-add", "SYS_PTRACE", command=("sh", "-c", hunt))
     try:
-        held = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null",
-                               "-e", "trace=write,execve",
-                               "-e", "inject=write:delay_enter=1000000:when=1",
-                               "-e", "inject=execve:delay_enter=1000000"]
-                              + MINIDOCKER + ["exec", cid, "true"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=90)
-        deadline = time.monotonic() + 10
-        while not minidocker("logs", cid).out and time.monotonic() < deadline:
-            time.sleep(0.05)
-        links = minidocker("logs", cid).out.split()
+        held, seen = exec_held_by_strace(cid, "write,execve", ["write:delay_enter=1000000:when=1",
+                                                              "execve:delay_enter=1000000"])
+        links = seen.split()
         assert links[0] == "found" and len(links) > 3, links  # it reads them
         assert not [link for link in links if "cgroup" in link or "tasks" in link], links
         assert held.returncode == 0, held.stderr
