@@ -7524,6 +7524,102 @@ DEFAULT_BRIDGE = "mini-br0"
 DEFAULT_SUBNET = "10.0.0.0/24"
 
 
+# IPv4 addresses and networks as the lease works with them. ipaddress's
+# import is 6 ms (it brings functools and collections), and every bridge
+# run paid it in its lease and again in its clean-up, both on the way from
+# the command to the caller's prompt. The lease only handles addresses
+# that are already checked and in their normal form: the defaults, what
+# the flags' parsers turned through ipaddress (--subnet, -p IP:...), and
+# what the kernel and the records give back. So a few lines of arithmetic
+# serve there, and ipaddress stays for what a user writes. A test holds
+# these to ipaddress.
+
+def ipv4_number(text):
+    """'10.0.0.2' -> 0x0A000002. Four decimal octets, none with a leading
+    zero (as ipaddress has it, which also reads "010" as ambiguous), or
+    ValueError."""
+    octets = text.split(".")
+    if len(octets) != 4 or not all(
+            octet.isdigit() and octet.isascii() and len(octet) <= 3
+            and (octet == "0" or octet[0] != "0") and int(octet) < 256 for octet in octets):
+        raise ValueError("%r is not an IPv4 address" % text)
+    return int.from_bytes(bytes(int(octet) for octet in octets), "big")
+
+
+def ipv4_text(number):
+    """0x0A000002 -> '10.0.0.2'"""
+    return ".".join(str(octet) for octet in number.to_bytes(4, "big"))
+
+
+class IPv4Network:
+    """'10.0.0.0/24', or an address alone, a /32: its first address (an
+    int), its prefix length, and what the lease asks of a network. Host
+    bits set ('10.0.0.1/24') are a ValueError, as ipaddress's strict
+    ip_network has it; interface() reads an address with its prefix."""
+
+    __slots__ = ("first", "prefixlen")
+
+    def __init__(self, text):
+        address, slash, length = text.partition("/")
+        self.first, self.prefixlen = ipv4_number(address), 32
+        if slash:
+            if not (length.isdigit() and length.isascii() and int(length) <= 32):
+                raise ValueError("%r: the prefix length must be 0 to 32" % text)
+            self.prefixlen = int(length)
+        if self.first & ~self.mask:
+            raise ValueError("%s has host bits set" % text)
+
+    @staticmethod
+    def interface(text):
+        """'10.0.0.1/24' -> (the address as text, its network)."""
+        address, _, length = text.partition("/")
+        network = IPv4Network("%s/32" % address)
+        network.prefixlen = int(length)
+        network.first &= network.mask
+        return address, network
+
+    @property
+    def mask(self):
+        return 0xFFFFFFFF ^ (0xFFFFFFFF >> self.prefixlen)
+
+    @property
+    def last(self):
+        """The broadcast address, for a /30 or larger."""
+        return self.first | (0xFFFFFFFF >> self.prefixlen)
+
+    @property
+    def packed(self):
+        """The first address as the network's headers carry it."""
+        return self.first.to_bytes(4, "big")
+
+    @property
+    def netmask(self):
+        return self.mask.to_bytes(4, "big")
+
+    def hosts(self):
+        """The addresses a host may have, as text: all but the network's
+        own and its broadcast address (plan_subnet refuses a /31 or /32)."""
+        return (ipv4_text(number) for number in range(self.first + 1, self.last))
+
+    def __contains__(self, address):
+        return self.first <= ipv4_number(address) <= self.last
+
+    def overlaps(self, other):
+        return self.first <= other.last and other.first <= self.last
+
+    def subnet_of(self, other):
+        return other.first <= self.first and self.last <= other.last
+
+    def __eq__(self, other):
+        return (self.first, self.prefixlen) == (other.first, other.prefixlen)
+
+    def __hash__(self):
+        return hash((self.first, self.prefixlen))
+
+    def __str__(self):
+        return "%s/%d" % (ipv4_text(self.first), self.prefixlen)
+
+
 def parse_port(text, spec, flag="--publish"):
     if not is_number(text) or not 0 < int(text) < 65536:
         raise MiniDockerError("invalid %s %r: port %r is not a number from 1 to 65535"
@@ -7796,8 +7892,8 @@ def request_default_route(gateway):
 
 
 def parse_addresses(messages):
-    """A dump's RTM_NEWADDR messages -> [(interface index, IPv4Interface)]."""
-    import ipaddress
+    """A dump's RTM_NEWADDR messages (of IPv4 addresses: request_get_addresses)
+    -> [(interface index, 'ADDRESS/PREFIXLEN')]."""
     found = []
     for kind, _, _, body in messages:
         if kind != RTM_NEWADDR:
@@ -7805,8 +7901,8 @@ def parse_addresses(messages):
         _, prefix, _, _, index = struct.unpack_from(IFADDRMSG, body)
         attrs = parse_attrs(body[struct.calcsize(IFADDRMSG):])
         raw = attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS))
-        if raw:
-            found.append((index, ipaddress.ip_interface("%s/%d" % (ipaddress.ip_address(raw), prefix))))
+        if raw and len(raw) == 4:
+            found.append((index, "%s/%d" % (ipv4_text(int.from_bytes(raw, "big")), prefix)))
     return found
 
 
@@ -7941,15 +8037,17 @@ def match_ifname(key, name, op):
 
 
 def match_prefix(offset, network, op=NFT_CMP_EQ):
-    """The IPv4 address at OFFSET of the header is [not] in NETWORK. A prefix
-    on a byte boundary compares only its bytes (a /24 loads 3, an address
-    4), as nft does; another is masked first."""
+    """The IPv4 address at OFFSET of the header is [not] in NETWORK (text:
+    an address is a /32). A prefix on a byte boundary compares only its
+    bytes (a /24 loads 3, an address 4), as nft does; another is masked
+    first."""
+    network = IPv4Network(network)
     if network.prefixlen % 8 == 0:
         size = network.prefixlen // 8
         return [expr_payload(NFT_PAYLOAD_NETWORK_HEADER, offset, size),
-                expr_cmp(op, network.network_address.packed[:size])]
+                expr_cmp(op, network.packed[:size])]
     return [expr_payload(NFT_PAYLOAD_NETWORK_HEADER, offset, 4),
-            expr_bitwise(network.netmask.packed), expr_cmp(op, network.network_address.packed)]
+            expr_bitwise(network.netmask), expr_cmp(op, network.packed)]
 
 
 def match_saddr(network):
@@ -8008,7 +8106,7 @@ def action_masquerade():
 
 def action_dnat(address, port):
     """dnat to ADDRESS:PORT, a range of one"""
-    return [expr_immediate(address.packed, NFT_REG_1),
+    return [expr_immediate(ipv4_number(address).to_bytes(4, "big"), NFT_REG_1),
             expr_immediate(struct.pack(">H", port), NFT_REG_2),
             nft_expr("nat", nft_be32(NFTA_NAT_TYPE, NFT_NAT_DNAT),
                      nft_be32(NFTA_NAT_FAMILY, NFPROTO_IPV4),
@@ -8043,10 +8141,9 @@ def nat_rules(leases):
       martian outside `lo`.
     - guard, before everything (priority raw): route_localnet's other side.
     - forward: what other hosts may open into the bridge (forward_rules)."""
-    import ipaddress
     rules, seen = [], set()
     for lease in leases:
-        subnet = ipaddress.ip_network(lease["subnet"])
+        subnet = lease["subnet"]
         if (lease["bridge"], subnet) not in seen:
             seen.add((lease["bridge"], subnet))
             rules.append(("postrouting", match_saddr(subnet)
@@ -8055,16 +8152,15 @@ def nat_rules(leases):
             rules.append(("postrouting", match_saddr(subnet)
                           + match_ifname(NFT_META_OIFNAME, lease["bridge"], NFT_CMP_EQ)
                           + match_dnat_status() + action_masquerade()))
-        rules += publish_rules(ipaddress.ip_address(lease["address"]), lease["ports"])
-    loopback = ipaddress.ip_network(LOOPBACK)
+        rules += publish_rules(lease["address"], lease["ports"])
     for bridge in sorted({lease["bridge"] for lease in leases}):
-        rules.append(("postrouting", match_saddr(loopback)
+        rules.append(("postrouting", match_saddr(LOOPBACK)
                       + match_ifname(NFT_META_OIFNAME, bridge, NFT_CMP_EQ) + action_masquerade()))
         # route_localnet's other side (CVE-2020-8558): a container could
         # send to 127.0.0.1 through the bridge and reach the host's
         # loopback-only services. Such packets are dropped first.
         rules.append(("guard", match_ifname(NFT_META_IIFNAME, bridge, NFT_CMP_EQ)
-                      + match_daddr(loopback) + action_verdict(NF_DROP)))
+                      + match_daddr(LOOPBACK) + action_verdict(NF_DROP)))
         rules += forward_rules(bridge)
     return rules
 
@@ -8081,19 +8177,16 @@ def publish_rules(container_ip, ports):
     so prerouting's rules never see them. So 127.0.0.1:HOSTPORT:CTRPORT
     has an output rule only, and a port on every address (`fib daddr type
     local`, which 127.0.0.0/8 is) excludes 127.0.0.0/8 in prerouting."""
-    import ipaddress
-    loopback = ipaddress.ip_network(LOOPBACK)
     rules = []
     for host_ip, host_port, proto, port in ports:
         to = match_dport(proto, host_port) + action_dnat(container_ip, port)
         if host_ip == "0.0.0.0":
-            rules += [("prerouting", match_local_daddr() + match_daddr(loopback, NFT_CMP_NEQ) + to),
+            rules += [("prerouting", match_local_daddr() + match_daddr(LOOPBACK, NFT_CMP_NEQ) + to),
                       ("output", match_local_daddr() + to)]
             continue
-        address = ipaddress.ip_network(host_ip)
-        if not address.subnet_of(loopback):
-            rules.append(("prerouting", match_daddr(address) + to))
-        rules.append(("output", match_daddr(address) + to))
+        if not IPv4Network(host_ip).subnet_of(IPv4Network(LOOPBACK)):
+            rules.append(("prerouting", match_daddr(host_ip) + to))
+        rules.append(("output", match_daddr(host_ip) + to))
     return rules
 
 
@@ -8306,7 +8399,7 @@ def write_sysctl(name, value):
 
 
 def ensure_bridge(nl, name, gateway):
-    """The network's bridge with the gateway address, up; made on first use
+    """The network's bridge with the gateway address ('10.0.0.1/24'), up; made on first use
     and then kept, as docker0 is; and ip_forward on in this network
     namespace, as Docker sets it, or the containers' packets would not pass
     through it. Returns the bridge's index. An existing interface
@@ -8321,8 +8414,9 @@ def ensure_bridge(nl, name, gateway):
     if gateway not in present:
         if present:
             raise MiniDockerError("bridge %s has address %s, not %s: use --subnet %s or another --bridge"
-                                  % (name, present[0], gateway, present[0].network))
-        nl.call(request_new_address(index, name, str(gateway.ip), gateway.network.prefixlen))
+                                  % (name, present[0], gateway, IPv4Network.interface(present[0])[1]))
+        address, network = IPv4Network.interface(gateway)
+        nl.call(request_new_address(index, name, address, network.prefixlen))
     nl.call(request_link_up(index, name))
     write_sysctl("net/ipv4/ip_forward", "1")  # containers' packets pass through the host
     return index
@@ -8352,9 +8446,9 @@ def configure_eth0(lease):
     """Container side, in stage 2: a socket opened here speaks for the
     container's namespace. Address, link up, then the default route, which
     needs the link up (a gateway must be reachable). The lease's addresses
-    are taken as they are written (the subnet in its normal form, from
-    ipaddress on the host's side): the child imports no ipaddress, which
-    would have to happen before the fork, in the way of every bridge run."""
+    are taken as they are written (the subnet in its normal form, from the
+    host's side): the child imports no ipaddress, which would have to
+    happen before the fork, in the way of every bridge run."""
     with Netlink() as nl:
         index = link_index(nl, "eth0")
         nl.call(request_new_address(index, "eth0", lease["address"],
@@ -8422,20 +8516,19 @@ def live_leases(paths, excluded=()):
 def allocate_address(subnet, used, preferred=None):
     """`preferred` (the address a restarted container had) if it is free,
     else the first host address after the gateway that no live container
-    holds. hosts() already leaves out the network and broadcast addresses."""
-    import ipaddress
+    holds (an IPv4Network; addresses as text). hosts() already leaves out
+    the network and broadcast addresses."""
+    hosts = subnet.hosts()
+    gateway = next(hosts, None)
     if preferred is not None and preferred not in used:
         try:
-            address = ipaddress.ip_address(preferred)
+            if preferred in subnet and ipv4_number(preferred) not in (
+                    subnet.first, subnet.last, ipv4_number(gateway)):
+                return ipv4_text(ipv4_number(preferred))
         except ValueError:  # not an address (a hand-edited record): no preference
-            address = None
-        if address in subnet and address not in (subnet.network_address,
-                                                 subnet.broadcast_address, next(subnet.hosts())):
-            return address
-    hosts = subnet.hosts()
-    next(hosts, None)  # the gateway's
+            pass
     for candidate in hosts:
-        if str(candidate) not in used:
+        if candidate not in used:
             return candidate
     raise MiniDockerError("subnet %s is full: all %d container addresses are in use"
                           % (subnet, len(used)))
@@ -8443,10 +8536,9 @@ def allocate_address(subnet, used, preferred=None):
 
 def check_lease(plan, others):
     """One subnet per bridge, and subnets apart."""
-    import ipaddress
-    subnet = ipaddress.ip_network(plan["subnet"])
+    subnet = IPv4Network(plan["subnet"])
     for other in others:
-        theirs = ipaddress.ip_network(other["subnet"])
+        theirs = IPv4Network(other["subnet"])
         if other["bridge"] == plan["bridge"] and theirs != subnet:
             raise MiniDockerError("bridge %s already serves %s, not %s"
                                   % (plan["bridge"], theirs, subnet))
@@ -8602,8 +8694,7 @@ def assign_host_ports(requests, others, listeners, ephemeral, previous=(), owner
 def lease_network(paths, record, plan):
     """Stage 0, before the fork: an address, the bridge, the nf_tables rules.
     Returns the lease, which the record now holds."""
-    import ipaddress
-    subnet = ipaddress.ip_network(plan["subnet"])
+    subnet = IPv4Network(plan["subnet"])
     gateway = next(subnet.hosts())
     with network_lock(paths):
         others = live_leases(paths, excluded=[record["id"]])
@@ -8613,13 +8704,13 @@ def lease_network(paths, record, plan):
         used = {other["address"] for other in others if other["bridge"] == plan["bridge"]}
         lease = {"mode": "bridge", "bridge": plan["bridge"], "subnet": str(subnet),
                  "gateway": str(gateway),
-                 "address": str(allocate_address(subnet, used, record.get("last_address"))),
+                 "address": allocate_address(subnet, used, record.get("last_address")),
                  "veth": "veth" + record["id"][:8], "ports": ports,
                  "container": record["id"][:12], "netns": current_netns()}
         record["network"] = lease
         write_record(paths, record)
         with Netlink() as nl:
-            ensure_bridge(nl, plan["bridge"], ipaddress.ip_interface("%s/%d" % (gateway, subnet.prefixlen)))
+            ensure_bridge(nl, plan["bridge"], "%s/%d" % (gateway, subnet.prefixlen))
         apply_nat(others + [lease])
         set_route_localnet(plan["bridge"], True)
     return lease
