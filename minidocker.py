@@ -35,7 +35,6 @@ if __name__ == "__main__":
                                               signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2))
 
 import _json  # noqa: E402 (the imports come after the mask above)
-import ctypes
 import errno
 import fcntl
 import gc
@@ -237,43 +236,71 @@ def trace(enabled, stage):
 # (struct mount_attr, bpf_attr, the capability sets, the seccomp program)
 # are built with struct beside the call that takes them. Constants carry
 # the header they come from.
+#
+# ctypes itself is imported at the first call of a binding, not at the
+# top: its import is 3 ms (the _ctypes extension and libffi loaded, its
+# types built) that the verbs which only read state and send signals
+# (state, start, kill, delete, ps, inspect, logs, stop) never need. The
+# file's rule for imports still holds: whatever goes on into a container
+# calls a binding (unshare, setns, mount) while the host's filesystem is
+# still its own, so ctypes is loaded before any pivot_root or chroot. The
+# functions below that build a C buffer import ctypes themselves, which
+# after the first import is a look-up.
 
-_libc = ctypes.CDLL(None, use_errno=True)  # the libc this python links against
-_c_str = ctypes.c_char_p
-_c_int = ctypes.c_int
-_c_ulong = ctypes.c_ulong
-_c_long = ctypes.c_long
+
+_libc = None
+
+
+def libc():
+    """The libc this python links against, loaded once (dlopen(NULL): the
+    process's own symbols; no file is opened). Called before a fork whose
+    child goes into a container, so that ctypes is imported once for both."""
+    global _libc
+    if _libc is None:
+        import ctypes
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
 
 
 def _fail_on_minus_one(result, func, args):
     """The errcheck of every binding: ctypes calls it with each result.
     libc and syscall(2) report a failure as -1 with errno set."""
+    import ctypes
     if result == -1:
         raise syscall_error(ctypes.get_errno(), func.call)
     return result
 
 
-def _bind(name, argtypes, restype=_c_int, call=None):
-    """libc's `name`, typed and checked. `call` names a raw system call
-    made through syscall(2), for the error of a caller that does not
-    rename it."""
-    func = _libc[name]  # a new function object: argtypes belong to one binding
-    func.argtypes = argtypes
-    func.restype = restype
-    func.call = call or name
-    func.errcheck = _fail_on_minus_one
-    return func
+class _bind:
+    """libc's `name`, typed and checked, bound at its first call. The C
+    types are named as ctypes names them without the c_ ("char_p ulong"
+    for c_char_p, c_ulong). `call` names a raw system call made through
+    syscall(2), for the error of a caller that does not rename it.
 
-
-def _bind_holding_gil(name, argtypes, restype):
-    """As _bind, but called through a PyDLL, which keeps the GIL for the
-    call (a CDLL's calls release it): for a call no other thread of the
+    holding_gil: called through a PyDLL, which keeps the GIL for the call
+    (a CDLL's calls release it): for a call no other thread of the
     interpreter may run beside, fork_into_cgroup's clone3. Unchecked: the
     caller reads the result."""
-    func = ctypes.PyDLL(None, use_errno=True)[name]
-    func.argtypes = argtypes
-    func.restype = restype
-    return func
+
+    def __init__(self, name, argtypes, restype="int", call=None, holding_gil=False):
+        self.name, self.argtypes, self.restype = name, argtypes.split(), restype
+        self.call, self.holding_gil, self.func = call or name, holding_gil, None
+
+    def __call__(self, *args):
+        if self.func is None:
+            self.func = self.bound()
+        return self.func(*args)
+
+    def bound(self):
+        import ctypes
+        library = ctypes.PyDLL(None, use_errno=True) if self.holding_gil else libc()
+        func = library[self.name]  # a new function object: argtypes belong to one binding
+        func.argtypes = [getattr(ctypes, "c_" + name) for name in self.argtypes]
+        func.restype = getattr(ctypes, "c_" + self.restype)
+        if not self.holding_gil:
+            func.call = self.call
+            func.errcheck = _fail_on_minus_one
+        return func
 
 
 # <linux/sched.h>: clone3(2)'s flag, and its struct clone_args up to the
@@ -283,7 +310,7 @@ def _bind_holding_gil(name, argtypes, restype):
 CLONE_INTO_CGROUP = 0x200000000
 CLONE_ARGS = "11Q"
 assert struct.calcsize(CLONE_ARGS) == 88
-_clone3 = _bind_holding_gil("syscall", [_c_long, ctypes.c_char_p, ctypes.c_size_t], _c_long)
+_clone3 = _bind("syscall", "long char_p size_t", "long", holding_gil=True)
 # clone3's refusals of the call itself: ENOSYS (Linux before 5.3, or a
 # seccomp profile's answer: docker's), EPERM (another profile's), E2BIG
 # (Linux 5.3 to 5.6: a clone_args without the cgroup field).
@@ -308,8 +335,10 @@ def fork_into_cgroup(cgroup_fd):
             return None
     except FileNotFoundError:  # no /proc: no count to trust
         return None
+    import ctypes
     args = struct.pack(CLONE_ARGS, CLONE_INTO_CGROUP, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, 0, 0,
                        cgroup_fd)
+    _clone3.func = _clone3.func or _clone3.bound()  # not between the two calls around it
     ctypes.pythonapi.PyOS_BeforeFork()
     pid = _clone3(SYSCALLS["clone3"], args, len(args))
     if pid == 0:
@@ -554,33 +583,31 @@ def syscall_numbers(machine):
 MACHINE = os.uname().machine
 SYSCALLS = syscall_numbers(MACHINE) if MACHINE in SYSCALL_TABLES else {}
 
-_mount = _bind("mount", [_c_str, _c_str, _c_str, _c_ulong, _c_str])
-_umount2 = _bind("umount2", [_c_str, _c_int])
-_unshare = _bind("unshare", [_c_int])
-_setns = _bind("setns", [_c_int, _c_int])
-_sethostname = _bind("sethostname", [_c_str, ctypes.c_size_t])
-_setdomainname = _bind("setdomainname", [_c_str, ctypes.c_size_t])
-_personality = _bind("personality", [_c_ulong])
-_prctl = _bind("prctl", [_c_int, _c_ulong, _c_ulong, _c_ulong, _c_ulong])
-_setrlimit = _bind("setrlimit", [_c_int, ctypes.c_char_p])
-_capset = _bind("capset", [ctypes.c_void_p, ctypes.c_void_p])
-_socket = _bind("socket", [_c_int, _c_int, _c_int])
-_pivot_root = _bind("syscall", [_c_long, _c_str, _c_str], _c_long, "pivot_root")
-_seccomp = _bind("syscall", [_c_long, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p],
-                 _c_long, "seccomp")
-_bpf = _bind("syscall", [_c_long, _c_int, ctypes.c_void_p, ctypes.c_uint], _c_long, "bpf")
-_mount_setattr = _bind("syscall", [_c_long, _c_int, _c_str, ctypes.c_uint, ctypes.c_void_p,
-                                   ctypes.c_size_t], _c_long, "mount_setattr")
-_clone = _bind("clone", [ctypes.c_void_p, ctypes.c_void_p, _c_int, ctypes.c_void_p])
-_open_tree = _bind("syscall", [_c_long, _c_int, _c_str, ctypes.c_uint], _c_long, "open_tree")
-_move_mount = _bind("syscall", [_c_long, _c_int, _c_str, _c_int, _c_str, ctypes.c_uint],
-                    _c_long, "move_mount")
-_fstatfs = _bind("fstatfs", [_c_int, ctypes.c_void_p])
+_mount = _bind("mount", "char_p char_p char_p ulong char_p")
+_umount2 = _bind("umount2", "char_p int")
+_unshare = _bind("unshare", "int")
+_setns = _bind("setns", "int int")
+_sethostname = _bind("sethostname", "char_p size_t")
+_setdomainname = _bind("setdomainname", "char_p size_t")
+_personality = _bind("personality", "ulong")
+_prctl = _bind("prctl", "int ulong ulong ulong ulong")
+_setrlimit = _bind("setrlimit", "int char_p")
+_capset = _bind("capset", "void_p void_p")
+_socket = _bind("socket", "int int int")
+_pivot_root = _bind("syscall", "long char_p char_p", "long", "pivot_root")
+_seccomp = _bind("syscall", "long uint uint void_p", "long", "seccomp")
+_bpf = _bind("syscall", "long int void_p uint", "long", "bpf")
+_mount_setattr = _bind("syscall", "long int char_p uint void_p size_t", "long", "mount_setattr")
+_clone = _bind("clone", "void_p void_p int void_p")
+_open_tree = _bind("syscall", "long int char_p uint", "long", "open_tree")
+_move_mount = _bind("syscall", "long int char_p int char_p uint", "long", "move_mount")
+_fstatfs = _bind("fstatfs", "int void_p")
 
 
 def filesystem_type(fd):
     """fstatfs(2)'s f_type: struct statfs opens with it, a long on both
     machines minidocker knows (x86_64, aarch64); the struct is 120 bytes."""
+    import ctypes
     buf = ctypes.create_string_buffer(128)
     _fstatfs(fd, buf)
     return ctypes.c_long.from_buffer(buf).value
@@ -698,6 +725,7 @@ def mount_setattr(fd, attr_set, shown, userns_fd=0):
     """mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE): set attr_set on
     the mount that fd names and on every mount under it. MOUNT_ATTR_IDMAP
     takes the user namespace whose map the mount then applies."""
+    import ctypes
     attr = ctypes.create_string_buffer(struct.pack(MOUNT_ATTR, attr_set, 0, 0, userns_fd))
     with failing_as("mount_setattr(%s)" % shown):
         _mount_setattr(SYSCALLS["mount_setattr"], fd, b"", AT_EMPTY_PATH | AT_RECURSIVE,
@@ -752,6 +780,7 @@ BPF_ATTR_PROG_ATTACH = "=IIII"
 
 
 def _bpf_call(command, attr):
+    import ctypes
     buffer = ctypes.create_string_buffer(attr, len(attr))
     return _bpf(SYSCALLS["bpf"], command, buffer, len(attr))
 
@@ -760,6 +789,7 @@ def bpf_prog_load(prog_type, code, name):
     """Load an eBPF program (the bytes of its struct bpf_insn array); returns
     its fd. When the verifier refuses it (EINVAL, EACCES), the load is asked
     again with a log, so that the error quotes the verifier's reason."""
+    import ctypes
     insns = ctypes.create_string_buffer(code, len(code))
     license = ctypes.create_string_buffer(b"MIT")
     log = ctypes.create_string_buffer(BPF_LOG_SIZE)
@@ -796,6 +826,7 @@ def bpf_prog_attach(target_fd, prog_fd, attach_type, flags):
 
 def set_stage_name(name):
     """Name this process for ps(1) (comm is 15 bytes at most)."""
+    import ctypes
     buffer = ctypes.create_string_buffer(name.encode())
     prctl(PR_SET_NAME, ctypes.addressof(buffer), what="prctl(PR_SET_NAME)")
 
@@ -5931,12 +5962,13 @@ CLONE_STACK_BYTES = 16384
 
 def clone_in_user_namespace():
     """-> the pid of an ended, unreaped child in a new user namespace."""
+    import ctypes
     stack = ctypes.create_string_buffer(CLONE_STACK_BYTES)
     top = (ctypes.addressof(stack) + CLONE_STACK_BYTES - 64) & ~15  # grows down, 16-aligned
     with failing_as("clone(CLONE_NEWUSER)",
                     {errno.EPERM: "this host forbids it (user.max_user_namespaces, or a "
                                   "security module)"}):
-        child = _clone(ctypes.cast(_libc.getpid, ctypes.c_void_p), top,
+        child = _clone(ctypes.cast(libc().getpid, ctypes.c_void_p), top,
                        CLONE_VM | CLONE_NEWUSER | signal.SIGCHLD, None)
     os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)  # off our stack: it may go
     return child
@@ -8951,6 +8983,7 @@ def set_capabilities(sets):
     (capabilities(7)); runc asks for the others too and is refused, as a
     config like `runc spec`'s (ambient, no inheritable) shows: they are
     left out here without asking."""
+    import ctypes
     masks = [cap_mask(sets[name]) for name in ("effective", "permitted", "inheritable")]
     header = ctypes.create_string_buffer(struct.pack(CAP_HEADER, _LINUX_CAPABILITY_VERSION_3, 0))
     data = ctypes.create_string_buffer(
@@ -9417,7 +9450,7 @@ def default_filter(caps, cache):
     compiles anew. A profile file (seccomp=PATH) is compiled each time:
     checking it means reading it anyway."""
     if cache is None:
-        return plan_seccomp(DEFAULT_PROFILE, caps, "default")
+        return plan_seccomp(default_profile(), caps, "default")
     source = os.stat(__file__)
     key = "default-%d-%d-%s-%s-%x.json" % (source.st_size, source.st_mtime_ns, MACHINE,
                                          os.uname().release, cap_mask(caps))
@@ -9428,7 +9461,7 @@ def default_filter(caps, cache):
         program = bytes.fromhex(kept["program"])
         if program and len(program) % struct.calcsize(SOCK_FILTER) == 0:
             return program, [note + " (cached)" for note in kept["notes"]]
-    program, notes = plan_seccomp(DEFAULT_PROFILE, caps, "default")
+    program, notes = plan_seccomp(default_profile(), caps, "default")
     try:  # into a run tree that make_state_dirs made root's alone, or not at all
         if os.path.isdir(os.path.dirname(cache)):
             os.makedirs(cache, mode=0o700, exist_ok=True)
@@ -9444,6 +9477,7 @@ def load_filter(program, flags=0):
     EACCES. Everything after this runs under the filter, up to and with
     execve(2), which the profile must allow (exec_command places it).
     `flags`: SECCOMP_FILTER_FLAG_*, from a bundle's linux.seccomp.flags."""
+    import ctypes
     code = ctypes.create_string_buffer(program, len(program))
     fprog = ctypes.create_string_buffer(
         struct.pack(SOCK_FPROG, len(program) // 8, ctypes.addressof(code)))
@@ -9523,159 +9557,163 @@ _HIGH_ZERO = 0xFFFFFFFF00000000
 _NAMESPACE_FLAGS = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC
                     | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET)
 
-DEFAULT_PROFILE = {
-    "defaultAction": "SCMP_ACT_ERRNO",
-    "defaultErrnoRet": errno.EPERM,
-    "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": []},
-                {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": []}],
-    "syscalls": [
-        _allow("read write open openat openat2 creat close close_range lseek pread64 "
-               "pwrite64 readv writev preadv pwritev preadv2 pwritev2 sendfile splice tee "
-               "vmsplice copy_file_range readahead fadvise64 fallocate truncate ftruncate "
-               "fsync fdatasync sync syncfs sync_file_range stat fstat lstat newfstatat "
-               "statx statfs fstatfs ustat sysfs access faccessat faccessat2 getdents "
-               "getdents64 getcwd chdir fchdir mkdir mkdirat rmdir rename renameat "
-               "renameat2 link linkat unlink unlinkat symlink symlinkat readlink "
-               "readlinkat chmod fchmod fchmodat chown fchown lchown fchownat umask utime "
-               "utimes utimensat futimesat flock fcntl dup dup2 dup3 pipe pipe2 setxattr "
-               "lsetxattr fsetxattr getxattr lgetxattr fgetxattr listxattr llistxattr "
-               "flistxattr removexattr lremovexattr fremovexattr inotify_init "
-               "inotify_init1 inotify_add_watch inotify_rm_watch fanotify_mark "
-               "name_to_handle_at memfd_create memfd_secret",
-               "files: the kernel still checks users, capabilities and mounts"),
-        _allow("brk mmap munmap mremap mprotect msync madvise mincore mlock mlock2 "
-               "munlock mlockall munlockall remap_file_pages pkey_mprotect pkey_alloc "
-               "pkey_free membarrier",
-               "memory of the process itself (locking is bounded by RLIMIT_MEMLOCK)"),
-        _allow("fork vfork execve execveat exit exit_group wait4 waitid kill tkill "
-               "tgkill rt_sigaction rt_sigprocmask rt_sigreturn rt_sigpending "
-               "rt_sigtimedwait rt_sigqueueinfo rt_tgsigqueueinfo rt_sigsuspend "
-               "sigaltstack pause alarm getitimer setitimer nanosleep clock_nanosleep "
-               "restart_syscall getpid getppid gettid getpgid setpgid getpgrp getsid "
-               "setsid set_tid_address set_robust_list get_robust_list futex futex_waitv "
-               "rseq arch_prctl set_thread_area get_thread_area modify_ldt prctl "
-               "pidfd_open pidfd_send_signal pidfd_getfd process_mrelease getrlimit "
-               "setrlimit prlimit64 getrusage times uname sysinfo getcpu getrandom",
-               "processes, threads and signals, inside the container's pid namespace"),
-        _allow("seccomp landlock_create_ruleset landlock_add_rule landlock_restrict_self "
-               "capget capset",
-               "a process may narrow its own rights further, never widen them"),
-        _allow("getuid geteuid getgid getegid getresuid getresgid getgroups setuid setgid "
-               "setreuid setregid setresuid setresgid setgroups setfsuid setfsgid",
-               "user and group ids: changing them needs CAP_SETUID or CAP_SETGID"),
-        _allow("sched_yield sched_getaffinity sched_setaffinity sched_getparam "
-               "sched_setparam sched_getscheduler sched_setscheduler "
-               "sched_get_priority_max sched_get_priority_min sched_rr_get_interval "
-               "sched_getattr sched_setattr getpriority setpriority ioprio_get "
-               "ioprio_set",
-               "scheduling: raising a priority needs CAP_SYS_NICE; cpusets still bind"),
-        _allow("time gettimeofday clock_gettime clock_getres adjtimex timer_create "
-               "timer_settime timer_gettime timer_getoverrun timer_delete timerfd_create "
-               "timerfd_settime timerfd_gettime",
-               "reading clocks and timers (adjtimex sets the clock only with CAP_SYS_TIME)"),
-        _allow("select pselect6 poll ppoll epoll_create epoll_create1 epoll_ctl "
-               "epoll_wait epoll_pwait epoll_pwait2 eventfd eventfd2 signalfd signalfd4 "
-               "io_setup io_destroy io_submit io_cancel io_getevents io_pgetevents",
-               "waiting on many files, and Linux AIO"),
-        _allow("socketpair bind connect listen accept accept4 getsockname getpeername "
-               "sendto recvfrom sendmsg recvmsg sendmmsg recvmmsg setsockopt getsockopt "
-               "shutdown",
-               "sockets, in the container's network namespace"),
-        _allow("shmget shmat shmdt shmctl semget semop semtimedop semctl msgget msgsnd "
-               "msgrcv msgctl mq_open mq_unlink mq_timedsend mq_timedreceive mq_notify "
-               "mq_getsetattr",
-               "System V and POSIX IPC, in the container's ipc namespace"),
-        _deny("socket", "AF_ALG sockets reach the kernel's crypto code, a source of "
-              "privilege escalations; AF_VSOCK reaches the hypervisor, outside the "
-              "network namespace. Both fail as if the family were not built in",
-              errno.EAFNOSUPPORT, args=[_arg(0, "EQ", _AF_ALG)]),
-        _deny("socket", "(AF_VSOCK)", errno.EAFNOSUPPORT, args=[_arg(0, "EQ", _AF_VSOCK)]),
-        _allow("socket", "the other families, 0-63: the block below AF_ALG, AF_NFC (39), "
-               "then 41, 42-43, 44-47 and 48-63; the high half must be 0",
-               args=[_arg(0, "LT", _AF_ALG)]),
-    ] + [
-        _allow("socket", "(the same)", args=[_arg(0, "MASKED_EQ", _HIGH_ZERO | mask, block)])
-        for mask, block in ((0xFFFFFFFF, 39), (0xFFFFFFFF, 41), (0xFFFFFFFE, 42),
-                            (0xFFFFFFFC, 44), (0xFFFFFFF0, 48))
-    ] + _allow_all_but("ioctl", 1, [_TIOCSTI, _TIOCLINUX],
-                       "every ioctl but two, whatever its high half: TIOCSTI pushes "
-                       "characters into a terminal's input, so a container given the "
-                       "user's terminal could type commands into the shell that started "
-                       "it; TIOCLINUX pastes the console's selection as input, the same "
-                       "attack") + [
-        _allow(name, "files, FIFOs and sockets, not device nodes: a node of a host device "
-               "opens nothing under the device cgroup, and this is a second wall "
-               "before it" if not index else "(the same)",
-               args=[_arg(position, "MASKED_EQ", _S_IFMT, file_type)])
-        for name, position in (("mknod", 1), ("mknodat", 2))
-        for index, file_type in enumerate(_FILE_TYPES)
-    ] + [
-        _allow("personality", "the execution domains programs really ask for: Linux "
-               "(0), PER_LINUX32 (8), UNAME26 alone and with PER_LINUX32, and the query "
-               "0xffffffff; any other (ADDR_NO_RANDOMIZE among them) gets EPERM",
-               args=[_arg(0, "EQ", value)])
-        for value in (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
-    ] + [
-        _allow("clone", "threads and processes, but no new namespaces: see unshare",
-               args=[_arg(0, "MASKED_EQ", _NAMESPACE_FLAGS, 0)],
-               excludes={"caps": ["CAP_SYS_ADMIN"]}),
-        _allow("clone clone3", "with CAP_SYS_ADMIN: any flags",
-               includes={"caps": ["CAP_SYS_ADMIN"]}),
-        _deny("clone3", "its flags are in a struct in memory, which the filter cannot "
-              "read; ENOSYS makes glibc fall back to clone(2), whose flags it can",
-              errno.ENOSYS, excludes={"caps": ["CAP_SYS_ADMIN"]}),
-    ] + _with_cap("SYS_ADMIN", "unshare setns",
-                  "a new namespace, a user namespace above all, hands root-only kernel "
-                  "code to an unprivileged process (CVE-2022-0185 went through fsconfig "
-                  "in a fresh user namespace)"
-    ) + _with_cap("SYS_ADMIN", "mount umount2 pivot_root open_tree move_mount fsopen "
-                  "fsconfig fsmount fspick mount_setattr",
-                  "mounts could uncover what the masked and read-only paths of /proc and "
-                  "/sys hide"
-    ) + _with_cap("SYS_ADMIN", "sethostname setdomainname",
-                  "the names are the container's (its own uts namespace), set by the "
-                  "runtime; the kernel asks CAP_SYS_ADMIN for them too"
-    ) + _with_cap("SYS_ADMIN", "bpf perf_event_open fanotify_init lookup_dcookie quotactl "
-                  "quotactl_fd",
-                  "the eBPF verifier is a large attack surface; perf, fanotify and quotas "
-                  "see the whole host"
-    ) + _with_cap("SYS_PTRACE", "ptrace process_vm_readv process_vm_writev kcmp "
-                  "process_madvise userfaultfd",
-                  "reading and changing other processes; userfaultfd lets an exploit "
-                  "pause the kernel in the middle of a copy from user memory"
-    ) + _with_cap("SYS_MODULE", "init_module finit_module delete_module",
-                  "kernel modules are code in the host's kernel"
-    ) + _with_cap("SYS_BOOT", "reboot",
-                  "in a pid namespace it only ends the container, but the kernel asks "
-                  "for CAP_SYS_BOOT"
-    ) + _with_cap("SYS_TIME", "settimeofday clock_settime clock_adjtime",
-                  "the clock is the host's"
-    ) + _with_cap("SYS_CHROOT", "chroot", "the kernel asks for CAP_SYS_CHROOT; "
-                  "Docker's default capabilities include it"
-    ) + _with_cap("SYS_PACCT", "acct", "process accounting is the host's"
-    ) + _with_cap("SYS_RAWIO", "iopl ioperm", "raw I/O ports of the host's hardware"
-    ) + _with_cap("SYS_TTY_CONFIG", "vhangup", "hangs up the terminal, for every process on it"
-    ) + _with_cap("SYSLOG", "syslog", "the kernel log is the host's, with its addresses"
-    ) + _with_cap("DAC_READ_SEARCH", "open_by_handle_at",
-                  "opens any file of a filesystem by its handle, outside the container's "
-                  "root: the 2014 'shocker' escape from Docker"
-    ) + _with_cap("SYS_NICE", "mbind migrate_pages move_pages get_mempolicy set_mempolicy "
-                  "set_mempolicy_home_node",
-                  "NUMA placement moves memory on the host's nodes"
-    ) + [
-        _deny("keyctl add_key request_key", "the kernel keyring is not namespaced: "
-              "keys of the host and of other containers"),
-        _deny("kexec_load kexec_file_load", "replaces the host's running kernel"),
-        _deny("swapon swapoff", "swap is the host's"),
-        _deny("io_uring_setup io_uring_enter io_uring_register",
-              "the operations io_uring carries out are never seen by this filter, and it "
-              "has been a steady source of kernel privilege escalations"),
-        _deny("_sysctl uselib create_module get_kernel_syms query_module nfsservctl "
-              "getpmsg putpmsg afs_syscall tuxcall security vserver epoll_ctl_old "
-              "epoll_wait_old", "removed from Linux or never implemented: ENOSYS, "
-              "the kernel's own answer", errno.ENOSYS),
-    ],
-}
+def default_profile():
+    """The default profile, as its JSON file would give it, built anew at
+    each call: the cached filter of a run (default_filter) needs none of
+    it, and building it took half a millisecond of every start."""
+    return {
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": errno.EPERM,
+        "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": []},
+                    {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": []}],
+        "syscalls": [
+            _allow("read write open openat openat2 creat close close_range lseek pread64 "
+                   "pwrite64 readv writev preadv pwritev preadv2 pwritev2 sendfile splice tee "
+                   "vmsplice copy_file_range readahead fadvise64 fallocate truncate ftruncate "
+                   "fsync fdatasync sync syncfs sync_file_range stat fstat lstat newfstatat "
+                   "statx statfs fstatfs ustat sysfs access faccessat faccessat2 getdents "
+                   "getdents64 getcwd chdir fchdir mkdir mkdirat rmdir rename renameat "
+                   "renameat2 link linkat unlink unlinkat symlink symlinkat readlink "
+                   "readlinkat chmod fchmod fchmodat chown fchown lchown fchownat umask utime "
+                   "utimes utimensat futimesat flock fcntl dup dup2 dup3 pipe pipe2 setxattr "
+                   "lsetxattr fsetxattr getxattr lgetxattr fgetxattr listxattr llistxattr "
+                   "flistxattr removexattr lremovexattr fremovexattr inotify_init "
+                   "inotify_init1 inotify_add_watch inotify_rm_watch fanotify_mark "
+                   "name_to_handle_at memfd_create memfd_secret",
+                   "files: the kernel still checks users, capabilities and mounts"),
+            _allow("brk mmap munmap mremap mprotect msync madvise mincore mlock mlock2 "
+                   "munlock mlockall munlockall remap_file_pages pkey_mprotect pkey_alloc "
+                   "pkey_free membarrier",
+                   "memory of the process itself (locking is bounded by RLIMIT_MEMLOCK)"),
+            _allow("fork vfork execve execveat exit exit_group wait4 waitid kill tkill "
+                   "tgkill rt_sigaction rt_sigprocmask rt_sigreturn rt_sigpending "
+                   "rt_sigtimedwait rt_sigqueueinfo rt_tgsigqueueinfo rt_sigsuspend "
+                   "sigaltstack pause alarm getitimer setitimer nanosleep clock_nanosleep "
+                   "restart_syscall getpid getppid gettid getpgid setpgid getpgrp getsid "
+                   "setsid set_tid_address set_robust_list get_robust_list futex futex_waitv "
+                   "rseq arch_prctl set_thread_area get_thread_area modify_ldt prctl "
+                   "pidfd_open pidfd_send_signal pidfd_getfd process_mrelease getrlimit "
+                   "setrlimit prlimit64 getrusage times uname sysinfo getcpu getrandom",
+                   "processes, threads and signals, inside the container's pid namespace"),
+            _allow("seccomp landlock_create_ruleset landlock_add_rule landlock_restrict_self "
+                   "capget capset",
+                   "a process may narrow its own rights further, never widen them"),
+            _allow("getuid geteuid getgid getegid getresuid getresgid getgroups setuid setgid "
+                   "setreuid setregid setresuid setresgid setgroups setfsuid setfsgid",
+                   "user and group ids: changing them needs CAP_SETUID or CAP_SETGID"),
+            _allow("sched_yield sched_getaffinity sched_setaffinity sched_getparam "
+                   "sched_setparam sched_getscheduler sched_setscheduler "
+                   "sched_get_priority_max sched_get_priority_min sched_rr_get_interval "
+                   "sched_getattr sched_setattr getpriority setpriority ioprio_get "
+                   "ioprio_set",
+                   "scheduling: raising a priority needs CAP_SYS_NICE; cpusets still bind"),
+            _allow("time gettimeofday clock_gettime clock_getres adjtimex timer_create "
+                   "timer_settime timer_gettime timer_getoverrun timer_delete timerfd_create "
+                   "timerfd_settime timerfd_gettime",
+                   "reading clocks and timers (adjtimex sets the clock only with CAP_SYS_TIME)"),
+            _allow("select pselect6 poll ppoll epoll_create epoll_create1 epoll_ctl "
+                   "epoll_wait epoll_pwait epoll_pwait2 eventfd eventfd2 signalfd signalfd4 "
+                   "io_setup io_destroy io_submit io_cancel io_getevents io_pgetevents",
+                   "waiting on many files, and Linux AIO"),
+            _allow("socketpair bind connect listen accept accept4 getsockname getpeername "
+                   "sendto recvfrom sendmsg recvmsg sendmmsg recvmmsg setsockopt getsockopt "
+                   "shutdown",
+                   "sockets, in the container's network namespace"),
+            _allow("shmget shmat shmdt shmctl semget semop semtimedop semctl msgget msgsnd "
+                   "msgrcv msgctl mq_open mq_unlink mq_timedsend mq_timedreceive mq_notify "
+                   "mq_getsetattr",
+                   "System V and POSIX IPC, in the container's ipc namespace"),
+            _deny("socket", "AF_ALG sockets reach the kernel's crypto code, a source of "
+                  "privilege escalations; AF_VSOCK reaches the hypervisor, outside the "
+                  "network namespace. Both fail as if the family were not built in",
+                  errno.EAFNOSUPPORT, args=[_arg(0, "EQ", _AF_ALG)]),
+            _deny("socket", "(AF_VSOCK)", errno.EAFNOSUPPORT, args=[_arg(0, "EQ", _AF_VSOCK)]),
+            _allow("socket", "the other families, 0-63: the block below AF_ALG, AF_NFC (39), "
+                   "then 41, 42-43, 44-47 and 48-63; the high half must be 0",
+                   args=[_arg(0, "LT", _AF_ALG)]),
+        ] + [
+            _allow("socket", "(the same)", args=[_arg(0, "MASKED_EQ", _HIGH_ZERO | mask, block)])
+            for mask, block in ((0xFFFFFFFF, 39), (0xFFFFFFFF, 41), (0xFFFFFFFE, 42),
+                                (0xFFFFFFFC, 44), (0xFFFFFFF0, 48))
+        ] + _allow_all_but("ioctl", 1, [_TIOCSTI, _TIOCLINUX],
+                           "every ioctl but two, whatever its high half: TIOCSTI pushes "
+                           "characters into a terminal's input, so a container given the "
+                           "user's terminal could type commands into the shell that started "
+                           "it; TIOCLINUX pastes the console's selection as input, the same "
+                           "attack") + [
+            _allow(name, "files, FIFOs and sockets, not device nodes: a node of a host device "
+                   "opens nothing under the device cgroup, and this is a second wall "
+                   "before it" if not index else "(the same)",
+                   args=[_arg(position, "MASKED_EQ", _S_IFMT, file_type)])
+            for name, position in (("mknod", 1), ("mknodat", 2))
+            for index, file_type in enumerate(_FILE_TYPES)
+        ] + [
+            _allow("personality", "the execution domains programs really ask for: Linux "
+                   "(0), PER_LINUX32 (8), UNAME26 alone and with PER_LINUX32, and the query "
+                   "0xffffffff; any other (ADDR_NO_RANDOMIZE among them) gets EPERM",
+                   args=[_arg(0, "EQ", value)])
+            for value in (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
+        ] + [
+            _allow("clone", "threads and processes, but no new namespaces: see unshare",
+                   args=[_arg(0, "MASKED_EQ", _NAMESPACE_FLAGS, 0)],
+                   excludes={"caps": ["CAP_SYS_ADMIN"]}),
+            _allow("clone clone3", "with CAP_SYS_ADMIN: any flags",
+                   includes={"caps": ["CAP_SYS_ADMIN"]}),
+            _deny("clone3", "its flags are in a struct in memory, which the filter cannot "
+                  "read; ENOSYS makes glibc fall back to clone(2), whose flags it can",
+                  errno.ENOSYS, excludes={"caps": ["CAP_SYS_ADMIN"]}),
+        ] + _with_cap("SYS_ADMIN", "unshare setns",
+                      "a new namespace, a user namespace above all, hands root-only kernel "
+                      "code to an unprivileged process (CVE-2022-0185 went through fsconfig "
+                      "in a fresh user namespace)"
+        ) + _with_cap("SYS_ADMIN", "mount umount2 pivot_root open_tree move_mount fsopen "
+                      "fsconfig fsmount fspick mount_setattr",
+                      "mounts could uncover what the masked and read-only paths of /proc and "
+                      "/sys hide"
+        ) + _with_cap("SYS_ADMIN", "sethostname setdomainname",
+                      "the names are the container's (its own uts namespace), set by the "
+                      "runtime; the kernel asks CAP_SYS_ADMIN for them too"
+        ) + _with_cap("SYS_ADMIN", "bpf perf_event_open fanotify_init lookup_dcookie quotactl "
+                      "quotactl_fd",
+                      "the eBPF verifier is a large attack surface; perf, fanotify and quotas "
+                      "see the whole host"
+        ) + _with_cap("SYS_PTRACE", "ptrace process_vm_readv process_vm_writev kcmp "
+                      "process_madvise userfaultfd",
+                      "reading and changing other processes; userfaultfd lets an exploit "
+                      "pause the kernel in the middle of a copy from user memory"
+        ) + _with_cap("SYS_MODULE", "init_module finit_module delete_module",
+                      "kernel modules are code in the host's kernel"
+        ) + _with_cap("SYS_BOOT", "reboot",
+                      "in a pid namespace it only ends the container, but the kernel asks "
+                      "for CAP_SYS_BOOT"
+        ) + _with_cap("SYS_TIME", "settimeofday clock_settime clock_adjtime",
+                      "the clock is the host's"
+        ) + _with_cap("SYS_CHROOT", "chroot", "the kernel asks for CAP_SYS_CHROOT; "
+                      "Docker's default capabilities include it"
+        ) + _with_cap("SYS_PACCT", "acct", "process accounting is the host's"
+        ) + _with_cap("SYS_RAWIO", "iopl ioperm", "raw I/O ports of the host's hardware"
+        ) + _with_cap("SYS_TTY_CONFIG", "vhangup", "hangs up the terminal, for every process on it"
+        ) + _with_cap("SYSLOG", "syslog", "the kernel log is the host's, with its addresses"
+        ) + _with_cap("DAC_READ_SEARCH", "open_by_handle_at",
+                      "opens any file of a filesystem by its handle, outside the container's "
+                      "root: the 2014 'shocker' escape from Docker"
+        ) + _with_cap("SYS_NICE", "mbind migrate_pages move_pages get_mempolicy set_mempolicy "
+                      "set_mempolicy_home_node",
+                      "NUMA placement moves memory on the host's nodes"
+        ) + [
+            _deny("keyctl add_key request_key", "the kernel keyring is not namespaced: "
+                  "keys of the host and of other containers"),
+            _deny("kexec_load kexec_file_load", "replaces the host's running kernel"),
+            _deny("swapon swapoff", "swap is the host's"),
+            _deny("io_uring_setup io_uring_enter io_uring_register",
+                  "the operations io_uring carries out are never seen by this filter, and it "
+                  "has been a steady source of kernel privilege escalations"),
+            _deny("_sysctl uselib create_module get_kernel_syms query_module nfsservctl "
+                  "getpmsg putpmsg afs_syscall tuxcall security vserver epoll_ctl_old "
+                  "epoll_wait_old", "removed from Linux or never implemented: ENOSYS, "
+                  "the kernel's own answer", errno.ENOSYS),
+        ],
+    }
 
 
 # === 11. The process: stages, sync pipes, init, users, signals, the terminal ===
@@ -10513,6 +10551,7 @@ def start_container(spec, instance, signals, join, prepare, console_socket=None,
         unshare(CLONE_NEWPID)  # for the child we are about to fork
     else:  # a bundle's pid namespace by path, for the child alike
         join_namespaces(spec, ("pid",))
+    libc()
     pid = os.fork() if entry is None else entry.fork()
     if pid == 0:
         signal.set_wakeup_fd(-1)  # the parent's signals are not ours to note
@@ -11735,6 +11774,7 @@ def exec_in_container(record, spec, console_socket=None, started=None):
         entry, later = CgroupEntry(first), CgroupEntry(then)
         entry.open()
         later.open(birth=False)
+        libc()
         pid = entry.fork()
         if pid == 0:
             try:
@@ -14266,8 +14306,9 @@ def default_config():
     caps = ["CAP_" + name for name in DOCKER_DEFAULT_CAPS]
     cap_names = {"CAP_" + n for n in DOCKER_DEFAULT_CAPS}
     release = os.uname().release
+    profile = default_profile()
     syscalls = [{k: v for k, v in rule.items() if k not in ("includes", "excludes", "comment")}
-                for rule in DEFAULT_PROFILE["syscalls"]
+                for rule in profile["syscalls"]
                 if rule_applies(rule, MACHINE, cap_names, release)]
     flags = ["nosuid", "noexec", "nodev"]
     return {
@@ -14300,8 +14341,8 @@ def default_config():
             "namespaces": [{"type": kind} for kind in
                            ("pid", "network", "ipc", "uts", "mount", "cgroup")],
             "maskedPaths": list(MASKED_PATHS), "readonlyPaths": list(READONLY_PATHS),
-            "seccomp": {"defaultAction": DEFAULT_PROFILE["defaultAction"],
-                        "defaultErrnoRet": DEFAULT_PROFILE.get("defaultErrnoRet"),
+            "seccomp": {"defaultAction": profile["defaultAction"],
+                        "defaultErrnoRet": profile.get("defaultErrnoRet"),
                         "architectures": [SCMP_ARCH_NAMES.get(MACHINE, MACHINE)],
                         "syscalls": syscalls},
         },
