@@ -50,8 +50,9 @@ import time
 # before it: from then on the host's Python library is out of reach, and an
 # extension module (fcntl is one in many builds) would fail to load. A
 # module only some runs need is imported where it is needed, to keep the
-# others' start-up short (ipaddress: only network flags), but always before
-# the fork when the child needs it after pivot_root (preload, in
+# others' start-up short (ipaddress: only flags that name an address;
+# ctypes: at the first call into libc, chapter 2), but always before the
+# fork when the child needs it after pivot_root (preload and libc(), in
 # start_container). Sockets are made with _socket, the C module that
 # socket.py wraps: socket.py builds its enums at import (4 ms of every run
 # that needs a socket) for conveniences we do not use.
@@ -7746,8 +7747,8 @@ def parse_add_host(text):
 def plan_network(mode, subnet, bridge, publish, dns, add_hosts, expose=(), publish_all=False):
     """--network and friends -> the network plan (chapter 9 carries it out).
     ipaddress is imported here only for --subnet, -p or --add-host: every
-    Spec plans the default network (none), exec's too, and a bridge's
-    import of it (6 ms) is left to the lease, made beside the child's start."""
+    Spec plans the default network (none), exec's too, and the bridge's
+    lease works out its addresses without it (IPv4Network)."""
     if mode not in NETWORK_MODES:
         raise MiniDockerError("unknown --network %r: minidocker knows bridge, none and host" % mode)
     if mode != "bridge" and (subnet or bridge or publish or publish_all):
