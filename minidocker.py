@@ -50,10 +50,10 @@ import time
 # before it: from then on the host's Python library is out of reach, and an
 # extension module (fcntl is one in many builds) would fail to load. A
 # module only some runs need is imported where it is needed, to keep the
-# others' start-up short (ipaddress: only flags that name an address;
-# ctypes: at the first call into libc, chapter 2), but always before the
-# fork when the child needs it after pivot_root (preload and libc(), in
-# start_container). Sockets are made with _socket, the C module that
+# others' start-up short (ipaddress: only for -p, --subnet and --add-host;
+# ctypes: at the first call into libc, chapter 2, which comes before any
+# pivot_root), but always before the fork when the child needs it after
+# pivot_root (preload, in start_container). Sockets are made with _socket, the C module that
 # socket.py wraps: socket.py builds its enums at import (4 ms of every run
 # that needs a socket) for conveniences we do not use.
 #
@@ -245,8 +245,8 @@ def trace(enabled, stage):
 # file's rule for imports still holds: whatever goes on into a container
 # calls a binding (unshare, setns, mount) while the host's filesystem is
 # still its own, so ctypes is loaded before any pivot_root or chroot. The
-# functions below that build a C buffer import ctypes themselves, which
-# after the first import is a look-up.
+# functions that build a C buffer (below, and in chapters 7 and 10) import
+# ctypes themselves, which after the first import is a look-up.
 
 
 _libc = None
@@ -288,11 +288,12 @@ class _bind:
         self.call, self.holding_gil, self.func = call or name, holding_gil, None
 
     def __call__(self, *args):
-        if self.func is None:
-            self.func = self.bound()
-        return self.func(*args)
+        return (self.func or self.bind())(*args)
 
-    def bound(self):
+    def bind(self):
+        """The function, bound now if it was not yet; kept for every call."""
+        if self.func is not None:
+            return self.func
         import ctypes
         library = ctypes.PyDLL(None, use_errno=True) if self.holding_gil else libc()
         func = library[self.name]  # a new function object: argtypes belong to one binding
@@ -301,6 +302,7 @@ class _bind:
         if not self.holding_gil:
             func.call = self.call
             func.errcheck = _fail_on_minus_one
+        self.func = func
         return func
 
 
@@ -323,7 +325,7 @@ def fork_into_cgroup(cgroup_fd):
     `cgroup_fd`: -> the child's pid (0 in the child), or None where clone3
     is refused. As os.fork does, it calls PyOS_BeforeFork before and
     PyOS_AfterFork_Child or _Parent after, with the GIL held throughout
-    (_bind_holding_gil), so that the interpreter's own state (its locks,
+    (a binding holding_gil), so that the interpreter's own state (its locks,
     its threads' records) is made right in the child. What os.fork's fork(3)
     does besides, glibc's handlers for its own locks, matters only while
     another thread may hold one: with another thread in the process, this
@@ -339,13 +341,19 @@ def fork_into_cgroup(cgroup_fd):
     import ctypes
     args = struct.pack(CLONE_ARGS, CLONE_INTO_CGROUP, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, 0, 0,
                        cgroup_fd)
-    _clone3.func = _clone3.func or _clone3.bound()  # not between the two calls around it
-    ctypes.pythonapi.PyOS_BeforeFork()
-    pid = _clone3(SYSCALLS["clone3"], args, len(args))
+    # Everything looked up first: from PyOS_BeforeFork to the child's
+    # PyOS_AfterFork_Child, the interpreter runs no code of its own (the
+    # import lock is held, and the child's thread records are the parent's).
+    clone3 = _clone3.bind()
+    before_fork, after_in_child, after_in_parent = (
+        ctypes.pythonapi.PyOS_BeforeFork, ctypes.pythonapi.PyOS_AfterFork_Child,
+        ctypes.pythonapi.PyOS_AfterFork_Parent)
+    before_fork()
+    pid = clone3(SYSCALLS["clone3"], args, len(args))
     if pid == 0:
-        ctypes.pythonapi.PyOS_AfterFork_Child()
+        after_in_child()
         return 0
-    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    after_in_parent()
     if pid > 0:
         return pid
     number = ctypes.get_errno()  # the call's, kept by ctypes (use_errno)
@@ -7569,8 +7577,8 @@ DEFAULT_SUBNET = "10.0.0.0/24"
 
 def ipv4_number(text):
     """'10.0.0.2' -> 0x0A000002. Four decimal octets, none with a leading
-    zero (as ipaddress has it, which also reads "010" as ambiguous), or
-    ValueError."""
+    zero ("010" might be meant as octal: ipaddress refuses it too, since
+    Python 3.8.12 and 3.9.5), or ValueError."""
     octets = text.split(".")
     if len(octets) != 4 or not all(
             octet.isdigit() and octet.isascii() and len(octet) <= 3
@@ -7586,9 +7594,10 @@ def ipv4_text(number):
 
 class IPv4Network:
     """'10.0.0.0/24', or an address alone, a /32: its first address (an
-    int), its prefix length, and what the lease asks of a network. Host
-    bits set ('10.0.0.1/24') are a ValueError, as ipaddress's strict
-    ip_network has it; interface() reads an address with its prefix."""
+    int), its prefix length, and what the lease asks of a network. A bad
+    address, a prefix length other than 0 to 32 in ASCII digits, or host
+    bits set ('10.0.0.1/24', as ipaddress's strict ip_network has it) are a
+    ValueError; interface() reads an address with its prefix."""
 
     __slots__ = ("first", "prefixlen")
 
@@ -7604,11 +7613,13 @@ class IPv4Network:
 
     @staticmethod
     def interface(text):
-        """'10.0.0.1/24' -> (the address as text, its network)."""
-        address, _, length = text.partition("/")
-        network = IPv4Network("%s/32" % address)
-        network.prefixlen = int(length)
-        network.first &= network.mask
+        """'10.0.0.1/24' -> (the address as text, its network); ValueError
+        as for a network, or without the prefix length."""
+        address, slash, length = text.partition("/")
+        if not slash:
+            raise ValueError("%r has no prefix length" % text)
+        network = IPv4Network("0.0.0.0/" + length)  # the length checked as any network's
+        network.first = ipv4_number(address) & network.mask
         return address, network
 
     @property
@@ -7617,7 +7628,8 @@ class IPv4Network:
 
     @property
     def last(self):
-        """The broadcast address, for a /30 or larger."""
+        """The network's last address: its broadcast address, for a /30 or
+        larger; the address itself, for a /32."""
         return self.first | (0xFFFFFFFF >> self.prefixlen)
 
     @property
@@ -7644,10 +7656,9 @@ class IPv4Network:
         return other.first <= self.first and self.last <= other.last
 
     def __eq__(self, other):
+        if not isinstance(other, IPv4Network):
+            return NotImplemented
         return (self.first, self.prefixlen) == (other.first, other.prefixlen)
-
-    def __hash__(self):
-        return hash((self.first, self.prefixlen))
 
     def __str__(self):
         return "%s/%d" % (ipv4_text(self.first), self.prefixlen)
@@ -7783,7 +7794,7 @@ def plan_subnet(subnet):
         return DEFAULT_SUBNET
     import ipaddress
     try:
-        network = ipaddress.IPv4Network(subnet or DEFAULT_SUBNET)
+        network = ipaddress.IPv4Network(subnet)
     except ValueError as err:
         raise MiniDockerError("invalid --subnet %r: %s" % (subnet, err))
     if network.prefixlen > 30:
@@ -8547,17 +8558,16 @@ def live_leases(paths, excluded=()):
 
 
 def allocate_address(subnet, used, preferred=None):
-    """`preferred` (the address a restarted container had) if it is free,
+    """In `subnet` (an IPv4Network, at most a /30: plan_subnet), as text:
+    `preferred` (the address a restarted container had) if it is free,
     else the first host address after the gateway that no live container
-    holds (an IPv4Network; addresses as text). hosts() already leaves out
-    the network and broadcast addresses."""
+    holds. hosts() already leaves out the network and broadcast addresses."""
     hosts = subnet.hosts()
-    gateway = next(hosts, None)
-    if preferred is not None and preferred not in used:
+    gateway = next(hosts)
+    if isinstance(preferred, str) and preferred not in used and preferred != gateway:
         try:
-            if preferred in subnet and ipv4_number(preferred) not in (
-                    subnet.first, subnet.last, ipv4_number(gateway)):
-                return ipv4_text(ipv4_number(preferred))
+            if subnet.first < ipv4_number(preferred) < subnet.last:
+                return preferred
         except ValueError:  # not an address (a hand-edited record): no preference
             pass
     for candidate in hosts:
@@ -8736,7 +8746,7 @@ def lease_network(paths, record, plan):
                                   record.get("last_ports", [])) if plan["ports"] else []
         used = {other["address"] for other in others if other["bridge"] == plan["bridge"]}
         lease = {"mode": "bridge", "bridge": plan["bridge"], "subnet": str(subnet),
-                 "gateway": str(gateway),
+                 "gateway": gateway,
                  "address": allocate_address(subnet, used, record.get("last_address")),
                  "veth": "veth" + record["id"][:8], "ports": ports,
                  "container": record["id"][:12], "netns": current_netns()}
@@ -9557,6 +9567,7 @@ _FILE_TYPES = (0, 0o100000, 0o010000, 0o140000)     # none (a file), S_IFREG, S_
 _HIGH_ZERO = 0xFFFFFFFF00000000
 _NAMESPACE_FLAGS = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC
                     | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET)
+
 
 def default_profile():
     """The default profile, as its JSON file would give it, built anew at
@@ -10552,7 +10563,7 @@ def start_container(spec, instance, signals, join, prepare, console_socket=None,
         unshare(CLONE_NEWPID)  # for the child we are about to fork
     else:  # a bundle's pid namespace by path, for the child alike
         join_namespaces(spec, ("pid",))
-    libc()
+    libc()  # (--pid host calls none before): ctypes imported once, not in both processes
     pid = os.fork() if entry is None else entry.fork()
     if pid == 0:
         signal.set_wakeup_fd(-1)  # the parent's signals are not ours to note
@@ -11775,7 +11786,6 @@ def exec_in_container(record, spec, console_socket=None, started=None):
         entry, later = CgroupEntry(first), CgroupEntry(then)
         entry.open()
         later.open(birth=False)
-        libc()
         pid = entry.fork()
         if pid == 0:
             try:

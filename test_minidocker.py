@@ -395,7 +395,7 @@ def test_every_binding_checks_its_errors():
     assert len(bindings) == 20
     checked = [binding for binding in bindings if not binding.holding_gil]
     assert [binding.name for binding in bindings if binding.holding_gil] == ["syscall"]  # clone3
-    assert all(binding.bound().errcheck is md._fail_on_minus_one for binding in checked)
+    assert all(binding.bind().errcheck is md._fail_on_minus_one for binding in checked)
     with pytest.raises(md.SyscallError) as raw:
         md._pivot_root(md.SYSCALLS["pivot_root"], b"/nonexistent/md", b"/nonexistent/md")
     assert str(raw.value).startswith("pivot_root: ")
@@ -555,6 +555,10 @@ def test_ipv4_networks_are_ipaddress_ones():
         assert list(md.IPv4Network("10.0.0.0/29").hosts()) == [
             str(a) for a in ipaddress.IPv4Network("10.0.0.0/29").hosts()]
     assert md.IPv4Network.interface("10.0.0.1/24") == ("10.0.0.1", md.IPv4Network("10.0.0.0/24"))
+    for bad in ("10.0.0.1", "10.0.0.1/33", "10.0.0.1/-1", "10.0.0.1/", "10.0.0/24"):
+        with pytest.raises(ValueError):
+            md.IPv4Network.interface(bad)
+    assert md.IPv4Network("10.0.0.0/24") != "10.0.0.0/24"
     assert md.ipv4_text(0x0A000002) == "10.0.0.2" and md.ipv4_number("10.0.0.2") == 0x0A000002
 
 
@@ -5704,7 +5708,8 @@ def test_address_allocation_skips_gateway_and_used_and_says_when_full():
     assert md.allocate_address(subnet, {"10.0.0.2", "10.0.0.3"}) == "10.0.0.4"
     # A restarted container's address again, if free and a host's; else the first free.
     assert md.allocate_address(subnet, {"10.0.0.2"}, "10.0.0.5") == "10.0.0.5"
-    for taken in ("10.0.0.1", "10.0.0.7", "10.0.0.0", "10.0.1.5", "10.0.0.2", "nonsense", "010.0.0.5"):
+    for taken in ("10.0.0.1", "10.0.0.7", "10.0.0.0", "10.0.1.5", "10.0.0.2", "nonsense", "010.0.0.5",
+                  167772165, None):
         assert md.allocate_address(subnet, {"10.0.0.2"}, taken) == "10.0.0.3"
     with pytest.raises(md.MiniDockerError, match="subnet 10.0.0.0/29 is full"):
         md.allocate_address(subnet, {"10.0.0.%d" % n for n in range(2, 7)})
