@@ -7429,6 +7429,15 @@ def test_exec_holds_nothing_of_the_host_while_it_joins(rootfs):
     assert_nothing_left()
 
 
+def host_secret(directory):
+    """A file of the host's that no container may read: the attack tests
+    try it through a process's /proc/PID/root. Its path."""
+    marker = os.path.join(directory, "host-only-%d" % os.getpid())
+    with open(marker, "w") as handle:
+        handle.write("host secret\n")
+    return marker
+
+
 def exec_held_by_strace(cid, calls, injections, timeout=90):
     """`exec CID true` with strace delaying each injection's call (a call
     must be traced for strace to delay it), while the container hunts for
@@ -7454,9 +7463,7 @@ def test_exec_is_out_of_reach_of_cap_sys_ptrace_until_confined(rootfs, state):
     slows each setns of the exec by half a second; the container's init
     hunts for it meanwhile and reads a file of the host through its
     /proc/PID/root."""
-    marker = os.path.join(state, "host-only-%d" % os.getpid())
-    with open(marker, "w") as handle:
-        handle.write("host secret\n")
+    marker = host_secret(state)
     hunt = ('while :; do for p in /proc/[0-9]*; do '
             '[ "$(cat $p/comm 2>/dev/null)" = "md:[exec]" ] || continue; '
             'cat $p/root%s 2>/dev/null && exec sleep 1000; '
@@ -9999,9 +10006,7 @@ def test_escape_oci_a_joined_pid_namespace_sees_no_host_process(tmp_path, oci_ro
     refuses it the capabilities it lacks. (A container given CAP_SYS_PTRACE
     in the host's user namespace would pass: a pid namespace is shared
     with such a container at that price, as with runc's.)"""
-    marker = os.path.join(state, "host-only-%d" % os.getpid())
-    with open(marker, "w") as handle:
-        handle.write("host secret\n")
+    marker = host_secret(state)
     hunt = ('while :; do for p in /proc/[0-9]*; do [ $p = /proc/1 ] && continue; '
             'case "$(cat $p/comm 2>/dev/null)" in "md:[1:CHILD]") '
             '[ -e /tmp/seen ] || { echo seen; touch /tmp/seen; };; esac; '
