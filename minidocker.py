@@ -53,9 +53,10 @@ import time
 # others' start-up short (ipaddress: only for -p, --subnet and --add-host;
 # ctypes: at the first call into libc, chapter 2, which comes before any
 # pivot_root), but always before the fork when the child needs it after
-# pivot_root (preload, in start_container). Sockets are made with _socket, the C module that
-# socket.py wraps: socket.py builds its enums at import (4 ms of every run
-# that needs a socket) for conveniences we do not use.
+# pivot_root (preload, in start_container). Sockets are made with
+# _socket, the C module that socket.py wraps: socket.py builds its enums
+# at import (4 ms of every run that needs a socket) for conveniences we do
+# not use.
 #
 # Four modules every Python program seems to import are left out for the
 # same reason, measured on the 2-CPU host: signal.py turns the signals into
