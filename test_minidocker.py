@@ -40,6 +40,7 @@ import json
 import marshal
 import os
 import re
+import resource
 import select
 import shutil
 import signal
@@ -53,6 +54,7 @@ import tempfile
 import termios
 import threading
 import time
+import traceback
 import types
 import urllib.parse
 
@@ -6703,19 +6705,43 @@ def test_json_log_cuts_a_line_that_never_ends(tmp_path):
     assert [len(entry) for entry in entries] == [md.LOG_LINE_MAX, md.LOG_LINE_MAX, 8192]
 
 
-def test_json_log_rotates_as_docker_does(tmp_path):
-    """max-size and max-file: the log is rotated before an entry once the
-    file has reached max-size (so each rotated file ends with the entry
-    that took it there), json.log.1 is the newest rotated file, only
-    max-file files are kept, and together, oldest first, they hold the
-    last entries in order; with max-file 1 only json.log is kept."""
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z"
+
+
+def logged(data, local):
+    """What a log file holds, read by hand by the form its driver writes
+    (JsonLog's lines of JSON, or LocalLog's records), not by minidocker's
+    reader: [(the entry's bytes on disk, stream, time, [its lines])]."""
+    entries = []
+    while data and not local:
+        raw, _, data = data.partition(b"\n")
+        entry = json.loads(raw)
+        entries.append((raw + b"\n", entry["stream"], entry["time"], [entry["log"]]))
+    while data and local:
+        head, newline, rest = data.partition(b"\n")
+        stream, stamp, length = head.decode().split(" ")
+        assert newline and stream in ("stdout", "stderr") and re.fullmatch(STAMP, stamp)
+        assert re.fullmatch(r"[0-9]+", length) and len(rest) >= int(length) > 0
+        lines = re.findall(r"[^\n]*\n|[^\n]+$", rest[:int(length)].decode("utf-8", "replace"))
+        entries.append((head + newline + rest[:int(length)], stream, stamp, lines))
+        data = rest[int(length):]
+    return entries
+
+
+@pytest.mark.parametrize("kind", ["JsonLog", "LocalLog"])
+def test_log_rotates_as_docker_does(tmp_path, kind):
+    """max-size and max-file: the log is rotated before an entry (a record,
+    for LocalLog) once the file has reached max-size (so each rotated file
+    ends with the entry that took it there), LOG.1 is the newest rotated
+    file, only max-file files are kept, and together, oldest first, they
+    hold the last lines in order; with max-file 1 only the log is kept."""
     lean = lean_part()
     for max_files in (3, 1):
         directory = tmp_path / str(max_files)
         directory.mkdir()
-        log = lean["JsonLog"](str(directory / "json.log"), 1000, max_files)
+        log = lean[kind](str(directory / "x.log"), 1000, max_files)
         try:
-            for chunk in range(40):  # ten lines a chunk, by the fast path and the slow one
+            for chunk in range(40):  # ten lines a chunk; JsonLog's fast path and its slow one
                 os.write(log.writers[0], b"".join(b"line %d%s\n" % (chunk * 10 + i, b"\xc3\xa9"
                                                   if chunk % 2 else b"") for i in range(10)))
                 assert log.copy(log.out)
@@ -6723,17 +6749,150 @@ def test_json_log_rotates_as_docker_does(tmp_path):
             for writer in log.writers:
                 os.close(writer)
             log.close()
-        names = ["json.log.%d" % n for n in range(max_files - 1, 0, -1)] + ["json.log"]
+        names = ["x.log.%d" % n for n in range(max_files - 1, 0, -1)] + ["x.log"]
         assert sorted(os.listdir(str(directory))) == sorted(names)
-        files = [(directory / name).read_bytes() for name in names]
-        for data in files[:-1]:
-            last = data.splitlines(keepends=True)[-1]
-            assert len(data) - len(last) < 1000 <= len(data)
-        assert len(files[-1]) < 1000 + 100
-        lines = [json.loads(line)["log"] for data in files for line in data.splitlines()]
+        files = [logged((directory / name).read_bytes(), kind == "LocalLog") for name in names]
+        sizes = [sum(len(entry[0]) for entry in entries) for entries in files]
+        for entries, size in zip(files[:-1], sizes):
+            assert size - len(entries[-1][0]) < 1000 <= size
+        assert sizes[-1] < 1000 + 100
+        lines = [line for entries in files for entry in entries for line in entry[3]]
         numbers = [int(line.split()[1].rstrip("\u00e9")) for line in lines]
         assert numbers == list(range(400 - len(numbers), 400))
-        assert sum(map(len, files)) >= 1000 * (max_files - 1)
+        assert sum(sizes) >= 1000 * (max_files - 1)
+
+
+def test_local_log_records_are_the_output_as_it_came(tmp_path, capsysbinary):
+    """LocalLog: a record per chunk of whole lines, its bytes as the
+    container wrote them (none escaped, none replaced); an unterminated
+    line waits for the pipe's end. minidocker's reader prints them as they
+    came, and with -t each line after its record's time."""
+    path = str(tmp_path / "container.log")
+    log = lean_part()["LocalLog"](path)
+    try:
+        for data in (b"plain one\nplain two\n", b'a "quote" \\ and \xc3\xa9\n', b"\x01\xff\n",
+                     b"50%\r100%\n"):
+            os.write(log.writers[0], data)
+            assert log.copy(log.out)
+        os.write(log.writers[1], b"no newline")
+        for writer in log.writers:
+            os.close(writer)
+        assert log.copy(log.err)
+        assert log.copy(log.err) is False and log.copy(log.out) is False
+    finally:
+        log.close()
+    with open(path, "rb") as handle:
+        data = handle.read()
+    records = [entry[0] for entry in logged(data, local=True)]
+    assert [re.sub(STAMP.encode(), b"T", record) for record in records] == [
+        b"stdout T 20\nplain one\nplain two\n", b'stdout T 19\na "quote" \\ and \xc3\xa9\n',
+        b"stdout T 3\n\x01\xff\n", b"stdout T 9\n50%\r100%\n", b"stderr T 10\nno newline"]
+    stamps = [record[7:37].decode() for record in records]
+    for timestamps in (False, True):
+        reader = md.log_reader("local", None, timestamps)
+        reader.read_files([os.open(path, os.O_RDONLY)])
+        reader.close()
+        out, err = capsysbinary.readouterr()
+        if timestamps:
+            assert out == b"".join((stamp + " ").encode() + line for stamp, line in zip(
+                stamps[:1] * 2 + stamps[1:4], [b"plain one\n", b"plain two\n",
+                                               b'a "quote" \\ and \xc3\xa9\n', b"\x01\xff\n",
+                                               b"50%\r100%\n"]))
+            assert err == stamps[4].encode() + b" no newline"
+        else:
+            assert out == b'plain one\nplain two\na "quote" \\ and \xc3\xa9\n\x01\xff\n50%\r100%\n'
+            assert err == b"no newline"
+
+
+def test_local_log_cuts_a_line_that_never_ends(tmp_path):
+    """As JsonLog: records of LOG_LINE_MAX bytes as they come."""
+    log = lean_part()["LocalLog"](str(tmp_path / "container.log"))
+    try:
+        for _ in range(5):
+            os.write(log.writers[0], b"x" * 8192)
+            while log.copy(log.out) and len(log.partial[log.out]) > md.LOG_LINE_MAX:
+                pass
+        for writer in log.writers:
+            os.close(writer)
+        while log.copy(log.out):
+            pass
+    finally:
+        log.close()
+    records = logged((tmp_path / "container.log").read_bytes(), local=True)
+    assert [len(record[3][0]) for record in records] == [md.LOG_LINE_MAX, md.LOG_LINE_MAX, 8192]
+
+
+def test_a_quiet_local_log_lets_its_buffers_go(tmp_path):
+    """LocalLog reads into a buffer of the pipe's size, held while output
+    comes; quiet() (the monitor calls it after LOG_QUIET seconds without
+    output) lets it go, keeping the unfinished line, which the next read
+    finishes."""
+    log = lean_part()["LocalLog"](str(tmp_path / "container.log"))
+    try:
+        os.write(log.writers[0], b"whole\nunfin")
+        assert log.copy(log.out) and list(log.buffers) == [log.out]
+        assert len(log.buffers[log.out][0]) == md.LOG_PIPE_SIZE + md.LOG_LINE_MAX
+        log.quiet()
+        assert log.buffers == {} and log.partial[log.out] == b"unfin"
+        os.write(log.writers[0], b"ished\n")
+        assert log.copy(log.out)
+        log.quiet()
+        assert log.partial[log.out] == b""
+    finally:
+        for writer in log.writers:
+            os.close(writer)
+        log.close()
+    records = logged((tmp_path / "container.log").read_bytes(), local=True)
+    assert [record[3] for record in records] == [["whole\n"], ["unfinished\n"]]
+
+
+@pytest.mark.parametrize("kind", ["JsonLog", "LocalLog"])
+def test_a_log_write_that_fails_leaves_whole_entries(tmp_path, kind):
+    """A write the kernel cuts short and then refuses (here at RLIMIT_FSIZE:
+    a short write, then EFBIG, as a disk filling up gives a short write,
+    then ENOSPC) loses that chunk's lines, and what of them reached the
+    file is taken off it: the file goes on with whole entries, and the
+    copy with the next chunk. (A LocalLog record cut short would hide every
+    record after it.) In a child: the limit and SIGXFSZ stay out of pytest."""
+    path = str(tmp_path / "x.log")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            log = lean_part()[kind](path)
+            os.write(log.writers[0], b"before\n")
+            assert log.copy(log.out)
+            limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(path) + 100, limit[1]))
+            os.write(log.writers[0], b"lost\n" * 100)
+            assert log.copy(log.out)
+            resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+            os.write(log.writers[0], b"after\n")
+            assert log.copy(log.out)
+            os._exit(0)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+    assert os.waitpid(pid, 0)[1] == 0
+    with open(path, "rb") as handle:
+        entries = logged(handle.read(), kind == "LocalLog")
+    assert [entry[3] for entry in entries] == [["before\n"], ["after\n"]]
+
+
+def test_a_local_log_not_ours_is_skipped_from_where_it_breaks(tmp_path, capsysbinary):
+    """A record's length is all that says where the next begins: from a
+    header that is not a record's, or a record cut short, the rest of that
+    file is skipped, and the next file read from its start."""
+    stamp = "2026-11-30T20:00:00.000000000Z"
+    first, second = tmp_path / "container.log.1", tmp_path / "container.log"
+    first.write_bytes(b"stdout %s 4\none\nnot a header\nstdout %s 4\ntwo\n" % (
+        stamp.encode(), stamp.encode()))
+    second.write_bytes(b"stderr %s 6\nthree\nstdout %s 99\ncut short\n" % (
+        stamp.encode(), stamp.encode()))
+    reader = md.log_reader("local", None, False)
+    reader.read_files(md.open_log_files(str(tmp_path), "container.log"))
+    reader.close()
+    assert capsysbinary.readouterr() == (b"one\n", b"three\n")
 
 
 def test_json_log_rotation_waits_for_no_reader(tmp_path):
@@ -8991,9 +9150,16 @@ def test_escape_volume_copy_up_stays_in_the_rootfs(hostile, tmp_path):
 # 12. run -d: the lean monitor, log rotation, --since and --until
 # ---------------------------------------------------------------------------
 
-def test_log_options_are_read_as_dockers_json_file_driver_reads_them():
+def test_log_options_are_read_as_dockers_drivers_read_them():
     """max-size in go-units' decimal sizes (10k is 10,000 bytes, its i and b
-    read and ignored), -1 or absent for none; max-file a whole number."""
+    read and ignored), -1 or absent for none; max-file a whole number. The
+    defaults are Docker's: local rotates at 20m and keeps 5 files (one
+    without max-size), json-file never rotates; compress=false is taken."""
+    assert md.parse_log_options("local", []) == ("local", 20 * 10**6, 5)
+    assert md.parse_log_options("local", ["max-size=1m", "compress=false"]) == \
+        ("local", 10**6, 5)
+    assert md.parse_log_options("local", ["max-size=-1"]) == ("local", -1, 1)
+    assert md.parse_log_options("local", ["max-file=2"]) == ("local", 20 * 10**6, 2)
     assert md.parse_log_options("json-file", []) == ("json-file", -1, 1)
     assert md.parse_log_options("none", []) == ("none", -1, 1)
     for text, size in (("10k", 10000), ("10KiB", 10000), ("1.5m", 1500000), ("2g", 2 * 10**9),
@@ -9009,8 +9175,12 @@ def test_log_options_are_read_as_dockers_json_file_driver_reads_them():
     (["--log-opt", "max-size=10x"], "invalid max-size '10x': expected a size such as 10m"),
     (["--log-opt", "max-file=0"], "max-file cannot be less than 1"),
     (["--log-opt", "max-size=1m", "--log-opt", "max-file=two"], "invalid max-file 'two'"),
-    (["--log-opt", "max-file=3"], "max-file 3 needs max-size"),
-    (["--log-opt", "compress=true"], "unknown log opt 'compress' for json-file log driver"),
+    (["--log-driver", "json-file", "--log-opt", "max-file=3"], "max-file 3 needs max-size"),
+    (["--log-opt", "max-size=-1", "--log-opt", "max-file=3"], "max-file 3 needs max-size"),
+    (["--log-opt", "compress=true"], "invalid compress 'true': minidocker does not compress"),
+    (["--log-driver", "json-file", "--log-opt", "labels=a"],
+     "unknown log opt 'labels' for json-file log driver (minidocker knows max-size, max-file"),
+    (["--log-opt", "tag=x"], "unknown log opt 'tag' for local log driver"),
     (["--log-opt", "max-size"], "invalid --log-opt 'max-size': expected KEY=VALUE"),
     (["--log-driver", "syslog"], "unknown log driver 'syslog'"),
     (["--log-driver", "none", "--log-opt", "max-size=1m"], "invalid logging opts for driver none"),
@@ -9067,21 +9237,25 @@ def wait_for_output(proc, expected, timeout=30):
 
 
 @root
-def test_log_rotation_in_a_real_container(rootfs, tmp_path):
-    """--log-opt max-size=2k --log-opt max-file=5: 300 numbered lines,
-    written after `logs -f` has begun, in bursts. Left on disk: json.log
-    and json.log.1 to .4, each rotated file ending with the entry that took
-    it to 2,000 bytes (decimal, as Docker's k). logs prints exactly the
-    lines the files keep, oldest first: the last ones, up to 300, no line
-    twice, none missing at a rotation. logs -f saw every line, across every
-    rotation (the file it read renamed away under it)."""
+@pytest.mark.parametrize("driver", ["local", "json-file"])
+def test_log_rotation_in_a_real_container(rootfs, tmp_path, driver):
+    """--log-opt max-size=2k --log-opt max-file=5: 300 numbered lines of 50
+    bytes (21 KB as JSON, 15 as local's records), written after `logs -f`
+    has begun, in bursts. Left on disk: LOG and LOG.1 to .4 (container.log,
+    or json.log), each rotated file ending with the entry that took it to
+    2,000 bytes (decimal, as Docker's k). logs prints exactly the lines the
+    files keep, oldest first: the last ones, up to 300, no line twice, none
+    missing at a rotation. logs -f saw every line, across every rotation
+    (the file it read renamed away under it)."""
     sync = tmp_path / "sync"
     sync.mkdir()
+    pad = "." * 40
     script = ('echo ready; while [ ! -e /sync/go ]; do sleep 0.05; done; i=1; '
-              'while [ $i -le 300 ]; do echo "line $i"; '
+              'while [ $i -le 300 ]; do echo "line $i %s"; ' % pad +
               '[ $((i % 10)) -eq 0 ] && sleep 0.1; i=$((i + 1)); done; exit 0')
-    started = minidocker("run", "-d", "--network=none", "--log-opt", "max-size=2k", "--log-opt",
-                         "max-file=5", "-v", "%s:/sync" % sync, rootfs, "sh", "-c", script)
+    started = minidocker("run", "-d", "--network=none", "--log-driver", driver, "--log-opt",
+                         "max-size=2k", "--log-opt", "max-file=5", "-v", "%s:/sync" % sync,
+                         rootfs, "sh", "-c", script)
     cid = started.out.strip()
     assert started.returncode == 0, started.err
     follow = subprocess.Popen(MINIDOCKER + ["logs", "-f", cid], stdout=subprocess.PIPE,
@@ -9091,21 +9265,25 @@ def test_log_rotation_in_a_real_container(rootfs, tmp_path):
         (sync / "go").touch()
         rest, err = follow.communicate(timeout=120)
         assert (first + rest).decode().splitlines() == \
-            ["ready"] + ["line %d" % i for i in range(1, 301)], err
+            ["ready"] + ["line %d %s" % (i, pad) for i in range(1, 301)], err
         assert minidocker("wait", cid).out == "0\n"
         layer = md.Paths().layer(cid)
-        names = ["json.log.%d" % n for n in range(4, 0, -1)] + ["json.log"]
-        assert sorted(n for n in os.listdir(layer) if n.startswith("json.log")) == sorted(names)
-        files = [open(os.path.join(layer, name), "rb").read() for name in names]
-        for data in files[:-1]:
-            last = data.splitlines(keepends=True)[-1]
-            assert len(data) - len(last) < 2000 <= len(data)
-        kept = [json.loads(line)["log"] for data in files for line in data.splitlines()]
+        name = md.LOG_FILES[driver]
+        names = ["%s.%d" % (name, n) for n in range(4, 0, -1)] + [name]
+        assert sorted(n for n in os.listdir(layer) if n.endswith(".log") or ".log." in n) \
+            == sorted(names)
+        files = [logged(open(os.path.join(layer, name), "rb").read(), driver == "local")
+                 for name in names]
+        for entries in files[:-1]:
+            size = sum(len(entry[0]) for entry in entries)
+            assert size - len(entries[-1][0]) < 2000 <= size
+        kept = [line for entries in files for entry in entries for line in entry[3]]
         logs = minidocker("logs", cid)
         assert logs.out == "".join(kept) and logs.err == ""
         numbers = [int(line.split()[1]) for line in logs.out.splitlines()]
         assert numbers == list(range(301 - len(numbers), 301)) and len(numbers) > 50
-        assert minidocker("logs", "--tail", "3", cid).out == "line 298\nline 299\nline 300\n"
+        assert minidocker("logs", "--tail", "3", cid).out == \
+            "line 298 {0}\nline 299 {0}\nline 300 {0}\n".format(pad)
     finally:
         if follow.poll() is None:
             follow.kill()
@@ -9130,20 +9308,23 @@ def wait_for_the_lean_monitor(cid, timeout=60):
 
 
 @root
-def test_logs_since_and_until(rootfs, tmp_path):
-    """--since and --until pick the lines by the times json.log gives them,
+@pytest.mark.parametrize("driver", ["local", "json-file"])
+def test_logs_since_and_until(rootfs, tmp_path, driver):
+    """--since and --until pick the lines by the times the log gives them,
     whatever form the time is written in: RFC 3339 in UTC, at an offset, or
     without a zone (the local time), Unix seconds, or a time ago."""
     script = ("while [ ! -e /sync/go ]; do sleep 0.05; done; "
               "echo one; sleep 1.2; echo two; sleep 1.2; echo three")
-    cid = minidocker("run", "-d", "--network=none", "-v", "%s:/sync" % tmp_path, rootfs,
-                     "sh", "-c", script).out.strip()
+    cid = minidocker("run", "-d", "--network=none", "--log-driver", driver, "-v",
+                     "%s:/sync" % tmp_path, rootfs, "sh", "-c", script).out.strip()
     try:
         wait_for_the_lean_monitor(cid)
         (tmp_path / "go").touch()
         assert minidocker("wait", cid).out == "0\n"
-        with open(md.log_path(md.Paths(), cid)) as handle:
-            stamp = [json.loads(line)["time"] for line in handle][1]  # of "two"
+        with open(md.log_path(md.Paths(), cid, driver), "rb") as handle:
+            entries = logged(handle.read(), driver == "local")
+        assert [entry[3] for entry in entries] == [["one\n"], ["two\n"], ["three\n"]]
+        stamp = entries[1][2]  # of "two"
         seconds = calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
         fraction = stamp[19:-1]  # ".123456789"
 
@@ -9175,7 +9356,7 @@ def test_log_driver_none_keeps_no_log(rootfs):
                      "echo hidden; exit 4").out.strip()
     try:
         assert minidocker("wait", cid).out == "4\n"
-        assert not any(n.startswith("json.log") for n in os.listdir(md.Paths().layer(cid)))
+        assert not any(n.endswith(".log") for n in os.listdir(md.Paths().layer(cid)))
         refused = minidocker("logs", cid)
         assert (refused.returncode, refused.err) == (125, "minidocker: error: container %s keeps "
                                                      "no log: it runs with --log-driver none\n"
