@@ -11323,7 +11323,12 @@ def become_lean_monitor(paths, cid, pid, pending, log):
     """The monitor's second life begins: exec the lean Python, its program
     in a memfd (not on the command line, which ps shows), with the init
     (our child still), the log's descriptors, and the command line of the
-    third life. Returns only by raising: the exec failed."""
+    third life. Returns only by raising: the exec failed.
+
+    The program goes compiled, as a .pyc file's bytes (Python runs a file
+    that begins with its bytecode's magic number as one): compiled in the
+    lean Python, it left that Python's heap 0.8 MB larger for good, 3.6
+    MB of private memory in all against 2.8, measured."""
     for number in pending:  # arrived while the container started
         os.kill(pid, number)
     # Held until the lean monitor has its handlers: a default action would end it.
@@ -11346,7 +11351,11 @@ def become_lean_monitor(paths, cid, pid, pending, log):
     memfd = os.memfd_create("minidocker-monitor")
     program = lean_program() + "lean_monitor(%r, %r, %r, %r, %r)\n" % (
         memfd, pid, log_args, sorted(int(number) for number in FORWARDED_NUMBERS), end)
-    write_all(memfd, program.encode())
+    import importlib.util, marshal
+    # A .pyc's header: the magic number, then flags and a source's stamp,
+    # which Python does not check in a file it is given to run.
+    write_all(memfd, importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(
+        compile(program, "minidocker-monitor", "exec")))
     os.set_inheritable(memfd, True)
     # /proc/self/exe: the interpreter running now, even if an upgrade has
     # replaced the file at sys.executable since; sys.executable stays its
