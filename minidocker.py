@@ -882,6 +882,7 @@ class Spec:
         self.log_driver = "local"  # or "json-file", "none" (chapter 11 continued)
         self.log_max_size = LOCAL_LOG_SIZE    # --log-opt max-size: where the log rotates (-1 never)
         self.log_max_files = LOCAL_LOG_FILES  # --log-opt max-file: the log's files kept
+        self.log_options = {}     # each --log-opt as given, for inspect's LogConfig
         self.name = None          # --name: unique among the records, as an id prefix is
         self.remove = False
         self.debug = False
@@ -1420,6 +1421,7 @@ def build_spec(args, seccomp_cache=None):
         debug=args.debug,
         detach=kept, name=check_name(args.name) if args.name is not None else None,
         log_driver=log_driver, log_max_size=log_max_size, log_max_files=log_max_files,
+        log_options=dict(option.split("=", 1) for option in args.log_opt),
         resources=resources,
         cgroup_parent=check_cgroup_parent(args.cgroup_parent),
         network_plan=plan_network(args.network, args.subnet, args.bridge, args.publish, args.dns,
@@ -2362,7 +2364,8 @@ def create_container(paths, spec, cid, cgroups, parents=()):
                          "stop_timeout": spec.stop_timeout, "ulimits": spec.ulimits,
                          "shm_size": spec.shm_size, "sysctls": spec.sysctls,
                          "namespaces": spec.namespaces, "oom_score_adj": spec.oom_score_adj,
-                         "oom_kill_disable": bool(spec.resources.get("oom_kill_disable"))}}
+                         "oom_kill_disable": bool(spec.resources.get("oom_kill_disable")),
+                         "log_options": spec.log_options}}
     make_state_dirs(paths)
     volumes = spec.volumes
     # The ids of a user namespace are taken and recorded under one lock.
@@ -11032,7 +11035,8 @@ def run_container(spec, paths, report=None, cid=None, again=None):
             os.close(null)
             report.finish("started", cid)
             try:
-                become_lean_monitor(paths, cid, pid, pending, log)
+                become_lean_monitor(paths, cid, pid, pending, log,
+                                    spec.namespaces["pid"] == "private")
             except OSError:  # the exec failed (ENOMEM): nobody would keep the container
                 kill_and_reap(pid)
                 raise
@@ -11319,7 +11323,7 @@ def lean_program():
     return LEAN_PROLOGUE + text[start:text.index(LEAN_END, start)]
 
 
-def become_lean_monitor(paths, cid, pid, pending, log):
+def become_lean_monitor(paths, cid, pid, pending, log, own_pids):
     """The monitor's second life begins: exec the lean Python, its program
     in a memfd (not on the command line, which ps shows), with the init
     (our child still), the log's descriptors, and the command line of the
@@ -11349,8 +11353,9 @@ def become_lean_monitor(paths, cid, pid, pending, log):
     # the variable sets M_TRIM_THRESHOLD; other C libraries ignore it).
     environment = dict(os.environ, MALLOC_TRIM_THRESHOLD_=str(1 << 20))
     memfd = os.memfd_create("minidocker-monitor")
-    program = lean_program() + "lean_monitor(%r, %r, %r, %r, %r)\n" % (
-        memfd, pid, log_args, sorted(int(number) for number in FORWARDED_NUMBERS), end)
+    program = lean_program() + "lean_monitor(%r, %r, %r, %r, %r, %r)\n" % (
+        memfd, pid, log_args, sorted(int(number) for number in FORWARDED_NUMBERS), own_pids,
+        end)
     import importlib.util, marshal
     # A .pyc's header: the magic number, then flags and a source's stamp,
     # which Python does not check in a file it is given to run.
@@ -11386,6 +11391,7 @@ LOG_PIPE_SIZE = 1 << 20
 LOG_READ = 64 << 10
 LOG_WRITEBACK = 16 << 20  # the log's bytes written back to disk at a time (write_back)
 LOG_QUIET = 1             # seconds without output after which LocalLog lets its buffers go
+LOG_HEAD_MAX = 64         # a LocalLog record's header line: "stderr", a time of 30, a length
 F_SETPIPE_SZ = 1031       # <linux/fcntl.h>: F_LINUX_SPECIFIC_BASE + 7 (fcntl's own from 3.10)
 # The bytes a log line may hold and go into its entry as they are:
 # printable ASCII but '"' and '\', and the newline that ends the line.
@@ -11423,8 +11429,12 @@ class JsonLog:
                 except OSError:  # EPERM: above /proc/sys/fs/pipe-max-size; 64 KiB then
                     pass
             self.writers = (out_write, err_write)  # become the container's 1 and 2
-            fds = (os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600),
-                   out, err)
+            log = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            # A run before this one (start, a restart) may have left an
+            # entry cut short, its monitor killed halfway through a write
+            # (or the host): it would swallow this run's first one.
+            os.ftruncate(log, self.whole_end(log, os.fstat(log).st_size))
+            fds = (log, out, err)
         self.fd, self.out, self.err = fds
         self.path, self.max_size, self.max_files = path, max_size, max_files
         self.size = self.written_back = os.fstat(self.fd).st_size
@@ -11432,22 +11442,42 @@ class JsonLog:
         self.partial = {self.out: b"", self.err: b""}
         self.buffers = {}  # LocalLog's read buffers (quiet); a JsonLog keeps none
 
+    @staticmethod
+    def whole_end(fd, size):
+        """Where the last whole entry of a log file ends: after its last
+        newline."""
+        end = size
+        while end > 0:
+            block = os.pread(fd, min(end, 1 << 16), max(end - (1 << 16), 0))
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                return end - len(block) + newline + 1
+            end -= len(block)
+        return 0
+
     def copy(self, fd):
         """One read from a pipe into the log; False at its end."""
         data = os.read(fd, LOG_READ)
         if not data:
-            if self.partial[fd]:
-                self.write(self.pipes[fd], [self.partial[fd]])
+            self.finish(fd)
             return False
         data = self.partial[fd] + data
         end = data.rfind(b"\n") + 1
         self.partial[fd] = data[end:]
-        if end:
-            self.write(self.pipes[fd], data[:end])
+        for first, last in cut_long_lines(data, 0, end):  # whole lines, or a piece of one
+            self.write(self.pipes[fd], data[first:last] if data[last - 1] == ord("\n")
+                       else [data[first:last]])
         while len(self.partial[fd]) >= LOG_LINE_MAX:
             self.write(self.pipes[fd], [self.partial[fd][:LOG_LINE_MAX]])
             self.partial[fd] = self.partial[fd][LOG_LINE_MAX:]
         return True
+
+    def finish(self, fd):
+        """The pipe's end (or the last read of it): an unfinished last line
+        is an entry too."""
+        if self.partial[fd]:
+            self.write(self.pipes[fd], [self.partial[fd]])
+            self.partial[fd] = b""
 
     @staticmethod
     def stamp(ns):
@@ -11528,12 +11558,19 @@ class JsonLog:
         is locked (flock), so that `logs` never opens the files halfway
         through; we do not wait for the lock: a reader holding it only puts
         the rotation off to the next write, and the container is never
-        held. A step that fails (EWOULDBLOCK, ENOSPC, EMFILE) leaves the
-        entries going on where they went."""
+        held. The new file is made first, as NAME.new, and renamed into
+        place last: a step that fails (EWOULDBLOCK, ENOSPC, EMFILE, no
+        inode left) leaves the entries going on into the file they went
+        to, still the log's (had the renames come first, a failed open left
+        them going into a rotated file, which the next rotations moved up
+        and at last unlinked, to grow unseen without a bound)."""
         directory, name = os.path.split(self.path)
         dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = None
         try:
             fcntl.flock(dirfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(name + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+                         | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
             rotated = [entry[len(name) + 1:] for entry in os.listdir(dirfd)
                        if entry.startswith(name + ".")]
             for number in sorted((int(n) for n in rotated if n.isdigit() and n.isascii()),
@@ -11546,11 +11583,17 @@ class JsonLog:
                     os.unlink(older, dir_fd=dirfd)
             if self.max_files > 1:
                 os.rename(name, name + ".1", src_dir_fd=dirfd, dst_dir_fd=dirfd)
-            else:
-                os.unlink(name, dir_fd=dirfd)
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
-                         0o600, dir_fd=dirfd)
+            # (With max-file 1, over the full file.)
+            os.rename(name + ".new", name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
         except OSError:
+            if fd is not None:  # a rename failed: the log's file back, if it had gone
+                os.close(fd)
+                try:
+                    if self.max_files > 1 and not os.path.exists(self.path):
+                        os.rename(name + ".1", name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+                    os.unlink(name + ".new", dir_fd=dirfd)
+                except OSError:
+                    pass
             return
         finally:
             os.close(dirfd)  # and with it the lock
@@ -11603,19 +11646,45 @@ class LocalLog(JsonLog):
         buffer, filled = held
         view = memoryview(buffer)
         count = os.readv(fd, [view[filled:filled + LOG_PIPE_SIZE]])
-        if not count:  # the pipe's end: an unfinished last line is a record too
-            self.record(self.pipes[fd], buffer, 0, filled)
-            del self.buffers[fd]
+        if not count:
+            self.finish(fd)
             return False
         filled += count
         start = buffer.rfind(b"\n", 0, filled) + 1
-        self.record(self.pipes[fd], buffer, 0, start)
+        for first, last in cut_long_lines(buffer, 0, start):
+            self.record(self.pipes[fd], buffer, first, last)
         while filled - start >= LOG_LINE_MAX:  # a line that never ends, cut
             self.record(self.pipes[fd], buffer, start, start + LOG_LINE_MAX)
             start += LOG_LINE_MAX
         buffer[:filled - start] = bytes(view[start:filled])  # (less than LOG_LINE_MAX)
         held[1] = filled - start
         return True
+
+    def finish(self, fd):
+        held = self.buffers.pop(fd, None)
+        if held is not None:
+            self.record(self.pipes[fd], held[0], 0, held[1])
+        elif self.partial[fd]:
+            self.record(self.pipes[fd], self.partial[fd], 0, len(self.partial[fd]))
+            self.partial[fd] = b""
+
+    @staticmethod
+    def whole_end(fd, size):
+        """Where the last whole record of a log file ends: its headers read
+        one after the other. A file that holds something else is left as
+        it is."""
+        offset = 0
+        while offset < size:
+            head = os.pread(fd, LOG_HEAD_MAX, offset)
+            newline = head.find(b"\n")
+            fields = head[:newline].split(b" ")
+            if newline < 0 or len(fields) != 3 or not fields[2].isdigit():
+                return size
+            end = offset + newline + 1 + int(fields[2])
+            if end > size:  # cut short
+                return offset
+            offset = end
+        return offset
 
     def record(self, stream, buffer, start, end):
         """buffer[start:end] into the file, as records (one, unless a
@@ -11643,13 +11712,39 @@ class LocalLog(JsonLog):
         self.buffers = {}
 
 
-def copy_until_exit(pid, log, forwarded):
+def cut_long_lines(data, start, end):
+    """data[start:end], whole lines, as spans (first, last) of whole lines
+    of at most LOG_LINE_MAX bytes each and pieces of longer lines, of
+    LOG_LINE_MAX bytes each, as Docker cuts them: (start, end) itself when
+    no line is longer, as is usual. It hops from line to line up to
+    LOG_LINE_MAX bytes at a time (the last newline within that many), so
+    a megabyte of 100-byte lines takes 64 hops, not 10,000."""
+    spans, first = [], start
+    while end - start > LOG_LINE_MAX:
+        newline = data.rfind(b"\n", start, start + LOG_LINE_MAX)
+        if newline >= 0:
+            start = newline + 1
+            continue
+        if first < start:  # a line longer than LOG_LINE_MAX begins at start
+            spans.append((first, start))
+        spans.append((start, start + LOG_LINE_MAX))
+        start = first = start + LOG_LINE_MAX
+    if first < end:
+        spans.append((first, end))
+    return spans
+
+
+def copy_until_exit(pid, log, forwarded, own_pids=True):
     """Copy the container's output into `log` (None: --log-driver none)
     until both pipes end, and wait for its init, passing on the signals
     `forwarded` that we receive, as run does (through a wakeup pipe, for
     the reason SignalPipe gives). Returns the init's wait status. The
     pipes end a moment after the init's exit, when the pid namespace's
-    end has killed every process that held them."""
+    end has killed every process that held them. A container without a
+    pid namespace of its own (`own_pids` false: --pid host, or one it
+    joined) ends with its init all the same, as `run`'s does: what the
+    pipes hold then is copied, and the end (release_run) kills the
+    processes left in its cgroups, which may hold them forever."""
     wakeup, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     for number in forwarded + [signal.SIGCHLD]:
         signal.signal(number, lambda _number, _frame: None)  # the number is in the pipe
@@ -11659,6 +11754,15 @@ def copy_until_exit(pid, log, forwarded):
     reaped, status = os.waitpid(pid, os.WNOHANG)  # it may have ended before our handlers
     status = status if reaped else None
     while status is None or pipes:
+        if status is not None and not own_pids:
+            for fd in pipes:
+                os.set_blocking(fd, False)
+                try:
+                    while log.copy(fd):
+                        pass
+                except BlockingIOError:  # (a write end still open: no end of file)
+                    log.finish(fd)
+            break
         # While a LocalLog holds buffers, a wake-up after LOG_QUIET seconds
         # of quiet, to let them go.
         quiet = LOG_QUIET if log is not None and log.buffers else None
@@ -11678,7 +11782,7 @@ def copy_until_exit(pid, log, forwarded):
     return status
 
 
-def lean_monitor(program, pid, log_args, forwarded, end):
+def lean_monitor(program, pid, log_args, forwarded, own_pids, end):
     """The monitor's second life, called by the last line of its program:
     copy the log and wait (copy_until_exit), then exec the third life,
     `end` and the init's wait status, with the forwarded signals held, as
@@ -11688,7 +11792,7 @@ def lean_monitor(program, pid, log_args, forwarded, end):
         comm.write("md:[0:PARENT]")
     log = {"JsonLog": JsonLog, "LocalLog": LocalLog}[log_args[0]](*log_args[1:]) \
         if log_args is not None else None
-    status = copy_until_exit(pid, log, forwarded)
+    status = copy_until_exit(pid, log, forwarded, own_pids)
     if log is not None:
         log.close()
     signal.pthread_sigmask(signal.SIG_BLOCK, forwarded)
@@ -12256,6 +12360,14 @@ def cmd_logs(args):
     return 0
 
 
+def log_tail(text):
+    """logs --tail as Docker reads it: a number of lines, or "all", as is
+    any negative number -> None for all."""
+    if text == "all":
+        return None
+    return int(text) if int(text) >= 0 else None
+
+
 def open_log_files(layer, name, after=None):
     """The log's files, opened, oldest first: NAME.N ... NAME.1, then NAME
     (container.log or json.log). They are opened under the directory's lock (shared),
@@ -12308,21 +12420,30 @@ class LogReader:
         self.since = JsonLog.stamp(since) if since is not None else None
         self.until = JsonLog.stamp(until) if until is not None else None
         self.ended = False  # an entry after --until came: nothing more is printed
-        self.rest = b""     # an unfinished last line, for the next read
         self.fd = None      # the file followed: json.log when it was opened
         self.lost = False   # (LocalLogReader) the rest of this file cannot be read
 
     def read(self, fd):
         """The entries that came since the last read, a megabyte at a time
         (a log may be larger than memory)."""
+        rest = b""
         chunk = os.read(fd, 1 << 20)
         while chunk:
-            data = self.rest + chunk
+            data = rest + chunk
             end = data.rfind(b"\n") + 1
             for line in data[:end].split(b"\n")[:-1]:
                 self.entry(line)
-            self.rest = data[end:]
+            rest = data[end:]
             chunk = os.read(fd, 1 << 20)
+        self.unread(fd, rest)
+
+    @staticmethod
+    def unread(fd, rest):
+        """An entry not whole yet at the file's end is read again next
+        time, from its start: the writer may take one cut short back
+        (write_whole, ENOSPC) and write others where it was."""
+        if rest:
+            os.lseek(fd, -len(rest), os.SEEK_CUR)
 
     def read_files(self, fds):
         """Each file read to its end and closed, but the last, which becomes
@@ -12331,7 +12452,7 @@ class LogReader:
         for fd in fds[:-1]:
             try:
                 self.read(fd)
-                self.rest, self.lost = b"", False
+                self.lost = False
             finally:
                 os.close(fd)
         self.fd = fds[-1]
@@ -12352,7 +12473,7 @@ class LogReader:
             if not newer:
                 return
             self.read(self.fd)  # its last entries, written before the rotation
-            self.rest, self.lost = b"", False
+            self.lost = False
             self.close()
             self.read_files(newer)
 
@@ -12403,19 +12524,19 @@ class LocalLogReader(LogReader):
     the next begins): it is skipped, and the next file read."""
 
     name = LOG_FILES["local"]
-    HEAD_MAX = 64  # "stderr", a stamp of 30 characters, a length of at most 8 digits
 
     def read(self, fd):
+        rest = b""
         chunk = os.read(fd, 1 << 20)
         while chunk:
             if self.lost:
                 chunk = os.read(fd, 1 << 20)
                 continue
-            data, start = self.rest + chunk, 0
+            data, start = rest + chunk, 0
             while True:
-                newline = data.find(b"\n", start, start + self.HEAD_MAX)
+                newline = data.find(b"\n", start, start + LOG_HEAD_MAX)
                 if newline < 0:
-                    self.lost = len(data) - start >= self.HEAD_MAX
+                    self.lost = len(data) - start >= LOG_HEAD_MAX
                     break
                 head = data[start:newline].split(b" ")
                 if len(head) != 3 or head[0] not in (b"stdout", b"stderr") \
@@ -12427,8 +12548,9 @@ class LocalLogReader(LogReader):
                     break
                 self.record(head[0], head[1].decode("ascii", "replace"), data[newline + 1:end])
                 start = end
-            self.rest = b"" if self.lost else data[start:]
+            rest = b"" if self.lost else data[start:]
             chunk = os.read(fd, 1 << 20)
+        self.unread(fd, rest)
 
     def record(self, stream, stamp, lines):
         stream = sys.stdout if stream == b"stdout" else sys.stderr
@@ -12658,6 +12780,7 @@ def inspect_record(record):
     entrypoint = config.get("entrypoint")
     stop_signal = config.get("stop_signal")
     namespaces = dict(NAMESPACE_DEFAULTS, **config.get("namespaces", {}))
+    driver = record.get("log_driver", "json-file")  # (none in an older minidocker's record)
     return {
         "Id": record["id"], "Name": "/" + (record.get("name") or record["id"][:12]),
         "Created": rfc3339(record["created"]),
@@ -12690,7 +12813,11 @@ def inspect_record(record):
                        "IpcMode": namespaces["ipc"], "UTSMode": "host" if namespaces["uts"] ==
                        "host" else "", "CgroupnsMode": namespaces["cgroup"],
                        "OomScoreAdj": config.get("oom_score_adj") or 0,
-                       "OomKillDisable": config.get("oom_kill_disable", False)},
+                       "OomKillDisable": config.get("oom_kill_disable", False),
+                       "LogConfig": {"Type": driver, "Config": config.get("log_options", {})}},
+        # Docker's: json.log's path, for the tools that read it; none for
+        # the local driver's file, whose form is minidocker's own.
+        "LogPath": log_path(Paths(), record["id"], driver) if driver == "json-file" else "",
         "RestartCount": record.get("restart_count", 0),
         "Mounts": record.get("mounts", []),
         "NetworkSettings": {"IPAddress": lease.get("address", ""),
@@ -15119,7 +15246,8 @@ def build_parser():
     logs = commands.add_parser("logs", help="print a detached container's output")
     logs.add_argument("-f", "--follow", action="store_true", help="follow until it ends")
     logs.add_argument("-t", "--timestamps", action="store_true", help="each line's time first")
-    logs.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    logs.add_argument("--tail", type=log_tail, metavar="N",
+                      help="only the last N lines (all, the default, or a negative N: all)")
     logs.add_argument("--since", metavar="TIME", help="only lines since TIME: RFC 3339 "
                       "(2024-05-01T10:00:00Z), Unix seconds, or a time ago (10m, 1h30m)")
     logs.add_argument("--until", metavar="TIME", help="only lines until TIME (the same forms)")

@@ -6895,6 +6895,130 @@ def test_a_local_log_not_ours_is_skipped_from_where_it_breaks(tmp_path, capsysbi
     assert capsysbinary.readouterr() == (b"one\n", b"three\n")
 
 
+def test_long_lines_are_cut_as_docker_cuts_them(tmp_path, capsysbinary):
+    """A line longer than LOG_LINE_MAX becomes pieces of that size, whether
+    its newline came in the same read or not (Docker's 16 KiB): each an
+    entry (a record's last line) with its own time. cut_long_lines is held
+    to a line-by-line cut on random lines; logs prints the line whole."""
+    random = __import__("random").Random(7)
+    for _ in range(300):
+        lines = [b"x" * random.choice([0, 1, 99, md.LOG_LINE_MAX - 1, md.LOG_LINE_MAX,
+                                       md.LOG_LINE_MAX + 1, 40000]) + b"\n"
+                 for _ in range(random.randint(1, 6))]
+        data = b"".join(lines)
+        expected = []
+        for line in lines:
+            while len(line) > md.LOG_LINE_MAX:
+                expected.append(line[:md.LOG_LINE_MAX])
+                line = line[md.LOG_LINE_MAX:]
+            expected.append(line)
+        spans = md.cut_long_lines(data, 0, len(data))
+        assert [piece for first, last in spans
+                for piece in re.findall(b"[^\n]*\n|[^\n]+$", data[first:last])] == expected
+        assert all(data[last - 1:last] == b"\n" or last - first == md.LOG_LINE_MAX
+                   for first, last in spans)
+    line = b"a" * 40000 + b"\n"
+    for kind in ("LocalLog", "JsonLog"):
+        log = lean_part()[kind](str(tmp_path / kind))
+        try:
+            os.write(log.writers[0], line + b"short\n")
+            assert log.copy(log.out)
+        finally:
+            for writer in log.writers:
+                os.close(writer)
+            log.close()
+        entries = logged((tmp_path / kind).read_bytes(), kind == "LocalLog")
+        lines = [text for entry in entries for text in entry[3]]
+        assert lines == ["a" * 16384, "a" * 16384, "a" * 7232 + "\n", "short\n"]
+    reader = md.log_reader("local", None, False)
+    reader.read_files([os.open(str(tmp_path / "LocalLog"), os.O_RDONLY)])
+    reader.close()
+    assert capsysbinary.readouterr().out == line + b"short\n"
+
+
+@pytest.mark.parametrize("kind", ["JsonLog", "LocalLog"])
+def test_a_rotation_that_fails_keeps_the_log_where_it_was(tmp_path, kind):
+    """The new file is made first: when it cannot be (here a directory is
+    in its way, as no inode left would do), nothing is renamed, and the
+    entries go on into the log's own file, which is still the log (a
+    rotated one would grow unseen, moved up and unlinked by the next
+    rotations). Once the way is clear, the rotation is done."""
+    log = lean_part()[kind](str(tmp_path / "x.log"), 100, 3)
+    (tmp_path / "x.log.new").mkdir()
+    try:
+        for number in range(10):
+            os.write(log.writers[0], b"line %d\n" % number * 5)
+            assert log.copy(log.out)
+        assert sorted(os.listdir(str(tmp_path))) == ["x.log", "x.log.new"]
+        assert os.fstat(log.fd).st_nlink == 1 and os.path.samestat(
+            os.fstat(log.fd), os.stat(str(tmp_path / "x.log")))
+        (tmp_path / "x.log.new").rmdir()
+        os.write(log.writers[0], b"after\n")
+        assert log.copy(log.out)
+    finally:
+        for writer in log.writers:
+            os.close(writer)
+        log.close()
+    assert sorted(os.listdir(str(tmp_path))) == ["x.log", "x.log.1"]
+    rotated = logged((tmp_path / "x.log.1").read_bytes(), kind == "LocalLog")
+    assert len([line for entry in rotated for line in entry[3]]) == 50
+    assert logged((tmp_path / "x.log").read_bytes(), kind == "LocalLog")[0][3] == ["after\n"]
+
+
+@pytest.mark.parametrize("kind", ["JsonLog", "LocalLog"])
+def test_a_log_cut_short_is_trimmed_when_the_next_run_opens_it(tmp_path, kind):
+    """A monitor killed halfway through a write (or the host) leaves an
+    entry cut short; the next run's monitor (start, a restart) cuts it off
+    before it writes, so that it swallows none of the new entries."""
+    path = str(tmp_path / "x.log")
+    log = lean_part()[kind](path)
+    os.write(log.writers[0], b"first run\n")
+    assert log.copy(log.out)
+    for fd in log.writers:
+        os.close(fd)
+    log.close()
+    whole = os.path.getsize(path)
+    with open(path, "ab") as handle:  # what a kill -9 mid-write leaves
+        handle.write(b"stdout 2026-11-30T20:00:00.000000000Z 500\npart" if kind == "LocalLog"
+                     else b'{"log":"pa')
+    log = lean_part()[kind](path)
+    assert os.path.getsize(path) == whole
+    os.write(log.writers[0], b"second run\n")
+    assert log.copy(log.out)
+    for fd in log.writers:
+        os.close(fd)
+    log.close()
+    entries = logged((tmp_path / "x.log").read_bytes(), kind == "LocalLog")
+    assert [entry[3] for entry in entries] == [["first run\n"], ["second run\n"]]
+
+
+@pytest.mark.parametrize("driver", ["local", "json-file"])
+def test_logs_reads_again_an_entry_not_yet_whole(tmp_path, capsysbinary, driver):
+    """logs -f reading while a write fails halfway (ENOSPC): the writer
+    takes the cut entry back (ftruncate) and later writes others where it
+    was; the reader, which had read the cut one to its end, reads from its
+    start again, and prints the new entries, not a mix of both."""
+    path = str(tmp_path / "log")
+    stamp = b"2026-11-30T20:00:00.000000000Z"
+
+    def entry(text):
+        if driver == "local":
+            return b"stdout %s %d\n%s" % (stamp, len(text), text)
+        return json.dumps({"log": text.decode(), "stream": "stdout",
+                           "time": stamp.decode()}).encode() + b"\n"
+    with open(path, "wb") as handle:
+        handle.write(entry(b"one\n") + entry(b"lost, cut short\n")[:-5])
+    reader = md.log_reader(driver, None, False)
+    reader.read_files([os.open(path, os.O_RDONLY)])
+    assert capsysbinary.readouterr().out == b"one\n"
+    os.truncate(path, len(entry(b"one\n")))
+    with open(path, "ab") as handle:
+        handle.write(entry(b"two, written in its place\n") + entry(b"three\n"))
+    reader.read(reader.fd)
+    reader.close()
+    assert capsysbinary.readouterr().out == b"two, written in its place\nthree\n"
+
+
 def test_json_log_rotation_waits_for_no_reader(tmp_path):
     """A reader holding the directory's lock (logs, opening the files) puts
     the rotation off to a later write: the entries go on into the full
@@ -9221,6 +9345,7 @@ def test_bad_log_times(state):
     bad(["logs", "--since", "yesterday", "nosuch"], "invalid --since 'yesterday': expected an "
         "RFC 3339 time")
     bad(["logs", "--until", "2024-13-01", "nosuch"], "invalid --until '2024-13-01': month")
+    bad(["logs", "--tail", "many", "nosuch"], "invalid value 'many' for --tail: not a number")
 
 
 def wait_for_output(proc, expected, timeout=30):
@@ -9284,6 +9409,13 @@ def test_log_rotation_in_a_real_container(rootfs, tmp_path, driver):
         assert numbers == list(range(301 - len(numbers), 301)) and len(numbers) > 50
         assert minidocker("logs", "--tail", "3", cid).out == \
             "line 298 {0}\nline 299 {0}\nline 300 {0}\n".format(pad)
+        for every in (["--tail", "all"], ["--tail", "-1"], ["--tail=-5"]):  # Docker's "all"
+            assert minidocker("logs", *every, cid).out == logs.out
+        [info] = json.loads(minidocker("inspect", cid).out)
+        assert info["HostConfig"]["LogConfig"] == {"Type": driver, "Config": {
+            "max-size": "2k", "max-file": "5"}}
+        assert info["LogPath"] == (os.path.join(layer, "json.log") if driver == "json-file"
+                                   else "")
     finally:
         if follow.poll() is None:
             follow.kill()
@@ -9345,6 +9477,27 @@ def test_logs_since_and_until(rootfs, tmp_path, driver):
         assert logs("--until", "1h") == ""
         assert logs("--tail", "1", "--until", stamp) == "two\n"
         assert logs("-f", "--since", stamp) == "two\nthree\n"  # the container has ended
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+def test_a_detached_container_without_its_own_pids_ends_with_its_init(rootfs, tmp_path):
+    """--pid host: a process the init leaves behind holds the log's pipes
+    open, and nothing ends it with the init. The container ends all the
+    same when its init does, as run's: the monitor copies what the pipes
+    hold and goes on to the end, which kills what is left in the cgroups
+    (wait, stop and rm -f used to hang on it)."""
+    cid = detached(rootfs, "--pid", "host", "-v", "%s:/sync" % tmp_path, command=(
+        "sh", "-c", "sleep 1000 & echo $! > /sync/pid; echo bye; exit 3"))
+    try:
+        waited = minidocker("wait", cid, timeout=30)
+        assert waited.out == "3\n", waited.err
+        leftover = int((tmp_path / "pid").read_text())
+        with contextlib.suppress(FileNotFoundError):
+            assert "sleep" not in md.read_text("/proc/%d/cmdline" % leftover)
+        assert minidocker("logs", cid).out == "bye\n"
     finally:
         minidocker("rm", "-f", cid)
     assert_nothing_left()
