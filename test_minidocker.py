@@ -6658,6 +6658,14 @@ def lean_part():
     return namespace
 
 
+def close_log(log):
+    """A lean log a test made: the write ends of its pipes (the
+    container's, in a run), then the log itself."""
+    for writer in log.writers:
+        os.close(writer)
+    log.close()
+
+
 def test_json_log_entries_are_docker_json_file_lines(tmp_path):
     """The fast path (one bytes.replace over a clean chunk) and the slow one
     (_json's encoder per line) write the same entries: each line, newline
@@ -6683,26 +6691,6 @@ def test_json_log_entries_are_docker_json_file_lines(tmp_path):
         ('a "quote" \\ and \u00e9\n', "stdout"), ("\x01\ufffd\n", "stdout"),
         ("50%\r100%\n", "stdout"), ("no newline", "stderr")]
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", e["time"]) for e in entries)
-
-
-def test_json_log_cuts_a_line_that_never_ends(tmp_path):
-    """A container writing without a newline: entries of LOG_LINE_MAX bytes
-    as they come, so the monitor holds at most one such piece."""
-    log = lean_part()["JsonLog"](str(tmp_path / "json.log"))
-    try:
-        for _ in range(5):
-            os.write(log.writers[0], b"x" * 8192)
-            while log.copy(log.out) and len(log.partial[log.out]) > md.LOG_LINE_MAX:
-                pass
-            assert len(log.partial[log.out]) < md.LOG_LINE_MAX
-        for writer in log.writers:
-            os.close(writer)
-        while log.copy(log.out):
-            pass
-    finally:
-        log.close()
-    entries = [json.loads(line)["log"] for line in (tmp_path / "json.log").read_text().splitlines()]
-    assert [len(entry) for entry in entries] == [md.LOG_LINE_MAX, md.LOG_LINE_MAX, 8192]
 
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z"
@@ -6746,9 +6734,7 @@ def test_log_rotates_as_docker_does(tmp_path, kind):
                                                   if chunk % 2 else b"") for i in range(10)))
                 assert log.copy(log.out)
         finally:
-            for writer in log.writers:
-                os.close(writer)
-            log.close()
+            close_log(log)
         names = ["x.log.%d" % n for n in range(max_files - 1, 0, -1)] + ["x.log"]
         assert sorted(os.listdir(str(directory))) == sorted(names)
         files = [logged((directory / name).read_bytes(), kind == "LocalLog") for name in names]
@@ -6804,22 +6790,27 @@ def test_local_log_records_are_the_output_as_it_came(tmp_path, capsysbinary):
             assert err == b"no newline"
 
 
-def test_local_log_cuts_a_line_that_never_ends(tmp_path):
-    """As JsonLog: records of LOG_LINE_MAX bytes as they come."""
-    log = lean_part()["LocalLog"](str(tmp_path / "container.log"))
+@pytest.mark.parametrize("kind", ["JsonLog", "LocalLog"])
+def test_a_log_cuts_a_line_that_never_ends(tmp_path, kind):
+    """A container writing without a newline: entries (records) of
+    LOG_LINE_MAX bytes as they come, so the monitor holds less than one
+    such piece (in `partial`, or LocalLog's buffer)."""
+    log = lean_part()[kind](str(tmp_path / "x.log"))
     try:
         for _ in range(5):
             os.write(log.writers[0], b"x" * 8192)
-            while log.copy(log.out) and len(log.partial[log.out]) > md.LOG_LINE_MAX:
-                pass
+            assert log.copy(log.out)
+            held = log.buffers[log.out][1] if log.out in log.buffers else 0
+            assert len(log.partial[log.out]) + held < md.LOG_LINE_MAX
         for writer in log.writers:
             os.close(writer)
         while log.copy(log.out):
             pass
     finally:
         log.close()
-    records = logged((tmp_path / "container.log").read_bytes(), local=True)
-    assert [len(record[3][0]) for record in records] == [md.LOG_LINE_MAX, md.LOG_LINE_MAX, 8192]
+    entries = logged((tmp_path / "x.log").read_bytes(), kind == "LocalLog")
+    assert [len(line) for entry in entries for line in entry[3]] == \
+        [md.LOG_LINE_MAX, md.LOG_LINE_MAX, 8192]
 
 
 def test_a_quiet_local_log_lets_its_buffers_go(tmp_path):
@@ -6839,9 +6830,7 @@ def test_a_quiet_local_log_lets_its_buffers_go(tmp_path):
         log.quiet()
         assert log.partial[log.out] == b""
     finally:
-        for writer in log.writers:
-            os.close(writer)
-        log.close()
+        close_log(log)
     records = logged((tmp_path / "container.log").read_bytes(), local=True)
     assert [record[3] for record in records] == [["whole\n"], ["unfinished\n"]]
 
@@ -6924,9 +6913,7 @@ def test_long_lines_are_cut_as_docker_cuts_them(tmp_path, capsysbinary):
             os.write(log.writers[0], line + b"short\n")
             assert log.copy(log.out)
         finally:
-            for writer in log.writers:
-                os.close(writer)
-            log.close()
+            close_log(log)
         entries = logged((tmp_path / kind).read_bytes(), kind == "LocalLog")
         lines = [text for entry in entries for text in entry[3]]
         assert lines == ["a" * 16384, "a" * 16384, "a" * 7232 + "\n", "short\n"]
@@ -6956,9 +6943,7 @@ def test_a_rotation_that_fails_keeps_the_log_where_it_was(tmp_path, kind):
         os.write(log.writers[0], b"after\n")
         assert log.copy(log.out)
     finally:
-        for writer in log.writers:
-            os.close(writer)
-        log.close()
+        close_log(log)
     assert sorted(os.listdir(str(tmp_path))) == ["x.log", "x.log.1"]
     rotated = logged((tmp_path / "x.log.1").read_bytes(), kind == "LocalLog")
     assert len([line for entry in rotated for line in entry[3]]) == 50
@@ -7036,9 +7021,7 @@ def test_json_log_rotation_waits_for_no_reader(tmp_path):
         os.write(log.writers[0], b"free\n")
         assert log.copy(log.out)
     finally:
-        for writer in log.writers:
-            os.close(writer)
-        log.close()
+        close_log(log)
     rotated = (tmp_path / "json.log.1").read_text().splitlines()
     assert [json.loads(line)["log"] for line in rotated] == ["held\n"] * 10
     assert json.loads((tmp_path / "json.log").read_text())["log"] == "free\n"
