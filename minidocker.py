@@ -11093,8 +11093,8 @@ def run_container(spec, paths, report=None, cid=None, again=None):
 # the code of this whole file, pages shared with `run -d` only until it
 # exits; from then on all of them are the monitor's own. Measured (private
 # memory, USS, of an idle monitor: .ci/bench goal 6): 6.7 MB as a fork of
-# the installed minidocker, 20 MB of the single file (the compile of 6,000
-# lines leaves its memory in Python's pools); gc.collect(), malloc_trim(0)
+# the installed minidocker, 20 MB of the single file, then of 6,000 lines
+# (its compile leaves its memory in Python's pools); gc.collect(), malloc_trim(0)
 # and dropping the modules it had imported from sys.modules took back
 # 0.15 MB of it. The lean Python holds 2.9-3.0 MB (3.4 MB after copying a
 # 200 MB burst into the local log, 3.6 into json.log), and each of the
@@ -11112,19 +11112,21 @@ def run_container(spec, paths, report=None, cid=None, again=None):
 #
 # The copy's speed (.ci/bench goal 8: 200 MB of 100-byte lines cat'ed to
 # stdout in the container, `run -d` to `wait`, 2 CPUs): into the local
-# log, 0.33 s, 1.10-1.13 times cat into a file of the container's layer
-# (0.29-0.30 s); into json.log, 0.72-0.90 s, 2.5-3.0 times. A JSON entry
+# log, 0.33 s, 1.10-1.13 times cat into a file inside the container (of
+# its upper layer, 0.29-0.30 s); into json.log, 0.72-0.90 s, 2.5-3.0 times. A JSON entry
 # is the line and about 70 bytes more, so json.log is 340 MB; and each
 # of its chunks is checked for the bytes that need escaping
 # (bytes.translate; a regular expression did it at a third of the speed)
 # and made entries (bytes.replace): 0.35 s of the monitor's CPU. The
 # local log's copy makes no object of the output (LocalLog): the same
-# 200 MB from a pipe into a file take its Python 0.15-0.2 s, JsonLog's
-# 0.8 s. (The local log rotates by default, at 20 MB, and keeps 100 MB;
+# 200 MB from a pipe into a file take its Python 0.15-0.2 s from start to
+# end, JsonLog's 0.8 s. (The local log rotates by default, at 20 MB, and keeps 100 MB;
 # without rotation, 200 MB on disk, it took 0.05-0.15 s longer.)
 #
-# Where else the time went, measured with json.log: 0.65-0.9 s between
-# the pipes' end and the init's exit, which is the unmount of the
+# Where else the time went, measured with json.log when the disk was
+# slower (cat into the container took 0.7 s): 0.65-0.9 s between the
+# moment the init's process began to exit and the moment the monitor
+# could reap it, which is the unmount of the
 # container's overlay when its mount namespace goes: overlayfs' sync_fs
 # syncs the whole filesystem of the upper layer, where the log is too, so
 # all it holds is written to disk then, and the monitor learns of the end
@@ -11134,7 +11136,8 @@ def run_container(spec, paths, report=None, cid=None, again=None):
 # into the layer pays for the same sync of what it wrote.
 
 LOG_DRIVERS = ("local", "json-file", "none")
-LOG_FILES = {"local": "container.log", "json-file": "json.log"}  # in the container's layer
+# The log's file, in the container's state directory (Paths.layer, beside upper/):
+LOG_FILES = {"local": "container.log", "json-file": "json.log"}
 LOCAL_LOG_SIZE, LOCAL_LOG_FILES = 20 * 10**6, 5  # Docker's local driver's defaults
 LOG_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
 
@@ -11270,15 +11273,16 @@ def monitor(spec, paths, report, cid, again):
     end, and a lock of the caller's would be held as long as we live); it
     starts the container as `run` does (or again, for start: `cid` and
     `again` as run_container takes them), and becomes the lean monitor.
-    Returns only by exiting: the start failed."""
-    os.setsid()
-    os.chdir("/")
-    close_all_fds_but({report.fd})
-    null = os.open("/dev/null", os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(null)
+    Never returns: the start failed, and it exits (a fork that returned
+    would go on as a second copy of the caller's command)."""
     try:
+        os.setsid()
+        os.chdir("/")
+        close_all_fds_but({report.fd})
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
         run_container(spec, paths, report, cid, again)  # once the command runs: the lean monitor
     except MiniDockerError as err:
         report.finish("error", "%d %s" % (err.code, err))
@@ -11286,7 +11290,8 @@ def monitor(spec, paths, report, cid, again):
         report.finish("error", "%d %s" % (EXIT_RUNTIME, err))
     except BaseException as err:  # a bug: still one line
         report.finish("error", "%d internal error: %r" % (EXIT_RUNTIME, err))
-    os._exit(EXIT_RUNTIME)
+    finally:
+        os._exit(EXIT_RUNTIME)
 
 
 # The file itself, run or imported: the lean monitor's code is read from it,
@@ -11332,7 +11337,7 @@ def become_lean_monitor(paths, cid, pid, pending, log, own_pids):
     The program goes compiled, as a .pyc file's bytes (Python runs a file
     that begins with its bytecode's magic number as one): compiled in the
     lean Python, it left that Python's heap 0.8 MB larger for good, 3.6
-    MB of private memory in all against 2.8, measured."""
+    MB of private memory in all against 2.9, measured."""
     for number in pending:  # arrived while the container started
         os.kill(pid, number)
     # Held until the lean monitor has its handlers: a default action would end it.
@@ -11392,7 +11397,7 @@ LOG_READ = 64 << 10
 LOG_WRITEBACK = 16 << 20  # the log's bytes written back to disk at a time (write_back)
 LOG_QUIET = 1             # seconds without output after which LocalLog lets its buffers go
 LOG_HEAD_MAX = 64         # a LocalLog record's header line: "stderr", a time of 30, a length
-F_SETPIPE_SZ = 1031       # <linux/fcntl.h>: F_LINUX_SPECIFIC_BASE + 7 (fcntl's own from 3.10)
+F_SETPIPE_SZ = 1031       # <linux/fcntl.h>: F_LINUX_SPECIFIC_BASE + 7 (Python's fcntl has it from 3.10)
 # The bytes a log line may hold and go into its entry as they are:
 # printable ASCII but '"' and '\', and the newline that ends the line.
 LOG_PLAIN = bytes(range(0x20, 0x7f)).replace(b'"', b"").replace(b"\\", b"") + b"\n"
@@ -11434,6 +11439,7 @@ class JsonLog:
             # entry cut short, its monitor killed halfway through a write
             # (or the host): it would swallow this run's first one.
             os.ftruncate(log, self.whole_end(log, os.fstat(log).st_size))
+            os.close(os.open(path + ".lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             fds = (log, out, err)
         self.fd, self.out, self.err = fds
         self.path, self.max_size, self.max_files = path, max_size, max_files
@@ -11534,14 +11540,14 @@ class JsonLog:
             try:
                 os.ftruncate(self.fd, start)
                 self.size = start
-            except OSError:
+            except OSError:  # EIO: the disk's own fault; the file ends as it ends
                 pass
 
     def write_back(self):
-        """Start the disk writing what the log holds since the last call,
-        and let its pages go from the cache once they are on disk: the
-        kernel starts writeback (without waiting) for POSIX_FADV_DONTNEED
-        of dirty pages. Without it the log's whole burst stays dirty until
+        """Start the disk writing what the log holds since the last call:
+        for POSIX_FADV_DONTNEED the kernel starts writeback of the dirty
+        pages, without waiting, and drops from the cache the pages already
+        clean. Without it the log's whole burst stays dirty until
         the container's end, when the unmount of its overlay syncs the
         filesystem its upper layer is on (overlayfs' sync_fs), and the
         monitor learns of the end only after that: 0.75 s for a 200 MB
@@ -11554,11 +11560,13 @@ class JsonLog:
         """As Docker's drivers: the log (json.log, say) becomes json.log.1,
         each json.log.K becomes json.log.K+1, the one that would be
         json.log.N (N = max_files) goes, and a new json.log begins; with
-        max_files 1 the full json.log simply goes. Meanwhile the directory
-        is locked (flock), so that `logs` never opens the files halfway
-        through; we do not wait for the lock: a reader holding it only puts
-        the rotation off to the next write, and the container is never
-        held. The new file is made first, as NAME.new, and renamed into
+        max_files 1 the full json.log simply goes. Meanwhile the log's
+        lock file (json.log.lock, made with the log) is locked (flock), so
+        that `logs` never opens the files halfway through; we do not wait
+        for the lock: a reader holding it only puts the rotation off to the
+        next write, and the container is never held. (A file of its own:
+        the layer directory's flock is the container's lock, which stop
+        holds while it waits for the container's end.) The new file is made first, as NAME.new, and renamed into
         place last: a step that fails (EWOULDBLOCK, ENOSPC, EMFILE, no
         inode left) leaves the entries going on into the file they went
         to, still the log's (had the renames come first, a failed open left
@@ -11566,9 +11574,11 @@ class JsonLog:
         and at last unlinked, to grow unseen without a bound)."""
         directory, name = os.path.split(self.path)
         dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fd = None
+        fd = lock = None
         try:
-            fcntl.flock(dirfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock = os.open(name + ".lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600,
+                           dir_fd=dirfd)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fd = os.open(name + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
                          | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
             rotated = [entry[len(name) + 1:] for entry in os.listdir(dirfd)
@@ -11592,11 +11602,13 @@ class JsonLog:
                     if self.max_files > 1 and not os.path.exists(self.path):
                         os.rename(name + ".1", name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
                     os.unlink(name + ".new", dir_fd=dirfd)
-                except OSError:
+                except OSError:  # what failed the rename fails this: the names stay as they are
                     pass
             return
         finally:
-            os.close(dirfd)  # and with it the lock
+            if lock is not None:
+                os.close(lock)  # and with it the lock
+            os.close(dirfd)
         self.write_back()  # what the rotated file still holds
         os.close(self.fd)
         self.fd, self.size, self.written_back = fd, 0, 0
@@ -11628,8 +11640,8 @@ class LocalLog(JsonLog):
     monitor's own work is then the pipe's reads and the file's writes:
     .ci/bench goal 8, 200 MB of 100-byte lines, takes 1.1 times cat into
     a file, where json-file's log takes 2.5-3 times. Lines are
-    kept, cut and rotated as in JsonLog (a record stops short of the
-    file's max_size only at a line's end); a record whose write failed is
+    kept, cut and rotated as in JsonLog (the record that takes the file
+    to max_size ends with the line that does); a record whose write failed is
     taken off the file (write_whole). A buffer is let go after
     LOG_QUIET seconds without output (quiet): an idle monitor holds none."""
 
@@ -11677,6 +11689,8 @@ class LocalLog(JsonLog):
         while offset < size:
             head = os.pread(fd, LOG_HEAD_MAX, offset)
             newline = head.find(b"\n")
+            if newline < 0 and len(head) < LOG_HEAD_MAX:  # a header cut short
+                return offset
             fields = head[:newline].split(b" ")
             if newline < 0 or len(fields) != 3 or not fields[2].isdigit():
                 return size
@@ -12264,7 +12278,10 @@ def run_attached_to_monitor(spec, paths):
         signal.signal(number, forward)
     reader = log_reader(spec.log_driver, None, False)
     try:
-        reader.read_files(open_log_files(layer, reader.name))
+        files = open_log_files(layer, reader.name)
+        if not files:  # removed meanwhile (rm -f), its layer with it
+            raise MiniDockerError("container %s was removed (rm -f)" % cid[:12])
+        reader.read_files(files)
         record = read_record(paths, cid)
         while record is not None and owner_alive(record) and record["status"] != "exited" \
                 and not record.get("restart_count"):
@@ -12344,7 +12361,7 @@ def cmd_logs(args):
     files = open_log_files(layer, reader.name)
     if not files:
         reader.close()
-        raise MiniDockerError("container %s has no log: only run -d keeps one"
+        raise MiniDockerError("container %s has no log: only a detached one keeps one"
                               % record["id"][:12])
     try:
         reader.read_files(files)
@@ -12365,23 +12382,28 @@ def log_tail(text):
     any negative number -> None for all."""
     if text == "all":
         return None
-    return int(text) if int(text) >= 0 else None
+    lines = int(text)
+    return lines if lines >= 0 else None
 
 
 def open_log_files(layer, name, after=None):
     """The log's files, opened, oldest first: NAME.N ... NAME.1, then NAME
-    (container.log or json.log). They are opened under the directory's lock (shared),
-    which the monitor holds to rotate (JsonLog.rotate): one moment's set,
-    no file seen twice, none missed. With `after` (the stat of a file read
+    (container.log or json.log). They are opened under the log's lock
+    (shared), which the monitor holds to rotate (JsonLog.rotate): one
+    moment's set, no file seen twice, none missed. With `after` (the stat of a file read
     to its end), only the files newer than that one; all of them if it is
     no longer among them (rotated away meanwhile: what it took is lost)."""
     try:
         dirfd = os.open(layer, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:  # the layer is gone (--rm)
         return []
-    fds = []
+    fds, lock = [], None
     try:
-        fcntl.flock(dirfd, fcntl.LOCK_SH)
+        try:
+            lock = os.open(name + ".lock", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dirfd)
+        except FileNotFoundError:  # no log, or one an older minidocker keeps: it locks the
+            pass                   # directory to rotate
+        fcntl.flock(dirfd if lock is None else lock, fcntl.LOCK_SH)
         prefix = name + "."
         rotated = sorted((int(entry[len(prefix):]) for entry in os.listdir(dirfd)
                           if entry.startswith(prefix) and is_number(entry[len(prefix):])
@@ -12390,7 +12412,9 @@ def open_log_files(layer, name, after=None):
             with suppress(FileNotFoundError):  # NAME: none kept (no run -d)
                 fds.append(os.open(entry, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dirfd))
     finally:
-        os.close(dirfd)  # and with it the lock
+        if lock is not None:
+            os.close(lock)  # and with it the lock
+        os.close(dirfd)
     if after is not None:
         seen = [index for index, fd in enumerate(fds)
                 if os.path.samestat(os.fstat(fd), after)]

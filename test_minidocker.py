@@ -6736,7 +6736,7 @@ def test_log_rotates_as_docker_does(tmp_path, kind):
         finally:
             close_log(log)
         names = ["x.log.%d" % n for n in range(max_files - 1, 0, -1)] + ["x.log"]
-        assert sorted(os.listdir(str(directory))) == sorted(names)
+        assert sorted(os.listdir(str(directory))) == sorted(names + ["x.log.lock"])
         files = [logged((directory / name).read_bytes(), kind == "LocalLog") for name in names]
         sizes = [sum(len(entry[0]) for entry in entries) for entries in files]
         for entries, size in zip(files[:-1], sizes):
@@ -6936,7 +6936,7 @@ def test_a_rotation_that_fails_keeps_the_log_where_it_was(tmp_path, kind):
         for number in range(10):
             os.write(log.writers[0], b"line %d\n" % number * 5)
             assert log.copy(log.out)
-        assert sorted(os.listdir(str(tmp_path))) == ["x.log", "x.log.new"]
+        assert sorted(os.listdir(str(tmp_path))) == ["x.log", "x.log.lock", "x.log.new"]
         assert os.fstat(log.fd).st_nlink == 1 and os.path.samestat(
             os.fstat(log.fd), os.stat(str(tmp_path / "x.log")))
         (tmp_path / "x.log.new").rmdir()
@@ -6944,37 +6944,33 @@ def test_a_rotation_that_fails_keeps_the_log_where_it_was(tmp_path, kind):
         assert log.copy(log.out)
     finally:
         close_log(log)
-    assert sorted(os.listdir(str(tmp_path))) == ["x.log", "x.log.1"]
+    assert sorted(os.listdir(str(tmp_path))) == ["x.log", "x.log.1", "x.log.lock"]
     rotated = logged((tmp_path / "x.log.1").read_bytes(), kind == "LocalLog")
     assert len([line for entry in rotated for line in entry[3]]) == 50
     assert logged((tmp_path / "x.log").read_bytes(), kind == "LocalLog")[0][3] == ["after\n"]
 
 
-@pytest.mark.parametrize("kind", ["JsonLog", "LocalLog"])
-def test_a_log_cut_short_is_trimmed_when_the_next_run_opens_it(tmp_path, kind):
+@pytest.mark.parametrize("kind, tail", [
+    ("JsonLog", b'{"log":"pa'), ("LocalLog", b"stdout 2026-11-30T20:00:00.000000000Z 500\npart"),
+    ("LocalLog", b"stdout 2026-11-30T2")])
+def test_a_log_cut_short_is_trimmed_when_the_next_run_opens_it(tmp_path, kind, tail):
     """A monitor killed halfway through a write (or the host) leaves an
-    entry cut short; the next run's monitor (start, a restart) cuts it off
-    before it writes, so that it swallows none of the new entries."""
+    entry cut short (LocalLog: in its lines, or in its header); the next
+    run's monitor (start, a restart) cuts it off before it writes, so that
+    it swallows none of the new entries."""
     path = str(tmp_path / "x.log")
-    log = lean_part()[kind](path)
-    os.write(log.writers[0], b"first run\n")
-    assert log.copy(log.out)
-    for fd in log.writers:
-        os.close(fd)
-    log.close()
-    whole = os.path.getsize(path)
-    with open(path, "ab") as handle:  # what a kill -9 mid-write leaves
-        handle.write(b"stdout 2026-11-30T20:00:00.000000000Z 500\npart" if kind == "LocalLog"
-                     else b'{"log":"pa')
-    log = lean_part()[kind](path)
-    assert os.path.getsize(path) == whole
-    os.write(log.writers[0], b"second run\n")
-    assert log.copy(log.out)
-    for fd in log.writers:
-        os.close(fd)
-    log.close()
+    for run in (b"first run\n", b"second run\n"):
+        log = lean_part()[kind](path)
+        os.write(log.writers[0], run)
+        assert log.copy(log.out)
+        close_log(log)
+        if run.startswith(b"first"):
+            whole = os.path.getsize(path)
+            with open(path, "ab") as handle:  # what a kill -9 mid-write leaves
+                handle.write(tail)
     entries = logged((tmp_path / "x.log").read_bytes(), kind == "LocalLog")
     assert [entry[3] for entry in entries] == [["first run\n"], ["second run\n"]]
+    assert sum(len(entry[0]) for entry in entries[:1]) == whole
 
 
 @pytest.mark.parametrize("driver", ["local", "json-file"])
@@ -7004,18 +7000,38 @@ def test_logs_reads_again_an_entry_not_yet_whole(tmp_path, capsysbinary, driver)
     assert capsysbinary.readouterr().out == b"two, written in its place\nthree\n"
 
 
+def test_logs_waits_for_no_verb_holding_the_container(tmp_path):
+    """The log's files are opened under a lock of the log's own: a verb
+    holding the container's lock (a flock of its layer directory: stop,
+    while it waits for the end) does not hold logs up."""
+    log = lean_part()["LocalLog"](str(tmp_path / "container.log"))
+    close_log(log)
+    container = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(container, fcntl.LOCK_EX)
+        opened = []
+        reader = threading.Thread(target=lambda: opened.extend(
+            md.open_log_files(str(tmp_path), "container.log")), daemon=True)
+        reader.start()
+        reader.join(10)
+        assert len(opened) == 1
+    finally:
+        os.close(container)
+    os.close(opened[0])
+
+
 def test_json_log_rotation_waits_for_no_reader(tmp_path):
-    """A reader holding the directory's lock (logs, opening the files) puts
-    the rotation off to a later write: the entries go on into the full
-    file meanwhile, and the copy never waits."""
+    """A reader holding the log's lock (logs, opening the files) puts the
+    rotation off to a later write: the entries go on into the full file
+    meanwhile, and the copy never waits."""
     log = lean_part()["JsonLog"](str(tmp_path / "json.log"), 100, 2)
     try:
-        held = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+        held = os.open(str(tmp_path / "json.log.lock"), os.O_RDONLY)
         try:
             fcntl.flock(held, fcntl.LOCK_SH)
             os.write(log.writers[0], b"held\n" * 10)
             assert log.copy(log.out)
-            assert os.listdir(str(tmp_path)) == ["json.log"]
+            assert sorted(os.listdir(str(tmp_path))) == ["json.log", "json.log.lock"]
         finally:
             os.close(held)
         os.write(log.writers[0], b"free\n")
@@ -9379,7 +9395,7 @@ def test_log_rotation_in_a_real_container(rootfs, tmp_path, driver):
         name = md.LOG_FILES[driver]
         names = ["%s.%d" % (name, n) for n in range(4, 0, -1)] + [name]
         assert sorted(n for n in os.listdir(layer) if n.endswith(".log") or ".log." in n) \
-            == sorted(names)
+            == sorted(names + [name + ".lock"])
         files = [logged(open(os.path.join(layer, name), "rb").read(), driver == "local")
                  for name in names]
         for entries in files[:-1]:
