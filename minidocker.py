@@ -11683,17 +11683,20 @@ class LocalLog(JsonLog):
     @staticmethod
     def whole_end(fd, size):
         """Where the last whole record of a log file ends: its headers read
-        one after the other. A file that holds something else is left as
-        it is."""
-        offset = 0
+        one after the other, from a megabyte of the file at a time. It ends
+        before a record cut short, or before what is not a record's header
+        (a header cut short; the zeros a host's crash may leave): nothing
+        after that could be read (LocalLogReader skips the rest of a file
+        from there), so the next run's records would be lost."""
+        offset, block, base = 0, b"", 0
         while offset < size:
-            head = os.pread(fd, LOG_HEAD_MAX, offset)
+            if offset + LOG_HEAD_MAX > base + len(block):  # (the block's end, or the file's)
+                block, base = os.pread(fd, 1 << 20, offset), offset
+            head = block[offset - base:offset - base + LOG_HEAD_MAX]
             newline = head.find(b"\n")
-            if newline < 0 and len(head) < LOG_HEAD_MAX:  # a header cut short
-                return offset
             fields = head[:newline].split(b" ")
             if newline < 0 or len(fields) != 3 or not fields[2].isdigit():
-                return size
+                return offset
             end = offset + newline + 1 + int(fields[2])
             if end > size:  # cut short
                 return offset
@@ -11769,11 +11772,14 @@ def copy_until_exit(pid, log, forwarded, own_pids=True):
     status = status if reaped else None
     while status is None or pipes:
         if status is not None and not own_pids:
-            for fd in pipes:
+            for fd in pipes:  # at most what a pipe holds: one left writing gets no more
                 os.set_blocking(fd, False)
                 try:
-                    while log.copy(fd):
-                        pass
+                    for _ in range(LOG_PIPE_SIZE // LOG_READ + 1):
+                        if not log.copy(fd):
+                            break
+                    else:
+                        log.finish(fd)
                 except BlockingIOError:  # (a write end still open: no end of file)
                     log.finish(fd)
             break
@@ -12446,6 +12452,7 @@ class LogReader:
         self.ended = False  # an entry after --until came: nothing more is printed
         self.fd = None      # the file followed: json.log when it was opened
         self.lost = False   # (LocalLogReader) the rest of this file cannot be read
+        self.stream = None  # the stream printed to last (print)
 
     def read(self, fd):
         """The entries that came since the last read, a megabyte at a time
@@ -12460,6 +12467,7 @@ class LogReader:
             rest = data[end:]
             chunk = os.read(fd, 1 << 20)
         self.unread(fd, rest)
+        self.flush()
 
     @staticmethod
     def unread(fd, rest):
@@ -12533,12 +12541,21 @@ class LogReader:
     def print_kept(self):
         for stream, line in self.kept or ():
             self.print(stream, line)
+        self.flush()
         self.kept = None  # from now on (-f) each entry as it comes
 
-    @staticmethod
-    def print(stream, line):
+    def print(self, stream, line):
+        """A line to our stdout or stderr, flushed once the other stream
+        comes and at the end of each read (flush): in order where both go
+        to one place, and not a write per line."""
+        if stream is not self.stream:
+            self.flush()
+            self.stream = stream
         stream.buffer.write(line)
-        stream.flush()
+
+    def flush(self):
+        if self.stream is not None:
+            self.stream.flush()
 
 
 class LocalLogReader(LogReader):
@@ -12575,6 +12592,7 @@ class LocalLogReader(LogReader):
             rest = b"" if self.lost else data[start:]
             chunk = os.read(fd, 1 << 20)
         self.unread(fd, rest)
+        self.flush()
 
     def record(self, stream, stamp, lines):
         stream = sys.stdout if stream == b"stdout" else sys.stderr

@@ -6952,12 +6952,12 @@ def test_a_rotation_that_fails_keeps_the_log_where_it_was(tmp_path, kind):
 
 @pytest.mark.parametrize("kind, tail", [
     ("JsonLog", b'{"log":"pa'), ("LocalLog", b"stdout 2026-11-30T20:00:00.000000000Z 500\npart"),
-    ("LocalLog", b"stdout 2026-11-30T2")])
+    ("LocalLog", b"stdout 2026-11-30T2"), ("JsonLog", bytes(4096)), ("LocalLog", bytes(4096))])
 def test_a_log_cut_short_is_trimmed_when_the_next_run_opens_it(tmp_path, kind, tail):
-    """A monitor killed halfway through a write (or the host) leaves an
-    entry cut short (LocalLog: in its lines, or in its header); the next
-    run's monitor (start, a restart) cuts it off before it writes, so that
-    it swallows none of the new entries."""
+    """A monitor killed halfway through a write leaves an entry cut short
+    (LocalLog: in its lines, or in its header), and a host's crash may
+    leave zeros; the next run's monitor (start, a restart) cuts them off
+    before it writes, so that they hide none of the new entries."""
     path = str(tmp_path / "x.log")
     for run in (b"first run\n", b"second run\n"):
         log = lean_part()[kind](path)
@@ -9497,6 +9497,15 @@ def test_a_detached_container_without_its_own_pids_ends_with_its_init(rootfs, tm
         with contextlib.suppress(FileNotFoundError):
             assert "sleep" not in md.read_text("/proc/%d/cmdline" % leftover)
         assert minidocker("logs", cid).out == "bye\n"
+    finally:
+        minidocker("rm", "-f", cid)
+    # One left writing, faster than the monitor rotates a small log: the
+    # monitor copies what the pipe held, and no more.
+    cid = detached(rootfs, "--pid", "host", "--log-opt", "max-size=1k", "--log-opt",
+                   "max-file=2", command=("sh", "-c", "yes & sleep 0.5; exit 4"))
+    try:
+        waited = minidocker("wait", cid, timeout=30)
+        assert waited.out == "4\n", waited.err
     finally:
         minidocker("rm", "-f", cid)
     assert_nothing_left()
