@@ -9815,6 +9815,68 @@ def test_oci_create_waits_for_start_and_delete_takes_everything(tmp_path, oci_ro
     assert_no_oci_left(root)
 
 
+def test_lean_runc_takes_only_the_plain_forms(tmp_path):
+    """The lean runc verbs, run alone as the launcher runs them: anything
+    but runc's start and delete, with --root, --log and --log-format at
+    most, of a container it can read, is minidocker's (None)."""
+    lean = {"__name__": "lean"}
+    exec(md.lean_program(*md.LEAN_RUNC), lean)
+    root = str(tmp_path)
+    for argv in (["minidocker", "ps"], ["minidocker", "start", "x"],
+                 ["minidocker-runc", "--debug", "--root", root, "start", "x"],
+                 ["minidocker-runc", "--root", root, "start", "x", "y"],
+                 ["minidocker-runc", "--root", root, "kill", "x"],
+                 ["minidocker-runc", "--root", root, "delete", "--now", "x"],
+                 ["minidocker-runc", "--root", root, "start", "../x"],
+                 ["minidocker-runc", "--root", root, "start", ".."],
+                 ["minidocker-runc", "--root"], ["minidocker", "runc", "--root=%s" % root,
+                                                 "delete", "-f", "nosuch"]):
+        assert lean["lean_runc"](argv) is None, argv
+    (tmp_path / "bad").mkdir()
+    for text in ("{", '{"pid": 1}', '{"pid": "1", "cgroups": []}', '[]'):
+        (tmp_path / "bad" / "state.json").write_text(text)
+        assert lean["lean_runc"](["minidocker-runc", "--root", root, "delete", "bad"]) is None
+    log = tmp_path / "log"
+    for log_format in ("json", "text"):
+        assert lean["lean_error"]("a \"quoted\" caf\u00e9", str(log), log_format) == 1
+    json_line, text_line = log.read_text().splitlines()
+    entry = json.loads(json_line)
+    assert (entry["level"], entry["msg"]) == ("error", "a \"quoted\" caf\u00e9")
+    assert re.fullmatch(r'time="[0-9T:-]+Z" level=error msg="a \\"quoted\\" caf\\u00e9"',
+                        text_line), text_line
+
+
+@root
+def test_oci_start_and_delete_load_no_minidocker(tmp_path, oci_root, bundle):
+    """The installed link starts a created container and deletes a stopped
+    one without loading minidocker (the launcher's lean runc verbs): the
+    command runs, and delete takes the state and the cgroups. What they
+    hand over (a start of a started one, a delete of a running one) gets
+    the full checks and their messages."""
+    if len(MINIDOCKER) != 1:
+        pytest.skip("only the installed launcher runs the lean verbs")
+    edit_config(bundle, lambda c: c["process"].update(args=["/bin/sh", "-c", "echo ran > /ran"]))
+    assert oci(oci_root, "create", "--bundle", bundle, "lean").returncode == 0
+    started = imports_of(["runc", "--root", oci_root, "start", "lean"])
+    assert "minidocker" not in started and "_json" in started
+    deadline = time.monotonic() + 10
+    while json.loads(oci(oci_root, "state", "lean").out)["status"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with open(os.path.join(bundle, "rootfs", "ran")) as handle:
+        assert handle.read() == "ran\n"
+    again = oci(oci_root, "start", "lean")
+    assert again.returncode == 1 and "cannot start a container that has stopped" in again.err
+    assert "minidocker" not in imports_of(["runc", "--root", oci_root, "delete", "lean"])
+    assert_no_oci_left(oci_root)
+    edit_config(bundle, lambda c: c["process"].update(args=["sleep", "60"]))
+    assert oci(oci_root, "run", "-d", "--bundle", bundle, "busy").returncode == 0
+    busy = oci(oci_root, "delete", "busy")
+    assert busy.returncode == 1 and "not stopped: running" in busy.err
+    assert oci(oci_root, "delete", "-f", "busy").returncode == 0
+    assert_no_oci_left(oci_root)
+
+
 @root
 def test_oci_hooks_run_at_their_points_with_the_state(tmp_path, oci_root, bundle, runc_link):
     """Every hook point runs its hook with the state on stdin: the runtime's
