@@ -11441,7 +11441,6 @@ class JsonLog:
         self.size = self.written_back = os.fstat(self.fd).st_size
         self.pipes = {self.out: "stdout", self.err: "stderr"}
         self.partial = {self.out: b"", self.err: b""}
-        self.buffers = {}  # LocalLog's read buffers (quiet); a JsonLog keeps none
 
     @staticmethod
     def whole_end(fd, size):
@@ -11472,6 +11471,11 @@ class JsonLog:
             self.write(self.pipes[fd], [self.partial[fd][:LOG_LINE_MAX]])
             self.partial[fd] = self.partial[fd][LOG_LINE_MAX:]
         return True
+
+    def quiet_after(self):
+        """Seconds without output after which the monitor calls quiet(); None:
+        never (a JsonLog holds nothing between reads)."""
+        return None
 
     def finish(self, fd):
         """The pipe's end (or the last read of it): an unfinished last line
@@ -11640,7 +11644,12 @@ class LocalLog(JsonLog):
     taken off the file (write_whole). A buffer is let go after
     LOG_QUIET seconds without output (quiet): an idle monitor holds none."""
 
-    # self.buffers: pipe -> [a bytearray, how much of it is filled], while output comes
+    def __init__(self, *args, **kwargs):
+        JsonLog.__init__(self, *args, **kwargs)
+        self.buffers = {}  # pipe -> [a bytearray, how much of it is filled], while output comes
+
+    def quiet_after(self):
+        return LOG_QUIET if self.buffers else None
 
     def copy(self, fd):
         """One read from a pipe into the log; False at its end."""
@@ -11780,7 +11789,7 @@ def copy_until_exit(pid, log, forwarded, own_pids=True):
             break
         # While a LocalLog holds buffers, a wake-up after LOG_QUIET seconds
         # of quiet, to let them go.
-        quiet = LOG_QUIET if log is not None and log.buffers else None
+        quiet = log.quiet_after() if log is not None else None
         readable = select.select(pipes + [wakeup], [], [], quiet)[0]
         if not readable:
             log.quiet()
@@ -14146,7 +14155,8 @@ def remove_stale_image_temporaries(paths):
 
 RUNC_ROOT = "/run/minidocker-runc"  # runc's own is /run/runc: ours never mixes with it
 RUNC_EXIT = 1
-RUNC_ID = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-."  # an id's
+# An id's characters: ASCII_ALNUM's (chapter 1), written out here, and _+-.
+RUNC_ID = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-."
 
 
 def process_start_time(pid):
@@ -14227,17 +14237,9 @@ class LeanJson:
     parse_float, parse_int, parse_constant = float, int, float
 
 
-def lean_runc(argv):
-    """The launcher's argv -> the exit code of a start or delete done
-    here, or None: minidocker does it. Here: `[--root DIR] [--log FILE]
-    [--log-format F] start ID`, of a created container without poststart
-    hooks, and `... delete [-f] ID` of a stopped one without poststop
-    hooks, whose cgroups are empty and whose directory holds only
-    state.json (and the fifo of a create never started). A step that
-    fails hands over before the state is gone: the full delete does all
-    of it again. A start that finds another took the init's byte, or
-    the init dead, fails here, with minidocker's message: minidocker's
-    start, opening the fifo after the init closed it, would wait."""
+def lean_runc_command(argv):
+    """The launcher's argv -> (root, log, log format, [verb, id]) of a
+    runc command line lean_runc may take; None for any other."""
     words = argv[1:]
     if words[:1] == ["runc"]:
         words = words[1:]
@@ -14264,6 +14266,24 @@ def lean_runc(argv):
     if len(words) != 2 or words[0] not in ("start", "delete") or not words[1] \
             or words[1].strip(RUNC_ID) or words[1] in (".", ".."):
         return None
+    return root, log, log_format, words
+
+
+def lean_runc(argv):
+    """The launcher's argv -> the exit code of a start or delete done
+    here, or None: minidocker does it. Here: `[--root DIR] [--log FILE]
+    [--log-format F] start ID`, of a created container without poststart
+    hooks, and `... delete [-f] ID` of a stopped one without poststop
+    hooks, whose cgroups are empty and whose directory holds only
+    state.json (and the fifo of a create never started). A step that
+    fails hands over before the state is gone: the full delete does all
+    of it again. A start that finds another took the init's byte, or
+    the init dead, fails here, with minidocker's message: minidocker's
+    start, opening the fifo after the init closed it, would wait."""
+    command = lean_runc_command(argv)
+    if command is None:
+        return None
+    root, log, log_format, words = command
     directory = os.path.join(root, words[1])
     try:
         with open(os.path.join(directory, "state.json"), "rb") as handle:

@@ -6800,7 +6800,8 @@ def test_a_log_cuts_a_line_that_never_ends(tmp_path, kind):
         for _ in range(5):
             os.write(log.writers[0], b"x" * 8192)
             assert log.copy(log.out)
-            held = log.buffers[log.out][1] if log.out in log.buffers else 0
+            buffers = getattr(log, "buffers", {})  # (LocalLog's)
+            held = buffers[log.out][1] if log.out in buffers else 0
             assert len(log.partial[log.out]) + held < md.LOG_LINE_MAX
         for writer in log.writers:
             os.close(writer)
@@ -9506,6 +9507,34 @@ def test_a_detached_container_without_its_own_pids_ends_with_its_init(rootfs, tm
     try:
         waited = minidocker("wait", cid, timeout=30)
         assert waited.out == "4\n", waited.err
+    finally:
+        minidocker("rm", "-f", cid)
+    assert_nothing_left()
+
+
+@root
+@pytest.mark.parametrize("driver", ["local", "json-file"])
+def test_a_container_cannot_forge_log_entries(rootfs, tmp_path, driver):
+    """Output that looks like the log's own form (a local record's header
+    with a length running past the end, a stderr record, a JSON entry),
+    with NUL bytes, a \\r, bytes not UTF-8, a line of 40,000 bytes and no
+    newline at the end: logs gives the container's stdout back byte for
+    byte, and on stderr nothing, which it never wrote to. (json-file keeps
+    text: its bytes not UTF-8 come back as U+FFFD, as Docker's do.)"""
+    stamp = b"2026-11-30T20:00:00.000000000Z"
+    payload = b"".join([
+        b"stdout %s 99999999\n" % stamp, b"stderr %s 5\nforged\n" % stamp,
+        b'{"log":"forged\\n","stream":"stderr","time":"%s"}\n' % stamp,
+        b"nul\0byte\r\n", b"\xff\xfe not utf-8\n", b"x" * 40000 + b"\n", b"no end"])
+    (tmp_path / "payload").write_bytes(payload)
+    cid = detached(rootfs, "--log-driver", driver, "-v", "%s:/sync:ro" % tmp_path,
+                   command=("cat", "/sync/payload"))
+    try:
+        assert minidocker("wait", cid).out == "0\n"
+        logs = subprocess.run(MINIDOCKER + ["logs", cid], capture_output=True, timeout=60)
+        expected = payload if driver == "local" else \
+            payload.decode("utf-8", "replace").encode()
+        assert (logs.returncode, logs.stdout, logs.stderr) == (0, expected, b"")
     finally:
         minidocker("rm", "-f", cid)
     assert_nothing_left()
