@@ -251,13 +251,16 @@ def children_of(pid):
         return [int(p) for p in handle.read().split()]
 
 
-def wait_for_child(pid, timeout=10):
+def wait_for_child(pid, timeout=10, pause=0.02):
+    """The first child of minidocker `pid`. A test that must catch the child
+    before its execve polls with no pause: a start-up's child lives a few
+    milliseconds on a fast host, less than one 20 ms pause."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         kids = children_of(pid)
         if kids:
             return kids[0]
-        time.sleep(0.02)
+        time.sleep(pause)
     raise AssertionError("minidocker %d started no container" % pid)
 
 
@@ -2484,7 +2487,7 @@ def test_start_up_stays_killable(rootfs, name):
     for _ in range(20):
         proc = start(rootfs, "sleep", "30")
         try:
-            child = wait_for_child(proc.pid)
+            child = wait_for_child(proc.pid, pause=0)
             os.kill(child, signal.SIGSTOP)
             stage = md.read_text("/proc/%d/comm" % child)
             if stage.startswith("md:"):  # caught before its execve
@@ -2948,7 +2951,7 @@ def test_fault_killed_during_start_up_shows_created(rootfs):
         proc = subprocess.Popen(MINIDOCKER + ["run", "--network=none", rootfs, "sleep", "60"],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        child = wait_for_child(proc.pid)
+        child = wait_for_child(proc.pid, pause=0)
         os.kill(child, signal.SIGSTOP)
         caught = md.read_text("/proc/%d/comm" % child).startswith("md:")
         proc.kill()
