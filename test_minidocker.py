@@ -8878,6 +8878,28 @@ def cgroup_procs(record):
     return pids
 
 
+def test_top_c_column_is_procps_4s():
+    """C as procps-ng 4 computes it: the CPU ticks over the ticks of life,
+    both exact (procps 3 used whole seconds of life: a process that spun
+    for 1.3 s of its first 1.5 would show 99, not 86). The process sleeps
+    by then, so its C only falls, by about one every 17 ms: ours is read
+    first."""
+    spin = subprocess.Popen([sys.executable, "-S", "-c", "import time\nt = time.time()\n"
+                             "while time.time() - t < 1.3: pass\ntime.sleep(60)"])
+    try:
+        time.sleep(1.5)
+        clock = (os.sysconf("SC_CLK_TCK"),
+                 int(md.proc_values(md.read_text("/proc/stat"), "btime")[0]),
+                 float(md.read_text("/proc/uptime").split()[0]))
+        ours = md.process_row(spin.pid, clock)[3]
+        theirs = subprocess.run(["ps", "-o", "c=", "-p", str(spin.pid)], stdout=subprocess.PIPE,
+                                check=True).stdout.decode().strip()
+        assert 0 <= int(ours) - int(theirs) <= 3, (ours, theirs)
+    finally:
+        spin.kill()
+        spin.wait()
+
+
 @root
 def test_cgroup_top_lists_the_processes_as_ps_does(rootfs):
     """top's rows are those of procps' ps -f for the processes in the
