@@ -13060,7 +13060,8 @@ import _signal as signal
 # As minidocker.py does first when run as a script: see there.
 signal.pthread_sigmask(signal.SIG_BLOCK, ({held}))
 import sys
-if sys.argv[0].endswith("runc") or sys.argv[1:2] == ["runc"]:
+if (sys.argv[0].endswith("runc") or sys.argv[1:2] == ["runc"]) and \
+        ("start" in sys.argv or "delete" in sys.argv):
     # runc's start and delete, in their plain case, by a part of the file
     # alone, without minidocker's load (lean_runc).
     try:
@@ -14398,10 +14399,11 @@ def runc_create(args, foreground=False):
     signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING_SIGNALS)
     signals, made, pid, console = None, [], None, None
     try:
-        state.save()
         layout = detect_cgroups(read_text("/proc/self/mountinfo"), read_text("/proc/self/cgroup"))
         discard_v1_only(spec.resources, layout)
         plan = plan_cgroups(spec.resources, layout, state.id, None, spec.cgroup_path)
+        # The first state, "creating", names the cgroups before they are
+        # made: a create killed from here on leaves delete what to remove.
         state.data["cgroups"] = [path for _, _, path, _ in plan]
         state.save()
         made = create_cgroups(plan, spec.resources)
