@@ -14148,13 +14148,14 @@ def remove_stale_image_temporaries(paths):
 # container started, or a stopped one deleted, with no hooks to run, and
 # hands everything else to minidocker, untouched (None), whose checks and
 # messages are the full ones; but a start that finds another took the
-# init's byte says so itself, as only it can (release_init). It imports
-# posix under the name os (os's own import, 1.3 ms, is the most of a lean
-# verb's own time: what this part calls of os is posix's, and no path
-# function), select and _json (the C scanner and encoder under json), and
-# nothing here uses the rest of the file, whose runc_start, runc_log and
-# RuncState use it in turn. The tests run this part as the
-# launcher gets it.
+# init's byte says so itself, as only it can (release_init). Alone, it
+# imports posix, os's C part, under the name os: importing os itself
+# takes 1.3 ms, most of a lean verb's own time. So this part calls only
+# what posix has (no os.path), and the same code runs on the real os
+# inside minidocker. It also imports select and _json (the C scanner and
+# encoder under json), and uses nothing else of the file, whose
+# runc_start, runc_log and RuncState use it in turn. The tests run this
+# part as the launcher gets it.
 
 RUNC_ROOT = "/run/minidocker-runc"  # runc's own is /run/runc: ours never mixes with it
 RUNC_EXIT = 1
