@@ -10886,13 +10886,19 @@ def release_run(paths, record, cgroups, parents, remove):
     start): its cgroups, its network lease (the veth went with the child's
     network namespace), and with `remove` (--rm, or no start) its layer and
     record. Both ends of a run come here: run_container's, and a detached
-    container's monitor's (end_detached)."""
-    remove_cgroups(cgroups)
-    remove_empty_cgroups(parents)
+    container's monitor's (end_detached).
+
+    The lease goes first: the rules it deletes are freed by the kernel
+    after an RCU grace period, in a worker, and our exit (the close of the
+    nf_tables socket, apply_nat) waits for that worker to finish: 5-7 ms
+    of every bridge run, measured. Begun first, it runs while the cgroups
+    and the layer go."""
     try:
         if "network" in record:
             release_leases(paths, [record], delete_veths=False)
     finally:
+        remove_cgroups(cgroups)
+        remove_empty_cgroups(parents)
         if remove:
             try:
                 remove_container(paths, record, volumes=True)
