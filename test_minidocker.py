@@ -8883,7 +8883,8 @@ def test_top_c_column_is_procps_4s():
     both exact (procps 3 used whole seconds of life: a process that spun
     for 1.3 s of its first 1.5 would show 99, not 86). The process sleeps
     by then, so its C only falls, by about one every 17 ms: ours is read
-    first."""
+    first (or rises by one, should a tick fall on its last instructions
+    on the way to sleep)."""
     spin = subprocess.Popen([sys.executable, "-S", "-c", "import time\nt = time.time()\n"
                              "while time.time() - t < 1.3: pass\ntime.sleep(0.2)\n"
                              "print('spun', flush=True)\ntime.sleep(60)"],
@@ -8896,7 +8897,7 @@ def test_top_c_column_is_procps_4s():
         ours = md.process_row(spin.pid, clock)[3]
         theirs = subprocess.run(["ps", "-o", "c=", "-p", str(spin.pid)], stdout=subprocess.PIPE,
                                 check=True).stdout.decode().strip()
-        assert 0 <= int(ours) - int(theirs) <= 5, (ours, theirs)
+        assert -1 <= int(ours) - int(theirs) <= 5, (ours, theirs)
     finally:
         spin.kill()
         spin.wait()
