@@ -10889,10 +10889,11 @@ def release_run(paths, record, cgroups, parents, remove):
     container's monitor's (end_detached).
 
     The lease goes first: the rules it deletes are freed by the kernel
-    after an RCU grace period, in a worker, and our exit (the close of the
-    nf_tables socket, apply_nat) waits for that worker to finish: 5-7 ms
-    of every bridge run, measured. Begun first, it runs while the cgroups
-    and the layer go."""
+    after an RCU grace period, in a worker, and our exit waits for that
+    worker (closing the nf_tables socket apply_nat keeps open, the kernel
+    flushes the work first): about 7 ms of every bridge run, measured.
+    Begun first, the grace period passes while the cgroups and the layer
+    go: 4-6 ms are left."""
     try:
         if "network" in record:
             release_leases(paths, [record], delete_veths=False)
@@ -11111,24 +11112,25 @@ def run_container(spec, paths, report=None, cid=None, again=None):
 # The copy's speed (.ci/bench goal 8: 200 MB of 100-byte lines cat'ed to
 # stdout in the container, `run -d` to `wait`, 2 CPUs): into the local
 # log, 0.33 s, 1.10-1.13 times cat into a file inside the container (of
-# its upper layer, 0.29-0.30 s); into json.log, 0.72-0.90 s, 2.5-3.0 times. A JSON entry
-# is the line and about 70 bytes more, so json.log is 340 MB; and each
-# of its chunks is checked for the bytes that need escaping
-# (bytes.translate; a regular expression did it at a third of the speed)
-# and made entries (bytes.replace): 0.35 s of the monitor's CPU. The
-# local log's copy makes no object of the output (LocalLog): the same
-# 200 MB from a pipe into a file take its Python 0.15-0.2 s from start to
-# end, JsonLog's 0.8 s. (The local log rotates by default, at 20 MB, and keeps 100 MB;
-# without rotation, 200 MB on disk, it took 0.05-0.15 s longer.)
+# its upper layer, 0.29-0.30 s); into json.log, 0.72-0.90 s, 2.5-3.0
+# times. A JSON entry is the line and about 70 bytes more, so json.log
+# is 340 MB; and each of its chunks is checked for the bytes that need
+# escaping (bytes.translate; a regular expression did it at a third of
+# the speed) and made entries (bytes.replace): 0.35 s of the monitor's
+# CPU. The local log's copy makes no object of the output (LocalLog):
+# the same 200 MB from a pipe into a file take its Python 0.15-0.2 s
+# from start to end, JsonLog's 0.8 s. (The local log rotates by default,
+# at 20 MB, and keeps 100 MB; without rotation, 200 MB on disk, it took
+# 0.05-0.15 s longer.)
 #
 # Where else the time went, measured with json.log when the disk was
 # slower (cat into the container took 0.7 s): 0.65-0.9 s between the
 # moment the init's process began to exit and the moment the monitor
-# could reap it, which is the unmount of the
-# container's overlay when its mount namespace goes: overlayfs' sync_fs
-# syncs the whole filesystem of the upper layer, where the log is too, so
-# all it holds is written to disk then, and the monitor learns of the end
-# only after. So the monitor starts the disk on the log as it goes
+# could reap it, which is the unmount of the container's overlay when
+# its mount namespace goes: overlayfs' sync_fs syncs the whole
+# filesystem of the upper layer, where the log is too, so all it holds
+# is written to disk then, and the monitor learns of the end only after.
+# So the monitor starts the disk on the log as it goes
 # (JsonLog.write_back), and the pipes are larger (LOG_PIPE_SIZE): 1.6 s,
 # from 1.9 (median of 10, alternating). The disk sets the floor: the cat
 # into the layer pays for the same sync of what it wrote.
@@ -11571,12 +11573,13 @@ class JsonLog:
         for the lock: a reader holding it only puts the rotation off to the
         next write, and the container is never held. (A file of its own:
         the layer directory's flock is the container's lock, which stop
-        holds while it waits for the container's end.) The new file is made first, as NAME.new, and renamed into
-        place last: a step that fails (EWOULDBLOCK, ENOSPC, EMFILE, no
-        inode left) leaves the entries going on into the file they went
-        to, still the log's (had the renames come first, a failed open left
-        them going into a rotated file, which the next rotations moved up
-        and at last unlinked, to grow unseen without a bound)."""
+        holds while it waits for the container's end.) The new file is
+        made first, as NAME.new, and renamed into place last: a step that
+        fails (EWOULDBLOCK, ENOSPC, EMFILE, no inode left) leaves the
+        entries going on into the file they went to, still the log's (had
+        the renames come first, a failed open left them going into a
+        rotated file, which the next rotations moved up and at last
+        unlinked, to grow unseen without a bound)."""
         directory, name = os.path.split(self.path)
         dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fd = lock = None
@@ -11644,11 +11647,11 @@ class LocalLog(JsonLog):
     there; what follows the last newline stays, at the buffer's start. The
     monitor's own work is then the pipe's reads and the file's writes:
     .ci/bench goal 8, 200 MB of 100-byte lines, takes 1.1 times cat into
-    a file, where json-file's log takes 2.5-3 times. Lines are
-    kept, cut and rotated as in JsonLog (the record that takes the file
-    to max_size ends with the line that does); a record whose write failed is
-    taken off the file (write_whole). A buffer is let go after
-    LOG_QUIET seconds without output (quiet): an idle monitor holds none."""
+    a file, where json-file's log takes 2.5-3 times. Lines are kept, cut
+    and rotated as in JsonLog (the record that takes the file to max_size
+    ends with the line that does); a record whose write failed is taken
+    off the file (write_whole). A buffer is let go after LOG_QUIET
+    seconds without output (quiet): an idle monitor holds none."""
 
     def __init__(self, *args, **kwargs):
         JsonLog.__init__(self, *args, **kwargs)
@@ -12406,9 +12409,10 @@ def open_log_files(layer, name, after=None):
     """The log's files, opened, oldest first: NAME.N ... NAME.1, then NAME
     (container.log or json.log). They are opened under the log's lock
     (shared), which the monitor holds to rotate (JsonLog.rotate): one
-    moment's set, no file seen twice, none missed. With `after` (the stat of a file read
-    to its end), only the files newer than that one; all of them if it is
-    no longer among them (rotated away meanwhile: what it took is lost)."""
+    moment's set, no file seen twice, none missed. With `after` (the stat
+    of a file read to its end), only the files newer than that one; all
+    of them if it is no longer among them (rotated away meanwhile: what it
+    took is lost)."""
     try:
         dirfd = os.open(layer, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:  # the layer is gone (--rm)

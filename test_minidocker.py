@@ -9881,8 +9881,10 @@ def test_lean_runc_takes_only_the_plain_forms(tmp_path):
     most, of a container it can read, is minidocker's (None)."""
     lean = {"__name__": "lean"}
     exec(md.lean_program(*md.LEAN_RUNC), lean)
+    assert md.RUNC_ID == md.ASCII_ALNUM + "_+-."  # (written out there, to run alone)
     root = str(tmp_path)
     for argv in (["minidocker", "ps"], ["minidocker", "start", "x"],
+                 ["minidocker-runc", "--root", "", "start", "x"],
                  ["minidocker-runc", "--debug", "--root", root, "start", "x"],
                  ["minidocker-runc", "--root", root, "start", "x", "y"],
                  ["minidocker-runc", "--root", root, "kill", "x"],
